@@ -1,0 +1,309 @@
+"""CLIP backbone over open_clip, with vision layer taps and per-token text features.
+
+``CLIPBackbone`` wraps an ``open_clip.CLIP`` (its parameters keep open_clip's names, so
+``backbone.clip.state_dict()`` is an open_clip state dict) and exposes what the video methods
+need and plain ``CLIP.forward`` hides:
+
+- ``encode_frames``: frames ``[N, 3, H, W]`` -> hidden states ``[N, 1+P, D]`` after any requested
+  blocks (STAN's taps), the final block output, and the per-frame embeddings ``[N, E]``;
+- ``encode_text``: token ids ``[N, L]`` -> pooled EOT embedding ``[N, E]``, per-token features
+  ``[N, L, E]`` (``ln_final(x) @ text_projection`` at every position) and the token mask;
+- ``project``: CLIP's ``ln_post`` + projection, reused by STAN's output fusion.
+
+``Tokenizer`` produces ``SOT + BPE[: L-2] + EOT`` padded with 0, so the end-of-text token always
+survives truncation. ``build_clip`` creates the model from an open_clip name, an open_clip
+pretrained tag (downloaded and cached by open_clip) and/or a local weights file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+SOT_TOKEN = 49406
+EOT_TOKEN = 49407
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+
+class Tokenizer:
+    """CLIP BPE tokenizer with a configurable length that always keeps the EOT token.
+
+    ``tokenizer(texts)`` returns ``(ids [N, L] int64, mask [N, L] bool)``; ``mask`` is True for
+    SOT, the text tokens and EOT. Captions longer than ``L - 2`` BPE tokens are truncated before
+    EOT is appended (the reference bug that slices after appending is not reproduced).
+    """
+
+    def __init__(self, context_length: int = 77):
+        from open_clip.tokenizer import SimpleTokenizer
+
+        if context_length < 3:
+            raise ValueError(f"context_length must be at least 3 (SOT, one token, EOT), got {context_length}")
+        self.context_length = context_length
+        self._bpe = SimpleTokenizer()
+
+    def encode(self, text: str) -> list[int]:
+        """BPE ids of one text, with SOT and EOT, truncated to ``context_length``."""
+        if not isinstance(text, str):
+            raise TypeError(f"caption must be a string, got {type(text).__name__}: {text!r}")
+        body = self._bpe.encode(text)[: self.context_length - 2]
+        return [SOT_TOKEN, *body, EOT_TOKEN]
+
+    def __call__(self, texts: Union[str, Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(texts, str):
+            texts = [texts]
+        ids = torch.zeros(len(texts), self.context_length, dtype=torch.long)
+        for row, text in enumerate(texts):
+            tokens = self.encode(text)
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+        return ids, ids != 0
+
+
+@dataclass
+class VisionOutput:
+    """What ``CLIPBackbone.encode_frames`` returns.
+
+    hidden: {block index: [N, 1+P, D]} outputs of the requested blocks (0-based).
+    last: [N, 1+P, D] output of the final block (before ln_post).
+    embeds: [N, E] per-frame embeddings, proj(ln_post(last[:, 0])), not normalised.
+    """
+
+    hidden: dict[int, torch.Tensor]
+    last: torch.Tensor
+    embeds: torch.Tensor
+
+
+@dataclass
+class TextOutput:
+    """What ``CLIPBackbone.encode_text`` returns.
+
+    pooled: [N, E] the EOT token's feature (CLIP's text embedding), not normalised.
+    tokens: [N, L, E] ln_final(x) @ text_projection at every position.
+    mask: [N, L] bool, True for real tokens (SOT, text, EOT).
+    """
+
+    pooled: torch.Tensor
+    tokens: torch.Tensor
+    mask: torch.Tensor
+
+
+class CLIPBackbone(nn.Module):
+    """An open_clip ``CLIP`` with layer taps. Parameters live under ``self.clip``."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        visual = clip.visual
+        if not hasattr(visual, "transformer") or getattr(visual, "attn_pool", None) is not None:
+            raise ValueError(
+                "mugstan needs a plain ViT vision tower (class token, no attentional pooling); "
+                f"got {type(visual).__name__}. Use an open_clip ViT model such as ViT-B-32."
+            )
+        if getattr(visual, "pool_type", "tok") != "tok" or getattr(visual, "final_ln_after_pool", False):
+            raise ValueError(f"unsupported vision pooling {visual.pool_type!r}: mugstan reads the class token")
+        self.clip = clip
+        self.grad_checkpointing = False
+
+    # ---- shapes -------------------------------------------------------------------------
+    @property
+    def visual(self) -> nn.Module:
+        return self.clip.visual
+
+    @property
+    def vision_width(self) -> int:
+        return self.visual.class_embedding.shape[0]
+
+    @property
+    def vision_layers(self) -> int:
+        return len(self.visual.transformer.resblocks)
+
+    @property
+    def vision_heads(self) -> int:
+        return self.visual.transformer.resblocks[0].attn.num_heads
+
+    @property
+    def embed_dim(self) -> int:
+        return self.clip.text_projection.shape[-1] if isinstance(self.clip.text_projection, torch.Tensor) \
+            else self.clip.text_projection.out_features
+
+    @property
+    def text_width(self) -> int:
+        return self.clip.token_embedding.weight.shape[1]
+
+    @property
+    def text_heads(self) -> int:
+        return self.clip.transformer.resblocks[0].attn.num_heads
+
+    @property
+    def text_blocks(self) -> nn.ModuleList:
+        return self.clip.transformer.resblocks
+
+    @property
+    def context_length(self) -> int:
+        return self.clip.positional_embedding.shape[0]
+
+    @property
+    def image_size(self) -> int:
+        return self.visual.conv1.stride[0] * self.grid_size
+
+    @property
+    def grid_size(self) -> int:
+        return round((self.visual.positional_embedding.shape[0] - 1) ** 0.5)
+
+    @property
+    def num_patches(self) -> int:
+        return self.visual.positional_embedding.shape[0] - 1
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.clip.logit_scale
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    # ---- vision -------------------------------------------------------------------------
+    def embed_patches(self, frames: torch.Tensor) -> torch.Tensor:
+        """Vision stem: frames [N, 3, H, W] -> tokens [N, 1+P, D] (class token first, after ln_pre)."""
+        v = self.visual
+        if frames.dim() != 4 or frames.shape[1] != 3:
+            raise ValueError(f"frames must be [N, 3, H, W], got {tuple(frames.shape)}")
+        x = v.conv1(frames.to(v.conv1.weight.dtype))  # [N, D, g, g]
+        if x.shape[-2] * x.shape[-1] != self.num_patches:
+            raise ValueError(
+                f"frames of {tuple(frames.shape[-2:])} give a {x.shape[-2]}x{x.shape[-1]} patch grid, "
+                f"but the model expects {self.image_size}x{self.image_size} input; set data.image_size={self.image_size}"
+            )
+        x = x.flatten(2).transpose(1, 2)  # [N, P, D]
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        x = v.patch_dropout(x)
+        return v.ln_pre(x)
+
+    def run_block(self, block: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One residual block, with activation checkpointing when enabled and training."""
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, None, None, attn_mask, use_reentrant=False)
+        return block(x, attn_mask=attn_mask)
+
+    def encode_frames(self, frames: torch.Tensor, taps: Sequence[int] = ()) -> VisionOutput:
+        """frames [N, 3, H, W] (CLIP-normalised) -> VisionOutput.
+
+        taps: 0-based block indices whose outputs are returned in ``hidden`` (negative indices
+        count from the end, ``-1`` is the last block).
+        """
+        n_layers = self.vision_layers
+        wanted = {t % n_layers for t in taps}
+        if any(not -n_layers <= t < n_layers for t in taps):
+            raise ValueError(f"taps {list(taps)} out of range for a {n_layers}-layer vision tower")
+        x = self.embed_patches(frames)
+        hidden = {}
+        for i, block in enumerate(self.visual.transformer.resblocks):
+            x = self.run_block(block, x)
+            if i in wanted:
+                hidden[i] = x
+        return VisionOutput(hidden=hidden, last=x, embeds=self.project(x[:, 0]))
+
+    def project(self, cls: torch.Tensor) -> torch.Tensor:
+        """Class-token features [..., D] -> embeddings [..., E] (CLIP's ln_post, then proj)."""
+        return self.visual.ln_post(cls) @ self.visual.proj
+
+    # ---- text ---------------------------------------------------------------------------
+    def encode_text(self, ids: torch.Tensor, mask: Optional[torch.Tensor] = None) -> TextOutput:
+        """ids [N, L] int64 (SOT ... EOT, 0-padded) -> TextOutput.
+
+        mask [N, L] bool (True = real token) defaults to ``ids != 0``. The text transformer is
+        causal, so padding after EOT never changes the pooled embedding. L may be shorter than
+        CLIP's context (77); the causal mask and positions are sliced to L.
+        """
+        if ids.dim() != 2:
+            raise ValueError(f"token ids must be [N, L], got {tuple(ids.shape)}")
+        n, length = ids.shape
+        if length > self.context_length:
+            raise ValueError(f"{length} tokens exceed the text tower's context length {self.context_length}")
+        if mask is None:
+            mask = ids != 0
+        c = self.clip
+        x = c.token_embedding(ids) + c.positional_embedding[:length]
+        causal = torch.full((length, length), float("-inf"), device=ids.device).triu_(1).to(x.dtype)
+        for block in c.transformer.resblocks:
+            x = self.run_block(block, x, attn_mask=causal)
+        x = c.ln_final(x)
+        proj = c.text_projection
+        tokens = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+        pooled = tokens[torch.arange(n, device=ids.device), ids.argmax(dim=-1)]
+        return TextOutput(pooled=pooled, tokens=tokens, mask=mask.bool())
+
+
+def _register_configs() -> None:
+    import open_clip
+
+    if "mugstan-tiny" not in open_clip.list_models():
+        open_clip.add_model_config(_CONFIG_DIR)
+
+
+def list_models() -> list[str]:
+    """Every backbone name ``build_clip`` accepts: open_clip's ViT configs and mugstan's tiny ones."""
+    import open_clip
+
+    _register_configs()
+    return [m for m in open_clip.list_models() if m.startswith(("ViT", "mugstan"))]
+
+
+def build_clip(
+    name: Optional[str] = "ViT-B-32",
+    pretrained: Optional[str] = None,
+    weights: Optional[Union[str, Path]] = None,
+    weights_format: str = "auto",
+) -> CLIPBackbone:
+    """Create a CLIP backbone.
+
+    name: open_clip model name (``ViT-B-32``, ``ViT-B-16``, ``ViT-L-14``, ``mugstan-tiny``, ...), or
+        None to infer the architecture from ``weights``.
+    pretrained: open_clip pretrained tag (``openai``, ``laion2b_s34b_b79k``, ...): open_clip
+        downloads and caches the weights. Needs internet once; offline, pass ``weights``.
+    weights: local file or folder: OpenAI ``.pt`` (TorchScript or state dict), HuggingFace
+        ``CLIPModel`` directory, or open_clip-layout ``.safetensors`` / ``.pt`` (see
+        ``mugstan.backbones.convert``). Loaded strictly: every tensor must match.
+    """
+    import open_clip
+
+    from mugstan.backbones.convert import load_clip_weights
+
+    _register_configs()
+    if weights is not None and pretrained is not None:
+        raise ValueError(f"give either pretrained={pretrained!r} or weights={str(weights)!r}, not both")
+    loaded = load_clip_weights(weights, weights_format) if weights is not None else None
+    if name is None:
+        if loaded is None:
+            raise ValueError("build_clip needs a model name or a weights file to infer the architecture from")
+        clip = open_clip.CLIP(**loaded.config)
+    else:
+        if name not in open_clip.list_models():
+            raise ValueError(
+                f"unknown backbone {name!r}; choose one of {', '.join(list_models())}, or pass "
+                "backbone=null with a weights file to infer the architecture"
+            )
+        kwargs = {}
+        if loaded is not None and loaded.config.get("quick_gelu"):
+            kwargs["force_quick_gelu"] = True
+        try:
+            clip = open_clip.create_model(name, pretrained=pretrained, **kwargs)
+        except Exception as err:  # open_clip raises RuntimeError / OSError / HF hub errors
+            if pretrained is None:
+                raise
+            raise RuntimeError(
+                f"could not fetch open_clip weights {name!r} / {pretrained!r} ({type(err).__name__}: {err}). "
+                "On a machine without internet, download the checkpoint elsewhere and pass its local "
+                "path instead: model.weights=/path/to/ViT-B-32.pt (OpenAI .pt, HuggingFace CLIPModel "
+                "folder or open_clip .safetensors) and model.pretrained=null"
+            ) from err
+    if loaded is not None:
+        loaded.load_into(clip)
+    clip.eval()
+    return CLIPBackbone(clip)
