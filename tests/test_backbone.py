@@ -1,0 +1,64 @@
+"""CLIP backbone: layer taps, text features, tokenizer."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mugstan.backbones.clip import EOT_TOKEN, SOT_TOKEN, Tokenizer, build_clip, list_models
+
+
+def test_taps_match_plain_forward(tiny_clip):
+    frames = torch.randn(5, 3, 32, 32)
+    n = tiny_clip.vision_layers
+    out = tiny_clip.encode_frames(frames, taps=range(n))
+    assert sorted(out.hidden) == list(range(n))
+    assert torch.equal(out.hidden[n - 1], out.last)
+    assert out.hidden[0].shape == (5, 1 + tiny_clip.num_patches, tiny_clip.vision_width)
+    torch.testing.assert_close(out.embeds, tiny_clip.clip.encode_image(frames), rtol=0, atol=1e-6)
+    # taps by negative index are the same blocks
+    neg = tiny_clip.encode_frames(frames, taps=[-2, -1])
+    assert sorted(neg.hidden) == [n - 2, n - 1]
+    with pytest.raises(ValueError, match="out of range"):
+        tiny_clip.encode_frames(frames, taps=[n])
+
+
+def test_wrong_frame_size_names_the_fix(tiny_clip):
+    with pytest.raises(ValueError, match="data.image_size=32"):
+        tiny_clip.encode_frames(torch.randn(2, 3, 64, 64))
+
+
+def test_text_features_match_open_clip(tiny_clip):
+    ids, mask = Tokenizer(16)(["a red circle moves left", "the blue square grows"])
+    out = tiny_clip.encode_text(ids, mask)
+    ref = tiny_clip.clip.encode_text(F.pad(ids, (0, 77 - 16)))
+    torch.testing.assert_close(out.pooled, ref, rtol=0, atol=1e-5)
+    assert out.tokens.shape == (2, 16, tiny_clip.embed_dim)
+    eot = ids.argmax(-1)
+    torch.testing.assert_close(out.tokens[torch.arange(2), eot], out.pooled)
+    assert torch.equal(out.mask, mask)
+
+
+def test_padding_does_not_change_pooled(tiny_clip):
+    short, _ = Tokenizer(8)(["a red circle"])
+    long, _ = Tokenizer(24)(["a red circle"])
+    torch.testing.assert_close(tiny_clip.encode_text(short).pooled, tiny_clip.encode_text(long).pooled, rtol=0, atol=1e-5)
+
+
+def test_tokenizer_keeps_eot_when_truncating():
+    tok = Tokenizer(10)
+    ids, mask = tok(["one two three four five six seven eight nine ten eleven twelve", "hi"])
+    assert ids.shape == (2, 10) and ids.dtype == torch.long
+    assert ids[0, 0] == SOT_TOKEN and ids[0, -1] == EOT_TOKEN and mask[0].all()
+    assert ids[1, 0] == SOT_TOKEN and ids[1, 2] == EOT_TOKEN
+    assert (ids[1, 3:] == 0).all() and mask[1].tolist() == [True] * 3 + [False] * 7
+    assert tok.encode("hi") == [SOT_TOKEN, 1883, EOT_TOKEN]
+    with pytest.raises(TypeError, match="caption must be a string"):
+        tok([None])
+
+
+def test_build_clip_errors():
+    assert "mugstan-tiny" in list_models() and "ViT-B-32" in list_models()
+    with pytest.raises(ValueError, match="unknown backbone 'ViT-X'"):
+        build_clip("ViT-X")
+    with pytest.raises(ValueError, match="needs a model name or a weights file"):
+        build_clip(None)
