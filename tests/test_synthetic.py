@@ -1,0 +1,133 @@
+"""The synthetic benchmark generator: counts, JSONL validity, reversed motion pairs, determinism."""
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from mugstan.data import synthetic
+from mugstan.data.synthetic import CLASS_NAMES, MOTION_PAIRS, MOTIONS, SynthParams, generate
+
+PARAMS = SynthParams(videos=12, frames=8, size=32, seed=3)
+NUM_TEST = sum(2 * len(synthetic.valid_pairs(shape)) for _, shape in synthetic.appearances())
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    return out, generate(out, PARAMS, progress=False)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def decode(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(np.float32)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_counts_and_meta(dataset):
+    out, meta = dataset
+    assert meta["params"] == {"videos": 12, "frames": 8, "size": 32, "seed": 3}
+    assert NUM_TEST == 228  # 6 colours x (3 shapes x 5 pairs + circle x 4 pairs) x 2 motions
+    assert meta["counts"] == {"train": 12, "val": 48, "test": NUM_TEST}
+    assert (out / "classes.txt").read_text().splitlines() == [CLASS_NAMES[m] for m in MOTIONS]
+    for split, n in meta["counts"].items():
+        assert len(read_jsonl(out / f"{split}.jsonl")) == n
+        assert len(read_jsonl(out / f"recognition_{split}.jsonl")) == n
+        assert len(list((out / "videos" / split).glob("*.mp4"))) == n
+    assert len(read_jsonl(out / "images_train.jsonl")) == 12
+
+
+def test_jsonl_records_are_valid(dataset):
+    out, meta = dataset
+    for name in ["train", "val", "test", "images_train", "images_val", "recognition_train", "recognition_test"]:
+        for record in read_jsonl(out / f"{name}.jsonl"):
+            assert (out / record["video"]).is_file()
+            if name.startswith("recognition"):
+                assert set(record) == {"video", "label"} and 0 <= record["label"] < len(MOTIONS)
+            elif name.startswith("images"):
+                assert 0 <= record["start"] < record["end"] <= PARAMS.frames / synthetic.FPS
+                captions = record["caption"] if isinstance(record["caption"], list) else [record["caption"]]
+                assert all(c.split()[-2] in synthetic.COLORS and c.split()[-1] in synthetic.SHAPES for c in captions)
+            else:
+                captions = record["caption"] if name == "train" else [record["caption"]]
+                assert all(isinstance(c, str) and c for c in captions)
+                phrases = synthetic.MOTION_PHRASES[MOTIONS[record["label"]]]
+                assert all(any(c.endswith(p) for p in phrases) for c in captions)
+    video = decode(out / read_jsonl(out / "test.jsonl")[0]["video"])
+    assert video.shape == (PARAMS.frames, PARAMS.size, PARAMS.size, 3)
+
+
+def test_test_set_pairs_every_appearance_with_both_motions(dataset):
+    out, _ = dataset
+    records = read_jsonl(out / "test.jsonl")
+    captions = [r["caption"] for r in records]
+    assert len(set(captions)) == len(captions)  # 1:1 retrieval is well posed
+    # Each (colour, shape) shows every pair it can, both directions, in consecutive videos.
+    for first, second in zip(records[::2], records[1::2]):
+        a, b = MOTIONS[first["label"]], MOTIONS[second["label"]]
+        assert (a, b) in MOTION_PAIRS
+        appearance = lambda r: [w for w in r["caption"].split() if w in synthetic.COLORS or w in synthetic.SHAPES]
+        assert appearance(first) == appearance(second)
+    labels = Counter(r["label"] for r in records)
+    assert labels[MOTIONS.index("rotate_cw")] == 18 and labels[MOTIONS.index("left")] == 24  # no rotating circles
+    # Some test captions use a template never seen in training.
+    train_text = " ".join(c for r in read_jsonl(out / "train.jsonl") for c in r["caption"])
+    assert any(c.startswith("in this clip") for c in captions) and "in this clip" not in train_text
+
+
+def test_paired_motions_are_time_reversed_files(dataset):
+    out, _ = dataset
+    records = read_jsonl(out / "test.jsonl")
+    for first, second in [(records[0], records[1]), (records[-2], records[-1])]:  # left/right circle, rotating cross
+        forward, backward = decode(out / first["video"]), decode(out / second["video"])
+        reversed_error = np.abs(forward - backward[::-1]).mean()
+        same_order_error = np.abs(forward - backward).mean()
+        assert reversed_error < 4  # only H.264 coding noise (the background noise is not kept exactly)
+        assert same_order_error > 2 * reversed_error
+
+
+def test_rendered_pair_is_exactly_reversed():
+    params = SynthParams(frames=6, size=32)
+    frames = synthetic.render_clip("red", "triangle", ("rotate_cw", "rotate_ccw"), params, np.random.default_rng(0))
+    assert frames.shape == (6, 32, 32, 3) and frames.dtype == np.uint8
+    # A triangle turning clockwise: the frames differ over time, yet the multiset of frames
+    # (all an order-blind pooling sees) is the same for both motions of the pair.
+    assert np.abs(frames[0].astype(int) - frames[-1]).mean() > 2
+    assert np.array_equal(np.sort(frames, axis=0), np.sort(frames[::-1], axis=0))
+
+
+def test_same_seed_same_bytes_and_reuse(dataset, tmp_path):
+    out, meta = dataset
+    again = tmp_path / "again"
+    assert generate(again, PARAMS, progress=False) == meta
+    assert digest(again) == digest(out)
+    # A folder with a matching meta.json is reused as is ...
+    stamp = (again / "test.jsonl").stat().st_mtime_ns
+    generate(again, PARAMS, progress=False)
+    assert (again / "test.jsonl").stat().st_mtime_ns == stamp
+    # ... a different dataset is refused unless asked to overwrite.
+    other = SynthParams(videos=12, frames=8, size=32, seed=4)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        generate(again, other, progress=False)
+    generate(again, other, overwrite=True, progress=False)
+    changed = digest(again)
+    assert changed["classes.txt"] == digest(out)["classes.txt"]
+    assert changed["videos/test/00000.mp4"] != digest(out)["videos/test/00000.mp4"]
+
+
+def test_bad_parameters_are_explained():
+    with pytest.raises(ValueError, match="--size must be even"):
+        SynthParams(size=33)
+    with pytest.raises(ValueError, match="--frames must be at least 2"):
+        SynthParams(frames=1)
