@@ -17,6 +17,8 @@ pretrained tag (downloaded and cached by open_clip) and/or a local weights file.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -240,6 +242,18 @@ class CLIPBackbone(nn.Module):
         return TextOutput(pooled=pooled, tokens=tokens, mask=mask.bool())
 
 
+@contextlib.contextmanager
+def _quiet_root_logger(quiet: bool):
+    root = logging.getLogger()
+    level = root.level
+    if quiet:
+        root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _register_configs() -> None:
     import open_clip
 
@@ -293,7 +307,9 @@ def build_clip(
         if loaded is not None and loaded.config.get("quick_gelu"):
             kwargs["force_quick_gelu"] = True
         try:
-            clip = open_clip.create_model(name, pretrained=pretrained, **kwargs)
+            # open_clip warns "initialized randomly" when no tag is given; weights follow below
+            with _quiet_root_logger(loaded is not None):
+                clip = open_clip.create_model(name, pretrained=pretrained, **kwargs)
         except Exception as err:  # open_clip raises RuntimeError / OSError / HF hub errors
             if pretrained is None:
                 raise

@@ -1,0 +1,60 @@
+"""Contrastive losses with negatives from the global batch (methods.md §2).
+
+``gather`` all-gathers a tensor across processes with ``torch.distributed.nn.functional``, so the
+gradient reaches the local slice. Every process then computes the same full-batch loss; the
+backward of the gather sums the W identical contributions, so each process's local embeddings
+receive W x dL/dx. DDP averages parameter gradients over the W processes, which divides that
+factor out again: with DDP the update equals that of one process over the concatenated batch.
+(Without DDP, divide by W yourself.)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """[N, ...] on each of W processes -> [W * N, ...] in rank order, differentiable."""
+    if not is_distributed():
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), dim=0)
+
+
+def gather_nograd(x: torch.Tensor) -> torch.Tensor:
+    """Like ``gather`` for tensors that need no gradient (masks, labels)."""
+    if not is_distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def symmetric_infonce(logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """logits [N, N] (row i = text i, column i = its video) -> CE(rows) and CE(columns) combined.
+
+    reduction="mean": 0.5 * (CE_t2v + CE_v2t) (CLIP4Clip, CLIP2Video);
+    reduction="sum": CE_t2v + CE_v2t (STAN / Mug-STAN).
+    """
+    if logits.dim() != 2 or logits.shape[0] != logits.shape[1]:
+        raise ValueError(f"contrastive logits must be square [N, N], got {tuple(logits.shape)}")
+    target = torch.arange(logits.shape[0], device=logits.device)
+    loss = F.cross_entropy(logits.float(), target) + F.cross_entropy(logits.float().t(), target)
+    if reduction == "mean":
+        return 0.5 * loss
+    if reduction == "sum":
+        return loss
+    raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
+def contrastive_loss(text: torch.Tensor, video: torch.Tensor, scale: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Unit embeddings text [N, E], video [N, E] (row i matches row i), gathered over processes."""
+    text, video = gather(text), gather(video)
+    return symmetric_infonce(scale * text @ video.t(), reduction)

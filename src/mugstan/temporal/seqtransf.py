@@ -1,0 +1,44 @@
+"""CLIP4Clip seqTransf: a 4-block temporal transformer over frame embeddings (methods.md §2).
+
+    X = F + frame_position_embedding[0:T]  ->  blocks with a key mask  ->  + F  ->  meanP
+
+The frame position embedding (Embedding(77, E)) starts as CLIP's text positional embedding and
+block i as CLIP text block i; both need CLIP's text width to equal the joint width E (true of
+every OpenAI ViT). Otherwise they start fresh, which ``SeqTransf.init_from_clip`` reports.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from mugstan.temporal.blocks import TemporalTransformer
+from mugstan.temporal.meanp import MeanP
+
+
+class SeqTransf(nn.Module):
+    def __init__(self, width: int, heads: int, layers: int = 4, max_frames: int = 77):
+        super().__init__()
+        self.frame_position_embeddings = nn.Embedding(max_frames, width)
+        self.transformer = TemporalTransformer(width, heads, layers)
+        self.pool = MeanP()
+
+    def init_from_clip(self, backbone) -> bool:
+        """Copy CLIP's text positions and first text blocks; False when the widths differ."""
+        clip = backbone.clip
+        if backbone.text_width != self.frame_position_embeddings.embedding_dim:
+            return False
+        with torch.no_grad():
+            n = min(self.frame_position_embeddings.num_embeddings, clip.positional_embedding.shape[0])
+            self.frame_position_embeddings.weight[:n].copy_(clip.positional_embedding[:n])
+        self.transformer.load_clip_blocks(backbone.text_blocks)
+        return True
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """frames [B, T, E] (per-frame CLIP embeddings), mask [B, T] bool -> [B, E] normalised."""
+        t = frames.shape[1]
+        if t > self.frame_position_embeddings.num_embeddings:
+            raise ValueError(f"seqTransf handles at most {self.frame_position_embeddings.num_embeddings} frames, got {t}")
+        x = frames + self.frame_position_embeddings.weight[:t]
+        x = self.transformer(x, mask) + frames
+        return self.pool(x, mask)
