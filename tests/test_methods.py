@@ -1,0 +1,189 @@
+"""The methods of methods.md: sizes, identity at initialisation, masks, frame order, Mug."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mugstan.backbones.clip import build_clip
+from mugstan.config import ModelConfig, STANConfig
+from mugstan.heads.mug import mug_similarity
+from mugstan.models import Embeddings, build_model
+from mugstan.temporal.stan import STAN
+
+
+@pytest.fixture(scope="module")
+def vit_b32():
+    return build_clip("ViT-B-32")  # random init, nothing downloaded
+
+
+@pytest.mark.parametrize("time_module,expected", [("self", 40.2e6), ("conv", 94.5e6)])
+def test_stan_branch_size_on_vit_b32(vit_b32, time_module, expected):
+    branch = STAN(vit_b32, depth=4, time_module=time_module)
+    assert sum(p.numel() for p in branch.parameters()) == pytest.approx(expected, abs=0.05e6)
+    assert branch.taps == [8, 9, 10, 11]
+
+
+def tiny(temporal, head="cosine", **kw):
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="mugstan-tiny", temporal=temporal, head=head, stan=STANConfig(depth=2, **kw))
+    return build_model(cfg).eval()
+
+
+def clips(b=3, t=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, t, 3, 32, 32, generator=g), torch.ones(b, t, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("time_module", ["self", "conv"])
+def test_stan_temporal_modules_are_identity_at_init(time_module):
+    model = tiny("stan", time_module=time_module)
+    patches, mask = torch.randn(2, 16, 5, 64), torch.ones(2, 5, dtype=torch.bool)
+    for module in model.temporal.temporal:
+        assert torch.equal(module(patches, mask), patches)
+
+
+MODULES = [("meanP", {}), ("seqTransf", {}), ("tdb_tab", {}), ("stan", {"time_module": "self"}), ("stan", {"time_module": "conv"})]
+
+
+def perturb_zero_init(model):
+    """STAN's temporal projections start at zero; give them weights so time matters."""
+    with torch.no_grad():
+        for name, p in model.temporal.named_parameters():
+            if "temporal_fc" in name:
+                p.normal_(0, 0.2)
+
+
+@pytest.mark.parametrize("temporal,kw", MODULES, ids=[m + str(k.get("time_module", "")) for m, k in MODULES])
+def test_padded_frames_do_not_change_outputs(temporal, kw):
+    model = tiny(temporal, **kw)
+    perturb_zero_init(model)
+    frames, mask = clips(t=4)
+    padded = torch.cat([frames, torch.randn(3, 3, 3, 32, 32) * 5], dim=1)  # garbage in the padding
+    pmask = torch.cat([mask, torch.zeros(3, 3, dtype=torch.bool)], dim=1)
+    with torch.no_grad():
+        ref = model.encode_video(frames, mask).x
+        out = model.encode_video(padded, pmask).x
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("temporal,kw,order_matters", [
+    ("meanP", {}, False), ("tdb_tab", {}, True), ("stan", {"time_module": "self"}, True), ("stan", {"time_module": "conv"}, True),
+])
+def test_reversing_frames(temporal, kw, order_matters):
+    model = tiny(temporal, **kw)
+    perturb_zero_init(model)
+    frames, mask = clips()
+    with torch.no_grad():
+        fwd = model.encode_video(frames, mask).x
+        rev = model.encode_video(frames.flip(1), mask).x
+    assert (fwd - rev).abs().max().item() > 1e-3 if order_matters else torch.allclose(fwd, rev, atol=1e-5)
+
+
+def test_seqtransf_starts_from_clip_text_layers():
+    model = tiny("seqTransf")
+    clip = model.backbone.clip
+    ours = model.temporal.transformer.resblocks[0]
+    assert torch.equal(ours.attn.in_proj.weight, clip.transformer.resblocks[0].attn.in_proj_weight)
+    assert torch.equal(ours.mlp.c_proj.bias, clip.transformer.resblocks[0].mlp.c_proj.bias)
+    assert torch.equal(model.temporal.frame_position_embeddings.weight, clip.positional_embedding)
+
+
+def test_stan_spatial_modules_are_copies_not_shared():
+    model = tiny("stan")
+    block = model.backbone.visual.transformer.resblocks[2]
+    spatial = model.temporal.spatial[0]
+    assert torch.equal(spatial.attn.in_proj_weight, block.attn.in_proj_weight)
+    assert spatial.attn.in_proj_weight.data_ptr() != block.attn.in_proj_weight.data_ptr()
+    names = {n for n, _ in model.named_parameters()}
+    assert not any("class_embedding" in n or "positional_embedding" in n for n in names if n.startswith("temporal."))
+
+
+def test_clip2video_compat_mask_mixes_videos_only_with_padding():
+    fixed, compat = tiny("tdb_tab"), tiny("tdb_tab")
+    compat.temporal.compat = True
+    for block in (compat.temporal.frame2t_attention, compat.temporal.transformerClip, compat.temporal.actionClip):
+        block.head_major_mask = True
+    frames, mask = clips(b=3, t=5)
+    with torch.no_grad():
+        assert torch.allclose(fixed.encode_video(frames, mask).x, compat.encode_video(frames, mask).x, atol=1e-5)
+        mask[0, 2:] = False
+        mask[2, 4:] = False
+        assert not torch.allclose(fixed.encode_video(frames, mask).x, compat.encode_video(frames, mask).x, atol=1e-4)
+
+
+def dense_mug(t, tm, v, vm, lam, mode, compat=False):
+    """methods.md §5 written out directly, one (text, video) pair at a time, building features."""
+    out = torch.zeros(t.shape[0], v.shape[0])
+    for a in range(t.shape[0]):
+        for b in range(v.shape[0]):
+            T_, V_ = t[a][tm[a]], v[b][vm[b]]  # real words [l, E], real frames [n, E]
+            s = T_ @ V_.t()  # [l, n]
+            if mode == "simple":
+                w = (torch.softmax(lam * s, 1) * s).sum(1)
+                f = (torch.softmax(lam * s, 0) * s).sum(0)
+                out[a, b] = ((torch.softmax(lam * w, 0) * w).sum() + (torch.softmax(lam * f, 0) * f).sum()) / 2
+            else:
+                words = t[a] if compat else T_
+                s_all = (t[a] @ V_.t()) * tm[a][:, None] if compat else s
+                vid_feat = torch.softmax(lam * s_all, 1) @ V_  # per word
+                w = (vid_feat * words).sum(-1)
+                txt_feat = torch.softmax(lam * s, 0).t() @ T_  # per frame
+                f = (txt_feat * V_).sum(-1)
+                pooled_t = torch.softmax(lam * w, 0) @ words
+                pooled_v = torch.softmax(lam * f, 0) @ V_
+                out[a, b] = pooled_t @ pooled_v
+    return out
+
+
+@pytest.mark.parametrize("mode,compat", [("simple", False), ("full", False), ("full", True)])
+def test_mug_matches_dense_computation(mode, compat):
+    g = torch.Generator().manual_seed(0)
+    t = F.normalize(torch.randn(5, 7, 16, generator=g), dim=-1)
+    v = F.normalize(torch.randn(4, 6, 16, generator=g), dim=-1)
+    tm = torch.arange(7) < torch.tensor([7, 3, 5, 2, 6])[:, None]
+    vm = torch.arange(6) < torch.tensor([6, 2, 4, 1])[:, None]
+    ref = dense_mug(t, tm, v, vm, 10.0, mode, compat)
+    torch.testing.assert_close(mug_similarity(t, tm, v, vm, 10.0, mode, compat), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mug_similarity(t, tm, v, vm, 10.0, mode, compat, chunk=2), ref, rtol=1e-5, atol=1e-5)
+    if mode == "full":  # the compat leak differs from the fix exactly when there is padding
+        other = mug_similarity(t, tm, v, vm, 10.0, mode, not compat)
+        assert torch.allclose(other[0], ref[0], atol=1e-5) and not torch.allclose(other[1:], ref[1:], atol=1e-4)
+
+
+@pytest.mark.parametrize("temporal,head", [("meanP", "cosine"), ("seqTransf", "cosine"), ("tdb_tab", "cosine"), ("stan", "cosine"), ("stan", "mug")])
+def test_every_model_trains(temporal, head):
+    model = tiny(temporal, head).train()
+    frames, mask = clips()
+    mask[1, 4:] = False
+    ids, tmask = model.tokenize(["a red circle moves left", "a blue square grows", "a green triangle"])
+    loss = model(frames, mask, ids, tmask)
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for g in model.param_groups() for p in g["params"] if g["new"]]
+    assert grads and all(gr is not None for gr in grads[:3])
+    text, video = model.encode_text(ids, tmask), model.encode_video(frames, mask)
+    assert isinstance(video, Embeddings) and model.similarity(text, video).shape == (3, 3)
+
+
+def test_param_groups_and_logit_scale_clamp():
+    model = tiny("stan")
+    groups = {g["name"]: g for g in model.param_groups()}
+    assert set(groups) == {"clip_decay", "clip_no_decay", "new_decay", "new_no_decay"}
+    no_decay = {id(p) for p in groups["clip_no_decay"]["params"] + groups["new_no_decay"]["params"]}
+    assert id(model.logit_scale.log_scale) in no_decay and id(model.temporal.time_embed.weight) in no_decay
+    with torch.no_grad():
+        model.logit_scale.log_scale.fill_(10.0)
+    model.clamp_logit_scale()
+    assert model.logit_scale().item() == pytest.approx(100.0)
+
+
+def test_bad_model_configs():
+    with pytest.raises(ValueError, match="model.temporal='lstm'"):
+        build_model(ModelConfig(backbone="mugstan-tiny", temporal="lstm"))
+    with pytest.raises(ValueError, match="head='mug' needs per-frame features"):
+        build_model(ModelConfig(backbone="mugstan-tiny", temporal="tdb_tab", head="mug"))
+    model = tiny("stan")
+    with pytest.raises(ValueError, match="raise model.stan.max_frames"):
+        model.encode_video(torch.zeros(1, 65, 3, 32, 32), torch.ones(1, 65, dtype=torch.bool))
+    with pytest.raises(ValueError, match="at least one real frame"):
+        model.encode_video(torch.zeros(1, 2, 3, 32, 32), torch.zeros(1, 2, dtype=torch.bool))
