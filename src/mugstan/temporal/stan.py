@@ -39,7 +39,7 @@ class TemporalAttention(nn.Module):
 
     def __init__(self, width: int, heads: int, drop_path: float):
         super().__init__()
-        self.layer_norm1 = nn.LayerNorm(width)
+        self.ln_1 = nn.LayerNorm(width)
         self.attn = Attention(width, heads)
         self.drop_path = DropPath(drop_path)
         self.temporal_fc = nn.Linear(width, width)
@@ -50,7 +50,7 @@ class TemporalAttention(nn.Module):
         """patches [B, P, T, D], mask [B, T] bool -> [B, P, T, D]."""
         b, p, t, d = patches.shape
         keys = mask.repeat_interleave(p, dim=0)[:, None, None, :]  # [B*P, 1, 1, T]
-        y = self.attn(self.layer_norm1(patches.reshape(b * p, t, d)), keys)
+        y = self.attn(self.ln_1(patches.reshape(b * p, t, d)), keys)
         return patches + self.temporal_fc(self.drop_path(y)).view(b, p, t, d)
 
 
