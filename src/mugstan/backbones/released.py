@@ -225,6 +225,7 @@ def to_clip2video_state_dict(model) -> dict:
         elif k.startswith("temporal."):
             key = k[len("temporal."):].replace(".attn.in_proj.weight", ".attn.in_proj_weight").replace(".attn.in_proj.bias", ".attn.in_proj_bias")
             out[key.replace("transformer.resblocks", "transformerClip.resblocks") if key.startswith("transformer.") else key] = v
+    out["clip.logit_scale"] = model.logit_scale.log_scale.detach().clone()  # the scale the model scores with
     return out
 
 
