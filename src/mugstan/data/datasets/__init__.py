@@ -1,0 +1,174 @@
+"""Datasets: annotation adapters for every benchmark, and the two torch datasets they feed.
+
+An adapter (``mugstan.data.datasets.formats``) reads a benchmark's files as distributed and
+returns ``Annotations``: the clips (path, optional start/end seconds), the captions with the clip
+each describes, and labels with class names for recognition. Two datasets then cover every task:
+
+- ``PairDataset``: one item per (caption, clip) pair: retrieval training and post-pretraining;
+- ``ClipDataset``: one item per clip: retrieval evaluation (each test video decoded once, the
+  captions tokenised separately with ``caption_to_video``), recognition (labels, multi-view).
+
+Items are dicts: ``frames`` float [T, 3, S, S] ([V, T, 3, S, S] for multi-view testing),
+``frame_mask`` bool [T] (all True: short videos repeat frames), ``ids`` int64 [L] and
+``text_mask`` bool [L] (pairs), ``label`` int (recognition), ``index`` int. A clip that cannot be
+decoded raises ``VideoError``, or with ``skip_errors=True`` yields ``{"index", "error"}`` that
+``collate`` moves to ``batch["failed"]``: training counts and logs them, evaluation reports them.
+Never a black video with a real caption.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mugstan.config import DataConfig
+from mugstan.data.transforms import ClipTransform
+from mugstan.data.video import VideoError, read_clip
+
+
+@dataclass
+class Clip:
+    path: str
+    start: Optional[float] = None
+    end: Optional[float] = None
+
+
+@dataclass
+class Annotations:
+    """One split of a dataset.
+
+    clips: the videos (or windows of videos); captions[i] describes clips[caption_clip[i]];
+    labels[j]: class index of clips[j] (recognition); class_names: index -> name.
+    """
+
+    clips: list[Clip]
+    captions: list[str] = field(default_factory=list)
+    caption_clip: list[int] = field(default_factory=list)
+    labels: Optional[list[int]] = None
+    class_names: Optional[list[str]] = None
+    source: str = ""
+
+    def __post_init__(self):
+        if len(self.captions) != len(self.caption_clip):
+            raise ValueError(f"{self.source}: {len(self.captions)} captions but {len(self.caption_clip)} caption->clip links")
+        if self.labels is not None and len(self.labels) != len(self.clips):
+            raise ValueError(f"{self.source}: {len(self.labels)} labels for {len(self.clips)} clips")
+        if not self.clips:
+            raise ValueError(f"{self.source}: no videos in this split")
+
+    @property
+    def multi_caption(self) -> bool:
+        return len(self.captions) != len(self.clips) or self.caption_clip != list(range(len(self.clips)))
+
+
+class _ClipReader:
+    """Decode + transform one clip with the configured sampling."""
+
+    def __init__(self, cfg: DataConfig, train: bool, seed: int = 0):
+        self.cfg, self.train, self.seed = cfg, train, seed
+        self.num_frames = cfg.num_frames if train else (cfg.test_num_frames or cfg.num_frames)
+        self.views = 1 if train else cfg.test_clips
+        self.transform = ClipTransform(cfg.image_size, train, cfg.crop_scale, cfg.hflip,
+                                       1 if train else cfg.test_crops, cfg.resize_short)
+        self.epoch = 0
+
+    def __call__(self, clip: Clip, index: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
+        short = self.cfg.resize_short or self.cfg.image_size
+        views = []
+        for v in range(self.views):
+            frames = read_clip(clip.path, self.num_frames, self.train, short, clip.start, clip.end,
+                               self.cfg.sampler, self.cfg.dense_stride, rng, v, self.views)
+            out = self.transform(frames)  # [T, 3, S, S] or [crops, T, 3, S, S]
+            views.extend(out.unbind(0) if out.dim() == 5 else [out])
+        return views[0] if len(views) == 1 else torch.stack(views)
+
+
+class _Base(Dataset):
+    def __init__(self, ann: Annotations, cfg: DataConfig, train: bool, tokenizer=None, skip_errors: bool = False, seed: int = 0):
+        self.ann, self.cfg, self.train, self.tokenizer, self.skip_errors = ann, cfg, train, tokenizer, skip_errors
+        self.reader = _ClipReader(cfg, train, seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training samples frames from (seed, epoch, index): the same run draws the same frames."""
+        self.reader.epoch = epoch
+
+    def _frames(self, clip_index: int, item_index: int) -> dict:
+        frames = self.reader(self.ann.clips[clip_index], item_index)
+        t = frames.shape[-4]
+        return {"frames": frames, "frame_mask": torch.ones(t, dtype=torch.bool), "index": item_index}
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            return self.get(index)
+        except VideoError as err:
+            if not self.skip_errors:
+                raise
+            return {"index": index, "error": str(err)}
+
+
+class PairDataset(_Base):
+    """One item per caption: its clip's frames and the caption's tokens."""
+
+    def __len__(self) -> int:
+        return len(self.ann.captions)
+
+    def get(self, index: int) -> dict:
+        item = self._frames(self.ann.caption_clip[index], index)
+        ids, mask = self.tokenizer(self.ann.captions[index])
+        item.update(ids=ids[0], text_mask=mask[0])
+        return item
+
+
+class ClipDataset(_Base):
+    """One item per clip (decoded once), with its label where there are labels."""
+
+    def __len__(self) -> int:
+        return len(self.ann.clips)
+
+    def get(self, index: int) -> dict:
+        item = self._frames(index, index)
+        if self.ann.labels is not None:
+            item["label"] = self.ann.labels[index]
+        return item
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack the good items; failed ones go to ``batch["failed"]`` as "path: reason" strings."""
+    good = [it for it in items if "error" not in it]
+    batch: dict = {"failed": [(it["index"], it["error"]) for it in items if "error" in it]}
+    if not good:
+        return batch
+    for key in good[0]:
+        values = [it[key] for it in good]
+        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
+    return batch
+
+
+def load_annotations(cfg: DataConfig, split: str) -> Annotations:
+    """The split ("train" | "val" | "test") of the dataset named by ``cfg.dataset``."""
+    from mugstan.data.datasets.formats import FORMATS
+
+    if cfg.dataset not in FORMATS:
+        raise ValueError(f"data.dataset={cfg.dataset!r} is not one of {', '.join(sorted(FORMATS))}")
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be train, val or test, got {split!r}")
+    return FORMATS[cfg.dataset](cfg, split)
+
+
+def build_dataset(cfg: DataConfig, split: str, tokenizer=None, train: Optional[bool] = None,
+                  skip_errors: Optional[bool] = None, pairs: Optional[bool] = None, seed: int = 0) -> Dataset:
+    """The torch dataset of a split. Defaults: training = split "train"; pairs (caption items)
+    in training when the split has captions, clips otherwise; errors skipped in training."""
+    ann = load_annotations(cfg, split)
+    train = split == "train" if train is None else train
+    skip_errors = train if skip_errors is None else skip_errors
+    pairs = (train and bool(ann.captions)) if pairs is None else pairs
+    if pairs and tokenizer is None:
+        raise ValueError("caption items need a tokenizer")
+    cls = PairDataset if pairs else ClipDataset
+    return cls(ann, cfg, train, tokenizer, skip_errors, seed)

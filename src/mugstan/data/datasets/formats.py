@@ -1,0 +1,313 @@
+"""Annotation adapters: each benchmark's files as distributed -> ``Annotations`` (data.md table).
+
+Paths come from the config: ``data.root`` (videos), ``data.{train,val,test}_ann`` and
+``data.extra`` (format-specific files). Relative annotation paths are resolved against the
+current directory; video paths against ``data.root``. Where a format names videos by id only,
+the file is found by its stem under ``data.root`` (any common container).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Optional
+
+from mugstan.config import DataConfig
+from mugstan.data.datasets import Annotations, Clip
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".3gp", ".wmv")
+
+
+def _ann_file(cfg: DataConfig, split: str) -> Path:
+    value = getattr(cfg, f"{split}_ann")
+    if not value:
+        raise ValueError(f"data.{split}_ann is not set: give the {cfg.dataset} annotation file for the {split} split")
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"data.{split}_ann: {path} does not exist")
+    return path
+
+
+def _extra(cfg: DataConfig, key: str, required: bool = True) -> Optional[Path]:
+    value = cfg.extra.get(key)
+    if not value:
+        if required:
+            raise ValueError(f"data.extra.{key} is not set: {cfg.dataset} needs it")
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"data.extra.{key}: {path} does not exist")
+    return path
+
+
+def _load_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON ({err})") from None
+
+
+class _Finder:
+    """Video file of an id: root/<id> as given, else the first file under root with that stem."""
+
+    def __init__(self, root: str):
+        self.root = Path(root).expanduser()
+        self._stems: Optional[dict[str, Path]] = None
+
+    def __call__(self, name: str) -> str:
+        direct = self.root / name
+        if direct.is_file():
+            return str(direct)
+        if self._stems is None:
+            self._stems = {}
+            for p in sorted(self.root.rglob("*")):
+                if p.suffix.lower() in VIDEO_EXTENSIONS:
+                    self._stems.setdefault(p.stem, p)
+        found = self._stems.get(Path(name).stem) or self._stems.get(name)
+        # A missing file is reported by the decoder (with this path) and by `mugstan data check`.
+        return str(found) if found else str(direct)
+
+
+def _retrieval(groups: "OrderedDict[str, list[str]]", finder: _Finder, source: str, times: Optional[dict] = None) -> Annotations:
+    clips, captions, links = [], [], []
+    for j, (name, caps) in enumerate(groups.items()):
+        start, end = (times or {}).get(name, (None, None))
+        clips.append(Clip(finder(name), start, end))
+        captions.extend(caps)
+        links.extend([j] * len(caps))
+    return Annotations(clips, captions, links, source=source)
+
+
+# ---- retrieval benchmarks -------------------------------------------------------------------
+def msrvtt(cfg: DataConfig, split: str) -> Annotations:
+    """MSRVTT_data.json (data.extra.data_json) + MSRVTT_train.9k.csv (train) / MSRVTT_JSFUSION_test.csv (val/test)."""
+    path = _ann_file(cfg, split)
+    finder = _Finder(cfg.root)
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and "sentence" in rows[0]:  # JSFUSION: one caption per video
+        groups = OrderedDict((f"{r['video_id']}.mp4", [r["sentence"]]) for r in rows)
+        return _retrieval(groups, finder, str(path))
+    if not rows or "video_id" not in rows[0]:
+        raise ValueError(f"{path}: expected a CSV with a video_id column (MSRVTT_train.9k.csv) or key,vid_key,video_id,sentence")
+    data = _load_json(_extra(cfg, "data_json"))
+    wanted = OrderedDict((r["video_id"], []) for r in rows)
+    for s in data["sentences"]:
+        if s["video_id"] in wanted:
+            wanted[s["video_id"]].append(s["caption"])
+    groups = OrderedDict((f"{vid}.mp4", caps) for vid, caps in wanted.items() if caps)
+    return _retrieval(groups, finder, str(path))
+
+
+def msrvtt_json(cfg: DataConfig, split: str) -> Annotations:
+    """STAN layout: {"video7020.mp4": ["caption", ...]} (train_9k.json, test_JSFUSION.json)."""
+    path = _ann_file(cfg, split)
+    data = _load_json(path)
+    groups = OrderedDict((name, [c] if isinstance(c, str) else list(c)) for name, c in data.items())
+    return _retrieval(groups, _Finder(cfg.root), str(path))
+
+
+def didemo(cfg: DataConfig, split: str) -> Annotations:
+    """{split}_data.json: [{"video", "description", "times"}]; a video's descriptions form one paragraph."""
+    path = _ann_file(cfg, split)
+    paragraphs: "OrderedDict[str, list[str]]" = OrderedDict()
+    for entry in _load_json(path):
+        paragraphs.setdefault(entry["video"], []).append(entry["description"].strip())
+    groups = OrderedDict((v, [" ".join(d)]) for v, d in paragraphs.items())
+    return _retrieval(groups, _Finder(cfg.root), str(path))
+
+
+def lsmdc(cfg: DataConfig, split: str) -> Annotations:
+    """Tab-separated clip_id, start_aligned, end_aligned, start_extracted, end_extracted, sentence."""
+    path = _ann_file(cfg, split)
+    groups: "OrderedDict[str, list[str]]" = OrderedDict()
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) < 6:
+            raise ValueError(f"{path}:{n}: expected 6 tab-separated fields (clip_id ... sentence), got {len(parts)}")
+        groups.setdefault(parts[0], []).append(parts[5].strip())
+    return _retrieval(groups, _Finder(cfg.root), str(path))
+
+
+def msvd(cfg: DataConfig, split: str) -> Annotations:
+    """{train,val,test}_list.txt of clip ids + raw-captions.pkl {id: [[word, ...], ...]} (data.extra.captions)."""
+    path = _ann_file(cfg, split)
+    with _extra(cfg, "captions").open("rb") as f:
+        captions = pickle.load(f)
+    groups = OrderedDict()
+    for vid in (line.strip() for line in path.read_text().splitlines()):
+        if vid:
+            if vid not in captions:
+                raise ValueError(f"{path}: clip {vid!r} has no captions in {cfg.extra['captions']}")
+            groups[vid] = [" ".join(words) for words in captions[vid]]
+    return _retrieval(groups, _Finder(cfg.root), str(path))
+
+
+def vatex(cfg: DataConfig, split: str) -> Annotations:
+    """vatex_data.json {id: {"enCap": [...]}} (data.extra.data_json) + a list of ids per split."""
+    path = _ann_file(cfg, split)
+    data = _load_json(_extra(cfg, "data_json"))
+    groups = OrderedDict((vid, list(data[vid]["enCap"])) for vid in (l.strip() for l in path.read_text().splitlines()) if vid)
+    return _retrieval(groups, _Finder(cfg.root), str(path))
+
+
+def activitynet(cfg: DataConfig, split: str) -> Annotations:
+    """{"v_<id>": {"duration", "timestamps", "sentences"}}: paragraph-to-video over the whole video."""
+    path = _ann_file(cfg, split)
+    data = _load_json(path)
+    finder = _Finder(cfg.root)
+    clips, captions = [], []
+    for key, entry in data.items():
+        found = finder(key)
+        clips.append(Clip(found if Path(found).exists() else finder(key.removeprefix("v_"))))
+        captions.append(" ".join(s.strip() for s in entry["sentences"]))
+    return Annotations(clips, captions, list(range(len(clips))), source=str(path))
+
+
+# ---- recognition ----------------------------------------------------------------------------
+def _class_names(path: Optional[Path]) -> Optional[list[str]]:
+    """One name per line; UCF-101's "1 ApplyEyeMakeup" lines are accepted too."""
+    if path is None:
+        return None
+    names = []
+    for line in path.read_text().splitlines():
+        parts = line.strip().split(maxsplit=1)
+        if parts:
+            names.append(parts[1] if len(parts) == 2 and parts[0].isdigit() else line.strip())
+    return names
+
+
+def video_list(cfg: DataConfig, split: str) -> Annotations:
+    """Kinetics-400 / HMDB-51 / UCF-101 lists: "relative/path.mp4 <label>" per line (+ class names file)."""
+    path = _ann_file(cfg, split)
+    root = Path(cfg.root).expanduser()
+    clips, labels = [], []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        rel, _, label = line.strip().rpartition(" ")
+        if not rel or not label.lstrip("-").isdigit():
+            raise ValueError(f"{path}:{n}: expected 'relative/path.mp4 <integer label>', got {line!r}")
+        clips.append(Clip(str(root / rel)))
+        labels.append(int(label))
+    names = _class_names(_extra(cfg, "class_names", required=False))
+    if names is not None and max(labels) >= len(names):
+        raise ValueError(f"{path}: label {max(labels)} but only {len(names)} class names in {cfg.extra['class_names']}")
+    return Annotations(clips, labels=labels, class_names=names, source=str(path))
+
+
+def kinetics_csv(cfg: DataConfig, split: str) -> Annotations:
+    """Kinetics CSV label,youtube_id,time_start,time_end,split; files <youtube_id>_<start:06d>_<end:06d>.*"""
+    path = _ann_file(cfg, split)
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = _class_names(_extra(cfg, "class_names", required=False)) or sorted({r["label"] for r in rows})
+    index = {n: i for i, n in enumerate(names)}
+    finder = _Finder(cfg.root)
+    clips, labels = [], []
+    for r in rows:
+        if r["label"] not in index:
+            raise ValueError(f"{path}: label {r['label']!r} is not in the class names")
+        stem = f"{r['youtube_id']}_{int(float(r['time_start'])):06d}_{int(float(r['time_end'])):06d}"
+        clips.append(Clip(finder(stem)))
+        labels.append(index[r["label"]])
+    return Annotations(clips, labels=labels, class_names=names, source=str(path))
+
+
+def ssv2(cfg: DataConfig, split: str) -> Annotations:
+    """labels.json {"template": "index"} (data.extra.labels) + [{"id", "template", ...}]; videos <id>.webm."""
+    path = _ann_file(cfg, split)
+    label_map = {name: int(i) for name, i in _load_json(_extra(cfg, "labels")).items()}
+    names = [n for n, _ in sorted(label_map.items(), key=lambda kv: kv[1])]
+    finder = _Finder(cfg.root)
+    clips, labels = [], []
+    for entry in _load_json(path):
+        template = entry["template"].replace("[", "").replace("]", "")
+        if template not in label_map:
+            raise ValueError(f"{path}: template {entry['template']!r} of video {entry['id']} is not in labels.json")
+        clips.append(Clip(finder(f"{entry['id']}.webm")))
+        labels.append(label_map[template])
+    return Annotations(clips, labels=labels, class_names=names, source=str(path))
+
+
+# ---- pretraining ---------------------------------------------------------------------------
+def webvid(cfg: DataConfig, split: str) -> Annotations:
+    """JSON {"relative/path.mp4": "caption"} or CSV with columns path,caption."""
+    path = _ann_file(cfg, split)
+    if path.suffix == ".csv":
+        with path.open(newline="") as f:
+            pairs = [(r["path"], r["caption"]) for r in csv.DictReader(f)]
+    else:
+        pairs = list(_load_json(path).items())
+    root = Path(cfg.root).expanduser()
+    return Annotations([Clip(str(root / p)) for p, _ in pairs], [c for _, c in pairs], list(range(len(pairs))), source=str(path))
+
+
+def cc3m(cfg: DataConfig, split: str) -> Annotations:
+    """TSV caption<TAB>path of images; an image is a one-frame video (its frame repeated T times)."""
+    path = _ann_file(cfg, split)
+    root = Path(cfg.root).expanduser()
+    clips, captions = [], []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        caption, sep, rel = line.rpartition("\t")
+        if not sep:
+            raise ValueError(f"{path}:{n}: expected 'caption<TAB>path'")
+        clips.append(Clip(str(root / rel.strip())))
+        captions.append(caption)
+    return Annotations(clips, captions, list(range(len(clips))), source=str(path))
+
+
+def jsonl(cfg: DataConfig, split: str) -> Annotations:
+    """Generic: one {"video", "caption": str | [str], "label": int | name, "start", "end"} per line.
+
+    String labels are looked up in data.extra.class_names (one name per line) when given, else
+    numbered in sorted order.
+    """
+    path = _ann_file(cfg, split)
+    root = Path(cfg.root).expanduser() if cfg.root else path.parent
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{n}: invalid JSON ({err.msg})") from None
+        if not isinstance(row, dict) or "video" not in row:
+            raise ValueError(f"{path}:{n}: each line needs a \"video\" field")
+        rows.append(row)
+    clips, captions, links, labels = [], [], [], []
+    for j, row in enumerate(rows):
+        clips.append(Clip(str(root / row["video"]), row.get("start"), row.get("end")))
+        caps = row.get("caption", [])
+        for c in [caps] if isinstance(caps, str) else caps:
+            captions.append(c)
+            links.append(j)
+        labels.append(row.get("label"))
+    names = _class_names(_extra(cfg, "class_names", required=False))
+    has_labels = any(lab is not None for lab in labels)
+    if has_labels:
+        if any(lab is None for lab in labels):
+            raise ValueError(f"{path}: some lines have a label and some do not")
+        if any(isinstance(lab, str) for lab in labels):
+            names = names or sorted({str(lab) for lab in labels})
+            index = {n: i for i, n in enumerate(names)}
+            missing = sorted({lab for lab in labels if lab not in index})
+            if missing:
+                raise ValueError(f"{path}: labels {missing[:5]} are not in the class names")
+            labels = [index[lab] for lab in labels]
+    return Annotations(clips, captions, links, labels if has_labels else None, names, str(path))
+
+
+FORMATS: dict[str, Callable[[DataConfig, str], Annotations]] = {
+    "msrvtt": msrvtt, "msrvtt_json": msrvtt_json, "didemo": didemo, "lsmdc": lsmdc, "msvd": msvd,
+    "vatex": vatex, "activitynet": activitynet, "video_list": video_list, "kinetics_csv": kinetics_csv,
+    "ssv2": ssv2, "webvid": webvid, "cc3m": cc3m, "jsonl": jsonl,
+}

@@ -1,0 +1,88 @@
+"""Clip transforms on uint8 frame tensors [T, 3, H, W] (or [V, T, 3, H, W] for views).
+
+Every frame of a clip gets the same crop and flip (the geometry must not jitter over time). All
+operations are batched tensor ops (torchvision.transforms.v2.functional), no PIL per frame.
+Horizontal flipping is off by default: it turns "moves left" into "moves right".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from mugstan.backbones.clip import CLIP_MEAN, CLIP_STD
+
+
+def resize_short(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """[..., 3, H, W] -> short side ``size`` (aspect kept), bicubic with antialiasing."""
+    h, w = frames.shape[-2:]
+    if min(h, w) == size:
+        return frames
+    return TF.resize(frames, size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+
+
+def center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
+    return TF.center_crop(frames, [size, size])
+
+
+def three_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """[T, 3, H, W] -> [3, T, 3, size, size]: start, centre and end of the long side."""
+    h, w = frames.shape[-2:]
+    if w >= h:
+        offsets = [(0, (h - size) // 2, 0), (1, (h - size) // 2, (w - size) // 2), (2, (h - size) // 2, w - size)]
+    else:
+        offsets = [(0, 0, (w - size) // 2), (1, (h - size) // 2, (w - size) // 2), (2, h - size, (w - size) // 2)]
+    return torch.stack([frames[..., top:top + size, left:left + size] for _, top, left in offsets])
+
+
+def random_resized_crop(frames: torch.Tensor, size: int, scale: Sequence[float] = (0.5, 1.0),
+                        ratio: Sequence[float] = (3 / 4, 4 / 3), generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """One random area/aspect crop shared by all frames, resized to size x size."""
+    h, w = frames.shape[-2:]
+    area = h * w
+    for _ in range(10):
+        target = area * float(torch.empty(1).uniform_(scale[0], scale[1], generator=generator))
+        aspect = math.exp(float(torch.empty(1).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)))
+        cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
+            left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
+            return TF.resized_crop(frames, top, left, ch, cw, [size, size], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    return center_crop(resize_short(frames, size), size)
+
+
+def normalize(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., 3, H, W] -> float, CLIP mean/std normalised."""
+    x = frames.float().div_(255)
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
+class ClipTransform:
+    """Training: random resized crop (+ optional flip); testing: resize short side + centre crop
+    (or three crops, giving [3, T, 3, S, S]). Output is CLIP-normalised float."""
+
+    def __init__(self, size: int, train: bool, crop_scale: Sequence[float] = (0.5, 1.0), hflip: bool = False,
+                 crops: int = 1, resize: Optional[int] = None):
+        if crops not in (1, 3):
+            raise ValueError(f"data.test_crops must be 1 or 3, got {crops}")
+        self.size, self.train, self.crop_scale, self.hflip, self.crops = size, train, tuple(crop_scale), hflip, crops
+        self.resize = resize or size
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 [T, 3, H, W] -> float [T, 3, S, S] (or [3, T, 3, S, S] with three crops)."""
+        if self.train:
+            if self.crop_scale == (1.0, 1.0):
+                frames = center_crop(resize_short(frames, self.resize), self.size)
+            else:
+                frames = random_resized_crop(frames, self.size, self.crop_scale)
+            if self.hflip and torch.rand(1).item() < 0.5:
+                frames = frames.flip(-1)
+        else:
+            frames = resize_short(frames, self.resize)
+            frames = three_crop(frames, self.size) if self.crops == 3 else center_crop(frames, self.size)
+        return normalize(frames)

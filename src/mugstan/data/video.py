@@ -1,0 +1,267 @@
+"""Video decoding with PyAV that reads only what it needs, and the frame samplers.
+
+``read_clip(path, num_frames, ...)`` is what datasets call:
+
+1. ``probe`` reads the stream's frame rate, time base and length from the container (no decoding).
+2. A sampler picks frame indices inside [start, end]: ``segment_indices`` (T equal segments:
+   random frame of each in training, the middle one in testing) or ``dense_indices`` (T frames
+   at a fixed stride from a random or central start). Short videos repeat frames, never pad.
+3. ``decode_frames`` seeks to the keyframe before the first wanted frame and decodes forward,
+   seeking again when the next wanted frame is far ahead; only the wanted frames are converted
+   to RGB, resized to the requested short side in the same step (``frame.to_ndarray``).
+
+Every failure (missing file, not a video, no video stream, no frames, truncated stream) raises
+``VideoError`` with the path and the reason. Nothing is opened at import or construction time,
+so DataLoader workers each open their own containers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import av
+import numpy as np
+import torch
+
+PathLike = Union[str, Path]
+
+
+class VideoError(Exception):
+    """A video that cannot be used; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: PathLike, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass
+class VideoInfo:
+    """What the container says about the first video stream.
+
+    num_frames: frames in the whole file; fps: average frame rate; start: the stream's first
+    presentation time in seconds; width, height: coded size.
+    """
+
+    num_frames: int
+    fps: float
+    start: float
+    width: int
+    height: int
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps
+
+
+def _open(path: PathLike) -> av.container.InputContainer:
+    p = Path(path)
+    if not p.exists():
+        raise VideoError(path, "file not found")
+    if p.is_dir():
+        raise VideoError(path, "is a directory, not a video file")
+    if p.stat().st_size == 0:
+        raise VideoError(path, "empty file (0 bytes)")
+    try:
+        container = av.open(str(p))
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
+        raise VideoError(path, f"cannot be opened as a media file ({err})") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoError(path, "has no video stream (audio-only or data file)")
+    return container
+
+
+def probe(path: PathLike) -> VideoInfo:
+    """Frame count, rate and size from the container metadata, counting packets when it has none."""
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        n = stream.frames
+        if not n and stream.duration:
+            n = int(round(float(stream.duration * stream.time_base) * fps))
+        if not n and container.duration:
+            n = int(round(container.duration / av.time_base * fps))
+        if not n:  # no length in the metadata (some webm / streamed files): count packets
+            n = sum(1 for packet in container.demux(stream) if packet.size)
+        width, height = stream.codec_context.width, stream.codec_context.height
+    if n <= 0:
+        raise VideoError(path, "contains no video frames (zero length)")
+    return VideoInfo(n, fps, start, width, height)
+
+
+# ---- samplers -------------------------------------------------------------------------------
+def frame_range(info: VideoInfo, start: Optional[float] = None, end: Optional[float] = None) -> tuple[int, int]:
+    """[first, last) frame indices inside [start, end] seconds (whole video when None)."""
+    first = 0 if start is None else max(0, int(math.floor(start * info.fps)))
+    last = info.num_frames if end is None else min(info.num_frames, int(math.ceil(end * info.fps)))
+    if last <= first:  # a window shorter than one frame still shows its frame
+        first = min(first, info.num_frames - 1)
+        last = first + 1
+    return first, last
+
+
+def segment_indices(first: int, last: int, num: int, train: bool, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """Split [first, last) into ``num`` equal segments; a random frame of each (train) or the middle.
+
+    Fewer frames than segments repeat frames (each segment still maps to a real frame).
+    """
+    edges = np.linspace(first, last, num + 1)
+    if train:
+        rng = rng or np.random.default_rng()
+        points = edges[:-1] + rng.random(num) * (edges[1:] - edges[:-1])
+    else:
+        points = (edges[:-1] + edges[1:]) / 2
+    return np.clip(np.floor(points).astype(np.int64), first, last - 1)
+
+
+def dense_indices(first: int, last: int, num: int, stride: int, train: bool, rng: Optional[np.random.Generator] = None,
+                  clip: int = 0, num_clips: int = 1) -> np.ndarray:
+    """``num`` frames ``stride`` apart. Train: random start; test: clip ``clip`` of ``num_clips``
+    evenly spaced starts (one clip: the centre). Past the end, indices wrap around the window."""
+    span = num * stride
+    room = max(0, (last - first) - span)
+    if train:
+        offset = int((rng or np.random.default_rng()).integers(0, room + 1))
+    elif num_clips == 1:
+        offset = room // 2
+    else:
+        offset = int(round(room * clip / (num_clips - 1)))
+    idx = first + offset + np.arange(num) * stride
+    return first + (idx - first) % max(1, last - first)
+
+
+# ---- decoding -------------------------------------------------------------------------------
+def output_size(width: int, height: int, short_side: Optional[int]) -> tuple[int, int]:
+    """(width, height) with the short side scaled to ``short_side`` (even sizes; None keeps it)."""
+    if not short_side:
+        return width, height
+    scale = short_side / min(width, height)
+    return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
+
+
+def _collect(frames, wanted: np.ndarray, pos: int, index_of, width: int, height: int, got: dict,
+             num_frames: int, stop_gap: Optional[int]) -> int:
+    """Walk decoded ``frames`` and convert the wanted ones; returns the next wanted position.
+
+    Stops when all are found, at the end of the stream, or (stop_gap) when the next wanted frame
+    is so far ahead that seeking is cheaper than decoding the gap.
+    """
+    for frame in frames:
+        index = index_of(frame)
+        if index < wanted[pos]:
+            continue
+        if index >= num_frames:
+            break
+        while pos < len(wanted) and wanted[pos] < index:  # the stream skipped it (timestamp gap)
+            pos += 1
+        if pos < len(wanted) and wanted[pos] == index:
+            got[index] = frame.to_ndarray(width=width, height=height, format="rgb24")
+            pos += 1
+        if pos >= len(wanted) or (stop_gap is not None and wanted[pos] - index > stop_gap):
+            break
+    return pos
+
+
+def decode_frames(path: PathLike, indices: Sequence[int], short_side: Optional[int] = None,
+                  info: Optional[VideoInfo] = None, seek_gap: Optional[int] = None) -> torch.Tensor:
+    """Frames at ``indices`` (any order, repeats allowed) -> uint8 [len(indices), 3, H, W].
+
+    short_side: resize while converting (None keeps the decoded size). seek_gap: seek again when
+    the next wanted frame is more than this many frames ahead (default: one second of video).
+    Streams without timestamps are decoded from the start, counting frames.
+    """
+    info = info or probe(path)
+    indices = np.asarray(indices, dtype=np.int64)
+    if indices.size == 0:
+        raise ValueError("no frame indices to decode")
+    if indices.min() < 0 or indices.max() >= info.num_frames:
+        raise ValueError(f"{path}: frame indices {indices.min()}..{indices.max()} outside 0..{info.num_frames - 1}")
+    wanted = np.unique(indices)
+    seek_gap = seek_gap if seek_gap is not None else max(1, int(round(info.fps)))
+    width, height = output_size(info.width, info.height, short_side)
+    got: dict[int, np.ndarray] = {}
+    try:
+        with _open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            tb = float(stream.time_base)
+            timed = True
+
+            def index_of(frame) -> int:
+                nonlocal timed
+                if frame.pts is None:
+                    timed = False
+                    raise StopIteration
+                return int(round((frame.pts * tb - info.start) * info.fps))
+
+            pos = 0
+            while pos < len(wanted) and timed:
+                target = int(wanted[pos])
+                container.seek(int((info.start + target / info.fps) / tb), stream=stream, backward=True, any_frame=False)
+                before = pos
+                try:
+                    pos = _collect(container.decode(stream), wanted, pos, index_of, width, height, got, info.num_frames, seek_gap)
+                except StopIteration:
+                    break
+                if pos == before:  # nothing found past the seek point: end of the stream
+                    break
+            if not timed:  # no timestamps: decode from the start and count
+                container.seek(0)
+                counter = iter(range(info.num_frames + 1))
+                got.clear()
+                _collect(container.decode(stream), wanted, 0, lambda f: next(counter), width, height, got, info.num_frames, None)
+    except av.error.FFmpegError as err:
+        if not got:
+            raise VideoError(path, f"decoding failed ({err})") from None
+    if not got:
+        raise VideoError(path, "no frame could be decoded (corrupt or truncated stream)")
+    # Frames the stream did not deliver (a truncated tail, timestamp gaps) take the nearest
+    # decoded frame: a repeated real frame, never a black one.
+    decoded = np.array(sorted(got))
+    nearest = {int(i): int(decoded[np.abs(decoded - i).argmin()]) for i in wanted if int(i) not in got}
+    stack = np.stack([got[nearest.get(int(i), int(i))] for i in indices])
+    return torch.from_numpy(stack).permute(0, 3, 1, 2).contiguous()
+
+
+def decode_all(path: PathLike, short_side: Optional[int] = None) -> torch.Tensor:
+    """Every frame, converted: uint8 [N, 3, H, W]. The slow reference path (tests, benchmarks)."""
+    info = probe(path)
+    width, height = output_size(info.width, info.height, short_side)
+    with _open(path) as container:
+        frames = [f.to_ndarray(width=width, height=height, format="rgb24") for f in container.decode(video=0)]
+    if not frames:
+        raise VideoError(path, "no frame could be decoded")
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
+
+
+def read_clip(path: PathLike, num_frames: int, train: bool = False, short_side: Optional[int] = None,
+              start: Optional[float] = None, end: Optional[float] = None, sampler: str = "segment",
+              stride: int = 4, rng: Optional[np.random.Generator] = None, clip: int = 0,
+              num_clips: int = 1) -> torch.Tensor:
+    """Sample and decode one clip: uint8 [num_frames, 3, H, W].
+
+    sampler "segment" (default): T segments of [start, end]; with ``num_clips`` > 1 in testing,
+    clip c takes the point at (c + 0.5) / num_clips of every segment. "dense": T frames
+    ``stride`` apart.
+    """
+    if not os.path.exists(path):
+        raise VideoError(path, "file not found")
+    info = probe(path)
+    first, last = frame_range(info, start, end)
+    if sampler == "segment":
+        if train or num_clips == 1:
+            idx = segment_indices(first, last, num_frames, train, rng)
+        else:
+            edges = np.linspace(first, last, num_frames + 1)
+            idx = np.clip(np.floor(edges[:-1] + (clip + 0.5) / num_clips * (edges[1:] - edges[:-1])).astype(np.int64), first, last - 1)
+    elif sampler == "dense":
+        idx = dense_indices(first, last, num_frames, stride, train, rng, clip, num_clips)
+    else:
+        raise ValueError(f"data.sampler must be 'segment' or 'dense', got {sampler!r}")
+    return decode_frames(path, idx, short_side, info)
