@@ -124,7 +124,7 @@ def dense_indices(first: int, last: int, num: int, stride: int, train: bool, rng
                   clip: int = 0, num_clips: int = 1) -> np.ndarray:
     """``num`` frames ``stride`` apart. Train: random start; test: clip ``clip`` of ``num_clips``
     evenly spaced starts (one clip: the centre). Past the end, indices wrap around the window."""
-    span = num * stride
+    span = (num - 1) * stride + 1
     room = max(0, (last - first) - span)
     if train:
         offset = int((rng or np.random.default_rng()).integers(0, room + 1))
@@ -145,15 +145,24 @@ def output_size(width: int, height: int, short_side: Optional[int]) -> tuple[int
     return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
 
 
+class _Overshoot(Exception):
+    pass
+
+
 def _collect(frames, wanted: np.ndarray, pos: int, index_of, width: int, height: int, got: dict,
              num_frames: int, stop_gap: Optional[int]) -> int:
     """Walk decoded ``frames`` and convert the wanted ones; returns the next wanted position.
 
     Stops when all are found, at the end of the stream, or (stop_gap) when the next wanted frame
-    is so far ahead that seeking is cheaper than decoding the gap.
+    is so far ahead that seeking is cheaper than decoding the gap. Raises ``_Overshoot`` when the
+    first frame after a seek is already past the wanted one (imprecise seeking, e.g. MPEG-TS).
     """
+    first = True
     for frame in frames:
         index = index_of(frame)
+        if first and stop_gap is not None and index > wanted[pos]:
+            raise _Overshoot
+        first = False
         if index < wanted[pos]:
             continue
         if index >= num_frames:
@@ -208,6 +217,10 @@ def decode_frames(path: PathLike, indices: Sequence[int], short_side: Optional[i
                 try:
                     pos = _collect(container.decode(stream), wanted, pos, index_of, width, height, got, info.num_frames, seek_gap)
                 except StopIteration:
+                    break
+                except _Overshoot:  # seeking is not precise in this file: decode it from the start
+                    container.seek(0)
+                    _collect(container.decode(stream), wanted, pos, index_of, width, height, got, info.num_frames, None)
                     break
                 if pos == before:  # nothing found past the seek point: end of the stream
                     break

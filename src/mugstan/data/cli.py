@@ -1,0 +1,178 @@
+"""``mugstan data``: check a dataset's videos, re-encode a folder, generate the synthetic benchmark.
+
+    mugstan data check CONFIG.yaml [--split train val test]       # every split the config names
+    mugstan data check ANNOTATIONS --format jsonl --root VIDEOS    # one annotation file
+    mugstan data compress SRC DST --fps 3 --short-side 224 --workers 4
+    mugstan data synth OUT_DIR [--videos N --frames T --size S --seed K]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from fractions import Fraction
+from pathlib import Path
+
+import av
+from tqdm import tqdm
+
+from mugstan.data.video import VideoError, output_size, probe
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    check = sub.add_parser("check", help="list missing and corrupt videos of a dataset")
+    check.add_argument("source", help="experiment YAML (its data section) or an annotation file")
+    check.add_argument("--format", default="jsonl", help="annotation format when SOURCE is an annotation file (default: jsonl)")
+    check.add_argument("--root", default="", help="video folder when SOURCE is an annotation file")
+    check.add_argument("--split", nargs="+", default=None, help="splits to check (default: every split the config names)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    comp = sub.add_parser("compress", help="re-encode a folder of videos to a low frame rate and short side (resumable)")
+    comp.add_argument("src")
+    comp.add_argument("dst")
+    comp.add_argument("--fps", type=float, default=3.0)
+    comp.add_argument("--short-side", type=int, default=224)
+    comp.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    comp.add_argument("--crf", type=int, default=23, help="x264 quality (lower is better; default 23)")
+
+    from mugstan.data import synthetic
+
+    synthetic.configure_parser(sub.add_parser("synth", help="render the built-in synthetic temporal benchmark"))
+
+
+# ---- check ------------------------------------------------------------------------------------
+def _check_one(path: str) -> str | None:
+    try:
+        info = probe(path)
+        from mugstan.data.video import decode_frames
+
+        decode_frames(path, [0, info.num_frames - 1], short_side=32, info=info)
+    except VideoError as err:
+        return err.reason
+    return None
+
+
+def check(data_cfg, splits: list[str]) -> dict:
+    """{split: {"videos": n, "problems": [{"path", "reason"}]}} for the given splits."""
+    from mugstan.data.datasets import load_annotations
+
+    report = {}
+    for split in splits:
+        ann = load_annotations(data_cfg, split)
+        paths = sorted({c.path for c in ann.clips})
+        problems = []
+        for path in tqdm(paths, desc=f"checking {split}", unit="video"):
+            reason = _check_one(path)
+            if reason:
+                problems.append({"path": path, "reason": reason})
+        report[split] = {"videos": len(paths), "problems": problems}
+    return report
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from mugstan.config import DataConfig
+
+    source = Path(args.source)
+    if not source.is_file():
+        raise SystemExit(f"error: {source} does not exist")
+    if source.suffix in (".yaml", ".yml"):
+        from mugstan.config import load_config
+
+        data_cfg = load_config(source).data
+        splits = args.split or [s for s in ("train", "val", "test") if getattr(data_cfg, f"{s}_ann")]
+    else:
+        data_cfg = DataConfig(dataset=args.format, root=args.root, test_ann=str(source))
+        splits = ["test"]
+    report = check(data_cfg, splits)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for split, r in report.items():
+            print(f"{split}: {r['videos']} videos, {len(r['problems'])} with problems")
+            for p in r["problems"]:
+                print(f"  {p['path']}: {p['reason']}")
+    return 1 if any(r["problems"] for r in report.values()) else 0
+
+
+# ---- compress -----------------------------------------------------------------------------
+def compress_video(src: str, dst: str, fps: float, short_side: int, crf: int = 23) -> None:
+    """Re-encode ``src`` as H.264 at ``fps`` with the short side ``short_side``; atomic write."""
+    info = probe(src)
+    width, height = output_size(info.width, info.height, short_side if min(info.width, info.height) > short_side else None)
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=Path(dst).parent)
+    os.close(fd)
+    rate = Fraction(fps).limit_denominator(1000)
+    try:
+        with av.open(src) as inp, av.open(tmp, "w", format="mp4") as out:
+            stream = out.add_stream("libx264", rate=rate)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.options = {"crf": str(crf), "preset": "veryfast"}
+            vin = inp.streams.video[0]
+            tb = float(vin.time_base)
+            next_t, written = 0.0, 0
+            for frame in inp.decode(vin):
+                t = (frame.pts * tb - info.start) if frame.pts is not None else written / fps
+                if t + 1e-6 < next_t:
+                    continue
+                img = frame.reformat(width=width, height=height, format="yuv420p")
+                img.pts = written
+                img.time_base = Fraction(1, 1) / rate
+                out.mux(stream.encode(img))
+                written += 1
+                next_t = written / fps
+            out.mux(stream.encode(None))
+        if written == 0:
+            raise VideoError(src, "no frames decoded")
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _compress_job(job: tuple[str, str, float, int, int]) -> tuple[str, str | None]:
+    src, dst, fps, short, crf = job
+    try:
+        compress_video(src, dst, fps, short, crf)
+        return src, None
+    except (VideoError, av.error.FFmpegError) as err:
+        return src, str(err)
+
+
+def _run_compress(args: argparse.Namespace) -> int:
+    from mugstan.data.datasets.formats import VIDEO_EXTENSIONS
+
+    src, dst = Path(args.src), Path(args.dst)
+    if not src.is_dir():
+        raise SystemExit(f"error: {src} is not a folder")
+    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+    jobs = []
+    for p in files:
+        out = (dst / p.relative_to(src)).with_suffix(".mp4")
+        if not out.exists():  # finished files are skipped: rerun to resume
+            jobs.append((str(p), str(out), args.fps, args.short_side, args.crf))
+    print(f"{len(files)} videos in {src}; {len(files) - len(jobs)} already done; encoding {len(jobs)} with {args.workers} workers")
+    failed = []
+    with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
+        futures = [pool.submit(_compress_job, j) for j in jobs]
+        for fut in tqdm(as_completed(futures), total=len(futures), desc="compressing", unit="video"):
+            path, error = fut.result()
+            if error:
+                failed.append((path, error))
+    for path, error in failed:
+        print(f"failed: {error}")
+    return 1 if failed else 0
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.data_command == "check":
+        return _run_check(args)
+    if args.data_command == "compress":
+        return _run_compress(args)
+    from mugstan.data import synthetic
+
+    return synthetic.main(args)
