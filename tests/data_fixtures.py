@@ -13,9 +13,10 @@ def write_video(path, frames: int = 16, size=(48, 32), fps: int = 8, gop: int = 
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
+        webm = path.suffix == ".webm"  # Something-Something-V2 ships VP9 in WebM
+        stream = out.add_stream("libvpx-vp9" if webm else "libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-        stream.options = {"g": str(gop), "crf": "10", "threads": "1"}
+        stream.options = {"g": str(gop)} if webm else {"g": str(gop), "crf": "10", "threads": "1"}
         for i in range(frames):
             img = np.full((size[1], size[0], 3), (i * 9) % 256, dtype=np.uint8)
             img[: size[1] // 4] = rng.integers(0, 255, (size[1] // 4, size[0], 3), dtype=np.uint8)
