@@ -120,12 +120,16 @@ def test_items_and_collate_skip_broken_videos(root, tmp_path):
     lines = [{"video": "video0.mp4", "caption": "good"}, {"video": "broken.mp4", "caption": "bad"}, {"video": "nope.mp4", "caption": "gone"}]
     jl = write(tmp_path / "t.jsonl", "\n".join(json.dumps(l) for l in lines))
     c = cfg(root, "jsonl", train_ann=jl)
-    ds = build_dataset(c, "train", Tokenizer(8))
-    batch = collate([ds[i] for i in range(3)])
+    dropping = build_dataset(c, "train", Tokenizer(8), on_error="drop")
+    batch = collate([dropping[i] for i in range(3)])
     assert batch["frames"].shape == (1, 4, 3, 32, 32) and batch["ids"].shape == (1, 8)
     assert batch["frame_mask"].all() and batch["index"].tolist() == [0]
     assert [i for i, _ in batch["failed"]] == [1, 2] and "broken.mp4" in batch["failed"][0][1] and "file not found" in batch["failed"][1][1]
-    strict = build_dataset(c, "train", Tokenizer(8), skip_errors=False)
+    replacing = build_dataset(c, "train", Tokenizer(8))  # training: the batch keeps its size
+    batch = collate([replacing[i] for i in range(3)])
+    assert batch["frames"].shape[0] == 3 and batch["index"].tolist() == [0, 0, 0]
+    assert {i for i, _ in batch["failed"]} == {1, 2}  # each failure counted where it happened
+    strict = build_dataset(c, "train", Tokenizer(8), on_error="raise")
     with pytest.raises(Exception, match="broken.mp4"):
         strict[1]
 

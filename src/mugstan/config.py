@@ -14,7 +14,8 @@ overrides from the command line (``train.lr=1e-6``) are checked against the same
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from pathlib import Path
+from typing import Optional, Sequence
 
 
 @dataclass
@@ -138,3 +139,79 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_config(path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read an experiment YAML and apply dotted ``key=value`` overrides, checking every key and type.
+
+    Unknown keys, wrong types and malformed overrides raise ``ConfigError`` naming the file and
+    the key, before anything is built.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    schema = OmegaConf.structured(ExperimentConfig)
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    try:
+        merged = OmegaConf.merge(schema, loaded)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{path}: {_describe(err)}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. train.lr=1e-6")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"override {item!r}: {_describe(err)}") from None
+    cfg: ExperimentConfig = OmegaConf.to_object(merged)
+    validate_config(cfg)
+    return cfg
+
+
+def _describe(err) -> str:
+    key = getattr(err, "full_key", None)
+    msg = str(err).splitlines()[0]
+    if "not in struct" in msg or "Key '" in msg and "not" in msg:
+        return f"unknown key {key!r} (check the spelling; see mugstan/config.py for every field)"
+    return f"key {key!r}: {msg}" if key else msg
+
+
+class ConfigError(ValueError):
+    """A configuration problem, found before anything is built."""
+
+
+def validate_config(cfg: ExperimentConfig) -> None:
+    """Checks beyond types: choices and the files that must exist."""
+    t = cfg.train
+    if t.precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"train.precision={t.precision!r} must be fp32, bf16 or fp16")
+    for name in ("batch_size", "accum_steps", "epochs"):
+        if getattr(t, name) < 1:
+            raise ConfigError(f"train.{name} must be at least 1, got {getattr(t, name)}")
+    if t.batch_size % t.accum_steps:
+        raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.accum_steps={t.accum_steps}")
+    if cfg.eval.v2t not in ("lenient", "strict"):
+        raise ConfigError(f"eval.v2t={cfg.eval.v2t!r} must be lenient or strict")
+    if cfg.model.weights and not Path(cfg.model.weights).expanduser().exists():
+        raise ConfigError(f"model.weights: {cfg.model.weights} does not exist")
+    for split in ("train", "val", "test"):
+        ann = getattr(cfg.data, f"{split}_ann")
+        if ann and not Path(ann).expanduser().is_file():
+            raise ConfigError(f"data.{split}_ann: {ann} does not exist")
+    for key, value in cfg.data.extra.items():
+        if not Path(value).expanduser().exists():
+            raise ConfigError(f"data.extra.{key}: {value} does not exist")
+    if cfg.data.root and not Path(cfg.data.root).expanduser().is_dir():
+        raise ConfigError(f"data.root: {cfg.data.root} is not a folder")
+
+
+def save_config(cfg: ExperimentConfig, path) -> None:
+    from omegaconf import OmegaConf
+
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))

@@ -11,8 +11,15 @@ each describes, and labels with class names for recognition. Two datasets then c
 Items are dicts: ``frames`` float [T, 3, S, S] ([V, T, 3, S, S] for multi-view testing),
 ``frame_mask`` bool [T] (all True: short videos repeat frames), ``ids`` int64 [L] and
 ``text_mask`` bool [L] (pairs), ``label`` int (recognition), ``index`` int. A clip that cannot be
-decoded raises ``VideoError``, or with ``skip_errors=True`` yields ``{"index", "error"}`` that
-``collate`` moves to ``batch["failed"]``: training counts and logs them, evaluation reports them.
+decoded is handled by ``on_error``:
+
+- ``"raise"``: ``VideoError`` (path and reason);
+- ``"replace"`` (training): the item is skipped and another one drawn in its place, so batches
+  keep their size on every process; the skipped (index, "path: reason") pairs travel in the
+  item's ``failed`` list, and ``collate`` gathers them into ``batch["failed"]`` to be counted;
+- ``"drop"`` (evaluation): the item comes back as ``{"index", "error"}``; ``collate`` leaves it
+  out of the batch and lists it in ``batch["failed"]`` so the evaluation reports it.
+
 Never a black video with a real caption.
 """
 
@@ -88,9 +95,15 @@ class _ClipReader:
         return views[0] if len(views) == 1 else torch.stack(views)
 
 
+ON_ERROR = ("raise", "replace", "drop")
+MAX_REPLACEMENTS = 10
+
+
 class _Base(Dataset):
-    def __init__(self, ann: Annotations, cfg: DataConfig, train: bool, tokenizer=None, skip_errors: bool = False, seed: int = 0):
-        self.ann, self.cfg, self.train, self.tokenizer, self.skip_errors = ann, cfg, train, tokenizer, skip_errors
+    def __init__(self, ann: Annotations, cfg: DataConfig, train: bool, tokenizer=None, on_error: str = "raise", seed: int = 0):
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        self.ann, self.cfg, self.train, self.tokenizer, self.on_error = ann, cfg, train, tokenizer, on_error
         self.reader = _ClipReader(cfg, train, seed)
 
     def set_epoch(self, epoch: int) -> None:
@@ -103,12 +116,21 @@ class _Base(Dataset):
         return {"frames": frames, "frame_mask": torch.ones(t, dtype=torch.bool), "index": item_index}
 
     def __getitem__(self, index: int) -> dict:
-        try:
+        if self.on_error == "raise":
             return self.get(index)
-        except VideoError as err:
-            if not self.skip_errors:
-                raise
-            return {"index": index, "error": str(err)}
+        failed = []
+        for attempt in range(MAX_REPLACEMENTS if self.on_error == "replace" else 1):
+            j = (index + attempt * 7919) % len(self)  # a fixed, well-spread sequence of stand-ins
+            try:
+                item = self.get(j)
+            except VideoError as err:
+                failed.append((j, str(err)))
+                continue
+            item["failed"] = failed
+            return item
+        if self.on_error == "replace":
+            raise VideoError(failed[-1][1].split(": ")[0], f"{MAX_REPLACEMENTS} videos in a row failed to decode; run `mugstan data check`")
+        return {"index": index, "error": failed[0][1], "failed": failed}
 
 
 class PairDataset(_Base):
@@ -138,12 +160,12 @@ class ClipDataset(_Base):
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack the good items; failed ones go to ``batch["failed"]`` as "path: reason" strings."""
+    """Stack the good items; every skipped or dropped one is in ``batch["failed"]`` as (index, "path: reason")."""
     good = [it for it in items if "error" not in it]
-    batch: dict = {"failed": [(it["index"], it["error"]) for it in items if "error" in it]}
+    batch: dict = {"failed": [f for it in items for f in it.get("failed", [])]}
     if not good:
         return batch
-    for key in good[0]:
+    for key in (k for k in good[0] if k != "failed"):
         values = [it[key] for it in good]
         batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
     return batch
@@ -161,14 +183,16 @@ def load_annotations(cfg: DataConfig, split: str) -> Annotations:
 
 
 def build_dataset(cfg: DataConfig, split: str, tokenizer=None, train: Optional[bool] = None,
-                  skip_errors: Optional[bool] = None, pairs: Optional[bool] = None, seed: int = 0) -> Dataset:
+                  on_error: Optional[str] = None, pairs: Optional[bool] = None, seed: int = 0,
+                  ann: Optional[Annotations] = None) -> Dataset:
     """The torch dataset of a split. Defaults: training = split "train"; pairs (caption items)
-    in training when the split has captions, clips otherwise; errors skipped in training."""
-    ann = load_annotations(cfg, split)
+    in training when the split has captions, clips otherwise; broken videos replaced in
+    training and dropped (reported) otherwise."""
+    ann = ann or load_annotations(cfg, split)
     train = split == "train" if train is None else train
-    skip_errors = train if skip_errors is None else skip_errors
+    on_error = on_error or ("replace" if train else "drop")
     pairs = (train and bool(ann.captions)) if pairs is None else pairs
     if pairs and tokenizer is None:
         raise ValueError("caption items need a tokenizer")
     cls = PairDataset if pairs else ClipDataset
-    return cls(ann, cfg, train, tokenizer, skip_errors, seed)
+    return cls(ann, cfg, train, tokenizer, on_error, seed)
