@@ -141,7 +141,7 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def load_config(path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+def load_config(path, overrides: Sequence[str] = (), check_files: bool = True) -> ExperimentConfig:
     """Read an experiment YAML and apply dotted ``key=value`` overrides, checking every key and type.
 
     Unknown keys, wrong types and malformed overrides raise ``ConfigError`` naming the file and
@@ -170,7 +170,7 @@ def load_config(path, overrides: Sequence[str] = ()) -> ExperimentConfig:
         except OmegaConfBaseException as err:
             raise ConfigError(f"override {item!r}: {_describe(err)}") from None
     cfg: ExperimentConfig = OmegaConf.to_object(merged)
-    validate_config(cfg)
+    validate_config(cfg, check_files)
     return cfg
 
 
@@ -186,8 +186,8 @@ class ConfigError(ValueError):
     """A configuration problem, found before anything is built."""
 
 
-def validate_config(cfg: ExperimentConfig) -> None:
-    """Checks beyond types: choices and the files that must exist."""
+def validate_config(cfg: ExperimentConfig, check_files: bool = True) -> None:
+    """Checks beyond types: choices and (``check_files``) the files that must exist."""
     t = cfg.train
     if t.precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"train.precision={t.precision!r} must be fp32, bf16 or fp16")
@@ -198,6 +198,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.accum_steps={t.accum_steps}")
     if cfg.eval.v2t not in ("lenient", "strict"):
         raise ConfigError(f"eval.v2t={cfg.eval.v2t!r} must be lenient or strict")
+    if not check_files:
+        return
     if cfg.model.weights and not Path(cfg.model.weights).expanduser().exists():
         raise ConfigError(f"model.weights: {cfg.model.weights} does not exist")
     for split in ("train", "val", "test"):

@@ -1,0 +1,110 @@
+"""Process groups and samplers: one process, or ``torchrun`` with NCCL on GPUs and gloo on CPUs.
+
+``TrainSampler`` yields each process's micro-batches of a seeded per-epoch permutation and can
+start mid-epoch, so a resumed run sees exactly the batches the interrupted one had left.
+``ShardSampler`` gives each process a contiguous shard with no padding: every evaluation item is
+counted exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup() -> DistInfo:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK), if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    return DistInfo(rank, world, local_rank, device)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_gather_objects(obj):
+    """[obj of rank 0, obj of rank 1, ...] (a one-element list without a process group)."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class TrainSampler(Sampler[list[int]]):
+    """Micro-batches of indices for one process.
+
+    Each epoch is a permutation seeded by (seed, epoch). Optimiser step s takes the global batch
+    perm[s*G:(s+1)*G] (G = global batch); this process takes its 1/world slice and yields it in
+    ``accum`` micro-batches. Incomplete global batches at the end of an epoch are dropped.
+    """
+
+    def __init__(self, n: int, global_batch: int, world: int, rank: int, accum: int = 1, seed: int = 0):
+        if global_batch % (world * accum):
+            raise ValueError(f"train.batch_size={global_batch} must be divisible by processes x accum_steps = {world * accum}")
+        if n < global_batch:
+            raise ValueError(f"the training set has {n} items, fewer than one batch of train.batch_size={global_batch}")
+        self.n, self.global_batch, self.world, self.rank, self.accum, self.seed = n, global_batch, world, rank, accum, seed
+        self.epoch, self.skip_steps = 0, 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n // self.global_batch
+
+    def set_epoch(self, epoch: int, skip_steps: int = 0) -> None:
+        self.epoch, self.skip_steps = epoch, skip_steps
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g)
+        local = self.global_batch // self.world
+        micro = local // self.accum
+        for step in range(self.skip_steps, self.steps_per_epoch):
+            mine = perm[step * self.global_batch + self.rank * local: step * self.global_batch + (self.rank + 1) * local]
+            for a in range(self.accum):
+                yield mine[a * micro:(a + 1) * micro].tolist()
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch - self.skip_steps) * self.accum
+
+
+class ShardSampler(Sampler[int]):
+    """Contiguous shard ``rank`` of ``world`` over range(n), no padding, no duplicates."""
+
+    def __init__(self, n: int, world: int = 1, rank: int = 0):
+        per = -(-n // world)
+        self.indices = list(range(min(n, rank * per), min(n, (rank + 1) * per)))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

@@ -1,0 +1,192 @@
+"""Evaluation: retrieval (1:1 and multi-caption), recognition (fine-tuned and zero-shot).
+
+    mugstan eval CONFIG --checkpoint PATH [--split test] [key=value ...]
+
+Every test video is decoded once; its embedding is reused for all of its captions. Under
+``torchrun`` each process embeds a contiguous shard (no padding duplicates) and the shards are
+gathered in order, so every item counts exactly once. Videos that fail to decode are dropped
+from the protocol (with their captions) and listed in the result under ``"dropped"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from typing import Optional
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from mugstan.config import ExperimentConfig
+from mugstan.data.datasets import Annotations, build_dataset, collate, load_annotations
+from mugstan.engine.distributed import DistInfo, ShardSampler, all_gather_objects
+from mugstan.metrics import recognition_metrics, retrieval_metrics
+from mugstan.models import Embeddings, VideoClassifier
+
+
+def autocast_for(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+@torch.no_grad()
+def embed_clips(model, cfg: ExperimentConfig, ann: Annotations, dist: DistInfo, split: str = "test",
+                classify: bool = False, progress: bool = True) -> tuple[dict[int, object], list]:
+    """Embed (or classify) every clip of ``ann``; returns ({clip index: output}, dropped).
+
+    Output per clip: Embeddings row(s) as CPU tensors ``(x [V, ...], mask [V, ...] | None)`` with
+    V views, or logits [V, C] when ``classify``. dropped: [(clip index, "path: reason")].
+    """
+    model = _unwrap(model)
+    dataset = build_dataset(cfg.data, split, train=False, on_error="drop", pairs=False, ann=ann)
+    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, sampler=ShardSampler(len(dataset), dist.world, dist.rank),
+                        num_workers=cfg.data.num_workers, collate_fn=collate)
+    outputs, dropped = {}, []
+    bar = tqdm(loader, desc=f"embedding {split} videos", unit="batch", disable=not (progress and dist.main))
+    for batch in bar:
+        dropped.extend(batch["failed"])
+        if "frames" not in batch:
+            continue
+        frames = batch["frames"].to(dist.device)
+        views = frames.shape[1] if frames.dim() == 6 else 1
+        frames = frames.flatten(0, 1) if frames.dim() == 6 else frames
+        mask = batch["frame_mask"].to(dist.device).repeat_interleave(views, 0)
+        with autocast_for(dist.device, cfg.train.precision):
+            if classify:
+                out = model(frames, mask).float().cpu()
+                rows = [(out[i * views:(i + 1) * views], None) for i in range(len(batch["index"]))]
+            else:
+                emb = model.encode_video(frames, mask)
+                x = emb.x.float().cpu()
+                m = emb.mask.cpu() if emb.mask is not None else None
+                rows = [(x[i * views:(i + 1) * views], None if m is None else m[i * views:(i + 1) * views]) for i in range(len(batch["index"]))]
+        outputs.update(zip(batch["index"].tolist(), rows))
+    merged, all_dropped = {}, []
+    for part_out, part_dropped in all_gather_objects((outputs, dropped)):
+        merged.update(part_out)
+        all_dropped.extend(part_dropped)
+    return merged, sorted(all_dropped)
+
+
+@torch.no_grad()
+def embed_texts(model, texts: list[str], device: torch.device, batch_size: int = 256) -> Embeddings:
+    model = _unwrap(model)
+    xs, masks = [], []
+    for i in range(0, len(texts), batch_size):
+        ids, mask = model.tokenize(texts[i:i + batch_size])
+        emb = model.encode_text(ids.to(device), mask.to(device))
+        xs.append(emb.x.float())
+        masks.append(emb.mask)
+    return Embeddings(torch.cat(xs), None if masks[0] is None else torch.cat(masks))
+
+
+def _stack(rows: list, view: Optional[int] = 0) -> Embeddings:
+    x = torch.stack([r[0][view] for r in rows])
+    m = None if rows[0][1] is None else torch.stack([r[1][view] for r in rows])
+    return Embeddings(x, m)
+
+
+@torch.no_grad()
+def evaluate(model, cfg: ExperimentConfig, split: str = "test", dist: Optional[DistInfo] = None, progress: bool = True) -> dict:
+    """Metrics of ``model`` on a split, with what was dropped. Runs on every process; all get the result."""
+    dist = dist or DistInfo(device=next(_unwrap(model).parameters()).device)
+    start = time.time()
+    ann = load_annotations(cfg.data, split)
+    model.eval()
+    inner = _unwrap(model)
+    result: dict = {"split": split}
+    if isinstance(inner, VideoClassifier):
+        logits, dropped = embed_clips(model, cfg, ann, dist, split, classify=True, progress=progress)
+        kept = sorted(logits)
+        result["recognition"] = recognition_metrics(torch.stack([logits[i][0] for i in kept]), torch.tensor([ann.labels[i] for i in kept]))
+    elif ann.captions:
+        videos, dropped = embed_clips(model, cfg, ann, dist, split, progress=progress)
+        kept = sorted(videos)
+        position = {clip: j for j, clip in enumerate(kept)}
+        caps = [(c, position[v]) for c, v in zip(ann.captions, ann.caption_clip) if v in position]
+        text = embed_texts(model, [c for c, _ in caps], dist.device)
+        video = _stack([videos[i] for i in kept])
+        scores = inner.similarity(Embeddings(text.x.to(dist.device), None if text.mask is None else text.mask.to(dist.device)),
+                                  Embeddings(video.x.to(dist.device), None if video.mask is None else video.mask.to(dist.device)),
+                                  chunk=cfg.eval.sim_chunk).float().cpu()
+        links = [v for _, v in caps]
+        result["retrieval"] = retrieval_metrics(scores, links)
+        if cfg.eval.dsl:
+            result["retrieval"].update(retrieval_metrics(scores, links, dsl=True))
+        result["protocol"] = "multi-caption" if ann.multi_caption else "1:1"
+        result["counts"] = {"videos": len(kept), "captions": len(caps)}
+    elif ann.labels is not None:
+        names = ann.class_names or cfg.model.class_names
+        if not names:
+            raise ValueError(f"zero-shot recognition on {split} needs class names (data.extra.class_names or model.class_names)")
+        videos, dropped = embed_clips(model, cfg, ann, dist, split, progress=progress)
+        kept = sorted(videos)
+        views = videos[kept[0]][0].shape[0]
+        per_view = []
+        for v in range(views):
+            video = _stack([videos[i] for i in kept], view=v)
+            video = Embeddings(video.x.to(dist.device), None if video.mask is None else video.mask.to(dist.device))
+            per_template = [inner.similarity(embed_texts(model, [t.format(n) for n in names], dist.device), video, cfg.eval.sim_chunk)
+                            for t in cfg.model.prompt_templates]
+            per_view.append(torch.stack(per_template).mean(0).t().float().cpu())  # [N, C]
+        result["recognition"] = recognition_metrics(torch.stack(per_view, 1), torch.tensor([ann.labels[i] for i in kept]))
+        result["zero_shot"] = True
+    else:
+        raise ValueError(f"{split} split of {cfg.data.dataset} has neither captions nor labels")
+    result["dropped"] = [{"index": i, "error": e} for i, e in dropped]
+    result["seconds"] = round(time.time() - start, 1)
+    return result
+
+
+def headline(result: dict) -> tuple[str, float]:
+    """The number model selection uses: text-to-video R@1 (retrieval) or top-1 (recognition)."""
+    if "retrieval" in result:
+        return "t2v R@1", result["retrieval"]["t2v"]["R@1"]
+    return "top-1", result["recognition"]["top1"]
+
+
+def format_result(result: dict) -> str:
+    lines = [f"{result['split']} split"]
+    for name, m in result.get("retrieval", {}).items():
+        lines.append(f"  {name:16s} R@1 {m['R@1']:5.1f}  R@5 {m['R@5']:5.1f}  R@10 {m['R@10']:5.1f}  MdR {m['MdR']:.1f}  MnR {m['MnR']:.1f}")
+    if "recognition" in result:
+        r = result["recognition"]
+        lines.append(f"  {'zero-shot ' if result.get('zero_shot') else ''}top-1 {r['top1']:.1f}  top-5 {r['top5']:.1f}")
+    if result.get("dropped"):
+        lines.append(f"  dropped {len(result['dropped'])} videos that could not be decoded:")
+        lines.extend(f"    {d['error']}" for d in result["dropped"][:20])
+    return "\n".join(lines)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="experiment YAML (its data and eval sections are used)")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint folder, or a `mugstan convert` .safetensors")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--json", help="also write the result to this JSON file")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.dsl=true")
+
+
+def main(args: argparse.Namespace) -> int:
+    from mugstan.config import load_config
+    from mugstan.engine.checkpoint import load_model
+    from mugstan.engine.distributed import setup
+
+    cfg = load_config(args.config, args.overrides)
+    dist = setup()
+    model, _ = load_model(args.checkpoint, dist.device)
+    result = evaluate(model, cfg, args.split, dist)
+    if dist.main:
+        print(format_result(result))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+    return 0
