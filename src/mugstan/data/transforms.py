@@ -73,14 +73,17 @@ class ClipTransform:
         self.size, self.train, self.crop_scale, self.hflip, self.crops = size, train, tuple(crop_scale), hflip, crops
         self.resize = resize or size
 
-    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 [T, 3, H, W] -> float [T, 3, S, S] (or [3, T, 3, S, S] with three crops)."""
+    def __call__(self, frames: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """uint8 [T, 3, H, W] -> float [T, 3, S, S] (or [3, T, 3, S, S] with three crops).
+
+        generator: the source of the random crop and flip (per sample, for reproducible runs).
+        """
         if self.train:
             if self.crop_scale == (1.0, 1.0):
                 frames = center_crop(resize_short(frames, self.resize), self.size)
             else:
-                frames = random_resized_crop(frames, self.size, self.crop_scale)
-            if self.hflip and torch.rand(1).item() < 0.5:
+                frames = random_resized_crop(frames, self.size, self.crop_scale, generator=generator)
+            if self.hflip and torch.rand(1, generator=generator).item() < 0.5:
                 frames = frames.flip(-1)
         else:
             frames = resize_short(frames, self.resize)

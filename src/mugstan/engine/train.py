@@ -128,7 +128,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         dataset.set_epoch(epoch)
         sampler.set_epoch(epoch, skip)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate,
-                            persistent_workers=False, pin_memory=dist.device.type == "cuda")
+                            pin_memory=dist.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(t.seed + epoch))  # not the global RNG: resumes stay exact
         model.train()
         step_in_epoch = skip
         bar = tqdm(total=sampler.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{t.epochs}", unit="step",

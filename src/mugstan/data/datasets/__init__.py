@@ -84,13 +84,16 @@ class _ClipReader:
         self.epoch = 0
 
     def __call__(self, clip: Clip, index: int) -> torch.Tensor:
+        # Training randomness (frames, crop, flip) is a function of (seed, epoch, index): the same
+        # whatever the number of workers or processes, and after a resume.
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62))) if self.train else None
         short = self.cfg.resize_short or self.cfg.image_size
         views = []
         for v in range(self.views):
             frames = read_clip(clip.path, self.num_frames, self.train, short, clip.start, clip.end,
                                self.cfg.sampler, self.cfg.dense_stride, rng, v, self.views)
-            out = self.transform(frames)  # [T, 3, S, S] or [crops, T, 3, S, S]
+            out = self.transform(frames, gen)  # [T, 3, S, S] or [crops, T, 3, S, S]
             views.extend(out.unbind(0) if out.dim() == 5 else [out])
         return views[0] if len(views) == 1 else torch.stack(views)
 
