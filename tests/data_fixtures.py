@@ -37,3 +37,39 @@ def write_audio_only(path) -> Path:
         out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return Path(path)
+
+
+def write_dataset_fixtures(root: Path) -> dict:
+    """Tiny files of each format the shipped configs use; returns {dataset: {config key: value}}."""
+    import json
+    import pickle
+
+    root = Path(root)
+    vids = ["video0", "video1", "video2", "video3"]
+    for i, v in enumerate(vids):
+        write_video(root / f"{v}.mp4", frames=10, seed=i)
+    for i in range(4):
+        write_video(root / f"{100 + i}.webm", frames=8, seed=i)
+    (root / "data.json").write_text(json.dumps({"videos": [{"video_id": v} for v in vids],
+                                                "sentences": [{"video_id": v, "caption": f"a clip {v} {j}", "sen_id": j} for v in vids for j in range(2)]}))
+    (root / "train.csv").write_text("video_id\n" + "\n".join(vids) + "\n")
+    (root / "test.csv").write_text("key,vid_key,video_id,sentence\n" + "".join(f"r{i},m{i},{v},a clip of {v}\n" for i, v in enumerate(vids)))
+    (root / "didemo.json").write_text(json.dumps([{"video": f"{v}.mp4", "description": f"{v} begins.", "times": [[0, 1]]} for v in vids]))
+    (root / "lsmdc.csv").write_text("".join(f"{v}\t0\t1\t0\t1\tSomeone in {v}.\n" for v in vids))
+    (root / "list.txt").write_text("\n".join(vids) + "\n")
+    (root / "captions.pkl").write_bytes(pickle.dumps({v: [["a", "clip", v], ["another", v]] for v in vids}))
+    (root / "k400.txt").write_text("".join(f"{v}.mp4 {i % 2}\n" for i, v in enumerate(vids)))
+    (root / "classes.txt").write_text("abseiling\nbowling\n")
+    (root / "labels.json").write_text(json.dumps({"Holding something": "0", "Pushing something": "1"}))
+    (root / "ssv2.json").write_text(json.dumps([{"id": str(100 + i), "template": ["Holding [something]", "Pushing [something]"][i % 2], "label": "x", "placeholders": []} for i in range(4)]))
+    (root / "webvid.json").write_text(json.dumps({f"{v}.mp4": f"stock footage of {v}" for v in vids}))
+    splits = lambda ann: {"train_ann": str(root / ann), "val_ann": str(root / ann), "test_ann": str(root / ann)}
+    return {
+        "msrvtt": {"train_ann": str(root / "train.csv"), "val_ann": str(root / "test.csv"), "test_ann": str(root / "test.csv"), "extra": {"data_json": str(root / "data.json")}},
+        "didemo": splits("didemo.json"),
+        "lsmdc": splits("lsmdc.csv"),
+        "msvd": {**splits("list.txt"), "extra": {"captions": str(root / "captions.pkl")}},
+        "video_list": {**splits("k400.txt"), "extra": {"class_names": str(root / "classes.txt")}},
+        "ssv2": {**splits("ssv2.json"), "extra": {"labels": str(root / "labels.json")}},
+        "webvid": {"train_ann": str(root / "webvid.json")},
+    }

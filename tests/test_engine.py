@@ -122,3 +122,9 @@ def test_eval_command_on_a_trained_checkpoint(tmp_path, data):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "t2v" in out.stdout and json.loads((tmp_path / "r.json").read_text())["retrieval"]["t2v"]["R@1"] >= 0
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000 and (tmp_path / "run" / "tb").is_dir()
+    emb = run(["embed", str(cfg), "--checkpoint", str(tmp_path / "run" / "checkpoints" / "best"), "--out", str(tmp_path / "v.npz")])
+    assert emb.returncode == 0, emb.stderr[-2000:]
+    import numpy as np
+
+    saved = np.load(tmp_path / "v.npz")
+    assert saved["embeddings"].shape == (results["test"]["counts"]["videos"], 64) and saved["items"][0].endswith(".mp4")
