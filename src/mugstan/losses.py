@@ -1,7 +1,9 @@
 """Contrastive losses with negatives from the global batch (methods.md §2).
 
-``gather`` all-gathers a tensor across processes with ``torch.distributed.nn.functional``, so the
-gradient reaches the local slice. Every process then computes the same full-batch loss; the
+``gather`` all-gathers a tensor across processes so that the gradient reaches the local slice
+(``_GatherWithGrad``: all-gather forward, all-reduce of a contiguous gradient backward;
+``torch.distributed.nn.functional.all_gather`` on gloo silently returns wrong gradients when the
+incoming gradient is not contiguous, as Mug's einsum produces). Every process then computes the same full-batch loss; the
 backward of the gather sums the W identical contributions, so each process's local embeddings
 receive W x dL/dx. DDP averages parameter gradients over the W processes, which divides that
 factor out again: with DDP the update equals that of one process over the concatenated batch.
@@ -19,13 +21,28 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """[N, ...] per process -> [W * N, ...]; backward sums every process's gradient of our rows."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
 def gather(x: torch.Tensor) -> torch.Tensor:
-    """[N, ...] on each of W processes -> [W * N, ...] in rank order, differentiable."""
+    """[N, ...] on each of W processes (same N) -> [W * N, ...] in rank order, differentiable."""
     if not is_distributed():
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    return _GatherWithGrad.apply(x)
 
 
 def gather_nograd(x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 One process or ``torchrun --nproc_per_node N`` (DDP; NCCL on GPUs, gloo on CPUs). Per optimiser
 step: ``accum_steps`` micro-batches, autocast forward (fp32 master weights), backward (DDP syncs
 only on the last micro-batch), gradient clipping, AdamW step, warmup + cosine schedule, logit
-scale clamp. Every ``save_every`` steps and at each epoch's end the loop state goes to
+scale clamp. With ``train.chunk_size`` each micro-batch is one contrastive batch processed by
+gradient caching (``engine/gradcache.py``) in chunks of that many clips per process. Every ``save_every`` steps and at each epoch's end the loop state goes to
 ``output_dir/checkpoints/last`` (atomic), so ``--resume`` continues from the exact batch; after each
 validation the best model (validation split, never test) is kept in ``checkpoints/best``. At the
 end the best model is evaluated on the test split when the config names one.
@@ -31,6 +32,7 @@ from mugstan.data.datasets import build_dataset, collate, load_annotations
 from mugstan.engine import checkpoint as ckpt
 from mugstan.engine.distributed import DistInfo, TrainSampler, barrier, setup
 from mugstan.engine.evaluate import autocast_for, evaluate, format_result, headline
+from mugstan.engine.gradcache import average_gradients, gradcache_backward
 from mugstan.engine.logging import MetricsLogger
 from mugstan.engine.optim import build_optimizer, build_scheduler
 from mugstan.models import VideoClassifier, build_model
@@ -63,9 +65,12 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     """Train, validate, keep the best checkpoint, test it. Returns the final results dict."""
     dist = setup()
     t = cfg.train
-    if t.chunk_size or t.contrastive_batch:
-        raise ValueError("train.contrastive_batch / train.chunk_size (gradient caching) are not available yet; "
-                         "use train.accum_steps for plain accumulation")
+    gradcache = bool(t.chunk_size)
+    if t.contrastive_batch is not None and t.contrastive_batch != t.batch_size // t.accum_steps:
+        raise ValueError(f"train.contrastive_batch={t.contrastive_batch} must equal train.batch_size / train.accum_steps = "
+                         f"{t.batch_size // t.accum_steps}: the loss sees one (global) micro-batch; set train.chunk_size to fit it in memory")
+    if gradcache and cfg.model.task != "retrieval":
+        raise ValueError("train.chunk_size (gradient caching) applies to contrastive retrieval training, not model.task=recognition")
     seed_everything(t.seed + dist.rank, t.deterministic)
     out = Path(t.output_dir)
     state_path = out / "checkpoints" / "last" / "state.pt"
@@ -85,7 +90,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     scheduler = build_scheduler(optimizer, total_steps, t.warmup)
     scaler = torch.amp.GradScaler(dist.device.type) if t.precision == "fp16" else None
     ddp = model
-    if dist.world > 1:
+    if dist.world > 1 and not gradcache:  # gradient caching averages gradients itself, once per step
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
                                                         find_unused_parameters=False)
 
@@ -143,11 +148,17 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
                     logger.event("skipped_video", step=step, index=index, error=error)
             last_micro = (micro + 1) % t.accum_steps == 0
             sync = contextlib.nullcontext() if (last_micro or dist.world == 1) else ddp.no_sync()
-            with sync:
-                micro_losses.append(forward_backward(ddp, batch, dist.device, t.precision, 1.0 / t.accum_steps, scaler))
+            if gradcache:
+                micro_losses.append(gradcache_backward(model, batch, t.chunk_size, dist.device,
+                                                       lambda: autocast_for(dist.device, t.precision), 1.0 / t.accum_steps, scaler))
+            else:
+                with sync:
+                    micro_losses.append(forward_backward(ddp, batch, dist.device, t.precision, 1.0 / t.accum_steps, scaler))
             clips += batch["frames"].shape[0]
             if not last_micro:
                 continue
+            if gradcache:
+                average_gradients(model)
             if scaler:
                 scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or float("inf"))
