@@ -111,7 +111,10 @@ class TrainConfig:
     eps: float = 1e-6
     warmup: float = 0.1  # fraction of the total steps (<1) or a number of steps (>=1)
     grad_clip: Optional[float] = 5.0
-    precision: str = "bf16"  # "fp32" | "bf16" | "fp16" (autocast, fp32 master weights)
+    # "auto" | "fp32" | "bf16" | "fp16" (autocast, fp32 master weights). auto: bf16 where the
+    # device computes it natively (recent GPUs, CPUs with AVX512-BF16 / AMX), else fp16 on GPUs
+    # and fp32 on CPUs, where emulated bf16 is many times slower than fp32.
+    precision: str = "auto"
     log_every: int = 10
     eval_every: int = 1  # epochs between validations
     save_every: Optional[int] = None  # optimiser steps between mid-epoch checkpoints
@@ -189,8 +192,8 @@ class ConfigError(ValueError):
 def validate_config(cfg: ExperimentConfig, check_files: bool = True) -> None:
     """Checks beyond types: choices and (``check_files``) the files that must exist."""
     t = cfg.train
-    if t.precision not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"train.precision={t.precision!r} must be fp32, bf16 or fp16")
+    if t.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"train.precision={t.precision!r} must be auto, fp32, bf16 or fp16")
     for name in ("batch_size", "accum_steps", "epochs"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name} must be at least 1, got {getattr(t, name)}")

@@ -31,7 +31,7 @@ from mugstan.config import ExperimentConfig, load_config, save_config
 from mugstan.data.datasets import build_dataset, collate, load_annotations
 from mugstan.engine import checkpoint as ckpt
 from mugstan.engine.distributed import DistInfo, TrainSampler, barrier, setup
-from mugstan.engine.evaluate import autocast_for, evaluate, format_result, headline
+from mugstan.engine.evaluate import autocast_for, evaluate, format_result, headline, resolve_precision
 from mugstan.engine.gradcache import average_gradients, gradcache_backward
 from mugstan.engine.logging import MetricsLogger
 from mugstan.engine.optim import build_optimizer, build_scheduler
@@ -88,7 +88,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     total_steps = t.epochs * sampler.steps_per_epoch if t.max_steps is None else min(t.max_steps, t.epochs * sampler.steps_per_epoch)
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, total_steps, t.warmup)
-    scaler = torch.amp.GradScaler(dist.device.type) if t.precision == "fp16" else None
+    precision = resolve_precision(t.precision, dist.device)
+    scaler = torch.amp.GradScaler(dist.device.type) if precision == "fp16" else None
     ddp = model
     if dist.world > 1 and not gradcache:  # gradient caching averages gradients itself, once per step
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
@@ -112,7 +113,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         save_config(cfg, out / "config.yaml")
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"training {cfg.name}: {len(dataset)} items, {sampler.steps_per_epoch} steps/epoch x {t.epochs} epochs "
-              f"({total_steps} steps), global batch {t.batch_size} on {dist.world} process(es), {n_train / 1e6:.1f} M trainable parameters")
+              f"({total_steps} steps), global batch {t.batch_size} on {dist.world} process(es), {n_train / 1e6:.1f} M trainable parameters, "
+              f"{precision} on {dist.device.type}")
 
     def save_last(step_in_epoch: int) -> None:
         rng = ckpt.rng_state()
@@ -150,10 +152,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
             sync = contextlib.nullcontext() if (last_micro or dist.world == 1) else ddp.no_sync()
             if gradcache:
                 micro_losses.append(gradcache_backward(model, batch, t.chunk_size, dist.device,
-                                                       lambda: autocast_for(dist.device, t.precision), 1.0 / t.accum_steps, scaler))
+                                                       lambda: autocast_for(dist.device, precision), 1.0 / t.accum_steps, scaler))
             else:
                 with sync:
-                    micro_losses.append(forward_backward(ddp, batch, dist.device, t.precision, 1.0 / t.accum_steps, scaler))
+                    micro_losses.append(forward_backward(ddp, batch, dist.device, precision, 1.0 / t.accum_steps, scaler))
             clips += batch["frames"].shape[0]
             if not last_micro:
                 continue
