@@ -5,7 +5,6 @@ import json
 import pickle
 
 import pytest
-import torch
 
 from data_fixtures import write_video
 from mugstan.backbones.clip import Tokenizer

@@ -128,3 +128,20 @@ def test_eval_command_on_a_trained_checkpoint(tmp_path, data):
 
     saved = np.load(tmp_path / "v.npz")
     assert saved["embeddings"].shape == (results["test"]["counts"]["videos"], 64) and saved["items"][0].endswith(".mp4")
+
+
+def test_sampler_micro_batches_do_not_depend_on_the_number_of_processes():
+    """With accumulation, micro-batch a of step s is the same set of clips on 1 and on 4 processes
+    (each one contrastive batch), every clip of a step is used once, and resuming mid-epoch skips
+    whole steps."""
+    from mugstan.engine.distributed import TrainSampler
+
+    one = list(TrainSampler(50, 24, world=1, rank=0, accum=3, seed=5))
+    four = [list(TrainSampler(50, 24, world=4, rank=r, accum=3, seed=5)) for r in range(4)]
+    assert len(one) == 2 * 3 and all(len(m) == 8 for m in one)
+    for i, micro in enumerate(one):
+        assert sorted(sum((ranks[i] for ranks in four), [])) == sorted(micro)
+    assert len({i for m in one for i in m}) == 48
+    resumed = TrainSampler(50, 24, world=1, rank=0, accum=3, seed=5)
+    resumed.set_epoch(0, skip_steps=1)
+    assert list(resumed) == one[3:]

@@ -1,23 +1,41 @@
-"""Gradient caching gives the full-batch gradient: meanP, STAN and Mug, 1 and 2 gloo processes."""
+"""Gradient caching gives the full-batch gradient and the full-batch loss curve.
 
+Gradients (float64): meanP, STAN and Mug in one process and in two gloo processes, seqTransf and
+CLIP2Video's TDB+TAB in one; drop-path replayed under activation checkpointing; fp16 loss scaling.
+Training (fp32, deterministic, ``mugstan.engine.train.train``): the loss curve with
+``train.chunk_size`` equals the full-batch curve in one process and in two gloo processes under
+torchrun, and with accumulation equals plain DDP's.
+"""
+
+import contextlib
+import io
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import yaml
 
-from mugstan.config import ModelConfig, STANConfig
+from mugstan.config import ConfigError, ModelConfig, STANConfig, load_config
+from mugstan.data.synthetic import SynthParams, generate
 from mugstan.engine.gradcache import RandomState, average_gradients, gradcache_backward
-from mugstan.models import build_model
+from mugstan.models import Embeddings, build_model
 
 CASES = {"meanP": dict(temporal="meanP"), "stan": dict(temporal="stan"), "mug": dict(temporal="stan", head="mug")}
+MORE_CASES = {"seqTransf": dict(temporal="seqTransf", seq_layers=2), "tdb_tab": dict(temporal="tdb_tab", seq_layers=2)}
 N = 8
+CPU = torch.device("cpu")
 
 
-def make_model(case: str, drop_path: float = 0.0):
+def make_model(case: str, drop_path: float = 0.0, grad_checkpointing: bool = False):
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone="mugstan-tiny", stan=STANConfig(depth=2, drop_path=drop_path), context_length=12, **CASES[case])
+    cfg = ModelConfig(backbone="mugstan-tiny", stan=STANConfig(depth=2, drop_path=drop_path), context_length=12,
+                      grad_checkpointing=grad_checkpointing, **{**CASES, **MORE_CASES}[case])
     model = build_model(cfg).train().double()  # float64: compare the algorithm, not fp32 summation order
     with torch.no_grad():  # STAN's zero-initialised projections would hide the temporal path
         for name, p in model.named_parameters():
@@ -47,44 +65,46 @@ def full_batch_grads(case):
     return loss.detach(), grads(model)
 
 
-def assert_close_relative(a: dict, b: dict, tol: float = 1e-5):
+def assert_close_relative(a: dict, b: dict, tol: float = 1e-5, label: str = ""):
     """||a - b|| / ||a|| below tol for every parameter's gradient (fp32 summation order aside)."""
     assert a.keys() == b.keys()
     for name in a:
         err = (a[name] - b[name]).norm() / a[name].norm().clamp(min=1e-20)
-        assert err < tol, f"{name}: relative error {err:.2e}"
+        assert err < tol, f"{label} {name}: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [*CASES, *MORE_CASES])
 def test_one_process_matches_full_batch(case):
     loss, ref = full_batch_grads(case)
     model, batch = make_model(case), make_batch()
-    cached = gradcache_backward(model, batch, chunk_size=3, device=torch.device("cpu"))
+    cached = gradcache_backward(model, batch, chunk_size=3, device=CPU)
     assert torch.allclose(cached, loss, rtol=1e-6)
     assert_close_relative(ref, grads(model))
     assert model.logit_scale.log_scale.grad is not None
 
 
-def _worker(rank, case, init_file, out_dir):
+def _worker(rank, init_file, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    model, batch = make_model(case), make_batch()
-    half = {k: v[rank * N // 2:(rank + 1) * N // 2] for k, v in batch.items()}
-    loss = gradcache_backward(model, half, chunk_size=3, device=torch.device("cpu"))
-    average_gradients(model)
-    torch.save((loss, grads(model)), os.path.join(out_dir, f"{rank}.pt"))
+    for case in CASES:
+        model, batch = make_model(case), make_batch()
+        half = {k: v[rank * N // 2:(rank + 1) * N // 2] for k, v in batch.items()}
+        loss = gradcache_backward(model, half, chunk_size=3, device=CPU)
+        average_gradients(model)
+        torch.save((loss, grads(model)), os.path.join(out_dir, f"{case}-{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_two_gloo_processes_match_full_batch(tmp_path, case):
-    mp.spawn(_worker, args=(case, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    loss, ref = full_batch_grads(case)
-    for rank in range(2):
-        r_loss, r_grads = torch.load(tmp_path / f"{rank}.pt")
-        assert torch.allclose(r_loss, loss, rtol=1e-6)
-        assert_close_relative(ref, r_grads)
+def test_two_gloo_processes_match_full_batch(tmp_path):
+    """Each process holds half the batch in chunks of 3 (3 + 1 rows): one spawn for all three models."""
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    for case in CASES:
+        loss, ref = full_batch_grads(case)
+        for rank in range(2):
+            r_loss, r_grads = torch.load(tmp_path / f"{case}-{rank}.pt")
+            assert torch.allclose(r_loss, loss, rtol=1e-6), case
+            assert_close_relative(ref, r_grads, label=f"{case} rank {rank}")
 
 
 def test_random_state_replays_drop_path():
@@ -97,9 +117,150 @@ def test_random_state_replays_drop_path():
     assert torch.equal(first, again) and not torch.equal(first, other)
 
 
+def test_drop_path_is_replayed_under_activation_checkpointing():
+    """drop_path 0.5 and model.grad_checkpointing: the re-encoding pass and the checkpoints'
+    recomputation must draw the first pass's masks. Reference: the same chunks encoded one after
+    the other with the graph, from the same seed, and one loss over all of them."""
+    chunks = [slice(0, 3), slice(3, 6), slice(6, 8)]
+    model, batch = make_model("stan", drop_path=0.5), make_batch()
+    torch.manual_seed(7)
+    texts = [model.encode_text(batch["ids"][rows], batch["text_mask"][rows]).x for rows in chunks]
+    videos = [model.encode_video(batch["frames"][rows], batch["frame_mask"][rows]).x for rows in chunks]
+    model.loss(Embeddings(torch.cat(texts)), Embeddings(torch.cat(videos))).backward()
+    reference = grads(model)
+
+    with torch.no_grad():  # the masks matter: two draws give two embeddings
+        assert not torch.equal(*(model.encode_video(batch["frames"][:3], batch["frame_mask"][:3]).x for _ in range(2)))
+
+    model = make_model("stan", drop_path=0.5, grad_checkpointing=True)
+    assert model.temporal.grad_checkpointing and model.backbone.grad_checkpointing
+    torch.manual_seed(7)
+    gradcache_backward(model, batch, chunk_size=3, device=CPU)
+    assert_close_relative(reference, grads(model))
+
+
+def test_fp16_autocast_with_loss_scaling():
+    """fp16 autocast + GradScaler: the cached embedding gradients carry the loss scale once."""
+    _, ref = full_batch_grads("stan")
+    model, batch = make_model("stan").float(), make_batch()
+    batch["frames"] = batch["frames"].float()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    gradcache_backward(model, batch, 3, CPU, lambda: torch.autocast("cpu", dtype=torch.float16), scaler=scaler)
+    unscaled = {n: g.double() / scaler.get_scale() for n, g in grads(model).items()}
+    assert_close_relative(ref, unscaled, tol=5e-2)  # fp16 arithmetic; a wrong scale is off by 2^12
+
+
 def test_unsupported_combinations():
     cfg = ModelConfig(backbone="mugstan-tiny", task="recognition", class_names=["a", "b"], classifier="linear")
     with pytest.raises(ValueError, match="contrastive video-text models"):
-        gradcache_backward(build_model(cfg), make_batch(), 2, torch.device("cpu"))
+        gradcache_backward(build_model(cfg), make_batch(), 2, CPU)
     with pytest.raises(ValueError, match="chunk_size must be at least 1"):
-        gradcache_backward(make_model("meanP"), make_batch(), 0, torch.device("cpu"))
+        gradcache_backward(make_model("meanP"), make_batch(), 0, CPU)
+
+
+def test_config_errors_name_the_key_and_the_fix(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {backbone: mugstan-tiny}\ntrain: {batch_size: 128, accum_steps: 4}\n")
+    with pytest.raises(ConfigError, match=r"train.contrastive_batch=128 but .* = 32 clips.*train.batch_size=512.*train.chunk_size"):
+        load_config(path, ["train.contrastive_batch=128"], check_files=False)
+    with pytest.raises(ConfigError, match="train.chunk_size=0 must be at least 1"):
+        load_config(path, ["train.chunk_size=0"], check_files=False)
+    with pytest.raises(ConfigError, match="train.chunk_size .*model.task=retrieval.*remove train.chunk_size"):
+        load_config(path, ["model.task=recognition", "train.chunk_size=8"], check_files=False)
+    cfg = load_config(path, ["train.accum_steps=1", "train.contrastive_batch=128", "train.chunk_size=16"], check_files=False)
+    assert (cfg.train.contrastive_batch, cfg.train.chunk_size) == (128, 16)
+
+    from mugstan.engine.train import train
+
+    cfg.train.output_dir = str(tmp_path / "never")
+    cfg.train.contrastive_batch = 64  # a config built in Python fails before anything is built or written
+    with pytest.raises(ConfigError, match="train.contrastive_batch=64"):
+        train(cfg)
+    assert not (tmp_path / "never").exists()
+
+
+# ---- training runs -------------------------------------------------------------------------
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+STEPS = 4
+TRAIN_SEVERAL = """import sys
+from mugstan.config import load_config
+from mugstan.engine.train import train
+
+for path in sys.argv[1:]:  # one process group, several runs: torchrun starts once
+    train(load_config(path), progress=False)
+"""
+
+
+def write_config(path: Path, data: Path, out: Path, **train) -> Path:
+    cfg = {
+        "name": "tiny",
+        "model": {"backbone": "mugstan-tiny", "temporal": "stan", "context_length": 16, "stan": {"depth": 2, "drop_path": 0.0}},
+        "data": {"dataset": "jsonl", "root": str(data), "train_ann": str(data / "train.jsonl"), "num_frames": 4,
+                 "image_size": 32, "num_workers": 0},
+        "train": {"output_dir": str(out), "epochs": 1, "max_steps": STEPS, "batch_size": 8, "lr": 1e-4, "warmup": 2,
+                  "log_every": 1, "precision": "fp32", "deterministic": True, **train},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def losses(out: Path) -> list[float]:
+    return [r["train/loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r]
+
+
+def train_here(path: Path) -> tuple[list[float], str]:
+    """Train in this process; returns the loss curve and what it printed."""
+    from mugstan.engine.train import train
+
+    determinism = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    cfg, printed = load_config(path), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            train(cfg, progress=False)
+    finally:  # train.deterministic switches deterministic algorithms on for the whole process
+        torch.use_deterministic_algorithms(determinism[0], warn_only=determinism[1])
+    return losses(Path(cfg.train.output_dir)), printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, SynthParams(videos=16, frames=8, size=32, seed=0), progress=False)  # 48 caption pairs
+    return root
+
+
+@pytest.fixture(scope="module")
+def full_batch_curve(tmp_path_factory, data):
+    """One process, batch 8 trained at once: train.chunk_size=8 is not below the 8 clips of a
+    micro-batch, so the trainer takes the plain path (and says so)."""
+    tmp = tmp_path_factory.mktemp("full")
+    curve, printed = train_here(write_config(tmp / "full.yaml", data, tmp / "out", chunk_size=8))
+    assert "without gradient caching" in printed
+    assert len(curve) == STEPS and curve[-1] < curve[0]
+    return curve
+
+
+def test_training_loss_curve_matches_full_batch(tmp_path, data, full_batch_curve):
+    cached, printed = train_here(write_config(tmp_path / "gc.yaml", data, tmp_path / "gc", contrastive_batch=8, chunk_size=3))
+    assert "without gradient caching" not in printed
+    assert cached == pytest.approx(full_batch_curve, rel=1e-5)  # fp32 summation order only (about 1e-7 here)
+
+
+def test_two_gloo_processes_follow_the_full_batch_curve(tmp_path, data, full_batch_curve):
+    """torchrun, 2 processes: no DDP wrapper, weights broadcast from rank 0, gradients averaged
+    once per step. (a) batch 8, 4 clips per process in chunks of 3 -> the one-process full-batch
+    curve. (b) with train.accum_steps=2 (2 clips per process and micro-batch, chunks of 1) -> plain
+    DDP with the same accumulation (the same contrastive batches: the sampler's micro-batches do not
+    depend on the number of processes)."""
+    runs = {"gc": dict(chunk_size=3), "gc_accum": dict(accum_steps=2, chunk_size=1), "ddp_accum": dict(accum_steps=2)}
+    configs = [write_config(tmp_path / f"{name}.yaml", data, tmp_path / name, **kw) for name, kw in runs.items()]
+    script = tmp_path / "train_several.py"
+    script.write_text(TRAIN_SEVERAL)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), *map(str, configs)], env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("on 2 process(es)") == 3 and "without gradient caching" not in proc.stdout
+    curves = {name: losses(tmp_path / name) for name in runs}
+    assert curves["gc"] == pytest.approx(full_batch_curve, rel=1e-5)
+    assert len(curves["ddp_accum"]) == STEPS
+    assert curves["gc_accum"] == pytest.approx(curves["ddp_accum"], rel=1e-5)

@@ -118,7 +118,10 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 1  # epochs between validations
     save_every: Optional[int] = None  # optimiser steps between mid-epoch checkpoints
-    # Gradient caching: a contrastive batch larger than what fits, processed in chunks.
+    # Gradient caching (retrieval only): the loss sees each micro-batch of batch_size / accum_steps
+    # clips whole (all processes together) while each process encodes chunk_size clips at a time
+    # with the graph, at the cost of one extra forward pass. contrastive_batch, when set, must
+    # equal batch_size / accum_steps: a guard against shrinking the negatives by accumulation.
     contrastive_batch: Optional[int] = None
     chunk_size: Optional[int] = None
     deterministic: bool = False
@@ -199,6 +202,7 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True) -> None:
             raise ConfigError(f"train.{name} must be at least 1, got {getattr(t, name)}")
     if t.batch_size % t.accum_steps:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.accum_steps={t.accum_steps}")
+    validate_gradcache(cfg)
     if cfg.eval.v2t not in ("lenient", "strict"):
         raise ConfigError(f"eval.v2t={cfg.eval.v2t!r} must be lenient or strict")
     if not check_files:
@@ -214,6 +218,29 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True) -> None:
             raise ConfigError(f"data.extra.{key}: {value} does not exist")
     if cfg.data.root and not Path(cfg.data.root).expanduser().is_dir():
         raise ConfigError(f"data.root: {cfg.data.root} is not a folder")
+
+
+def validate_gradcache(cfg: ExperimentConfig) -> None:
+    """train.contrastive_batch and train.chunk_size: positive, consistent, and for retrieval only."""
+    t = cfg.train
+    micro = t.batch_size // t.accum_steps  # the contrastive batch: one micro-batch, all processes
+    for name in ("contrastive_batch", "chunk_size"):
+        value = getattr(t, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"train.{name}={value} must be at least 1, or null to turn it off")
+    if t.contrastive_batch is not None and t.contrastive_batch != micro:
+        raise ConfigError(
+            f"train.contrastive_batch={t.contrastive_batch} but the loss sees train.batch_size / train.accum_steps = "
+            f"{t.batch_size} / {t.accum_steps} = {micro} clips: accumulation shrinks the negatives. Set train.batch_size="
+            f"{t.contrastive_batch * t.accum_steps} (or train.accum_steps=1 and train.batch_size={t.contrastive_batch}), "
+            "and train.chunk_size to the clips per process that fit in memory")
+    if cfg.model.task != "retrieval":
+        for name in ("contrastive_batch", "chunk_size"):
+            if getattr(t, name) is not None:
+                raise ConfigError(
+                    f"train.{name} (gradient caching) needs a contrastive loss, model.task=retrieval; "
+                    f"model.task={cfg.model.task!r} has no in-batch negatives, so train.accum_steps gives the "
+                    f"full-batch gradient: remove train.{name}")
 
 
 def save_config(cfg: ExperimentConfig, path) -> None:

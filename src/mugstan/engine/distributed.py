@@ -63,8 +63,11 @@ class TrainSampler(Sampler[list[int]]):
     """Micro-batches of indices for one process.
 
     Each epoch is a permutation seeded by (seed, epoch). Optimiser step s takes the global batch
-    perm[s*G:(s+1)*G] (G = global batch); this process takes its 1/world slice and yields it in
-    ``accum`` micro-batches. Incomplete global batches at the end of an epoch are dropped.
+    perm[s*G:(s+1)*G] (G = global batch) as ``accum`` contiguous micro-batches of G / accum clips
+    (each one contrastive batch), and this process yields its 1/world slice of each. Micro-batch a
+    is therefore the same set of clips whatever the number of processes, so runs with accumulation
+    on 1 and on N processes follow the same loss curve. Incomplete global batches at the end of an
+    epoch are dropped.
     """
 
     def __init__(self, n: int, global_batch: int, world: int, rank: int, accum: int = 1, seed: int = 0):
@@ -85,12 +88,12 @@ class TrainSampler(Sampler[list[int]]):
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         perm = torch.randperm(self.n, generator=g)
-        local = self.global_batch // self.world
-        micro = local // self.accum
+        micro = self.global_batch // self.accum  # one contrastive batch, all processes
+        local = micro // self.world
         for step in range(self.skip_steps, self.steps_per_epoch):
-            mine = perm[step * self.global_batch + self.rank * local: step * self.global_batch + (self.rank + 1) * local]
             for a in range(self.accum):
-                yield mine[a * micro:(a + 1) * micro].tolist()
+                start = step * self.global_batch + a * micro + self.rank * local
+                yield perm[start:start + local].tolist()
 
     def __len__(self) -> int:
         return (self.steps_per_epoch - self.skip_steps) * self.accum

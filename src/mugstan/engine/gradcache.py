@@ -14,9 +14,12 @@ caching (Gao et al., 2021) computes the exact full-batch gradient with the memor
 The cost is one extra forward pass of the encoders (about a third more compute); the memory is
 that of one chunk's activations plus the embeddings. Works for dual encoders and Mug (whose
 per-frame / per-token features are the cached "embeddings"), with autocast, fp16 loss scaling
-and activation checkpointing. Under DDP the caller trains the unwrapped model and averages the
-gradients once per step (``average_gradients``): the re-encoding passes cannot go through DDP's
-forward, and one all-reduce per step is what DDP would do anyway.
+and activation checkpointing (its recomputation restores the random state the re-encoding pass
+ran under: the first pass, the re-encoding and the recomputation draw the same drop-path masks).
+Under DDP the caller trains the unwrapped model, makes the processes start from the same weights
+(``broadcast_parameters``, what DDP's constructor does) and averages the gradients once per step
+(``average_gradients``): the re-encoding passes cannot go through DDP's forward, and one
+all-reduce per step is what DDP would do anyway.
 """
 
 from __future__ import annotations
@@ -108,20 +111,35 @@ def gradcache_backward(model: VideoTextModel, batch: dict, chunk_size: int, devi
     return loss.detach()
 
 
+def broadcast_parameters(model: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every process (what DDP's constructor does)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for tensor in [*model.parameters(), *model.buffers()]:
+        dist.broadcast(tensor.data, src=0)
+
+
 def average_gradients(model: torch.nn.Module) -> None:
-    """All-reduce-average every gradient across processes (what DDP does once per step)."""
+    """All-reduce-average every gradient across processes (what DDP does once per step).
+
+    One flat all-reduce of the gradients and a presence flag per parameter: a parameter that no
+    process gave a gradient keeps ``grad = None`` (the optimiser skips it, as in one process).
+    """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
     world = dist.get_world_size()
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:  # the same tensor list on every process
+    params = [p for p in model.parameters() if p.requires_grad]  # the same list on every process
+    present = torch.tensor([p.grad is not None for p in params], dtype=params[0].dtype, device=params[0].device)
+    for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     grads = [p.grad for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([g.reshape(-1) for g in grads] + [present])
     dist.all_reduce(flat)
     flat /= world
     offset = 0
-    for g in grads:
+    for p, g, seen in zip(params, grads, flat[-len(params):].tolist()):
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
         offset += g.numel()
+        if seen == 0:
+            p.grad = None

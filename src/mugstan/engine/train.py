@@ -4,7 +4,9 @@ One process or ``torchrun --nproc_per_node N`` (DDP; NCCL on GPUs, gloo on CPUs)
 step: ``accum_steps`` micro-batches, autocast forward (fp32 master weights), backward (DDP syncs
 only on the last micro-batch), gradient clipping, AdamW step, warmup + cosine schedule, logit
 scale clamp. With ``train.chunk_size`` each micro-batch is one contrastive batch processed by
-gradient caching (``engine/gradcache.py``) in chunks of that many clips per process. Every ``save_every`` steps and at each epoch's end the loop state goes to
+gradient caching (``engine/gradcache.py``) in chunks of that many clips per process (under
+torchrun without a DDP wrapper: the weights are broadcast once and the gradients averaged once per
+step). Every ``save_every`` steps and at each epoch's end the loop state goes to
 ``output_dir/checkpoints/last`` (atomic), so ``--resume`` continues from the exact batch; after each
 validation the best model (validation split, never test) is kept in ``checkpoints/best``. At the
 end the best model is evaluated on the test split when the config names one.
@@ -27,15 +29,15 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mugstan.config import ExperimentConfig, load_config, save_config
+from mugstan.config import ExperimentConfig, load_config, save_config, validate_config
 from mugstan.data.datasets import build_dataset, collate, load_annotations
 from mugstan.engine import checkpoint as ckpt
-from mugstan.engine.distributed import DistInfo, TrainSampler, barrier, setup
+from mugstan.engine.distributed import TrainSampler, barrier, setup
 from mugstan.engine.evaluate import autocast_for, evaluate, format_result, headline, resolve_precision
-from mugstan.engine.gradcache import average_gradients, gradcache_backward
+from mugstan.engine.gradcache import average_gradients, broadcast_parameters, gradcache_backward
 from mugstan.engine.logging import MetricsLogger
 from mugstan.engine.optim import build_optimizer, build_scheduler
-from mugstan.models import VideoClassifier, build_model
+from mugstan.models import build_model
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -63,14 +65,9 @@ def forward_backward(model, batch: dict, device: torch.device, precision: str, s
 
 def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train, validate, keep the best checkpoint, test it. Returns the final results dict."""
+    validate_config(cfg, check_files=False)  # configs built in Python, not only load_config's
     dist = setup()
     t = cfg.train
-    gradcache = bool(t.chunk_size)
-    if t.contrastive_batch is not None and t.contrastive_batch != t.batch_size // t.accum_steps:
-        raise ValueError(f"train.contrastive_batch={t.contrastive_batch} must equal train.batch_size / train.accum_steps = "
-                         f"{t.batch_size // t.accum_steps}: the loss sees one (global) micro-batch; set train.chunk_size to fit it in memory")
-    if gradcache and cfg.model.task != "retrieval":
-        raise ValueError("train.chunk_size (gradient caching) applies to contrastive retrieval training, not model.task=recognition")
     seed_everything(t.seed + dist.rank, t.deterministic)
     out = Path(t.output_dir)
     state_path = out / "checkpoints" / "last" / "state.pt"
@@ -85,13 +82,20 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     dataset = build_dataset(cfg.data, "train", getattr(model, "tokenizer", None), train=True,
                             pairs=cfg.model.task == "retrieval", seed=t.seed, ann=ann)
     sampler = TrainSampler(len(dataset), t.batch_size, dist.world, dist.rank, t.accum_steps, t.seed)
+    local_batch = t.batch_size // (dist.world * t.accum_steps)  # clips of one micro-batch on this process
+    gradcache = t.chunk_size is not None and t.chunk_size < local_batch
+    if t.chunk_size is not None and not gradcache and dist.main:
+        print(f"train.chunk_size={t.chunk_size} >= the {local_batch} clips per process and micro-batch: "
+              "they are trained at once, without gradient caching (it would only add a forward pass)")
     total_steps = t.epochs * sampler.steps_per_epoch if t.max_steps is None else min(t.max_steps, t.epochs * sampler.steps_per_epoch)
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, total_steps, t.warmup)
     precision = resolve_precision(t.precision, dist.device)
     scaler = torch.amp.GradScaler(dist.device.type) if precision == "fp16" else None
     ddp = model
-    if dist.world > 1 and not gradcache:  # gradient caching averages gradients itself, once per step
+    if dist.world > 1 and gradcache:  # no DDP wrapper: start from rank 0's weights, average gradients per step
+        broadcast_parameters(model)
+    elif dist.world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
                                                         find_unused_parameters=False)
 
@@ -149,11 +153,11 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
                 for index, error in batch["failed"]:
                     logger.event("skipped_video", step=step, index=index, error=error)
             last_micro = (micro + 1) % t.accum_steps == 0
-            sync = contextlib.nullcontext() if (last_micro or dist.world == 1) else ddp.no_sync()
             if gradcache:
                 micro_losses.append(gradcache_backward(model, batch, t.chunk_size, dist.device,
                                                        lambda: autocast_for(dist.device, precision), 1.0 / t.accum_steps, scaler))
             else:
+                sync = contextlib.nullcontext() if (last_micro or dist.world == 1) else ddp.no_sync()
                 with sync:
                     micro_losses.append(forward_backward(ddp, batch, dist.device, precision, 1.0 / t.accum_steps, scaler))
             clips += batch["frames"].shape[0]
