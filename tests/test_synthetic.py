@@ -13,7 +13,7 @@ from mugstan.data import synthetic
 from mugstan.data.synthetic import CLASS_NAMES, MOTION_PAIRS, MOTIONS, SynthParams, generate
 
 PARAMS = SynthParams(videos=12, frames=8, size=32, seed=3)
-NUM_TEST = sum(2 * len(synthetic.valid_pairs(shape)) for _, shape in synthetic.appearances())
+NUM_TEST = len(synthetic.COLORS) * len(MOTIONS)  # every colour with every motion
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +38,14 @@ def digest(folder: Path) -> dict[str, str]:
 def test_counts_and_meta(dataset):
     out, meta = dataset
     assert meta["params"] == {"videos": 12, "frames": 8, "size": 32, "seed": 3}
-    assert NUM_TEST == 228  # 6 colours x (3 shapes x 5 pairs + circle x 4 pairs) x 2 motions
-    assert meta["counts"] == {"train": 12, "val": 48, "test": NUM_TEST}
+    assert NUM_TEST == 60  # 6 colours x 5 pairs x 2 motions
+    assert meta["counts"] == {"train": 12, "val": NUM_TEST, "test": NUM_TEST, "images_val": 24}
     assert (out / "classes.txt").read_text().splitlines() == [CLASS_NAMES[m] for m in MOTIONS]
-    for split, n in meta["counts"].items():
+    for split in ("train", "val", "test"):
+        n = meta["counts"][split]
         assert len(read_jsonl(out / f"{split}.jsonl")) == n
         assert len(read_jsonl(out / f"recognition_{split}.jsonl")) == n
         assert len(list((out / "videos" / split).glob("*.mp4"))) == n
-    assert len(read_jsonl(out / "images_train.jsonl")) == 12
 
 
 def test_jsonl_records_are_valid(dataset):
@@ -68,28 +68,42 @@ def test_jsonl_records_are_valid(dataset):
     assert video.shape == (PARAMS.frames, PARAMS.size, PARAMS.size, 3)
 
 
-def test_test_set_pairs_every_appearance_with_both_motions(dataset):
+def test_test_set_pairs_every_colour_with_both_motions(dataset):
     out, _ = dataset
     records = read_jsonl(out / "test.jsonl")
     captions = [r["caption"] for r in records]
     assert len(set(captions)) == len(captions)  # 1:1 retrieval is well posed
-    # Each (colour, shape) shows every pair it can, both directions, in consecutive videos.
+    appearance = lambda r: [w for w in r["caption"].split() if w in synthetic.COLORS or w in synthetic.SHAPES]
+    # Each (colour, pair) in one shape, both directions in consecutive videos.
     for first, second in zip(records[::2], records[1::2]):
         a, b = MOTIONS[first["label"]], MOTIONS[second["label"]]
         assert (a, b) in MOTION_PAIRS
-        appearance = lambda r: [w for w in r["caption"].split() if w in synthetic.COLORS or w in synthetic.SHAPES]
         assert appearance(first) == appearance(second)
-    labels = Counter(r["label"] for r in records)
-    assert labels[MOTIONS.index("rotate_cw")] == 18 and labels[MOTIONS.index("left")] == 24  # no rotating circles
+        if a == "rotate_cw":
+            assert "circle" not in appearance(first)  # a circle's rotation is invisible
+    # Colour and motion single out a video.
+    keys = [(appearance(r)[0], r["label"]) for r in records]
+    assert len(set(keys)) == NUM_TEST and Counter(r["label"] for r in records) == {i: 6 for i in range(len(MOTIONS))}
     # Some test captions use a template never seen in training.
     train_text = " ".join(c for r in read_jsonl(out / "train.jsonl") for c in r["caption"])
     assert any(c.startswith("in this clip") for c in captions) and "in this clip" not in train_text
 
 
+def test_image_pretraining_set(dataset):
+    out, _ = dataset
+    train = read_jsonl(out / "images_train.jsonl")
+    assert len(train) == 12 and all(len(r["caption"]) == 3 for r in train)
+    assert any(r["end"] - r["start"] > 1 / synthetic.FPS for r in train)  # a span of frames to draw from
+    val = read_jsonl(out / "images_val.jsonl")
+    assert sorted(r["caption"] for r in val) == sorted(f"a {c} {s}" for c, s in synthetic.appearances())
+    assert all(r["video"].startswith("videos/images/") and r["end"] - r["start"] == 1 / synthetic.FPS for r in val)
+
+
 def test_paired_motions_are_time_reversed_files(dataset):
     out, _ = dataset
     records = read_jsonl(out / "test.jsonl")
-    for first, second in [(records[0], records[1]), (records[-2], records[-1])]:  # left/right circle, rotating cross
+    fade = next(i for i, r in enumerate(records) if MOTIONS[r["label"]] == "fade_in")
+    for first, second in [(records[0], records[1]), (records[fade], records[fade + 1])]:  # left/right, fade in/out
         forward, backward = decode(out / first["video"]), decode(out / second["video"])
         reversed_error = np.abs(forward - backward[::-1]).mean()
         same_order_error = np.abs(forward - backward).mean()

@@ -8,11 +8,17 @@ move. This generator makes a small benchmark that shows exactly that on a CPU in
 - motions come in time-reversed pairs (left/right, up/down, grow/shrink, fade in/out, rotate
   clockwise/counterclockwise): the second motion of a pair is the first one's frames played
   backwards, so any order-blind pooling of frames sees the same thing for both;
-- the test set holds every (appearance, motion) combination once, and the two motions of a pair
-  are the same rendered clip forwards and backwards: the only distractor that shares a
-  caption's appearance and motion axis differs from the right video by the direction of time;
+- the validation and test sets hold every (colour, motion) combination once, each (colour, motion
+  pair) in one shape, and the two motions of a pair are the same rendered clip forwards and
+  backwards: the distractor that shares a caption's whole appearance and motion axis differs from
+  the right video only by the direction of time. (Shape is not what singles out a test video:
+  a small ViT trained from scratch on a CPU learns colour within a hundred steps but tells
+  shapes apart barely above chance after a thousand, measured; the benchmark is about motion.)
 - captions come from templates; the test templates are partly unseen in training;
-- an image-text set points at single frames (through ``start``/``end``) with appearance-only
+- an image-text set points at frames (through ``start``/``end``: in training the span of frames
+  where the shape is clearly visible, of which the loader draws one; in validation one frame of
+  each of 24 extra videos, one per appearance, so that every caption singles out one image) with
+  appearance-only
   captions, for pretraining a CLIP from scratch that knows colour and shape but not motion.
 
 Everything is written in the generic JSONL format (``{"video", "caption", "label", "start",
@@ -22,9 +28,10 @@ real datasets. The output folder::
     meta.json                     parameters + seed + counts (identifies the dataset)
     classes.txt                   the motion class names, one per line (label = line index)
     {train,val,test}.jsonl        video-text retrieval: caption list (train) or one caption
-    images_{train,val}.jsonl      image-text pretraining: one frame, appearance-only captions
+    images_{train,val}.jsonl      image-text pretraining: frames of the train videos (a span to
+                                  draw from) / of videos/images (one each), appearance-only captions
     recognition_{train,val,test}.jsonl   motion recognition: label = motion class index
-    videos/{train,val,test}/NNNNN.mp4
+    videos/{train,val,test,images}/NNNNN.mp4
 
 The same parameters and seed give byte-identical files (x264 runs single-threaded with fixed
 options); a folder whose ``meta.json`` matches is reused rather than rendered again.
@@ -41,7 +48,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FPS = 8
 X264_OPTIONS = {"crf": "18", "preset": "medium", "g": "8", "threads": "1", "x264-params": "no-mbtree=1"}
 
@@ -92,6 +99,7 @@ TRAIN_TEMPLATES = ("a {app} {motion}", "the {app} {motion}", "a video of a {app}
 TEST_TEMPLATES = ("a {app} {motion}", "in this clip the {app} {motion}")  # the second is unseen in training
 IMAGE_TEMPLATES = ("a {app}", "a photo of a {app}", "the {app}")
 SPLITS = ("train", "val", "test")
+IMAGES = "images"  # one still per appearance: the validation split of image-text pretraining
 
 
 def valid_pairs(shape: str) -> tuple[tuple[str, str], ...]:
@@ -252,12 +260,18 @@ def plan_split(split: str, params: SynthParams) -> list[Clip]:
     """What a split contains, decided from the seed alone.
 
     train: ``params.videos`` videos, appearance and motion drawn at random;
-    val: one random pair per appearance, both motions (48 videos);
-    test: every appearance with every motion pair it can show, both motions (228 videos).
+    images: every appearance once (24 videos), for the validation stills of image-text pretraining;
+    val and test: every colour with every motion pair, both directions (60 videos each), the
+    shape of each (colour, pair) drawn at random among the shapes that can show the pair. A
+    caption's colour and motion single out its video; the distractor that shares its whole
+    appearance is the same clip played backwards, and the other motions of its colour follow.
     """
-    rng = np.random.default_rng([params.seed, SPLITS.index(split), 0])
-    apps = appearances()
+    rng = np.random.default_rng([params.seed, (*SPLITS, IMAGES).index(split), 0])
+    if split == IMAGES:  # every appearance once, in a random motion of a random pair
+        pairs = [valid_pairs(shape)[rng.integers(len(valid_pairs(shape)))] for _, shape in appearances()]
+        return [Clip(color, shape, pair, (pair[rng.integers(2)],)) for (color, shape), pair in zip(appearances(), pairs)]
     if split == "train":
+        apps = appearances()
         clips = []
         for _ in range(params.videos):
             color, shape = apps[rng.integers(len(apps))]
@@ -265,9 +279,12 @@ def plan_split(split: str, params: SynthParams) -> list[Clip]:
             pair = pairs[rng.integers(len(pairs))]
             clips.append(Clip(color, shape, pair, (pair[rng.integers(2)],)))
         return clips
-    if split == "val":
-        return [Clip(c, s, p, p) for c, s in apps for p in [valid_pairs(s)[rng.integers(len(valid_pairs(s)))]]]
-    return [Clip(c, s, p, p) for c, s in apps for p in valid_pairs(s)]
+    clips = []
+    for color in COLORS:
+        for pair in MOTION_PAIRS:
+            shapes = [s for s in SHAPES if pair in valid_pairs(s)]
+            clips.append(Clip(color, shapes[rng.integers(len(shapes))], pair, pair))
+    return clips
 
 
 def caption(color: str, shape: str, motion: str, template: str, phrase: int) -> str:
@@ -296,41 +313,44 @@ def generate(out_dir: str | Path, params: SynthParams = SynthParams(), overwrite
     out.mkdir(parents=True, exist_ok=True)
     (out / "classes.txt").write_text("".join(CLASS_NAMES[m] + "\n" for m in MOTIONS))
 
-    plans = {split: plan_split(split, params) for split in SPLITS}
+    plans = {split: plan_split(split, params) for split in (*SPLITS, IMAGES)}
     total = sum(len(c.motions) for clips in plans.values() for c in clips)
     bar = tqdm(total=total, desc=f"rendering synthetic videos into {out}", unit="video", disable=not progress)
-    counts = {}
+    counts, images = {}, {"train": [], "val": []}
     for split, clips in plans.items():
-        retrieval, recognition, images = [], [], []
+        retrieval, recognition, index = [], [], 0
         for i, clip in enumerate(clips):
-            rng = np.random.default_rng([params.seed, SPLITS.index(split), 1, i])
+            rng = np.random.default_rng([params.seed, (*SPLITS, IMAGES).index(split), 1, i])
             forward = render_clip(clip.color, clip.shape, clip.pair, params, rng)
             for motion in clip.motions:
-                index = len(retrieval)
                 video = f"videos/{split}/{index:05d}.mp4"
                 write_video(out / video, forward if motion == clip.pair[0] else forward[::-1])
-                label = MOTIONS.index(motion)
+                index += 1
+                bar.update()
+                visible = visible_frames(clip.pair, motion, params.frames)
+                app = f"{clip.color} {clip.shape}"
+                if split == IMAGES:  # one fixed, clearly visible frame
+                    frame = int(rng.choice(visible))
+                    images["val"].append({"video": video, "caption": IMAGE_TEMPLATES[0].format(app=app),
+                                          "start": frame / FPS, "end": (frame + 1) / FPS})
+                    continue
                 if split == "train":
                     captions = [caption(clip.color, clip.shape, motion, t, int(rng.integers(3))) for t in TRAIN_TEMPLATES]
+                    # image-text pretraining: the span of visible frames, the loader draws one per epoch
+                    images["train"].append({"video": video, "caption": [t.format(app=app) for t in IMAGE_TEMPLATES],
+                                            "start": int(visible[0]) / FPS, "end": (int(visible[-1]) + 1) / FPS})
                 else:
                     template = TEST_TEMPLATES[index % len(TEST_TEMPLATES)]
                     captions = caption(clip.color, clip.shape, motion, template, int(rng.integers(2)))
-                retrieval.append({"video": video, "caption": captions, "label": label})
-                recognition.append({"video": video, "label": label})
-                frame = int(rng.choice(visible_frames(clip.pair, motion, params.frames)))
-                app = f"{clip.color} {clip.shape}"
-                images.append({
-                    "video": video,
-                    "caption": [t.format(app=app) for t in IMAGE_TEMPLATES] if split == "train" else IMAGE_TEMPLATES[0].format(app=app),
-                    "start": frame / FPS,
-                    "end": (frame + 1) / FPS,
-                })
-                bar.update()
-        _write_jsonl(out / f"{split}.jsonl", retrieval)
-        _write_jsonl(out / f"recognition_{split}.jsonl", recognition)
-        if split != "test":
-            _write_jsonl(out / f"images_{split}.jsonl", images)
-        counts[split] = len(retrieval)
+                retrieval.append({"video": video, "caption": captions, "label": MOTIONS.index(motion)})
+                recognition.append({"video": video, "label": MOTIONS.index(motion)})
+        if split != IMAGES:
+            _write_jsonl(out / f"{split}.jsonl", retrieval)
+            _write_jsonl(out / f"recognition_{split}.jsonl", recognition)
+            counts[split] = len(retrieval)
+    for split, records in images.items():
+        _write_jsonl(out / f"images_{split}.jsonl", records)
+    counts["images_val"] = len(images["val"])
     bar.close()
 
     meta = {
