@@ -25,7 +25,11 @@ def test_there_is_a_config_per_published_experiment():
     names = {p.relative_to(p.parents[1]).as_posix() for p in CONFIGS}
     for expected in ("msrvtt/clip4clip_meanp_vitb32.yaml", "msrvtt/clip4clip_seqtransf_vitb32.yaml", "msrvtt/clip2video_vitb32.yaml",
                      "msrvtt/stan_self_vitb32.yaml", "msrvtt/stan_conv_vitb32.yaml", "msrvtt/mugstan_vitb32.yaml",
-                     "didemo/mugstan_vitb32.yaml", "lsmdc/stan_self_vitb32.yaml", "msvd/clip2video_vitb32.yaml",
+                     "didemo/clip4clip_meanp_vitb32.yaml", "didemo/clip4clip_seqtransf_vitb32.yaml", "didemo/stan_self_vitb32.yaml",
+                     "didemo/mugstan_vitb32.yaml", "lsmdc/clip4clip_meanp_vitb32.yaml", "lsmdc/clip4clip_seqtransf_vitb32.yaml",
+                     "lsmdc/stan_self_vitb32.yaml", "lsmdc/mugstan_vitb32.yaml", "msvd/clip4clip_meanp_vitb32.yaml",
+                     "msvd/clip4clip_seqtransf_vitb32.yaml", "msvd/clip2video_vitb32.yaml", "msvd/stan_self_vitb32.yaml",
+                     "msvd/mugstan_vitb32.yaml", "msrvtt/stan_self_vitb16.yaml",
                      "kinetics400/stan_self_vitb16.yaml", "ssv2/stan_self_vitb16.yaml", "pretrain/mugstan_webvid_vitb32.yaml"):
         assert expected in names
     for p in CONFIGS:
