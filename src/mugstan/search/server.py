@@ -1,0 +1,95 @@
+"""``mugstan serve``: a search page for an index (FastAPI + one static page).
+
+    mugstan serve INDEX_DIR [--host 127.0.0.1 --port 8000]
+
+Routes (nothing else is served, there is no directory listing):
+
+- ``/``: the page (``static/index.html``) and ``/search.js``, its script;
+- ``/api/search?q=...&k=...``: ``{"query", "results": [{rank, path, start, end, score}]}``;
+  ``q`` must be 1-500 characters and not blank, ``k`` 1-100, else 422;
+- ``/media/{path}``: a video of the index. ``path`` must be one of the relative paths listed in
+  the index's ``index.json`` (compared as a string, after URL decoding, before the file system is
+  touched), so ``../``, absolute paths and encoded traversal (``%2e%2e/``, ``..%2f``) are 404;
+  the file's real path (symlinks resolved) must also lie inside the indexed folder, so a file
+  swapped for a symlink out of the folder after indexing is 404 too.
+
+The server binds to 127.0.0.1 unless ``--host`` says otherwise: anyone who can reach it can search
+the index and watch every indexed video. The page gets a Content-Security-Policy that allows only
+its own script and media; file names are inserted as text, never as HTML.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+MAX_QUERY = 500
+MAX_K = 100
+STATIC = Path(__file__).parent / "static"
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; media-src 'self'; "
+                               "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def create_app(searcher):
+    """The FastAPI app for a ``mugstan.search.query.Searcher``."""
+    from fastapi import FastAPI, HTTPException, Query
+    from fastapi.responses import FileResponse, Response
+
+    app = FastAPI(title="mugstan search", docs_url=None, redoc_url=None, openapi_url=None)
+    root = searcher.root.resolve()
+    indexed = frozenset(searcher.meta["files"])
+
+    @app.get("/")
+    def page() -> Response:
+        return Response((STATIC / "index.html").read_text(), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+    @app.get("/search.js")
+    def script() -> Response:
+        return Response((STATIC / "search.js").read_text(), media_type="text/javascript; charset=utf-8", headers=PAGE_HEADERS)
+
+    @app.get("/api/search")
+    def search(q: str = Query(..., min_length=1, max_length=MAX_QUERY), k: int = Query(12, ge=1, le=MAX_K)) -> dict:
+        if not q.strip():
+            raise HTTPException(422, "the query is blank")
+        return {"query": q, "results": searcher.search(q, k)}
+
+    @app.get("/media/{path:path}")
+    def media(path: str) -> FileResponse:
+        if path not in indexed:  # only the exact relative paths of the index, checked before any file access
+            raise HTTPException(404, "not in the index")
+        real = (root / path).resolve()
+        if root not in real.parents or not real.is_file():  # swapped for a symlink out of the folder, or gone
+            raise HTTPException(404, "not in the index")
+        return FileResponse(real, headers={"X-Content-Type-Options": "nosniff"})
+
+    return app
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from mugstan.search.query import add_backend_arguments
+
+    parser.add_argument("index_dir", help="an index folder written by `mugstan index`")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    add_backend_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise SystemExit("error: `mugstan serve` needs fastapi and uvicorn: pip install 'mugstan[search]'") from None
+
+    from mugstan.search.query import open_searcher
+
+    app = create_app(open_searcher(args))
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who can reach it can search the index and watch its videos")
+    print(f"serving {args.index_dir} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
