@@ -1,7 +1,11 @@
 import os
 
-import pytest
-import torch
+# Idle OpenMP threads sleep instead of spinning: with two cores shared by the test process, its
+# DataLoader workers and torchrun children, spinning threads make torch 10-40x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Small, reproducible runs on a 2-core machine.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -117,7 +117,7 @@ def test_eval_command_on_a_trained_checkpoint(tmp_path, data):
     cfg.write_text(yaml.safe_dump(text))
     assert run(["train", str(cfg), "--no-progress", "train.max_steps=2"]).returncode == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["test"]["protocol"] == "1:1" and results["test"]["counts"]["videos"] > 100
+    assert results["test"]["protocol"] == "1:1" and results["test"]["counts"]["videos"] == 60
     out = run(["eval", str(cfg), "--checkpoint", str(tmp_path / "run" / "checkpoints" / "best"), "--json", str(tmp_path / "r.json")])
     assert out.returncode == 0, out.stderr[-2000:]
     assert "t2v" in out.stdout and json.loads((tmp_path / "r.json").read_text())["retrieval"]["t2v"]["R@1"] >= 0

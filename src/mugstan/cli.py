@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# Idle OpenMP threads sleep instead of spinning. Training and evaluation share the cores with
+# DataLoader workers that decode video; spinning threads there made torch 10-40x slower in our
+# measurements on a 2-core machine. Set OMP_WAIT_POLICY yourself to choose otherwise.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # name -> (module, one-line help)
 COMMANDS = {
