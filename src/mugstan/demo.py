@@ -2,15 +2,17 @@
 
 1. Render the synthetic benchmark (or reuse it): coloured shapes doing time-reversible motions.
 2. Pretrain a small CLIP from scratch on single frames with appearance-only captions: it learns
-   colour and shape, nothing about motion (``configs/synthetic/pretrain_clip.yaml``).
+   what things look like, nothing about motion (``configs/synthetic/pretrain_clip.yaml``).
 3. Fine-tune video models from that CLIP on video-text pairs (meanP and STAN by default), through
    the same engine, data pipeline and checkpoints as real benchmarks.
-4. Evaluate text-to-video retrieval on the motion-sensitive test set (every appearance with both
-   motions of a pair), the pair accuracy (does the caption score its own video above the same
-   clip played backwards?) and zero-shot motion recognition; print a table, write
-   ``results.json``, ``results.png`` and contact sheets of example queries.
+4. Evaluate text-to-video retrieval on the motion-sensitive test set (every colour with every
+   motion, each clip beside the same clip played backwards), the pair accuracy (does a caption
+   score its own video above the same clip played backwards?) and zero-shot motion recognition;
+   print a table, write ``results.json``, ``results.md``, ``results.png`` and contact sheets of
+   example queries.
 
-``mugstan bench synthetic`` runs every temporal module and head over several seeds.
+``prepare`` (steps 1-2) and ``finetune`` (step 3 and the evaluation of one model) are shared with
+``mugstan bench synthetic``, which runs every temporal module and head over several seeds.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -31,16 +34,21 @@ DEMO_MODELS = ("meanp", "stan_self")
 ALL_MODELS = ("meanp", "seqtransf", "tdb_tab", "stan_self", "stan_conv", "mugstan")
 LABELS = {"meanp": "meanP (CLIP4Clip)", "seqtransf": "seqTransf (CLIP4Clip)", "tdb_tab": "TDB+TAB (CLIP2Video)",
           "stan_self": "STAN-self", "stan_conv": "STAN-conv", "mugstan": "Mug-STAN"}
+METRICS = ("t2v R@1", "t2v R@5", "v2t R@1", "pair accuracy", "zero-shot motion top-1")
+# --quick: tiny sizes that run every stage in about a minute; the numbers mean nothing.
+QUICK = ["train.epochs=1", "train.max_steps=6", "data.num_frames=4"]
 
 
 def config_dir() -> Path:
     if not CONFIG_DIR.is_dir():
-        raise FileNotFoundError(f"{CONFIG_DIR} is missing: the synthetic configs ship in the repository's configs/synthetic/")
+        raise FileNotFoundError(f"{CONFIG_DIR} is missing: the synthetic configs ship in the repository's configs/synthetic/ "
+                                "(install mugstan from a checkout with `pip install -e .`)")
     return CONFIG_DIR
 
 
 def stage_config(name: str, data: Path, out: Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """configs/synthetic/NAME.yaml with DATA / OUT filled in, plus overrides."""
+    """configs/synthetic/NAME.yaml with DATA (the dataset folder) and OUT (the output folder)
+    filled in, plus dotted overrides. The filled-in file is kept in OUT/configs/ for reruns."""
     text = (config_dir() / f"{name}.yaml").read_text().replace("DATA", str(data)).replace("OUT", str(out))
     path = out / "configs" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,24 +83,29 @@ def twins(data: Path, split: str = "test") -> np.ndarray:
 
 
 @torch.no_grad()
-def pair_accuracy(model, cfg: ExperimentConfig, data: Path) -> tuple[float, torch.Tensor, list]:
-    """Share of test captions that score their video above its time-reversed twin (ties fail).
-    Also returns the score matrix and the test annotations' captions."""
+def pair_accuracy(model, cfg: ExperimentConfig, data: Path) -> tuple[float, torch.Tensor, object]:
+    """Share of test captions that score their video above its time-reversed twin; a tie (the
+    model cannot tell them apart, as meanP over the same frames) counts as half, the chance level.
+    Also returns the score matrix [captions, videos] and the test annotations."""
     from mugstan.data.datasets import load_annotations
     from mugstan.engine.distributed import DistInfo
     from mugstan.engine.evaluate import _stack, embed_clips, embed_texts
     from mugstan.models import Embeddings
 
     ann = load_annotations(cfg.data, "test")
-    videos, _ = embed_clips(model, cfg, ann, DistInfo(), "test", progress=False)
+    videos, dropped = embed_clips(model, cfg, ann, DistInfo(), "test", progress=False)
+    if dropped:
+        raise RuntimeError(f"synthetic test videos failed to decode: {dropped[:3]}; render the data again (--overwrite)")
     video = _stack([videos[i] for i in range(len(ann.clips))])
     text = embed_texts(model, ann.captions, torch.device("cpu"))
     scores = model.similarity(Embeddings(text.x, text.mask), Embeddings(video.x, video.mask)).float()
     own = torch.tensor(ann.caption_clip)
     twin = torch.as_tensor(twins(data))[own]
     rows = torch.arange(len(own))
-    correct = scores[rows, own] > scores[rows, twin]
-    return 100.0 * correct.float().mean().item(), scores, ann
+    mine, other = scores[rows, own], scores[rows, twin]
+    tie = torch.isclose(mine, other, rtol=1e-5, atol=1e-6)
+    correct = torch.where(tie, 0.5, (mine > other).float())
+    return 100.0 * correct.mean().item(), scores, ann
 
 
 def contact_sheet(video_paths: list[str], query: str, truth: int, ranked: list[int], scores: list[float], dest: Path, frames: int = 8) -> None:
@@ -122,18 +135,20 @@ def contact_sheet(video_paths: list[str], query: str, truth: int, ranked: list[i
 
 
 def bar_chart(rows: list[dict], dest: Path, title: str) -> None:
+    """t2v R@1, pair accuracy and zero-shot motion top-1 per model (error bars: ``"... std"`` keys)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = [r["model"] for r in rows]
-    metrics = [("t2v R@1", "text-to-video R@1"), ("pair accuracy", "pair accuracy (own clip vs reversed)"), ("zero-shot motion top-1", "zero-shot motion top-1")]
+    metrics = [("t2v R@1", "text-to-video R@1"), ("pair accuracy", "pair accuracy (own clip vs reversed)"),
+               ("zero-shot motion top-1", "zero-shot motion top-1")]
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels)), 3.8))
     for k, (key, legend) in enumerate(metrics):
-        vals = [r[key] for r in rows]
-        ax.bar(x + (k - 1) * 0.27, vals, 0.27, label=legend)
+        ax.bar(x + (k - 1) * 0.27, [r[key] for r in rows], 0.27, label=legend,
+               yerr=[r.get(f"{key} std", 0.0) for r in rows], capsize=2)
     ax.axhline(50, color="grey", ls="--", lw=0.8)
     ax.text(len(labels) - 0.5, 51, "pair chance", color="grey", fontsize=8, ha="right")
     ax.set_xticks(x, labels)
@@ -146,84 +161,123 @@ def bar_chart(rows: list[dict], dest: Path, title: str) -> None:
     plt.close(fig)
 
 
-def markdown_table(rows: list[dict]) -> str:
-    keys = ["t2v R@1", "t2v R@5", "v2t R@1", "pair accuracy", "zero-shot motion top-1", "train seconds"]
+def markdown_table(rows: list[dict], keys: Sequence[str] = (*METRICS, "train seconds")) -> str:
+    """One row per model; a value with a ``"KEY std"`` companion prints as mean ± std."""
+    def cell(r: dict, k: str) -> str:
+        if f"{k} std" in r:
+            return f"{r[k]:.1f} ± {r[f'{k} std']:.1f}"
+        return f"{r[k]:.1f}" if isinstance(r[k], float) else str(r[k])
+
     lines = ["| model | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
-    for r in rows:
-        lines.append(f"| {r['model']} | " + " | ".join(f"{r[k]:.1f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
+    lines += [f"| {r['model']} | " + " | ".join(cell(r, k) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
+
+
+@dataclass
+class Prepared:
+    """Steps 1-2: the dataset folder, its meta.json, and the pretrained CLIP."""
+
+    data: Path
+    meta: dict
+    clip: Path
+    pretraining: dict
+
+
+def prepare(out: Path, seed: int = 0, quick: bool = False, videos: Optional[int] = None, progress: bool = True,
+            log=print) -> Prepared:
+    """Render (or reuse) the synthetic benchmark in ``out`` and pretrain the small CLIP on its stills."""
+    from mugstan.data.synthetic import SynthParams, generate
+    from mugstan.engine.train import train
+
+    # 8 rendered frames, all of them sampled (data.num_frames: 8): a clip played backwards shows
+    # exactly the same frames, so order-blind pooling cannot tell the two apart. (Sampling 8 of 16
+    # frames picks different frames forwards and backwards, which meanP exploited: 63% pairs.)
+    params = SynthParams(videos=videos or (64 if quick else 600), frames=8, size=32 if quick else 64, seed=seed)
+    data = out / f"data_v{params.videos}_f{params.frames}_s{params.size}_seed{seed}"
+    log(f"1/4 synthetic benchmark ({params.videos} training videos, {params.frames} frames of {params.size} px, seed {seed})")
+    meta = generate(data, params, progress=progress)
+    log(f"   {meta['counts']} videos in {data}")
+
+    log("2/4 pretraining a small CLIP from scratch on single frames with appearance-only captions")
+    cfg = stage_config("pretrain_clip", data, out, [f"train.seed={seed}", *(QUICK if quick else [])])
+    start = time.time()
+    results = train(cfg, progress=progress)
+    clip = export_clip(Path(cfg.train.output_dir) / "checkpoints" / "best", out / "pretrain_clip" / "clip.safetensors")
+    log(f"   pretrained in {time.time() - start:.0f} s -> {clip}")
+    return Prepared(data, meta, clip, {k: results[k] for k in ("steps", "best")})
+
+
+def finetune(name: str, prep: Prepared, out: Path, seed: int = 0, quick: bool = False, progress: bool = True) -> dict:
+    """Fine-tune configs/synthetic/NAME.yaml from the pretrained CLIP and evaluate its best checkpoint.
+
+    Returns {"row": the table row, "scores": [captions, videos], "ann": the test annotations,
+    "details": everything for results.json}.
+    """
+    from mugstan.engine.checkpoint import load_model
+    from mugstan.engine.evaluate import evaluate
+    from mugstan.engine.train import train
+
+    overrides = [f"train.seed={seed}", f"model.weights={prep.clip}", *(QUICK if quick else [])]
+    cfg = stage_config(name, prep.data, out, overrides)
+    start = time.time()
+    results = train(cfg, progress=progress)
+    seconds = time.time() - start
+    model, _ = load_model(Path(cfg.train.output_dir) / "checkpoints" / "best")
+    pair, scores, ann = pair_accuracy(model, cfg, prep.data)
+    rec_cfg = stage_config(name, prep.data, out, [*overrides, f"data.test_ann={prep.data / 'recognition_test.jsonl'}"])
+    rec = evaluate(model, rec_cfg, "test", progress=False)
+    test = results["test"]["retrieval"]
+    row = {"model": LABELS[name], "t2v R@1": test["t2v"]["R@1"], "t2v R@5": test["t2v"]["R@5"], "v2t R@1": test["v2t"]["R@1"],
+           "pair accuracy": pair, "zero-shot motion top-1": rec["recognition"]["top1"], "train seconds": round(seconds)}
+    details = {"test": results["test"], "zero_shot_recognition": rec["recognition"], "pair_accuracy": pair,
+               "best": results["best"], "train_seconds": seconds}
+    return {"row": row, "scores": scores, "ann": ann, "details": details}
 
 
 def run(out: Path, models: Sequence[str] = DEMO_MODELS, seed: int = 0, quick: bool = False, progress: bool = True,
         videos: Optional[int] = None, examples: int = 3) -> dict:
     """Generate, pretrain, fine-tune, evaluate. Returns the results dict (also in out/results.json)."""
-    from mugstan.data.synthetic import SynthParams, generate
-    from mugstan.engine.checkpoint import load_model
-    from mugstan.engine.evaluate import evaluate
-    from mugstan.engine.train import train
-
     start = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    size_overrides = ["train.epochs=1", "train.max_steps=6", "data.num_frames=4"] if quick else []
-    params = SynthParams(videos=videos or (64 if quick else 1200), frames=8 if quick else 16, size=32 if quick else 64, seed=seed)
-    data = out / f"data_v{params.videos}_f{params.frames}_s{params.size}_seed{seed}"
 
-    def stage(title: str) -> None:
-        print(f"\n== [{time.time() - start:6.1f} s] {title}", flush=True)
+    def log(message: str) -> None:
+        print(f"\n== [{time.time() - start:6.1f} s] {message}" if message[0].isdigit() else message, flush=True)
 
-    stage(f"1/4 synthetic benchmark ({params.videos} training videos, {params.frames} frames of {params.size} px, seed {seed})")
-    meta = generate(data, params, progress=progress)
-    print(f"   {meta['counts']} videos in {data}")
-
-    stage("2/4 pretraining a small CLIP from scratch on single frames with appearance-only captions")
-    pre = stage_config("pretrain_clip", data, out, [f"train.seed={seed}", *(["train.max_steps=6", "train.epochs=1"] if quick else [])])
-    t0 = time.time()
-    pre_results = train(pre, progress=progress)
-    clip_file = export_clip(Path(pre.train.output_dir) / "checkpoints" / "best", out / "pretrain_clip" / "clip.safetensors")
-    print(f"   pretrained in {time.time() - t0:.0f} s -> {clip_file}")
-
-    rows, per_model = [], {}
+    prep = prepare(out, seed, quick, videos, progress, log)
+    rows, finished = [], {}
     for k, name in enumerate(models):
-        stage(f"3/4 fine-tuning {LABELS[name]} from the pretrained CLIP ({k + 1}/{len(models)})")
-        cfg = stage_config(name, data, out, [f"train.seed={seed}", *size_overrides])
-        t0 = time.time()
-        results = train(cfg, progress=progress)
-        seconds = time.time() - t0
-        model, _ = load_model(Path(cfg.train.output_dir) / "checkpoints" / "best")
-        pair, scores, ann = pair_accuracy(model, cfg, data)
-        rec_cfg = stage_config(name, data, out, [f"train.seed={seed}", *size_overrides, f"data.test_ann={data / 'recognition_test.jsonl'}"])
-        rec = evaluate(model, rec_cfg, "test", progress=False)
-        test = results["test"]["retrieval"]
-        rows.append({"model": LABELS[name], "t2v R@1": test["t2v"]["R@1"], "t2v R@5": test["t2v"]["R@5"], "v2t R@1": test["v2t"]["R@1"],
-                     "pair accuracy": pair, "zero-shot motion top-1": rec["recognition"]["top1"], "train seconds": round(seconds)})
-        per_model[name] = {"test": results["test"], "zero_shot_recognition": rec["recognition"], "pair_accuracy": pair,
-                           "best": results["best"], "train_seconds": seconds, "scores": scores, "ann": ann}
-        print(f"   {LABELS[name]}: t2v R@1 {rows[-1]['t2v R@1']:.1f}, pair accuracy {pair:.1f}, zero-shot motion top-1 {rows[-1]['zero-shot motion top-1']:.1f}")
+        log(f"3/4 fine-tuning {LABELS[name]} from the pretrained CLIP ({k + 1}/{len(models)})")
+        finished[name] = finetune(name, prep, out, seed, quick, progress)
+        row = finished[name]["row"]
+        rows.append(row)
+        log(f"   {row['model']}: t2v R@1 {row['t2v R@1']:.1f}, pair accuracy {row['pair accuracy']:.1f}, "
+            f"zero-shot motion top-1 {row['zero-shot motion top-1']:.1f}")
 
-    stage("4/4 results")
+    log("4/4 results")
     table = markdown_table(rows)
-    print(table)
     elapsed = time.time() - start
-    print(f"\nfinished in {elapsed / 60:.1f} min; pair chance = 50%, t2v R@1 chance = {100 / meta['counts']['test']:.1f}%")
+    chance = f"pair chance = 50%, t2v R@1 chance = {100 / prep.meta['counts']['test']:.1f}%, motion top-1 chance = {100 / len(prep.meta['classes']):.0f}%"
+    print(f"{table}\n\nfinished in {elapsed / 60:.1f} min; {chance}")
     bar_chart(rows, out / "results.png", f"synthetic temporal benchmark (seed {seed})")
-    sheets = []
-    last = models[-1]
-    scores, ann = per_model[last]["scores"], per_model[last]["ann"]
+    last = finished[models[-1]]
+    scores, ann = last["scores"], last["ann"]
     paths = [c.path for c in ann.clips]
+    sheets = []
     for q in np.linspace(0, len(ann.captions) - 1, examples).astype(int):
         ranked = scores[q].argsort(descending=True)[:4].tolist()
         dest = out / f"query_{q:03d}.png"
         contact_sheet(paths, ann.captions[q], ann.caption_clip[q], ranked, scores[q, ranked].tolist(), dest)
         sheets.append({"query": ann.captions[q], "truth": paths[ann.caption_clip[q]], "top": [paths[i] for i in ranked], "image": dest.name})
     summary = {
-        "dataset": {"folder": str(data), **meta}, "pretraining": {k: pre_results[k] for k in ("steps", "best")},
-        "rows": rows, "examples": {"model": LABELS[last], "queries": sheets}, "seconds": round(elapsed, 1),
-        "models": {n: {k: v for k, v in m.items() if k not in ("scores", "ann")} for n, m in per_model.items()},
+        "dataset": {"folder": str(prep.data), **prep.meta}, "pretraining": prep.pretraining, "rows": rows, "chance": chance,
+        "examples": {"model": LABELS[models[-1]], "queries": sheets}, "seconds": round(elapsed, 1),
+        "models": {name: f["details"] for name, f in finished.items()},
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
-    (out / "results.md").write_text(table + "\n")
-    print(f"wrote {out / 'results.json'}, {out / 'results.png'} and {len(sheets)} example queries ({', '.join(s['image'] for s in sheets)})")
+    (out / "results.md").write_text(f"{table}\n\n{chance}\n")
+    print(f"wrote {out / 'results.json'}, results.md, results.png and {len(sheets)} example queries "
+          f"({', '.join(s['image'] for s in sheets)}) in {out}")
     return summary
 
 
@@ -231,9 +285,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="mugstan_demo", help="output folder (default: %(default)s)")
     parser.add_argument("--models", nargs="+", default=list(DEMO_MODELS), choices=list(ALL_MODELS))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--videos", type=int, default=None, help="training videos to render (default 1200)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the pipeline in about a minute, numbers mean nothing")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--videos", type=int, default=None, help="training videos to render (default 600)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks every stage in about a minute, numbers mean nothing")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (stage lines and tables only)")
 
 
 def main(args: argparse.Namespace) -> int:

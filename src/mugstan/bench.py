@@ -1,0 +1,95 @@
+"""``mugstan bench synthetic``: every temporal module and head on the synthetic benchmark, several seeds.
+
+    mugstan bench synthetic [--models meanp seqtransf tdb_tab stan_self stan_conv mugstan]
+                            [--seeds 0 1 2] [--out bench_synthetic] [--videos 600] [--quick]
+
+For each seed: render the benchmark with that seed, pretrain the small CLIP, fine-tune every
+model of ``configs/synthetic/`` from it and evaluate it, exactly as ``mugstan demo`` does for two
+(``mugstan.demo.prepare`` / ``finetune``). Writes, in ``--out``:
+
+    seed{K}/...          each seed's data, runs and checkpoints
+    runs.jsonl           one line per (seed, model): the table row
+    summary.md           mean ± sample standard deviation over the seeds, per model
+    summary.json         the same numbers, the seeds and the chance levels
+    summary.png          the chart, with the spread as error bars
+
+A seed whose runs are all in ``runs.jsonl`` already is not run again, so an interrupted benchmark
+continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from mugstan import demo
+
+
+def aggregate(runs: list[dict], models: list[str]) -> list[dict]:
+    """Rows of mean and sample std (0 for one seed) per model, in ``models`` order."""
+    rows = []
+    for name in models:
+        mine = [r for r in runs if r["name"] == name]
+        row = {"model": demo.LABELS[name], "seeds": len(mine)}
+        for key in (*demo.METRICS, "train seconds"):
+            values = [float(r[key]) for r in mine]
+            row[key] = statistics.fmean(values)
+            row[f"{key} std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def synthetic(out: Path, models: list[str], seeds: list[int], videos=None, quick: bool = False, progress: bool = True) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "runs.jsonl"
+    runs = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
+    start = time.time()
+    for seed in seeds:
+        todo = [m for m in models if not any(r["seed"] == seed and r["name"] == m for r in runs)]
+        if not todo:
+            print(f"seed {seed}: every model already in {log_path}")
+            continue
+        print(f"\n=== seed {seed} ({len(todo)} models) [{(time.time() - start) / 60:.1f} min]", flush=True)
+        prep = demo.prepare(out / f"seed{seed}", seed, quick, videos, progress)
+        for name in todo:
+            print(f"\n--- seed {seed}: {demo.LABELS[name]} [{(time.time() - start) / 60:.1f} min]", flush=True)
+            row = demo.finetune(name, prep, out / f"seed{seed}", seed, quick, progress)["row"]
+            record = {"seed": seed, "name": name, **row}
+            runs.append(record)
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(f"    t2v R@1 {row['t2v R@1']:.1f}, pair accuracy {row['pair accuracy']:.1f}, zero-shot motion top-1 "
+                  f"{row['zero-shot motion top-1']:.1f}", flush=True)
+    runs = [r for r in runs if r["seed"] in seeds and r["name"] in models]
+    rows = aggregate(runs, models)
+    meta = json.loads(next((out / f"seed{seeds[0]}").glob("data_*/meta.json")).read_text())
+    chance = {"pair accuracy": 50.0, "t2v R@1": 100 / meta["counts"]["test"], "zero-shot motion top-1": 100 / len(meta["classes"])}
+    table = demo.markdown_table(rows)
+    header = (f"Synthetic temporal benchmark: mean ± std over seeds {', '.join(map(str, seeds))} "
+              f"({meta['counts']['test']} test videos; chance: t2v R@1 {chance['t2v R@1']:.1f}, pair accuracy 50, "
+              f"motion top-1 {chance['zero-shot motion top-1']:.0f})")
+    (out / "summary.md").write_text(f"{header}\n\n{table}\n")
+    (out / "summary.json").write_text(json.dumps({"seeds": seeds, "chance": chance, "rows": rows}, indent=2))
+    demo.bar_chart(rows, out / "summary.png", f"synthetic temporal benchmark, {len(seeds)} seed(s)")
+    print(f"\n{header}\n\n{table}\n\nwrote {out / 'summary.md'}, summary.json and summary.png")
+    return rows
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    syn = sub.add_parser("synthetic", help="every temporal module and head on the synthetic benchmark, several seeds")
+    syn.add_argument("--models", "--heads", nargs="+", default=list(demo.ALL_MODELS), choices=list(demo.ALL_MODELS),
+                     help="configs/synthetic/ runs to compare (default: all)")
+    syn.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    syn.add_argument("--out", default="bench_synthetic", help="output folder (default: %(default)s)")
+    syn.add_argument("--videos", type=int, default=None, help="training videos per seed (default 600)")
+    syn.add_argument("--quick", action="store_true", help="tiny sizes: checks every stage, numbers mean nothing")
+    syn.add_argument("--no-progress", action="store_true")
+
+
+def main(args: argparse.Namespace) -> int:
+    synthetic(Path(args.out), args.models, args.seeds, args.videos, args.quick, not args.no_progress)
+    return 0

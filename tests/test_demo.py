@@ -1,0 +1,66 @@
+"""``mugstan demo --quick`` end to end, twice with the same seed, and ``mugstan bench synthetic``'s table."""
+
+import json
+
+import pytest
+
+from mugstan import bench, demo
+from mugstan.cli import main as cli
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert cli(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_quick_demo_writes_every_output(quick_demo, capsys):
+    out, results = quick_demo
+    assert [r["model"] for r in results["rows"]] == [demo.LABELS[m] for m in demo.DEMO_MODELS]
+    for row in results["rows"]:
+        for key in demo.METRICS:
+            assert 0.0 <= row[key] <= 100.0, (key, row)
+    # 64 training videos x 4 stills in batches of 64: 4 pretraining steps
+    assert results["dataset"]["counts"]["test"] == 60 and results["pretraining"]["steps"] == 4
+    assert "| meanP (CLIP4Clip) |" in (out / "results.md").read_text()
+    for name in ["results.png", *[q["image"] for q in results["examples"]["queries"]]]:
+        assert (out / name).stat().st_size > 5000, name
+    for stage in ("pretrain_clip", "meanp", "stan_self"):  # every stage went through the engine
+        assert (out / stage / "checkpoints" / "best" / "model.safetensors").is_file()
+        assert (out / stage / "metrics.jsonl").is_file()
+
+
+def test_same_seed_same_table(quick_demo, tmp_path):
+    """The same seed gives the same data files and the same numbers (training time aside)."""
+    out, first = quick_demo
+    again = demo.run(tmp_path, quick=True, progress=False, examples=1)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "train seconds"} for r in rows]
+    assert strip(again["rows"]) == strip(first["rows"])
+    data = lambda root: sorted(p.relative_to(root).as_posix() for p in root.glob("data_*/**/*") if p.is_file())
+    assert data(tmp_path) == data(out)
+    for name in data(out):
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_bench_aggregates_mean_and_spread():
+    runs = [{"seed": s, "name": "meanp", **{k: v for k in (*demo.METRICS, "train seconds")}} for s, v in ((0, 40.0), (1, 50.0), (2, 60.0))]
+    (row,) = bench.aggregate(runs, ["meanp"])
+    assert row["seeds"] == 3 and row["t2v R@1"] == pytest.approx(50.0) and row["t2v R@1 std"] == pytest.approx(10.0)
+    assert "50.0 ± 10.0" in demo.markdown_table([row])
+
+
+def test_bench_synthetic_runs_two_seeds_and_resumes(tmp_path, capsys):
+    """``mugstan bench synthetic --quick``: one line per (seed, model), the summary table, and a
+    second call with the same seeds runs nothing again."""
+    args = ["bench", "synthetic", "--quick", "--models", "meanp", "stan_conv", "--seeds", "0", "1", "--out", str(tmp_path), "--no-progress"]
+    assert cli(args) == 0
+    runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert [(r["seed"], r["name"]) for r in runs] == [(0, "meanp"), (0, "stan_conv"), (1, "meanp"), (1, "stan_conv")]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["model"] for r in summary["rows"]] == ["meanP (CLIP4Clip)", "STAN-conv"] and all(r["seeds"] == 2 for r in summary["rows"])
+    assert "| STAN-conv |" in (tmp_path / "summary.md").read_text() and (tmp_path / "summary.png").stat().st_size > 5000
+    capsys.readouterr()
+    assert cli(args) == 0
+    assert "seed 1: every model already in" in capsys.readouterr().out
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 4
