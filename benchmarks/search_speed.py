@@ -86,7 +86,7 @@ def main() -> None:
         flat = faiss_index(emb)
         flat_build = time.perf_counter() - start
         t_flat, flat_ids = latency(lambda q: flat.search(q, args.k)[1], queries)
-        del flat
+        flat = None  # free the copy of the vectors before the next index
         agree = "yes" if (flat_ids == exact_ids).all() else f"{(flat_ids == exact_ids).all(1).mean():.0%} of queries"
         row = f"| {n:,} | {emb.nbytes / 2**20:,.0f} | {t_exact * 1e3:.2f} | {t_flat * 1e3:.2f} | {agree} | {flat_build:.2f} |"
 
@@ -97,9 +97,9 @@ def main() -> None:
             t_ivf, ivf_ids = latency(lambda q: ivf.search(q, args.k)[1], queries)
             recall = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(ivf_ids, exact_ids)])
             row += f" {t_ivf * 1e3:.2f} | {ivf.nlist} / {ivf.nprobe} | {recall:.1%} | {ivf_build:.1f} |"
-            del ivf
+            ivf = None
         print(row, flush=True)
-        del emb
+        emb = None
 
 
 if __name__ == "__main__":

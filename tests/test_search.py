@@ -27,7 +27,7 @@ from mugstan.config import load_config
 from mugstan.data.synthetic import COLORS, SynthParams, generate, render_clip, write_video
 from mugstan.engine.train import train
 from mugstan.search.index import build_index, find_videos, windows
-from mugstan.search.query import Searcher, faiss_index, faiss_ivf_index, top_k_exact
+from mugstan.search.query import FAISS_FROM, Searcher, choose_backend, faiss_index, faiss_ivf_index, top_k_exact
 
 from data_fixtures import write_audio_only
 
@@ -206,6 +206,12 @@ def test_long_video_is_indexed_as_windows(trained, long_video, tmp_path):
     searcher = Searcher(tmp_path / "index")
     red, blue = ({(r["start"], r["end"]): r["score"] for r in searcher.search(f"a {c} square moves left", 4)} for c in ("red", "blue"))
     assert red[0.0, 8.0] > red[12.0, 20.0] and blue[12.0, 20.0] > blue[0.0, 8.0], (red, blue)
+
+
+def test_auto_backend_is_exact_for_small_indexes_and_faiss_for_large_ones():
+    pytest.importorskip("faiss", reason="faiss-cpu (the `search` extra) is not installed")
+    assert choose_backend("auto", FAISS_FROM - 1) == "exact" and choose_backend("auto", FAISS_FROM) == "faiss"
+    assert choose_backend("exact", 10**7) == "exact" and choose_backend("faiss-ivf", 10) == "faiss-ivf"
 
 
 def test_exact_and_faiss_agree(trained, test_index):

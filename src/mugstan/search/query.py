@@ -1,6 +1,6 @@
 """``mugstan search``: the windows of an index that best match a text.
 
-    mugstan search INDEX_DIR "a dog catches a frisbee" [-k 10] [--json] [--backend exact|faiss|faiss-ivf]
+    mugstan search INDEX_DIR "a dog catches a frisbee" [-k 10] [--json] [--backend auto|exact|faiss|faiss-ivf]
 
 Dual-encoder indexes are searched by the inner product of unit vectors:
 
@@ -37,7 +37,18 @@ import torch
 
 from mugstan.search.index import IndexFolder, model_identity
 
-BACKENDS = ("exact", "faiss", "faiss-ivf")
+BACKENDS = ("auto", "exact", "faiss", "faiss-ivf")
+# auto: exact search below this many windows, faiss IndexFlatIP (the same results) from there on
+# when faiss is installed. Both scan every vector; at 1M windows faiss flat answered in 163 ms
+# and exact in 239 ms on one thread (benchmarks/results/search_speed.md).
+FAISS_FROM = 100_000
+
+
+def choose_backend(requested: str, rows: int) -> str:
+    """The backend ``requested`` means for an index of ``rows`` windows."""
+    if requested != "auto":
+        return requested
+    return "faiss" if rows >= FAISS_FROM and have_faiss() else "exact"
 
 
 def have_faiss() -> bool:
@@ -103,7 +114,7 @@ def faiss_ivf_index(emb: np.ndarray, nprobe: Optional[int] = None, seed: int = 0
 class Searcher:
     """An index and the model that built it, ready to answer text queries."""
 
-    def __init__(self, index_dir, checkpoint: Optional[str] = None, backend: str = "exact", device: str = "cpu",
+    def __init__(self, index_dir, checkpoint: Optional[str] = None, backend: str = "auto", device: str = "cpu",
                  nprobe: Optional[int] = None):
         from mugstan.engine.checkpoint import load_model
 
@@ -119,7 +130,8 @@ class Searcher:
                              "pass that checkpoint with --checkpoint, or index again with this one")
         self.model, _ = load_model(checkpoint, device)
         self.device = device
-        self.backend = "mug" if self.mask is not None else backend  # Mug scores are not inner products
+        # Mug scores are not inner products: always the chunked Mug similarity
+        self.backend = "mug" if self.mask is not None else choose_backend(backend, len(self.emb))
         self._faiss = None
         if self.backend == "faiss":
             self._faiss = faiss_index(self.emb)
@@ -160,8 +172,9 @@ class Searcher:
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     """--backend, --nprobe, --checkpoint, --device (shared with ``mugstan serve``)."""
-    parser.add_argument("--backend", default="exact", choices=BACKENDS,
-                        help="exact: matrix products (default); faiss: IndexFlatIP, the same results; "
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help=f"auto (default): exact below {FAISS_FROM:,} windows, faiss from there when installed; "
+                             "exact: matrix products; faiss: IndexFlatIP, the same results; "
                              "faiss-ivf: approximate, faster for large indexes")
     parser.add_argument("--nprobe", type=int, default=None, help="faiss-ivf: lists searched per query (default 1/8 of them)")
     parser.add_argument("--checkpoint", default=None, help="the model (default: the one recorded in the index)")
