@@ -2,9 +2,9 @@
 and use the page in headless Chromium.
 
 The model is a tiny CLIP (``mugstan-tiny``, random init, meanP) trained for 60 steps on the
-synthetic benchmark's *train* split; the index holds the *test* videos (60: every colour
-with every motion), which it never saw, searched with their
-test captions (half of them from a template unseen in training).
+synthetic benchmark's *train* split; the index holds the *test* videos (60: every colour with
+every motion), which it never saw, searched with their test captions (half of them from a
+template unseen in training).
 """
 
 import http.client
