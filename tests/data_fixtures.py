@@ -1,10 +1,11 @@
-"""Small videos written with PyAV for the data tests."""
+"""Small videos written with PyAV for the data tests, and the config of a tiny training run."""
 
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+import yaml
 
 
 def write_video(path, frames: int = 16, size=(48, 32), fps: int = 8, gop: int = 4, seed: int = 0) -> Path:
@@ -73,3 +74,19 @@ def write_dataset_fixtures(root: Path) -> dict:
         "ssv2": {**splits("ssv2.json"), "extra": {"labels": str(root / "labels.json")}},
         "webvid": {"train_ann": str(root / "webvid.json")},
     }
+
+
+def write_config(path: Path, data: Path, out: Path, **train) -> Path:
+    """A tiny STAN run (mugstan-tiny, 4 frames of 32 px, fp32, deterministic) on a synthetic
+    dataset folder; ``train`` overrides keys of the ``train`` section."""
+    cfg = {
+        "name": "tiny",
+        "model": {"backbone": "mugstan-tiny", "temporal": "stan", "context_length": 16, "stan": {"depth": 2, "drop_path": 0.0}},
+        "data": {"dataset": "jsonl", "root": str(data), "train_ann": str(data / "train.jsonl"), "num_frames": 4,
+                 "image_size": 32, "num_workers": 0},
+        "train": {"output_dir": str(out), "epochs": 1, "batch_size": 4, "lr": 1e-4, "warmup": 2, "log_every": 1,
+                  "precision": "fp32", "deterministic": True, **train},
+        "eval": {"batch_size": 32},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path

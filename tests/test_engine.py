@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from data_fixtures import write_config
 from safetensors.torch import load_file
 
 from mugstan.config import ConfigError, load_config
@@ -24,20 +25,6 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     generate(root, SynthParams(videos=48, frames=8, size=32, seed=0), progress=False)
     return root
-
-
-def write_config(path: Path, data: Path, out: Path, **train) -> Path:
-    cfg = {
-        "name": "tiny",
-        "model": {"backbone": "mugstan-tiny", "temporal": "stan", "context_length": 16, "stan": {"depth": 2, "drop_path": 0.0}},
-        "data": {"dataset": "jsonl", "root": str(data), "train_ann": str(data / "train.jsonl"), "num_frames": 4,
-                 "image_size": 32, "num_workers": 0},
-        "train": {"output_dir": str(out), "epochs": 1, "batch_size": 4, "lr": 1e-4, "warmup": 2, "log_every": 1,
-                  "precision": "fp32", "deterministic": True, **train},
-        "eval": {"batch_size": 32},
-    }
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def run(args, **kw):

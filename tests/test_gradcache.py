@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import yaml
+from data_fixtures import write_config as tiny_run_config
 
 from mugstan.config import ConfigError, ModelConfig, STANConfig, load_config
 from mugstan.data.synthetic import SynthParams, generate
@@ -192,16 +192,8 @@ for path in sys.argv[1:]:  # one process group, several runs: torchrun starts on
 
 
 def write_config(path: Path, data: Path, out: Path, **train) -> Path:
-    cfg = {
-        "name": "tiny",
-        "model": {"backbone": "mugstan-tiny", "temporal": "stan", "context_length": 16, "stan": {"depth": 2, "drop_path": 0.0}},
-        "data": {"dataset": "jsonl", "root": str(data), "train_ann": str(data / "train.jsonl"), "num_frames": 4,
-                 "image_size": 32, "num_workers": 0},
-        "train": {"output_dir": str(out), "epochs": 1, "max_steps": STEPS, "batch_size": 8, "lr": 1e-4, "warmup": 2,
-                  "log_every": 1, "precision": "fp32", "deterministic": True, **train},
-    }
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    """The engine tests' tiny run, STEPS steps of 8 clips."""
+    return tiny_run_config(path, data, out, **{"max_steps": STEPS, "batch_size": 8, **train})
 
 
 def losses(out: Path) -> list[float]:

@@ -66,7 +66,7 @@ def synthetic(out: Path, models: list[str], seeds: list[int], videos=None, quick
     runs = [r for r in runs if r["seed"] in seeds and r["name"] in models]
     rows = aggregate(runs, models)
     meta = json.loads(next((out / f"seed{seeds[0]}").glob("data_*/meta.json")).read_text())
-    chance = {"pair accuracy": 50.0, "t2v R@1": 100 / meta["counts"]["test"], "zero-shot motion top-1": 100 / len(meta["classes"])}
+    chance = demo.chance_levels(meta)
     table = demo.markdown_table(rows)
     header = (f"Synthetic temporal benchmark: mean ± std over seeds {', '.join(map(str, seeds))} "
               f"({meta['counts']['test']} test videos; chance: t2v R@1 {chance['t2v R@1']:.1f}, pair accuracy 50, "

@@ -108,6 +108,11 @@ def pair_accuracy(model, cfg: ExperimentConfig, data: Path) -> tuple[float, torc
     return 100.0 * correct.mean().item(), scores, ann
 
 
+def chance_levels(meta: dict) -> dict:
+    """What guessing scores on a generated dataset (its ``meta.json``), in %."""
+    return {"t2v R@1": 100 / meta["counts"]["test"], "pair accuracy": 50.0, "zero-shot motion top-1": 100 / len(meta["classes"])}
+
+
 def contact_sheet(video_paths: list[str], query: str, truth: int, ranked: list[int], scores: list[float], dest: Path, frames: int = 8) -> None:
     """One row per retrieved video: its sampled frames, score, and whether it is the right one."""
     import matplotlib
@@ -257,7 +262,9 @@ def run(out: Path, models: Sequence[str] = DEMO_MODELS, seed: int = 0, quick: bo
     log("4/4 results")
     table = markdown_table(rows)
     elapsed = time.time() - start
-    chance = f"pair chance = 50%, t2v R@1 chance = {100 / prep.meta['counts']['test']:.1f}%, motion top-1 chance = {100 / len(prep.meta['classes']):.0f}%"
+    levels = chance_levels(prep.meta)
+    chance = (f"pair chance = 50%, t2v R@1 chance = {levels['t2v R@1']:.1f}%, "
+              f"motion top-1 chance = {levels['zero-shot motion top-1']:.0f}%")
     print(f"{table}\n\nfinished in {elapsed / 60:.1f} min; {chance}")
     bar_chart(rows, out / "results.png", f"synthetic temporal benchmark (seed {seed})")
     last = finished[models[-1]]
