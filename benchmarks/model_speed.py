@@ -1,9 +1,9 @@
-"""Clips per second of each temporal module on ViT-B/32 (random weights), fp32 vs bf16 autocast.
+"""Clips per second of each branch x head on ViT-B/32 (random weights), fp32 vs bf16 autocast.
 
     python benchmarks/model_speed.py [--frames 12 --size 224 --batch 2 --iters 3 --device cpu]
 
 Inference (encode_video under no_grad). The backbone-only row is CLIP applied to every frame,
-the cost that all temporal modules share.
+the cost that all branches and heads share.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import torch
 
 from mugstan.backbones.clip import build_clip
 from mugstan.config import ModelConfig, STANConfig
-from mugstan.models import VideoTextModel
+from mugstan.heads.base import LogitScale
+from mugstan.models import VideoTextModel, build_branch, build_head
 
-MODULES = [("meanP", "meanP", {}), ("seqTransf", "seqTransf", {}), ("TDB+TAB", "tdb_tab", {}),
-           ("STAN-self", "stan", {"time_module": "self"}), ("STAN-conv", "stan", {"time_module": "conv"})]
+MODULES = [("meanP", "none", "meanP", {}), ("seqTransf", "none", "seqTransf", {}), ("TDB+TAB", "none", "tdb_tab", {}),
+           ("STAN-self", "stan", "mean", {"time_module": "self"}), ("STAN-conv", "stan", "mean", {"time_module": "conv"})]
 
 
 def clips_per_second(fn, batch: int, iters: int) -> float:
@@ -53,9 +54,10 @@ def main() -> None:
             with autocast():
                 row.append(clips_per_second(lambda: backbone.encode_frames(frames.flatten(0, 1)), args.batch, args.iters))
         rows.append(row)
-        for label, temporal, stan in MODULES:
-            cfg = ModelConfig(backbone=args.backbone, temporal=temporal, stan=STANConfig(**stan))
-            model = VideoTextModel(cfg, backbone).to(device).eval()
+        for label, branch, head, stan in MODULES:
+            cfg = ModelConfig(backbone=args.backbone, branch=branch, head=head, stan=STANConfig(**stan))
+            model = VideoTextModel(backbone, build_branch(cfg, backbone), build_head(cfg, backbone),
+                                   LogitScale(backbone.logit_scale), cfg.context_length).to(device).eval()
             row = [label]
             for autocast in precisions.values():
                 with autocast():

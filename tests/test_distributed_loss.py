@@ -7,7 +7,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mugstan.losses import contrastive_loss, symmetric_infonce
+from mugstan.heads.base import Embeddings
+from mugstan.heads.mean import MeanP
+from mugstan.losses import ContrastiveLoss, symmetric_infonce
 
 N, E, WORLD = 8, 16, 2
 
@@ -29,7 +31,7 @@ def step(text_in, video_in, heads, reduction):
     v = torch.nn.functional.normalize(v_head(video_in), dim=-1)
     t.retain_grad()
     v.retain_grad()
-    loss = contrastive_loss(t, v, torch.tensor(20.0), reduction)
+    loss = ContrastiveLoss(MeanP(), reduction)({"text": Embeddings(t), "video": Embeddings(v), "logit_scale": torch.tensor(20.0)})
     loss.backward()
     return loss.detach(), t.grad, v.grad, t_head.weight.grad, v_head.weight.grad
 

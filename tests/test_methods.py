@@ -1,14 +1,21 @@
-"""The methods of methods.md: sizes, identity at initialisation, masks, frame order, Mug."""
+"""The methods of methods.md: sizes, identity at initialisation, masks, frame order, Mug; every
+branch with every head."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mugstan.backbones.clip import build_clip
-from mugstan.config import ModelConfig, STANConfig
-from mugstan.heads.mug import mug_similarity
-from mugstan.models import Embeddings, build_model
-from mugstan.temporal.stan import STAN
+from mugstan.branches.stan import STAN
+from mugstan.config import ConfigError, ModelConfig, STANConfig, load_config
+from mugstan.engine.optim import param_groups
+from mugstan.heads.base import Embeddings
+from mugstan.heads.mug import Mug
+from mugstan.losses import build_loss
+from mugstan.models import build_model
+
+BRANCHES = ["none", "stan"]
+HEADS = ["mean", "meanP", "seqTransf", "tdb_tab", "mug"]
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +30,9 @@ def test_stan_branch_size_on_vit_b32(vit_b32, time_module, expected):
     assert branch.taps == [8, 9, 10, 11]
 
 
-def tiny(temporal, head="cosine", **kw):
+def tiny(branch="none", head="meanP", **kw):
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone="mugstan-tiny", temporal=temporal, head=head, stan=STANConfig(depth=2, **kw))
+    cfg = ModelConfig(backbone="mugstan-tiny", branch=branch, head=head, stan=STANConfig(depth=2, **kw))
     return build_model(cfg).eval()
 
 
@@ -36,72 +43,74 @@ def clips(b=3, t=6, seed=1):
 
 @pytest.mark.parametrize("time_module", ["self", "conv"])
 def test_stan_temporal_modules_are_identity_at_init(time_module):
-    model = tiny("stan", time_module=time_module)
+    model = tiny("stan", "mean", time_module=time_module)
     patches, mask = torch.randn(2, 16, 5, 64), torch.ones(2, 5, dtype=torch.bool)
-    for module in model.temporal.temporal:
+    for module in model.branch.temporal:
         assert torch.equal(module(patches, mask), patches)
 
 
-MODULES = [("meanP", {}), ("seqTransf", {}), ("tdb_tab", {}), ("stan", {"time_module": "self"}), ("stan", {"time_module": "conv"})]
+MODULES = [("none", "meanP", {}), ("none", "seqTransf", {}), ("none", "tdb_tab", {}), ("stan", "mean", {"time_module": "self"}),
+           ("stan", "mean", {"time_module": "conv"}), ("stan", "seqTransf", {}), ("stan", "tdb_tab", {}), ("none", "mug", {})]
 
 
 def perturb_zero_init(model):
     """STAN's temporal projections start at zero; give them weights so time matters."""
     with torch.no_grad():
-        for name, p in model.temporal.named_parameters():
+        for name, p in model.branch.named_parameters():
             if "temporal_fc" in name:
                 p.normal_(0, 0.2)
 
 
-@pytest.mark.parametrize("temporal,kw", MODULES, ids=[m + str(k.get("time_module", "")) for m, k in MODULES])
-def test_padded_frames_do_not_change_outputs(temporal, kw):
-    model = tiny(temporal, **kw)
+@pytest.mark.parametrize("branch,head,kw", MODULES, ids=[f"{b}-{h}{k.get('time_module', '')}" for b, h, k in MODULES])
+def test_padded_frames_do_not_change_outputs(branch, head, kw):
+    model = tiny(branch, head, **kw)
     perturb_zero_init(model)
     frames, mask = clips(t=4)
     padded = torch.cat([frames, torch.randn(3, 3, 3, 32, 32) * 5], dim=1)  # garbage in the padding
     pmask = torch.cat([mask, torch.zeros(3, 3, dtype=torch.bool)], dim=1)
     with torch.no_grad():
-        ref = model.encode_video(frames, mask).x
-        out = model.encode_video(padded, pmask).x
+        ref = model.video_vector(frames, mask)
+        out = model.video_vector(padded, pmask)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("temporal,kw,order_matters", [
-    ("meanP", {}, False), ("tdb_tab", {}, True), ("stan", {"time_module": "self"}, True), ("stan", {"time_module": "conv"}, True),
+@pytest.mark.parametrize("branch,head,kw,order_matters", [
+    ("none", "meanP", {}, False), ("none", "tdb_tab", {}, True), ("stan", "mean", {"time_module": "self"}, True),
+    ("stan", "mean", {"time_module": "conv"}, True), ("stan", "mug", {}, True),
 ])
-def test_reversing_frames(temporal, kw, order_matters):
-    model = tiny(temporal, **kw)
+def test_reversing_frames(branch, head, kw, order_matters):
+    model = tiny(branch, head, **kw)
     perturb_zero_init(model)
     frames, mask = clips()
     with torch.no_grad():
-        fwd = model.encode_video(frames, mask).x
-        rev = model.encode_video(frames.flip(1), mask).x
+        fwd = model.video_vector(frames, mask)
+        rev = model.video_vector(frames.flip(1), mask)
     assert (fwd - rev).abs().max().item() > 1e-3 if order_matters else torch.allclose(fwd, rev, atol=1e-5)
 
 
 def test_seqtransf_starts_from_clip_text_layers():
-    model = tiny("seqTransf")
+    model = tiny("none", "seqTransf")
     clip = model.backbone.clip
-    ours = model.temporal.transformer.resblocks[0]
+    ours = model.head.transformer.resblocks[0]
     assert torch.equal(ours.attn.in_proj.weight, clip.transformer.resblocks[0].attn.in_proj_weight)
     assert torch.equal(ours.mlp.c_proj.bias, clip.transformer.resblocks[0].mlp.c_proj.bias)
-    assert torch.equal(model.temporal.frame_position_embeddings.weight, clip.positional_embedding)
+    assert torch.equal(model.head.frame_position_embeddings.weight, clip.positional_embedding)
 
 
 def test_stan_spatial_modules_are_copies_not_shared():
-    model = tiny("stan")
+    model = tiny("stan", "mean")
     block = model.backbone.visual.transformer.resblocks[2]
-    spatial = model.temporal.spatial[0]
+    spatial = model.branch.spatial[0]
     assert torch.equal(spatial.attn.in_proj_weight, block.attn.in_proj_weight)
     assert spatial.attn.in_proj_weight.data_ptr() != block.attn.in_proj_weight.data_ptr()
     names = {n for n, _ in model.named_parameters()}
-    assert not any("class_embedding" in n or "positional_embedding" in n for n in names if n.startswith("temporal."))
+    assert not any("class_embedding" in n or "positional_embedding" in n for n in names if n.startswith("branch."))
 
 
 def test_clip2video_compat_mask_mixes_videos_only_with_padding():
-    fixed, compat = tiny("tdb_tab"), tiny("tdb_tab")
-    compat.temporal.compat = True
-    for block in (compat.temporal.frame2t_attention, compat.temporal.transformerClip, compat.temporal.actionClip):
+    fixed, compat = tiny("none", "tdb_tab"), tiny("none", "tdb_tab")
+    compat.head.compat = True
+    for block in (compat.head.frame2t_attention, compat.head.transformerClip, compat.head.actionClip):
         block.head_major_mask = True
     frames, mask = clips(b=3, t=5)
     with torch.no_grad():
@@ -143,46 +152,73 @@ def test_mug_matches_dense_computation(mode, compat):
     tm = torch.arange(7) < torch.tensor([7, 3, 5, 2, 6])[:, None]
     vm = torch.arange(6) < torch.tensor([6, 2, 4, 1])[:, None]
     ref = dense_mug(t, tm, v, vm, 10.0, mode, compat)
-    torch.testing.assert_close(mug_similarity(t, tm, v, vm, 10.0, mode, compat), ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(mug_similarity(t, tm, v, vm, 10.0, mode, compat, chunk=2), ref, rtol=1e-5, atol=1e-5)
+    text, video = Embeddings(t, tm), Embeddings(v, vm)
+    torch.testing.assert_close(Mug(10.0, mode, compat).similarity(text, video), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(Mug(10.0, mode, compat).similarity(text, video, chunk=2), ref, rtol=1e-5, atol=1e-5)
     if mode == "full":  # the compat leak differs from the fix exactly when there is padding
-        other = mug_similarity(t, tm, v, vm, 10.0, mode, not compat)
+        other = Mug(10.0, mode, not compat).similarity(text, video)
         assert torch.allclose(other[0], ref[0], atol=1e-5) and not torch.allclose(other[1:], ref[1:], atol=1e-4)
 
 
-@pytest.mark.parametrize("temporal,head", [("meanP", "cosine"), ("seqTransf", "cosine"), ("tdb_tab", "cosine"), ("stan", "cosine"), ("stan", "mug")])
-def test_every_model_trains(temporal, head):
-    model = tiny(temporal, head).train()
+@pytest.mark.parametrize("branch", BRANCHES)
+@pytest.mark.parametrize("head", HEADS)
+def test_every_branch_with_every_head_trains_and_scores(branch, head):
+    """Every composition runs forward, loss and backward; its new modules get gradients; chunked
+    similarity equals the dense scores."""
+    model = tiny(branch, head).train()
+    cfg = ModelConfig(backbone="mugstan-tiny", branch=branch, head=head)
     frames, mask = clips()
     mask[1, 4:] = False
     ids, tmask = model.tokenize(["a red circle moves left", "a blue square grows", "a green triangle"])
-    loss = model(frames, mask, ids, tmask)
+    outputs = model(frames, mask, ids, tmask)
+    assert isinstance(outputs["video"], Embeddings) and isinstance(outputs["text"], Embeddings)
+    loss = build_loss(cfg, model)(outputs, {})
     loss.backward()
     assert torch.isfinite(loss)
-    grads = [p.grad for g in model.param_groups() for p in g["params"] if g["new"]]
-    assert grads and all(gr is not None for gr in grads[:3])
-    text, video = model.encode_text(ids, tmask), model.encode_video(frames, mask)
-    assert isinstance(video, Embeddings) and model.similarity(text, video).shape == (3, 3)
+    new = [(n, p) for n, p in model.named_parameters() if p.requires_grad and n.startswith(("branch.", "head."))]
+    assert all(p.grad is not None for n, p in new if "temporal_fc" in n or n.startswith("head.")), [n for n, p in new if p.grad is None]
+    assert model.backbone.visual.conv1.weight.grad is not None and model.logit_scale.log_scale.grad is not None
+    model.eval()
+    with torch.no_grad():
+        text, video = model.encode_text(ids, tmask), model.encode_video(frames, mask)
+        dense = model.similarity(text, video)
+        torch.testing.assert_close(model.similarity(text, video, chunk=2), dense)
+    assert dense.shape == (3, 3)
+
+
+def test_frame_features_expose_patch_tokens():
+    for branch in BRANCHES:
+        model = tiny(branch, "mean")
+        frames, mask = clips(b=2, t=3)
+        with torch.no_grad():
+            feats = model.frame_features(frames, mask)
+        assert feats.embeds.shape == (2, 3, 64) and feats.patches.shape == (2, 3, 16, 64)
 
 
 def test_param_groups_and_logit_scale_clamp():
-    model = tiny("stan")
-    groups = {g["name"]: g for g in model.param_groups()}
+    model = tiny("stan", "mean")
+    groups = {g["name"]: g for g in param_groups(model)}
     assert set(groups) == {"clip_decay", "clip_no_decay", "new_decay", "new_no_decay"}
     no_decay = {id(p) for p in groups["clip_no_decay"]["params"] + groups["new_no_decay"]["params"]}
-    assert id(model.logit_scale.log_scale) in no_decay and id(model.temporal.time_embed.weight) in no_decay
+    assert id(model.logit_scale.log_scale) in no_decay and id(model.branch.time_embed.weight) in no_decay
     with torch.no_grad():
         model.logit_scale.log_scale.fill_(10.0)
     model.clamp_logit_scale()
     assert model.logit_scale().item() == pytest.approx(100.0)
 
 
-def test_bad_model_configs():
-    with pytest.raises(ValueError, match="model.temporal='lstm'"):
-        build_model(ModelConfig(backbone="mugstan-tiny", temporal="lstm"))
-    with pytest.raises(ValueError, match="head='mug' needs per-frame features"):
-        build_model(ModelConfig(backbone="mugstan-tiny", temporal="tdb_tab", head="mug"))
-    model = tiny("stan")
+def test_bad_model_configs(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {backbone: mugstan-tiny, branch: lstm}\n")
+    with pytest.raises(ConfigError, match="branch"):
+        load_config(path, check_files=False)
+    path.write_text("model: {backbone: mugstan-tiny, temporal: stan, head: cosine}\n")
+    with pytest.raises(ConfigError, match="model.temporal was replaced by model.branch and model.head: write branch: stan, head: mean"):
+        load_config(path, check_files=False)
+    path.write_text("model: {backbone: mugstan-tiny, head: mug}\n")
+    with pytest.raises(ConfigError, match="model.temporal was replaced"):
+        load_config(path, ["model.temporal=meanP"], check_files=False)
+    model = tiny("stan", "mean")
     with pytest.raises(ValueError, match="raise model.stan.max_frames"):
         model.encode_video(torch.zeros(1, 65, 3, 32, 32), torch.ones(1, 65, dtype=torch.bool))
     with pytest.raises(ValueError, match="at least one real frame"):

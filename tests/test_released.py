@@ -1,15 +1,49 @@
-"""Released checkpoints: write a model in the STAN / CLIP2Video layouts, convert back, same outputs."""
+"""Released checkpoints: the authors' own STAN checkpoint and outputs (../shared/fixtures), and
+round trips through the STAN / CLIP4Clip / CLIP2Video layouts."""
+
+from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mugstan.backbones.convert import WeightsError
-from mugstan.backbones.released import (
-    convert_clip2video, convert_stan, load_converted, to_clip2video_state_dict, to_stan_state_dict,
-)
 from mugstan.cli import main as cli
-from mugstan.config import ModelConfig, STANConfig
+from mugstan.config import ModelConfig, model_config
 from mugstan.models import build_model
+from mugstan.released import convert_clip2video, convert_stan, load_converted, to_clip2video_state_dict, to_stan_state_dict
+
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "stan_official_tiny"
+# The fixture's CLIP has 4 heads of width 16 (vision) and 12 (text); shapes cannot tell heads apart.
+FIXTURE_HEADS = ["model.backbone_config.vision_cfg.head_width=16", "model.backbone_config.text_cfg.heads=4", "model.context_length=16"]
+
+
+@pytest.mark.skipif(not (FIXTURE / "official.pth").is_file(), reason="needs ../shared/fixtures/stan_official_tiny")
+def test_authors_stan_checkpoint_gives_the_authors_outputs(tmp_path):
+    """official.pth (254 tensors in the released mmengine layout) converts with every tensor used,
+    and the converted model reproduces the outputs the authors' module computed (reference.pt)."""
+    state, cfg = convert_stan(FIXTURE / "official.pth")
+    assert cfg["branch"] == "stan" and cfg["head"] == "mean" and cfg["stan"]["depth"] == 4 and cfg["backbone"] is None
+    model = build_model(model_config(cfg, FIXTURE_HEADS)).eval()
+    missing, unexpected = model.load_state_dict(state, strict=True)
+    assert not missing and not unexpected
+    ref = torch.load(FIXTURE / "reference.pt")
+    mask = torch.ones(2, ref["T"], dtype=torch.bool)
+    tmask = ref["ids"] != 0
+    with torch.no_grad():
+        frames = model.frame_features(ref["video"], mask).embeds
+        video = model.encode_video(ref["video"], mask).x
+        text = model.backbone.encode_text(ref["ids"], tmask)
+    torch.testing.assert_close(frames, ref["emb_frames"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(video, F.normalize(ref["emb_mean"], dim=-1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(text.pooled, ref["text"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(text.tokens[tmask], ref["text_tokens"][tmask], rtol=0, atol=1e-5)
+
+    out = tmp_path / "stan.safetensors"  # the command line, with the head counts as overrides
+    assert cli(["convert", str(FIXTURE / "official.pth"), str(out), "--format", "stan"]) == 0
+    with torch.no_grad():
+        again = load_converted(out, FIXTURE_HEADS).eval().frame_features(ref["video"], mask).embeds
+    torch.testing.assert_close(again, ref["emb_frames"], rtol=0, atol=1e-5)
 
 
 def randomised(model):
@@ -31,12 +65,12 @@ def outputs(model):
 
 
 def test_stan_round_trip(tmp_path):
-    model = randomised(build_model(ModelConfig(backbone="mugstan-tiny", temporal="stan", temperature=0.01, loss_reduction="sum"))).eval()
+    model = randomised(build_model(ModelConfig(backbone="mugstan-tiny", branch="stan", head="mean", temperature=0.01, loss_reduction="sum"))).eval()
     path = tmp_path / "stan_msrvtt.pth"
     torch.save(to_stan_state_dict(model), path)  # mmengine layout: tensors under "state_dict"
     state, cfg = convert_stan(path)
     assert cfg["backbone"] == "mugstan-tiny" and cfg["stan"]["depth"] == 4
-    again = build_model(ModelConfig(**{**cfg, "stan": STANConfig(**cfg["stan"])})).eval()
+    again = build_model(model_config(cfg)).eval()
     missing, unexpected = again.load_state_dict(state, strict=True)
     assert not missing and not unexpected
     assert torch.equal(outputs(again), outputs(model))
@@ -46,21 +80,21 @@ def test_stan_round_trip(tmp_path):
     assert torch.equal(outputs(load_converted(out).eval()), outputs(model))
 
 
-@pytest.mark.parametrize("temporal", ["meanP", "seqTransf", "tdb_tab"])
-def test_clip4clip_and_clip2video_round_trip(tmp_path, temporal):
-    model = randomised(build_model(ModelConfig(backbone="mugstan-tiny", temporal=temporal)))
+@pytest.mark.parametrize("head", ["meanP", "seqTransf", "tdb_tab"])
+def test_clip4clip_and_clip2video_round_trip(tmp_path, head):
+    model = randomised(build_model(ModelConfig(backbone="mugstan-tiny", head=head)))
     released = to_clip2video_state_dict(model)
-    assert all(k.startswith("clip.") for k in released) == (temporal == "meanP")
-    if temporal == "tdb_tab":
+    assert all(k.startswith("clip.") for k in released) == (head == "meanP")
+    if head == "tdb_tab":
         assert {"type_position_embeddings.weight", "weight_center", "emb_center", "trans_layernorm.weight",
                 "frame2t_attention.resblocks.0.attn.in_proj_weight", "actionClip.resblocks.0.mlp.c_fc.weight"} <= set(released)
-    if temporal == "seqTransf":
+    if head == "seqTransf":
         assert "transformerClip.resblocks.3.attn.in_proj_weight" in released
     path = tmp_path / "pytorch_model.bin.4"
     torch.save(released, path)
     state, cfg = convert_clip2video(path)
-    assert cfg["temporal"] == temporal
-    again = build_model(ModelConfig(**cfg)).eval()
+    assert cfg["head"] == head and cfg["branch"] == "none"
+    again = build_model(model_config(cfg)).eval()
     again.load_state_dict(state, strict=True)
     assert torch.equal(outputs(again), outputs(model))
 
@@ -73,3 +107,60 @@ def test_bad_released_checkpoints(tmp_path):
         convert_clip2video(tmp_path / "x.pth")
     with pytest.raises(WeightsError, match="no such file"):
         convert_stan(tmp_path / "missing.pth")
+
+
+def clip2video_reference_layout(centers: int = 5, seq_layers: int = 4) -> dict:
+    """A CLIP2Video ``pytorch_model.bin.N`` state dict written from the reference's module names
+    (CLIP2Video ``modules/modeling.py``, methods.md §7), not by mugstan's writer: OpenAI CLIP
+    under ``clip.``, then the TDB / TAB modules, every tensor random."""
+    import open_clip
+
+    torch.manual_seed(5)
+    arch = {"embed_dim": 32, "quick_gelu": True, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 4}}
+    sd = {f"clip.{k}": v.normal_(0, 0.05) for k, v in open_clip.CLIP(**arch).state_dict().items()}  # OpenAI's key layout
+    sd["clip.logit_scale"] = torch.tensor(4.6052)
+    e = 32
+
+    def block(prefix: str) -> None:  # the reference's ResidualAttentionBlock (nn.MultiheadAttention inside)
+        shapes = {"attn.in_proj_weight": (3 * e, e), "attn.in_proj_bias": (3 * e,), "attn.out_proj.weight": (e, e), "attn.out_proj.bias": (e,),
+                  "ln_1.weight": (e,), "ln_1.bias": (e,), "mlp.c_fc.weight": (4 * e, e), "mlp.c_fc.bias": (4 * e,),
+                  "mlp.c_proj.weight": (e, 4 * e), "mlp.c_proj.bias": (e,), "ln_2.weight": (e,), "ln_2.bias": (e,)}
+        sd.update({f"{prefix}.{name}": torch.randn(shape) * 0.05 for name, shape in shapes.items()})
+
+    sd["frame_position_embeddings.weight"] = torch.randn(77, e)
+    for i in range(seq_layers):
+        block(f"transformerClip.resblocks.{i}")
+    sd["type_position_embeddings.weight"] = torch.randn(2, e)
+    block("frame2t_attention.resblocks.0")
+    sd["trans_layernorm.weight"], sd["trans_layernorm.bias"] = torch.rand(e) + 0.5, torch.randn(e) * 0.1
+    sd["weight_center"], sd["emb_center"] = torch.randn(centers, e) * 0.125, torch.randn(centers, e) * 0.125
+    block("actionClip.resblocks.0")
+    return sd
+
+
+def test_clip2video_checkpoint_in_the_reference_layout(tmp_path):
+    """Every tensor of a checkpoint in the reference's names lands on the mugstan parameter of the
+    same module, and the model loads with nothing missing or left over (7 centres, as for VATEX)."""
+    released = clip2video_reference_layout(centers=7)
+    torch.save(released, tmp_path / "pytorch_model.bin.2")
+    state, cfg = convert_clip2video(tmp_path / "pytorch_model.bin.2")
+    assert cfg["head"] == "tdb_tab" and cfg["tab_centers"] == 7 and cfg["seq_layers"] == 4
+    model = build_model(model_config(cfg))
+    missing, unexpected = model.load_state_dict(state, strict=True)
+    assert not missing and not unexpected
+    head, clip = model.head, model.backbone.clip
+    assert torch.equal(head.transformerClip.resblocks[3].attn.in_proj.weight, released["transformerClip.resblocks.3.attn.in_proj_weight"])
+    assert torch.equal(head.frame2t_attention.resblocks[0].mlp.c_proj.bias, released["frame2t_attention.resblocks.0.mlp.c_proj.bias"])
+    assert torch.equal(head.actionClip.resblocks[0].ln_2.weight, released["actionClip.resblocks.0.ln_2.weight"])
+    assert torch.equal(head.trans_layernorm.bias, released["trans_layernorm.bias"])
+    assert torch.equal(head.weight_center, released["weight_center"]) and torch.equal(head.emb_center, released["emb_center"])
+    assert torch.equal(head.type_position_embeddings.weight, released["type_position_embeddings.weight"])
+    assert torch.equal(clip.visual.proj, released["clip.visual.proj"]) and torch.equal(clip.text_projection, released["clip.text_projection"])
+    assert model.logit_scale.log_scale.item() == pytest.approx(4.6052)
+
+    seq = {k: v for k, v in released.items() if k.startswith("clip.") or k.startswith(("frame_position", "transformerClip"))}
+    torch.save(seq, tmp_path / "pytorch_model.bin.0")  # CLIP4Clip seqTransf: the same names without TDB / TAB
+    state, cfg = convert_clip2video(tmp_path / "pytorch_model.bin.0")
+    assert cfg["head"] == "seqTransf"
+    build_model(model_config(cfg)).load_state_dict(state, strict=True)

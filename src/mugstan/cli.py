@@ -23,7 +23,7 @@ COMMANDS = {
     "train": ("mugstan.engine.train", "train a model from a YAML config"),
     "eval": ("mugstan.engine.evaluate", "evaluate a checkpoint on a config's test split"),
     "embed": ("mugstan.engine.embed", "write video or text embeddings to a file"),
-    "convert": ("mugstan.backbones.convert", "convert CLIP / STAN / CLIP2Video weights to mugstan's layout"),
+    "convert": ("mugstan.convert", "convert CLIP / STAN / CLIP2Video weights to mugstan's layout"),
     "data": ("mugstan.data.cli", "dataset tools: check, compress, synth"),
     "bench": ("mugstan.bench", "benchmarks: the full synthetic comparison"),
     "index": ("mugstan.search.index", "embed a folder of videos into a search index"),

@@ -2,20 +2,90 @@
 
 An experiment is one YAML file with four sections, each typed by a dataclass below:
 
-    model:  backbone x temporal module x head (or classifier)      -> ModelConfig
+    model:  backbone x branch x head (+ classifier for recognition)  -> ModelConfig
     data:   dataset format, annotation files, sampling, transforms -> DataConfig
     train:  optimisation, precision, checkpointing, logging        -> TrainConfig
     eval:   retrieval / recognition protocol                       -> EvalConfig
 
 Configs are OmegaConf structured configs: unknown keys and wrong types are errors, and dotted
-overrides from the command line (``train.lr=1e-6``) are checked against the same types.
+overrides from the command line (``train.lr=1e-6``) are checked against the same types. Every
+choice is an ``Enum`` below, spelt one way everywhere (configs, command line, demo, docs) and
+checked once, when the config is loaded; keys of earlier mugstan versions get an error that names
+their replacement.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
+
+
+class Choice(str, Enum):
+    """A config choice: compares, prints and formats as its value."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+class Branch(Choice):
+    """Frame-level branch over the backbone: per-frame embeddings [B, T, E] either way."""
+
+    none = "none"  # the backbone's own per-frame embeddings
+    stan = "stan"  # STAN's spatial-temporal auxiliary branch (methods.md section 4)
+
+
+class Head(Choice):
+    """Video-level head over per-frame embeddings, and its text side and scores."""
+
+    mean = "mean"  # STAN's pooling: masked mean of the raw frame embeddings
+    meanP = "meanP"  # CLIP4Clip: masked mean of the L2-normalised frame embeddings
+    seqTransf = "seqTransf"  # CLIP4Clip: temporal transformer, then meanP
+    tdb_tab = "tdb_tab"  # CLIP2Video: temporal difference and alignment blocks
+    mug = "mug"  # Mug-STAN: mutual-guided token-frame alignment
+
+
+class Task(Choice):
+    retrieval = "retrieval"
+    recognition = "recognition"
+
+
+class Classifier(Choice):
+    text = "text"  # cosine classifier initialised from class-name prompts
+    linear = "linear"
+
+
+class TimeModule(Choice):
+    self = "self"  # temporal self-attention
+    conv = "conv"  # 3D convolution
+
+
+class MugMode(Choice):
+    simple = "simple"
+    full = "full"
+
+
+class Reduction(Choice):
+    mean = "mean"  # 0.5 * (CE_t2v + CE_v2t)
+    sum = "sum"  # CE_t2v + CE_v2t (STAN / Mug-STAN)
+
+
+class Precision(Choice):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class SamplerKind(Choice):
+    segment = "segment"
+    dense = "dense"
+
+
+class V2T(Choice):
+    lenient = "lenient"
+    strict = "strict"
 
 
 @dataclass
@@ -23,41 +93,44 @@ class STANConfig:
     """The spatial-temporal auxiliary branch (methods.md section 4)."""
 
     depth: int = 4  # K: branch levels, fed by the last K CLIP vision layers
-    time_module: str = "self"  # "self" (temporal self-attention) | "conv" (3D convolution)
+    time_module: TimeModule = TimeModule.self
     drop_path: float = 0.1  # drop-path rates are linspace(0, drop_path, depth)
     max_frames: int = 64  # size of the learned temporal embedding; caps T
 
 
 @dataclass
 class ModelConfig:
-    """Backbone x temporal module x head. Built by ``mugstan.models.build_model``."""
+    """Backbone x branch x head (x classifier). Built by ``mugstan.models.build_model``."""
 
     # Backbone: an open_clip model name ("ViT-B-32", "ViT-B-16", "ViT-L-14", or a mugstan tiny
     # config such as "mugstan-tiny") and where its weights come from: an open_clip pretrained
     # tag ("openai", "laion2b_s34b_b79k", downloaded and cached by open_clip) and/or a local
     # file (OpenAI .pt, HuggingFace CLIPModel directory, open_clip-layout safetensors).
-    backbone: str = "ViT-B-32"
+    backbone: Optional[str] = "ViT-B-32"
     pretrained: Optional[str] = None
     weights: Optional[str] = None
-    # Temporal module over CLIP: "meanP" | "seqTransf" | "tdb_tab" | "stan"
-    temporal: str = "meanP"
-    # Head: "cosine" (dual encoder; tdb_tab adds CLIP2Video's TAB fusion) | "mug"
-    head: str = "cosine"
-    task: str = "retrieval"  # "retrieval" | "recognition"
+    # An open_clip model config ({embed_dim, quick_gelu, vision_cfg, text_cfg}) for an architecture
+    # open_clip does not name; used instead of model.backbone (converters write it; null otherwise).
+    backbone_config: Optional[dict[str, Any]] = None
+    # Frame-level branch (none | stan) and video-level head (mean | meanP | seqTransf | tdb_tab |
+    # mug). STAN = branch stan + head mean; Mug-STAN = branch stan + head mug.
+    branch: Branch = Branch.none
+    head: Head = Head.meanP
+    task: Task = Task.retrieval
     stan: STANConfig = field(default_factory=STANConfig)
     seq_layers: int = 4  # seqTransf / TDB temporal transformer depth
     tab_centers: int = 5  # CLIP2Video TAB centres K (7 for VATEX)
     tab_weight: float = 0.5  # w in S = w * S_global + (1 - w) * S_tab
     clip2video_compat: bool = False  # reproduce CLIP2Video's head-major mask expansion
-    mug_mode: str = "simple"  # "simple" | "full"
+    mug_mode: MugMode = MugMode.simple
     mug_compat: bool = False  # reproduce the reference's padded-word leak in "full" mode
     mug_lambda: float = 100.0
     # Temperature: None -> learned logit scale (CLIP's, clamped to <= 100); a number tau ->
     # fixed scale 1 / tau (STAN: 0.01 MSR-VTT B/32, 0.02 B/16, 0.05 DiDeMo).
     temperature: Optional[float] = None
-    loss_reduction: str = "mean"  # symmetric InfoNCE: "mean" or "sum" of the two directions
-    # Recognition
-    classifier: str = "text"  # "text" (initialised from class-name prompts) | "linear"
+    loss_reduction: Reduction = Reduction.mean  # symmetric InfoNCE: mean or sum of the two directions
+    # Recognition: a classifier on the head's video embedding
+    classifier: Classifier = Classifier.text
     num_classes: int = 0
     class_names: list[str] = field(default_factory=list)
     prompt_templates: list[str] = field(default_factory=lambda: ["a video of {}."])
@@ -83,7 +156,7 @@ class DataConfig:
     extra: dict[str, str] = field(default_factory=dict)
     num_frames: int = 12
     test_num_frames: Optional[int] = None  # defaults to num_frames
-    sampler: str = "segment"  # "segment" | "dense"
+    sampler: SamplerKind = SamplerKind.segment
     dense_stride: int = 4
     image_size: int = 224
     resize_short: Optional[int] = None  # defaults to image_size
@@ -114,7 +187,7 @@ class TrainConfig:
     # "auto" | "fp32" | "bf16" | "fp16" (autocast, fp32 master weights). auto: bf16 where the
     # device computes it natively (recent GPUs, CPUs with AVX512-BF16 / AMX), else fp16 on GPUs
     # and fp32 on CPUs, where emulated bf16 is many times slower than fp32.
-    precision: str = "auto"
+    precision: Precision = Precision.auto
     log_every: int = 10
     eval_every: int = 1  # epochs between validations
     save_every: Optional[int] = None  # optimiser steps between mid-epoch checkpoints
@@ -134,7 +207,7 @@ class EvalConfig:
     split: str = "test"  # "val" during training; "test" only for the final report
     batch_size: int = 16
     dsl: bool = False  # dual-softmax re-ranking, labelled in the output
-    v2t: str = "lenient"  # multi-caption video-to-text: "lenient" | "strict" (both reported)
+    v2t: V2T = V2T.lenient  # multi-caption video-to-text convention
     sim_chunk: int = 256  # texts x videos chunk for Mug similarity
 
 
@@ -147,37 +220,86 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def load_config(path, overrides: Sequence[str] = (), check_files: bool = True) -> ExperimentConfig:
-    """Read an experiment YAML and apply dotted ``key=value`` overrides, checking every key and type.
+def load_config(path, overrides: Union[Sequence[str], Mapping[str, Any]] = (), check_files: bool = True) -> ExperimentConfig:
+    """Read an experiment YAML and apply overrides, checking every key and type.
 
-    Unknown keys, wrong types and malformed overrides raise ``ConfigError`` naming the file and
-    the key, before anything is built.
+    overrides: dotted ``key=value`` strings as typed on the command line (values parsed as YAML),
+    and/or ``(key, value)`` pairs or a mapping ``{"data.root": path}`` whose values are taken as
+    they are (paths from code: no parsing, no string replacement).
+    Unknown keys, wrong types, keys of earlier versions and malformed overrides raise
+    ``ConfigError`` naming the file and the key, before anything is built.
     """
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    schema = OmegaConf.structured(ExperimentConfig)
     try:
-        loaded = OmegaConf.load(path)
+        loaded = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
-    try:
-        merged = OmegaConf.merge(schema, loaded)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"{path}: {_describe(err)}") from None
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value, e.g. train.lr=1e-6")
-        try:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
-        except OmegaConfBaseException as err:
-            raise ConfigError(f"override {item!r}: {_describe(err)}") from None
-    cfg: ExperimentConfig = OmegaConf.to_object(merged)
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: an experiment config is a mapping with model/data/train/eval sections")
+    cfg = _structured(ExperimentConfig, loaded, overrides, str(path))
     validate_config(cfg, check_files)
     return cfg
+
+
+def model_config(fields: Mapping[str, Any], overrides: Union[Sequence[str], Mapping[str, Any]] = (), source: str = "model config") -> ModelConfig:
+    """A ``ModelConfig`` from plain fields (a converted checkpoint's metadata) and ``model.*`` overrides."""
+    cfg = _structured(ExperimentConfig, {"model": dict(fields)}, overrides, source)
+    validate_config(cfg, check_files=False)
+    return cfg.model
+
+
+def _structured(schema_cls, data: dict, overrides, source: str):
+    """Merge ``data`` and then each override into the typed schema; errors name ``source`` / the override."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    _reject_old_keys(data, source)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema_cls), data)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{source}: {_describe(err)}") from None
+    items = overrides.items() if isinstance(overrides, Mapping) else overrides
+    for item in items:
+        if isinstance(item, tuple):
+            key, value = item
+            update = OmegaConf.create({})
+            OmegaConf.update(update, key, value, force_add=True)
+            where = f"override {key}={value!r}"
+        else:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like key=value, e.g. train.lr=1e-6")
+            update, where = OmegaConf.from_dotlist([item]), f"override {item!r}"
+        _reject_old_keys(OmegaConf.to_container(update), where)
+        try:
+            merged = OmegaConf.merge(merged, update)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{where}: {_describe(err)}") from None
+    return OmegaConf.to_object(merged)
+
+
+# model.temporal (mugstan 0.1) -> (model.branch, model.head); head "cosine" meant the temporal module's own.
+_OLD_TEMPORAL = {"meanP": ("none", "meanP"), "seqTransf": ("none", "seqTransf"), "tdb_tab": ("none", "tdb_tab"), "stan": ("stan", "mean")}
+
+
+def _reject_old_keys(raw: dict, where: str) -> None:
+    """Keys and values of mugstan 0.1 configs: an error that says what replaces them."""
+    model = raw.get("model") if isinstance(raw, dict) else None
+    if not isinstance(model, dict):
+        return
+    if "temporal" in model:
+        old_head = model.get("head", "cosine")
+        branch, head = _OLD_TEMPORAL.get(model["temporal"], ("none", model["temporal"]))
+        head = "mug" if old_head == "mug" else head
+        raise ConfigError(
+            f"{where}: model.temporal was replaced by model.branch and model.head: write "
+            f"branch: {branch}, head: {head} for temporal: {model['temporal']}, head: {old_head} (see docs/models.md)")
+    if model.get("head") == "cosine":
+        raise ConfigError(f"{where}: model.head=cosine was replaced: the head is the video-level module, one of "
+                          f"{', '.join(h.value for h in Head)} (STAN is branch: stan, head: mean)")
 
 
 def _describe(err) -> str:
@@ -193,18 +315,31 @@ class ConfigError(ValueError):
 
 
 def validate_config(cfg: ExperimentConfig, check_files: bool = True) -> None:
-    """Checks beyond types: choices and (``check_files``) the files that must exist."""
-    t = cfg.train
-    if t.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ConfigError(f"train.precision={t.precision!r} must be auto, fp32, bf16 or fp16")
+    """Checks beyond types and choices: ranges, combinations and (``check_files``) the files that must exist."""
+    t, m, d = cfg.train, cfg.model, cfg.data
+    positive = {"data.num_frames": d.num_frames, "data.image_size": d.image_size, "model.context_length": m.context_length,
+                "model.stan.depth": m.stan.depth, "model.stan.max_frames": m.stan.max_frames, "model.seq_layers": m.seq_layers,
+                "model.tab_centers": m.tab_centers, "eval.batch_size": cfg.eval.batch_size, "eval.sim_chunk": cfg.eval.sim_chunk,
+                "train.log_every": t.log_every, "data.dense_stride": d.dense_stride}
+    for name, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{name}={value} must be at least 1")
+    if m.context_length < 3:
+        raise ConfigError(f"model.context_length={m.context_length} must be at least 3 (SOT, one word, EOT)")
+    if t.lr <= 0:
+        raise ConfigError(f"train.lr={t.lr} must be positive")
+    if m.temperature is not None and m.temperature <= 0:
+        raise ConfigError(f"model.temperature={m.temperature} must be positive, or null for CLIP's learned scale")
+    if not 0.0 < m.tab_weight < 1.0:
+        raise ConfigError(f"model.tab_weight={m.tab_weight} must be in (0, 1)")
+    if m.branch == Branch.stan and d.num_frames > m.stan.max_frames:
+        raise ConfigError(f"data.num_frames={d.num_frames} exceeds STAN's temporal embedding: raise model.stan.max_frames to at least {d.num_frames}")
     for name in ("batch_size", "accum_steps", "epochs"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name} must be at least 1, got {getattr(t, name)}")
     if t.batch_size % t.accum_steps:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.accum_steps={t.accum_steps}")
     validate_gradcache(cfg)
-    if cfg.eval.v2t not in ("lenient", "strict"):
-        raise ConfigError(f"eval.v2t={cfg.eval.v2t!r} must be lenient or strict")
     if not check_files:
         return
     if cfg.model.weights and not Path(cfg.model.weights).expanduser().exists():

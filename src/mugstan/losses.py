@@ -1,4 +1,10 @@
-"""Contrastive losses with negatives from the global batch (methods.md §2).
+"""Losses, outside the models (as open_clip's ``ClipLoss``): ``build_loss(cfg, model)`` gives a
+callable ``loss(outputs, batch) -> scalar`` for the outputs of ``model(**inputs)``.
+
+- ``ContrastiveLoss``: symmetric InfoNCE of the head's scores over the global batch (methods.md
+  §2), one term per ``head.loss_terms`` (CLIP2Video has two), features all-gathered across
+  processes so negatives come from every process.
+- ``ClassificationLoss``: cross-entropy of a classifier's logits against the labels.
 
 ``gather`` all-gathers a tensor across processes so that the gradient reaches the local slice
 (``_GatherWithGrad``: all-gather forward, all-reduce of a contiguous gradient backward;
@@ -12,13 +18,15 @@ factor out again: with DDP the update equals that of one process over the concat
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+from mugstan.config import ModelConfig, Task
+from mugstan.engine.distributed import is_distributed, unwrap
+from mugstan.heads.base import Embeddings, Head
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -71,7 +79,37 @@ def symmetric_infonce(logits: torch.Tensor, reduction: str = "mean") -> torch.Te
     raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {reduction!r}")
 
 
-def contrastive_loss(text: torch.Tensor, video: torch.Tensor, scale: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Unit embeddings text [N, E], video [N, E] (row i matches row i), gathered over processes."""
-    text, video = gather(text), gather(video)
-    return symmetric_infonce(scale * text @ video.t(), reduction)
+class ContrastiveLoss:
+    """outputs {"text": Embeddings, "video": Embeddings, "logit_scale": scalar} (row i of text
+    matches row i of video) -> sum over the head's loss terms of weight * InfoNCE(scale * scores),
+    over the features of every process."""
+
+    def __init__(self, head: Head, reduction: str = "mean"):
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.head, self.reduction = head, str(reduction)
+
+    def __call__(self, outputs: dict, batch: dict = None) -> torch.Tensor:
+        text, video = (_gather_embeddings(outputs[k]) for k in ("text", "video"))
+        scale = outputs["logit_scale"]
+        terms = self.head.loss_terms(text, video)
+        return sum(weight * symmetric_infonce(scale * scores, self.reduction) for weight, scores in terms)
+
+
+class ClassificationLoss:
+    """outputs {"logits": [B, C]}, batch {"label": [B] int64} -> mean cross-entropy."""
+
+    def __call__(self, outputs: dict, batch: dict) -> torch.Tensor:
+        logits = outputs["logits"]
+        return F.cross_entropy(logits.float(), batch["label"].to(logits.device))
+
+
+def _gather_embeddings(e: Embeddings) -> Embeddings:
+    return Embeddings(gather(e.x), None if e.mask is None else gather_nograd(e.mask))
+
+
+def build_loss(cfg: ModelConfig, model: torch.nn.Module) -> Callable[[dict, dict], torch.Tensor]:
+    """The loss of ``model`` (built from ``cfg``, DDP-wrapped or not)."""
+    if cfg.task == Task.recognition:
+        return ClassificationLoss()
+    return ContrastiveLoss(unwrap(model).head, cfg.loss_reduction)

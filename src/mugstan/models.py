@@ -1,94 +1,75 @@
-"""Video models = CLIP backbone x temporal module x head, built from a ``ModelConfig``.
+"""Video models = backbone x branch x head, composed from a ``ModelConfig``.
 
-``VideoTextModel`` (retrieval, zero-shot recognition, post-pretraining) and ``VideoClassifier``
-(fine-tuned recognition) share the video side:
+    frames [B, T, 3, H, W] --backbone per frame--> VisionOutput [B*T, ...]
+                           --branch (none | STAN)--> FrameFeatures: embeds [B, T, E], patches [B, T, P, D]
+                           --head (mean | meanP | seqTransf | tdb_tab | mug)--> video Embeddings
+    ids [N, L]             --backbone text tower--> TextOutput --head--> text Embeddings
 
-    frames [B, T, 3, H, W] --CLIP per frame--> [B*T, ...] --temporal module--> video features
+``VideoTextModel`` (retrieval, zero-shot recognition, post-pretraining) returns the text and video
+embeddings and the logit scale; ``VideoClassifier`` (fine-tuned recognition) is a
+``VideoTextModel`` used as the video encoder plus a classifier on the head's video vector. Both
+are called the same way by the engine, ``model(**inputs) -> dict of outputs``, and the loss lives
+outside the model (``mugstan.losses.build_loss``). Every branch works with every head.
 
-temporal = "meanP" | "seqTransf" | "tdb_tab" (CLIP2Video) | "stan";  head = "cosine" | "mug".
-
-Features travel as ``Embeddings(x, mask)``: dual-encoder heads give unit vectors ``x [N, E']``
-(``mask`` None) whose dot products, times the logit scale, are the scores, so video embeddings can
-be computed once and indexed; Mug gives unit per-frame / per-token features ``x [N, S, E]`` with
-``mask [N, S]`` and scores them with ``mugstan.heads.mug`` in bounded-memory chunks.
-
-Parameter names: ``backbone.clip.*`` (open_clip's names), ``temporal.*`` (the new modules),
-``logit_scale.*``, ``classifier.*``. ``param_groups`` splits them for the optimiser.
+Parameter names: ``backbone.clip.*`` (open_clip's names), ``branch.*`` (STAN), ``head.*`` (the
+head's modules), ``logit_scale.*``; a classifier's are ``encoder.*`` and ``classifier.*``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from mugstan.backbones.clip import CLIPBackbone, Tokenizer, build_clip
-from mugstan.config import ModelConfig
+from mugstan.branches.frames import FrameFeatures, NoBranch
+from mugstan.branches.stan import STAN
+from mugstan.config import Branch, Classifier, Head, ModelConfig, Task
+from mugstan.engine.distributed import unwrap
+from mugstan.heads.base import Embeddings, LogitScale
+from mugstan.heads.base import Head as HeadModule
 from mugstan.heads.classifier import LinearClassifier, TextInitClassifier
-from mugstan.heads.mug import mug_scores, mug_similarity
-from mugstan.heads.similarity import LogitScale
-from mugstan.losses import gather, gather_nograd, symmetric_infonce
-from mugstan.temporal.clip2video import CLIP2VideoHead
-from mugstan.temporal.meanp import MeanP, masked_mean
-from mugstan.temporal.seqtransf import SeqTransf
-from mugstan.temporal.stan import STAN
-
-TEMPORAL_MODULES = ("meanP", "seqTransf", "tdb_tab", "stan")
-HEADS = ("cosine", "mug")
-TASKS = ("retrieval", "recognition")
+from mugstan.heads.clip2video import CLIP2VideoHead
+from mugstan.heads.mean import Mean, MeanP
+from mugstan.heads.mug import Mug
+from mugstan.heads.seqtransf import SeqTransf
 
 
-class Embeddings(NamedTuple):
-    """x: [N, E'] unit vectors (dual encoders) or [N, S, E] unit features (Mug); mask: [N, S] bool or None."""
+def build_branch(cfg: ModelConfig, backbone: CLIPBackbone) -> nn.Module:
+    if cfg.branch == Branch.stan:
+        s = cfg.stan
+        return STAN(backbone, depth=s.depth, time_module=str(s.time_module), drop_path=s.drop_path, max_frames=s.max_frames)
+    return NoBranch()
 
-    x: torch.Tensor
-    mask: Optional[torch.Tensor] = None
 
-
-def validate_model_config(cfg: ModelConfig) -> None:
-    def check(field: str, value, choices) -> None:
-        if value not in choices:
-            raise ValueError(f"model.{field}={value!r} is not one of {', '.join(map(repr, choices))}")
-
-    check("temporal", cfg.temporal, TEMPORAL_MODULES)
-    check("head", cfg.head, HEADS)
-    check("task", cfg.task, TASKS)
-    check("mug_mode", cfg.mug_mode, ("simple", "full"))
-    check("loss_reduction", cfg.loss_reduction, ("mean", "sum"))
-    check("classifier", cfg.classifier, ("text", "linear"))
-    if cfg.head == "mug" and cfg.temporal in ("seqTransf", "tdb_tab"):
-        raise ValueError(f"model.head='mug' needs per-frame features: use temporal 'stan' or 'meanP', not {cfg.temporal!r}")
+def build_head(cfg: ModelConfig, backbone: CLIPBackbone) -> HeadModule:
+    width, heads = backbone.embed_dim, backbone.text_heads
+    build = {
+        Head.mean: lambda: Mean(),
+        Head.meanP: lambda: MeanP(),
+        Head.seqTransf: lambda: SeqTransf(width, heads, cfg.seq_layers),
+        Head.tdb_tab: lambda: CLIP2VideoHead(width, heads, cfg.tab_centers, cfg.tab_weight, cfg.seq_layers, cfg.clip2video_compat),
+        Head.mug: lambda: Mug(cfg.mug_lambda, cfg.mug_mode, cfg.mug_compat),
+    }[cfg.head]
+    head = build()
+    head.init_from_clip(backbone)  # seqTransf, TDB+TAB start from CLIP's text tower
+    return head
 
 
 class VideoTextModel(nn.Module):
-    """A video encoder and CLIP's text encoder with a similarity head."""
+    """A video encoder (backbone x branch x head) and the backbone's text tower scored by the head."""
 
-    def __init__(self, cfg: ModelConfig, backbone: CLIPBackbone):
+    input_names = ("frames", "frame_mask", "ids", "text_mask")  # the batch entries ``forward`` takes
+
+    def __init__(self, backbone: CLIPBackbone, branch: nn.Module, head: HeadModule, logit_scale: LogitScale, context_length: int):
         super().__init__()
-        validate_model_config(cfg)
-        self.cfg = cfg
-        self.backbone = backbone
-        width, heads = backbone.embed_dim, backbone.text_heads
-        if cfg.temporal == "stan":
-            self.temporal = STAN(backbone, **asdict(cfg.stan))
-        elif cfg.temporal == "seqTransf":
-            self.temporal = SeqTransf(width, heads, cfg.seq_layers)
-            self.temporal.init_from_clip(backbone)
-        elif cfg.temporal == "tdb_tab":
-            self.temporal = CLIP2VideoHead(width, heads, cfg.tab_centers, cfg.tab_weight, cfg.seq_layers, cfg.clip2video_compat)
-            self.temporal.init_from_clip(backbone)
-        else:
-            self.temporal = MeanP()
-        self.logit_scale = LogitScale(backbone.clip.logit_scale, cfg.temperature)
-        backbone.clip.logit_scale.requires_grad_(False)  # superseded by self.logit_scale
-        self.tokenizer = Tokenizer(cfg.context_length)
+        self.backbone, self.branch, self.head, self.logit_scale = backbone, branch, head, logit_scale
+        self.tokenizer = Tokenizer(context_length)
 
     # ---- video ------------------------------------------------------------------------------
-    def frame_embeddings(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        """frames [B, T, 3, H, W], frame_mask [B, T] bool -> per-frame embeddings [B, T, E]."""
+    def frame_features(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> FrameFeatures:
+        """frames [B, T, 3, H, W], frame_mask [B, T] bool -> FrameFeatures (embeds [B, T, E], patches [B, T, P, D])."""
         if frames.dim() != 5 or frames.shape[2] != 3:
             raise ValueError(f"frames must be [B, T, 3, H, W], got {tuple(frames.shape)}")
         b, t = frames.shape[:2]
@@ -96,157 +77,118 @@ class VideoTextModel(nn.Module):
             raise ValueError(f"frame_mask must be [B, T] = {(b, t)}, got {tuple(frame_mask.shape)}")
         if not frame_mask.any(1).all():
             raise ValueError("every video needs at least one real frame (frame_mask all False in a row)")
-        flat = frames.flatten(0, 1)
-        if isinstance(self.temporal, STAN):
-            vision = self.backbone.encode_frames(flat, taps=self.temporal.taps)
-            return self.temporal(vision, self.backbone, frame_mask)
-        return self.backbone.encode_frames(flat).embeds.view(b, t, -1)
+        vision = self.backbone.encode_frames(frames.flatten(0, 1), taps=self.branch.taps)
+        return self.branch(vision, self.backbone, frame_mask)
 
     def encode_video(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> Embeddings:
-        """frames [B, T, 3, H, W], frame_mask [B, T] bool -> Embeddings ([B, E'] or [B, T, E] + mask)."""
-        per_frame = self.frame_embeddings(frames, frame_mask)
-        if self.cfg.head == "mug":
-            return Embeddings(F.normalize(per_frame, dim=-1), frame_mask)
-        if isinstance(self.temporal, STAN):  # STAN: mean of the fused frame embeddings
-            return Embeddings(F.normalize(masked_mean(per_frame, frame_mask), dim=-1))
-        if isinstance(self.temporal, CLIP2VideoHead):
-            return Embeddings(self.temporal.video(per_frame, frame_mask))
-        return Embeddings(self.temporal(per_frame, frame_mask))
+        """frames [B, T, 3, H, W], frame_mask [B, T] bool -> the head's video Embeddings."""
+        return self.head.encode_video(self.frame_features(frames, frame_mask).embeds, frame_mask)
+
+    def video_vector(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """frames [B, T, 3, H, W], frame_mask [B, T] bool -> one unit vector per video [B, E']."""
+        return self.head.video_vector(self.encode_video(frames, frame_mask))
 
     # ---- text -------------------------------------------------------------------------------
     def encode_text(self, ids: torch.Tensor, text_mask: torch.Tensor) -> Embeddings:
-        """ids [N, L] int64, text_mask [N, L] bool -> Embeddings ([N, E'] or [N, L, E] + mask)."""
-        out = self.backbone.encode_text(ids, text_mask)
-        if self.cfg.head == "mug":
-            return Embeddings(F.normalize(out.tokens, dim=-1), out.mask)
-        if isinstance(self.temporal, CLIP2VideoHead):
-            return Embeddings(self.temporal.text(out.pooled, out.tokens, out.mask))
-        return Embeddings(F.normalize(out.pooled, dim=-1))
+        """ids [N, L] int64, text_mask [N, L] bool -> the head's text Embeddings."""
+        return self.head.encode_text(self.backbone.encode_text(ids, text_mask))
 
     def tokenize(self, texts: Union[str, Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """texts -> (ids [N, L] int64, mask [N, L] bool), EOT always kept."""
         return self.tokenizer(texts)
 
-    # ---- scores and loss --------------------------------------------------------------------
-    def similarity(self, text: Embeddings, video: Embeddings, chunk: int = 128) -> torch.Tensor:
-        """Scaled scores [N_text, N_video]; Mug in chunks of ``chunk`` x ``chunk``."""
-        scale = self.logit_scale()
-        if self.cfg.head == "mug":
-            c = self.cfg
-            return scale * mug_similarity(text.x, text.mask, video.x, video.mask, c.mug_lambda, c.mug_mode, c.mug_compat, chunk)
-        return scale * text.x @ video.x.t()
+    @torch.no_grad()
+    def class_embeddings(self, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        """Prompt vectors per class, averaged over templates: [C, E'] unit vectors (``head.text_vector``)."""
+        if not class_names:
+            raise ValueError("class names are needed (model.class_names or the dataset's class-name file)")
+        prompts = [tpl.format(name) for name in class_names for tpl in templates]
+        device = self.logit_scale.log_scale.device
+        ids, mask = self.tokenize(prompts)
+        x = self.head.text_vector(self.backbone.encode_text(ids.to(device), mask.to(device)))
+        return nn.functional.normalize(x.view(len(class_names), len(templates), -1).mean(1), dim=-1)
 
-    def loss(self, text: Embeddings, video: Embeddings) -> torch.Tensor:
-        """Symmetric InfoNCE over the global batch (features all-gathered; row i matches row i)."""
-        scale, c = self.logit_scale(), self.cfg
-        tx, vx = gather(text.x), gather(video.x)
-        if c.head == "mug":
-            logits = scale * mug_scores(tx, gather_nograd(text.mask), vx, gather_nograd(video.mask),
-                                        c.mug_lambda, c.mug_mode, c.mug_compat)
-        elif isinstance(self.temporal, CLIP2VideoHead):
-            return self.temporal.loss(tx, vx, scale, c.loss_reduction)
-        else:
-            logits = scale * tx @ vx.t()
-        return symmetric_infonce(logits, c.loss_reduction)
+    # ---- scores -----------------------------------------------------------------------------
+    def similarity(self, text: Embeddings, video: Embeddings, chunk: int = 256) -> torch.Tensor:
+        """Scaled scores [N_text, N_video], computed by the head in blocks of ``chunk`` x ``chunk``."""
+        return self.logit_scale() * self.head.similarity(text, video, chunk)
 
-    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        return self.loss(self.encode_text(ids, text_mask), self.encode_video(frames, frame_mask))
+    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor) -> dict:
+        """A batch of video-text pairs -> {"text": Embeddings, "video": Embeddings, "logit_scale": scalar}.
+
+        Row i of text and video is a matching pair; ``mugstan.losses.ContrastiveLoss`` scores them.
+        """
+        return {"text": self.encode_text(ids, text_mask), "video": self.encode_video(frames, frame_mask),
+                "logit_scale": self.logit_scale()}
 
     def clamp_logit_scale(self) -> None:
         """Call after every optimiser step: keeps a learned scale <= 100."""
         self.logit_scale.clamp_()
 
-    # ---- optimiser ----------------------------------------------------------------------
-    def param_groups(self) -> list[dict]:
-        """Trainable parameters split into CLIP vs new modules and decay vs no decay.
 
-        Each group: {"name", "params", "new": bool, "decay": bool}. No weight decay on norms,
-        biases, embeddings (class / positional / temporal / token) and the logit scale.
-        """
-        groups: dict[tuple[bool, bool], list] = {}
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            new = not name.startswith("backbone.")
-            decay = p.dim() >= 2 and "embed" not in name and "logit_scale" not in name
-            groups.setdefault((new, decay), []).append(p)
-        return [
-            {"name": f"{'new' if new else 'clip'}_{'decay' if decay else 'no_decay'}", "params": params, "new": new, "decay": decay}
-            for (new, decay), params in sorted(groups.items())
-        ]
+class VideoClassifier(nn.Module):
+    """Recognition: a ``VideoTextModel`` as the video encoder and a classifier on its video vector.
 
-    @torch.no_grad()
-    def class_embeddings(self, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-        """Prompt embeddings per class, averaged over templates: [C, E'] unit vectors (dual encoders)
-        or [C, E] pooled EOT embeddings (Mug, whose video side pools frames the same way)."""
-        if not class_names:
-            raise ValueError("class names are needed (model.class_names or the dataset's class-name file)")
-        prompts = [tpl.format(name) for name in class_names for tpl in templates]
-        ids, mask = self.tokenize(prompts)
-        ids, mask = ids.to(self.logit_scale.log_scale.device), mask.to(self.logit_scale.log_scale.device)
-        if self.cfg.head == "mug":
-            x = F.normalize(self.backbone.encode_text(ids, mask).pooled, dim=-1)
-        else:
-            x = self.encode_text(ids, mask).x
-        return F.normalize(x.view(len(class_names), len(templates), -1).mean(1), dim=-1)
-
-
-class VideoClassifier(VideoTextModel):
-    """Recognition: the video encoder of ``VideoTextModel`` and a classifier on its embedding.
-
-    classifier "text": cosine classifier initialised from class-name prompt embeddings;
-    "linear": a plain linear layer. The text tower is only used to initialise the classifier and
-    is frozen.
+    classifier "text": cosine classifier initialised from class-name prompt vectors; "linear": a
+    plain linear layer. The text tower only initialises the classifier and is frozen.
     """
 
-    def __init__(self, cfg: ModelConfig, backbone: CLIPBackbone, class_names: Sequence[str] = ()):
-        super().__init__(cfg, backbone)
-        names = list(class_names) or list(cfg.class_names)
-        num_classes = cfg.num_classes or len(names)
-        if num_classes <= 0:
-            raise ValueError("recognition needs model.num_classes or class names (model.class_names / the dataset)")
-        if names and len(names) != num_classes:
-            raise ValueError(f"model.num_classes={num_classes} but {len(names)} class names were given")
-        for name, p in backbone.clip.named_parameters():
-            if not name.startswith("visual."):
-                p.requires_grad_(False)
-        if cfg.classifier == "text":
-            if not names:
-                raise ValueError("model.classifier='text' needs class names; use classifier='linear' without them")
-            self.classifier = TextInitClassifier(self.class_embeddings(names, cfg.prompt_templates))
-        else:
-            dim = self.encode_dim()
-            self.classifier = LinearClassifier(dim, num_classes)
+    input_names = ("frames", "frame_mask")
 
-    def encode_dim(self) -> int:
-        e = self.backbone.embed_dim
-        return 2 * e if isinstance(self.temporal, CLIP2VideoHead) and self.cfg.head != "mug" else e
+    def __init__(self, encoder: VideoTextModel, classifier: nn.Module):
+        super().__init__()
+        self.encoder, self.classifier = encoder, classifier
 
-    def video_embedding(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        """frames [B, T, 3, H, W], frame_mask [B, T] -> [B, E'] (Mug: mean of the frame features)."""
-        video = self.encode_video(frames, frame_mask)
-        return video.x if video.mask is None else F.normalize(masked_mean(video.x, video.mask), dim=-1)
+    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> dict:
+        """frames [B, T, 3, H, W], frame_mask [B, T] bool -> {"logits": [B, C]}."""
+        return {"logits": self.classifier(self.encoder.video_vector(frames, frame_mask))}
 
-    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        """frames [B, T, 3, H, W], frame_mask [B, T] bool -> logits [B, C]."""
-        return self.classifier(self.video_embedding(frames, frame_mask))
+    def logit_scale(self) -> torch.Tensor:
+        """The encoder's logit scale (logged; the classifier has its own fixed scale)."""
+        return self.encoder.logit_scale()
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), labels)
+    def clamp_logit_scale(self) -> None:
+        self.encoder.clamp_logit_scale()
+
+
+def build_classifier(cfg: ModelConfig, encoder: VideoTextModel, class_names: Sequence[str]) -> nn.Module:
+    names = list(class_names) or list(cfg.class_names)
+    num_classes = cfg.num_classes or len(names)
+    if num_classes <= 0:
+        raise ValueError("recognition needs model.num_classes or class names (model.class_names / the dataset)")
+    if names and len(names) != num_classes:
+        raise ValueError(f"model.num_classes={num_classes} but {len(names)} class names were given")
+    if cfg.classifier == Classifier.text:
+        if not names:
+            raise ValueError("model.classifier=text needs class names; use model.classifier=linear without them")
+        return TextInitClassifier(encoder.class_embeddings(names, cfg.prompt_templates))
+    return LinearClassifier(encoder.head.vector_dim(encoder.backbone.embed_dim), num_classes)
 
 
 def build_model(cfg: ModelConfig, class_names: Sequence[str] = ()) -> Union[VideoTextModel, VideoClassifier]:
-    """The one factory: backbone from cfg.backbone / cfg.pretrained / cfg.weights, then the model."""
-    validate_model_config(cfg)
-    backbone = build_clip(cfg.backbone, cfg.pretrained, cfg.weights)
-    if cfg.task == "recognition":
-        model: VideoTextModel = VideoClassifier(cfg, backbone, class_names)
-    else:
-        model = VideoTextModel(cfg, backbone)
+    """The one factory: backbone from cfg.backbone / cfg.pretrained / cfg.weights, branch, head,
+    and for ``model.task=recognition`` the classifier."""
+    backbone = build_clip(cfg.backbone, cfg.pretrained, cfg.weights, config=cfg.backbone_config)
+    branch = build_branch(cfg, backbone)
+    head = build_head(cfg, backbone)
+    logit_scale = LogitScale(backbone.clip.logit_scale, cfg.temperature)
+    backbone.clip.logit_scale.requires_grad_(False)  # superseded by the model's logit_scale
+    model: nn.Module = VideoTextModel(backbone, branch, head, logit_scale, cfg.context_length)
+    if cfg.task == Task.recognition:
+        for name, p in backbone.clip.named_parameters():  # the text tower only initialises the classifier
+            if not name.startswith("visual."):
+                p.requires_grad_(False)
+        model = VideoClassifier(model, build_classifier(cfg, model, class_names))
     if cfg.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
-        if isinstance(model.temporal, STAN):
-            model.temporal.grad_checkpointing = True
+        branch.grad_checkpointing = True
     if cfg.freeze_backbone:
         backbone.requires_grad_(False)
     model.train()
     return model
+
+
+def model_inputs(model: nn.Module, batch: dict, device: torch.device, rows: slice = slice(None)) -> dict:
+    """The entries of a collated batch that ``model`` (DDP-wrapped or not) takes, rows ``rows``, on ``device``."""
+    names = unwrap(model).input_names
+    return {name: batch[name][rows].to(device, non_blocking=True) for name in names}

@@ -274,6 +274,7 @@ def build_clip(
     pretrained: Optional[str] = None,
     weights: Optional[Union[str, Path]] = None,
     weights_format: str = "auto",
+    config: Optional[dict] = None,
 ) -> CLIPBackbone:
     """Create a CLIP backbone.
 
@@ -284,6 +285,8 @@ def build_clip(
     weights: local file or folder: OpenAI ``.pt`` (TorchScript or state dict), HuggingFace
         ``CLIPModel`` directory, or open_clip-layout ``.safetensors`` / ``.pt`` (see
         ``mugstan.backbones.convert``). Loaded strictly: every tensor must match.
+    config: an open_clip model config for an unnamed architecture (``model.backbone_config``);
+        takes the place of ``name``.
     """
     import open_clip
 
@@ -293,7 +296,12 @@ def build_clip(
     if weights is not None and pretrained is not None:
         raise ValueError(f"give either pretrained={pretrained!r} or weights={str(weights)!r}, not both")
     loaded = load_clip_weights(weights, weights_format) if weights is not None else None
-    if name is None:
+    if config is not None:
+        if pretrained is not None:
+            raise ValueError("model.backbone_config describes an architecture open_clip has no pretrained weights for; "
+                             "give model.weights instead of model.pretrained")
+        clip = open_clip.CLIP(**config)
+    elif name is None:
         if loaded is None:
             raise ValueError("build_clip needs a model name or a weights file to infer the architecture from")
         clip = open_clip.CLIP(**loaded.config)

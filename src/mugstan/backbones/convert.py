@@ -1,4 +1,4 @@
-"""Load CLIP weights from OpenAI, HuggingFace and open_clip files, and ``mugstan convert``.
+"""Load CLIP weights from OpenAI, HuggingFace and open_clip files.
 
 Every loader returns a ``ClipWeights``: a state dict with the keys of ``open_clip.CLIP.state_dict()``
 and the open_clip model config that fits it, so ``open_clip.CLIP(**w.config)`` followed by
@@ -16,22 +16,21 @@ Sources (methods.md section 7):
 - ``open_clip``: a ``.safetensors`` or ``.pt`` in open_clip's layout, e.g. what ``mugstan
   convert`` writes (its architecture is stored in the safetensors metadata).
 
-``mugstan convert SRC OUT.safetensors --format stan|clip2video`` converts the released STAN /
-Mug-STAN and CLIP4Clip / CLIP2Video whole-model checkpoints (see ``mugstan.backbones.released``).
+``mugstan convert`` (``mugstan.convert``) writes them as open_clip-layout safetensors; the released
+whole-model checkpoints are ``mugstan.released``'s.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
+
+from mugstan.files import atomic_file
 
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 FORMATS = ("auto", "openai", "hf", "open_clip")
@@ -102,7 +101,7 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], source: str, quick_gelu:
         "quick_gelu": quick_gelu,
         "vision_cfg": {
             "image_size": grid * patch, "layers": v_layers, "width": width,
-            "head_width": 64, "patch_size": patch, "mlp_ratio": v_mlp / width,
+            "head_width": min(64, width), "patch_size": patch, "mlp_ratio": v_mlp / width,
         },
         "text_cfg": {
             "context_length": context_length, "vocab_size": vocab_size, "width": t_width,
@@ -172,6 +171,103 @@ def _hf_config(folder: Path) -> dict:
     return cfg
 
 
+# HF per-block names -> open_clip per-block names (q, k, v are concatenated into in_proj)
+HF_BLOCK = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj", "self_attn.out_proj": "attn.out_proj"}
+
+
+def hf_block(src: dict, prefix: str, dst_prefix: str, in_proj: str, source: str) -> dict:
+    """One HF-layout block (``prefix`` ends with '.') -> open_clip-layout tensors under ``dst_prefix``.
+
+    Pops the tensors it uses from ``src``; a missing one is a ``WeightsError`` naming ``source``.
+    in_proj: the packed projection's name on our side ("attn.in_proj_" for nn.MultiheadAttention,
+    "attn.in_proj." for mugstan's Attention). Blocks without an MLP (STAN's temporal ones) have
+    no mlp / layer_norm2 tensors: those names are taken only when present.
+    """
+    def take(key: str) -> torch.Tensor:
+        if key not in src:
+            raise WeightsError(f"{source}: missing tensor {key!r}")
+        return src.pop(key)
+
+    out = {}
+    for part in ("weight", "bias"):
+        out[f"{dst_prefix}{in_proj}{part}"] = torch.cat([take(f"{prefix}self_attn.{p}_proj.{part}") for p in "qkv"])
+        for hf, oc in HF_BLOCK.items():
+            key = f"{prefix}{hf}.{part}"
+            if key in src or hf in ("layer_norm1", "self_attn.out_proj"):
+                out[f"{dst_prefix}{oc}.{part}"] = take(key)
+    return out
+
+
+def to_hf_block(sd: dict, prefix: str, dst_prefix: str, in_proj: str) -> dict:
+    """The inverse of ``hf_block``: open_clip-layout block tensors -> HF names."""
+    out = {}
+    for part in ("weight", "bias"):
+        for name, chunk in zip("qkv", sd[f"{prefix}{in_proj}{part}"].chunk(3)):
+            out[f"{dst_prefix}self_attn.{name}_proj.{part}"] = chunk
+        for hf, oc in HF_BLOCK.items():
+            key = f"{prefix}{oc}.{part}"
+            if key in sd:
+                out[f"{dst_prefix}{hf}.{part}"] = sd[key]
+    return out
+
+
+def _layers(tower: dict, root: str) -> list[int]:
+    return sorted({int(k[len(root):].split(".")[0]) for k in tower if k.startswith(root)})
+
+
+def hf_to_open_clip(vision: dict, text: dict, visual_projection: torch.Tensor, text_projection: torch.Tensor, source: str) -> dict:
+    """HF ``CLIPVisionModel`` / ``CLIPTextModel`` tensors (keys relative to ``vision_model.`` and
+    ``text_model.``) and the two projection Linears' weights -> open_clip CLIP keys (no logit scale).
+
+    The one HF key map of mugstan (OpenAI-layout CLIPModel folders and the released STAN /
+    Mug-STAN checkpoints). Strict: pops what it uses, a missing tensor is a ``WeightsError``
+    naming ``source``; what is left in ``vision`` / ``text`` is the caller's to report.
+    """
+    def take(tower: dict, key: str) -> torch.Tensor:
+        if key not in tower:
+            raise WeightsError(f"{source}: missing tensor {key!r}")
+        return tower.pop(key)
+
+    sd = {
+        "visual.class_embedding": take(vision, "embeddings.class_embedding"),
+        "visual.conv1.weight": take(vision, "embeddings.patch_embedding.weight"),
+        "visual.positional_embedding": take(vision, "embeddings.position_embedding.weight"),
+        "visual.proj": visual_projection.t().contiguous(),
+        "token_embedding.weight": take(text, "embeddings.token_embedding.weight"),
+        "positional_embedding": take(text, "embeddings.position_embedding.weight"),
+        "text_projection": text_projection.t().contiguous(),
+    }
+    for part in ("weight", "bias"):
+        sd[f"visual.ln_pre.{part}"] = take(vision, f"pre_layrnorm.{part}")
+        sd[f"visual.ln_post.{part}"] = take(vision, f"post_layernorm.{part}")
+        sd[f"ln_final.{part}"] = take(text, f"final_layer_norm.{part}")
+    for tower, dst in ((vision, "visual.transformer.resblocks."), (text, "transformer.resblocks.")):
+        for i in _layers(tower, "encoder.layers."):
+            sd.update(hf_block(tower, f"encoder.layers.{i}.", f"{dst}{i}.", "attn.in_proj_", source))
+    return sd
+
+
+def open_clip_to_hf(clip: dict) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
+    """The inverse of ``hf_to_open_clip``: (vision, text, visual_projection, text_projection)."""
+    vision = {
+        "embeddings.class_embedding": clip["visual.class_embedding"],
+        "embeddings.patch_embedding.weight": clip["visual.conv1.weight"],
+        "embeddings.position_embedding.weight": clip["visual.positional_embedding"],
+    }
+    text = {
+        "embeddings.token_embedding.weight": clip["token_embedding.weight"],
+        "embeddings.position_embedding.weight": clip["positional_embedding"],
+    }
+    for part in ("weight", "bias"):
+        vision[f"pre_layrnorm.{part}"] = clip[f"visual.ln_pre.{part}"]
+        vision[f"post_layernorm.{part}"] = clip[f"visual.ln_post.{part}"]
+        text[f"final_layer_norm.{part}"] = clip[f"ln_final.{part}"]
+    for tower, root in ((vision, "visual.transformer.resblocks."), (text, "transformer.resblocks.")):
+        for i in _layers(clip, root):
+            tower.update(to_hf_block(clip, f"{root}{i}.", f"encoder.layers.{i}.", "attn.in_proj_"))
+    return vision, text, clip["visual.proj"].t().contiguous(), clip["text_projection"].t().contiguous()
+
+
 def load_hf(folder: Union[str, Path]) -> ClipWeights:
     folder = Path(folder)
     cfg = _hf_config(folder)
@@ -188,43 +284,15 @@ def load_hf(folder: Union[str, Path]) -> ClipWeights:
     if weights_file is None:
         raise WeightsError(f"{folder}: no model.safetensors or pytorch_model.bin next to config.json")
     hf, _ = _read_tensors(weights_file)
-    hf = {k: v.float() for k, v in hf.items()}
-
-    def take(key: str) -> torch.Tensor:
+    hf = {k: v.float() for k, v in hf.items() if not k.endswith("position_ids")}
+    vision = {k[len("vision_model."):]: hf.pop(k) for k in list(hf) if k.startswith("vision_model.")}
+    text = {k[len("text_model."):]: hf.pop(k) for k in list(hf) if k.startswith("text_model.")}
+    for key in ("visual_projection.weight", "text_projection.weight", "logit_scale"):
         if key not in hf:
             raise WeightsError(f"{weights_file}: missing tensor {key!r} (is this a CLIPModel?)")
-        return hf.pop(key)
-
-    sd: dict[str, torch.Tensor] = {}
-
-    def blocks(hf_root: str, oc_root: str, layers: int) -> None:
-        for i in range(layers):
-            src, dst = f"{hf_root}.encoder.layers.{i}", f"{oc_root}.resblocks.{i}"
-            for part in ("weight", "bias"):
-                sd[f"{dst}.attn.in_proj_{part}"] = torch.cat(
-                    [take(f"{src}.self_attn.{p}_proj.{part}") for p in ("q", "k", "v")]
-                )
-                sd[f"{dst}.attn.out_proj.{part}"] = take(f"{src}.self_attn.out_proj.{part}")
-                sd[f"{dst}.ln_1.{part}"] = take(f"{src}.layer_norm1.{part}")
-                sd[f"{dst}.ln_2.{part}"] = take(f"{src}.layer_norm2.{part}")
-                sd[f"{dst}.mlp.c_fc.{part}"] = take(f"{src}.mlp.fc1.{part}")
-                sd[f"{dst}.mlp.c_proj.{part}"] = take(f"{src}.mlp.fc2.{part}")
-
-    sd["visual.class_embedding"] = take("vision_model.embeddings.class_embedding")
-    sd["visual.conv1.weight"] = take("vision_model.embeddings.patch_embedding.weight")
-    sd["visual.positional_embedding"] = take("vision_model.embeddings.position_embedding.weight")
-    for part in ("weight", "bias"):
-        sd[f"visual.ln_pre.{part}"] = take(f"vision_model.pre_layrnorm.{part}")
-        sd[f"visual.ln_post.{part}"] = take(f"vision_model.post_layernorm.{part}")
-        sd[f"ln_final.{part}"] = take(f"text_model.final_layer_norm.{part}")
-    blocks("vision_model", "visual.transformer", v["num_hidden_layers"])
-    sd["visual.proj"] = take("visual_projection.weight").t().contiguous()
-    sd["token_embedding.weight"] = take("text_model.embeddings.token_embedding.weight")
-    sd["positional_embedding"] = take("text_model.embeddings.position_embedding.weight")
-    blocks("text_model", "transformer", t["num_hidden_layers"])
-    sd["text_projection"] = take("text_projection.weight").t().contiguous()
-    sd["logit_scale"] = take("logit_scale")
-    leftover = [k for k in hf if not k.endswith("position_ids")]
+    sd = hf_to_open_clip(vision, text, hf.pop("visual_projection.weight"), hf.pop("text_projection.weight"), str(weights_file))
+    sd["logit_scale"] = hf.pop("logit_scale")
+    leftover = sorted(hf) + [f"vision_model.{k}" for k in vision] + [f"text_model.{k}" for k in text]
     if leftover:
         raise WeightsError(f"{weights_file}: unexpected tensors {leftover[:8]} (is this a plain CLIPModel?)")
 
@@ -272,54 +340,9 @@ def load_clip_weights(path: Union[str, Path], format: str = "auto") -> ClipWeigh
 
 # ---- writing -----------------------------------------------------------------------------
 def save_safetensors(state_dict: dict[str, torch.Tensor], out: Union[str, Path], metadata: Optional[dict] = None) -> None:
-    """Write tensors atomically (temporary file in the same folder, then rename)."""
+    """Write tensors atomically (``mugstan.files.atomic_file``)."""
     from safetensors.torch import save_file
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-        save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", help="checkpoint file or HuggingFace CLIPModel folder")
-    parser.add_argument("out", help="output .safetensors file")
-    parser.add_argument(
-        "--format", default="auto", choices=[*FORMATS, "stan", "clip2video"],
-        help="source layout: CLIP weights (auto|openai|hf|open_clip) -> open_clip-layout CLIP weights; "
-        "released whole models (stan: STAN / Mug-STAN mmengine; clip2video: CLIP4Clip / CLIP2Video "
-        "pytorch_model.bin.N) -> a mugstan model checkpoint",
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise SystemExit(f"error: output must be a .safetensors file, got {out}")
-    try:
-        if args.format in ("stan", "clip2video"):
-            from mugstan.backbones import released
-
-            convert = released.convert_stan if args.format == "stan" else released.convert_clip2video
-            state_dict, model_config = convert(args.src)
-            save_safetensors(state_dict, out, {"format": "mugstan", "model_config": json.dumps(model_config)})
-            desc = f"mugstan model ({model_config.get('temporal')}, {model_config.get('head')})"
-        else:
-            weights = load_clip_weights(args.src, args.format)
-            state_dict = weights.state_dict
-            save_safetensors(state_dict, out, {"format": "open_clip", "config": json.dumps(weights.config)})
-            v, t = weights.config["vision_cfg"], weights.config["text_cfg"]
-            desc = (f"CLIP ViT patch {v['patch_size']} @ {v['image_size']} px, vision {v['layers']}x{v['width']}, "
-                    f"text {t['layers']}x{t['width']}, E={weights.config['embed_dim']} (from {weights.format})")
-    except WeightsError as err:
-        raise SystemExit(f"error: {err}") from None
-    n_params = sum(v.numel() for v in state_dict.values())
-    print(f"wrote {out}: {len(state_dict)} tensors, {n_params / 1e6:.1f} M parameters, {desc}")
-    return 0
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    with atomic_file(out) as tmp:
+        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})

@@ -18,13 +18,20 @@ reference's "full" mode, which does not exclude padded words at the second level
 word's w' is <mean of the frames, its token feature>), so padded token features leak into the
 pooled text.
 
-Similarity for A texts x B videos is computed in chunks of texts and videos, so memory is
-O(chunk^2 * L * T) whatever A and B are (the reference builds dense [A, B, L, T] tensors).
+``Mug`` is the head: its video side is the L2-normalised per-frame embeddings with the frame
+mask, its text side the L2-normalised token features with the token mask, and ``Head.similarity``
+scores A texts x B videos in chunks, so memory is O(chunk^2 * L * T) whatever A and B are (the
+reference builds dense [A, B, L, T] tensors). Recognition pools one vector per item: the mean of
+the frame features, and CLIP's EOT embedding on the text side.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+from mugstan.backbones.clip import TextOutput
+from mugstan.heads.base import Embeddings, Head, masked_mean
 
 
 def _masked_softmax(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
@@ -57,21 +64,34 @@ def mug_scores(t: torch.Tensor, tm: torch.Tensor, v: torch.Tensor, vm: torch.Ten
     raise ValueError(f"mug_mode must be 'simple' or 'full', got {mode!r}")
 
 
-def mug_similarity(t: torch.Tensor, tm: torch.Tensor, v: torch.Tensor, vm: torch.Tensor,
-                   lam: float = 100.0, mode: str = "simple", compat: bool = False,
-                   chunk: int = 128) -> torch.Tensor:
-    """Mug scores for all texts x all videos, [A, B], in chunks of ``chunk`` texts x ``chunk`` videos."""
-    if t.shape[-1] != v.shape[-1]:
-        raise ValueError(f"text features are {t.shape[-1]}-d but video features {v.shape[-1]}-d")
-    if not (tm.any(1).all() and vm.any(1).all()):
-        raise ValueError("every text needs at least one real token and every video at least one real frame")
-    if t.shape[0] <= chunk and v.shape[0] <= chunk:
-        return mug_scores(t, tm, v, vm, lam, mode, compat)
-    rows = []
-    for a in range(0, t.shape[0], chunk):
-        ta, tma = t[a:a + chunk], tm[a:a + chunk]
-        rows.append(torch.cat([
-            mug_scores(ta, tma, v[b:b + chunk], vm[b:b + chunk], lam, mode, compat)
-            for b in range(0, v.shape[0], chunk)
-        ], dim=1))
-    return torch.cat(rows, dim=0)
+class Mug(Head):
+    """lam: softmax temperature lambda (100); mode: "simple" | "full"; compat: the reference's
+    padded-word leak in "full" mode."""
+
+    def __init__(self, lam: float = 100.0, mode: str = "simple", compat: bool = False):
+        super().__init__()
+        if mode not in ("simple", "full"):
+            raise ValueError(f"mug_mode must be 'simple' or 'full', got {mode!r}")
+        self.lam, self.mode, self.compat = lam, str(mode), compat
+
+    def encode_video(self, frames: torch.Tensor, mask: torch.Tensor) -> Embeddings:
+        """frames [B, T, E], mask [B, T] bool -> Embeddings(x [B, T, E] unit, mask [B, T])."""
+        return Embeddings(F.normalize(frames, dim=-1), mask)
+
+    def encode_text(self, text: TextOutput) -> Embeddings:
+        """Token features [N, L, E] with mask [N, L] -> Embeddings(x [N, L, E] unit, mask [N, L])."""
+        return Embeddings(F.normalize(text.tokens, dim=-1), text.mask)
+
+    def scores(self, text: Embeddings, video: Embeddings) -> torch.Tensor:
+        if not (text.mask.any(1).all() and video.mask.any(1).all()):
+            raise ValueError("every text needs at least one real token and every video at least one real frame")
+        return mug_scores(text.x, text.mask, video.x, video.mask, self.lam, self.mode, self.compat)
+
+    def text_vector(self, text: TextOutput) -> torch.Tensor:
+        return F.normalize(text.pooled, dim=-1)
+
+    def video_vector(self, video: Embeddings) -> torch.Tensor:
+        return F.normalize(masked_mean(video.x, video.mask), dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"lam={self.lam}, mode={self.mode}, compat={self.compat}"

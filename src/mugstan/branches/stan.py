@@ -14,7 +14,8 @@ one state per video: a video-level class token ``cls [B, 1, D]`` and the patch t
 - spatial module: a copy of CLIP layer L-K+k run per frame, the class token repeated for every
   frame and its outputs averaged over the real frames.
 
-Output: for each frame, CLIP's final class token + the branch's class token -> ln_post -> proj.
+Output: for each frame, CLIP's final class token + the branch's class token -> ln_post -> proj,
+and the branch's final patch tokens (``FrameFeatures``, see ``mugstan.branches.frames``).
 
 Padded frames (``mask`` False) never reach real frames: they are excluded from every mean over
 time, masked as keys of the temporal attention, and zeroed before the temporal convolution (so a
@@ -30,8 +31,17 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from mugstan.backbones.clip import CLIPBackbone, VisionOutput
-from mugstan.temporal.blocks import Attention, DropPath
-from mugstan.temporal.meanp import masked_mean
+from mugstan.branches.frames import FrameFeatures
+from mugstan.heads.base import masked_mean
+from mugstan.heads.blocks import Attention, DropPath
+
+
+def zero_linear(width: int) -> nn.Linear:
+    """Linear(D, D) with weight and bias zero: a temporal module is the identity at step 0."""
+    fc = nn.Linear(width, width)
+    nn.init.zeros_(fc.weight)
+    nn.init.zeros_(fc.bias)
+    return fc
 
 
 class TemporalAttention(nn.Module):
@@ -42,9 +52,7 @@ class TemporalAttention(nn.Module):
         self.ln_1 = nn.LayerNorm(width)
         self.attn = Attention(width, heads)
         self.drop_path = DropPath(drop_path)
-        self.temporal_fc = nn.Linear(width, width)
-        nn.init.zeros_(self.temporal_fc.weight)
-        nn.init.zeros_(self.temporal_fc.bias)
+        self.temporal_fc = zero_linear(width)
 
     def forward(self, patches: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """patches [B, P, T, D], mask [B, T] bool -> [B, P, T, D]."""
@@ -61,9 +69,7 @@ class TemporalConv(nn.Module):
         super().__init__()
         self.conv = nn.Conv3d(width, width, kernel_size=3, padding=1)
         self.drop_path = DropPath(drop_path)
-        self.temporal_fc = nn.Linear(width, width)
-        nn.init.zeros_(self.temporal_fc.weight)
-        nn.init.zeros_(self.temporal_fc.bias)
+        self.temporal_fc = zero_linear(width)
 
     def forward(self, patches: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """patches [B, P, T, D] (patch index = row * g + column), mask [B, T] bool -> [B, P, T, D]."""
@@ -133,10 +139,11 @@ class STAN(nn.Module):
     def _level(self, k: int, cls: torch.Tensor, patches: torch.Tensor, mask: torch.Tensor):
         return self.spatial[k](cls, self.temporal[k](patches, mask), mask)
 
-    def forward(self, vision: VisionOutput, backbone: CLIPBackbone, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, vision: VisionOutput, backbone: CLIPBackbone, mask: torch.Tensor) -> FrameFeatures:
         """vision: backbone.encode_frames(frames [B*T, 3, H, W], taps=self.taps); mask [B, T] bool.
 
-        Returns per-frame fused embeddings [B, T, E] (not normalised).
+        Returns per-frame fused embeddings [B, T, E] (not normalised) and the branch's patch
+        tokens [B, T, P, D].
         """
         b, t = mask.shape
         if t > self.time_embed.num_embeddings:
@@ -159,4 +166,4 @@ class STAN(nn.Module):
             else:
                 cls, patches = self._level(k, cls, patches, mask)
         fused = vision.last[:, 0].view(b, t, d) + cls
-        return backbone.project(fused)
+        return FrameFeatures(backbone.project(fused), patches.transpose(1, 2))

@@ -4,7 +4,8 @@
 
 The frame position embedding (Embedding(77, E)) starts as CLIP's text positional embedding and
 block i as CLIP text block i; both need CLIP's text width to equal the joint width E (true of
-every OpenAI ViT). Otherwise they start fresh, which ``SeqTransf.init_from_clip`` reports.
+every OpenAI ViT). Otherwise they start fresh, which ``SeqTransf.init_from_clip`` reports. The text
+side is CLIP's L2-normalised EOT embedding.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from mugstan.temporal.blocks import TemporalTransformer
-from mugstan.temporal.meanp import MeanP
+from mugstan.heads.base import Embeddings, Head
+from mugstan.heads.blocks import TemporalTransformer
+from mugstan.heads.mean import mean_pool
 
 
-class SeqTransf(nn.Module):
+class SeqTransf(Head):
+    """width: joint embedding width E; heads: attention heads (CLIP's text head count); layers: blocks."""
+
     def __init__(self, width: int, heads: int, layers: int = 4, max_frames: int = 77):
         super().__init__()
         self.frame_position_embeddings = nn.Embedding(max_frames, width)
         self.transformer = TemporalTransformer(width, heads, layers)
-        self.pool = MeanP()
 
     def init_from_clip(self, backbone) -> bool:
         """Copy CLIP's text positions and first text blocks; False when the widths differ."""
@@ -34,11 +37,11 @@ class SeqTransf(nn.Module):
         self.transformer.load_clip_blocks(backbone.text_blocks)
         return True
 
-    def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """frames [B, T, E] (per-frame CLIP embeddings), mask [B, T] bool -> [B, E] normalised."""
+    def encode_video(self, frames: torch.Tensor, mask: torch.Tensor) -> Embeddings:
+        """frames [B, T, E] (per-frame embeddings), mask [B, T] bool -> Embeddings(x [B, E] unit)."""
         t = frames.shape[1]
         if t > self.frame_position_embeddings.num_embeddings:
             raise ValueError(f"seqTransf handles at most {self.frame_position_embeddings.num_embeddings} frames, got {t}")
         x = frames + self.frame_position_embeddings.weight[:t]
         x = self.transformer(x, mask) + frames
-        return self.pool(x, mask)
+        return Embeddings(mean_pool(x, mask))

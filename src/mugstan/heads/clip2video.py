@@ -30,12 +30,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mugstan.losses import symmetric_infonce
-from mugstan.temporal.blocks import REFERENCE_LN_EPS, TemporalTransformer
-from mugstan.temporal.meanp import MeanP
+from mugstan.backbones.clip import TextOutput
+from mugstan.heads.base import Embeddings, Head
+from mugstan.heads.blocks import REFERENCE_LN_EPS, TemporalTransformer
+from mugstan.heads.mean import mean_pool
 
 
-class CLIP2VideoHead(nn.Module):
+class CLIP2VideoHead(Head):
     """TDB + TAB over frame embeddings and the TAB text aggregation.
 
     width: joint embedding width E; heads: attention heads of the temporal blocks (CLIP's text
@@ -57,7 +58,6 @@ class CLIP2VideoHead(nn.Module):
         # N(0, 0.125): the reference writes 64 ** -0.5 whatever E is.
         self.weight_center = nn.Parameter(torch.randn(centers, width) * 0.125)
         self.emb_center = nn.Parameter(torch.randn(centers, width) * 0.125)
-        self.pool = MeanP()
 
     def init_from_clip(self, backbone) -> bool:
         """Positions and blocks from CLIP's text tower; False (fresh init) when widths differ."""
@@ -103,26 +103,29 @@ class CLIP2VideoHead(nn.Module):
     def _join(self, glob: torch.Tensor, tab: torch.Tensor) -> torch.Tensor:
         return torch.cat([math.sqrt(self.weight) * glob, math.sqrt(1 - self.weight) * tab], dim=-1)
 
-    def video(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """frames [B, T, E] per-frame CLIP embeddings, mask [B, T] bool -> [B, 2E]."""
+    def encode_video(self, frames: torch.Tensor, mask: torch.Tensor) -> Embeddings:
+        """frames [B, T, E] per-frame embeddings, mask [B, T] bool -> Embeddings(x [B, 2E])."""
         tokens, token_mask = self.difference_tokens(frames, mask)
-        glob = self.pool(self.transformerClip(tokens, token_mask)[:, ::2] + frames, mask)
+        glob = mean_pool(self.transformerClip(tokens, token_mask)[:, ::2] + frames, mask)
 
         sub, sub_mask = frames[:, ::2], mask[:, ::2]
         tokens, token_mask = self.difference_tokens(sub, sub_mask)
         motion = self.actionClip(tokens, token_mask)[:, ::2] + sub
         tab = self.aggregate(F.normalize(torch.cat([frames, motion], 1), dim=-1), torch.cat([mask, sub_mask], 1))
-        return self._join(glob, tab)
+        return Embeddings(self._join(glob, tab))
 
-    def text(self, pooled: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """pooled [N, E] EOT embedding, tokens [N, L, E], mask [N, L] bool -> [N, 2E]."""
-        words = mask.clone()
+    def encode_text(self, text: TextOutput) -> Embeddings:
+        """EOT embedding [N, E] and token features [N, L, E] with mask [N, L] -> Embeddings(x [N, 2E])."""
+        words = text.mask.clone()
         words[:, 0] = False  # SOT does not take part in the alignment
-        return self._join(F.normalize(pooled, dim=-1), self.aggregate(F.normalize(tokens, dim=-1), words))
+        return Embeddings(self._join(F.normalize(text.pooled, dim=-1), self.aggregate(F.normalize(text.tokens, dim=-1), words)))
 
-    def loss(self, text: torch.Tensor, video: torch.Tensor, scale: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """w * InfoNCE(S_global) + (1 - w) * InfoNCE(S_tab) for text [N, 2E], video [N, 2E] (row i matches row i)."""
+    def loss_terms(self, text: Embeddings, video: Embeddings) -> list[tuple[float, torch.Tensor]]:
+        """w * InfoNCE(S_global) + (1 - w) * InfoNCE(S_tab): the two parts of the joined vectors [N, 2E]."""
         e = self.width
-        s_glob = scale * (text[:, :e] @ video[:, :e].t()) / self.weight
-        s_tab = scale * (text[:, e:] @ video[:, e:].t()) / (1 - self.weight)
-        return self.weight * symmetric_infonce(s_glob, reduction) + (1 - self.weight) * symmetric_infonce(s_tab, reduction)
+        s_glob = (text.x[:, :e] @ video.x[:, :e].t()) / self.weight
+        s_tab = (text.x[:, e:] @ video.x[:, e:].t()) / (1 - self.weight)
+        return [(self.weight, s_glob), (1 - self.weight, s_tab)]
+
+    def vector_dim(self, embed_dim: int) -> int:
+        return 2 * embed_dim

@@ -1,0 +1,1 @@
+"""Frame-level branches over the backbone: none (CLIP per frame) and STAN."""

@@ -1,0 +1,52 @@
+"""``mugstan convert SRC OUT.safetensors [--format ...]``: weights from other layouts into mugstan's.
+
+- CLIP weights (``--format auto|openai|hf|open_clip``, ``mugstan.backbones.convert``) -> an
+  open_clip-layout ``.safetensors`` with the architecture in its metadata, usable as ``model.weights``.
+- Released whole models (``--format stan``: STAN / Mug-STAN mmengine checkpoints; ``--format
+  clip2video``: CLIP4Clip / CLIP2Video ``pytorch_model.bin.N``, ``mugstan.released``) -> a mugstan
+  model file whose metadata holds the model config, usable as ``--checkpoint``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mugstan import released
+from mugstan.backbones.convert import FORMATS, WeightsError, load_clip_weights, save_safetensors
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", help="checkpoint file or HuggingFace CLIPModel folder")
+    parser.add_argument("out", help="output .safetensors file")
+    parser.add_argument(
+        "--format", default="auto", choices=[*FORMATS, "stan", "clip2video"],
+        help="source layout: CLIP weights (auto|openai|hf|open_clip) -> open_clip-layout CLIP weights; "
+        "released whole models (stan: STAN / Mug-STAN mmengine; clip2video: CLIP4Clip / CLIP2Video "
+        "pytorch_model.bin.N) -> a mugstan model checkpoint",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise SystemExit(f"error: output must be a .safetensors file, got {out}")
+    try:
+        if args.format in ("stan", "clip2video"):
+            convert = released.convert_stan if args.format == "stan" else released.convert_clip2video
+            state_dict, model_config = convert(args.src)
+            save_safetensors(state_dict, out, {"format": "mugstan", "model_config": json.dumps(model_config)})
+            desc = f"mugstan model (branch {model_config['branch']}, head {model_config['head']})"
+        else:
+            weights = load_clip_weights(args.src, args.format)
+            state_dict = weights.state_dict
+            save_safetensors(state_dict, out, {"format": "open_clip", "config": json.dumps(weights.config)})
+            v, t = weights.config["vision_cfg"], weights.config["text_cfg"]
+            desc = (f"CLIP ViT patch {v['patch_size']} @ {v['image_size']} px, vision {v['layers']}x{v['width']}, "
+                    f"text {t['layers']}x{t['width']}, E={weights.config['embed_dim']} (from {weights.format})")
+    except WeightsError as err:
+        raise SystemExit(f"error: {err}") from None
+    n_params = sum(v.numel() for v in state_dict.values())
+    print(f"wrote {out}: {len(state_dict)} tensors, {n_params / 1e6:.1f} M parameters, {desc}")
+    return 0
