@@ -45,13 +45,15 @@ def build(args: argparse.Namespace, device: torch.device):
     """Model, optimiser, and a batch factory (seeded random frames and real tokenised captions)."""
     from mugstan.config import ModelConfig, STANConfig, TrainConfig
     from mugstan.engine.optim import build_optimizer
+    from mugstan.losses import build_loss
     from mugstan.models import build_model
 
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone=args.backbone, pretrained=None, temporal="stan", head="cosine", context_length=32,
+    cfg = ModelConfig(backbone=args.backbone, pretrained=None, branch="stan", head="mean", context_length=32,
                       stan=STANConfig(depth=args.stan_depth, time_module="self", drop_path=0.1),
                       grad_checkpointing=args.grad_checkpointing)
     model = build_model(cfg).to(device).train()
+    loss_fn = build_loss(cfg, model)
     optimizer = build_optimizer(model, TrainConfig(lr=1e-6))
     size = model.backbone.image_size
 
@@ -62,21 +64,26 @@ def build(args: argparse.Namespace, device: torch.device):
         return {"frames": torch.randn(n, args.frames, 3, size, size, generator=g),
                 "frame_mask": torch.ones(n, args.frames, dtype=torch.bool), "ids": ids, "text_mask": mask}
 
-    return model, optimizer, batch
+    return model, loss_fn, optimizer, batch
 
 
 def measure(args: argparse.Namespace) -> dict:
     """Child process: ``args.run`` = "plain" | "accum" | "chunk:C"; returns peak memory and step times."""
-    from mugstan.engine.evaluate import autocast_for, resolve_precision
     from mugstan.engine.gradcache import gradcache_backward
-    from mugstan.engine.train import forward_backward
+    from mugstan.engine.precision import autocast_for, resolve_precision
+    from mugstan.models import model_inputs
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    model, optimizer, make_batch = build(args, device)
+    model, loss_fn, optimizer, make_batch = build(args, device)
     precision = resolve_precision(args.precision, device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+    def forward_backward(batch: dict, scale: float) -> None:
+        with autocast_for(device, precision):
+            loss = loss_fn(model(**model_inputs(model, batch, device)), batch) * scale
+        (scaler.scale(loss) if scaler else loss).backward()
     kind, _, chunk = args.run.partition(":")
 
     def timed(fn) -> float:
@@ -95,13 +102,13 @@ def measure(args: argparse.Namespace) -> dict:
         if kind == "accum":  # the loader holds one micro-batch at a time
             for m in range(args.batch // args.micro):
                 micro = make_batch(args.micro, 1000 * step + m)
-                seconds += timed(lambda: forward_backward(model, micro, device, precision, args.micro / args.batch, scaler))
+                seconds += timed(lambda: forward_backward(micro, args.micro / args.batch))
         elif kind == "plain":
             batch = make_batch(args.batch, 1000 * step)
-            seconds += timed(lambda: forward_backward(model, batch, device, precision, 1.0, scaler))
+            seconds += timed(lambda: forward_backward(batch, 1.0))
         else:
             batch = make_batch(args.batch, 1000 * step)
-            seconds += timed(lambda: gradcache_backward(model, batch, int(chunk), device,
+            seconds += timed(lambda: gradcache_backward(model, loss_fn, batch, int(chunk), device,
                                                         lambda: autocast_for(device, precision), 1.0, scaler))
         seconds += timed(lambda: (scaler.step(optimizer), scaler.update()) if scaler else optimizer.step())
         optimizer.zero_grad(set_to_none=True)

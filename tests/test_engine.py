@@ -93,8 +93,8 @@ def test_bad_configs_fail_before_training(tmp_path, data):
         load_config(good, ["train.epochs=many"])
     with pytest.raises(ConfigError, match="data.train_ann: /nowhere/train.jsonl does not exist"):
         load_config(good, ["data.train_ann=/nowhere/train.jsonl"])
-    proc = run(["train", str(good), "model.temporal=lstm"])
-    assert proc.returncode != 0 and "model.temporal='lstm'" in proc.stderr and "steps/epoch" not in proc.stdout
+    proc = run(["train", str(good), "model.branch=lstm"])
+    assert proc.returncode != 0 and "model.branch" in proc.stderr and "lstm" in proc.stderr and "steps/epoch" not in proc.stdout
 
 
 def test_eval_command_on_a_trained_checkpoint(tmp_path, data):

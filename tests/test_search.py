@@ -38,12 +38,12 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
     data = root / "data"
     generate(data, SynthParams(videos=160, frames=8, size=32), progress=False)
-    # configs/synthetic/meanp.yaml, scaled down: a random-init tiny CLIP, fp32 (bf16 autocast is
+    # src/mugstan/configs/synthetic/meanP.yaml, scaled down: a random-init tiny CLIP, fp32 (bf16 autocast is
     # 10-100x slower on CPUs without native bf16), 4 epochs x 15 steps of 32 captions; two loader
     # workers, as decoding takes most of a step (half the time of num_workers=0, same weights).
     cfg = {
         "name": "search_test",
-        "model": {"backbone": "mugstan-tiny", "pretrained": None, "temporal": "meanP", "head": "cosine", "context_length": 16},
+        "model": {"backbone": "mugstan-tiny", "pretrained": None, "branch": "none", "head": "meanP", "context_length": 16},
         "data": {"dataset": "jsonl", "root": str(data), "train_ann": str(data / "train.jsonl"), "num_frames": 4,
                  "image_size": 32, "crop_scale": [1.0, 1.0], "num_workers": 2},
         "train": {"output_dir": str(root / "run"), "seed": 0, "epochs": 4, "batch_size": 32, "lr": 1e-3, "new_module_lr_mult": 1.0,

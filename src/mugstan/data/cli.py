@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +19,7 @@ import av
 from tqdm import tqdm
 
 from mugstan.data.video import VideoError, output_size, probe
+from mugstan.files import atomic_file
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -103,12 +103,9 @@ def compress_video(src: str, dst: str, fps: float, short_side: int, crf: int = 2
     """Re-encode ``src`` as H.264 at ``fps`` with the short side ``short_side``; atomic write."""
     info = probe(src)
     width, height = output_size(info.width, info.height, short_side if min(info.width, info.height) > short_side else None)
-    Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=Path(dst).parent)
-    os.close(fd)
     rate = Fraction(fps).limit_denominator(1000)
-    try:
-        with av.open(src) as inp, av.open(tmp, "w", format="mp4") as out:
+    with atomic_file(dst) as tmp:
+        with av.open(src) as inp, av.open(str(tmp), "w", format="mp4") as out:
             stream = out.add_stream("libx264", rate=rate)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             stream.options = {"crf": str(crf), "preset": "veryfast"}
@@ -128,10 +125,6 @@ def compress_video(src: str, dst: str, fps: float, short_side: int, crf: int = 2
             out.mux(stream.encode(None))
         if written == 0:
             raise VideoError(src, "no frames decoded")
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _compress_job(job: tuple[str, str, float, int, int]) -> tuple[str, str | None]:

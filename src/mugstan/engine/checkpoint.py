@@ -1,13 +1,21 @@
-"""Checkpoints: a folder with ``model.safetensors``, ``config.yaml`` and, for resuming,
-``state.pt`` (optimiser, scheduler, loop position, RNG states). Written atomically: into a
-temporary folder beside the target, then renamed over it.
+"""Checkpoints: saving and every way of loading one.
+
+A checkpoint is a folder with ``model.safetensors`` (every weight of the model), ``config.yaml``
+(the experiment that built it) and, for resuming, ``state.pt`` (optimiser, scheduler, loss scaler,
+loop position, the RNG states of every process). It is written whole into a temporary folder and
+swapped in (``mugstan.files.atomic_folder``).
+
+- ``save_checkpoint``: write one.
+- ``load_model``: rebuild the model a checkpoint folder (or a ``mugstan convert --format
+  stan|clip2video`` file) holds, for evaluation, embedding and search.
+- ``load_weights``: put a checkpoint's weights into a model built from the same config (the best
+  checkpoint before testing).
+- ``load_training_state``: weights and loop state for ``--resume``.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -15,10 +23,10 @@ import numpy as np
 import torch
 
 from mugstan.config import ExperimentConfig, load_config, save_config
+from mugstan.engine.distributed import unwrap
+from mugstan.files import atomic_folder
 
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
+WEIGHTS, CONFIG, STATE = "model.safetensors", "config.yaml", "state.pt"
 
 
 def save_checkpoint(path, model, cfg: ExperimentConfig, state: Optional[dict] = None) -> Path:
@@ -26,21 +34,39 @@ def save_checkpoint(path, model, cfg: ExperimentConfig, state: Optional[dict] = 
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    tensors = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
-    save_file(tensors, str(tmp / "model.safetensors"))
-    save_config(cfg, tmp / "config.yaml")
-    if state is not None:
-        torch.save(state, tmp / "state.pt")
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
+    with atomic_folder(path) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS))
+        save_config(cfg, tmp / CONFIG)
+        if state is not None:
+            torch.save(state, tmp / STATE)
     return path
+
+
+def load_weights(model, path) -> None:
+    """Load ``path/model.safetensors`` into ``model`` (built from the same config); every tensor must fit."""
+    from safetensors.torch import load_file
+
+    file = Path(path) / WEIGHTS
+    missing, unexpected = unwrap(model).load_state_dict(load_file(str(file)), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"{file} does not fit the model built from its config.yaml: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def load_training_state(path, model, optimizer, scheduler, scaler=None, rank: int = 0) -> dict:
+    """Restore weights, optimiser, scheduler, scaler and this process's RNG from ``path`` (a
+    ``checkpoints/last`` folder). Returns the loop position: {"step", "epoch", "step_in_epoch", "best"}."""
+    path = Path(path)
+    if not (path / STATE).is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path / STATE}")
+    state = torch.load(path / STATE, map_location="cpu", weights_only=False)  # written by this loop, not a download
+    load_weights(model, path)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
+    return {k: state.get(k) for k in ("step", "epoch", "step_in_epoch", "best")}
 
 
 def rng_state() -> dict:
@@ -61,22 +87,17 @@ def set_rng_state(state: dict) -> None:
 def load_model(path, device="cpu", overrides=()):
     """Rebuild a model from a checkpoint folder (or a ``mugstan convert --format stan|clip2video``
     file). Returns (model in eval mode, ExperimentConfig or None for converted files)."""
-    from safetensors.torch import load_file
-
     from mugstan.models import build_model
 
     path = Path(path)
     if path.is_file() and path.suffix == ".safetensors":
-        from mugstan.backbones.released import load_converted
+        from mugstan.released import load_converted
 
         return load_converted(path).to(device).eval(), None
-    if not (path / "model.safetensors").is_file() or not (path / "config.yaml").is_file():
-        raise FileNotFoundError(f"{path}: not a mugstan checkpoint (expected model.safetensors and config.yaml in it)")
-    cfg = load_config(path / "config.yaml", overrides, check_files=False)
+    if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
+        raise FileNotFoundError(f"{path}: not a mugstan checkpoint (expected {WEIGHTS} and {CONFIG} in it)")
+    cfg = load_config(path / CONFIG, overrides, check_files=False)
     cfg.model.pretrained, cfg.model.weights = None, None  # the checkpoint holds every weight
     model = build_model(cfg.model)
-    state = load_file(str(path / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"{path}/model.safetensors does not fit its config.yaml: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    load_weights(model, path)
     return model.to(device).eval(), cfg

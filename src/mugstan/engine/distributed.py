@@ -45,6 +45,16 @@ def setup() -> DistInfo:
     return DistInfo(rank, world, local_rank, device)
 
 
+def is_distributed() -> bool:
+    """Whether this process is one of several in a process group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel wrapper (the model itself otherwise)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

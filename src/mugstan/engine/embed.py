@@ -29,7 +29,7 @@ def main(args: argparse.Namespace) -> int:
     from mugstan.data.datasets import load_annotations
     from mugstan.engine.checkpoint import load_model
     from mugstan.engine.distributed import setup
-    from mugstan.engine.evaluate import _stack, embed_clips, embed_texts
+    from mugstan.engine.evaluate import stack_clips, embed_clips, embed_texts
 
     cfg = load_config(args.config, args.overrides)
     dist = setup()
@@ -39,7 +39,7 @@ def main(args: argparse.Namespace) -> int:
     if args.what == "videos":
         outputs, dropped = embed_clips(model, cfg, ann, dist, args.split)
         kept = sorted(outputs)
-        emb = _stack([outputs[i] for i in kept])
+        emb = stack_clips([outputs[i] for i in kept])
         items = [ann.clips[i].path for i in kept]
     else:
         if not ann.captions:

@@ -11,7 +11,6 @@ from the protocol (with their captions) and listed in the result under ``"droppe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 from typing import Optional
@@ -20,46 +19,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mugstan.config import ExperimentConfig
+from mugstan.config import ExperimentConfig, Task
 from mugstan.data.datasets import Annotations, build_dataset, collate, load_annotations
-from mugstan.engine.distributed import DistInfo, ShardSampler, all_gather_objects
+from mugstan.engine.distributed import DistInfo, ShardSampler, all_gather_objects, unwrap
+from mugstan.engine.precision import autocast_for
+from mugstan.heads.base import Embeddings
 from mugstan.metrics import recognition_metrics, retrieval_metrics
-from mugstan.models import Embeddings, VideoClassifier
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes in bf16 natively: a CUDA GPU with bf16, or a CPU with AVX512-BF16
-    or AMX. Elsewhere bf16 matrix products are emulated, and on a plain AVX2 CPU they run 10-100x
-    slower than fp32 (measured on this project's development machines)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        cpu = torch.cpu
-        return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """train.precision -> what runs: "auto" is bf16 where the device has it natively, else fp16 on
-    CUDA (with loss scaling) and fp32 on a CPU; "fp32", "bf16" and "fp16" are taken as given."""
-    if precision != "auto":
-        return precision
-    if native_bf16(device):
-        return "bf16"
-    return "fp16" if device.type == "cuda" else "fp32"
-
-
-def autocast_for(device: torch.device, precision: str):
-    """The autocast context of ``train.precision`` (resolved for ``device``); fp32 weights throughout."""
-    precision = resolve_precision(precision, device)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
 
 
 @torch.no_grad()
@@ -70,7 +35,7 @@ def embed_clips(model, cfg: ExperimentConfig, ann: Annotations, dist: DistInfo, 
     Output per clip: Embeddings row(s) as CPU tensors ``(x [V, ...], mask [V, ...] | None)`` with
     V views, or logits [V, C] when ``classify``. dropped: [(clip index, "path: reason")].
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     dataset = build_dataset(cfg.data, split, train=False, on_error="drop", pairs=False, ann=ann)
     loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, sampler=ShardSampler(len(dataset), dist.world, dist.rank),
                         num_workers=cfg.data.num_workers, collate_fn=collate)
@@ -86,7 +51,7 @@ def embed_clips(model, cfg: ExperimentConfig, ann: Annotations, dist: DistInfo, 
         mask = batch["frame_mask"].to(dist.device).repeat_interleave(views, 0)
         with autocast_for(dist.device, cfg.train.precision):
             if classify:
-                out = model(frames, mask).float().cpu()
+                out = model(frames, mask)["logits"].float().cpu()
                 rows = [(out[i * views:(i + 1) * views], None) for i in range(len(batch["index"]))]
             else:
                 emb = model.encode_video(frames, mask)
@@ -103,7 +68,7 @@ def embed_clips(model, cfg: ExperimentConfig, ann: Annotations, dist: DistInfo, 
 
 @torch.no_grad()
 def embed_texts(model, texts: list[str], device: torch.device, batch_size: int = 256) -> Embeddings:
-    model = _unwrap(model)
+    model = unwrap(model)
     xs, masks = [], []
     for i in range(0, len(texts), batch_size):
         ids, mask = model.tokenize(texts[i:i + batch_size])
@@ -113,7 +78,7 @@ def embed_texts(model, texts: list[str], device: torch.device, batch_size: int =
     return Embeddings(torch.cat(xs), None if masks[0] is None else torch.cat(masks))
 
 
-def _stack(rows: list, view: Optional[int] = 0) -> Embeddings:
+def stack_clips(rows: list, view: Optional[int] = 0) -> Embeddings:
     x = torch.stack([r[0][view] for r in rows])
     m = None if rows[0][1] is None else torch.stack([r[1][view] for r in rows])
     return Embeddings(x, m)
@@ -122,13 +87,13 @@ def _stack(rows: list, view: Optional[int] = 0) -> Embeddings:
 @torch.no_grad()
 def evaluate(model, cfg: ExperimentConfig, split: str = "test", dist: Optional[DistInfo] = None, progress: bool = True) -> dict:
     """Metrics of ``model`` on a split, with what was dropped. Runs on every process; all get the result."""
-    dist = dist or DistInfo(device=next(_unwrap(model).parameters()).device)
+    dist = dist or DistInfo(device=next(unwrap(model).parameters()).device)
     start = time.time()
     ann = load_annotations(cfg.data, split)
     model.eval()
-    inner = _unwrap(model)
+    inner = unwrap(model)
     result: dict = {"split": split}
-    if isinstance(inner, VideoClassifier):
+    if cfg.model.task == Task.recognition:
         logits, dropped = embed_clips(model, cfg, ann, dist, split, classify=True, progress=progress)
         kept = sorted(logits)
         result["recognition"] = recognition_metrics(torch.stack([logits[i][0] for i in kept]), torch.tensor([ann.labels[i] for i in kept]))
@@ -138,10 +103,8 @@ def evaluate(model, cfg: ExperimentConfig, split: str = "test", dist: Optional[D
         position = {clip: j for j, clip in enumerate(kept)}
         caps = [(c, position[v]) for c, v in zip(ann.captions, ann.caption_clip) if v in position]
         text = embed_texts(model, [c for c, _ in caps], dist.device)
-        video = _stack([videos[i] for i in kept])
-        scores = inner.similarity(Embeddings(text.x.to(dist.device), None if text.mask is None else text.mask.to(dist.device)),
-                                  Embeddings(video.x.to(dist.device), None if video.mask is None else video.mask.to(dist.device)),
-                                  chunk=cfg.eval.sim_chunk).float().cpu()
+        video = stack_clips([videos[i] for i in kept])
+        scores = inner.similarity(text.to(dist.device), video.to(dist.device), chunk=cfg.eval.sim_chunk).float().cpu()
         links = [v for _, v in caps]
         result["retrieval"] = retrieval_metrics(scores, links)
         if cfg.eval.dsl:
@@ -157,8 +120,7 @@ def evaluate(model, cfg: ExperimentConfig, split: str = "test", dist: Optional[D
         views = videos[kept[0]][0].shape[0]
         per_view = []
         for v in range(views):
-            video = _stack([videos[i] for i in kept], view=v)
-            video = Embeddings(video.x.to(dist.device), None if video.mask is None else video.mask.to(dist.device))
+            video = stack_clips([videos[i] for i in kept], view=v).to(dist.device)
             per_template = [inner.similarity(embed_texts(model, [t.format(n) for n in names], dist.device), video, cfg.eval.sim_chunk)
                             for t in cfg.model.prompt_templates]
             per_view.append(torch.stack(per_template).mean(0).t().float().cpu())  # [N, C]

@@ -12,8 +12,9 @@ caching (Gao et al., 2021) computes the exact full-batch gradient with the memor
    cached embedding gradient.
 
 The cost is one extra forward pass of the encoders (about a third more compute); the memory is
-that of one chunk's activations plus the embeddings. Works for dual encoders and Mug (whose
-per-frame / per-token features are the cached "embeddings"), with autocast, fp16 loss scaling
+that of one chunk's activations plus the embeddings. It treats every model alike: whatever the
+model returns (dual-encoder vectors, Mug's per-frame / per-token features, the logit scale) is
+cached and its gradient pushed back, with autocast, fp16 loss scaling
 and activation checkpointing (its recomputation restores the random state the re-encoding pass
 ran under: the first pass, the re-encoding and the recomputation draw the same drop-path masks).
 Under DDP the caller trains the unwrapped model, makes the processes start from the same weights
@@ -30,7 +31,9 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from mugstan.models import Embeddings, VideoTextModel
+from mugstan.engine.distributed import is_distributed
+from mugstan.heads.base import Embeddings
+from mugstan.models import model_inputs
 
 
 class RandomState:
@@ -54,66 +57,87 @@ class RandomState:
                 torch.cuda.set_rng_state_all(cuda)
 
 
-def _encode(model: VideoTextModel, batch: dict, rows: slice, device: torch.device) -> tuple[Embeddings, Embeddings]:
-    text = model.encode_text(batch["ids"][rows].to(device), batch["text_mask"][rows].to(device))
-    video = model.encode_video(batch["frames"][rows].to(device, non_blocking=True), batch["frame_mask"][rows].to(device))
-    return text, video
+def _as_leaf(x: torch.Tensor) -> torch.Tensor:
+    x = x.detach()
+    return (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x).requires_grad_()
 
 
-def _cat(parts: list[Embeddings]) -> Embeddings:
-    x = torch.cat([p.x for p in parts]).detach()
-    x = (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x).requires_grad_()
-    mask = None if parts[0].mask is None else torch.cat([p.mask for p in parts])
-    return Embeddings(x, mask)
+def _cache(parts: list[dict]) -> dict:
+    """Chunk outputs -> whole-batch outputs as leaves that collect the loss's gradient.
 
-
-def gradcache_backward(model: VideoTextModel, batch: dict, chunk_size: int, device: torch.device,
-                       autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                       scale: float = 1.0, scaler: Optional[torch.amp.GradScaler] = None) -> torch.Tensor:
-    """Drop-in for ``loss = model(**batch); (loss * scale).backward()`` with the batch in chunks.
-
-    model: the (unwrapped) VideoTextModel; batch: ``frames [B, T, 3, H, W]``, ``frame_mask
-    [B, T]``, ``ids [B, L]``, ``text_mask [B, L]``; chunk_size: rows encoded with the graph at a
-    time; autocast: a factory of the precision context; scale: gradient multiplier (1 / accum);
-    scaler: fp16 GradScaler. Returns the detached full-batch loss. Gradients land in ``.grad``.
+    Per-row outputs (``Embeddings``, tensors with a batch dimension) are concatenated; scalars
+    (the logit scale) are the same for every chunk and taken once.
     """
-    if not isinstance(model, VideoTextModel) or hasattr(model, "classifier"):
-        raise ValueError("gradient caching applies to contrastive video-text models (model.task=retrieval)")
+    cached = {}
+    for name, first in parts[0].items():
+        if isinstance(first, Embeddings):
+            both = Embeddings.cat([p[name] for p in parts])
+            cached[name] = Embeddings(_as_leaf(both.x), both.mask)
+        elif first.dim() == 0:
+            cached[name] = _as_leaf(first)
+        else:
+            cached[name] = _as_leaf(torch.cat([p[name] for p in parts]))
+    return cached
+
+
+def _surrogate(outputs: dict, cached: dict, rows: slice, first_chunk: bool) -> torch.Tensor:
+    """sum(output * cached gradient) over this chunk's rows: its backward pushes the cached gradient."""
+    total = 0.0
+    for name, out in outputs.items():
+        leaf = cached[name].x if isinstance(out, Embeddings) else cached[name]
+        x = out.x if isinstance(out, Embeddings) else out
+        if leaf.grad is None:
+            continue
+        if x.dim() == 0:  # shared by all chunks: pushed once
+            total = total + (x.to(leaf.grad.dtype) * leaf.grad).sum() if first_chunk else total
+        else:
+            total = total + (x.to(leaf.grad.dtype) * leaf.grad[rows]).sum()
+    return total
+
+
+def gradcache_backward(model: torch.nn.Module, loss_fn: Callable[[dict, dict], torch.Tensor], batch: dict, chunk_size: int,
+                       device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                       scale: float = 1.0, scaler: Optional[torch.amp.GradScaler] = None) -> torch.Tensor:
+    """Drop-in for ``loss = loss_fn(model(**inputs), batch); (loss * scale).backward()`` with the
+    batch encoded in chunks.
+
+    model: the unwrapped model (any mugstan model: its ``input_names`` say what it reads from
+    the batch); loss_fn: ``mugstan.losses.build_loss``; batch: a collated batch of B rows;
+    chunk_size: rows encoded with the graph at a time; autocast: a factory of the precision
+    context; scale: gradient multiplier (1 / accum); scaler: fp16 GradScaler. Returns the detached
+    full-batch loss. Gradients land in ``.grad``.
+    """
     if chunk_size < 1:
         raise ValueError(f"train.chunk_size must be at least 1, got {chunk_size}")
     n = batch["frames"].shape[0]
     chunks = [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
 
-    # 1. embeddings of every chunk, no graph; remember each chunk's random state
-    states, texts, videos = [], [], []
+    # 1. outputs of every chunk, no graph; remember each chunk's random state
+    states, parts = [], []
     with torch.no_grad():
         for rows in chunks:
             states.append(RandomState())
             with autocast():
-                text, video = _encode(model, batch, rows, device)
-            texts.append(text)
-            videos.append(video)
+                parts.append(model(**model_inputs(model, batch, device, rows)))
 
-    # 2. full-batch loss (gathered across processes) and its gradient w.r.t. the embeddings
-    text_all, video_all = _cat(texts), _cat(videos)
+    # 2. full-batch loss (gathered across processes) and its gradient w.r.t. the outputs
+    cached = _cache(parts)
     with autocast():
-        loss = model.loss(text_all, video_all)
+        loss = loss_fn(cached, batch)
     scaled = loss * scale
-    (scaler.scale(scaled) if scaler else scaled).backward()  # also fills the logit scale's grad
-    text_grad, video_grad = text_all.x.grad, video_all.x.grad
+    (scaler.scale(scaled) if scaler else scaled).backward()
 
     # 3. re-encode each chunk with the graph under the same random state; push its cached gradient
-    for rows, state in zip(chunks, states):
+    for i, (rows, state) in enumerate(zip(chunks, states)):
         with state.replay(), autocast():
-            text, video = _encode(model, batch, rows, device)
-        surrogate = (text.x.to(text_grad.dtype) * text_grad[rows]).sum() + (video.x.to(video_grad.dtype) * video_grad[rows]).sum()
-        surrogate.backward()
+            outputs = model(**model_inputs(model, batch, device, rows))
+        _surrogate(outputs, cached, rows, first_chunk=i == 0).backward()
     return loss.detach()
 
 
 def broadcast_parameters(model: torch.nn.Module) -> None:
     """Copy rank 0's parameters and buffers to every process (what DDP's constructor does)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not is_distributed():
         return
     for tensor in [*model.parameters(), *model.buffers()]:
         dist.broadcast(tensor.data, src=0)
@@ -125,7 +149,7 @@ def average_gradients(model: torch.nn.Module) -> None:
     One flat all-reduce of the gradients and a presence flag per parameter: a parameter that no
     process gave a gradient keeps ``grad = None`` (the optimiser skips it, as in one process).
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not is_distributed():
         return
     world = dist.get_world_size()
     params = [p for p in model.parameters() if p.requires_grad]  # the same list on every process

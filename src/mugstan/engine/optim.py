@@ -10,10 +10,10 @@ from mugstan.config import TrainConfig
 
 
 def build_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
-    """New modules (temporal, heads) at ``new_module_lr_mult`` x the CLIP learning rate; no weight
-    decay on norms, biases, embeddings and the logit scale (``model.param_groups()``)."""
+    """New modules (branch, head, classifier) at ``new_module_lr_mult`` x the CLIP learning rate; no
+    weight decay on norms, biases, embeddings and the logit scale (``param_groups``)."""
     groups = []
-    for g in model.param_groups():
+    for g in param_groups(model):
         groups.append({
             "params": g["params"], "name": g["name"],
             "lr": cfg.lr * (cfg.new_module_lr_mult if g["new"] else 1.0),
@@ -22,6 +22,26 @@ def build_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
     if not groups:
         raise ValueError("the model has no trainable parameters (is everything frozen?)")
     return torch.optim.AdamW(groups, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def param_groups(model: torch.nn.Module) -> list[dict]:
+    """Trainable parameters split into pretrained CLIP vs new modules and decay vs no decay.
+
+    A parameter is CLIP's when its name passes through a module called ``backbone``. Each group:
+    {"name", "params", "new": bool, "decay": bool}. No weight decay on norms, biases, embeddings
+    (class / positional / temporal / token) and the logit scale.
+    """
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        new = "backbone" not in name.split(".")
+        decay = p.dim() >= 2 and "embed" not in name and "logit_scale" not in name
+        groups.setdefault((new, decay), []).append(p)
+    return [
+        {"name": f"{'new' if new else 'clip'}_{'decay' if decay else 'no_decay'}", "params": params, "new": new, "decay": decay}
+        for (new, decay), params in sorted(groups.items())
+    ]
 
 
 def warmup_cosine(total_steps: int, warmup: float) -> "callable":

@@ -33,6 +33,7 @@ only ever serves files inside the indexed folder. Symlinked folders are not foll
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -45,9 +46,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mugstan.config import DataConfig
+from mugstan.data.datasets import Clip, ClipReader
 from mugstan.data.datasets.formats import VIDEO_EXTENSIONS
-from mugstan.data.transforms import ClipTransform
-from mugstan.data.video import VideoError, probe, read_clip
+from mugstan.data.video import VideoError, probe
 
 FORMAT = 1
 FILES = ("embeddings.npy", "mask.npy", "items.json", "report.json", "index.json")  # index.json written last
@@ -165,16 +167,14 @@ class WindowEmbedder:
     """
 
     def __init__(self, model, cfg, frames: int, batch_size: int, device):
-        self.model, self.frames, self.batch_size, self.device = model, frames, batch_size, device
-        size = cfg.data.image_size if cfg else model.backbone.image_size
-        self.short_side = (cfg.data.resize_short if cfg else None) or size
-        self.transform = ClipTransform(size, train=False, resize=self.short_side)  # as in evaluation
+        self.model, self.batch_size, self.device = model, batch_size, device
+        data = cfg.data if cfg else DataConfig(image_size=model.backbone.image_size)  # a converted file has no data section
+        self.reader = ClipReader(dataclasses.replace(data, test_clips=1, test_crops=1), train=False, num_frames=frames)  # as in evaluation
         self.pending: list[tuple[str, torch.Tensor]] = []
         self.results: dict[str, list] = {}
 
     def add(self, key: str, path: Path, start: float, end: float) -> None:
-        clip = read_clip(path, self.frames, short_side=self.short_side, start=start, end=end)  # uint8 [T, 3, H, W]
-        self.pending.append((key, self.transform(clip)))
+        self.pending.append((key, self.reader(Clip(str(path), start, end), 0)))  # [T, 3, S, S]
         self.results.setdefault(key, [])
         if len(self.pending) >= self.batch_size:
             self.flush()

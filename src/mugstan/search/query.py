@@ -153,7 +153,7 @@ class Searcher:
         ids, mask = self.model.tokenize([query])
         text = self.model.encode_text(ids.to(self.device), mask.to(self.device))
         if self.backend == "mug":
-            from mugstan.models import Embeddings
+            from mugstan.heads.base import Embeddings
 
             video = Embeddings(torch.from_numpy(self.emb).to(self.device), torch.from_numpy(self.mask).to(self.device))
             top = self.model.similarity(text, video)[0].float().cpu().topk(min(k, len(self.emb)))

@@ -72,12 +72,14 @@ class Annotations:
         return len(self.captions) != len(self.clips) or self.caption_clip != list(range(len(self.clips)))
 
 
-class _ClipReader:
-    """Decode + transform one clip with the configured sampling."""
+class ClipReader:
+    """Decode + transform one clip with the configured sampling: ``reader(clip, index) -> float
+    [T, 3, S, S]`` (or [V, T, 3, S, S] with several test views). Datasets and the search index
+    read clips through it; ``num_frames`` overrides the config's."""
 
-    def __init__(self, cfg: DataConfig, train: bool, seed: int = 0):
+    def __init__(self, cfg: DataConfig, train: bool, seed: int = 0, num_frames: Optional[int] = None):
         self.cfg, self.train, self.seed = cfg, train, seed
-        self.num_frames = cfg.num_frames if train else (cfg.test_num_frames or cfg.num_frames)
+        self.num_frames = num_frames or (cfg.num_frames if train else (cfg.test_num_frames or cfg.num_frames))
         self.views = 1 if train else cfg.test_clips
         self.transform = ClipTransform(cfg.image_size, train, cfg.crop_scale, cfg.hflip,
                                        1 if train else cfg.test_crops, cfg.resize_short)
@@ -107,7 +109,7 @@ class _Base(Dataset):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.ann, self.cfg, self.train, self.tokenizer, self.on_error = ann, cfg, train, tokenizer, on_error
-        self.reader = _ClipReader(cfg, train, seed)
+        self.reader = ClipReader(cfg, train, seed)
 
     def set_epoch(self, epoch: int) -> None:
         """Training samples frames from (seed, epoch, index): the same run draws the same frames."""
