@@ -81,7 +81,7 @@ def write_config(path: Path, data: Path, out: Path, **train) -> Path:
     dataset folder; ``train`` overrides keys of the ``train`` section."""
     cfg = {
         "name": "tiny",
-        "model": {"backbone": "mugstan-tiny", "temporal": "stan", "context_length": 16, "stan": {"depth": 2, "drop_path": 0.0}},
+        "model": {"backbone": "mugstan-tiny", "branch": "stan", "head": "mean", "context_length": 16, "stan": {"depth": 2, "drop_path": 0.0}},
         "data": {"dataset": "jsonl", "root": str(data), "train_ann": str(data / "train.jsonl"), "num_frames": 4,
                  "image_size": 32, "num_workers": 0},
         "train": {"output_dir": str(out), "epochs": 1, "batch_size": 4, "lr": 1e-4, "warmup": 2, "log_every": 1,

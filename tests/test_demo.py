@@ -26,7 +26,7 @@ def test_quick_demo_writes_every_output(quick_demo, capsys):
     assert "| meanP (CLIP4Clip) |" in (out / "results.md").read_text()
     for name in ["results.png", *[q["image"] for q in results["examples"]["queries"]]]:
         assert (out / name).stat().st_size > 5000, name
-    for stage in ("pretrain_clip", "meanp", "stan_self"):  # every stage went through the engine
+    for stage in ("pretrain_clip", "meanP", "stan"):  # every stage went through the engine
         assert (out / stage / "checkpoints" / "best" / "model.safetensors").is_file()
         assert (out / stage / "metrics.jsonl").is_file()
 
@@ -44,8 +44,8 @@ def test_same_seed_same_table(quick_demo, tmp_path):
 
 
 def test_bench_aggregates_mean_and_spread():
-    runs = [{"seed": s, "name": "meanp", **{k: v for k in (*demo.METRICS, "train seconds")}} for s, v in ((0, 40.0), (1, 50.0), (2, 60.0))]
-    (row,) = bench.aggregate(runs, ["meanp"])
+    runs = [{"seed": s, "name": "meanP", **{k: v for k in (*demo.METRICS, "train seconds")}} for s, v in ((0, 40.0), (1, 50.0), (2, 60.0))]
+    (row,) = bench.aggregate(runs, ["meanP"])
     assert row["seeds"] == 3 and row["t2v R@1"] == pytest.approx(50.0) and row["t2v R@1 std"] == pytest.approx(10.0)
     assert "50.0 ± 10.0" in demo.markdown_table([row])
 
@@ -53,10 +53,10 @@ def test_bench_aggregates_mean_and_spread():
 def test_bench_synthetic_runs_two_seeds_and_resumes(tmp_path, capsys):
     """``mugstan bench synthetic --quick``: one line per (seed, model), the summary table, and a
     second call with the same seeds runs nothing again."""
-    args = ["bench", "synthetic", "--quick", "--models", "meanp", "stan_conv", "--seeds", "0", "1", "--out", str(tmp_path), "--no-progress"]
+    args = ["bench", "synthetic", "--quick", "--models", "meanP", "stan_conv", "--seeds", "0", "1", "--out", str(tmp_path), "--no-progress"]
     assert cli(args) == 0
     runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
-    assert [(r["seed"], r["name"]) for r in runs] == [(0, "meanp"), (0, "stan_conv"), (1, "meanp"), (1, "stan_conv")]
+    assert [(r["seed"], r["name"]) for r in runs] == [(0, "meanP"), (0, "stan_conv"), (1, "meanP"), (1, "stan_conv")]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [r["model"] for r in summary["rows"]] == ["meanP (CLIP4Clip)", "STAN-conv"] and all(r["seeds"] == 2 for r in summary["rows"])
     assert "| STAN-conv |" in (tmp_path / "summary.md").read_text() and (tmp_path / "summary.png").stat().st_size > 5000

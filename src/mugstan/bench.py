@@ -1,6 +1,6 @@
 """``mugstan bench synthetic``: every temporal module and head on the synthetic benchmark, several seeds.
 
-    mugstan bench synthetic [--models meanp seqtransf tdb_tab stan_self stan_conv mugstan]
+    mugstan bench synthetic [--models meanP seqTransf tdb_tab stan stan_conv mugstan]
                             [--seeds 0 1 2] [--out bench_synthetic] [--videos 600] [--quick]
 
 For each seed: render the benchmark with that seed, pretrain the small CLIP, fine-tune every

@@ -29,31 +29,34 @@ import torch
 
 from mugstan.config import ExperimentConfig, load_config
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
-DEMO_MODELS = ("meanp", "stan_self")
-ALL_MODELS = ("meanp", "seqtransf", "tdb_tab", "stan_self", "stan_conv", "mugstan")
-LABELS = {"meanp": "meanP (CLIP4Clip)", "seqtransf": "seqTransf (CLIP4Clip)", "tdb_tab": "TDB+TAB (CLIP2Video)",
-          "stan_self": "STAN-self", "stan_conv": "STAN-conv", "mugstan": "Mug-STAN"}
+CONFIG_DIR = Path(__file__).parent / "configs" / "synthetic"  # package data: works from a wheel
+DEMO_MODELS = ("meanP", "stan")
+ALL_MODELS = ("meanP", "seqTransf", "tdb_tab", "stan", "stan_conv", "mugstan")
+LABELS = {"meanP": "meanP (CLIP4Clip)", "seqTransf": "seqTransf (CLIP4Clip)", "tdb_tab": "TDB+TAB (CLIP2Video)",
+          "stan": "STAN-self", "stan_conv": "STAN-conv", "mugstan": "Mug-STAN"}
 METRICS = ("t2v R@1", "t2v R@5", "v2t R@1", "pair accuracy", "zero-shot motion top-1")
 # --quick: tiny sizes that run every stage in about a minute; the numbers mean nothing.
 QUICK = ["train.epochs=1", "train.max_steps=6", "data.num_frames=4"]
 
 
-def config_dir() -> Path:
-    if not CONFIG_DIR.is_dir():
-        raise FileNotFoundError(f"{CONFIG_DIR} is missing: the synthetic configs ship in the repository's configs/synthetic/ "
-                                "(install mugstan from a checkout with `pip install -e .`)")
-    return CONFIG_DIR
+def stage_config(name: str, paths: dict, out: Path, overrides: Sequence[str] = (), save: bool = True) -> ExperimentConfig:
+    """The packaged configs/synthetic/NAME.yaml with ``paths`` (``{"data.root": folder, ...}``,
+    taken as they are) and dotted overrides applied; saved as OUT/configs/NAME.yaml for reruns
+    with ``mugstan train``."""
+    from mugstan.config import save_config
+
+    cfg = load_config(CONFIG_DIR / f"{name}.yaml", [*paths.items(), ("train.output_dir", str(out / name)), *overrides])
+    if save:
+        (out / "configs").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "configs" / f"{name}.yaml")
+    return cfg
 
 
-def stage_config(name: str, data: Path, out: Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """configs/synthetic/NAME.yaml with DATA (the dataset folder) and OUT (the output folder)
-    filled in, plus dotted overrides. The filled-in file is kept in OUT/configs/ for reruns."""
-    text = (config_dir() / f"{name}.yaml").read_text().replace("DATA", str(data)).replace("OUT", str(out))
-    path = out / "configs" / f"{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return load_config(path, overrides)
+def video_paths(data: Path, clip: Optional[Path] = None, test_ann: str = "test.jsonl") -> dict:
+    """Config paths of a fine-tuning stage on the generated dataset ``data``."""
+    paths = {"data.root": str(data), "data.train_ann": str(data / "train.jsonl"), "data.val_ann": str(data / "val.jsonl"),
+             "data.test_ann": str(data / test_ann), "data.extra": {"class_names": str(data / "classes.txt")}}
+    return {**paths, "model.weights": str(clip)} if clip else paths
 
 
 def export_clip(checkpoint: Path, dest: Path) -> Path:
@@ -89,16 +92,15 @@ def pair_accuracy(model, cfg: ExperimentConfig, data: Path) -> tuple[float, torc
     Also returns the score matrix [captions, videos] and the test annotations."""
     from mugstan.data.datasets import load_annotations
     from mugstan.engine.distributed import DistInfo
-    from mugstan.engine.evaluate import _stack, embed_clips, embed_texts
-    from mugstan.models import Embeddings
+    from mugstan.engine.evaluate import embed_clips, embed_texts, stack_clips
 
     ann = load_annotations(cfg.data, "test")
     videos, dropped = embed_clips(model, cfg, ann, DistInfo(), "test", progress=False)
     if dropped:
         raise RuntimeError(f"synthetic test videos failed to decode: {dropped[:3]}; render the data again (--overwrite)")
-    video = _stack([videos[i] for i in range(len(ann.clips))])
+    video = stack_clips([videos[i] for i in range(len(ann.clips))])
     text = embed_texts(model, ann.captions, torch.device("cpu"))
-    scores = model.similarity(Embeddings(text.x, text.mask), Embeddings(video.x, video.mask)).float()
+    scores = model.similarity(text, video).float()
     own = torch.tensor(ann.caption_clip)
     twin = torch.as_tensor(twins(data))[own]
     rows = torch.arange(len(own))
@@ -204,7 +206,8 @@ def prepare(out: Path, seed: int = 0, quick: bool = False, videos: Optional[int]
     log(f"   {meta['counts']} videos in {data}")
 
     log("2/4 pretraining a small CLIP from scratch on single frames with appearance-only captions")
-    cfg = stage_config("pretrain_clip", data, out, [f"train.seed={seed}", *(QUICK if quick else [])])
+    paths = {"data.root": str(data), "data.train_ann": str(data / "images_train.jsonl"), "data.val_ann": str(data / "images_val.jsonl")}
+    cfg = stage_config("pretrain_clip", paths, out, [f"train.seed={seed}", *(QUICK if quick else [])])
     start = time.time()
     results = train(cfg, progress=progress)
     clip = export_clip(Path(cfg.train.output_dir) / "checkpoints" / "best", out / "pretrain_clip" / "clip.safetensors")
@@ -222,14 +225,14 @@ def finetune(name: str, prep: Prepared, out: Path, seed: int = 0, quick: bool = 
     from mugstan.engine.evaluate import evaluate
     from mugstan.engine.train import train
 
-    overrides = [f"train.seed={seed}", f"model.weights={prep.clip}", *(QUICK if quick else [])]
-    cfg = stage_config(name, prep.data, out, overrides)
+    overrides = [f"train.seed={seed}", *(QUICK if quick else [])]
+    cfg = stage_config(name, video_paths(prep.data, prep.clip), out, overrides)
     start = time.time()
     results = train(cfg, progress=progress)
     seconds = time.time() - start
     model, _ = load_model(Path(cfg.train.output_dir) / "checkpoints" / "best")
     pair, scores, ann = pair_accuracy(model, cfg, prep.data)
-    rec_cfg = stage_config(name, prep.data, out, [*overrides, f"data.test_ann={prep.data / 'recognition_test.jsonl'}"])
+    rec_cfg = stage_config(name, video_paths(prep.data, prep.clip, "recognition_test.jsonl"), out, overrides, save=False)
     rec = evaluate(model, rec_cfg, "test", progress=False)
     test = results["test"]["retrieval"]
     row = {"model": LABELS[name], "t2v R@1": test["t2v"]["R@1"], "t2v R@5": test["t2v"]["R@5"], "v2t R@1": test["v2t"]["R@1"],
