@@ -109,3 +109,88 @@ def test_ucf101_needs_a_valid_classind(ucf, tmp_path):
     twice = crlf(tmp_path / "twice.txt", ["1 ApplyEyeMakeup", "2 ApplyEyeMakeup"])
     with pytest.raises(ValueError, match=r"twice.txt:2: class 'ApplyEyeMakeup' is named twice"):
         load_annotations(cfg(ucf["root"], "ucf101", test_ann=str(ucf["lists"] / "testlist01.txt"), extra={"class_names": twice}), "test")
+
+
+# ---- HMDB-51 ---------------------------------------------------------------------------------
+# flags per class and split: {class: {video: (split1, split2, split3)}}
+HMDB = {
+    "brush_hair": {"April_09_brush_hair_u_nm_np1_ba_goo_0.avi": (1, 2, 1),
+                   "Blonde_being_brushed_brush_hair_f_nm_np2_ri_med_0.avi": (2, 1, 0),
+                   "Brushing_Hair_with_Beth_brush_hair_h_nm_np1_le_goo_0.avi": (0, 1, 2)},
+    "cartwheel": {"(Rad)Schlag_die_Bank!_cartwheel_f_cm_np1_le_med_0.avi": (1, 1, 2),
+                  "Acrobacias_de_un_fenomeno_cartwheel_f_cm_np1_ba_bad_8.avi": (2, 0, 1)},
+    "sword_exercise": {"Blade_Of_Fury_-_Scene_1_sword_exercise_f_cm_np1_ri_med_3.avi": (0, 2, 1),
+                       "Sword_exercise_sword_exercise_u_cm_np1_fr_goo_1.avi": (1, 2, 2)},
+}
+
+
+@pytest.fixture(scope="module")
+def hmdb(tmp_path_factory):
+    base = tmp_path_factory.mktemp("hmdb")
+    root, splits = base / "hmdb51_org", base / "testTrainMulti_7030_splits"
+    splits.mkdir()
+    for i, (cls, videos) in enumerate(HMDB.items()):
+        for name in videos:
+            write_video(root / cls / name, frames=8, seed=i)
+        for k in (1, 2, 3):
+            (splits / f"{cls}_test_split{k}.txt").write_text("".join(f"{name} {flags[k - 1]} \n" for name, flags in videos.items()))
+    return {"root": root, "splits": splits}
+
+
+def hmdb_cfg(hmdb, k=1, any_class="brush_hair"):
+    ann = str(hmdb["splits"] / f"{any_class}_test_split{k}.txt")
+    return cfg(hmdb["root"], "hmdb51", train_ann=ann, val_ann=ann, test_ann=ann)
+
+
+def expected_hmdb(root, k, flag):
+    """(path, label) of the videos with this flag in split k, by class then file order."""
+    names = sorted(HMDB)
+    return [(str(root / cls / name), names.index(cls))
+            for cls in names for name, flags in HMDB[cls].items() if flags[k - 1] == flag]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_hmdb51_splits(hmdb, k):
+    for split, flag in (("train", 1), ("val", 2), ("test", 2)):
+        ann = load_annotations(hmdb_cfg(hmdb, k), split)
+        assert ann.class_names == ["brush_hair", "cartwheel", "sword_exercise"]
+        assert list(zip([c.path for c in ann.clips], ann.labels)) == expected_hmdb(hmdb["root"], k, flag), (split, k)
+    # the split is the same whichever class file names it
+    assert load_annotations(hmdb_cfg(hmdb, k, "sword_exercise"), "train").labels == load_annotations(hmdb_cfg(hmdb, k), "train").labels
+
+
+def test_hmdb51_split1_by_hand(hmdb):
+    """Split 1 spelled out: flag 1 train, 2 test, 0 in neither; flags are never labels."""
+    r = hmdb["root"]
+    train = load_annotations(hmdb_cfg(hmdb), "train")
+    assert [c.path for c in train.clips] == [str(r / "brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi"),
+                                             str(r / "cartwheel/(Rad)Schlag_die_Bank!_cartwheel_f_cm_np1_le_med_0.avi"),
+                                             str(r / "sword_exercise/Sword_exercise_sword_exercise_u_cm_np1_fr_goo_1.avi")]
+    assert train.labels == [0, 1, 2]
+    test = load_annotations(hmdb_cfg(hmdb), "test")
+    assert [c.path for c in test.clips] == [str(r / "brush_hair/Blonde_being_brushed_brush_hair_f_nm_np2_ri_med_0.avi"),
+                                            str(r / "cartwheel/Acrobacias_de_un_fenomeno_cartwheel_f_cm_np1_ba_bad_8.avi")]
+    assert test.labels == [0, 1]
+    item = build_dataset(hmdb_cfg(hmdb), "test")[1]
+    assert item["label"] == 1 and item["frames"].shape == (4, 3, 32, 32)
+
+
+def test_hmdb51_errors(hmdb, tmp_path):
+    splits = tmp_path / "testTrainMulti_7030_splits"
+    splits.mkdir()
+    for cls in HMDB:
+        for k in (1, 2):
+            (splits / f"{cls}_test_split{k}.txt").write_text("a.avi 1 \nb.avi 2 \n")
+    (splits / "cartwheel_test_split1.txt").write_text("a.avi 1 \nb.avi 3 \n")
+    with pytest.raises(ValueError, match=r"cartwheel_test_split1.txt:2: expected '<video>.avi <flag>' with flag 0 \(unused\), 1 \(train\) or 2 \(test\), got 'b.avi 3'"):
+        load_annotations(cfg(hmdb["root"], "hmdb51", train_ann=str(splits / "brush_hair_test_split1.txt")), "train")
+    (splits / "cartwheel_test_split1.txt").write_text("a.avi 1 \nb.avi\n")
+    with pytest.raises(ValueError, match=r"cartwheel_test_split1.txt:2: expected '<video>.avi <flag>'"):
+        load_annotations(cfg(hmdb["root"], "hmdb51", train_ann=str(splits / "brush_hair_test_split1.txt")), "train")
+    (splits / "sword_exercise_test_split2.txt").unlink()
+    with pytest.raises(ValueError, match=r"no sword_exercise_test_split2.txt although sword_exercise has files for other splits"):
+        load_annotations(cfg(hmdb["root"], "hmdb51", test_ann=str(splits / "brush_hair_test_split2.txt")), "test")
+    other = tmp_path / "hmdb_train.txt"
+    other.write_text("brush_hair/a.avi 0\n")
+    with pytest.raises(ValueError, match=r"hmdb_train.txt: expected one of HMDB-51's split files, <class>_test_split<k>.txt"):
+        load_annotations(cfg(hmdb["root"], "hmdb51", train_ann=str(other)), "train")

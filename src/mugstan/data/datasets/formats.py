@@ -264,6 +264,46 @@ def ucf101(cfg: DataConfig, split: str) -> Annotations:
     return Annotations(clips, labels=labels, class_names=names, source=str(path))
 
 
+HMDB_FLAGS = {"train": "1", "val": "2", "test": "2"}  # HMDB-51 has no validation split
+
+
+def hmdb51(cfg: DataConfig, split: str) -> Annotations:
+    """HMDB-51's official splits (testTrainMulti_7030_splits/, any of splits 1-3).
+
+    One file per class and split, <class>_test_split<k>.txt, lines "<video>.avi <flag>": 1 train,
+    2 test, 0 unused. data.{train,val,test}_ann names any one file of split k; the 51 files of that
+    split are read from its folder, classes numbered in sorted order of their names. Train takes
+    flag 1, val and test flag 2. Videos: <data.root>/<class>/<video>.avi (hmdb51_org's class rars).
+    """
+    path = _ann_file(cfg, split)
+    match = re.fullmatch(r".+_test_split(\d+)\.txt", path.name)
+    if not match:
+        raise ValueError(f"{path}: expected one of HMDB-51's split files, <class>_test_split<k>.txt "
+                         "(testTrainMulti_7030_splits/brush_hair_test_split1.txt for split 1)")
+    suffix = f"_test_split{match.group(1)}.txt"
+    files = sorted(path.parent.glob(f"*{suffix}"))
+    names = [f.name[: -len(suffix)] for f in files]
+    every_split = {re.sub(r"_test_split\d+\.txt$", "", f.name) for f in path.parent.glob("*_test_split*.txt")}
+    missing = sorted(every_split - set(names))
+    if missing:
+        raise ValueError(f"{path.parent}: no {missing[0]}{suffix} although {missing[0]} has files for other splits "
+                         f"({len(missing)} classes lack split {match.group(1)}): extract the complete split archive")
+    root = Path(cfg.root).expanduser()
+    clips, labels = [], []
+    for label, (name, file) in enumerate(zip(names, files)):
+        for n, line in enumerate(file.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                raise ValueError(f"{file}:{n}: expected '<video>.avi <flag>' with flag 0 (unused), 1 (train) or "
+                                 f"2 (test), got {line.strip()!r}")
+            if parts[1] == HMDB_FLAGS[split]:
+                clips.append(Clip(str(root / name / parts[0])))
+                labels.append(label)
+    return Annotations(clips, labels=labels, class_names=names, source=str(path))
+
+
 def kinetics_csv(cfg: DataConfig, split: str) -> Annotations:
     """Kinetics CSV label,youtube_id,time_start,time_end,split; files <youtube_id>_<start:06d>_<end:06d>.*"""
     path = _ann_file(cfg, split)
@@ -371,6 +411,6 @@ def jsonl(cfg: DataConfig, split: str) -> Annotations:
 
 FORMATS: dict[str, Callable[[DataConfig, str], Annotations]] = {
     "msrvtt": msrvtt, "msrvtt_json": msrvtt_json, "didemo": didemo, "lsmdc": lsmdc, "msvd": msvd,
-    "vatex": vatex, "activitynet": activitynet, "video_list": video_list, "ucf101": ucf101,
+    "vatex": vatex, "activitynet": activitynet, "video_list": video_list, "ucf101": ucf101, "hmdb51": hmdb51,
     "kinetics_csv": kinetics_csv, "ssv2": ssv2, "webvid": webvid, "cc3m": cc3m, "jsonl": jsonl,
 }
