@@ -194,3 +194,52 @@ def test_hmdb51_errors(hmdb, tmp_path):
     other.write_text("brush_hair/a.avi 0\n")
     with pytest.raises(ValueError, match=r"hmdb_train.txt: expected one of HMDB-51's split files, <class>_test_split<k>.txt"):
         load_annotations(cfg(hmdb["root"], "hmdb51", train_ann=str(other)), "train")
+
+
+# ---- WebVid ----------------------------------------------------------------------------------
+WEBVID_ROWS = [  # videoid, contentUrl, duration, page_dir, name
+    ("31353427", "https://ak.picdn.net/shutterstock/videos/31353427/preview/stock-footage-merida.mp4", "PT00H00M31S", "006001_006050",
+     "Merida, mexico - may 23, 2017: tourists are walking on a roadside near catholic church."),
+    ("14781349", "https://ak.picdn.net/shutterstock/videos/14781349/preview/stock-footage-happy-family.mp4", "PT00H00M10S", "006001_006050",
+     "Happy family using laptop on bed at home"),
+    ("1021407538", "https://ak.picdn.net/shutterstock/videos/1021407538/preview/stock-footage-aerial.mp4", "PT00H00M19S", "1031101_1031150",
+     'Aerial shot of a "green" forest'),
+]
+
+
+@pytest.fixture(scope="module")
+def webvid_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("webvid") / "videos"
+    for i, (videoid, _, _, page_dir, _) in enumerate(WEBVID_ROWS):
+        write_video(root / page_dir / f"{videoid}.mp4", frames=8, seed=i)
+    return root
+
+
+def test_webvid_official_csv(webvid_root, tmp_path):
+    ann = tmp_path / "results_2M_val.csv"
+    with ann.open("w", newline="") as f:
+        csv.writer(f).writerows([["videoid", "contentUrl", "duration", "page_dir", "name"], *WEBVID_ROWS])
+    a = load_annotations(cfg(webvid_root, "webvid", train_ann=str(ann)), "train")
+    assert [c.path for c in a.clips] == [str(webvid_root / "006001_006050/31353427.mp4"), str(webvid_root / "006001_006050/14781349.mp4"),
+                                         str(webvid_root / "1031101_1031150/1021407538.mp4")]
+    assert a.captions == [row[4] for row in WEBVID_ROWS] and a.caption_clip == [0, 1, 2]
+    item = build_dataset(cfg(webvid_root, "webvid", train_ann=str(ann)), "train", Tokenizer(16))[2]
+    assert item["frames"].shape == (4, 3, 32, 32) and item["text_mask"].sum() > 2
+    # the 2.5M release orders its columns differently (videoid,name,page_idx,page_dir,duration,contentUrl)
+    other = tmp_path / "results_2M_train.csv"
+    with other.open("w", newline="") as f:
+        csv.writer(f).writerows([["videoid", "name", "page_idx", "page_dir", "duration", "contentUrl"],
+                                 *[(v, name, 0, page, d, url) for v, url, d, page, name in WEBVID_ROWS]])
+    b = load_annotations(cfg(webvid_root, "webvid", train_ann=str(other)), "train")
+    assert [c.path for c in b.clips] == [c.path for c in a.clips] and b.captions == a.captions
+
+
+def test_webvid_csv_errors(webvid_root, tmp_path):
+    ann = tmp_path / "results.csv"
+    with ann.open("w", newline="") as f:
+        csv.writer(f).writerows([["videoid", "contentUrl", "duration", "page_dir", "name"], WEBVID_ROWS[0], ("123", "url", "PT1S", "", "no folder")])
+    with pytest.raises(ValueError, match=r"results.csv:3: empty page_dir"):
+        load_annotations(cfg(webvid_root, "webvid", train_ann=str(ann)), "train")
+    ann.write_text("video,text\na.mp4,a cat\n")
+    with pytest.raises(ValueError, match=r"results.csv: expected WebVid's header videoid,contentUrl,duration,page_dir,name or the columns path,caption, got video,text"):
+        load_annotations(cfg(webvid_root, "webvid", train_ann=str(ann)), "train")

@@ -340,15 +340,39 @@ def ssv2(cfg: DataConfig, split: str) -> Annotations:
 
 # ---- pretraining ---------------------------------------------------------------------------
 def webvid(cfg: DataConfig, split: str) -> Annotations:
-    """JSON {"relative/path.mp4": "caption"} or CSV with columns path,caption."""
+    """WebVid's CSV (videoid,contentUrl,duration,page_dir,name; videos <page_dir>/<videoid>.mp4
+    under data.root as the official downloader saves them), a CSV path,caption, or JSON
+    {"relative/path.mp4": "caption"}."""
     path = _ann_file(cfg, split)
     if path.suffix == ".csv":
-        with path.open(newline="") as f:
-            pairs = [(r["path"], r["caption"]) for r in csv.DictReader(f)]
+        pairs = _webvid_csv(path)
     else:
         pairs = list(_load_json(path).items())
     root = Path(cfg.root).expanduser()
     return Annotations([Clip(str(root / p)) for p, _ in pairs], [c for _, c in pairs], list(range(len(pairs))), source=str(path))
+
+
+def _webvid_csv(path: Path) -> list[tuple[str, str]]:
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns = set(reader.fieldnames or ())
+        if {"videoid", "page_dir", "name"} <= columns:
+            fields, official = ("videoid", "page_dir", "name"), True
+        elif {"path", "caption"} <= columns:
+            fields, official = ("path", "caption"), False
+        else:
+            raise ValueError(f"{path}: expected WebVid's header videoid,contentUrl,duration,page_dir,name or the "
+                             f"columns path,caption, got {','.join(reader.fieldnames or ())}")
+        pairs = []
+        for row in reader:
+            empty = [k for k in fields if not (row.get(k) or "").strip()]
+            if empty:
+                raise ValueError(f"{path}:{reader.line_num}: empty {', '.join(empty)}: fill it in or remove the row")
+            if official:
+                pairs.append((f"{row['page_dir'].strip()}/{row['videoid'].strip()}.mp4", row["name"]))
+            else:
+                pairs.append((row["path"], row["caption"]))
+    return pairs
 
 
 def cc3m(cfg: DataConfig, split: str) -> Annotations:
