@@ -9,15 +9,17 @@ import yaml
 
 
 def write_video(path, frames: int = 16, size=(48, 32), fps: int = 8, gop: int = 4, seed: int = 0) -> Path:
-    """An H.264 mp4 whose frame i is filled with a value that encodes i (for checking sampling)."""
+    """A video whose frame i is filled with a value that encodes i (for checking sampling): H.264,
+    or VP9 for .webm (Something-Something-V2), MPEG-4 Part 2 for .avi (UCF-101, HMDB-51: XviD/DivX)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     with av.open(str(path), "w") as out:
-        webm = path.suffix == ".webm"  # Something-Something-V2 ships VP9 in WebM
-        stream = out.add_stream("libvpx-vp9" if webm else "libx264", rate=fps)
+        codec, options = {".webm": ("libvpx-vp9", {}), ".avi": ("mpeg4", {"qscale": "2", "threads": "1"})}.get(
+            path.suffix, ("libx264", {"crf": "10", "threads": "1"}))
+        stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-        stream.options = {"g": str(gop)} if webm else {"g": str(gop), "crf": "10", "threads": "1"}
+        stream.options = {"g": str(gop), **options}
         for i in range(frames):
             img = np.full((size[1], size[0], 3), (i * 9) % 256, dtype=np.uint8)
             img[: size[1] // 4] = rng.integers(0, 255, (size[1] // 4, size[0], 3), dtype=np.uint8)

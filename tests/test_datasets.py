@@ -83,8 +83,12 @@ def test_activitynet_paragraph(root, tmp_path):
 
 def test_recognition_lists(root, tmp_path):
     lst = write(tmp_path / "testlist.txt", "video0.mp4 1\nvideo1.mp4 0\n")
-    names = write(tmp_path / "classInd.txt", "1 ApplyEyeMakeup\n2 Archery\n")
+    names = write(tmp_path / "classes.txt", "ApplyEyeMakeup\nArchery\n")
     a = load_annotations(cfg(root, "video_list", test_ann=lst, extra={"class_names": names}), "test")
+    assert a.labels == [1, 0] and a.class_names == ["ApplyEyeMakeup", "Archery"]
+    numbered = write(tmp_path / "classInd.txt", "1 ApplyEyeMakeup\n2 Archery\n")  # labels are its numbers
+    lst = write(tmp_path / "trainlist.txt", "video0.mp4 2\nvideo1.mp4 1\n")
+    a = load_annotations(cfg(root, "video_list", test_ann=lst, extra={"class_names": numbered}), "test")
     assert a.labels == [1, 0] and a.class_names == ["ApplyEyeMakeup", "Archery"]
     k = write(tmp_path / "kinetics_val.csv", "label,youtube_id,time_start,time_end,split\nabseiling,yt1,10,20,val\n")
     a = load_annotations(cfg(root, "kinetics_csv", test_ann=k), "test")

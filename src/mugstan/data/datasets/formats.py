@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import pickle
+import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Optional
@@ -170,34 +171,136 @@ def activitynet(cfg: DataConfig, split: str) -> Annotations:
 
 
 # ---- recognition ----------------------------------------------------------------------------
+def _read_classes(path: Path) -> tuple[list[str], int]:
+    """A class-name file: (names in index order, the number of the first class).
+
+    Either one name per line (the line order is the index; first number 0), or numbered lines
+    "1 ApplyEyeMakeup" as in UCF-101's classInd.txt, whose numbers must run on by one from the
+    first (labels elsewhere are these numbers).
+    """
+    lines = [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    if not lines:
+        raise ValueError(f"{path}: no class names")
+    numbered = all(re.fullmatch(r"\d+\s+\S.*", line) for _, line in lines)
+    names, first = [], int(lines[0][1].split()[0]) if numbered else 0
+    for n, line in lines:
+        if numbered:
+            number, name = line.split(maxsplit=1)
+            if int(number) != first + len(names):
+                raise ValueError(f"{path}:{n}: class number {number}, expected {first + len(names)}: "
+                                 "numbers must run on by one (\"1 ApplyEyeMakeup\", \"2 ApplyLipstick\", ...)")
+            line = name.strip()
+        if line in names:
+            raise ValueError(f"{path}:{n}: class {line!r} is named twice")
+        names.append(line)
+    return names, first
+
+
 def _class_names(path: Optional[Path]) -> Optional[list[str]]:
-    """One name per line; UCF-101's "1 ApplyEyeMakeup" lines are accepted too."""
-    if path is None:
-        return None
-    names = []
-    for line in path.read_text().splitlines():
-        parts = line.strip().split(maxsplit=1)
-        if parts:
-            names.append(parts[1] if len(parts) == 2 and parts[0].isdigit() else line.strip())
-    return names
+    return None if path is None else _read_classes(path)[0]
 
 
 def video_list(cfg: DataConfig, split: str) -> Annotations:
-    """Kinetics-400 / HMDB-51 / UCF-101 lists: "relative/path.mp4 <label>" per line (+ class names file)."""
+    """Lists "relative/path.mp4 <label>" per line (+ optional class-name file data.extra.class_names).
+
+    Labels count from 0, or, with a numbered class file (classInd.txt), are its numbers.
+    """
     path = _ann_file(cfg, split)
     root = Path(cfg.root).expanduser()
+    names_file = _extra(cfg, "class_names", required=False)
+    names, first = _read_classes(names_file) if names_file else (None, 0)
     clips, labels = [], []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         rel, _, label = line.strip().rpartition(" ")
         if not rel or not label.lstrip("-").isdigit():
-            raise ValueError(f"{path}:{n}: expected 'relative/path.mp4 <integer label>', got {line!r}")
+            hint = " (UCF-101's testlist has no labels: use data.dataset=ucf101)" if not rel else ""
+            raise ValueError(f"{path}:{n}: expected 'relative/path.mp4 <integer label>', got {line!r}{hint}")
+        if names is not None and not first <= int(label) < first + len(names):
+            raise ValueError(f"{path}:{n}: label {label} is not a class of {names_file} "
+                             f"(numbered {first}-{first + len(names) - 1})")
         clips.append(Clip(str(root / rel)))
-        labels.append(int(label))
-    names = _class_names(_extra(cfg, "class_names", required=False))
-    if names is not None and max(labels) >= len(names):
-        raise ValueError(f"{path}: label {max(labels)} but only {len(names)} class names in {cfg.extra['class_names']}")
+        labels.append(int(label) - first)
+    return Annotations(clips, labels=labels, class_names=names, source=str(path))
+
+
+def ucf101(cfg: DataConfig, split: str) -> Annotations:
+    """UCF-101's official splits (ucfTrainTestlist/), any of splits 1-3.
+
+    trainlist0k.txt: "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1" (label numbered as in
+    classInd.txt, from 1); testlist0k.txt: the path alone. data.extra.class_names: classInd.txt
+    ("1 ApplyEyeMakeup"). The class of a video is its folder; a label, where given, must agree.
+    Videos: <data.root>/<Class>/<file>.avi (the UCF-101/ folder of UCF101.rar).
+    """
+    path = _ann_file(cfg, split)
+    names_file = _extra(cfg, "class_names")
+    names, first = _read_classes(names_file)
+    index = {name: i for i, name in enumerate(names)}
+    root = Path(cfg.root).expanduser()
+    clips, labels = [], []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        folder, slash, _ = parts[0].partition("/")
+        if len(parts) > 2 or not slash:
+            raise ValueError(f"{path}:{n}: expected '<Class>/<video>.avi' (testlist) or '<Class>/<video>.avi <label>' "
+                             f"(trainlist), got {line.strip()!r}")
+        if folder not in index:
+            raise ValueError(f"{path}:{n}: class {folder!r} is not in {names_file}: give the classInd.txt of "
+                             "the same ucfTrainTestlist as data.extra.class_names")
+        if len(parts) == 2:
+            label = parts[1]
+            if not label.isdigit() or not first <= int(label) < first + len(names):
+                raise ValueError(f"{path}:{n}: label {label!r} is not a class number of {names_file} "
+                                 f"({first}-{first + len(names) - 1})")
+            if int(label) - first != index[folder]:
+                raise ValueError(f"{path}:{n}: label {label} is {names[int(label) - first]!r} in {names_file}, but the "
+                                 f"video is in folder {folder!r} (number {index[folder] + first}): the list and "
+                                 "classInd.txt do not belong together")
+        clips.append(Clip(str(root / parts[0])))
+        labels.append(index[folder])
+    return Annotations(clips, labels=labels, class_names=names, source=str(path))
+
+
+HMDB_FLAGS = {"train": "1", "val": "2", "test": "2"}  # HMDB-51 has no validation split
+
+
+def hmdb51(cfg: DataConfig, split: str) -> Annotations:
+    """HMDB-51's official splits (testTrainMulti_7030_splits/, any of splits 1-3).
+
+    One file per class and split, <class>_test_split<k>.txt, lines "<video>.avi <flag>": 1 train,
+    2 test, 0 unused. data.{train,val,test}_ann names any one file of split k; the 51 files of that
+    split are read from its folder, classes numbered in sorted order of their names. Train takes
+    flag 1, val and test flag 2. Videos: <data.root>/<class>/<video>.avi (hmdb51_org's class rars).
+    """
+    path = _ann_file(cfg, split)
+    match = re.fullmatch(r".+_test_split(\d+)\.txt", path.name)
+    if not match:
+        raise ValueError(f"{path}: expected one of HMDB-51's split files, <class>_test_split<k>.txt "
+                         "(testTrainMulti_7030_splits/brush_hair_test_split1.txt for split 1)")
+    suffix = f"_test_split{match.group(1)}.txt"
+    files = sorted(path.parent.glob(f"*{suffix}"))
+    names = [f.name[: -len(suffix)] for f in files]
+    every_split = {re.sub(r"_test_split\d+\.txt$", "", f.name) for f in path.parent.glob("*_test_split*.txt")}
+    missing = sorted(every_split - set(names))
+    if missing:
+        raise ValueError(f"{path.parent}: no {missing[0]}{suffix} although {missing[0]} has files for other splits "
+                         f"({len(missing)} classes lack split {match.group(1)}): extract the complete split archive")
+    root = Path(cfg.root).expanduser()
+    clips, labels = [], []
+    for label, (name, file) in enumerate(zip(names, files)):
+        for n, line in enumerate(file.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                raise ValueError(f"{file}:{n}: expected '<video>.avi <flag>' with flag 0 (unused), 1 (train) or "
+                                 f"2 (test), got {line.strip()!r}")
+            if parts[1] == HMDB_FLAGS[split]:
+                clips.append(Clip(str(root / name / parts[0])))
+                labels.append(label)
     return Annotations(clips, labels=labels, class_names=names, source=str(path))
 
 
@@ -237,15 +340,39 @@ def ssv2(cfg: DataConfig, split: str) -> Annotations:
 
 # ---- pretraining ---------------------------------------------------------------------------
 def webvid(cfg: DataConfig, split: str) -> Annotations:
-    """JSON {"relative/path.mp4": "caption"} or CSV with columns path,caption."""
+    """WebVid's CSV (videoid,contentUrl,duration,page_dir,name; videos <page_dir>/<videoid>.mp4
+    under data.root as the official downloader saves them), a CSV path,caption, or JSON
+    {"relative/path.mp4": "caption"}."""
     path = _ann_file(cfg, split)
     if path.suffix == ".csv":
-        with path.open(newline="") as f:
-            pairs = [(r["path"], r["caption"]) for r in csv.DictReader(f)]
+        pairs = _webvid_csv(path)
     else:
         pairs = list(_load_json(path).items())
     root = Path(cfg.root).expanduser()
     return Annotations([Clip(str(root / p)) for p, _ in pairs], [c for _, c in pairs], list(range(len(pairs))), source=str(path))
+
+
+def _webvid_csv(path: Path) -> list[tuple[str, str]]:
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns = set(reader.fieldnames or ())
+        if {"videoid", "page_dir", "name"} <= columns:
+            fields, official = ("videoid", "page_dir", "name"), True
+        elif {"path", "caption"} <= columns:
+            fields, official = ("path", "caption"), False
+        else:
+            raise ValueError(f"{path}: expected WebVid's header videoid,contentUrl,duration,page_dir,name or the "
+                             f"columns path,caption, got {','.join(reader.fieldnames or ())}")
+        pairs = []
+        for row in reader:
+            empty = [k for k in fields if not (row.get(k) or "").strip()]
+            if empty:
+                raise ValueError(f"{path}:{reader.line_num}: empty {', '.join(empty)}: fill it in or remove the row")
+            if official:
+                pairs.append((f"{row['page_dir'].strip()}/{row['videoid'].strip()}.mp4", row["name"]))
+            else:
+                pairs.append((row["path"], row["caption"]))
+    return pairs
 
 
 def cc3m(cfg: DataConfig, split: str) -> Annotations:
@@ -308,6 +435,6 @@ def jsonl(cfg: DataConfig, split: str) -> Annotations:
 
 FORMATS: dict[str, Callable[[DataConfig, str], Annotations]] = {
     "msrvtt": msrvtt, "msrvtt_json": msrvtt_json, "didemo": didemo, "lsmdc": lsmdc, "msvd": msvd,
-    "vatex": vatex, "activitynet": activitynet, "video_list": video_list, "kinetics_csv": kinetics_csv,
-    "ssv2": ssv2, "webvid": webvid, "cc3m": cc3m, "jsonl": jsonl,
+    "vatex": vatex, "activitynet": activitynet, "video_list": video_list, "ucf101": ucf101, "hmdb51": hmdb51,
+    "kinetics_csv": kinetics_csv, "ssv2": ssv2, "webvid": webvid, "cc3m": cc3m, "jsonl": jsonl,
 }
