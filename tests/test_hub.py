@@ -15,7 +15,7 @@ import torch
 
 from data_fixtures import write_config
 from mugstan import cli
-from mugstan.hub import HubError, method_name, parse_hf_spec, resolve_checkpoint, stage
+from mugstan.hub import HubError, method_name, parse_hf_spec, resolve_checkpoint, resolve_weights, stage
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 COMMIT = "a" * 40
@@ -72,12 +72,12 @@ def add_to_cache(cache: Path, repo_id: str, commit: str, files: Path, ref: str) 
     return snapshot
 
 
-def resolve_offline(hf_home: Path, *specs: str) -> subprocess.CompletedProcess:
-    """resolve_checkpoint in a fresh process: huggingface_hub reads HF_HOME and HF_HUB_OFFLINE
-    when it is imported, as it does for a user's `mugstan eval`."""
+def resolve_offline(hf_home: Path, *specs: str, function: str = "resolve_checkpoint") -> subprocess.CompletedProcess:
+    """``mugstan.hub.<function>`` in a fresh process: huggingface_hub reads HF_HOME and
+    HF_HUB_OFFLINE when it is imported, as it does for a user's `mugstan eval`."""
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(SRC)}
     env.pop("HF_HUB_CACHE", None)
-    code = "import sys\nfrom mugstan.hub import resolve_checkpoint\nfor s in sys.argv[1:]: print(resolve_checkpoint(s))"
+    code = f"import sys\nfrom mugstan.hub import {function} as f\nfor s in sys.argv[1:]: print(f(s))"
     return subprocess.run([sys.executable, "-c", code, *specs], env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -95,6 +95,24 @@ def test_hf_hub_loads_from_the_cache_offline(run, tmp_path):
     paths = [Path(line) for line in done.stdout.splitlines()]
     assert paths == [trained, trained, converted / "model.safetensors", converted / "model.safetensors"]
     assert same_weights(paths[0], run["model"]) and same_weights(paths[2], run["model"])
+
+
+def test_weights_from_the_cache_offline(tmp_path):
+    """model.weights: a HuggingFace CLIPModel repository resolves to its folder, a repository of one
+    open_clip-layout safetensors file to that file."""
+    for name, files in (("clip", ["config.json", "model.safetensors"]), ("single", ["clip.safetensors", "README.md"])):
+        (tmp_path / name).mkdir()
+        for f in files:
+            (tmp_path / name / f).write_text(f"{name} {f}")
+    cache = tmp_path / "hf" / "hub"
+    clip = add_to_cache(cache, "openai/clip", COMMIT, tmp_path / "clip", "main")
+    single = add_to_cache(cache, "org/single", COMMIT, tmp_path / "single", "main")
+    done = resolve_offline(tmp_path / "hf", "hf-hub:openai/clip", "hf-hub:org/single", "plain/ViT-B-32.pt", function="resolve_weights")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [str(clip), str(single / "clip.safetensors"), "plain/ViT-B-32.pt"]
+    (tmp_path / "single" / "other.safetensors").write_text("")
+    with pytest.raises(HubError, match="found .safetensors: clip.safetensors, other.safetensors"):
+        resolve_weights(f"local-dir:{tmp_path / 'single'}")
 
 
 def test_missing_name_offline_is_one_clear_line(tmp_path):
