@@ -1,0 +1,415 @@
+"""Load checkpoints by name from the Hugging Face Hub, and publish them: ``mugstan push``.
+
+Where a checkpoint or weights path is taken, three spellings are accepted:
+
+- a plain path (a checkpoint folder, a ``.safetensors`` file, ...), passed through unchanged;
+- ``hf-hub:org/name`` or ``hf-hub:org/name@revision`` (a branch, tag or commit): the repository
+  is downloaded with ``huggingface_hub.snapshot_download`` into its cache (``HF_HOME`` /
+  ``HF_HUB_CACHE``), once; with ``HF_HUB_OFFLINE=1`` only the cache is used;
+- ``local-dir:PATH``: a folder laid out like a Hub repository (e.g. a clone, or what
+  ``mugstan push --local-dir`` writes).
+
+A mugstan model repository holds one of two layouts, and ``resolve_checkpoint`` returns what
+``mugstan.engine.checkpoint.load_model`` takes:
+
+- a trained checkpoint: ``model.safetensors`` + ``config.yaml`` (+ ``README.md``) -> the folder;
+- a converted released checkpoint (``mugstan convert --format stan|clip2video``): that file,
+  unchanged, as ``model.safetensors`` (its metadata holds the ``model_config``; no
+  ``config.yaml``) + ``README.md`` -> the ``model.safetensors`` file.
+
+``mugstan push CHECKPOINT org/name`` uploads one of these layouts with a generated model card;
+training state (``state.pt``) is never uploaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional, Union
+
+import yaml
+
+HF_PREFIX = "hf-hub:"
+LOCAL_PREFIX = "local-dir:"
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+CARD_FILE = "README.md"
+# what a checkpoint repository needs; the model card comes along for the record
+CHECKPOINT_FILES = [MODEL_FILE, CONFIG_FILE, CARD_FILE]
+# CLIP weights (model.weights): a HuggingFace CLIPModel folder or a single safetensors file
+WEIGHTS_FILES = ["config.json", "*.safetensors"]
+REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class HubError(ValueError):
+    """A spec that cannot be resolved or a checkpoint that cannot be pushed; one line that names
+    the spec or file and the fix."""
+
+
+def is_spec(path: Union[str, Path]) -> bool:
+    """Whether ``path`` is an ``hf-hub:`` or ``local-dir:`` spec rather than a plain path."""
+    return isinstance(path, str) and path.startswith((HF_PREFIX, LOCAL_PREFIX))
+
+
+def parse_hf_spec(spec: str) -> tuple[str, Optional[str]]:
+    """``hf-hub:org/name[@revision]`` -> (``org/name``, revision or None)."""
+    body = spec[len(HF_PREFIX):] if spec.startswith(HF_PREFIX) else spec
+    repo_id, _, revision = body.partition("@")
+    if not REPO_ID.fullmatch(repo_id) or "--" in repo_id or ".." in repo_id:
+        raise HubError(f"{spec}: expected hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION (letters, digits, '-', '_', '.')")
+    if "@" in body and not revision:
+        raise HubError(f"{spec}: empty revision after '@' (name a branch, tag or commit, or leave out '@')")
+    return repo_id, revision or None
+
+
+def _one_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _download(spec: str, allow_patterns: Optional[list[str]]) -> Path:
+    """The cached snapshot folder of an ``hf-hub:`` spec (downloaded when online and missing)."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo_id, revision = parse_hf_spec(spec)
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=allow_patterns))
+    except LocalEntryNotFoundError as err:
+        if constants.HF_HUB_OFFLINE:
+            raise HubError(f"{spec}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1; "
+                           "run once online or set HF_HUB_OFFLINE=0") from None
+        raise HubError(f"{spec}: the Hub cannot be reached and it is not in the cache ({constants.HF_HUB_CACHE}): "
+                       f"check the connection, or use a local path ({_one_line(err)})") from None
+    except GatedRepoError:
+        raise HubError(f"{spec}: gated repository; accept its terms on https://huggingface.co/{repo_id} and log in "
+                       "(`hf auth login` or HF_TOKEN)") from None
+    except RepositoryNotFoundError:
+        raise HubError(f"{spec}: no model repository {repo_id} on the Hub (check the name; a private one needs "
+                       "`hf auth login` or HF_TOKEN)") from None
+    except RevisionNotFoundError:
+        raise HubError(f"{spec}: {repo_id} has no revision {revision!r} (name a branch, tag or commit that exists)") from None
+    except HfHubHTTPError as err:
+        raise HubError(f"{spec}: the Hub answered {_one_line(err)}") from None
+    except OSError as err:  # e.g. an incomplete cached snapshot while offline, a full disk
+        raise HubError(f"{spec}: {_one_line(err)}") from None
+
+
+def resolve_path(spec: Union[str, Path], allow_patterns: Optional[list[str]] = None) -> Path:
+    """A plain path unchanged (as a Path); ``local-dir:PATH`` -> that folder (which must exist);
+    ``hf-hub:org/name[@revision]`` -> its snapshot folder in the Hugging Face cache, downloading
+    the files that match ``allow_patterns`` (all when None) if they are not cached."""
+    if not is_spec(spec):
+        return Path(spec)
+    if spec.startswith(LOCAL_PREFIX):
+        folder = Path(spec[len(LOCAL_PREFIX):]).expanduser()
+        if not folder.is_dir():
+            raise HubError(f"{spec}: {folder} is not a folder (local-dir: names a folder laid out like a Hub repository)")
+        return folder
+    return _download(spec, allow_patterns)
+
+
+def _converted_model_config(path: Path) -> Optional[dict]:
+    """The ``model_config`` in the metadata of a ``mugstan convert --format stan|clip2video`` file
+    (None when the metadata has none)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for a damaged header
+        raise HubError(f"{path}: cannot be read as safetensors ({_one_line(err)})") from None
+    if "model_config" not in meta:
+        return None
+    try:
+        return json.loads(meta["model_config"])
+    except json.JSONDecodeError as err:
+        raise HubError(f"{path}: the model_config in its metadata is not JSON ({err})") from None
+
+
+def _checkpoint_in(folder: Path, spec: str) -> Path:
+    """The loadable checkpoint of a repository folder: the folder (trained layout) or its
+    model.safetensors (converted layout)."""
+    model = folder / MODEL_FILE
+    if not model.is_file():
+        raise HubError(f"{spec}: no {MODEL_FILE} in {folder} (a mugstan repository holds {MODEL_FILE}, "
+                       f"and {CONFIG_FILE} unless it is a converted file; upload one with `mugstan push`)")
+    if (folder / CONFIG_FILE).is_file():
+        return folder
+    if _converted_model_config(model) is None:
+        raise HubError(f"{spec}: {folder} has {MODEL_FILE} but no {CONFIG_FILE}, and the file's metadata holds no "
+                       "model_config; it is not a mugstan model (upload one with `mugstan push`)")
+    return model
+
+
+def resolve_checkpoint(spec: Union[str, Path]) -> Path:
+    """A checkpoint spec -> what ``load_model`` takes.
+
+    Plain paths pass through unchanged (``Path(spec)``; the loader reports their problems).
+    ``hf-hub:org/name[@revision]`` (downloads model.safetensors, config.yaml and README.md, or
+    finds them in the cache) and ``local-dir:PATH`` -> the folder when it holds
+    ``model.safetensors`` and ``config.yaml``, else its ``model.safetensors`` when that is a
+    converted file (``model_config`` in its metadata). Raises HubError otherwise.
+    """
+    if not is_spec(spec):
+        return Path(spec)
+    return _checkpoint_in(resolve_path(spec, CHECKPOINT_FILES), spec)
+
+
+def resolve_weights(spec: Union[str, Path]) -> Path:
+    """A CLIP weights spec (``model.weights``) -> a path the CLIP weights loaders take.
+
+    Plain paths pass through unchanged. ``hf-hub:`` (downloads ``config.json`` and
+    ``*.safetensors`` only: never pickles) and ``local-dir:`` -> the folder when it holds
+    ``config.json`` (a HuggingFace ``CLIPModel``), else its one ``.safetensors`` file.
+    """
+    if not is_spec(spec):
+        return Path(spec)
+    folder = resolve_path(spec, WEIGHTS_FILES)
+    if (folder / "config.json").is_file():
+        return folder
+    files = sorted(folder.glob("*.safetensors"))
+    if len(files) != 1:
+        found = ", ".join(f.name for f in files) or "none"
+        raise HubError(f"{spec}: expected a HuggingFace CLIPModel (config.json) or one .safetensors file in {folder}, "
+                       f"found .safetensors: {found}")
+    return files[0]
+
+
+# ---- push --------------------------------------------------------------------------------
+
+METHODS = {"meanP": "CLIP4Clip (meanP)", "seqTransf": "CLIP4Clip (seqTransf)", "tdb_tab": "CLIP2Video (TDB + TAB)", "mug": "Mug"}
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise HubError(f"{path}: invalid YAML ({_one_line(err)})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise HubError(f"{path}: not a mugstan experiment config (no model section)")
+    return data
+
+
+def _branch_and_head(model: dict, source: str) -> tuple[str, str]:
+    """(branch, head) of a model config: ``branch`` none|stan and ``head``
+    meanP|seqTransf|tdb_tab|mug; configs written before the model redesign name the temporal
+    module in ``temporal`` (meanP|seqTransf|tdb_tab|stan) and the head in ``head`` (cosine|mug)."""
+    if "branch" in model:
+        branch, head = model["branch"], model.get("head")
+    elif "temporal" in model:
+        temporal = model["temporal"]
+        branch = "stan" if temporal == "stan" else "none"
+        head = "mug" if model.get("head") == "mug" else ("meanP" if temporal == "stan" else temporal)
+    else:
+        raise HubError(f"{source}: model section names neither branch nor temporal; cannot tell the method")
+    if branch not in ("none", "stan") or head not in METHODS:
+        raise HubError(f"{source}: unknown model.branch {branch!r} / model.head {head!r}")
+    return branch, head
+
+
+def method_name(model: dict, source: str = "config") -> str:
+    """A model config section -> the method's name: "Mug-STAN (STAN-self)", "CLIP2Video (TDB + TAB)", ..."""
+    branch, head = _branch_and_head(model, source)
+    if branch == "none":
+        return METHODS[head]
+    stan = f"STAN-{(model.get('stan') or {}).get('time_module', 'self')}"
+    if head == "mug":
+        return f"Mug-STAN ({stan})"
+    return stan if head == "meanP" else f"{stan} + {METHODS[head]}"
+
+
+def find_results(checkpoint: Path) -> Optional[Path]:
+    """The run's results.json: next to the checkpoint, or in the run folder above
+    ``checkpoints/<name>`` (where ``mugstan train`` writes it)."""
+    if not checkpoint.is_dir():
+        return None
+    for candidate in (checkpoint / "results.json", checkpoint.parent.parent / "results.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _metrics_lines(results: dict, source: str) -> list[str]:
+    """Markdown for ``mugstan train``'s results.json ({"best", "test"}) or an ``eval --json`` result."""
+    lines = []
+    best = results.get("best") or {}
+    if best.get("metric"):
+        lines.append(f"Best validation {best['metric']}: {best['value']:.1f} (step {best.get('step')}, epoch {best.get('epoch')}).")
+    result = results if "split" in results else results.get("test")
+    if result:
+        lines += ["", f"On the {result.get('split', 'test')} split (from `{source}`):", ""]
+        retrieval = result.get("retrieval") or {}
+        if retrieval:
+            lines += ["| direction | R@1 | R@5 | R@10 | MdR | MnR |", "|---|---:|---:|---:|---:|---:|"]
+            lines += [f"| {name} | {m['R@1']:.1f} | {m['R@5']:.1f} | {m['R@10']:.1f} | {m['MdR']:.1f} | {m['MnR']:.1f} |"
+                      for name, m in retrieval.items()]
+        if "recognition" in result:
+            r = result["recognition"]
+            kind = "zero-shot " if result.get("zero_shot") else ""
+            lines += ["| metric | value |", "|---|---:|", f"| {kind}top-1 | {r['top1']:.1f} |", f"| {kind}top-5 | {r['top5']:.1f} |"]
+        if result.get("dropped"):
+            lines += ["", f"{len(result['dropped'])} videos of the split could not be decoded and were left out."]
+    if not lines:
+        raise HubError(f"{source}: holds no metrics (expected `best`/`test` from `mugstan train` or an `eval --json` result)")
+    return lines
+
+
+def _table(rows: list[tuple[str, object]]) -> list[str]:
+    return ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows if v not in (None, "", []))]
+
+
+def model_card(repo_id: str, config: Optional[dict], model: dict, results: Optional[dict] = None,
+               results_source: str = "results.json", source: str = "config") -> str:
+    """The README.md of a pushed model.
+
+    ``config``: the experiment config (None for a converted file), ``model``: its model section
+    (or a converted file's model_config), ``results``: results.json / an eval --json result.
+    """
+    from huggingface_hub import ModelCardData
+
+    method = method_name(model, source)
+    if "backbone" not in model:
+        raise HubError(f"{source}: model.backbone is missing")
+    task = model.get("task", "retrieval")
+    tags = ["mugstan", "video", "clip", f"video-{'text-retrieval' if task == 'retrieval' else 'classification'}"]
+    tags += [t for t, present in (("stan", "STAN" in method), ("clip4clip", "CLIP4Clip" in method),
+                                  ("clip2video", "CLIP2Video" in method)) if present]
+    meta = ModelCardData(library_name="mugstan", tags=tags,
+                         pipeline_tag="video-classification" if task == "recognition" else None)
+    weights = model.get("pretrained") or (Path(model["weights"]).name if model.get("weights") else None)
+    lines = ["---", meta.to_yaml(), "---", "", f"# {repo_id}", "",
+             f"A {method} video model on the {model['backbone']} CLIP backbone for video {'recognition' if task == 'recognition' else 'text retrieval'}, "
+             "made with mugstan.", "", "## Model", ""]
+    lines += _table([("method", method), ("backbone", model["backbone"]), ("CLIP weights it started from", weights),
+                     ("task", task), ("classifier", model.get("classifier") if task == "recognition" else None),
+                     ("classes", model.get("num_classes") if task == "recognition" else None),
+                     ("temperature", model.get("temperature"))])
+    if config is None:
+        lines += ["", "Converted from the authors' released checkpoint with `mugstan convert`; "
+                  "the training recipe and data are those of the original release."]
+    else:
+        data, train = config.get("data") or {}, config.get("train") or {}
+        lines += ["", "## Recipe", ""]
+        lines += _table([("epochs", train.get("epochs")), ("batch size", train.get("batch_size")), ("learning rate", train.get("lr")),
+                         ("weight decay", train.get("weight_decay")), ("warmup", train.get("warmup")),
+                         ("precision", train.get("precision")), ("gradient-cache chunk", train.get("chunk_size"))])
+        lines += ["", "## Data", ""]
+        lines += _table([("dataset format", data.get("dataset")),
+                         ("training annotations", Path(data["train_ann"]).name if data.get("train_ann") else None),
+                         ("frames per clip", data.get("num_frames")), ("frame size", f"{data['image_size']} px" if data.get("image_size") else None)])
+        lines += ["", f"The full experiment config is `{CONFIG_FILE}` in this repository."]
+    lines += ["", "## Results", ""]
+    try:
+        lines += _metrics_lines(results, results_source) if results else ["No evaluation results were published with this model."]
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise HubError(f"{results_source}: unexpected results layout ({type(err).__name__}: {err}); expected "
+                       "`mugstan train`'s results.json or an `eval --json` result") from None
+    lines += ["", "## How to use it", "", "```bash", "pip install mugstan",
+              f"mugstan eval CONFIG.yaml --checkpoint hf-hub:{repo_id}      # CONFIG: your data and eval settings",
+              *([f"mugstan index ~/videos --checkpoint hf-hub:{repo_id} --out videos.index"] if task == "retrieval" else []),
+              "```", "", "```python", "from mugstan.engine.checkpoint import load_model", "from mugstan.hub import resolve_checkpoint", "",
+              f'model, config = load_model(resolve_checkpoint("hf-hub:{repo_id}"))', "```", "",
+              f"Add `@REVISION` (a branch, tag or commit) to pin a version: `hf-hub:{repo_id}@main`. "
+              "Downloads are cached; with `HF_HUB_OFFLINE=1` only the cache is used.", ""]
+    return "\n".join(lines)
+
+
+def stage(checkpoint: Union[str, Path], repo_id: str, folder: Union[str, Path], results: Union[str, Path, None] = None) -> list[str]:
+    """Write the files ``push`` uploads for ``checkpoint`` into ``folder``; returns their names.
+
+    ``checkpoint``: a checkpoint folder (model.safetensors + config.yaml; state.pt is left out)
+    or a ``mugstan convert --format stan|clip2video`` file (copied unchanged as
+    model.safetensors). ``results``: a results.json or ``eval --json`` file for the card; by
+    default the run's results.json when there is one (``find_results``).
+    """
+    parse_hf_spec(repo_id)
+    checkpoint, folder = Path(checkpoint), Path(folder)
+    if checkpoint.is_dir():
+        for name in (MODEL_FILE, CONFIG_FILE):
+            if not (checkpoint / name).is_file():
+                raise HubError(f"{checkpoint}: not a mugstan checkpoint (no {name}; expected {MODEL_FILE} and {CONFIG_FILE})")
+        config = _read_yaml(checkpoint / CONFIG_FILE)
+        model, card_source = config["model"], str(checkpoint / CONFIG_FILE)
+        files = {MODEL_FILE: checkpoint / MODEL_FILE, CONFIG_FILE: checkpoint / CONFIG_FILE}
+    elif checkpoint.is_file() and checkpoint.suffix == ".safetensors":
+        model = _converted_model_config(checkpoint)
+        if model is None:
+            raise HubError(f"{checkpoint}: no model_config in its metadata; push takes a checkpoint folder or a "
+                           "`mugstan convert --format stan|clip2video` file (CLIP weights alone are not a video model)")
+        config, card_source = None, f"{checkpoint} metadata"
+        files = {MODEL_FILE: checkpoint}
+    else:
+        raise HubError(f"{checkpoint}: no such checkpoint folder or .safetensors file")
+    results_path = Path(results) if results else find_results(checkpoint)
+    results_data = None
+    if results_path is not None:
+        try:
+            results_data = json.loads(results_path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise HubError(f"{results_path}: cannot read the results ({_one_line(err)})") from None
+    card = model_card(repo_id, config, model, results_data, results_path.name if results_path else "", card_source)
+    if folder.resolve() in (checkpoint.resolve(), checkpoint.resolve().parent):
+        raise HubError(f"{folder}: holds the checkpoint itself; write the repository folder somewhere else")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, src in files.items():
+        shutil.copyfile(src, folder / name)
+    (folder / CARD_FILE).write_text(card)
+    return sorted([*files, CARD_FILE])
+
+
+def push(checkpoint: Union[str, Path], repo_id: str, results: Union[str, Path, None] = None, private: bool = False,
+         commit_message: Optional[str] = None) -> str:
+    """Upload ``checkpoint`` to ``repo_id`` (created if missing) in the layout ``hf-hub:`` loads,
+    with a generated model card; returns the commit URL. Log in first (``hf auth login`` or HF_TOKEN)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    with tempfile.TemporaryDirectory(prefix="mugstan-push-") as tmp:
+        names = stage(checkpoint, repo_id, tmp, results)
+        api = HfApi()
+        try:
+            api.create_repo(repo_id, private=private or None, exist_ok=True)
+            # a converted file replacing a trained checkpoint must not leave the old config.yaml behind
+            info = api.upload_folder(repo_id=repo_id, folder_path=tmp, delete_patterns=[CONFIG_FILE],
+                                     commit_message=commit_message or f"mugstan push: {', '.join(names)}")
+        except (HfHubHTTPError, OSError) as err:  # not logged in, no write access, no connection
+            raise HubError(f"{repo_id}: upload failed ({_one_line(err)}); log in with `hf auth login` or set HF_TOKEN "
+                           "to a token with write access") from None
+    return str(info.commit_url)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint folder (e.g. runs/NAME/checkpoints/best), a `mugstan convert "
+                        "--format stan|clip2video` .safetensors, or an hf-hub: / local-dir: spec")
+    parser.add_argument("repo_id", help="the Hub repository, ORG/NAME")
+    parser.add_argument("--results", help="results.json or `mugstan eval --json` file for the model card "
+                        "(default: the run's results.json when there is one)")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--message", help="commit message")
+    parser.add_argument("--local-dir", help="write the repository folder here instead of uploading (load it with local-dir:PATH)")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        checkpoint = resolve_checkpoint(args.checkpoint)
+        if args.local_dir:
+            names = stage(checkpoint, args.repo_id, args.local_dir, args.results)
+            print(f"wrote {', '.join(names)} to {args.local_dir}; load it with --checkpoint local-dir:{args.local_dir}")
+        else:
+            url = push(checkpoint, args.repo_id, args.results, args.private, args.message)
+            print(f"pushed to {url}; load it with --checkpoint hf-hub:{args.repo_id}")
+    except HubError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

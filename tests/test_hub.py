@@ -1,0 +1,243 @@
+"""Hugging Face Hub: hf-hub: / local-dir: resolution through the real huggingface_hub code on a
+local cache (offline), and what `mugstan push` uploads (only the Hub's network calls replaced)."""
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_fixtures import write_config
+from mugstan import cli
+from mugstan.hub import HubError, method_name, parse_hf_spec, resolve_checkpoint, resolve_weights, stage
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+COMMIT = "a" * 40
+OLD_COMMIT = "b" * 40
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run folder as `mugstan train` leaves it (tiny untrained STAN-self), and the same model as a
+    `mugstan convert --format stan` file."""
+    from mugstan.backbones.convert import save_safetensors
+    from mugstan.config import load_config
+    from mugstan.engine.checkpoint import save_checkpoint
+    from mugstan.models import build_model
+
+    root = tmp_path_factory.mktemp("run")
+    cfg = load_config(write_config(root / "train.yaml", root / "data", root, lr=3e-4), check_files=False)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    ckpt = save_checkpoint(root / "checkpoints" / "best", model, cfg, state={"step": 7})
+    assert (ckpt / "state.pt").is_file()
+    metrics = {"R@1": 41.25, "R@5": 70.0, "R@10": 80.0, "MdR": 2.0, "MnR": 9.5}
+    (root / "results.json").write_text(json.dumps({
+        "name": "tiny", "steps": 7, "best": {"value": 40.0, "metric": "t2v R@1", "step": 7, "epoch": 1},
+        "test": {"split": "test", "retrieval": {"t2v": metrics, "v2t": {**metrics, "R@1": 38.5}}, "dropped": []}}))
+    model_config = {**dataclasses.asdict(cfg.model), "pretrained": None, "weights": None}
+    converted = root / "stan.safetensors"
+    save_safetensors(model.state_dict(), converted, {"format": "mugstan", "model_config": json.dumps(model_config)})
+    return {"checkpoint": ckpt, "converted": converted, "model": model}
+
+
+def same_weights(path: Path, model) -> bool:
+    from mugstan.engine.checkpoint import load_model
+
+    loaded, _ = load_model(path)
+    theirs = loaded.state_dict()
+    return all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items())
+
+
+def add_to_cache(cache: Path, repo_id: str, commit: str, files: Path, ref: str) -> Path:
+    """Lay out a repository revision in a Hugging Face hub cache as huggingface_hub does: content
+    in blobs/<sha256>, snapshots/<commit>/<file> symlinks to it, refs/<ref> holding the commit."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for f in files.iterdir():
+        data = f.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(exist_ok=True)
+        blob.write_bytes(data)
+        (snapshot / f.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / ref).write_text(commit)
+    return snapshot
+
+
+def resolve_offline(hf_home: Path, *specs: str, function: str = "resolve_checkpoint") -> subprocess.CompletedProcess:
+    """``mugstan.hub.<function>`` in a fresh process: huggingface_hub reads HF_HOME and
+    HF_HUB_OFFLINE when it is imported, as it does for a user's `mugstan eval`."""
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(SRC)}
+    env.pop("HF_HUB_CACHE", None)
+    code = f"import sys\nfrom mugstan.hub import {function} as f\nfor s in sys.argv[1:]: print(f(s))"
+    return subprocess.run([sys.executable, "-c", code, *specs], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_hf_hub_loads_from_the_cache_offline(run, tmp_path):
+    """Both repository layouts, by branch, tag and commit, through snapshot_download's cache lookup."""
+    stage(run["checkpoint"], "org/name", tmp_path / "trained")
+    stage(run["converted"], "org/name", tmp_path / "converted")
+    cache = tmp_path / "hf" / "hub"
+    trained = add_to_cache(cache, "org/name", COMMIT, tmp_path / "trained", "main")
+    converted = add_to_cache(cache, "org/name", OLD_COMMIT, tmp_path / "converted", "v0")
+
+    done = resolve_offline(tmp_path / "hf", "hf-hub:org/name", f"hf-hub:org/name@{COMMIT}", "hf-hub:org/name@v0",
+                           f"hf-hub:org/name@{OLD_COMMIT}")
+    assert done.returncode == 0, done.stderr
+    paths = [Path(line) for line in done.stdout.splitlines()]
+    assert paths == [trained, trained, converted / "model.safetensors", converted / "model.safetensors"]
+    assert same_weights(paths[0], run["model"]) and same_weights(paths[2], run["model"])
+
+
+def test_weights_from_the_cache_offline(tmp_path):
+    """model.weights: a HuggingFace CLIPModel repository resolves to its folder, a repository of one
+    open_clip-layout safetensors file to that file."""
+    for name, files in (("clip", ["config.json", "model.safetensors"]), ("single", ["clip.safetensors", "README.md"])):
+        (tmp_path / name).mkdir()
+        for f in files:
+            (tmp_path / name / f).write_text(f"{name} {f}")
+    cache = tmp_path / "hf" / "hub"
+    clip = add_to_cache(cache, "openai/clip", COMMIT, tmp_path / "clip", "main")
+    single = add_to_cache(cache, "org/single", COMMIT, tmp_path / "single", "main")
+    done = resolve_offline(tmp_path / "hf", "hf-hub:openai/clip", "hf-hub:org/single", "plain/ViT-B-32.pt", function="resolve_weights")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [str(clip), str(single / "clip.safetensors"), "plain/ViT-B-32.pt"]
+    (tmp_path / "single" / "other.safetensors").write_text("")
+    with pytest.raises(HubError, match="found .safetensors: clip.safetensors, other.safetensors"):
+        resolve_weights(f"local-dir:{tmp_path / 'single'}")
+
+
+def test_missing_name_offline_is_one_clear_line(tmp_path):
+    (tmp_path / "hf" / "hub").mkdir(parents=True)
+    done = resolve_offline(tmp_path / "hf", "hf-hub:org/missing")
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("mugstan.hub.HubError: hf-hub:org/missing: not in the Hugging Face cache")
+    assert "HF_HUB_OFFLINE=1; run once online or set HF_HUB_OFFLINE=0" in last
+
+
+def test_push_error_is_one_line_exit_2(run, tmp_path, capsys):
+    """The push command turns a spec that cannot be resolved into one line and exit status 2."""
+    assert cli.main(["push", f"local-dir:{tmp_path / 'nowhere'}", "org/name"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: local-dir:{tmp_path / 'nowhere'}: ")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"")
+    assert cli.main(["push", str(tmp_path / "ckpt"), "org/name"]) == 2
+    assert "not a mugstan checkpoint (no config.yaml" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text(json.dumps({"test": {"split": "test", "retrieval": {"t2v": {"R@1": 1.0}}}}))
+    assert cli.main(["push", str(run["checkpoint"]), "org/name", "--results", str(tmp_path / "bad.json"), "--local-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: bad.json: unexpected results layout (KeyError: 'R@5')")
+
+
+def test_local_dir_round_trip(run, tmp_path, capsys):
+    for source, name in ((run["checkpoint"], "trained"), (run["converted"], "converted")):
+        out = tmp_path / name
+        assert cli.main(["push", str(source), "org/name", "--local-dir", str(out)]) == 0
+        assert f"--checkpoint local-dir:{out}" in capsys.readouterr().out
+        resolved = resolve_checkpoint(f"local-dir:{out}")
+        assert resolved == (out if name == "trained" else out / "model.safetensors")
+        assert same_weights(resolved, run["model"])
+
+
+def test_resolve_checks_specs_and_passes_paths_through(run, tmp_path):
+    assert resolve_checkpoint("runs/x/checkpoints/best") == Path("runs/x/checkpoints/best")
+    assert resolve_checkpoint(run["converted"]) == run["converted"]
+    assert parse_hf_spec("hf-hub:org/name@refs/pr/1") == ("org/name", "refs/pr/1")
+    assert parse_hf_spec("hf-hub:org/name") == ("org/name", None)
+    for bad in ("hf-hub:name", "hf-hub:org/name@", "hf-hub:org/a/b", "hf-hub:org/na me"):
+        with pytest.raises(HubError, match=f"^{bad}: expected|^{bad}: empty"):
+            parse_hf_spec(bad)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(HubError, match="no model.safetensors in"):
+        resolve_checkpoint(f"local-dir:{empty}")
+    shutil.copyfile(run["checkpoint"] / "model.safetensors", empty / "model.safetensors")  # no model_config in it
+    with pytest.raises(HubError, match="no config.yaml, and the file's metadata holds no model_config"):
+        resolve_checkpoint(f"local-dir:{empty}")
+
+
+class FakeHub:
+    """Stands in for the two network calls of HfApi; keeps what upload_folder was given."""
+
+    def __init__(self, monkeypatch):
+        from huggingface_hub import HfApi
+
+        self.created, self.uploads = [], []
+        monkeypatch.setattr(HfApi, "create_repo", lambda api, repo_id, **kw: self.created.append((repo_id, kw)))
+        monkeypatch.setattr(HfApi, "upload_folder", lambda api, **kw: self.upload_folder(**kw))
+
+    def upload_folder(self, *, repo_id, folder_path, **kw):
+        files = {p.name: p.read_bytes() for p in Path(folder_path).rglob("*") if p.is_file()}
+        self.uploads.append({"repo_id": repo_id, "files": files, **kw})
+        return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/{COMMIT}"})()
+
+
+def test_push_uploads_weights_config_and_card(run, monkeypatch, capsys):
+    hub = FakeHub(monkeypatch)
+    assert cli.main(["push", str(run["checkpoint"]), "org/name", "--private"]) == 0
+    assert f"pushed to https://huggingface.co/org/name/commit/{COMMIT}" in capsys.readouterr().out
+    assert hub.created == [("org/name", {"private": True, "exist_ok": True})]
+    (upload,) = hub.uploads
+    files = upload["files"]
+    assert sorted(files) == ["README.md", "config.yaml", "model.safetensors"]  # never state.pt
+    assert files["model.safetensors"] == (run["checkpoint"] / "model.safetensors").read_bytes()
+    assert files["config.yaml"] == (run["checkpoint"] / "config.yaml").read_bytes()
+    assert upload["delete_patterns"] == ["config.yaml"]
+    card = files["README.md"].decode()
+    assert card.startswith("---\nlibrary_name: mugstan\n")
+    for expected in (
+        "# org/name",
+        "| method | STAN-self |",  # method
+        "| backbone | mugstan-tiny |",
+        "| learning rate | 0.0003 |",  # recipe
+        "| batch size | 4 |",
+        "| dataset format | jsonl |",  # data
+        "| training annotations | train.jsonl |",
+        "| frames per clip | 4 |",
+        "Best validation t2v R@1: 40.0 (step 7, epoch 1).",  # metrics from the run's results.json
+        "| t2v | 41.2 | 70.0 | 80.0 | 2.0 | 9.5 |",
+        "| v2t | 38.5 |",
+        "mugstan eval CONFIG.yaml --checkpoint hf-hub:org/name",  # how to load it
+        'load_model(resolve_checkpoint("hf-hub:org/name"))',
+    ):
+        assert expected in card, expected
+
+
+def test_push_converted_release(run, tmp_path, monkeypatch):
+    hub = FakeHub(monkeypatch)
+    result = {"split": "test", "recognition": {"top1": 55.5, "top5": 80.25}, "zero_shot": True}
+    (tmp_path / "eval.json").write_text(json.dumps(result))
+    assert cli.main(["push", str(run["converted"]), "org/stan", "--results", str(tmp_path / "eval.json")]) == 0
+    files = hub.uploads[0]["files"]
+    assert sorted(files) == ["README.md", "model.safetensors"]
+    assert files["model.safetensors"] == run["converted"].read_bytes()  # unchanged: its metadata is its config
+    card = files["README.md"].decode()
+    assert "| method | STAN-self |" in card and "Converted from the authors' released checkpoint" in card
+    assert "| zero-shot top-1 | 55.5 |" in card and "--checkpoint hf-hub:org/stan" in card
+
+
+@pytest.mark.parametrize("model, name", [
+    ({"branch": "stan", "head": "mug", "stan": {"time_module": "conv"}}, "Mug-STAN (STAN-conv)"),
+    ({"branch": "stan", "head": "meanP"}, "STAN-self"),
+    ({"branch": "none", "head": "tdb_tab"}, "CLIP2Video (TDB + TAB)"),
+    ({"branch": "none", "head": "seqTransf"}, "CLIP4Clip (seqTransf)"),
+    ({"temporal": "stan", "head": "mug"}, "Mug-STAN (STAN-self)"),  # configs from before the model redesign
+    ({"temporal": "meanP", "head": "cosine"}, "CLIP4Clip (meanP)"),
+])
+def test_method_names(model, name):
+    assert method_name(model) == name
+
+
+def test_method_needs_branch_or_temporal():
+    with pytest.raises(HubError, match="x.yaml: model section names neither branch nor temporal"):
+        method_name({"head": "mug"}, "x.yaml")
