@@ -147,6 +147,7 @@ def test_local_dir_round_trip(run, tmp_path, capsys):
         resolved = resolve_checkpoint(f"local-dir:{out}")
         assert resolved == (out if name == "trained" else out / "model.safetensors")
         assert same_weights(resolved, run["model"])
+        assert same_weights(f"local-dir:{out}", run["model"])  # load_model (eval, embed, index, search) takes specs itself
 
 
 def test_resolve_checks_specs_and_passes_paths_through(run, tmp_path):
@@ -228,16 +229,16 @@ def test_push_converted_release(run, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("model, name", [
     ({"branch": "stan", "head": "mug", "stan": {"time_module": "conv"}}, "Mug-STAN (STAN-conv)"),
-    ({"branch": "stan", "head": "meanP"}, "STAN-self"),
+    ({"branch": "stan", "head": "mean"}, "STAN-self"),
+    ({"branch": "stan", "head": "seqTransf"}, "STAN-self + CLIP4Clip (seqTransf)"),
     ({"branch": "none", "head": "tdb_tab"}, "CLIP2Video (TDB + TAB)"),
     ({"branch": "none", "head": "seqTransf"}, "CLIP4Clip (seqTransf)"),
-    ({"temporal": "stan", "head": "mug"}, "Mug-STAN (STAN-self)"),  # configs from before the model redesign
-    ({"temporal": "meanP", "head": "cosine"}, "CLIP4Clip (meanP)"),
+    ({"head": "meanP"}, "CLIP4Clip (meanP)"),
 ])
 def test_method_names(model, name):
     assert method_name(model) == name
 
 
-def test_method_needs_branch_or_temporal():
-    with pytest.raises(HubError, match="x.yaml: model section names neither branch nor temporal"):
-        method_name({"head": "mug"}, "x.yaml")
+def test_unknown_method():
+    with pytest.raises(HubError, match="x.yaml: unknown model.branch 'none' / model.head 'cosine'"):
+        method_name({"head": "cosine"}, "x.yaml")

@@ -21,6 +21,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
+from mugstan.hub import is_spec
+
 
 class Choice(str, Enum):
     """A config choice: compares, prints and formats as its value."""
@@ -144,7 +146,7 @@ class DataConfig:
     """Where the data is and how clips are sampled and transformed (data.md)."""
 
     # Format name (see mugstan.data.datasets): "msrvtt", "msrvtt_json", "didemo", "lsmdc",
-    # "msvd", "vatex", "activitynet", "video_list", "kinetics_csv", "ssv2", "webvid", "cc3m",
+    # "msvd", "vatex", "activitynet", "video_list", "ucf101", "hmdb51", "kinetics_csv", "ssv2", "webvid", "cc3m",
     # "jsonl"
     dataset: str = "jsonl"
     root: str = ""  # folder holding the videos (paths in annotations are relative to it)
@@ -342,7 +344,7 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True) -> None:
     validate_gradcache(cfg)
     if not check_files:
         return
-    if cfg.model.weights and not Path(cfg.model.weights).expanduser().exists():
+    if cfg.model.weights and not is_spec(cfg.model.weights) and not Path(cfg.model.weights).expanduser().exists():
         raise ConfigError(f"model.weights: {cfg.model.weights} does not exist")
     for split in ("train", "val", "test"):
         ann = getattr(cfg.data, f"{split}_ann")

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from mugstan import released
 from mugstan.backbones.convert import FORMATS, WeightsError, load_clip_weights, save_safetensors
+from mugstan.hub import HubError, resolve_weights
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", help="checkpoint file or HuggingFace CLIPModel folder")
+    parser.add_argument("src", help="checkpoint file, HuggingFace CLIPModel folder, or hf-hub:org/name / local-dir:PATH")
     parser.add_argument("out", help="output .safetensors file")
     parser.add_argument(
         "--format", default="auto", choices=[*FORMATS, "stan", "clip2video"],
@@ -39,13 +40,13 @@ def main(args: argparse.Namespace) -> int:
             save_safetensors(state_dict, out, {"format": "mugstan", "model_config": json.dumps(model_config)})
             desc = f"mugstan model (branch {model_config['branch']}, head {model_config['head']})"
         else:
-            weights = load_clip_weights(args.src, args.format)
+            weights = load_clip_weights(resolve_weights(args.src), args.format)
             state_dict = weights.state_dict
             save_safetensors(state_dict, out, {"format": "open_clip", "config": json.dumps(weights.config)})
             v, t = weights.config["vision_cfg"], weights.config["text_cfg"]
             desc = (f"CLIP ViT patch {v['patch_size']} @ {v['image_size']} px, vision {v['layers']}x{v['width']}, "
                     f"text {t['layers']}x{t['width']}, E={weights.config['embed_dim']} (from {weights.format})")
-    except WeightsError as err:
+    except (WeightsError, HubError) as err:
         raise SystemExit(f"error: {err}") from None
     n_params = sum(v.numel() for v in state_dict.values())
     print(f"wrote {out}: {len(state_dict)} tensors, {n_params / 1e6:.1f} M parameters, {desc}")

@@ -188,7 +188,8 @@ def resolve_weights(spec: Union[str, Path]) -> Path:
 
 # ---- push --------------------------------------------------------------------------------
 
-METHODS = {"meanP": "CLIP4Clip (meanP)", "seqTransf": "CLIP4Clip (seqTransf)", "tdb_tab": "CLIP2Video (TDB + TAB)", "mug": "Mug"}
+METHODS = {"mean": "mean pooling", "meanP": "CLIP4Clip (meanP)", "seqTransf": "CLIP4Clip (seqTransf)",
+           "tdb_tab": "CLIP2Video (TDB + TAB)", "mug": "Mug"}
 
 
 def _read_yaml(path: Path) -> dict:
@@ -201,32 +202,17 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _branch_and_head(model: dict, source: str) -> tuple[str, str]:
-    """(branch, head) of a model config: ``branch`` none|stan and ``head``
-    meanP|seqTransf|tdb_tab|mug; configs written before the model redesign name the temporal
-    module in ``temporal`` (meanP|seqTransf|tdb_tab|stan) and the head in ``head`` (cosine|mug)."""
-    if "branch" in model:
-        branch, head = model["branch"], model.get("head")
-    elif "temporal" in model:
-        temporal = model["temporal"]
-        branch = "stan" if temporal == "stan" else "none"
-        head = "mug" if model.get("head") == "mug" else ("meanP" if temporal == "stan" else temporal)
-    else:
-        raise HubError(f"{source}: model section names neither branch nor temporal; cannot tell the method")
-    if branch not in ("none", "stan") or head not in METHODS:
-        raise HubError(f"{source}: unknown model.branch {branch!r} / model.head {head!r}")
-    return branch, head
-
-
 def method_name(model: dict, source: str = "config") -> str:
     """A model config section -> the method's name: "Mug-STAN (STAN-self)", "CLIP2Video (TDB + TAB)", ..."""
-    branch, head = _branch_and_head(model, source)
+    branch, head = model.get("branch", "none"), model.get("head", "meanP")  # mugstan.config's defaults
+    if branch not in ("none", "stan") or head not in METHODS:
+        raise HubError(f"{source}: unknown model.branch {branch!r} / model.head {head!r}")
     if branch == "none":
         return METHODS[head]
     stan = f"STAN-{(model.get('stan') or {}).get('time_module', 'self')}"
     if head == "mug":
         return f"Mug-STAN ({stan})"
-    return stan if head == "meanP" else f"{stan} + {METHODS[head]}"
+    return stan if head == "mean" else f"{stan} + {METHODS[head]}"
 
 
 def find_results(checkpoint: Path) -> Optional[Path]:

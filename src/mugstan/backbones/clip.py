@@ -282,7 +282,8 @@ def build_clip(
         None to infer the architecture from ``weights``.
     pretrained: open_clip pretrained tag (``openai``, ``laion2b_s34b_b79k``, ...): open_clip
         downloads and caches the weights. Needs internet once; offline, pass ``weights``.
-    weights: local file or folder: OpenAI ``.pt`` (TorchScript or state dict), HuggingFace
+    weights: local file or folder, or a Hub spec (``hf-hub:org/name``, ``local-dir:PATH``,
+        ``mugstan.hub``): OpenAI ``.pt`` (TorchScript or state dict), HuggingFace
         ``CLIPModel`` directory, or open_clip-layout ``.safetensors`` / ``.pt`` (see
         ``mugstan.backbones.convert``). Loaded strictly: every tensor must match.
     config: an open_clip model config for an unnamed architecture (``model.backbone_config``);
@@ -291,11 +292,12 @@ def build_clip(
     import open_clip
 
     from mugstan.backbones.convert import load_clip_weights
+    from mugstan.hub import resolve_weights
 
     _register_configs()
     if weights is not None and pretrained is not None:
         raise ValueError(f"give either pretrained={pretrained!r} or weights={str(weights)!r}, not both")
-    loaded = load_clip_weights(weights, weights_format) if weights is not None else None
+    loaded = load_clip_weights(resolve_weights(weights), weights_format) if weights is not None else None
     if config is not None:
         if pretrained is not None:
             raise ValueError("model.backbone_config describes an architecture open_clip has no pretrained weights for; "

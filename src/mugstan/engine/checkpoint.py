@@ -86,10 +86,12 @@ def set_rng_state(state: dict) -> None:
 
 def load_model(path, device="cpu", overrides=()):
     """Rebuild a model from a checkpoint folder (or a ``mugstan convert --format stan|clip2video``
-    file). Returns (model in eval mode, ExperimentConfig or None for converted files)."""
+    file), given as a path or a Hub spec (``mugstan.hub``). Returns (model in eval mode,
+    ExperimentConfig or None for converted files)."""
+    from mugstan.hub import resolve_checkpoint
     from mugstan.models import build_model
 
-    path = Path(path)
+    path = resolve_checkpoint(path)  # hf-hub:org/name[@revision], local-dir:PATH, or a path
     if path.is_file() and path.suffix == ".safetensors":
         from mugstan.released import load_converted
 

@@ -58,7 +58,9 @@ FILES = ("embeddings.npy", "mask.npy", "items.json", "report.json", "index.json"
 def model_identity(checkpoint) -> dict:
     """What makes embeddings comparable: {"checkpoint": absolute path, "sha256": of its weights
     and config (a checkpoint folder) or of the file (a converted .safetensors)}."""
-    path = Path(checkpoint).resolve()
+    from mugstan.hub import resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint).resolve()
     files = [path] if path.is_file() else [path / "model.safetensors", path / "config.yaml"]
     digest = hashlib.sha256()
     for f in files:
