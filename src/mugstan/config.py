@@ -149,7 +149,10 @@ class DataConfig:
     # "msvd", "vatex", "activitynet", "video_list", "ucf101", "hmdb51", "kinetics_csv", "ssv2", "webvid", "cc3m",
     # "jsonl"
     dataset: str = "jsonl"
-    root: str = ""  # folder holding the videos (paths in annotations are relative to it)
+    # The dataset's folder. Relative annotation and extra paths below are inside it, so
+    # `data.root=/data/msrvtt` moves the whole dataset; absolute paths stay as they are.
+    root: str = ""
+    videos: str = ""  # the folder of the videos, relative to data.root ("" = data.root itself)
     train_ann: Optional[str] = None
     val_ann: Optional[str] = None
     test_ann: Optional[str] = None
@@ -167,6 +170,18 @@ class DataConfig:
     test_clips: int = 1  # recognition multi-view testing: clips x crops
     test_crops: int = 1
     num_workers: int = 4
+
+    @property
+    def video_root(self) -> Path:
+        """The folder video paths in the annotations are relative to: data.root / data.videos."""
+        return Path(self.root).expanduser() / self.videos
+
+    def resolve(self, path: Optional[str]) -> Optional[str]:
+        """An annotation / extra path as configured -> the file: relative paths are inside data.root."""
+        if not path:
+            return path
+        p = Path(path).expanduser()
+        return str(p if p.is_absolute() or not self.root else Path(self.root).expanduser() / p)
 
 
 @dataclass
@@ -243,8 +258,16 @@ def load_config(path, overrides: Union[Sequence[str], Mapping[str, Any]] = (), c
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: an experiment config is a mapping with model/data/train/eval sections")
     cfg = _structured(ExperimentConfig, loaded, overrides, str(path))
+    resolve_data_paths(cfg.data)
     validate_config(cfg, check_files)
     return cfg
+
+
+def resolve_data_paths(d: DataConfig) -> None:
+    """Relative ``data.*_ann`` and ``data.extra`` paths become paths inside ``data.root``."""
+    for split in ("train", "val", "test"):
+        setattr(d, f"{split}_ann", d.resolve(getattr(d, f"{split}_ann")))
+    d.extra = {key: d.resolve(value) for key, value in d.extra.items()}
 
 
 def model_config(fields: Mapping[str, Any], overrides: Union[Sequence[str], Mapping[str, Any]] = (), source: str = "model config") -> ModelConfig:
