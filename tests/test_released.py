@@ -116,8 +116,8 @@ def clip2video_reference_layout(centers: int = 5, seq_layers: int = 4) -> dict:
     import open_clip
 
     torch.manual_seed(5)
-    arch = {"embed_dim": 32, "quick_gelu": True, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 4}}
+    arch = {"embed_dim": 32, "quick_gelu": True, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 32, "patch_size": 8},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 4}}
     sd = {f"clip.{k}": v.normal_(0, 0.05) for k, v in open_clip.CLIP(**arch).state_dict().items()}  # OpenAI's key layout
     sd["clip.logit_scale"] = torch.tensor(4.6052)
     e = 32
@@ -164,3 +164,82 @@ def test_clip2video_checkpoint_in_the_reference_layout(tmp_path):
     state, cfg = convert_clip2video(tmp_path / "pytorch_model.bin.0")
     assert cfg["head"] == "seqTransf"
     build_model(model_config(cfg)).load_state_dict(state, strict=True)
+
+
+def test_clip2video_scores_follow_the_formula_of_methods_md(tmp_path):
+    """A checkpoint in the reference's names, converted, scores text against video as methods.md §3
+    writes it (computed here from the released tensors with open_clip's CLIP and torch's own
+    attention, not mugstan's modules): S = w s S_global + (1 - w) s S_TAB on raw TAB features."""
+    import math
+
+    import open_clip
+
+    released = clip2video_reference_layout()
+    torch.save(released, tmp_path / "pytorch_model.bin.2")
+    sd, cfg = convert_clip2video(tmp_path / "pytorch_model.bin.2")
+    model = build_model(model_config(cfg)).eval()
+    model.load_state_dict(sd, strict=True)
+
+    g = torch.Generator().manual_seed(2)
+    frames = torch.randn(3, 5, 3, 32, 32, generator=g)
+    ids, tmask = model.tokenize(["a red circle moves left", "two squares", "a blue triangle grows slowly"])
+    with torch.no_grad():
+        ours = model.similarity(model.encode_text(ids, tmask), model.encode_video(frames, torch.ones(3, 5, dtype=torch.bool)))
+
+    # ---- the formula, from the released tensors ---------------------------------------------
+    arch = cfg["backbone_config"]
+    clip = open_clip.CLIP(**arch).eval()
+    clip.load_state_dict({k[5:]: v for k, v in released.items() if k.startswith("clip.")})
+    e, heads = 32, 1  # width 32: one head (the converter's rule: heads of width 64, at least one)
+
+    def block(x, prefix):  # the reference's ResidualAttentionBlock: LayerNorm eps 1e-12, QuickGELU, no mask needed here
+        p = {k[len(prefix) + 1:]: v for k, v in released.items() if k.startswith(prefix + ".")}
+        ln = lambda y, n: F.layer_norm(y, (e,), p[f"{n}.weight"], p[f"{n}.bias"], eps=1e-12)  # noqa: E731
+        h = ln(x, "ln_1").transpose(0, 1)  # [S, B, E]
+        a, _ = F.multi_head_attention_forward(h, h, h, e, heads, p["attn.in_proj_weight"], p["attn.in_proj_bias"], None, None, False, 0.0,
+                                              p["attn.out_proj.weight"], p["attn.out_proj.bias"], training=False, need_weights=False)
+        x = x + a.transpose(0, 1)
+        h = F.linear(ln(x, "ln_2"), p["mlp.c_fc.weight"], p["mlp.c_fc.bias"])
+        return x + F.linear(h * torch.sigmoid(1.702 * h), p["mlp.c_proj.weight"], p["mlp.c_proj.bias"])
+
+    pos, types = released["frame_position_embeddings.weight"], released["type_position_embeddings.weight"]
+
+    def tdb_tokens(f):  # TDB steps 1-3 on f [B, T, E]
+        t = f.shape[1]
+        d = block(f[:, 1:] - f[:, :-1] + pos[1:t], "frame2t_attention.resblocks.0")
+        d = 2 * torch.sigmoid(F.layer_norm(d, (e,), released["trans_layernorm.weight"], released["trans_layernorm.bias"], eps=1e-5)) - 1
+        seq = []
+        for i in range(t):
+            seq.append(f[:, i] + pos[i] + types[1])
+            if i < t - 1:
+                seq.append(d[:, i] + pos[i] + types[0])
+        return torch.stack(seq, 1)
+
+    def aggregate(x):  # x [B, N, E] raw features, every token real
+        a = torch.softmax(x @ released["weight_center"].t(), -1)  # [B, N, K]
+        r = (a.unsqueeze(-1) * (x.unsqueeze(2) - released["emb_center"])).sum(1)  # [B, K, E]
+        return F.normalize(F.normalize(r, dim=-1).mean(1), dim=-1)
+
+    with torch.no_grad():
+        f = clip.encode_image(frames.flatten(0, 1)).view(3, 5, e)
+        x = tdb_tokens(f)
+        for i in range(4):
+            x = block(x, f"transformerClip.resblocks.{i}")
+        v_g = F.normalize(F.normalize(x[:, ::2] + f, dim=-1).mean(1), dim=-1)
+        sub = f[:, ::2]
+        motion = block(tdb_tokens(sub), "actionClip.resblocks.0")[:, ::2] + sub
+        v_tab = aggregate(torch.cat([f, motion], 1))
+
+        t = clip.token_embedding(ids) + clip.positional_embedding[:ids.shape[1]]
+        causal = torch.full((ids.shape[1], ids.shape[1]), float("-inf")).triu_(1)
+        for blk in clip.transformer.resblocks:
+            t = blk(t, attn_mask=causal)
+        tokens = clip.ln_final(t) @ clip.text_projection  # [N, L, E]
+        t_g = F.normalize(tokens[torch.arange(3), ids.argmax(-1)], dim=-1)
+        words = tmask.clone()
+        words[:, 0] = False
+        t_tab = torch.stack([aggregate(tokens[n:n + 1, words[n]])[0] for n in range(3)])
+
+    s = math.exp(released["clip.logit_scale"].item())
+    expected = 0.5 * s * t_g @ v_g.t() + 0.5 * s * t_tab @ v_tab.t()
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
