@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from mugstan.backbones.convert import WeightsError
 from mugstan.cli import main as cli
-from mugstan.config import ModelConfig, model_config
+from mugstan.config import ModelConfig, STANConfig, model_config
 from mugstan.models import build_model
 from mugstan.released import convert_clip2video, convert_stan, load_converted, to_clip2video_state_dict, to_stan_state_dict
 
@@ -39,11 +39,55 @@ def test_authors_stan_checkpoint_gives_the_authors_outputs(tmp_path):
     torch.testing.assert_close(text.pooled, ref["text"], rtol=0, atol=1e-5)
     torch.testing.assert_close(text.tokens[tmask], ref["text_tokens"][tmask], rtol=0, atol=1e-5)
 
-    out = tmp_path / "stan.safetensors"  # the command line, with the head counts as overrides
-    assert cli(["convert", str(FIXTURE / "official.pth"), str(out), "--format", "stan"]) == 0
+    out = tmp_path / "stan.safetensors"  # the command line, the head counts from the CLIP it was trained from
+    assert cli(["convert", str(FIXTURE / "official.pth"), str(out), "--format", "stan", "--clip-config", str(FIXTURE / "hf")]) == 0
     with torch.no_grad():
-        again = load_converted(out, FIXTURE_HEADS).eval().frame_features(ref["video"], mask).embeds
+        again = load_converted(out, ["model.context_length=16"]).eval().frame_features(ref["video"], mask).embeds
     torch.testing.assert_close(again, ref["emb_frames"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(not (FIXTURE / "hf").is_dir(), reason="needs ../shared/fixtures/stan_official_tiny")
+def test_hf_folder_whose_config_holds_only_non_default_keys():
+    """The fixture's CLIPModel folder, as transformers 4.35 saved it (no max_position_embeddings,
+    no hidden_act, ...), loads with transformers' defaults and gives transformers' own embeddings."""
+    transformers = pytest.importorskip("transformers")
+    from mugstan.backbones.convert import HF_TEXT_DEFAULTS, HF_VISION_DEFAULTS
+    from mugstan.backbones.clip import build_clip
+
+    for defaults, cls in ((HF_VISION_DEFAULTS, transformers.CLIPVisionConfig), (HF_TEXT_DEFAULTS, transformers.CLIPTextConfig)):
+        theirs = cls().to_dict()
+        assert {k: theirs[k] for k in defaults} == defaults
+    ours = build_clip(None, weights=str(FIXTURE / "hf")).eval()
+    hf = transformers.CLIPModel.from_pretrained(str(FIXTURE / "hf")).eval()
+    ref = torch.load(FIXTURE / "reference.pt")
+    images = ref["video"][0]
+    with torch.no_grad():
+        hf_image = hf.get_image_features(pixel_values=images)
+        hf_text = hf.get_text_features(input_ids=ref["ids"], attention_mask=(ref["ids"] != 0).long())
+        hf_image, hf_text = (getattr(x, "pooler_output", x) for x in (hf_image, hf_text))  # transformers 5 returns outputs
+        image = ours.encode_frames(images).embeds
+        text = ours.encode_text(ref["ids"], ref["ids"] != 0).pooled
+    torch.testing.assert_close(image, hf_image, rtol=0, atol=1e-5)
+    torch.testing.assert_close(text, hf_text, rtol=0, atol=1e-5)
+
+
+def test_first_release_stan_conv_layout(tmp_path):
+    """The first release's 3D-convolution temporal module (STAN_T_layers.k.layers = Conv3d,
+    .temporal_fc) converts to STAN-conv and back."""
+    model = randomised(build_model(ModelConfig(backbone="mugstan-tiny", branch="stan", head="mean", stan=STANConfig(time_module="conv"),
+                                               temperature=0.01, loss_reduction="sum")))
+    released = to_stan_state_dict(model)
+    names = set(released["state_dict"])
+    assert {"backbone.STAN_T_layers.0.layers.weight", "backbone.STAN_T_layers.3.layers.bias",
+            "backbone.STAN_T_layers.0.temporal_fc.weight"} <= names
+    assert released["state_dict"]["backbone.STAN_T_layers.1.layers.weight"].shape == (64, 64, 3, 3, 3)
+    assert not any("STAN_T_layers.0.self_attn" in k for k in names)
+    torch.save(released, tmp_path / "stan_conv.pth")
+    state, cfg = convert_stan(tmp_path / "stan_conv.pth")
+    assert cfg["stan"]["time_module"] == "conv"
+    again = build_model(model_config(cfg)).eval()
+    again.load_state_dict(state, strict=True)
+    assert torch.equal(outputs(again), outputs(model))
 
 
 def randomised(model):

@@ -237,14 +237,16 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def load_config(path, overrides: Union[Sequence[str], Mapping[str, Any]] = (), check_files: bool = True) -> ExperimentConfig:
+def load_config(path, overrides: Union[Sequence[str], Mapping[str, Any]] = (), check_files: bool = True,
+                splits: Sequence[str] = ("train", "val", "test")) -> ExperimentConfig:
     """Read an experiment YAML and apply overrides, checking every key and type.
 
     overrides: dotted ``key=value`` strings as typed on the command line (values parsed as YAML),
     and/or ``(key, value)`` pairs or a mapping ``{"data.root": path}`` whose values are taken as
     they are (paths from code: no parsing, no string replacement).
     Unknown keys, wrong types, keys of earlier versions and malformed overrides raise
-    ``ConfigError`` naming the file and the key, before anything is built.
+    ``ConfigError`` naming the file and the key, before anything is built. ``splits``: the
+    annotation files that must exist (evaluation needs only the split it evaluates).
     """
     from omegaconf import OmegaConf
 
@@ -259,7 +261,7 @@ def load_config(path, overrides: Union[Sequence[str], Mapping[str, Any]] = (), c
         raise ConfigError(f"{path}: an experiment config is a mapping with model/data/train/eval sections")
     cfg = _structured(ExperimentConfig, loaded, overrides, str(path))
     resolve_data_paths(cfg.data)
-    validate_config(cfg, check_files)
+    validate_config(cfg, check_files, splits)
     return cfg
 
 
@@ -339,7 +341,7 @@ class ConfigError(ValueError):
     """A configuration problem, found before anything is built."""
 
 
-def validate_config(cfg: ExperimentConfig, check_files: bool = True) -> None:
+def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Sequence[str] = ("train", "val", "test")) -> None:
     """Checks beyond types and choices: ranges, combinations and (``check_files``) the files that must exist."""
     t, m, d = cfg.train, cfg.model, cfg.data
     positive = {"data.num_frames": d.num_frames, "data.image_size": d.image_size, "model.context_length": m.context_length,
@@ -369,7 +371,7 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True) -> None:
         return
     if cfg.model.weights and not is_spec(cfg.model.weights) and not Path(cfg.model.weights).expanduser().exists():
         raise ConfigError(f"model.weights: {cfg.model.weights} does not exist")
-    for split in ("train", "val", "test"):
+    for split in splits:
         ann = getattr(cfg.data, f"{split}_ann")
         if ann and not Path(ann).expanduser().is_file():
             raise ConfigError(f"data.{split}_ann: {ann} does not exist")

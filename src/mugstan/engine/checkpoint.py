@@ -86,8 +86,10 @@ def set_rng_state(state: dict) -> None:
 
 def load_model(path, device="cpu", overrides=()):
     """Rebuild a model from a checkpoint folder (or a ``mugstan convert --format stan|clip2video``
-    file), given as a path or a Hub spec (``mugstan.hub``). Returns (model in eval mode,
-    ExperimentConfig or None for converted files)."""
+    file), given as a path or a Hub spec (``mugstan.hub``). ``overrides``: ``model.*`` overrides
+    (a parameter-free change such as ``model.head=mug`` on a Mug-STAN checkpoint, or
+    ``model.mug_mode=full``). Returns (model in eval mode, ExperimentConfig or None for converted
+    files)."""
     from mugstan.hub import resolve_checkpoint
     from mugstan.models import build_model
 
@@ -95,7 +97,7 @@ def load_model(path, device="cpu", overrides=()):
     if path.is_file() and path.suffix == ".safetensors":
         from mugstan.released import load_converted
 
-        return load_converted(path).to(device).eval(), None
+        return load_converted(path, overrides).to(device).eval(), None
     if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
         raise FileNotFoundError(f"{path}: not a mugstan checkpoint (expected {WEIGHTS} and {CONFIG} in it)")
     cfg = load_config(path / CONFIG, overrides, check_files=False)
