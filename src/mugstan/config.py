@@ -114,6 +114,10 @@ class ModelConfig:
     # An open_clip model config ({embed_dim, quick_gelu, vision_cfg, text_cfg}) for an architecture
     # open_clip does not name; used instead of model.backbone (converters write it; null otherwise).
     backbone_config: Optional[dict[str, Any]] = None
+    # Initialise every matching weight from an earlier run before training: a checkpoint folder,
+    # a `mugstan convert` file or hf-hub:org/name (post-pretraining -> fine-tuning). Weights the
+    # source lacks (a new head or classifier) keep their initialisation; both lists are printed.
+    init_from: Optional[str] = None
     # Frame-level branch (none | stan) and video-level head (mean | meanP | seqTransf | tdb_tab |
     # mug). STAN = branch stan + head mean; Mug-STAN = branch stan + head mug.
     branch: Branch = Branch.none
@@ -139,6 +143,18 @@ class ModelConfig:
     context_length: int = 32  # text tokens L, EOT always kept
     grad_checkpointing: bool = False
     freeze_backbone: bool = False
+
+
+@dataclass
+class MixSource:
+    """An extra training source mixed into ``data`` (e.g. CC3M image-text pairs for Mug-STAN's
+    post-pretraining): its own format, folder and annotation file; images are one-frame videos."""
+
+    dataset: str = "cc3m"
+    root: str = ""
+    videos: str = ""
+    train_ann: Optional[str] = None
+    extra: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -170,6 +186,7 @@ class DataConfig:
     test_clips: int = 1  # recognition multi-view testing: clips x crops
     test_crops: int = 1
     num_workers: int = 4
+    mix: list[MixSource] = field(default_factory=list)  # extra training sources, sampled with the main one
 
     @property
     def video_root(self) -> Path:
@@ -266,10 +283,23 @@ def load_config(path, overrides: Union[Sequence[str], Mapping[str, Any]] = (), c
 
 
 def resolve_data_paths(d: DataConfig) -> None:
-    """Relative ``data.*_ann`` and ``data.extra`` paths become paths inside ``data.root``."""
+    """Relative ``data.*_ann`` and ``data.extra`` paths become paths inside ``data.root`` (those of
+    a ``data.mix`` source inside its own root)."""
     for split in ("train", "val", "test"):
         setattr(d, f"{split}_ann", d.resolve(getattr(d, f"{split}_ann")))
     d.extra = {key: d.resolve(value) for key, value in d.extra.items()}
+    for source in d.mix:
+        own = mix_data_config(d, source)
+        source.train_ann, source.extra = own.train_ann, own.extra
+
+
+def mix_data_config(d: DataConfig, source: MixSource) -> DataConfig:
+    """The data config of a ``data.mix`` source: ``d``'s sampling and transforms, the source's files."""
+    from dataclasses import replace
+
+    own = replace(d, dataset=source.dataset, root=source.root, videos=source.videos, train_ann=source.train_ann,
+                  val_ann=None, test_ann=None, extra=dict(source.extra), mix=[])
+    return replace(own, train_ann=own.resolve(own.train_ann), extra={k: own.resolve(v) for k, v in own.extra.items()})
 
 
 def model_config(fields: Mapping[str, Any], overrides: Union[Sequence[str], Mapping[str, Any]] = (), source: str = "model config") -> ModelConfig:
@@ -378,6 +408,9 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
     for key, value in cfg.data.extra.items():
         if not Path(value).expanduser().exists():
             raise ConfigError(f"data.extra.{key}: {value} does not exist")
+    for n, source in enumerate(cfg.data.mix if "train" in splits else []):
+        if not source.train_ann or not Path(source.train_ann).expanduser().is_file():
+            raise ConfigError(f"data.mix[{n}].train_ann: {source.train_ann} does not exist (each mixed source needs its annotation file)")
     if cfg.data.root and not Path(cfg.data.root).expanduser().is_dir():
         raise ConfigError(f"data.root: {cfg.data.root} is not a folder")
 
