@@ -89,6 +89,9 @@ def setup_run(cfg: ExperimentConfig) -> Run:
     if cfg.model.task == Task.recognition and not cfg.model.class_names and ann.class_names:
         cfg.model.class_names = list(ann.class_names)
     model = build_model(cfg.model)
+    if dist.main and not (cfg.model.pretrained or cfg.model.weights or cfg.model.init_from):
+        print(f"model.backbone {cfg.model.backbone or 'from model.backbone_config'} starts from random weights "
+              "(model.pretrained, model.weights and model.init_from are null)")
     if cfg.model.init_from:
         report = ckpt.init_from(model, cfg.model.init_from)
         if dist.main:
