@@ -45,11 +45,8 @@ def fit(branch: str, head: str, max_steps: int) -> list[float]:
     """Contrastive training on the 8 clips; pair accuracy every 25 steps until it reaches 100%."""
     torch.manual_seed(0)
     cfg = ModelConfig(backbone="mugstan-tiny", branch=branch, head=head, stan=STANConfig(depth=2, drop_path=0.0),
-                      context_length=16, temperature=0.05)
+                      context_length=16, temperature=0.05, freeze_text=True)
     model = build_model(cfg).train()
-    for name, p in model.backbone.clip.named_parameters():
-        if not name.startswith("visual."):
-            p.requires_grad_(False)
     loss_fn = build_loss(cfg, model)
     frames, captions = clips_and_reversals()
     mask = torch.ones(frames.shape[:2], dtype=torch.bool)

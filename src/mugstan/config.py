@@ -143,6 +143,7 @@ class ModelConfig:
     context_length: int = 32  # text tokens L, EOT always kept
     grad_checkpointing: bool = False
     freeze_backbone: bool = False
+    freeze_text: bool = False  # keep the text tower as loaded (only the video side trains)
 
 
 @dataclass

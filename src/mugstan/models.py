@@ -175,15 +175,15 @@ def build_model(cfg: ModelConfig, class_names: Sequence[str] = ()) -> Union[Vide
     backbone.clip.logit_scale.requires_grad_(False)  # superseded by the model's logit_scale
     model: nn.Module = VideoTextModel(backbone, branch, head, logit_scale, cfg.context_length)
     if cfg.task == Task.recognition:
-        for name, p in backbone.clip.named_parameters():  # the text tower only initialises the classifier
-            if not name.startswith("visual."):
-                p.requires_grad_(False)
+        backbone.freeze_text()  # the text tower only initialises the classifier
         model = VideoClassifier(model, build_classifier(cfg, model, class_names))
     if cfg.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
         branch.grad_checkpointing = True
     if cfg.freeze_backbone:
         backbone.requires_grad_(False)
+    if cfg.freeze_text:
+        backbone.freeze_text()
     model.train()
     return model
 

@@ -169,6 +169,12 @@ class CLIPBackbone(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
+    def freeze_text(self) -> None:
+        """No gradient for the text tower (everything outside ``visual``)."""
+        for name, p in self.clip.named_parameters():
+            if not name.startswith("visual."):
+                p.requires_grad_(False)
+
     # ---- vision -------------------------------------------------------------------------
     def embed_patches(self, frames: torch.Tensor) -> torch.Tensor:
         """Vision stem: frames [N, 3, H, W] -> tokens [N, 1+P, D] (class token first, after ln_pre)."""
