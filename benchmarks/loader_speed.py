@@ -51,10 +51,10 @@ SHAPES = {"320x240": (320, 240), "1280x720": (1280, 720)}
 # name -> `mugstan data compress` options (None: the raw files)
 LAYOUTS = {
     "raw": None,
-    "3 fps, GOP 250": ["--fps", "3", "--short-side", "224", "--gop", "250"],
-    "3 fps, all-intra": ["--fps", "3", "--short-side", "224", "--gop", "1"],
-    "3 fps, all-intra, fast-decode": ["--fps", "3", "--short-side", "224", "--gop", "1", "--fast-decode"],
-    "30 fps, GOP 8": ["--fps", "30", "--short-side", "224", "--gop", "8"],
+    "3 fps, GOP 250": ["--fps", "3", "--short-side", "224", "--gop", "250", "--no-fast-decode"],  # compress before issue 20
+    "3 fps, all-intra": ["--fps", "3", "--short-side", "224", "--gop", "1", "--no-fast-decode"],
+    "3 fps, all-intra, fast-decode": ["--fps", "3", "--short-side", "224", "--gop", "1", "--fast-decode"],  # the defaults now
+    "30 fps, GOP 8": ["--fps", "30", "--short-side", "224", "--gop", "8", "--no-fast-decode"],
     "30 fps, all-intra, fast-decode": ["--fps", "30", "--short-side", "224", "--gop", "1", "--fast-decode"],
 }
 MODES = {

@@ -43,7 +43,7 @@ def keyframe_flags(path) -> list[bool]:
 def test_gop_sets_the_keyframe_layout(source, tmp_path):
     assert compress(source, tmp_path / "intra", "--fps", "12", "--gop", "1") == 0
     assert compress(source, tmp_path / "gop4", "--fps", "12", "--gop", "4") == 0
-    assert compress(source, tmp_path / "long", "--fps", "12") == 0  # default: x264's 250
+    assert compress(source, tmp_path / "long", "--fps", "12", "--gop", "250") == 0  # x264's usual interval
     intra, gop4, long = (tmp_path / d / "a.mp4" for d in ("intra", "gop4", "long"))
     assert keyframe_flags(intra) == [True] * 36
     assert keyframe_flags(gop4) == [i % 4 == 0 for i in range(36)]
@@ -60,10 +60,19 @@ def test_gop_sets_the_keyframe_layout(source, tmp_path):
 
 def test_fast_decode_turns_off_cabac_and_deblocking(source, tmp_path):
     assert compress(source, tmp_path / "fast", "--gop", "1", "--fast-decode") == 0
-    assert compress(source, tmp_path / "plain", "--gop", "1") == 0
+    assert compress(source, tmp_path / "plain", "--gop", "1", "--no-fast-decode") == 0
     fast, plain = x264_settings(tmp_path / "fast" / "a.mp4"), x264_settings(tmp_path / "plain" / "a.mp4")
     assert "cabac=0" in fast and "deblock=0" in fast
     assert "cabac=1" in plain and "deblock=1" in plain
+
+
+def test_defaults_are_all_intra_fast_decode(source, tmp_path):
+    assert compress(source, tmp_path / "out") == 0
+    path = tmp_path / "out" / "a.mp4"
+    settings = x264_settings(path)
+    assert "keyint=1 " in settings and "cabac=0" in settings and "deblock=0" in settings
+    info = probe(path)
+    assert info.fps == pytest.approx(3) and info.num_frames == 9 and keyframe_flags(path) == [True] * 9
 
 
 def test_compressed_files_are_readable_by_others(source, tmp_path):
@@ -111,7 +120,7 @@ def test_keyframe_index_makes_a_sampled_frame_cost_one_decode(source, tmp_path):
     than the next frame (the caller seeks there); in a one-GOP file it decodes on, since seeking
     would land on the same keyframe."""
     compress(source, tmp_path / "intra", "--fps", "12", "--gop", "1")
-    compress(source, tmp_path / "long", "--fps", "12")
+    compress(source, tmp_path / "long", "--fps", "12", "--gop", "250")
     for folder, expect in (("intra", (1, 1, [0])), ("long", (3, 21, [0, 10, 20]))):
         path = tmp_path / folder / "a.mp4"
         with av.open(str(path)) as container:
@@ -119,7 +128,7 @@ def test_keyframe_index_makes_a_sampled_frame_cost_one_decode(source, tmp_path):
             assert decoded_frames(container, [0, 10, 20], keys) == expect
 
 
-@pytest.mark.parametrize("options", [["--gop", "1"], ["--gop", "5"], ["--gop", "1", "--fast-decode"], []])
+@pytest.mark.parametrize("options", [["--gop", "1", "--no-fast-decode"], ["--gop", "5"], [], ["--gop", "250", "--no-fast-decode"]])
 def test_sampled_clips_are_exactly_the_wanted_frames(source, tmp_path, options):
     """Whatever the layout, read_clip returns the frames at the sampled indices (the frame value
     encodes its index), in training (random) and testing sampling."""
