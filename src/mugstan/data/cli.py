@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from mugstan.data.video import VideoError, output_size, probe
 
-# All-intra by default: on an H200 host's 16 cores the training loader gave 2.5-3x the clips/s of
-# x264's usual 250-frame GOP, for 1.6-3x the disk (benchmarks/results/loader_speed.md).
+# All-intra by default: on an H200 host's 16 cores the training loader gave 2.5-3.1x the clips/s of
+# x264's usual 250-frame GOP, for 1.8-3x the disk (benchmarks/results/loader_speed.md).
 GOP_DEFAULT = 1
 SHORT_GOP = 30
 
