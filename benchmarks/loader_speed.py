@@ -8,8 +8,8 @@ What is timed is exactly what training and evaluation run: ``build_dataset`` (Pa
 the CLIP tokenizer for training, ClipDataset for evaluation) in a ``torch.utils.data.DataLoader``
 with ``collate``, ``num_workers`` worker processes, clips of 12 frames at 224 px:
 open, probe, sample, decode, resize, random resized crop (training) or centre crop (evaluation),
-normalise, collate, and the transfer of the batch to the main process. Worker start-up and each
-worker's first batch are not timed; a measurement lasts at most ``--seconds``. Batches are small
+normalise, collate, and the transfer of the batch to the main process. Worker start-up and the
+batches queued at start (2 per worker) are not timed; a measurement lasts at most ``--seconds``. Batches are small
 (4 clips) so that the slow layouts warm up quickly; the cost per clip does not depend on it.
 
 Videos are rendered here with PyAV, shaped like MSR-VTT: 320x240 and 1280x720 (separately),
@@ -62,6 +62,7 @@ MODES = {
     "train_uint8": "training loader with uint8 out (build_dataset(..., uint8=True); normalised on the GPU)",
     "eval": "evaluation loader (middle frame per segment, centre crop, normalised float out)",
 }
+PREFETCH = 2  # batches queued per worker (DataLoader's prefetch_factor)
 CAPTIONS = ["a man is talking about a car in a garage", "people dance on a stage while the crowd cheers",
             "a cartoon dog runs across a field", "a woman explains how to cook pasta in a kitchen"]
 
@@ -132,12 +133,14 @@ def loader_rate(cfg: DataConfig, train: bool, workers: int, clips: int, batch_si
         dataset = build_dataset(cfg, "train", tokenizer, train=True, pairs=True, uint8=uint8)
     else:
         dataset = build_dataset(cfg, "test", train=False, pairs=False, uint8=uint8)
-    # Enough items for the timed batches plus the warm-up, cycling over the videos.
-    index = [i % len(dataset) for i in range(clips + batch_size * (workers + 1))]
+    # Warm-up: every batch the workers were given at start (PREFETCH per worker) is taken before
+    # the clock starts, so none of the timed batches was built while the workers started up or
+    # while the queue was filling: the window sees the steady state only.
+    index = [i % len(dataset) for i in range(clips + batch_size * (PREFETCH * workers + 1))]
     loader = DataLoader(torch.utils.data.Subset(dataset, index), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=collate, prefetch_factor=2 if workers else None)
+                        num_workers=workers, collate_fn=collate, prefetch_factor=PREFETCH if workers else None)
     it = iter(loader)
-    for _ in range(workers):  # every worker has produced its first batch: start-up is over
+    for _ in range(PREFETCH * max(1, workers)):
         next(it)
     start, n = time.perf_counter(), 0
     for batch in it:

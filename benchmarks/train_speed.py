@@ -92,11 +92,16 @@ def model_alone(model, optimizer, batch: int, frames: int, size: int, steps: int
 
 
 def with_loader(model, optimizer, cfg: DataConfig, batch: int, workers: int, steps: int, uint8: bool, device: torch.device) -> dict:
-    """Clips/s fed by the real DataLoader and the share of the time spent waiting for batches."""
+    """Clips/s fed by the real DataLoader in its steady state and the share of the time spent
+    waiting for batches. The batches queued while the workers start are taken untimed first (a
+    run timed on them measures the GPU alone), then at least two batches per worker are timed."""
     dataset = build_dataset(cfg, "train", model.tokenizer, train=True, pairs=True, uint8=uint8)
-    index = [i % len(dataset) for i in range(batch * (steps + 3))]
+    prefetch = 2
+    drain = prefetch * max(1, workers)  # batches queued at start: built before the clock starts
+    steps = max(steps, 2 * workers)  # each worker builds about two timed batches
+    index = [i % len(dataset) for i in range(batch * (steps + drain + 2))]
     loader = DataLoader(torch.utils.data.Subset(dataset, index), batch_size=batch, shuffle=False, num_workers=workers,
-                        collate_fn=collate, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+                        collate_fn=collate, pin_memory=device.type == "cuda", prefetch_factor=prefetch if workers else None,
                         persistent_workers=False, drop_last=True)
     it = iter(loader)
 
@@ -105,8 +110,10 @@ def with_loader(model, optimizer, cfg: DataConfig, batch: int, workers: int, ste
         return (b["frames"].to(device, non_blocking=True), b["frame_mask"].to(device, non_blocking=True),
                 b["ids"].to(device, non_blocking=True), b["text_mask"].to(device, non_blocking=True))
 
-    for _ in range(2):  # warm-up: workers started, kernels chosen
+    for _ in range(2):  # warm-up: kernels chosen
         train_step(model, optimizer, *next_batch(), device)
+    for _ in range(drain - 2):  # the rest of the batches queued at start, untimed
+        next(it)
     sync(device)
     wait, start = 0.0, time.perf_counter()
     for _ in range(steps):
@@ -126,7 +133,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[128, 64], help="clips per step, one per backbone")
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (with a loader: at least 2 x workers)")
     parser.add_argument("--videos", type=int, default=48, help="videos rendered for the loader runs")
     parser.add_argument("--workers", type=int, default=max(1, len(os.sched_getaffinity(0)) - 1))
     parser.add_argument("--peak", type=float, default=989e12, help="dense bf16 FLOP/s of the device (H100/H200 SXM: 989e12)")
