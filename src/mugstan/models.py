@@ -26,6 +26,7 @@ from mugstan.backbones.clip import CLIPBackbone, Tokenizer, build_clip
 from mugstan.branches.frames import FrameFeatures, NoBranch
 from mugstan.branches.stan import STAN
 from mugstan.config import Branch, Classifier, Head, ModelConfig, Task
+from mugstan.data.transforms import normalize
 from mugstan.engine.distributed import unwrap
 from mugstan.heads.base import Embeddings, LogitScale
 from mugstan.heads.base import Head as HeadModule
@@ -189,6 +190,9 @@ def build_model(cfg: ModelConfig, class_names: Sequence[str] = ()) -> Union[Vide
 
 
 def model_inputs(model: nn.Module, batch: dict, device: torch.device, rows: slice = slice(None)) -> dict:
-    """The entries of a collated batch that ``model`` (DDP-wrapped or not) takes, rows ``rows``, on ``device``."""
-    names = unwrap(model).input_names
-    return {name: batch[name][rows].to(device, non_blocking=True) for name in names}
+    """The entries of a collated batch that ``model`` (DDP-wrapped or not) takes, rows ``rows``, on
+    ``device``; uint8 frames (a loader built with ``uint8=True``) are CLIP-normalised there."""
+    inputs = {name: batch[name][rows].to(device, non_blocking=True) for name in unwrap(model).input_names}
+    if inputs["frames"].dtype == torch.uint8:
+        inputs["frames"] = normalize(inputs["frames"])
+    return inputs
