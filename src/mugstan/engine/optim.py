@@ -1,4 +1,13 @@
-"""AdamW with CLIP / new-module parameter groups, and per-step warmup + cosine decay."""
+"""AdamW with CLIP / new-module parameter groups, and the per-step learning-rate schedules.
+
+``train.schedule`` (every one a multiplier of the configured learning rates, per optimiser step):
+
+- ``warmup_cosine``: linear warmup over ``train.warmup`` steps, then a cosine to 0 at the end.
+- ``bert_warmup_cosine``: CLIP4Clip's BertAdam schedule, x = step / total: x / warmup while
+  x < warmup, then 0.5 * (1 + cos(pi * x)) (not restarted at the end of warmup).
+- ``linear_then_cosine``: the STAN authors' mmengine schedule (``LinearLR`` then
+  ``CosineAnnealingLR``, ``convert_to_iter_based``), its epochs converted to steps.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +15,9 @@ import math
 
 import torch
 
-from mugstan.config import TrainConfig
+from typing import Callable, Optional
+
+from mugstan.config import Schedule, TrainConfig
 
 
 def build_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -59,5 +70,56 @@ def warmup_cosine(total_steps: int, warmup: float) -> "callable":
     return factor
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup))
+def bert_warmup_cosine(total_steps: int, warmup: float) -> Callable[[int], float]:
+    """CLIP4Clip's ``BertAdam(schedule='warmup_cosine', warmup=w, t_total=total)``: with
+    x = step / total (step from 0), x / w while x < w, then 0.5 * (1 + cos(pi * x))."""
+    total = max(total_steps, 1)
+
+    def factor(step: int) -> float:
+        x = step / total
+        return x / warmup if x < warmup else 0.5 * (1.0 + math.cos(math.pi * x))
+
+    return factor
+
+
+def linear_then_cosine(steps_per_epoch: int, start_factor: float, warmup_epochs: float, t_max_epochs: float,
+                       cosine_begin: Optional[float] = None, cosine_end: Optional[float] = None) -> Callable[[int], float]:
+    """mmengine's ``LinearLR(start_factor, begin=0, end=warmup_epochs)`` then
+    ``CosineAnnealingLR(T_max=t_max_epochs, eta_min=0, begin=cosine_begin, end=cosine_end)``, both
+    ``by_epoch`` and ``convert_to_iter_based`` (epochs x ``steps_per_epoch`` steps).
+
+    Factor at step s: start + (1 - start) * s / W during warmup [0, W); 1 from W to the cosine's
+    begin B; (1 + cos(pi * (s - B) / T)) / 2 from B to its end E (periodic past T, as mmengine's
+    chained cosine is: it rises again after reaching 0); after E it holds its last value.
+    """
+    w = int(round(warmup_epochs * steps_per_epoch))
+    b = w if cosine_begin is None else int(round(cosine_begin * steps_per_epoch))
+    t = max(t_max_epochs * steps_per_epoch, 1e-9)
+    e = None if cosine_end is None else int(round(cosine_end * steps_per_epoch))
+
+    def factor(step: int) -> float:
+        if step < w:
+            return start_factor + (1.0 - start_factor) * step / w
+        if step < b:
+            return 1.0
+        s = step if e is None else min(step, e - 1)
+        return 0.5 * (1.0 + math.cos(math.pi * (s - b) / t))
+
+    return factor
+
+
+def schedule_factor(cfg: TrainConfig, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
+    """The lr multiplier per optimiser step of ``cfg.schedule``."""
+    if cfg.schedule == Schedule.bert_warmup_cosine:
+        return bert_warmup_cosine(total_steps, cfg.warmup if cfg.warmup < 1 else cfg.warmup / max(total_steps, 1))
+    if cfg.schedule == Schedule.linear_then_cosine:
+        return linear_then_cosine(steps_per_epoch, cfg.start_factor, cfg.warmup_epochs, cfg.cosine_t_max, cfg.cosine_begin, cfg.cosine_end)
+    return warmup_cosine(total_steps, cfg.warmup)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float, cfg: Optional[TrainConfig] = None,
+                    steps_per_epoch: Optional[int] = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step LambdaLR: ``cfg.schedule`` when a config is given, else warmup + cosine over ``warmup``."""
+    if cfg is None:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(cfg, total_steps, steps_per_epoch or max(total_steps, 1)))
