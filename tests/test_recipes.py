@@ -176,3 +176,25 @@ def test_data_check_takes_overrides(tmp_path, capsys):
     assert main(["data", "check", str(cfg), f"data.root={root}"]) == 1  # found the dataset, reported the missing video
     out = capsys.readouterr().out
     assert "test: 2 videos, 1 with problems" in out and "missing.mp4" in out
+
+
+# ---- weight decay exemptions ----------------------------------------------------------------------
+def test_no_decay_kinds_follow_each_recipe():
+    from mugstan.config import ModelConfig
+    from mugstan.engine.optim import build_optimizer, param_groups
+    from mugstan.models import build_model
+
+    model = build_model(ModelConfig(backbone="mugstan-tiny", branch="stan", head="mean"))
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def exempt(no_decay):
+        return {names[id(p)] for g in param_groups(model, no_decay) if not g["decay"] for p in g["params"]}
+
+    default, stan, clip4clip = exempt(["norm", "bias", "embedding", "logit_scale"]), exempt(["norm", "bias"]), exempt(["bias"])
+    assert "backbone.clip.visual.positional_embedding" in default and "backbone.clip.visual.positional_embedding" not in stan
+    assert "branch.time_embed.weight" not in stan and "backbone.clip.visual.ln_post.weight" in stan
+    assert "backbone.clip.visual.ln_post.weight" not in clip4clip and "branch.spatial.0.attn.in_proj_bias" in clip4clip
+    assert all(n.endswith("bias") for n in clip4clip)
+    opt = build_optimizer(model, TrainConfig(weight_decay=0.05, no_decay=["norm", "bias"]))
+    decayed = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
+    assert "branch.time_embed.weight" in decayed and "backbone.clip.visual.ln_post.weight" not in decayed

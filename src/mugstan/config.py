@@ -248,6 +248,9 @@ class TrainConfig:
     lr: float = 1e-7  # CLIP (backbone) learning rate
     new_module_lr_mult: float = 10.0  # temporal modules and heads
     weight_decay: float = 0.2
+    # Parameter kinds without weight decay (any of norm, bias, embedding, logit_scale; see
+    # mugstan.engine.optim.parameter_kind). STAN authors: [norm, bias]; CLIP4Clip: [bias].
+    no_decay: list[str] = field(default_factory=lambda: ["norm", "bias", "embedding", "logit_scale"])
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     warmup: float = 0.1  # fraction of the total steps (<1) or a number of steps (>=1)
@@ -460,6 +463,9 @@ def validate_recipe_keys(cfg: ExperimentConfig) -> None:
         if begin < t.warmup_epochs or (t.cosine_end is not None and t.cosine_end < begin):
             raise ConfigError(f"the schedule needs train.warmup_epochs <= train.cosine_begin <= train.cosine_end, got "
                               f"{t.warmup_epochs}, {t.cosine_begin}, {t.cosine_end}")
+    unknown = sorted(set(t.no_decay) - {"norm", "bias", "embedding", "logit_scale"})
+    if unknown:
+        raise ConfigError(f"train.no_decay: {', '.join(unknown)} not among norm, bias, embedding, logit_scale")
     if cfg.eval.select_on == SelectOn.test and not d.test_ann:
         raise ConfigError("eval.select_on=test picks the best checkpoint on data.test_ann, which is not set")
 

@@ -24,7 +24,7 @@ def build_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
     """New modules (branch, head, classifier) at ``new_module_lr_mult`` x the CLIP learning rate; no
     weight decay on norms, biases, embeddings and the logit scale (``param_groups``)."""
     groups = []
-    for g in param_groups(model):
+    for g in param_groups(model, cfg.no_decay):
         groups.append({
             "params": g["params"], "name": g["name"],
             "lr": cfg.lr * (cfg.new_module_lr_mult if g["new"] else 1.0),
@@ -35,19 +35,36 @@ def build_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
-def param_groups(model: torch.nn.Module) -> list[dict]:
+NO_DECAY_KINDS = ("norm", "bias", "embedding", "logit_scale")
+
+
+def parameter_kind(name: str, p: torch.Tensor) -> str:
+    """"logit_scale", "embedding" (class / positional / temporal / token embeddings: "embed" in
+    the name), "bias" (other 1-D parameters named *.bias), "norm" (other 1-D or scalar
+    parameters: LayerNorm weights) or "weight" (matrices and kernels)."""
+    if "logit_scale" in name:
+        return "logit_scale"
+    if "embed" in name:
+        return "embedding"
+    if p.dim() >= 2:
+        return "weight"
+    return "bias" if name.endswith("bias") else "norm"
+
+
+def param_groups(model: torch.nn.Module, no_decay=NO_DECAY_KINDS) -> list[dict]:
     """Trainable parameters split into pretrained CLIP vs new modules and decay vs no decay.
 
     A parameter is CLIP's when its name passes through a module called ``backbone``. Each group:
-    {"name", "params", "new": bool, "decay": bool}. No weight decay on norms, biases, embeddings
-    (class / positional / temporal / token) and the logit scale.
+    {"name", "params", "new": bool, "decay": bool}. No weight decay on the ``parameter_kind``s in
+    ``no_decay`` (``train.no_decay``; default: norms, biases, embeddings and the logit scale; the
+    STAN authors exempt norms and biases only, CLIP4Clip biases only).
     """
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         new = "backbone" not in name.split(".")
-        decay = p.dim() >= 2 and "embed" not in name and "logit_scale" not in name
+        decay = parameter_kind(name, p) not in no_decay
         groups.setdefault((new, decay), []).append(p)
     return [
         {"name": f"{'new' if new else 'clip'}_{'decay' if decay else 'no_decay'}", "params": params, "new": new, "decay": decay}
