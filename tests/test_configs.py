@@ -41,18 +41,22 @@ def test_there_is_a_config_per_published_experiment():
 def test_config_builds_model_and_data(path, fixtures, tmp_path):
     root, formats = fixtures
     raw = yaml.safe_load(path.read_text())
-    data = {**raw["data"], **formats[raw["data"]["dataset"]], "root": str(root), "num_frames": 4, "image_size": 32, "num_workers": 0}
-    if "val_ann" not in raw["data"]:
-        data.pop("val_ann", None)
+    data = {**raw["data"], "videos": "", **formats[raw["data"]["dataset"]], "root": str(root), "num_frames": 4, "image_size": 32,
+            "num_workers": 0, "test_num_frames": None, "resize_short": None, "test_resize_short": None}
+    for split in ("train", "val", "test"):  # the splits the config names, no others
+        if f"{split}_ann" not in raw["data"]:
+            data.pop(f"{split}_ann", None)
+    data["mix"] = [{**formats[m["dataset"]], "dataset": m["dataset"]} for m in raw["data"].get("mix", [])]
     raw["data"] = data
-    raw["model"].update(backbone="mugstan-tiny", pretrained=None)
+    raw["model"].update(backbone="mugstan-tiny", pretrained=None, init_from=None)  # the chain's checkpoint does not exist here
     raw["train"]["output_dir"] = str(tmp_path / "run")
     small = tmp_path / path.name
     small.write_text(yaml.safe_dump(raw))
     cfg = load_config(small)  # types and files checked
 
     retrieval = cfg.model.task == "retrieval"
-    train = build_dataset(cfg.data, "train", Tokenizer(cfg.model.context_length) if retrieval else None, pairs=retrieval)
+    split = "train" if cfg.data.train_ann else "test"  # zero-shot configs only evaluate
+    train = build_dataset(cfg.data, split, Tokenizer(cfg.model.context_length) if retrieval else None, pairs=retrieval, train=True)
     names = getattr(train.ann, "class_names", None) or []
     model = build_model(cfg.model, class_names=names)
     batch = collate([train[0], train[1]])
