@@ -31,7 +31,12 @@ def test_there_is_a_config_per_published_experiment():
                      "lsmdc/stan_vitb32.yaml", "lsmdc/mugstan_vitb32.yaml", "msvd/clip4clip_meanP_vitb32.yaml",
                      "msvd/clip4clip_seqTransf_vitb32.yaml", "msvd/clip2video_vitb32.yaml", "msvd/stan_vitb32.yaml",
                      "msvd/mugstan_vitb32.yaml", "msrvtt/stan_vitb16.yaml",
-                     "kinetics400/stan_vitb16.yaml", "ssv2/stan_vitb16.yaml", "pretrain/mugstan_webvid_vitb32.yaml"):
+                     "kinetics400/stan_vitb16.yaml", "ssv2/stan_vitb16.yaml", "pretrain/mugstan_webvid_vitb32.yaml",
+                     "hmdb51/stan_vitb32.yaml", "hmdb51/clip_zeroshot_vitb32.yaml", "ucf101/stan_vitb32.yaml",
+                     "ucf101/clip_zeroshot_vitb32.yaml", "kinetics400/clip_zeroshot_vitb32.yaml", "msrvtt/clip_zeroshot_vitb32.yaml",
+                     "vatex/clip2video_vitb32.yaml", "activitynet/clip4clip_meanP_vitb32.yaml", "msrvtt/clip4clip_meanP_7k_vitb32.yaml",
+                     "msrvtt/clip2video_full_vitb32.yaml", "msrvtt/mugstan_vitb16.yaml", "msrvtt/mugstan_vitl14.yaml",
+                     "pretrain/mugstan_webvid_cc3m_vitb32.yaml", "msrvtt/mugstan_vitb32_postpretrained.yaml"):
         assert expected in names
     for p in CONFIGS:
         assert p.read_text().startswith("#"), f"{p} must start with a comment citing its source"
