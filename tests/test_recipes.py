@@ -198,3 +198,41 @@ def test_no_decay_kinds_follow_each_recipe():
     opt = build_optimizer(model, TrainConfig(weight_decay=0.05, no_decay=["norm", "bias"]))
     decayed = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
     assert "branch.time_embed.weight" in decayed and "backbone.clip.visual.ln_post.weight" not in decayed
+
+
+# ---- BertAdam ------------------------------------------------------------------------------------------
+def test_bertadam_is_adam_without_bias_correction_and_clips_each_parameter():
+    from mugstan.engine.optim import BertAdam
+
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    q = torch.nn.Parameter(torch.tensor([0.5]))
+    opt = BertAdam([{"params": [p], "weight_decay": 0.2}, {"params": [q], "weight_decay": 0.0}], lr=0.1, betas=(0.9, 0.98), eps=1e-6,
+                   max_grad_norm=1.0)
+    grads = [(torch.tensor([3.0, 4.0]), torch.tensor([0.5])), (torch.tensor([0.3, -0.4]), torch.tensor([-0.25]))]
+    m_p, v_p, m_q, v_q = torch.zeros(2), torch.zeros(2), torch.zeros(1), torch.zeros(1)
+    want_p, want_q = p.detach().clone(), q.detach().clone()
+    for gp, gq in grads:
+        p.grad, q.grad = gp.clone(), gq.clone()
+        opt.step()
+        gp = gp * min(1.0, 1.0 / (gp.norm().item() + 1e-6))  # |(3, 4)| = 5: clipped to norm 1 on its own
+        m_p, v_p = 0.9 * m_p + 0.1 * gp, 0.98 * v_p + 0.02 * gp**2
+        m_q, v_q = 0.9 * m_q + 0.1 * gq, 0.98 * v_q + 0.02 * gq**2
+        want_p = want_p - 0.1 * (m_p / (v_p.sqrt() + 1e-6) + 0.2 * want_p)
+        want_q = want_q - 0.1 * (m_q / (v_q.sqrt() + 1e-6))
+        torch.testing.assert_close(p.detach(), want_p)
+        torch.testing.assert_close(q.detach(), want_q)
+    # the first step is not bias-corrected: 0.1 g / sqrt(0.02 g^2) = 0.707 of Adam's unit step
+    r = torch.nn.Parameter(torch.tensor([1.0]))
+    r.grad = torch.tensor([0.5])
+    BertAdam([r], lr=1.0, betas=(0.9, 0.98), eps=0.0, max_grad_norm=-1).step()
+    assert r.item() == pytest.approx(1.0 - 0.1 / math.sqrt(0.02))
+
+
+def test_build_optimizer_picks_bertadam():
+    from mugstan.engine.optim import BertAdam, build_optimizer
+
+    model = torch.nn.Linear(2, 2)
+    opt = build_optimizer(model, TrainConfig(optimizer="bertadam", grad_clip=1.0, lr=1e-7, new_module_lr_mult=1000.0))
+    assert isinstance(opt, BertAdam) and all(g["max_grad_norm"] == 1.0 for g in opt.param_groups)
+    assert all(g["lr"] == pytest.approx(1e-4) for g in opt.param_groups)  # a plain Linear is all "new module"
+    assert isinstance(build_optimizer(model, TrainConfig()), torch.optim.AdamW)

@@ -142,3 +142,6 @@ def test_key_recipe_values_are_the_authors():
     assert value("msrvtt/clip2video_vitb32.yaml", "data.sample_fps") == 2.5 and value("msrvtt/clip2video_vitb32.yaml", "train.epochs") == 3
     assert value("vatex/clip2video_vitb32.yaml", "model.tab_centers") == 7
     assert value("msrvtt/stan_vitb32.yaml", "train.eps") == 1e-8 and value("msrvtt/clip4clip_seqTransf_vitb32.yaml", "train.eps") == 1e-6
+    assert value("msrvtt/clip4clip_meanP_vitb32.yaml", "train.optimizer") == "bertadam" and value("msrvtt/stan_vitb32.yaml", "train.optimizer") == "adamw"
+    assert value("msrvtt/clip4clip_meanP_vitb32.yaml", "train.schedule") == "bert_warmup_cosine"
+    assert value("msrvtt/stan_vitb32.yaml", "train.no_decay") == ["norm", "bias"] and value("msrvtt/clip4clip_meanP_vitb32.yaml", "train.no_decay") == ["bias"]

@@ -101,6 +101,13 @@ class Schedule(Choice):
     linear_then_cosine = "linear_then_cosine"
 
 
+class OptimizerKind(Choice):
+    adamw = "adamw"  # torch.optim.AdamW (STAN / Mug-STAN's optimiser)
+    # CLIP4Clip / CLIP2Video's BertAdam: Adam without bias correction, weight decay added to the
+    # update, each parameter's gradient also clipped to train.grad_clip (mugstan.engine.optim.BertAdam)
+    bertadam = "bertadam"
+
+
 class SelectOn(Choice):
     """Which split picks checkpoints/best during training."""
 
@@ -248,6 +255,7 @@ class TrainConfig:
     lr: float = 1e-7  # CLIP (backbone) learning rate
     new_module_lr_mult: float = 10.0  # temporal modules and heads
     weight_decay: float = 0.2
+    optimizer: OptimizerKind = OptimizerKind.adamw  # adamw | bertadam (CLIP4Clip, CLIP2Video)
     # Parameter kinds without weight decay (any of norm, bias, embedding, logit_scale; see
     # mugstan.engine.optim.parameter_kind). STAN authors: [norm, bias]; CLIP4Clip: [bias].
     no_decay: list[str] = field(default_factory=lambda: ["norm", "bias", "embedding", "logit_scale"])

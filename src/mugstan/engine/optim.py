@@ -1,4 +1,5 @@
-"""AdamW with CLIP / new-module parameter groups, and the per-step learning-rate schedules.
+"""AdamW (or CLIP4Clip's BertAdam) with CLIP / new-module parameter groups, and the per-step
+learning-rate schedules.
 
 ``train.schedule`` (every one a multiplier of the configured learning rates, per optimiser step):
 
@@ -17,10 +18,52 @@ import torch
 
 from typing import Callable, Optional
 
-from mugstan.config import Schedule, TrainConfig
+from mugstan.config import OptimizerKind, Schedule, TrainConfig
 
 
-def build_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
+class BertAdam(torch.optim.Optimizer):
+    """The Adam of CLIP4Clip / CLIP2Video (``BertAdam`` of pytorch-pretrained-BERT), without its
+    built-in schedule (the LambdaLR of ``train.schedule`` scales ``lr`` instead):
+
+        g <- g * min(1, max_grad_norm / (|g| + 1e-6))      (each parameter on its own; <= 0: off)
+        m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2  (no bias correction)
+        p <- p - lr * (m / (sqrt(v) + eps) + weight_decay * p)
+    """
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0,
+                 max_grad_norm: float = 1.0):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if group["max_grad_norm"] > 0:
+                    coef = group["max_grad_norm"] / (float(g.norm()) + 1e-6)
+                    if coef < 1.0:
+                        g.mul_(coef)
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                update = m / (v.sqrt() + group["eps"])
+                if group["weight_decay"] > 0:
+                    update.add_(p, alpha=group["weight_decay"])
+                p.add_(update, alpha=-group["lr"])
+        return loss
+
+
+def build_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     """New modules (branch, head, classifier) at ``new_module_lr_mult`` x the CLIP learning rate; no
     weight decay on norms, biases, embeddings and the logit scale (``param_groups``)."""
     groups = []
@@ -32,6 +75,8 @@ def build_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
         })
     if not groups:
         raise ValueError("the model has no trainable parameters (is everything frozen?)")
+    if cfg.optimizer == OptimizerKind.bertadam:
+        return BertAdam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, max_grad_norm=cfg.grad_clip or -1.0)
     return torch.optim.AdamW(groups, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
