@@ -236,3 +236,22 @@ def test_build_optimizer_picks_bertadam():
     assert isinstance(opt, BertAdam) and all(g["max_grad_norm"] == 1.0 for g in opt.param_groups)
     assert all(g["lr"] == pytest.approx(1e-4) for g in opt.param_groups)  # a plain Linear is all "new module"
     assert isinstance(build_optimizer(model, TrainConfig()), torch.optim.AdamW)
+
+
+def test_the_search_index_masks_fps_padding_as_evaluation_does(tmp_path):
+    from mugstan.config import ExperimentConfig, ModelConfig
+    from mugstan.models import build_model
+    from mugstan.search.index import WindowEmbedder
+
+    video = write_video(tmp_path / "short.mp4", frames=24, fps=8)  # 3 s: 3 real frames of 6 at 1 fps
+    model = build_model(ModelConfig(backbone="mugstan-tiny", head="meanP")).eval()
+    cfg = ExperimentConfig(data=DataConfig(num_frames=6, image_size=32, sampler="fps", sample_fps=1.0))
+    embedder = WindowEmbedder(model, cfg, frames=6, batch_size=4, device=torch.device("cpu"))
+    embedder.add("short", video, None, None)
+    embedder.flush()
+    (indexed, _), = embedder.results["short"]
+    frames, mask = ClipDataset(Annotations([Clip(str(video))]), cfg.data, train=False).reader.read(Clip(str(video)), 0)
+    with torch.no_grad():
+        real_only = model.encode_video(frames[None, :3], torch.ones(1, 3, dtype=torch.bool)).x[0]
+    assert mask.tolist() == [True] * 3 + [False] * 3
+    np.testing.assert_allclose(indexed, real_only.numpy(), atol=1e-5)
