@@ -175,6 +175,8 @@ def build_model(cfg: ModelConfig, class_names: Sequence[str] = ()) -> Union[Vide
     logit_scale = LogitScale(backbone.clip.logit_scale, cfg.temperature)
     backbone.clip.logit_scale.requires_grad_(False)  # superseded by the model's logit_scale
     model: nn.Module = VideoTextModel(backbone, branch, head, logit_scale, cfg.context_length)
+    if cfg.eot_compat:  # the STAN authors' CLIPTokenize: long captions lose their EOT
+        model.tokenizer = Tokenizer(cfg.context_length, keep_eot=False)
     if cfg.task == Task.recognition:
         backbone.freeze_text()  # the text tower only initialises the classifier
         model = VideoClassifier(model, build_classifier(cfg, model, class_names))

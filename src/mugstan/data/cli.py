@@ -1,6 +1,6 @@
 """``mugstan data``: check a dataset's videos, re-encode a folder, generate the synthetic benchmark.
 
-    mugstan data check CONFIG.yaml [--split train val test]       # every split the config names
+    mugstan data check CONFIG.yaml [key=value ...] [--split train val test]   # every split the config names
     mugstan data check ANNOTATIONS --format jsonl --root VIDEOS    # one annotation file
     mugstan data compress SRC DST --fps 3 --short-side 224 --workers 4   # all-intra, fast-decode
     mugstan data synth OUT_DIR [--videos N --frames T --size S --seed K]
@@ -33,6 +33,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     check = sub.add_parser("check", help="list missing and corrupt videos of a dataset")
     check.add_argument("source", help="experiment YAML (its data section) or an annotation file")
+    check.add_argument("overrides", nargs="*", help="dotted key=value overrides of the config, e.g. data.root=/data/msrvtt")
     check.add_argument("--format", default="jsonl", help="annotation format when SOURCE is an annotation file (default: jsonl)")
     check.add_argument("--root", default="", help="video folder when SOURCE is an annotation file")
     check.add_argument("--split", nargs="+", default=None, help="splits to check (default: every split the config names)")
@@ -93,9 +94,12 @@ def _run_check(args: argparse.Namespace) -> int:
     if source.suffix in (".yaml", ".yml"):
         from mugstan.config import load_config
 
-        data_cfg = load_config(source).data
+        data_cfg = load_config(source, args.overrides).data
         splits = args.split or [s for s in ("train", "val", "test") if getattr(data_cfg, f"{s}_ann")]
     else:
+        if args.overrides:
+            raise SystemExit(f"error: key=value overrides ({' '.join(args.overrides)}) apply to a config file; "
+                             "for an annotation file use --format and --root")
         data_cfg = DataConfig(dataset=args.format, root=args.root, test_ann=str(source))
         splits = ["test"]
     report = check(data_cfg, splits)

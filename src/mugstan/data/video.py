@@ -4,8 +4,10 @@
 
 1. ``probe`` reads the stream's frame rate, time base and length from the container (no decoding).
 2. A sampler picks frame indices inside [start, end]: ``segment_indices`` (T equal segments:
-   random frame of each in training, the middle one in testing) or ``dense_indices`` (T frames
-   at a fixed stride from a random or central start). Short videos repeat frames, never pad.
+   random frame of each in training, the middle one in testing), ``dense_indices`` (T frames
+   at a fixed stride from a random or central start) or ``fps_indices`` (CLIP4Clip / CLIP2Video:
+   a fixed frame rate, at most T frames uniformly). Short videos repeat frames, never pad with
+   black; with ``fps_indices`` the repeats are masked out.
 3. ``decode_frames`` seeks to the keyframe before the first wanted frame and decodes forward,
    seeking again when the container's keyframe index shows that the next wanted frame is in a
    later group of pictures (files without an index: when it is over a second ahead); only the
@@ -148,6 +150,31 @@ def dense_indices(first: int, last: int, num: int, stride: int, train: bool, rng
         offset = int(round(room * clip / (num_clips - 1)))
     idx = first + offset + np.arange(num) * stride
     return first + (idx - first) % max(1, last - first)
+
+
+def fps_indices(first: int, last: int, video_fps: float, sample_fps: float, max_frames: int) -> np.ndarray:
+    """CLIP4Clip / CLIP2Video sampling: one frame every ``1 / sample_fps`` seconds of [first, last)
+    (from ``first``), then, when that gives more than ``max_frames``, ``max_frames`` of them chosen
+    uniformly including the first and the last (``np.linspace(0, n - 1, max_frames)`` as integers,
+    CLIP4Clip's ``--slice_framepos 2``). Fewer frames than ``max_frames`` are all returned: the
+    caller pads them and masks the padding. Deterministic (train and test alike).
+    """
+    if sample_fps <= 0 or max_frames < 1:
+        raise ValueError(f"sample_fps must be positive and max_frames at least 1, got {sample_fps}, {max_frames}")
+    step = video_fps / sample_fps  # frames of video between two samples
+    count = max(1, int(math.ceil((last - first) / step)))
+    times = np.floor(first + np.arange(count) * step).astype(np.int64)
+    times = np.clip(times, first, last - 1)
+    if count > max_frames:
+        times = times[np.linspace(0, count - 1, num=max_frames).astype(np.int64)]
+    return times
+
+
+def pad_indices(indices: np.ndarray, num: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices padded to ``num`` by repeating the last one, and the mask of the real ones (bool [num])."""
+    n = len(indices)
+    mask = np.arange(num) < n
+    return np.concatenate([indices, np.full(num - n, indices[-1], dtype=np.int64)]), mask
 
 
 # ---- decoding -------------------------------------------------------------------------------
@@ -308,15 +335,20 @@ def decode_all(path: PathLike, short_side: Optional[int] = None) -> torch.Tensor
 def read_clip(path: PathLike, num_frames: int, train: bool = False, short_side: Optional[int] = None,
               start: Optional[float] = None, end: Optional[float] = None, sampler: str = "segment",
               stride: int = 4, rng: Optional[np.random.Generator] = None, clip: int = 0,
-              num_clips: int = 1) -> torch.Tensor:
-    """Sample and decode one clip: uint8 [num_frames, 3, H, W].
+              num_clips: int = 1, sample_fps: float = 1.0, return_mask: bool = False):
+    """Sample and decode one clip: uint8 [num_frames, 3, H, W] (with ``return_mask``, also the
+    bool [num_frames] mask of real frames).
 
     sampler "segment" (default): T segments of [start, end]; with ``num_clips`` > 1 in testing,
     clip c takes the point at (c + 0.5) / num_clips of every segment. "dense": T frames
-    ``stride`` apart. An image file (image-text data) is a one-frame video: its frame repeated.
+    ``stride`` apart. "fps": ``fps_indices`` at ``sample_fps`` with ``num_frames`` the cap; a
+    short video's missing frames repeat its last sampled frame and are False in the mask (the
+    other samplers fill every position with a real frame: the mask is all True). An image file
+    (image-text data) is a one-frame video: its frame repeated, every position real.
     """
     if Path(path).suffix.lower() in IMAGE_EXTENSIONS:
-        return read_image(path, short_side).expand(num_frames, -1, -1, -1).contiguous()
+        frames = read_image(path, short_side).expand(num_frames, -1, -1, -1).contiguous()
+        return (frames, torch.ones(num_frames, dtype=torch.bool)) if return_mask else frames
     with _open(path) as container:  # one open for the metadata and the frames
         info = _info(container, path)
         first, last = frame_range(info, start, end)
@@ -328,9 +360,14 @@ def read_clip(path: PathLike, num_frames: int, train: bool = False, short_side: 
                 idx = np.clip(np.floor(edges[:-1] + (clip + 0.5) / num_clips * (edges[1:] - edges[:-1])).astype(np.int64), first, last - 1)
         elif sampler == "dense":
             idx = dense_indices(first, last, num_frames, stride, train, rng, clip, num_clips)
+        elif sampler == "fps":
+            idx, mask = pad_indices(fps_indices(first, last, info.fps, sample_fps, num_frames), num_frames)
         else:
-            raise ValueError(f"data.sampler must be 'segment' or 'dense', got {sampler!r}")
-        return _decode(container, path, info, idx, short_side)
+            raise ValueError(f"data.sampler must be 'segment', 'dense' or 'fps', got {sampler!r}")
+        frames = _decode(container, path, info, idx, short_side)
+    if not return_mask:
+        return frames
+    return frames, torch.from_numpy(mask) if sampler == "fps" else torch.ones(num_frames, dtype=torch.bool)
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")

@@ -10,7 +10,8 @@ each describes, and labels with class names for recognition. Two datasets then c
 
 Items are dicts: ``frames`` float [T, 3, S, S] ([V, T, 3, S, S] for multi-view testing; uint8,
 not yet normalised, with ``uint8=True``: see ``mugstan.data.transforms.normalize``),
-``frame_mask`` bool [T] (all True: short videos repeat frames), ``ids`` int64 [L] and
+``frame_mask`` bool [T] (all True: short videos repeat frames; ``data.sampler: fps`` pads short
+videos and masks the padding), ``ids`` int64 [L] and
 ``text_mask`` bool [L] (pairs), ``label`` int (recognition), ``index`` int. A clip that cannot be
 decoded is handled by ``on_error``:
 
@@ -82,23 +83,30 @@ class ClipReader:
         self.cfg, self.train, self.seed = cfg, train, seed
         self.num_frames = num_frames or (cfg.num_frames if train else (cfg.test_num_frames or cfg.num_frames))
         self.views = 1 if train else cfg.test_clips
+        # Testing resizes the short side to data.test_resize_short (default: data.resize_short).
+        self.short = (cfg.resize_short if train else (cfg.test_resize_short or cfg.resize_short)) or cfg.image_size
         self.transform = ClipTransform(cfg.image_size, train, cfg.crop_scale, cfg.hflip,
-                                       1 if train else cfg.test_crops, cfg.resize_short, uint8)
+                                       1 if train else cfg.test_crops, self.short, uint8)
         self.epoch = 0
 
     def __call__(self, clip: Clip, index: int) -> torch.Tensor:
+        return self.read(clip, index)[0]
+
+    def read(self, clip: Clip, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(frames float [T, 3, S, S] or [V, T, 3, S, S], frame_mask bool [T]): the mask is False
+        only where ``data.sampler: fps`` padded a short video."""
         # Training randomness (frames, crop, flip) is a function of (seed, epoch, index): the same
         # whatever the number of workers or processes, and after a resume.
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
         gen = torch.Generator().manual_seed(int(rng.integers(2**62))) if self.train else None
-        short = self.cfg.resize_short or self.cfg.image_size
         views = []
         for v in range(self.views):
-            frames = read_clip(clip.path, self.num_frames, self.train, short, clip.start, clip.end,
-                               self.cfg.sampler, self.cfg.dense_stride, rng, v, self.views)
+            frames, mask = read_clip(clip.path, self.num_frames, self.train, self.short, clip.start, clip.end,
+                                     self.cfg.sampler, self.cfg.dense_stride, rng, v, self.views,
+                                     sample_fps=self.cfg.sample_fps, return_mask=True)
             out = self.transform(frames, gen)  # [T, 3, S, S] or [crops, T, 3, S, S]
             views.extend(out.unbind(0) if out.dim() == 5 else [out])
-        return views[0] if len(views) == 1 else torch.stack(views)
+        return (views[0] if len(views) == 1 else torch.stack(views)), mask
 
 
 ON_ERROR = ("raise", "replace", "drop")
@@ -118,9 +126,8 @@ class _Base(Dataset):
         self.reader.epoch = epoch
 
     def _frames(self, clip_index: int, item_index: int) -> dict:
-        frames = self.reader(self.ann.clips[clip_index], item_index)
-        t = frames.shape[-4]
-        return {"frames": frames, "frame_mask": torch.ones(t, dtype=torch.bool), "index": item_index}
+        frames, mask = self.reader.read(self.ann.clips[clip_index], item_index)
+        return {"frames": frames, "frame_mask": mask, "index": item_index}
 
     def __getitem__(self, index: int) -> dict:
         if self.on_error == "raise":
