@@ -62,3 +62,41 @@ def test_build_clip_errors():
         build_clip("ViT-X")
     with pytest.raises(ValueError, match="needs a model name or a weights file"):
         build_clip(None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-16"])
+def test_openai_tag_builds_quickgelu_blocks(tmp_path, name):
+    """OpenAI's weights were trained with QuickGELU: `model.pretrained: openai` must build it in
+    every block. The tag's download is pointed at a local file in OpenAI's key layout (a local
+    Hugging Face cache, offline), so the real open_clip tag path runs."""
+    import os
+    import subprocess
+    import sys
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    repo_id = open_clip.get_pretrained_cfg(name, "openai")["hf_hub"].strip("/")
+    torch.manual_seed(0)
+    weights = {k: v.half().contiguous() for k, v in open_clip.create_model(name).state_dict().items()}  # fp16, as OpenAI released
+    repo = tmp_path / "hub" / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    save_file(weights, str(snapshot / "open_clip_model.safetensors"))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    probe = weights["visual.transformer.resblocks.0.mlp.c_fc.weight"].float()
+    code = (
+        "import sys, torch\n"
+        "from mugstan.backbones.clip import build_clip\n"
+        f"b = build_clip({name!r}, pretrained='openai')\n"
+        "acts = [type(blk.mlp.gelu).__name__ for blk in [*b.visual.transformer.resblocks, *b.text_blocks]]\n"
+        "print(','.join(sorted(set(acts))))\n"
+        "torch.save(b.visual.transformer.resblocks[0].mlp.c_fc.weight.detach(), sys.argv[1])\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.pt")], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "QuickGELU", proc.stdout  # open_clip's own QuickGELU, in every block of both towers
+    assert torch.equal(torch.load(tmp_path / "w.pt"), probe)  # the file's weights were loaded

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from mugstan.backbones.convert import WeightsError
 from mugstan.cli import main as cli
-from mugstan.config import ModelConfig, model_config
+from mugstan.config import ModelConfig, STANConfig, model_config
 from mugstan.models import build_model
 from mugstan.released import convert_clip2video, convert_stan, load_converted, to_clip2video_state_dict, to_stan_state_dict
 
@@ -39,11 +39,55 @@ def test_authors_stan_checkpoint_gives_the_authors_outputs(tmp_path):
     torch.testing.assert_close(text.pooled, ref["text"], rtol=0, atol=1e-5)
     torch.testing.assert_close(text.tokens[tmask], ref["text_tokens"][tmask], rtol=0, atol=1e-5)
 
-    out = tmp_path / "stan.safetensors"  # the command line, with the head counts as overrides
-    assert cli(["convert", str(FIXTURE / "official.pth"), str(out), "--format", "stan"]) == 0
+    out = tmp_path / "stan.safetensors"  # the command line, the head counts from the CLIP it was trained from
+    assert cli(["convert", str(FIXTURE / "official.pth"), str(out), "--format", "stan", "--clip-config", str(FIXTURE / "hf")]) == 0
     with torch.no_grad():
-        again = load_converted(out, FIXTURE_HEADS).eval().frame_features(ref["video"], mask).embeds
+        again = load_converted(out, ["model.context_length=16"]).eval().frame_features(ref["video"], mask).embeds
     torch.testing.assert_close(again, ref["emb_frames"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(not (FIXTURE / "hf").is_dir(), reason="needs ../shared/fixtures/stan_official_tiny")
+def test_hf_folder_whose_config_holds_only_non_default_keys():
+    """The fixture's CLIPModel folder, as transformers 4.35 saved it (no max_position_embeddings,
+    no hidden_act, ...), loads with transformers' defaults and gives transformers' own embeddings."""
+    transformers = pytest.importorskip("transformers")
+    from mugstan.backbones.convert import HF_TEXT_DEFAULTS, HF_VISION_DEFAULTS
+    from mugstan.backbones.clip import build_clip
+
+    for defaults, cls in ((HF_VISION_DEFAULTS, transformers.CLIPVisionConfig), (HF_TEXT_DEFAULTS, transformers.CLIPTextConfig)):
+        theirs = cls().to_dict()
+        assert {k: theirs[k] for k in defaults} == defaults
+    ours = build_clip(None, weights=str(FIXTURE / "hf")).eval()
+    hf = transformers.CLIPModel.from_pretrained(str(FIXTURE / "hf")).eval()
+    ref = torch.load(FIXTURE / "reference.pt")
+    images = ref["video"][0]
+    with torch.no_grad():
+        hf_image = hf.get_image_features(pixel_values=images)
+        hf_text = hf.get_text_features(input_ids=ref["ids"], attention_mask=(ref["ids"] != 0).long())
+        hf_image, hf_text = (getattr(x, "pooler_output", x) for x in (hf_image, hf_text))  # transformers 5 returns outputs
+        image = ours.encode_frames(images).embeds
+        text = ours.encode_text(ref["ids"], ref["ids"] != 0).pooled
+    torch.testing.assert_close(image, hf_image, rtol=0, atol=1e-5)
+    torch.testing.assert_close(text, hf_text, rtol=0, atol=1e-5)
+
+
+def test_first_release_stan_conv_layout(tmp_path):
+    """The first release's 3D-convolution temporal module (STAN_T_layers.k.layers = Conv3d,
+    .temporal_fc) converts to STAN-conv and back."""
+    model = randomised(build_model(ModelConfig(backbone="mugstan-tiny", branch="stan", head="mean", stan=STANConfig(time_module="conv"),
+                                               temperature=0.01, loss_reduction="sum")))
+    released = to_stan_state_dict(model)
+    names = set(released["state_dict"])
+    assert {"backbone.STAN_T_layers.0.layers.weight", "backbone.STAN_T_layers.3.layers.bias",
+            "backbone.STAN_T_layers.0.temporal_fc.weight"} <= names
+    assert released["state_dict"]["backbone.STAN_T_layers.1.layers.weight"].shape == (64, 64, 3, 3, 3)
+    assert not any("STAN_T_layers.0.self_attn" in k for k in names)
+    torch.save(released, tmp_path / "stan_conv.pth")
+    state, cfg = convert_stan(tmp_path / "stan_conv.pth")
+    assert cfg["stan"]["time_module"] == "conv"
+    again = build_model(model_config(cfg)).eval()
+    again.load_state_dict(state, strict=True)
+    assert torch.equal(outputs(again), outputs(model))
 
 
 def randomised(model):
@@ -116,8 +160,8 @@ def clip2video_reference_layout(centers: int = 5, seq_layers: int = 4) -> dict:
     import open_clip
 
     torch.manual_seed(5)
-    arch = {"embed_dim": 32, "quick_gelu": True, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 4}}
+    arch = {"embed_dim": 32, "quick_gelu": True, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 32, "patch_size": 8},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 4}}
     sd = {f"clip.{k}": v.normal_(0, 0.05) for k, v in open_clip.CLIP(**arch).state_dict().items()}  # OpenAI's key layout
     sd["clip.logit_scale"] = torch.tensor(4.6052)
     e = 32
@@ -164,3 +208,82 @@ def test_clip2video_checkpoint_in_the_reference_layout(tmp_path):
     state, cfg = convert_clip2video(tmp_path / "pytorch_model.bin.0")
     assert cfg["head"] == "seqTransf"
     build_model(model_config(cfg)).load_state_dict(state, strict=True)
+
+
+def test_clip2video_scores_follow_the_formula_of_methods_md(tmp_path):
+    """A checkpoint in the reference's names, converted, scores text against video as methods.md §3
+    writes it (computed here from the released tensors with open_clip's CLIP and torch's own
+    attention, not mugstan's modules): S = w s S_global + (1 - w) s S_TAB on raw TAB features."""
+    import math
+
+    import open_clip
+
+    released = clip2video_reference_layout()
+    torch.save(released, tmp_path / "pytorch_model.bin.2")
+    sd, cfg = convert_clip2video(tmp_path / "pytorch_model.bin.2")
+    model = build_model(model_config(cfg)).eval()
+    model.load_state_dict(sd, strict=True)
+
+    g = torch.Generator().manual_seed(2)
+    frames = torch.randn(3, 5, 3, 32, 32, generator=g)
+    ids, tmask = model.tokenize(["a red circle moves left", "two squares", "a blue triangle grows slowly"])
+    with torch.no_grad():
+        ours = model.similarity(model.encode_text(ids, tmask), model.encode_video(frames, torch.ones(3, 5, dtype=torch.bool)))
+
+    # ---- the formula, from the released tensors ---------------------------------------------
+    arch = cfg["backbone_config"]
+    clip = open_clip.CLIP(**arch).eval()
+    clip.load_state_dict({k[5:]: v for k, v in released.items() if k.startswith("clip.")})
+    e, heads = 32, 1  # width 32: one head (the converter's rule: heads of width 64, at least one)
+
+    def block(x, prefix):  # the reference's ResidualAttentionBlock: LayerNorm eps 1e-12, QuickGELU, no mask needed here
+        p = {k[len(prefix) + 1:]: v for k, v in released.items() if k.startswith(prefix + ".")}
+        ln = lambda y, n: F.layer_norm(y, (e,), p[f"{n}.weight"], p[f"{n}.bias"], eps=1e-12)  # noqa: E731
+        h = ln(x, "ln_1").transpose(0, 1)  # [S, B, E]
+        a, _ = F.multi_head_attention_forward(h, h, h, e, heads, p["attn.in_proj_weight"], p["attn.in_proj_bias"], None, None, False, 0.0,
+                                              p["attn.out_proj.weight"], p["attn.out_proj.bias"], training=False, need_weights=False)
+        x = x + a.transpose(0, 1)
+        h = F.linear(ln(x, "ln_2"), p["mlp.c_fc.weight"], p["mlp.c_fc.bias"])
+        return x + F.linear(h * torch.sigmoid(1.702 * h), p["mlp.c_proj.weight"], p["mlp.c_proj.bias"])
+
+    pos, types = released["frame_position_embeddings.weight"], released["type_position_embeddings.weight"]
+
+    def tdb_tokens(f):  # TDB steps 1-3 on f [B, T, E]
+        t = f.shape[1]
+        d = block(f[:, 1:] - f[:, :-1] + pos[1:t], "frame2t_attention.resblocks.0")
+        d = 2 * torch.sigmoid(F.layer_norm(d, (e,), released["trans_layernorm.weight"], released["trans_layernorm.bias"], eps=1e-5)) - 1
+        seq = []
+        for i in range(t):
+            seq.append(f[:, i] + pos[i] + types[1])
+            if i < t - 1:
+                seq.append(d[:, i] + pos[i] + types[0])
+        return torch.stack(seq, 1)
+
+    def aggregate(x):  # x [B, N, E] raw features, every token real
+        a = torch.softmax(x @ released["weight_center"].t(), -1)  # [B, N, K]
+        r = (a.unsqueeze(-1) * (x.unsqueeze(2) - released["emb_center"])).sum(1)  # [B, K, E]
+        return F.normalize(F.normalize(r, dim=-1).mean(1), dim=-1)
+
+    with torch.no_grad():
+        f = clip.encode_image(frames.flatten(0, 1)).view(3, 5, e)
+        x = tdb_tokens(f)
+        for i in range(4):
+            x = block(x, f"transformerClip.resblocks.{i}")
+        v_g = F.normalize(F.normalize(x[:, ::2] + f, dim=-1).mean(1), dim=-1)
+        sub = f[:, ::2]
+        motion = block(tdb_tokens(sub), "actionClip.resblocks.0")[:, ::2] + sub
+        v_tab = aggregate(torch.cat([f, motion], 1))
+
+        t = clip.token_embedding(ids) + clip.positional_embedding[:ids.shape[1]]
+        causal = torch.full((ids.shape[1], ids.shape[1]), float("-inf")).triu_(1)
+        for blk in clip.transformer.resblocks:
+            t = blk(t, attn_mask=causal)
+        tokens = clip.ln_final(t) @ clip.text_projection  # [N, L, E]
+        t_g = F.normalize(tokens[torch.arange(3), ids.argmax(-1)], dim=-1)
+        words = tmask.clone()
+        words[:, 0] = False
+        t_tab = torch.stack([aggregate(tokens[n:n + 1, words[n]])[0] for n in range(3)])
+
+    s = math.exp(released["clip.logit_scale"].item())
+    expected = 0.5 * s * t_g @ v_g.t() + 0.5 * s * t_tab @ v_tab.t()
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)

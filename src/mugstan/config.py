@@ -114,6 +114,10 @@ class ModelConfig:
     # An open_clip model config ({embed_dim, quick_gelu, vision_cfg, text_cfg}) for an architecture
     # open_clip does not name; used instead of model.backbone (converters write it; null otherwise).
     backbone_config: Optional[dict[str, Any]] = None
+    # Initialise every matching weight from an earlier run before training: a checkpoint folder,
+    # a `mugstan convert` file or hf-hub:org/name (post-pretraining -> fine-tuning). Weights the
+    # source lacks (a new head or classifier) keep their initialisation; both lists are printed.
+    init_from: Optional[str] = None
     # Frame-level branch (none | stan) and video-level head (mean | meanP | seqTransf | tdb_tab |
     # mug). STAN = branch stan + head mean; Mug-STAN = branch stan + head mug.
     branch: Branch = Branch.none
@@ -142,6 +146,18 @@ class ModelConfig:
 
 
 @dataclass
+class MixSource:
+    """An extra training source mixed into ``data`` (e.g. CC3M image-text pairs for Mug-STAN's
+    post-pretraining): its own format, folder and annotation file; images are one-frame videos."""
+
+    dataset: str = "cc3m"
+    root: str = ""
+    videos: str = ""
+    train_ann: Optional[str] = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class DataConfig:
     """Where the data is and how clips are sampled and transformed (data.md)."""
 
@@ -149,7 +165,10 @@ class DataConfig:
     # "msvd", "vatex", "activitynet", "video_list", "ucf101", "hmdb51", "kinetics_csv", "ssv2", "webvid", "cc3m",
     # "jsonl"
     dataset: str = "jsonl"
-    root: str = ""  # folder holding the videos (paths in annotations are relative to it)
+    # The dataset's folder. Relative annotation and extra paths below are inside it, so
+    # `data.root=/data/msrvtt` moves the whole dataset; absolute paths stay as they are.
+    root: str = ""
+    videos: str = ""  # the folder of the videos, relative to data.root ("" = data.root itself)
     train_ann: Optional[str] = None
     val_ann: Optional[str] = None
     test_ann: Optional[str] = None
@@ -167,6 +186,19 @@ class DataConfig:
     test_clips: int = 1  # recognition multi-view testing: clips x crops
     test_crops: int = 1
     num_workers: int = 4
+    mix: list[MixSource] = field(default_factory=list)  # extra training sources, sampled with the main one
+
+    @property
+    def video_root(self) -> Path:
+        """The folder video paths in the annotations are relative to: data.root / data.videos."""
+        return Path(self.root).expanduser() / self.videos
+
+    def resolve(self, path: Optional[str]) -> Optional[str]:
+        """An annotation / extra path as configured -> the file: relative paths are inside data.root."""
+        if not path:
+            return path
+        p = Path(path).expanduser()
+        return str(p if p.is_absolute() or not self.root else Path(self.root).expanduser() / p)
 
 
 @dataclass
@@ -222,14 +254,16 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def load_config(path, overrides: Union[Sequence[str], Mapping[str, Any]] = (), check_files: bool = True) -> ExperimentConfig:
+def load_config(path, overrides: Union[Sequence[str], Mapping[str, Any]] = (), check_files: bool = True,
+                splits: Sequence[str] = ("train", "val", "test")) -> ExperimentConfig:
     """Read an experiment YAML and apply overrides, checking every key and type.
 
     overrides: dotted ``key=value`` strings as typed on the command line (values parsed as YAML),
     and/or ``(key, value)`` pairs or a mapping ``{"data.root": path}`` whose values are taken as
     they are (paths from code: no parsing, no string replacement).
     Unknown keys, wrong types, keys of earlier versions and malformed overrides raise
-    ``ConfigError`` naming the file and the key, before anything is built.
+    ``ConfigError`` naming the file and the key, before anything is built. ``splits``: the
+    annotation files that must exist (evaluation needs only the split it evaluates).
     """
     from omegaconf import OmegaConf
 
@@ -243,8 +277,29 @@ def load_config(path, overrides: Union[Sequence[str], Mapping[str, Any]] = (), c
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: an experiment config is a mapping with model/data/train/eval sections")
     cfg = _structured(ExperimentConfig, loaded, overrides, str(path))
-    validate_config(cfg, check_files)
+    resolve_data_paths(cfg.data)
+    validate_config(cfg, check_files, splits)
     return cfg
+
+
+def resolve_data_paths(d: DataConfig) -> None:
+    """Relative ``data.*_ann`` and ``data.extra`` paths become paths inside ``data.root`` (those of
+    a ``data.mix`` source inside its own root)."""
+    for split in ("train", "val", "test"):
+        setattr(d, f"{split}_ann", d.resolve(getattr(d, f"{split}_ann")))
+    d.extra = {key: d.resolve(value) for key, value in d.extra.items()}
+    for source in d.mix:
+        own = mix_data_config(d, source)
+        source.train_ann, source.extra = own.train_ann, own.extra
+
+
+def mix_data_config(d: DataConfig, source: MixSource) -> DataConfig:
+    """The data config of a ``data.mix`` source: ``d``'s sampling and transforms, the source's files."""
+    from dataclasses import replace
+
+    own = replace(d, dataset=source.dataset, root=source.root, videos=source.videos, train_ann=source.train_ann,
+                  val_ann=None, test_ann=None, extra=dict(source.extra), mix=[])
+    return replace(own, train_ann=own.resolve(own.train_ann), extra={k: own.resolve(v) for k, v in own.extra.items()})
 
 
 def model_config(fields: Mapping[str, Any], overrides: Union[Sequence[str], Mapping[str, Any]] = (), source: str = "model config") -> ModelConfig:
@@ -316,7 +371,7 @@ class ConfigError(ValueError):
     """A configuration problem, found before anything is built."""
 
 
-def validate_config(cfg: ExperimentConfig, check_files: bool = True) -> None:
+def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Sequence[str] = ("train", "val", "test")) -> None:
     """Checks beyond types and choices: ranges, combinations and (``check_files``) the files that must exist."""
     t, m, d = cfg.train, cfg.model, cfg.data
     positive = {"data.num_frames": d.num_frames, "data.image_size": d.image_size, "model.context_length": m.context_length,
@@ -346,13 +401,16 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True) -> None:
         return
     if cfg.model.weights and not is_spec(cfg.model.weights) and not Path(cfg.model.weights).expanduser().exists():
         raise ConfigError(f"model.weights: {cfg.model.weights} does not exist")
-    for split in ("train", "val", "test"):
+    for split in splits:
         ann = getattr(cfg.data, f"{split}_ann")
         if ann and not Path(ann).expanduser().is_file():
             raise ConfigError(f"data.{split}_ann: {ann} does not exist")
     for key, value in cfg.data.extra.items():
         if not Path(value).expanduser().exists():
             raise ConfigError(f"data.extra.{key}: {value} does not exist")
+    for n, source in enumerate(cfg.data.mix if "train" in splits else []):
+        if not source.train_ann or not Path(source.train_ann).expanduser().is_file():
+            raise ConfigError(f"data.mix[{n}].train_ann: {source.train_ann} does not exist (each mixed source needs its annotation file)")
     if cfg.data.root and not Path(cfg.data.root).expanduser().is_dir():
         raise ConfigError(f"data.root: {cfg.data.root} is not a folder")
 

@@ -27,6 +27,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "released whole models (stan: STAN / Mug-STAN mmengine; clip2video: CLIP4Clip / CLIP2Video "
         "pytorch_model.bin.N) -> a mugstan model checkpoint",
     )
+    parser.add_argument("--clip-config", help="with --format stan: the HuggingFace CLIPModel config (folder or config.json) the checkpoint "
+                        "was trained from; it fixes the attention head counts (default: heads of width 64, as every OpenAI CLIP)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -35,8 +37,8 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: output must be a .safetensors file, got {out}")
     try:
         if args.format in ("stan", "clip2video"):
-            convert = released.convert_stan if args.format == "stan" else released.convert_clip2video
-            state_dict, model_config = convert(args.src)
+            state_dict, model_config = (released.convert_stan(args.src, clip_config=args.clip_config) if args.format == "stan"
+                                        else released.convert_clip2video(args.src))
             save_safetensors(state_dict, out, {"format": "mugstan", "model_config": json.dumps(model_config)})
             desc = f"mugstan model (branch {model_config['branch']}, head {model_config['head']})"
         else:

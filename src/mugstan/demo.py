@@ -115,7 +115,8 @@ def chance_levels(meta: dict) -> dict:
     return {"t2v R@1": 100 / meta["counts"]["test"], "pair accuracy": 50.0, "zero-shot motion top-1": 100 / len(meta["classes"])}
 
 
-def contact_sheet(video_paths: list[str], query: str, truth: int, ranked: list[int], scores: list[float], dest: Path, frames: int = 8) -> None:
+def contact_sheet(video_paths: list[str], query: str, truth: int, ranked: list[int], scores: list[float], dest: Path,
+                  model: str, frames: int = 8) -> None:
     """One row per retrieved video: its sampled frames, score, and whether it is the right one."""
     import matplotlib
 
@@ -124,18 +125,19 @@ def contact_sheet(video_paths: list[str], query: str, truth: int, ranked: list[i
 
     from mugstan.data.video import read_clip
 
-    fig, axes = plt.subplots(len(ranked), 1, figsize=(frames * 0.9, len(ranked) * 1.15 + 0.5))
-    for ax, idx, score in zip(np.atleast_1d(axes), ranked, scores):
+    fig, axes = plt.subplots(len(ranked), 1, figsize=(frames * 0.9, len(ranked) * 1.15 + 0.8))
+    for rank, (ax, idx, score) in enumerate(zip(np.atleast_1d(axes), ranked, scores), 1):
         clip = read_clip(video_paths[idx], frames).permute(0, 2, 3, 1).numpy()  # [T, H, W, 3]
         ax.imshow(np.concatenate(list(clip), axis=1))
         ax.set_xticks([])
         ax.set_yticks([])
         ok = idx == truth
-        ax.set_ylabel(f"{score:.1f}", rotation=0, labelpad=18, va="center")
+        ax.set_ylabel(f"#{rank}\n{score:.1f}", rotation=0, labelpad=18, va="center")
         for spine in ax.spines.values():
             spine.set_edgecolor("tab:green" if ok else "tab:red")
             spine.set_linewidth(3 if ok else 1)
-    fig.suptitle(f'"{query}"  (green: the right video; time runs left to right)', fontsize=9)
+    fig.suptitle(f'{model}: the top {len(ranked)} videos for "{query}"\n(left of each row: rank and score, the scaled '
+                 'text-video similarity; green frame: the right video; time runs left to right)', fontsize=8)
     fig.tight_layout()
     fig.savefig(dest, dpi=110)
     plt.close(fig)
@@ -277,7 +279,7 @@ def run(out: Path, models: Sequence[str] = DEMO_MODELS, seed: int = 0, quick: bo
     for q in np.linspace(0, len(ann.captions) - 1, examples).astype(int):
         ranked = scores[q].argsort(descending=True)[:4].tolist()
         dest = out / f"query_{q:03d}.png"
-        contact_sheet(paths, ann.captions[q], ann.caption_clip[q], ranked, scores[q, ranked].tolist(), dest)
+        contact_sheet(paths, ann.captions[q], ann.caption_clip[q], ranked, scores[q, ranked].tolist(), dest, LABELS[models[-1]])
         sheets.append({"query": ann.captions[q], "truth": paths[ann.caption_clip[q]], "top": [paths[i] for i in ranked], "image": dest.name})
     summary = {
         "dataset": {"folder": str(prep.data), **prep.meta}, "pretraining": prep.pretraining, "rows": rows, "chance": chance,

@@ -79,16 +79,22 @@ def _finish(model_sd: dict, cfg: dict, log_scale: torch.Tensor) -> tuple[dict, d
 
 
 # ---- STAN / Mug-STAN ------------------------------------------------------------------------
-def convert_stan(path: Union[str, Path], temperature: float = 0.01) -> tuple[dict, dict]:
-    """STAN / Mug-STAN mmengine checkpoint -> (mugstan state dict, model config fields)."""
+def convert_stan(path: Union[str, Path], temperature: float = 0.01, clip_config: Union[str, Path, None] = None) -> tuple[dict, dict]:
+    """STAN / Mug-STAN mmengine checkpoint -> (mugstan state dict, model config fields).
+
+    Both released temporal modules convert: self-attention (``STAN_T_layers.k.{layer_norm1,
+    self_attn.*, temporal_fc}``) and the first release's 3D convolution (``STAN_T_layers.k.{layers,
+    temporal_fc}``). clip_config: the HuggingFace ``CLIPModel`` config (folder or config.json) the
+    checkpoint was trained from; it fixes the head counts, which tensor shapes cannot tell (without
+    it: heads of width 64, as every OpenAI CLIP).
+    """
     src = _load(path)
     source = str(path)
     if "backbone.class_embedding" not in src or "backbone.layers.0.self_attn.q_proj.weight" not in src:
         raise WeightsError(f"{path}: not a STAN checkpoint (no backbone.class_embedding / backbone.layers.0.*)")
     if not any(k.startswith("text_backbone.") for k in src):
         raise WeightsError(f"{path}: no text tower (text_backbone.*) in the checkpoint")
-    if any(k.startswith("backbone.STAN_T_layers.") and ".conv" in k for k in src):
-        raise WeightsError(f"{path}: 3D-convolution STAN_T_layers are not part of any released layout")
+    conv = "backbone.STAN_T_layers.0.layers.weight" in src  # the first release's Conv3d temporal module
     depth = len({k.split(".")[2] for k in src if k.startswith("backbone.STAN_S_layers.")})
     if depth == 0:
         raise WeightsError(f"{path}: no STAN branch (backbone.STAN_S_layers.*) in the checkpoint")
@@ -109,17 +115,35 @@ def convert_stan(path: Union[str, Path], temperature: float = 0.01) -> tuple[dic
     for k in range(depth):
         s, t = f"backbone.STAN_S_layers.{k}.", f"backbone.STAN_T_layers.{k}."
         model_sd.update(hf_block(src, s, f"branch.spatial.{k}.", "attn.in_proj_", source))
-        model_sd.update(hf_block(src, t, f"branch.temporal.{k}.", "attn.in_proj.", source))
         for part in ("weight", "bias"):
-            model_sd[f"branch.temporal.{k}.temporal_fc.{part}"] = src.pop(f"{t}temporal_fc.{part}")
+            if conv:
+                model_sd[f"branch.temporal.{k}.conv.{part}"] = _take(src, f"{t}layers.{part}", source)
+            model_sd[f"branch.temporal.{k}.temporal_fc.{part}"] = _take(src, f"{t}temporal_fc.{part}", source)
+        if not conv:
+            model_sd.update(hf_block(src, t, f"branch.temporal.{k}.", "attn.in_proj.", source))
     leftover = sorted(src) + [f"backbone.{k}" for k in vision] + [f"text_backbone.{k}" for k in text]
     if leftover:
         raise WeightsError(f"{path}: unexpected tensors {leftover[:8]} for a STAN / Mug-STAN checkpoint")
+    backbone = {"backbone": None, "backbone_config": _clip_config(clip_config)} if clip_config else backbone_fields(clip_sd, source)
     cfg = {
-        **backbone_fields(clip_sd, source), "branch": "stan", "head": "mean", "temperature": temperature,
-        "loss_reduction": "sum", "stan": {"depth": depth, "time_module": "self", "max_frames": model_sd["branch.time_embed.weight"].shape[0]},
+        **backbone, "branch": "stan", "head": "mean", "temperature": temperature,
+        "loss_reduction": "sum", "stan": {"depth": depth, "time_module": "conv" if conv else "self", "max_frames": model_sd["branch.time_embed.weight"].shape[0]},
     }
     return _finish(model_sd, cfg, torch.tensor(math.log(1.0 / temperature)))
+
+
+def _take(src: dict, key: str, source: str):
+    if key not in src:
+        raise WeightsError(f"{source}: missing tensor {key!r}")
+    return src.pop(key)
+
+
+def _clip_config(path: Union[str, Path]) -> dict:
+    """The open_clip config of a HuggingFace CLIPModel config (a folder or its config.json)."""
+    from mugstan.backbones.convert import read_hf_config, hf_open_clip_config
+
+    path = Path(path)
+    return hf_open_clip_config(read_hf_config(path if path.is_dir() else path.parent))
 
 
 def to_stan_state_dict(model) -> dict:
@@ -138,7 +162,11 @@ def to_stan_state_dict(model) -> dict:
     out["backbone.STAN_time_embed.weight"] = sd["branch.time_embed.weight"]
     for k in range(len(model.branch.spatial)):
         out.update(to_hf_block(sd, f"branch.spatial.{k}.", f"backbone.STAN_S_layers.{k}.", "attn.in_proj_"))
-        out.update(to_hf_block(sd, f"branch.temporal.{k}.", f"backbone.STAN_T_layers.{k}.", "attn.in_proj."))
+        if f"branch.temporal.{k}.conv.weight" in sd:  # the first release's Conv3d, named "layers"
+            for part in ("weight", "bias"):
+                out[f"backbone.STAN_T_layers.{k}.layers.{part}"] = sd[f"branch.temporal.{k}.conv.{part}"]
+        else:
+            out.update(to_hf_block(sd, f"branch.temporal.{k}.", f"backbone.STAN_T_layers.{k}.", "attn.in_proj."))
         for part in ("weight", "bias"):
             out[f"backbone.STAN_T_layers.{k}.temporal_fc.{part}"] = sd[f"branch.temporal.{k}.temporal_fc.{part}"]
     return {"state_dict": out, "meta": {"mmengine_version": "converted-by-mugstan"}}

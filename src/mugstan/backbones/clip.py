@@ -361,12 +361,16 @@ def build_clip(
                 f"unknown backbone {name!r}; choose one of {', '.join(list_models())}, or pass "
                 "backbone=null with a weights file to infer the architecture"
             )
+        # QuickGELU wherever the weights were trained with it: OpenAI's (open_clip's `openai` tags
+        # say so in their pretrained config, and open_clip alone would only warn) and local files.
+        tag = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
         kwargs = {}
-        if loaded is not None and loaded.config.get("quick_gelu"):
+        if (loaded is not None and loaded.config.get("quick_gelu")) or tag.get("quick_gelu"):
             kwargs["force_quick_gelu"] = True
         try:
-            # open_clip warns "initialized randomly" when no tag is given; weights follow below
-            with _quiet_root_logger(loaded is not None):
+            # open_clip warns "initialized randomly" whenever no tag is given: here weights follow (a
+            # file, a checkpoint) or random initialisation is what the config asks for (training says so)
+            with _quiet_root_logger(pretrained is None):
                 clip = open_clip.create_model(name, pretrained=pretrained, **kwargs)
         except Exception as err:  # open_clip raises RuntimeError / OSError / HF hub errors
             if pretrained is None:

@@ -220,7 +220,17 @@ def load_open_clip(path: Union[str, Path]) -> ClipWeights:
     return ClipWeights({k: v.float() for k, v in sd.items()}, config, str(path), "open_clip")
 
 
-def _hf_config(folder: Path) -> dict:
+# transformers' CLIPVisionConfig / CLIPTextConfig / CLIPConfig defaults: a config.json written by
+# transformers holds only the keys that differ from them (tests compare with transformers itself).
+HF_VISION_DEFAULTS = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+                      "image_size": 224, "patch_size": 32, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
+HF_TEXT_DEFAULTS = {"vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
+                    "num_attention_heads": 8, "max_position_embeddings": 77, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
+HF_PROJECTION_DIM = 512
+
+
+def read_hf_config(folder: Path) -> dict:
+    """config.json of a CLIPModel folder with transformers' defaults filled in."""
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise WeightsError(f"{folder}: a HuggingFace CLIPModel folder needs config.json (not found)")
@@ -228,9 +238,29 @@ def _hf_config(folder: Path) -> dict:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as err:
         raise WeightsError(f"{cfg_path}: invalid JSON ({err})") from None
-    if "vision_config" not in cfg or "text_config" not in cfg:
+    if not isinstance(cfg, dict) or "vision_config" not in cfg or "text_config" not in cfg:
         raise WeightsError(f"{cfg_path}: not a CLIPModel config (needs vision_config and text_config)")
-    return cfg
+    return {**cfg, "projection_dim": cfg.get("projection_dim", HF_PROJECTION_DIM),
+            "vision_config": {**HF_VISION_DEFAULTS, **cfg["vision_config"]}, "text_config": {**HF_TEXT_DEFAULTS, **cfg["text_config"]}}
+
+
+def hf_open_clip_config(cfg: dict) -> dict:
+    """A CLIPModel config (defaults filled by ``read_hf_config``) -> the open_clip model config."""
+    v, t = cfg["vision_config"], cfg["text_config"]
+    return {
+        "embed_dim": cfg["projection_dim"],
+        "quick_gelu": v["hidden_act"] == "quick_gelu",
+        "vision_cfg": {
+            "image_size": v["image_size"], "layers": v["num_hidden_layers"], "width": v["hidden_size"],
+            "head_width": v["hidden_size"] // v["num_attention_heads"], "patch_size": v["patch_size"],
+            "mlp_ratio": v["intermediate_size"] / v["hidden_size"],
+        },
+        "text_cfg": {
+            "context_length": t["max_position_embeddings"], "vocab_size": t["vocab_size"],
+            "width": t["hidden_size"], "heads": t["num_attention_heads"], "layers": t["num_hidden_layers"],
+            "mlp_ratio": t["intermediate_size"] / t["hidden_size"],
+        },
+    }
 
 
 # HF per-block names -> open_clip per-block names (q, k, v are concatenated into in_proj)
@@ -332,13 +362,13 @@ def open_clip_to_hf(clip: dict) -> tuple[dict, dict, torch.Tensor, torch.Tensor]
 
 def load_hf(folder: Union[str, Path]) -> ClipWeights:
     folder = Path(folder)
-    cfg = _hf_config(folder)
+    cfg = read_hf_config(folder)
     v, t = cfg["vision_config"], cfg["text_config"]
     for name, sub in (("vision_config", v), ("text_config", t)):
-        eps = sub.get("layer_norm_eps", 1e-5)
+        eps = sub["layer_norm_eps"]
         if abs(eps - 1e-5) > 1e-12:
             raise WeightsError(f"{folder / 'config.json'}: {name}.layer_norm_eps={eps}; open_clip CLIP uses 1e-5")
-    acts = {v.get("hidden_act", "quick_gelu"), t.get("hidden_act", "quick_gelu")}
+    acts = {v["hidden_act"], t["hidden_act"]}
     if len(acts) != 1 or acts - {"quick_gelu", "gelu"}:
         raise WeightsError(f"{folder / 'config.json'}: unsupported hidden_act {sorted(acts)} (need quick_gelu or gelu on both towers)")
     files = [folder / "model.safetensors", folder / "pytorch_model.bin"]
@@ -358,20 +388,7 @@ def load_hf(folder: Union[str, Path]) -> ClipWeights:
     if leftover:
         raise WeightsError(f"{weights_file}: unexpected tensors {leftover[:8]} (is this a plain CLIPModel?)")
 
-    config = {
-        "embed_dim": cfg.get("projection_dim", sd["text_projection"].shape[1]),
-        "quick_gelu": acts == {"quick_gelu"},
-        "vision_cfg": {
-            "image_size": v["image_size"], "layers": v["num_hidden_layers"], "width": v["hidden_size"],
-            "head_width": v["hidden_size"] // v["num_attention_heads"], "patch_size": v["patch_size"],
-            "mlp_ratio": v["intermediate_size"] / v["hidden_size"],
-        },
-        "text_cfg": {
-            "context_length": t["max_position_embeddings"], "vocab_size": t["vocab_size"],
-            "width": t["hidden_size"], "heads": t["num_attention_heads"], "layers": t["num_hidden_layers"],
-            "mlp_ratio": t["intermediate_size"] / t["hidden_size"],
-        },
-    }
+    config = hf_open_clip_config(cfg)
     return ClipWeights(sd, config, str(folder), "hf")
 
 

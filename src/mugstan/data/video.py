@@ -273,8 +273,10 @@ def read_clip(path: PathLike, num_frames: int, train: bool = False, short_side: 
 
     sampler "segment" (default): T segments of [start, end]; with ``num_clips`` > 1 in testing,
     clip c takes the point at (c + 0.5) / num_clips of every segment. "dense": T frames
-    ``stride`` apart.
+    ``stride`` apart. An image file (image-text data) is a one-frame video: its frame repeated.
     """
+    if Path(path).suffix.lower() in IMAGE_EXTENSIONS:
+        return read_image(path, short_side).expand(num_frames, -1, -1, -1).contiguous()
     with _open(path) as container:  # one open for the metadata and the frames
         info = _info(container, path)
         first, last = frame_range(info, start, end)
@@ -289,3 +291,24 @@ def read_clip(path: PathLike, num_frames: int, train: bool = False, short_side: 
         else:
             raise ValueError(f"data.sampler must be 'segment' or 'dense', got {sampler!r}")
         return _decode(container, path, info, idx, short_side)
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def read_image(path: PathLike, short_side: Optional[int] = None) -> torch.Tensor:
+    """An image file -> uint8 [1, 3, H, W], resized so its short side is ``short_side``."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if short_side is not None:
+                width, height = output_size(img.width, img.height, short_side)
+                img = img.resize((width, height), Image.BICUBIC)
+            array = np.asarray(img)
+    except FileNotFoundError:
+        raise VideoError(path, "no such file") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise VideoError(path, f"not a readable image ({err})") from None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0)

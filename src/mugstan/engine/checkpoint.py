@@ -11,6 +11,7 @@ swapped in (``mugstan.files.atomic_folder``).
 - ``load_weights``: put a checkpoint's weights into a model built from the same config (the best
   checkpoint before testing).
 - ``load_training_state``: weights and loop state for ``--resume``.
+- ``init_from``: every matching weight of an earlier run (``model.init_from``) before training.
 """
 
 from __future__ import annotations
@@ -53,6 +54,49 @@ def load_weights(model, path) -> None:
         raise RuntimeError(f"{file} does not fit the model built from its config.yaml: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
+def read_weights(spec) -> dict:
+    """The tensors of a checkpoint folder, a ``mugstan convert`` file or a Hub spec of either."""
+    from safetensors.torch import load_file
+
+    from mugstan.hub import resolve_checkpoint
+
+    path = resolve_checkpoint(spec)
+    file = path if path.is_file() else path / WEIGHTS
+    if not file.is_file():
+        raise FileNotFoundError(f"model.init_from: {spec} is neither a checkpoint folder ({WEIGHTS} + {CONFIG}) nor a converted .safetensors file")
+    return load_file(str(file))
+
+
+def init_from(model, spec) -> dict:
+    """Copy every weight of ``spec`` whose name and shape fit ``model`` (a retrieval checkpoint's
+    weights go under ``encoder.`` in a classifier). A fixed temperature stays the config's. Returns
+    {"loaded": n, "new": [names kept at initialisation], "unused": [checkpoint names not used]};
+    a tensor of the right name and the wrong shape is an error (the architectures differ)."""
+    from mugstan.heads.base import LogitScale
+
+    state = read_weights(spec)
+    model = unwrap(model)
+    fixed = {f"{name}.log_scale" for name, m in model.named_modules() if isinstance(m, LogitScale) and m.fixed}
+    own = model.state_dict()
+    loaded, new, used, wrong = {}, [], set(), []
+    for name, tensor in own.items():
+        source = name if name in state else name.removeprefix("encoder.")
+        if name in fixed or source not in state:
+            new.append(name)
+        elif state[source].shape != tensor.shape:
+            wrong.append(f"{name} {tuple(tensor.shape)} vs {source} {tuple(state[source].shape)}")
+        else:
+            loaded[name] = state[source]
+            used.add(source)
+    if wrong:
+        raise ValueError(f"model.init_from: {spec} has tensors of other shapes than this model ({'; '.join(wrong[:4])}); "
+                         "the two configs describe different architectures (backbone, stan.max_frames, ...)")
+    if not loaded:
+        raise ValueError(f"model.init_from: no tensor of {spec} fits this model (is it a mugstan checkpoint of the same backbone?)")
+    model.load_state_dict(loaded, strict=False)
+    return {"loaded": len(loaded), "new": new, "unused": sorted(set(state) - used)}
+
+
 def load_training_state(path, model, optimizer, scheduler, scaler=None, rank: int = 0) -> dict:
     """Restore weights, optimiser, scheduler, scaler and this process's RNG from ``path`` (a
     ``checkpoints/last`` folder). Returns the loop position: {"step", "epoch", "step_in_epoch", "best"}."""
@@ -86,8 +130,10 @@ def set_rng_state(state: dict) -> None:
 
 def load_model(path, device="cpu", overrides=()):
     """Rebuild a model from a checkpoint folder (or a ``mugstan convert --format stan|clip2video``
-    file), given as a path or a Hub spec (``mugstan.hub``). Returns (model in eval mode,
-    ExperimentConfig or None for converted files)."""
+    file), given as a path or a Hub spec (``mugstan.hub``). ``overrides``: ``model.*`` overrides
+    (a parameter-free change such as ``model.head=mug`` on a Mug-STAN checkpoint, or
+    ``model.mug_mode=full``). Returns (model in eval mode, ExperimentConfig or None for converted
+    files)."""
     from mugstan.hub import resolve_checkpoint
     from mugstan.models import build_model
 
@@ -95,7 +141,7 @@ def load_model(path, device="cpu", overrides=()):
     if path.is_file() and path.suffix == ".safetensors":
         from mugstan.released import load_converted
 
-        return load_converted(path).to(device).eval(), None
+        return load_converted(path, overrides).to(device).eval(), None
     if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
         raise FileNotFoundError(f"{path}: not a mugstan checkpoint (expected {WEIGHTS} and {CONFIG} in it)")
     cfg = load_config(path / CONFIG, overrides, check_files=False)

@@ -155,20 +155,29 @@ def format_result(result: dict) -> str:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="experiment YAML (its data and eval sections are used)")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint folder, or a `mugstan convert` .safetensors")
+    parser.add_argument("--checkpoint", help="checkpoint folder, a `mugstan convert` .safetensors, or hf-hub:org/name; "
+                        "model.* overrides apply to it (model.head=mug scores a converted Mug-STAN checkpoint with Mug). "
+                        "Without it the model is built from the config's model section: zero-shot evaluation of "
+                        "pretrained weights (e.g. model.pretrained=openai), no training needed")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--json", help="also write the result to this JSON file")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.dsl=true")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.dsl=true model.head=mug")
 
 
 def main(args: argparse.Namespace) -> int:
     from mugstan.config import load_config
     from mugstan.engine.checkpoint import load_model
     from mugstan.engine.distributed import setup
+    from mugstan.models import build_model
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, splits=[args.split])  # only the evaluated split must exist
     dist = setup()
-    model, _ = load_model(args.checkpoint, dist.device)
+    if args.checkpoint:
+        model, saved = load_model(args.checkpoint, dist.device, [o for o in args.overrides if o.startswith("model.")])
+        if saved is not None:
+            cfg.model = saved.model  # the model evaluated is the checkpoint's
+    else:
+        model = build_model(cfg.model).to(dist.device).eval()
     result = evaluate(model, cfg, args.split, dist)
     if dist.main:
         print(format_result(result))

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mugstan.config import ExperimentConfig, Task, load_config, save_config, validate_config
-from mugstan.data.datasets import build_dataset, collate, load_annotations
+from mugstan.data.datasets import build_train_dataset, collate, load_annotations
 from mugstan.engine import checkpoint as ckpt
 from mugstan.engine.distributed import DistInfo, TrainSampler, all_gather_objects, barrier, setup
 from mugstan.engine.evaluate import evaluate, format_result, headline
@@ -88,9 +88,18 @@ def setup_run(cfg: ExperimentConfig) -> Run:
     ann = load_annotations(cfg.data, "train")
     if cfg.model.task == Task.recognition and not cfg.model.class_names and ann.class_names:
         cfg.model.class_names = list(ann.class_names)
-    model = build_model(cfg.model).to(dist.device)
+    model = build_model(cfg.model)
+    if dist.main and not (cfg.model.pretrained or cfg.model.weights or cfg.model.init_from):
+        print(f"model.backbone {cfg.model.backbone or 'from model.backbone_config'} starts from random weights "
+              "(model.pretrained, model.weights and model.init_from are null)")
+    if cfg.model.init_from:
+        report = ckpt.init_from(model, cfg.model.init_from)
+        if dist.main:
+            print(f"model.init_from: {report['loaded']} tensors from {cfg.model.init_from}; kept at initialisation: "
+                  f"{_names(report['new'])}; not used: {_names(report['unused'])}")
+    model = model.to(dist.device)
     tokenizer = model.tokenizer if cfg.model.task == Task.retrieval else None
-    dataset = build_dataset(cfg.data, "train", tokenizer, train=True, pairs=cfg.model.task == Task.retrieval, seed=t.seed, ann=ann)
+    dataset = build_train_dataset(cfg.data, tokenizer, pairs=cfg.model.task == Task.retrieval, seed=t.seed, ann=ann)
     sampler = TrainSampler(len(dataset), t.batch_size, dist.world, dist.rank, t.accum_steps, t.seed)
     local_batch = t.batch_size // (dist.world * t.accum_steps)  # clips of one micro-batch on this process
     gradcache = t.chunk_size is not None and t.chunk_size < local_batch
@@ -108,6 +117,10 @@ def setup_run(cfg: ExperimentConfig) -> Run:
     return Run(cfg, dist, Path(t.output_dir), model, wrapped, build_loss(cfg.model, model), dataset, sampler, optimizer,
                build_scheduler(optimizer, total_steps, t.warmup), torch.amp.GradScaler(dist.device.type) if precision == "fp16" else None,
                precision, gradcache, total_steps)
+
+
+def _names(names: list[str], most: int = 6) -> str:
+    return "none" if not names else ", ".join(names[:most]) + (f" (+{len(names) - most} more)" if len(names) > most else "")
 
 
 def backward_micro_batch(run: Run, batch: dict, last_micro: bool) -> torch.Tensor:

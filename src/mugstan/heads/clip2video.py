@@ -13,8 +13,9 @@ Text side: the EOT embedding t_g, and the TAB aggregate of all token features bu
 Scores S = w S_g + (1 - w) S_tab. Each side is a separate encoder, so both are returned as one
 vector [sqrt(w) x_g ; sqrt(1-w) x_tab] whose dot products are S: embeddings can be indexed.
 
-Tokens are L2-normalised before the TAB aggregation on both sides, so that centres compare
-directions as the cosine scores do.
+As in the reference, the TAB aggregates the raw token features on both sides (normalising them
+first changes a released checkpoint's TAB scores by tens of logits), and the TDB's LayerNorm
+before the sigmoid is a plain one (eps 1e-5), unlike the temporal blocks' 1e-12.
 
 Fixes over the reference, each with a compatibility switch (``compat=True``) for matching
 released numbers: the per-head mask is expanded batch-major (the reference's head-major
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 
 from mugstan.backbones.clip import TextOutput
 from mugstan.heads.base import Embeddings, Head
-from mugstan.heads.blocks import REFERENCE_LN_EPS, TemporalTransformer
+from mugstan.heads.blocks import TemporalTransformer
 from mugstan.heads.mean import mean_pool
 
 
@@ -52,7 +53,7 @@ class CLIP2VideoHead(Head):
         self.frame_position_embeddings = nn.Embedding(max_frames, width)
         self.type_position_embeddings = nn.Embedding(2, width)
         self.frame2t_attention = TemporalTransformer(width, heads, 1, head_major_mask=compat)
-        self.trans_layernorm = nn.LayerNorm(width, eps=REFERENCE_LN_EPS)
+        self.trans_layernorm = nn.LayerNorm(width)  # a plain LayerNorm in the reference: eps 1e-5, not the blocks' 1e-12
         self.transformerClip = TemporalTransformer(width, heads, layers, head_major_mask=compat)
         self.actionClip = TemporalTransformer(width, heads, 1, head_major_mask=compat)
         # N(0, 0.125): the reference writes 64 ** -0.5 whatever E is.
@@ -111,14 +112,14 @@ class CLIP2VideoHead(Head):
         sub, sub_mask = frames[:, ::2], mask[:, ::2]
         tokens, token_mask = self.difference_tokens(sub, sub_mask)
         motion = self.actionClip(tokens, token_mask)[:, ::2] + sub
-        tab = self.aggregate(F.normalize(torch.cat([frames, motion], 1), dim=-1), torch.cat([mask, sub_mask], 1))
+        tab = self.aggregate(torch.cat([frames, motion], 1), torch.cat([mask, sub_mask], 1))
         return Embeddings(self._join(glob, tab))
 
     def encode_text(self, text: TextOutput) -> Embeddings:
         """EOT embedding [N, E] and token features [N, L, E] with mask [N, L] -> Embeddings(x [N, 2E])."""
         words = text.mask.clone()
         words[:, 0] = False  # SOT does not take part in the alignment
-        return Embeddings(self._join(F.normalize(text.pooled, dim=-1), self.aggregate(F.normalize(text.tokens, dim=-1), words)))
+        return Embeddings(self._join(F.normalize(text.pooled, dim=-1), self.aggregate(text.tokens, words)))
 
     def loss_terms(self, text: Embeddings, video: Embeddings) -> list[tuple[float, torch.Tensor]]:
         """w * InfoNCE(S_global) + (1 - w) * InfoNCE(S_tab): the two parts of the joined vectors [N, 2E]."""

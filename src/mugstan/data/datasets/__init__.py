@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mugstan.config import DataConfig
+from mugstan.config import DataConfig, mix_data_config
 from mugstan.data.transforms import ClipTransform
 from mugstan.data.video import VideoError, read_clip
 
@@ -162,6 +162,38 @@ class ClipDataset(_Base):
         if self.ann.labels is not None:
             item["label"] = self.ann.labels[index]
         return item
+
+
+class MixedDataset(Dataset):
+    """Several training datasets as one (``data.mix``): items 0..n0-1 are the first's, then the
+    second's, ...; ``index`` is the position in the mix."""
+
+    def __init__(self, parts: list[Dataset]):
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts]).tolist()
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.parts:
+            part.set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> dict:
+        n = int(np.searchsorted(self.starts, index, side="right")) - 1
+        item = self.parts[n][index - self.starts[n]]
+        item["index"] = index
+        return item
+
+
+def build_train_dataset(cfg: DataConfig, tokenizer=None, pairs: bool = True, seed: int = 0, ann: Optional[Annotations] = None) -> Dataset:
+    """The training dataset of ``cfg`` and, with ``data.mix``, every extra source mixed in."""
+
+    main = build_dataset(cfg, "train", tokenizer, train=True, pairs=pairs, seed=seed, ann=ann)
+    if not cfg.mix:
+        return main
+    extra = [build_dataset(mix_data_config(cfg, source), "train", tokenizer, train=True, pairs=pairs, seed=seed) for source in cfg.mix]
+    return MixedDataset([main, *extra])
 
 
 def collate(items: list[dict]) -> dict:

@@ -1,9 +1,10 @@
 """Annotation adapters: each benchmark's files as distributed -> ``Annotations`` (data.md table).
 
-Paths come from the config: ``data.root`` (videos), ``data.{train,val,test}_ann`` and
-``data.extra`` (format-specific files). Relative annotation paths are resolved against the
-current directory; video paths against ``data.root``. Where a format names videos by id only,
-the file is found by its stem under ``data.root`` (any common container).
+Paths come from the config: ``data.root`` (the dataset's folder), ``data.videos`` (its video
+folder, relative to data.root), ``data.{train,val,test}_ann`` and ``data.extra`` (format-specific
+files; relative ones are inside data.root, resolved when the config is loaded). Video paths in
+annotations are relative to ``data.video_root`` (data.root / data.videos). Where a format names
+videos by id only, the file is found by its stem under that folder (any common container).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def _retrieval(groups: "OrderedDict[str, list[str]]", finder: _Finder, source: s
 def msrvtt(cfg: DataConfig, split: str) -> Annotations:
     """MSRVTT_data.json (data.extra.data_json) + MSRVTT_train.9k.csv (train) / MSRVTT_JSFUSION_test.csv (val/test)."""
     path = _ann_file(cfg, split)
-    finder = _Finder(cfg.root)
+    finder = _Finder(cfg.video_root)
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     if rows and "sentence" in rows[0]:  # JSFUSION: one caption per video
@@ -108,7 +109,7 @@ def msrvtt_json(cfg: DataConfig, split: str) -> Annotations:
     path = _ann_file(cfg, split)
     data = _load_json(path)
     groups = OrderedDict((name, [c] if isinstance(c, str) else list(c)) for name, c in data.items())
-    return _retrieval(groups, _Finder(cfg.root), str(path))
+    return _retrieval(groups, _Finder(cfg.video_root), str(path))
 
 
 def didemo(cfg: DataConfig, split: str) -> Annotations:
@@ -118,7 +119,7 @@ def didemo(cfg: DataConfig, split: str) -> Annotations:
     for entry in _load_json(path):
         paragraphs.setdefault(entry["video"], []).append(entry["description"].strip())
     groups = OrderedDict((v, [" ".join(d)]) for v, d in paragraphs.items())
-    return _retrieval(groups, _Finder(cfg.root), str(path))
+    return _retrieval(groups, _Finder(cfg.video_root), str(path))
 
 
 def lsmdc(cfg: DataConfig, split: str) -> Annotations:
@@ -132,7 +133,7 @@ def lsmdc(cfg: DataConfig, split: str) -> Annotations:
         if len(parts) < 6:
             raise ValueError(f"{path}:{n}: expected 6 tab-separated fields (clip_id ... sentence), got {len(parts)}")
         groups.setdefault(parts[0], []).append(parts[5].strip())
-    return _retrieval(groups, _Finder(cfg.root), str(path))
+    return _retrieval(groups, _Finder(cfg.video_root), str(path))
 
 
 def msvd(cfg: DataConfig, split: str) -> Annotations:
@@ -146,7 +147,7 @@ def msvd(cfg: DataConfig, split: str) -> Annotations:
             if vid not in captions:
                 raise ValueError(f"{path}: clip {vid!r} has no captions in {cfg.extra['captions']}")
             groups[vid] = [" ".join(words) for words in captions[vid]]
-    return _retrieval(groups, _Finder(cfg.root), str(path))
+    return _retrieval(groups, _Finder(cfg.video_root), str(path))
 
 
 def vatex(cfg: DataConfig, split: str) -> Annotations:
@@ -154,14 +155,14 @@ def vatex(cfg: DataConfig, split: str) -> Annotations:
     path = _ann_file(cfg, split)
     data = _load_json(_extra(cfg, "data_json"))
     groups = OrderedDict((vid, list(data[vid]["enCap"])) for vid in (l.strip() for l in path.read_text().splitlines()) if vid)
-    return _retrieval(groups, _Finder(cfg.root), str(path))
+    return _retrieval(groups, _Finder(cfg.video_root), str(path))
 
 
 def activitynet(cfg: DataConfig, split: str) -> Annotations:
     """{"v_<id>": {"duration", "timestamps", "sentences"}}: paragraph-to-video over the whole video."""
     path = _ann_file(cfg, split)
     data = _load_json(path)
-    finder = _Finder(cfg.root)
+    finder = _Finder(cfg.video_root)
     clips, captions = [], []
     for key, entry in data.items():
         found = finder(key)
@@ -206,7 +207,7 @@ def video_list(cfg: DataConfig, split: str) -> Annotations:
     Labels count from 0, or, with a numbered class file (classInd.txt), are its numbers.
     """
     path = _ann_file(cfg, split)
-    root = Path(cfg.root).expanduser()
+    root = cfg.video_root
     names_file = _extra(cfg, "class_names", required=False)
     names, first = _read_classes(names_file) if names_file else (None, 0)
     clips, labels = [], []
@@ -237,7 +238,7 @@ def ucf101(cfg: DataConfig, split: str) -> Annotations:
     names_file = _extra(cfg, "class_names")
     names, first = _read_classes(names_file)
     index = {name: i for i, name in enumerate(names)}
-    root = Path(cfg.root).expanduser()
+    root = cfg.video_root
     clips, labels = [], []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         parts = line.split()
@@ -288,7 +289,7 @@ def hmdb51(cfg: DataConfig, split: str) -> Annotations:
     if missing:
         raise ValueError(f"{path.parent}: no {missing[0]}{suffix} although {missing[0]} has files for other splits "
                          f"({len(missing)} classes lack split {match.group(1)}): extract the complete split archive")
-    root = Path(cfg.root).expanduser()
+    root = cfg.video_root
     clips, labels = [], []
     for label, (name, file) in enumerate(zip(names, files)):
         for n, line in enumerate(file.read_text().splitlines(), 1):
@@ -311,7 +312,7 @@ def kinetics_csv(cfg: DataConfig, split: str) -> Annotations:
         rows = list(csv.DictReader(f))
     names = _class_names(_extra(cfg, "class_names", required=False)) or sorted({r["label"] for r in rows})
     index = {n: i for i, n in enumerate(names)}
-    finder = _Finder(cfg.root)
+    finder = _Finder(cfg.video_root)
     clips, labels = [], []
     for r in rows:
         if r["label"] not in index:
@@ -327,7 +328,7 @@ def ssv2(cfg: DataConfig, split: str) -> Annotations:
     path = _ann_file(cfg, split)
     label_map = {name: int(i) for name, i in _load_json(_extra(cfg, "labels")).items()}
     names = [n for n, _ in sorted(label_map.items(), key=lambda kv: kv[1])]
-    finder = _Finder(cfg.root)
+    finder = _Finder(cfg.video_root)
     clips, labels = [], []
     for entry in _load_json(path):
         template = entry["template"].replace("[", "").replace("]", "")
@@ -348,7 +349,7 @@ def webvid(cfg: DataConfig, split: str) -> Annotations:
         pairs = _webvid_csv(path)
     else:
         pairs = list(_load_json(path).items())
-    root = Path(cfg.root).expanduser()
+    root = cfg.video_root
     return Annotations([Clip(str(root / p)) for p, _ in pairs], [c for _, c in pairs], list(range(len(pairs))), source=str(path))
 
 
@@ -378,7 +379,7 @@ def _webvid_csv(path: Path) -> list[tuple[str, str]]:
 def cc3m(cfg: DataConfig, split: str) -> Annotations:
     """TSV caption<TAB>path of images; an image is a one-frame video (its frame repeated T times)."""
     path = _ann_file(cfg, split)
-    root = Path(cfg.root).expanduser()
+    root = cfg.video_root
     clips, captions = [], []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -398,7 +399,7 @@ def jsonl(cfg: DataConfig, split: str) -> Annotations:
     numbered in sorted order.
     """
     path = _ann_file(cfg, split)
-    root = Path(cfg.root).expanduser() if cfg.root else path.parent
+    root = cfg.video_root if cfg.root else path.parent
     rows = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():

@@ -1,0 +1,128 @@
+"""Checkpoint chains: post-pretraining on a video-text + image-text mix, fine-tuning initialised from
+its checkpoint, evaluation; a converted Mug-STAN checkpoint scored with the Mug head from the
+command line; zero-shot evaluation with no checkpoint at all."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from data_fixtures import write_config
+from PIL import Image
+
+from mugstan.cli import main as cli
+from mugstan.config import load_config
+from mugstan.data.datasets import build_train_dataset
+from mugstan.data.synthetic import SynthParams, generate
+from mugstan.engine.checkpoint import init_from, load_model
+from mugstan.engine.train import train
+from mugstan.models import build_model
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chain")
+    generate(root / "synth", SynthParams(videos=24, frames=8, size=32, seed=1), progress=False)
+    images = root / "cc3m"  # CC3M's layout: caption<TAB>path of JPEG files
+    (images / "img").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i, color in enumerate(["red", "green", "blue", "white"] * 2):
+        pixel = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "white": (240, 240, 240)}[color]
+        array = np.clip(rng.normal(pixel, 20, size=(40, 56, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(array).save(images / "img" / f"{i}.jpg")
+        lines.append(f"a photo of something {color}\timg/{i}.jpg")
+    (images / "train.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_post_pretraining_on_a_mix_then_fine_tuning_from_it(tmp_path, data, capsys):
+    synth = data / "synth"
+    pre = load_config(write_config(tmp_path / "pre.yaml", synth, tmp_path / "pre"),
+                      [("data.mix", [{"dataset": "cc3m", "root": str(data / "cc3m"), "train_ann": "train.tsv"}]), "model.head=mug"])
+    assert pre.data.mix[0].train_ann == str(data / "cc3m" / "train.tsv")  # relative to the source's own root
+    mixed = build_train_dataset(pre.data, build_model(pre.model).tokenizer)
+    n_video = len(mixed.parts[0])  # caption items of the video-text set
+    assert len(mixed) == n_video + 8
+    image_item = mixed[n_video + 2]  # a JPEG as a one-frame video: the same frame four times
+    assert image_item["frames"].shape == (4, 3, 32, 32) and torch.equal(image_item["frames"][0], image_item["frames"][3])
+    assert image_item["index"] == n_video + 2
+    train(pre, progress=False)
+    pre_ckpt = tmp_path / "pre" / "checkpoints" / "best"
+
+    fine = load_config(write_config(tmp_path / "fine.yaml", synth, tmp_path / "fine"),
+                       [f"model.init_from={pre_ckpt}", "model.head=mug", f"data.test_ann={synth / 'test.jsonl'}"])
+    torch.manual_seed(123)  # another initialisation than the pretraining run's
+    model = build_model(fine.model)
+    report = init_from(model, pre_ckpt)
+    pre_model, _ = load_model(pre_ckpt)
+    assert report["new"] == [] and report["unused"] == []
+    assert all(torch.equal(v, pre_model.state_dict()[k]) for k, v in model.state_dict().items())
+
+    results = train(fine, progress=False)  # the engine initialises from the checkpoint, trains, tests
+    assert "model.init_from: " in capsys.readouterr().out
+    assert results["test"]["retrieval"]["t2v"]["R@1"] >= 0
+    assert cli(["eval", str(tmp_path / "fine" / "config.yaml"), "--checkpoint", str(tmp_path / "fine" / "checkpoints" / "best"),
+                "--json", str(tmp_path / "eval.json")]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["retrieval"] == results["test"]["retrieval"]
+
+
+def test_recognition_initialised_from_a_retrieval_checkpoint(tmp_path, data):
+    """A classifier takes the retrieval model's weights under encoder.*; its classifier is new."""
+    synth = data / "synth"
+    cfg = load_config(write_config(tmp_path / "r.yaml", synth, tmp_path / "r"))
+    retrieval = build_model(cfg.model)
+    cli_ckpt = tmp_path / "ckpt"
+    from mugstan.engine.checkpoint import save_checkpoint
+
+    save_checkpoint(cli_ckpt, retrieval, cfg)
+    rec = load_config(write_config(tmp_path / "c.yaml", synth, tmp_path / "c"),
+                      ["model.task=recognition", "model.classifier=linear", "model.num_classes=10"])
+    classifier = build_model(rec.model)
+    report = init_from(classifier, cli_ckpt)
+    assert sorted(report["new"]) == ["classifier.fc.bias", "classifier.fc.weight"]
+    assert torch.equal(classifier.encoder.branch.time_embed.weight, retrieval.branch.time_embed.weight)
+    bigger = load_config(write_config(tmp_path / "b.yaml", synth, tmp_path / "b"), ["model.stan.max_frames=32"])
+    with pytest.raises(ValueError, match="other shapes.*branch.time_embed.weight"):
+        init_from(build_model(bigger.model), cli_ckpt)
+
+
+def test_converted_mugstan_checkpoint_scored_with_mug_from_the_command_line(tmp_path, data):
+    """A released Mug-STAN checkpoint converts like a STAN one (Mug has no parameters): the command
+    line's model.head=mug scores it with Mug; the default is STAN's mean pooling."""
+    from mugstan.released import to_stan_state_dict
+
+    synth = data / "synth"
+    cfg = load_config(write_config(tmp_path / "m.yaml", synth, tmp_path / "m"), [f"data.test_ann={synth / 'test.jsonl'}"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "temporal_fc" in name:
+                p.normal_(0, 0.05)
+    torch.save(to_stan_state_dict(model), tmp_path / "mugstan_released.pth")
+    converted = tmp_path / "mugstan.safetensors"
+    assert cli(["convert", str(tmp_path / "mugstan_released.pth"), str(converted), "--format", "stan"]) == 0
+    config = tmp_path / "m.yaml"
+    for head in ("mean", "mug"):
+        overrides = ["model.context_length=16"] + (["model.head=mug"] if head == "mug" else [])
+        assert cli(["eval", str(config), "--checkpoint", str(converted), "--json", str(tmp_path / f"{head}.json"),
+                    f"data.test_ann={synth / 'test.jsonl'}", *overrides]) == 0
+    mean, mug = (json.loads((tmp_path / f"{h}.json").read_text())["retrieval"]["t2v"] for h in ("mean", "mug"))
+    assert mean != mug  # two different scorings of the same weights
+    loaded, _ = load_model(converted, overrides=["model.head=mug", "model.context_length=16"])
+    assert type(loaded.head).__name__ == "Mug"
+
+
+def test_zero_shot_evaluation_needs_no_checkpoint_and_no_training_files(tmp_path, data):
+    synth = data / "synth"
+    path = write_config(tmp_path / "z.yaml", synth, tmp_path / "z")
+    raw = yaml.safe_load(path.read_text())
+    raw["data"]["train_ann"] = str(tmp_path / "not_downloaded.jsonl")  # only the evaluated split must exist
+    raw["data"]["test_ann"] = str(synth / "recognition_test.jsonl")
+    raw["data"]["extra"] = {"class_names": str(synth / "classes.txt")}
+    path.write_text(yaml.safe_dump(raw))
+    assert cli(["eval", str(path), "--json", str(tmp_path / "z.json")]) == 0
+    result = json.loads((tmp_path / "z.json").read_text())
+    assert result["zero_shot"] and 0 <= result["recognition"]["top1"] <= 100
