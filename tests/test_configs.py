@@ -31,7 +31,9 @@ def test_there_is_a_config_per_published_experiment():
                      "lsmdc/stan_vitb32.yaml", "lsmdc/mugstan_vitb32.yaml", "msvd/clip4clip_meanP_vitb32.yaml",
                      "msvd/clip4clip_seqTransf_vitb32.yaml", "msvd/clip2video_vitb32.yaml", "msvd/stan_vitb32.yaml",
                      "msvd/mugstan_vitb32.yaml", "msrvtt/stan_vitb16.yaml",
-                     "kinetics400/stan_vitb16.yaml", "ssv2/stan_vitb16.yaml", "pretrain/mugstan_webvid_vitb32.yaml"):
+                     "kinetics400/stan_vitb16.yaml", "ssv2/stan_vitb16.yaml", "pretrain/mugstan_webvid_vitb32.yaml",
+                     *(f"{d}/{m}_coca_{v}.yaml" for d in ("msrvtt", "didemo") for m in ("stan", "mugstan") for v in ("vitb32", "vitl14")),
+                     "kinetics400/zeroshot_coca_vitb32.yaml", "kinetics400/zeroshot_coca_vitl14.yaml"):
         assert expected in names
     for p in CONFIGS:
         assert p.read_text().startswith("#"), f"{p} must start with a comment citing its source"
@@ -42,13 +44,22 @@ def test_config_builds_model_and_data(path, fixtures, tmp_path):
     root, formats = fixtures
     raw = yaml.safe_load(path.read_text())
     data = {**raw["data"], **formats[raw["data"]["dataset"]], "root": str(root), "num_frames": 4, "image_size": 32, "num_workers": 0}
-    if "val_ann" not in raw["data"]:
-        data.pop("val_ann", None)
+    for split in ("train_ann", "val_ann"):
+        if split not in raw["data"]:
+            data.pop(split, None)
     raw["data"] = data
-    raw["model"].update(backbone="mugstan-tiny", pretrained=None)
-    raw["train"]["output_dir"] = str(tmp_path / "run")
+    coca = raw["model"]["backbone"].startswith("coca")
+    raw["model"].update(backbone="mugstan-coca-tiny" if coca else "mugstan-tiny", pretrained=None)
+    raw.setdefault("train", {})["output_dir"] = str(tmp_path / "run")
     small = tmp_path / path.name
     small.write_text(yaml.safe_dump(raw))
+    if "train_ann" not in data:  # an evaluation-only config (zero-shot): built and evaluated as `mugstan eval` does
+        from mugstan.engine.evaluate import evaluate
+
+        cfg = load_config(small, splits=["test"])
+        result = evaluate(build_model(cfg.model), cfg, "test")
+        assert result["zero_shot"] and 0 <= result["recognition"]["top1"] <= 100
+        return
     cfg = load_config(small)  # types and files checked
 
     retrieval = cfg.model.task == "retrieval"
