@@ -339,3 +339,31 @@ def test_inferred_config_builds_the_released_architectures(name):
     inferred = coca_config_from_state_dict(sd, name)
     assert inferred["vision_cfg"]["attn_pooler_heads"] == ref["vision_cfg"]["attn_pooler_heads"]
     assert inferred["text_cfg"]["heads"] == ref["text_cfg"]["heads"] and inferred["multimodal_cfg"]["heads"] == ref["multimodal_cfg"]["heads"]
+
+
+def test_search_page_captions_a_result(trained, synthetic, tmp_path):
+    """The search API says the index's model can caption, and /api/caption captions a result's
+    window as `mugstan caption` does; paths outside the index are 404."""
+    from fastapi.testclient import TestClient
+
+    from mugstan.caption import caption_file
+    from mugstan.search.index import build_index
+    from mugstan.search.query import Searcher
+    from mugstan.search.server import create_app
+
+    run, _ = trained
+    videos = synthetic / "videos" / "test"
+    build_index(videos, run / "checkpoints" / "best", tmp_path / "index")
+    searcher = Searcher(tmp_path / "index")
+    client = TestClient(create_app(searcher))
+    found = client.get("/api/search", params={"q": "a red circle moves left", "k": 3}).json()
+    assert found["captions"] is True and found["results"]
+    r = found["results"][0]
+    got = client.get("/api/caption", params={"path": r["path"], "start": r["start"], "end": r["end"]})
+    assert got.status_code == 200, got.text
+    expected = caption_file(searcher.model, searcher.cfg, videos / r["path"], r["start"], r["end"], frames=searcher.meta["frames"])
+    assert got.json()["caption"] == expected and expected
+    for params in ({"path": "../secret.mp4", "start": 0, "end": 1}, {"path": "missing.mp4", "start": 0, "end": 1}):
+        assert client.get("/api/caption", params=params).status_code == 404
+    assert client.get("/api/caption", params={"path": r["path"], "start": 1.0, "end": 0.5}).status_code == 422
+    assert "/api/caption" in client.get("/search.js").text

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -108,6 +108,28 @@ def caption(model, frames: torch.Tensor, frame_mask: torch.Tensor, beams: int = 
     return [decode(encoder.tokenizer, seq) for seq in ids]
 
 
+def can_caption(model) -> bool:
+    """Whether a loaded model has a caption decoder (a CoCa backbone)."""
+    return isinstance(video_encoder(model).backbone, CoCaBackbone)
+
+
+def caption_file(model, cfg, path, start: Optional[float] = None, end: Optional[float] = None, frames: Optional[int] = None,
+                 beams: int = 1, max_tokens: int = 30, min_tokens: int = 0) -> str:
+    """Caption the window [start, end] seconds (default: all) of a video file, its frames sampled and
+    transformed as evaluation does (``cfg``: the checkpoint's ExperimentConfig, None for a converted
+    file). ``VideoError`` for a file that cannot be decoded."""
+    from mugstan.config import DataConfig
+    from mugstan.data.datasets import Clip, ClipReader
+
+    encoder = video_encoder(model)
+    device = encoder.logit_scale.log_scale.device
+    data = cfg.data if cfg else DataConfig(image_size=encoder.backbone.image_size)
+    reader = ClipReader(dataclasses.replace(data, test_clips=1, test_crops=1), train=False, num_frames=frames)
+    clip = reader(Clip(str(Path(path).expanduser()), start, end), 0).unsqueeze(0).to(device)  # [1, T, 3, S, S]
+    mask = torch.ones(clip.shape[:2], dtype=torch.bool, device=device)
+    return caption(model, clip, mask, beams, max_tokens, min_tokens)[0]
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("videos", nargs="+", help="video files")
     parser.add_argument("--checkpoint", required=True, help="checkpoint of a model with a CoCa backbone (folder, .safetensors or hf-hub:org/name)")
@@ -119,25 +141,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from mugstan.config import DataConfig
-    from mugstan.data.datasets import Clip, ClipReader
     from mugstan.data.video import VideoError
     from mugstan.engine.checkpoint import load_model
 
-    device = torch.device(args.device)
-    model, cfg = load_model(args.checkpoint, device)
-    encoder = video_encoder(model)
-    data = cfg.data if cfg else DataConfig(image_size=encoder.backbone.image_size)
-    reader = ClipReader(dataclasses.replace(data, test_clips=1, test_crops=1), train=False, num_frames=args.frames)
+    model, cfg = load_model(args.checkpoint, torch.device(args.device))
+    if not can_caption(model):
+        raise SystemExit(f"error: {args.checkpoint} has a {type(video_encoder(model).backbone).__name__}, which has no caption "
+                         "decoder; captions need a model with a CoCa backbone (model.backbone: coca_ViT-B-32, coca_ViT-L-14)")
     failed = 0
     for path in args.videos:
         try:
-            frames = reader(Clip(str(Path(path).expanduser())), 0).unsqueeze(0).to(device)  # [1, T, 3, S, S]
+            text = caption_file(model, cfg, path, frames=args.frames, beams=args.beam, max_tokens=args.max_tokens, min_tokens=args.min_tokens)
         except VideoError as err:
             print(f"{path}\terror: {err}")
             failed += 1
             continue
-        mask = torch.ones(frames.shape[:2], dtype=torch.bool, device=device)
-        text = caption(model, frames, mask, args.beam, args.max_tokens, args.min_tokens)[0]
         print(f"{path}\t{text}")
     return 1 if failed else 0
