@@ -262,6 +262,22 @@ def test_greedy_caption_follows_coca_and_is_deterministic():
         assert texts == caption(model, x, mask, max_tokens=8) and all(texts)
 
 
+def test_caption_tokens_read_all_real_frames_and_no_padded_one():
+    """A video's caption tokens: the pooler's caption queries over the fused tokens of its real
+    frames; a padded garbage frame changes nothing, a real frame does."""
+    model = coca_model("mug").eval()
+    x = frames(2, 4)
+    x[1, 3] = 100.0  # garbage in the padded frame of video 1
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    mask[1, 3] = False
+    with torch.no_grad():
+        tokens = visual_tokens(model, x, mask)
+        short = visual_tokens(model, x[1:, :3], mask[1:, :3])
+        assert tokens.shape == (2, 8, 64)
+        assert (tokens[1] - short[0]).abs().max() < 1e-5
+        assert (visual_tokens(model, x[:1, :3], mask[:1, :3]) - tokens[:1]).abs().max() > 1e-3
+
+
 def test_beam_search_keeps_the_best_two_token_captions():
     """Two steps of width-K beam search = the best first token among the top K times any second
     token, by summed log-probability (open_clip's logits, teacher forcing)."""
