@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from mugstan.backbones.clip import EOT_TOKEN, SOT_TOKEN, Tokenizer
+from mugstan.backbones.clip import EOT_TOKEN, SOT_TOKEN
 from mugstan.backbones.coca import CoCaBackbone
 from mugstan.branches.stan import STAN
 
@@ -93,11 +93,6 @@ def generate(backbone: CoCaBackbone, visual: torch.Tensor, beams: int = 1, max_t
     return [seq[: seq.index(EOT_TOKEN)] if EOT_TOKEN in seq else seq for seq in chosen]
 
 
-def decode(tokenizer: Tokenizer, ids: Sequence[int]) -> str:
-    """Token ids -> text (BPE merged, whitespace normalised)."""
-    return " ".join(tokenizer._bpe.decode(list(ids)).split())
-
-
 @torch.no_grad()
 def caption(model, frames: torch.Tensor, frame_mask: torch.Tensor, beams: int = 1, max_tokens: int = 30,
             min_tokens: int = 0) -> list[str]:
@@ -105,7 +100,7 @@ def caption(model, frames: torch.Tensor, frame_mask: torch.Tensor, beams: int = 
     encoder = video_encoder(model)
     visual = visual_tokens(encoder, frames, frame_mask)
     ids = generate(encoder.backbone, visual, beams, max_tokens, min_tokens)
-    return [decode(encoder.tokenizer, seq) for seq in ids]
+    return [encoder.tokenizer.decode(seq) for seq in ids]
 
 
 def can_caption(model) -> bool:

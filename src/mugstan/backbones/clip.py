@@ -8,7 +8,10 @@ need and plain ``CLIP.forward`` hides:
   blocks (STAN's taps), the final block output, and the per-frame embeddings ``[N, E]``;
 - ``encode_text``: token ids ``[N, L]`` -> pooled EOT embedding ``[N, E]``, per-token features
   ``[N, L, E]`` (``ln_final(x) @ text_projection`` at every position) and the token mask;
-- ``project``: CLIP's ``ln_post`` + projection, reused by STAN's output fusion.
+- ``fuse``: STAN's output fusion, CLIP's ``ln_post`` + projection (``project``) of each frame's
+  class token plus the branch's (``mugstan.backbones.coca.CoCaBackbone`` fuses before its pooler).
+
+``build_clip`` returns a ``CoCaBackbone`` for open_clip CoCa models (``coca_ViT-B-32`` ...).
 
 ``Tokenizer`` produces ``SOT + BPE[: L-2] + EOT`` padded with 0, so the end-of-text token always
 survives truncation. ``build_clip`` creates the model from an open_clip name, an open_clip
@@ -57,6 +60,10 @@ class Tokenizer:
             raise TypeError(f"caption must be a string, got {type(text).__name__}: {text!r}")
         body = self._bpe.encode(text)[: self.context_length - 2]
         return [SOT_TOKEN, *body, EOT_TOKEN]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """BPE ids (without SOT / EOT) -> text, whitespace normalised."""
+        return " ".join(self._bpe.decode(list(ids)).split())
 
     def __call__(self, texts: Union[str, Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(texts, str):
