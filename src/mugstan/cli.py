@@ -29,6 +29,7 @@ COMMANDS = {
     "index": ("mugstan.search.index", "embed a folder of videos into a search index"),
     "search": ("mugstan.search.query", "search an index by text"),
     "serve": ("mugstan.search.server", "serve a search page for an index"),
+    "caption": ("mugstan.caption", "caption videos with a CoCa model's decoder (greedy or beam search)"),
     "push": ("mugstan.hub", "upload a checkpoint with a model card to the Hugging Face Hub"),
 }
 

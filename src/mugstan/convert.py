@@ -46,7 +46,8 @@ def main(args: argparse.Namespace) -> int:
             state_dict = weights.state_dict
             save_safetensors(state_dict, out, {"format": "open_clip", "config": json.dumps(weights.config)})
             v, t = weights.config["vision_cfg"], weights.config["text_cfg"]
-            desc = (f"CLIP ViT patch {v['patch_size']} @ {v['image_size']} px, vision {v['layers']}x{v['width']}, "
+            kind = "CoCa" if "multimodal_cfg" in weights.config else "CLIP"
+            desc = (f"{kind} ViT patch {v['patch_size']} @ {v['image_size']} px, vision {v['layers']}x{v['width']}, "
                     f"text {t['layers']}x{t['width']}, E={weights.config['embed_dim']} (from {weights.format})")
     except (WeightsError, HubError) as err:
         raise SystemExit(f"error: {err}") from None

@@ -8,7 +8,10 @@ need and plain ``CLIP.forward`` hides:
   blocks (STAN's taps), the final block output, and the per-frame embeddings ``[N, E]``;
 - ``encode_text``: token ids ``[N, L]`` -> pooled EOT embedding ``[N, E]``, per-token features
   ``[N, L, E]`` (``ln_final(x) @ text_projection`` at every position) and the token mask;
-- ``project``: CLIP's ``ln_post`` + projection, reused by STAN's output fusion.
+- ``fuse``: STAN's output fusion, CLIP's ``ln_post`` + projection (``project``) of each frame's
+  class token plus the branch's (``mugstan.backbones.coca.CoCaBackbone`` fuses before its pooler).
+
+``build_clip`` returns a ``CoCaBackbone`` for open_clip CoCa models (``coca_ViT-B-32`` ...).
 
 ``Tokenizer`` produces ``SOT + BPE[: L-2] + EOT`` padded with 0, so the end-of-text token always
 survives truncation. ``build_clip`` creates the model from an open_clip name, an open_clip
@@ -61,6 +64,10 @@ class Tokenizer:
         body = self._bpe.encode(text)[: self.context_length - 2]
         return [SOT_TOKEN, *body, EOT_TOKEN]
 
+    def decode(self, ids: Sequence[int]) -> str:
+        """BPE ids (without SOT / EOT) -> text, whitespace normalised."""
+        return " ".join(self._bpe.decode(list(ids)).split())
+
     def __call__(self, texts: Union[str, Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(texts, str):
             texts = [texts]
@@ -104,16 +111,22 @@ class CLIPBackbone(nn.Module):
 
     def __init__(self, clip: nn.Module):
         super().__init__()
+        self.check_towers(clip)
+        self.clip = clip
+        self.grad_checkpointing = False
+
+    @staticmethod
+    def check_towers(clip: nn.Module) -> None:
+        """Refuse open_clip models whose vision tower this class does not read (CoCa has its own)."""
         visual = clip.visual
         if not hasattr(visual, "transformer") or getattr(visual, "attn_pool", None) is not None:
             raise ValueError(
-                "mugstan needs a plain ViT vision tower (class token, no attentional pooling); "
-                f"got {type(visual).__name__}. Use an open_clip ViT model such as ViT-B-32."
+                "mugstan's CLIPBackbone needs a plain ViT vision tower (class token, no attentional pooling); "
+                f"got {type(visual).__name__}. Use an open_clip ViT model such as ViT-B-32, or a CoCa "
+                "model (coca_ViT-B-32) through build_clip, which wraps it in a CoCaBackbone."
             )
         if getattr(visual, "pool_type", "tok") != "tok" or getattr(visual, "final_ln_after_pool", False):
             raise ValueError(f"unsupported vision pooling {visual.pool_type!r}: mugstan reads the class token")
-        self.clip = clip
-        self.grad_checkpointing = False
 
     # ---- shapes -------------------------------------------------------------------------
     @property
@@ -150,6 +163,11 @@ class CLIPBackbone(nn.Module):
         return self.clip.transformer.resblocks
 
     @property
+    def text_positional_embedding(self) -> nn.Parameter:
+        """The text tower's position embedding [context, Dt] (seqTransf / TDB initialise from it)."""
+        return self.clip.positional_embedding
+
+    @property
     def context_length(self) -> int:
         return self.clip.positional_embedding.shape[0]
 
@@ -177,6 +195,11 @@ class CLIPBackbone(nn.Module):
         for name, p in self.clip.named_parameters():
             if not name.startswith("visual."):
                 p.requires_grad_(False)
+
+    def pooled_text_parameters(self) -> list[nn.Parameter]:
+        """Parameters that only the pooled text embedding reads, not the per-token features: none for
+        CLIP, whose pooled embedding is the EOT token's feature (CoCa: its appended CLS token)."""
+        return []
 
     # ---- vision -------------------------------------------------------------------------
     def embed_patches(self, frames: torch.Tensor) -> torch.Tensor:
@@ -218,7 +241,18 @@ class CLIPBackbone(nn.Module):
             x = self.run_block(block, x)
             if i in wanted:
                 hidden[i] = x
-        return VisionOutput(hidden=hidden, last=x, embeds=self.project(x[:, 0]))
+        return VisionOutput(hidden=hidden, last=x, embeds=self.frame_embeds(x))
+
+    def frame_embeds(self, last: torch.Tensor) -> torch.Tensor:
+        """Final block output [N, 1+P, D] -> per-frame embeddings [N, E]: the class token through
+        ln_post and proj."""
+        return self.project(last[:, 0])
+
+    def fuse(self, last: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        """STAN's output fusion: final block output [B, T, 1+P, D] and the branch's video class token
+        [B, 1, D] -> per-frame embeddings [B, T, E] = project(frame class token + branch class token).
+        With ``cls`` zero it equals ``frame_embeds`` of every frame."""
+        return self.project(last[:, :, 0] + cls)
 
     def project(self, cls: torch.Tensor) -> torch.Tensor:
         """Class-token features [..., D] -> embeddings [..., E] (CLIP's ln_post, then proj)."""
@@ -275,7 +309,27 @@ def list_models() -> list[str]:
     import open_clip
 
     _register_configs()
-    return [m for m in open_clip.list_models() if m.startswith(("ViT", "mugstan"))]
+    return [m for m in open_clip.list_models() if m.startswith(("ViT", "mugstan", "coca_ViT"))]
+
+
+def model_from_config(config: dict) -> nn.Module:
+    """An open_clip model from a model config dict: ``CoCa`` when it has a ``multimodal_cfg``
+    (a caption decoder), ``CLIP`` otherwise."""
+    import open_clip
+
+    config = {k: v for k, v in config.items() if k != "custom_text"}  # open_clip's JSON flag, not an argument
+    return open_clip.CoCa(**config) if "multimodal_cfg" in config else open_clip.CLIP(**config)
+
+
+def wrap(model: nn.Module) -> "CLIPBackbone":
+    """The backbone class that reads an open_clip model: ``CoCaBackbone`` for CoCa, ``CLIPBackbone`` otherwise."""
+    import open_clip
+
+    if isinstance(model, open_clip.CoCa):
+        from mugstan.backbones.coca import CoCaBackbone
+
+        return CoCaBackbone(model)
+    return CLIPBackbone(model)
 
 
 def build_clip(
@@ -287,8 +341,9 @@ def build_clip(
 ) -> CLIPBackbone:
     """Create a CLIP backbone.
 
-    name: open_clip model name (``ViT-B-32``, ``ViT-B-16``, ``ViT-L-14``, ``mugstan-tiny``, ...), or
-        None to infer the architecture from ``weights``.
+    name: open_clip model name (``ViT-B-32``, ``ViT-B-16``, ``ViT-L-14``, ``mugstan-tiny``, ...; CoCa:
+        ``coca_ViT-B-32``, ``coca_ViT-L-14``, ``mugstan-coca-tiny``, returned as a ``CoCaBackbone``),
+        or None to infer the architecture from ``weights``.
     pretrained: open_clip pretrained tag (``openai``, ``laion2b_s34b_b79k``, ...): open_clip
         downloads and caches the weights. Needs internet once; offline, pass ``weights``.
     weights: local file or folder, or a Hub spec (``hf-hub:org/name``, ``local-dir:PATH``,
@@ -311,11 +366,11 @@ def build_clip(
         if pretrained is not None:
             raise ValueError("model.backbone_config describes an architecture open_clip has no pretrained weights for; "
                              "give model.weights instead of model.pretrained")
-        clip = open_clip.CLIP(**config)
+        clip = model_from_config(config)
     elif name is None:
         if loaded is None:
             raise ValueError("build_clip needs a model name or a weights file to infer the architecture from")
-        clip = open_clip.CLIP(**loaded.config)
+        clip = model_from_config(loaded.config)
     else:
         if name not in open_clip.list_models():
             raise ValueError(
@@ -342,7 +397,11 @@ def build_clip(
                 "path instead: model.weights=/path/to/ViT-B-32.pt (OpenAI .pt, HuggingFace CLIPModel "
                 "folder or open_clip .safetensors) and model.pretrained=null"
             ) from err
+    if pretrained is None and isinstance(clip, open_clip.CoCa):
+        from mugstan.backbones.coca import init_decoder_projection
+
+        init_decoder_projection(clip)  # open_clip leaves it uninitialised; loaded weights replace it
     if loaded is not None:
         loaded.load_into(clip)
     clip.eval()
-    return CLIPBackbone(clip)
+    return wrap(clip)

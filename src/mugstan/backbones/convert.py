@@ -14,7 +14,10 @@ Sources (methods.md section 7):
   ``pytorch_model.bin``). q, k and v projections are concatenated into ``in_proj``; the Linear
   projections are transposed. ``transformers`` is not needed to read it.
 - ``open_clip``: a ``.safetensors`` or ``.pt`` in open_clip's layout, e.g. what ``mugstan
-  convert`` writes (its architecture is stored in the safetensors metadata).
+  convert`` writes (its architecture is stored in the safetensors metadata). CoCa checkpoints
+  (``visual.attn_pool.*``, ``text.*``, ``text_decoder.*``) are recognised by their keys; their
+  config (with ``multimodal_cfg``) is read from the metadata or inferred from the shapes, and
+  ``build_clip`` then returns a ``CoCaBackbone``.
 
 ``mugstan convert`` (``mugstan.convert``) writes them as open_clip-layout safetensors; the released
 whole-model checkpoints are ``mugstan.released``'s.
@@ -76,8 +79,65 @@ class ClipWeights:
 
 
 # ---- architecture from shapes ------------------------------------------------------------
+def is_coca(sd: dict[str, torch.Tensor]) -> bool:
+    """An open_clip CoCa state dict (a caption decoder and CoCa's text tower)."""
+    return "text_decoder.ln_final.weight" in sd and "text.cls_emb" in sd
+
+
+def _count(sd: dict, root: str) -> int:
+    return len({k[len(root):].split(".")[0] for k in sd if k.startswith(root)})
+
+
+def coca_config_from_state_dict(sd: dict[str, torch.Tensor], source: str) -> dict:
+    """Infer the open_clip config of a CoCa from its open_clip-layout tensors.
+
+    Shapes fix every size; head counts do not: heads are width / 64 (as in coca_ViT-B-32 and
+    coca_ViT-L-14) and the attentional pooler has 8 heads (both released models). Another head
+    count is an override, e.g. ``model.backbone_config.vision_cfg.attn_pooler_heads=2``. CoCa uses
+    GELU (quick_gelu false).
+    """
+    try:
+        width = sd["visual.conv1.weight"].shape[0]
+        patch = sd["visual.conv1.weight"].shape[-1]
+        grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+        queries, embed_dim = sd["visual.attn_pool.query"].shape
+        t_width = sd["text.ln_final.weight"].shape[0]
+        m_width = sd["text_decoder.ln_final.weight"].shape[0]
+        vocab_size = sd["text.token_embedding.weight"].shape[0]
+        context_length = sd["text.positional_embedding"].shape[0] - 1  # the appended CLS has a position too
+        v_mlp = sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
+        t_mlp = sd["text.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
+        m_mlp = sd["text_decoder.resblocks.0.mlp.c_fc.weight"].shape[0]
+        decoder_vocab = sd["text_decoder.text_projection"].shape[1]
+    except KeyError as err:
+        raise WeightsError(f"{source}: not an open_clip CoCa state dict (no {err.args[0]!r})") from None
+    if sd["visual.proj"].shape != (embed_dim, embed_dim) or sd["text.text_projection"].shape != (t_width, embed_dim):
+        raise WeightsError(f"{source}: visual.proj {tuple(sd['visual.proj'].shape)} / text.text_projection "
+                           f"{tuple(sd['text.text_projection'].shape)} do not fit a CoCa of joint width {embed_dim}")
+    return {
+        "embed_dim": embed_dim,
+        "quick_gelu": False,
+        "vision_cfg": {
+            "image_size": grid * patch, "layers": _count(sd, "visual.transformer.resblocks."), "width": width,
+            "head_width": min(64, width), "patch_size": patch, "mlp_ratio": v_mlp / width,
+            "attentional_pool": True, "attn_pooler_queries": queries, "attn_pooler_heads": 8, "output_tokens": True,
+        },
+        "text_cfg": {
+            "context_length": context_length, "vocab_size": vocab_size, "width": t_width,
+            "heads": max(t_width // 64, 1), "layers": _count(sd, "text.transformer.resblocks."), "mlp_ratio": t_mlp / t_width,
+            "embed_cls": True, "output_tokens": True,
+        },
+        "multimodal_cfg": {
+            "context_length": context_length, "vocab_size": decoder_vocab, "width": m_width,
+            "heads": max(m_width // 64, 1), "layers": _count(sd, "text_decoder.resblocks."), "mlp_ratio": m_mlp / m_width,
+        },
+    }
+
+
 def config_from_state_dict(sd: dict[str, torch.Tensor], source: str, quick_gelu: bool = True) -> dict:
-    """Infer the open_clip config of a CLIP ViT from its open_clip/OpenAI-layout tensors."""
+    """Infer the open_clip config of a CLIP ViT (or a CoCa) from its open_clip/OpenAI-layout tensors."""
+    if is_coca(sd):
+        return coca_config_from_state_dict(sd, source)
     try:
         width = sd["visual.conv1.weight"].shape[0]
         patch = sd["visual.conv1.weight"].shape[-1]
@@ -142,10 +202,12 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def load_openai(path: Union[str, Path]) -> ClipWeights:
+    """An OpenAI CLIP ``.pt`` (or any open_clip-layout ``.pt`` / ``.bin``, such as open_clip's CoCa
+    checkpoints ``open_clip_pytorch_model.bin``), its architecture inferred from the shapes."""
     path = Path(path)
     sd = {k: v for k, v in _torch_load(path).items() if k not in OPENAI_EXTRA_KEYS}
     sd = {k: v.float() for k, v in sd.items()}  # released OpenAI weights are fp16
-    return ClipWeights(sd, config_from_state_dict(sd, str(path)), str(path), "openai")
+    return ClipWeights(sd, config_from_state_dict(sd, str(path)), str(path), "open_clip" if is_coca(sd) else "openai")
 
 
 def load_open_clip(path: Union[str, Path]) -> ClipWeights:

@@ -14,8 +14,10 @@ one state per video: a video-level class token ``cls [B, 1, D]`` and the patch t
 - spatial module: a copy of CLIP layer L-K+k run per frame, the class token repeated for every
   frame and its outputs averaged over the real frames.
 
-Output: for each frame, CLIP's final class token + the branch's class token -> ln_post -> proj,
-and the branch's final patch tokens (``FrameFeatures``, see ``mugstan.branches.frames``).
+Output: for each frame, ``backbone.fuse``: CLIP's final class token + the branch's class token ->
+ln_post -> proj (for CoCa: the branch's class token added at the class position, then CoCa's
+attentional pooler), and the branch's final patch tokens (``FrameFeatures``, see
+``mugstan.branches.frames``).
 
 Padded frames (``mask`` False) never reach real frames: they are excluded from every mean over
 time, masked as keys of the temporal attention, and zeroed before the temporal convolution (so a
@@ -142,9 +144,17 @@ class STAN(nn.Module):
     def forward(self, vision: VisionOutput, backbone: CLIPBackbone, mask: torch.Tensor) -> FrameFeatures:
         """vision: backbone.encode_frames(frames [B*T, 3, H, W], taps=self.taps); mask [B, T] bool.
 
-        Returns per-frame fused embeddings [B, T, E] (not normalised) and the branch's patch
-        tokens [B, T, P, D].
+        Returns per-frame fused embeddings [B, T, E] (not normalised; ``backbone.fuse``: CLIP adds
+        the branch's class token to each frame's class token before ln_post and proj, CoCa before
+        its attentional pooler) and the branch's patch tokens [B, T, P, D].
         """
+        b, t = mask.shape
+        cls, patches = self.video_state(vision, backbone, mask)
+        last = vision.last.view(b, t, -1, vision.last.shape[-1])
+        return FrameFeatures(backbone.fuse(last, cls), patches.transpose(1, 2))
+
+    def video_state(self, vision: VisionOutput, backbone: CLIPBackbone, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The branch's final state: video class token [B, 1, D] and patch tokens [B, P, T, D]."""
         b, t = mask.shape
         if t > self.time_embed.num_embeddings:
             raise ValueError(f"STAN's temporal embedding covers {self.time_embed.num_embeddings} frames, got {t}; raise model.stan.max_frames")
@@ -165,5 +175,4 @@ class STAN(nn.Module):
                 cls, patches = checkpoint(self._level, k, cls, patches, mask, use_reentrant=False)
             else:
                 cls, patches = self._level(k, cls, patches, mask)
-        fused = vision.last[:, 0].view(b, t, d) + cls
-        return FrameFeatures(backbone.project(fused), patches.transpose(1, 2))
+        return cls, patches

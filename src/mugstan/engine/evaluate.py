@@ -153,6 +153,15 @@ def format_result(result: dict) -> str:
     return "\n".join(lines)
 
 
+def zero_shot_model(cfg: ExperimentConfig, split: str = "test"):
+    """The config's model as built, no training: pretrained weights evaluated zero-shot. A
+    recognition model's text classifier starts from the split's class-name prompts."""
+    from mugstan.models import build_model
+
+    names = cfg.model.class_names or (load_annotations(cfg.data, split).class_names if cfg.model.task == Task.recognition else [])
+    return build_model(cfg.model, class_names=names or ()).eval()
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="experiment YAML (its data and eval sections are used)")
     parser.add_argument("--checkpoint", help="checkpoint folder, a `mugstan convert` .safetensors, or hf-hub:org/name; "
@@ -168,7 +177,6 @@ def main(args: argparse.Namespace) -> int:
     from mugstan.config import load_config
     from mugstan.engine.checkpoint import load_model
     from mugstan.engine.distributed import setup
-    from mugstan.models import build_model
 
     cfg = load_config(args.config, args.overrides, splits=[args.split])  # only the evaluated split must exist
     dist = setup()
@@ -177,8 +185,10 @@ def main(args: argparse.Namespace) -> int:
         if saved is not None:
             cfg.model = saved.model  # the model evaluated is the checkpoint's
     else:
-        model = build_model(cfg.model).to(dist.device).eval()
+        model = zero_shot_model(cfg, args.split).to(dist.device)
     result = evaluate(model, cfg, args.split, dist)
+    if not args.checkpoint:
+        result["zero_shot"] = True
     if dist.main:
         print(format_result(result))
         if args.json:

@@ -64,11 +64,11 @@ class CLIP2VideoHead(Head):
         """Positions and blocks from CLIP's text tower; False (fresh init) when widths differ."""
         if backbone.text_width != self.width:
             return False
-        clip = backbone.clip
+        positions = backbone.text_positional_embedding  # [context, Dt]
         with torch.no_grad():
-            n = min(self.frame_position_embeddings.num_embeddings, clip.positional_embedding.shape[0])
-            self.frame_position_embeddings.weight[:n].copy_(clip.positional_embedding[:n])
-            self.type_position_embeddings.weight.copy_(clip.positional_embedding[:2])
+            n = min(self.frame_position_embeddings.num_embeddings, positions.shape[0])
+            self.frame_position_embeddings.weight[:n].copy_(positions[:n])
+            self.type_position_embeddings.weight.copy_(positions[:2])
         self.frame2t_attention.load_clip_blocks(backbone.text_blocks[:1])
         self.transformerClip.load_clip_blocks(backbone.text_blocks)
         self.actionClip.load_clip_blocks(backbone.text_blocks[:1])

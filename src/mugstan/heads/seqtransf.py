@@ -28,12 +28,12 @@ class SeqTransf(Head):
 
     def init_from_clip(self, backbone) -> bool:
         """Copy CLIP's text positions and first text blocks; False when the widths differ."""
-        clip = backbone.clip
+        positions = backbone.text_positional_embedding  # [context, Dt]
         if backbone.text_width != self.frame_position_embeddings.embedding_dim:
             return False
         with torch.no_grad():
-            n = min(self.frame_position_embeddings.num_embeddings, clip.positional_embedding.shape[0])
-            self.frame_position_embeddings.weight[:n].copy_(clip.positional_embedding[:n])
+            n = min(self.frame_position_embeddings.num_embeddings, positions.shape[0])
+            self.frame_position_embeddings.weight[:n].copy_(positions[:n])
         self.transformer.load_clip_blocks(backbone.text_blocks)
         return True
 

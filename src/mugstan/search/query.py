@@ -128,7 +128,7 @@ class Searcher:
             raise ValueError(f"{checkpoint} is not the model that built {index_dir} ({self.meta['model']['checkpoint']}, "
                              f"sha256 {self.meta['model']['sha256'][:12]}): its embeddings would not be comparable; "
                              "pass that checkpoint with --checkpoint, or index again with this one")
-        self.model, _ = load_model(checkpoint, device)
+        self.model, self.cfg = load_model(checkpoint, device)  # cfg: how clips are read (captions); None for a converted file
         self.device = device
         # Mug scores are not inner products: always the chunked Mug similarity
         self.backend = "mug" if self.mask is not None else choose_backend(backend, len(self.emb))

@@ -5,8 +5,12 @@
 Routes (nothing else is served, there is no directory listing):
 
 - ``/``: the page (``static/index.html``) and ``/search.js``, its script;
-- ``/api/search?q=...&k=...``: ``{"query", "results": [{rank, path, start, end, score}]}``;
-  ``q`` must be 1-500 characters and not blank, ``k`` 1-100, else 422;
+- ``/api/search?q=...&k=...``: ``{"query", "results": [{rank, path, start, end, score}], "captions"}``;
+  ``q`` must be 1-500 characters and not blank, ``k`` 1-100, else 422; ``captions`` says whether
+  the index's model can caption (a CoCa backbone), and the page then shows a Caption button;
+- ``/api/caption?path=...&start=...&end=...``: ``{"path", "start", "end", "caption"}``, the window
+  captioned by the model's decoder (``mugstan.caption``, greedy, cached); ``path`` as for ``/media``
+  (404 otherwise), 400 for a model without a decoder;
 - ``/media/{path}``: a video of the index. ``path`` must be one of the relative paths listed in
   the index's ``index.json`` (compared as a string, after URL decoding, before the file system is
   touched), so ``../``, absolute paths and encoded traversal (``%2e%2e/``, ``..%2f``) are 404;
@@ -40,8 +44,21 @@ def create_app(searcher):
     from fastapi.responses import FileResponse, Response
 
     app = FastAPI(title="mugstan search", docs_url=None, redoc_url=None, openapi_url=None)
+    from mugstan.caption import can_caption, caption_file
+    from mugstan.data.video import VideoError
+
     root = searcher.root.resolve()
     indexed = frozenset(searcher.meta["files"])
+    captions = can_caption(searcher.model)
+    caption_cache: dict[tuple[str, float, float], str] = {}
+
+    def indexed_file(path: str) -> Path:
+        if path not in indexed:  # only the exact relative paths of the index, checked before any file access
+            raise HTTPException(404, "not in the index")
+        real = (root / path).resolve()
+        if root not in real.parents or not real.is_file():  # swapped for a symlink out of the folder, or gone
+            raise HTTPException(404, "not in the index")
+        return real
 
     @app.get("/")
     def page() -> Response:
@@ -55,16 +72,26 @@ def create_app(searcher):
     def search(q: str = Query(..., min_length=1, max_length=MAX_QUERY), k: int = Query(12, ge=1, le=MAX_K)) -> dict:
         if not q.strip():
             raise HTTPException(422, "the query is blank")
-        return {"query": q, "results": searcher.search(q, k)}
+        return {"query": q, "results": searcher.search(q, k), "captions": captions}
+
+    @app.get("/api/caption")
+    def caption(path: str, start: float = Query(..., ge=0), end: float = Query(..., gt=0)) -> dict:
+        real = indexed_file(path)
+        if not captions:
+            raise HTTPException(400, "this index's model has no caption decoder: captions need a CoCa backbone")
+        if end <= start:
+            raise HTTPException(422, "end must be after start")
+        key = (path, start, end)
+        if key not in caption_cache:
+            try:
+                caption_cache[key] = caption_file(searcher.model, searcher.cfg, real, start, end, frames=searcher.meta["frames"])
+            except VideoError as err:
+                raise HTTPException(422, f"cannot decode this window: {err}") from None
+        return {"path": path, "start": start, "end": end, "caption": caption_cache[key]}
 
     @app.get("/media/{path:path}")
     def media(path: str) -> FileResponse:
-        if path not in indexed:  # only the exact relative paths of the index, checked before any file access
-            raise HTTPException(404, "not in the index")
-        real = (root / path).resolve()
-        if root not in real.parents or not real.is_file():  # swapped for a symlink out of the folder, or gone
-            raise HTTPException(404, "not in the index")
-        return FileResponse(real, headers={"X-Content-Type-Options": "nosniff"})
+        return FileResponse(indexed_file(path), headers={"X-Content-Type-Options": "nosniff"})
 
     return app
 

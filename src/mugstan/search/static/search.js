@@ -23,7 +23,25 @@ function element(tag, className, text) {
   return node;
 }
 
-function card(r) {
+function captionControls(r) {  // a button that asks the model's decoder for this window's caption
+  const button = element("button", "caption-button", "Caption");
+  button.type = "button";
+  const text = element("div", "caption");
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    text.textContent = "Captioning\u2026";
+    try {
+      const res = await fetch("/api/caption?" + new URLSearchParams({ path: r.path, start: r.start, end: r.end }));
+      text.textContent = res.ok ? (await res.json()).caption : "Error " + res.status;
+    } catch (err) {
+      text.textContent = "The server cannot be reached (" + err.message + ").";
+    }
+    button.disabled = false;
+  });
+  return [button, text];
+}
+
+function card(r, captions) {
   const div = element("div", "result");
   div.dataset.start = r.start;
   div.dataset.end = r.end;
@@ -50,6 +68,7 @@ function card(r) {
   link.target = "_blank";
   link.rel = "noopener";
   meta.append(link);
+  if (captions) meta.append(...captionControls(r));
   div.append(video, meta);
   return div;
 }
@@ -70,7 +89,7 @@ async function search(q) {
     return;
   }
   const data = await res.json();
-  grid.replaceChildren(...data.results.map(card));
+  grid.replaceChildren(...data.results.map((r) => card(r, data.captions)));
   statusLine.textContent = data.results.length
     ? data.results.length + " results for \u201c" + data.query + "\u201d"
     : "No results for \u201c" + data.query + "\u201d";

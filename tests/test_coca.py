@@ -1,0 +1,385 @@
+"""CoCa as a backbone (issue 16): equal to open_clip's CoCa per frame, every head, STAN's fusion
+before the attentional pooler, training / gradient caching / evaluation, captions, conversion.
+
+The tiny CoCa (``mugstan-coca-tiny``: 32 px, vision width 96 != joint width 64, 9 pooler
+queries, 2-layer text tower and decoder) has random weights; LayerNorm and bias parameters are
+perturbed so that no comparison passes because a LayerNorm is the identity.
+"""
+
+import contextlib
+import io
+import json
+import math
+
+import open_clip
+import pytest
+import torch
+import yaml
+from data_fixtures import write_config
+
+from mugstan.backbones.clip import Tokenizer, build_clip, model_from_config
+from mugstan.backbones.coca import CoCaBackbone
+from mugstan.backbones.convert import coca_config_from_state_dict, save_safetensors
+from mugstan.caption import caption, generate, visual_tokens
+from mugstan.config import ModelConfig, STANConfig, load_config
+from mugstan.engine.gradcache import gradcache_backward
+from mugstan.losses import build_loss
+from mugstan.models import build_model
+
+TINY = "mugstan-coca-tiny"
+CPU = torch.device("cpu")
+CAPTIONS = ["a man is cooking pasta in a kitchen", "dog", "two people dance on a stage while a crowd watches"]
+
+
+def perturb(module: torch.nn.Module, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+            if "temporal_fc" in name:  # STAN's zero-initialised projections would hide the temporal path
+                p.normal_(0, 0.05, generator=g)
+
+
+def coca_config(head: str = "meanP", branch: str = "stan") -> ModelConfig:
+    return ModelConfig(backbone=TINY, branch=branch, head=head, stan=STANConfig(depth=2, drop_path=0.0), context_length=16,
+                       seq_layers=2, temperature=0.05 if head == "mug" else None)
+
+
+def coca_model(head: str = "meanP", branch: str = "stan"):
+    torch.manual_seed(0)
+    model = build_model(coca_config(head, branch))
+    perturb(model)
+    return model
+
+
+def frames(b: int = 3, t: int = 4, seed: int = 1) -> torch.Tensor:
+    return torch.randn(b, t, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+@contextlib.contextmanager
+def zeroed_branch_output(model):
+    """Sets the STAN branch's final class token to zero (a forward hook on its last level)."""
+    def hook(module, args, output):
+        cls, patches = output
+        return torch.zeros_like(cls), patches
+
+    handle = model.branch.spatial[-1].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def test_build_gives_a_coca_backbone_with_clip_shapes():
+    backbone = build_clip(TINY)
+    assert isinstance(backbone, CoCaBackbone) and isinstance(backbone.clip, open_clip.CoCa)
+    assert (backbone.vision_width, backbone.vision_layers, backbone.vision_heads, backbone.embed_dim) == (96, 4, 3, 64)
+    assert (backbone.text_width, backbone.text_heads, len(backbone.text_blocks), backbone.context_length) == (64, 2, 2, 76)
+    assert (backbone.grid_size, backbone.num_patches, backbone.image_size, backbone.caption_queries) == (4, 16, 32, 8)
+    assert not any(p.requires_grad for p in backbone.clip.text_decoder.parameters())
+    assert backbone.clip.text_decoder.text_projection.std() > 0  # open_clip leaves it uninitialised
+    with pytest.raises(TypeError, match="attentional pooler"):
+        backbone.project(torch.zeros(2, 96))
+    with pytest.raises(ValueError, match="context 76"):
+        backbone.encode_text(torch.ones(1, 80, dtype=torch.long))
+
+
+def test_zeroed_branch_gives_coca_per_frame_and_coca_text():
+    model = coca_model("mug").eval()
+    coca = model.backbone.clip
+    x = frames()
+    with torch.no_grad(), zeroed_branch_output(model):
+        embeds = model.frame_features(x, torch.ones(3, 4, dtype=torch.bool)).embeds  # [3, 4, E]
+        ref = coca.encode_image(x.flatten(0, 1), normalize=False).view(3, 4, -1)
+        assert (embeds - ref).abs().max() < 1e-5
+        assert ref.abs().max() > 0.5  # not a comparison of near-zero vectors
+
+        ref_ids = open_clip.get_tokenizer(TINY)(CAPTIONS)  # [3, 76], CLS appended by the tower
+        ref_pooled, ref_tokens = coca.text(ref_ids)
+        ref_tokens = coca.text.ln_final(ref_tokens) @ coca.text.text_projection  # the pooled one's projection
+        for length in (76, 16):  # the dataset's context length does not change the embedding
+            ids, mask = Tokenizer(length)(CAPTIONS)
+            out = model.backbone.encode_text(ids, mask)
+            assert (out.pooled - coca.encode_text(ref_ids, normalize=False)).abs().max() < 1e-5
+            assert (out.pooled - ref_pooled).abs().max() < 1e-5
+            assert (out.tokens - ref_tokens[:, :length]).abs()[mask].max() < 1e-5
+            assert out.tokens.shape == (3, length, 64) and torch.equal(out.mask, mask)
+
+
+def test_stan_class_token_enters_before_the_attentional_pooler():
+    """Fused embedding = open_clip's pooling of the final tokens with the branch's class token
+    added at every frame's class position; different from CoCa per frame."""
+    model = coca_model("meanP").eval()
+    backbone, visual = model.backbone, model.backbone.visual
+    x, mask = frames(), torch.ones(3, 4, dtype=torch.bool)
+    with torch.no_grad():
+        vision = backbone.encode_frames(x.flatten(0, 1), taps=model.branch.taps)
+        cls, _ = model.branch.video_state(vision, backbone, mask)  # [3, 1, D]
+        last = vision.last.view(3, 4, 17, 96).clone()
+        last[:, :, 0] += cls
+        pooled, _ = visual._pool(last.flatten(0, 1))  # open_clip: attn_pool -> ln_post -> query 0
+        ref = (pooled @ visual.proj).view(3, 4, -1)
+        embeds = model.frame_features(x, mask).embeds
+        assert (embeds - ref).abs().max() < 1e-5
+        assert (embeds - vision.embeds.view(3, 4, -1)).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("branch,head", [("stan", "mean"), ("none", "meanP"), ("stan", "seqTransf"), ("stan", "tdb_tab"), ("stan", "mug")])
+def test_every_head_on_coca(branch, head):
+    """Loss and gradients through head, branch and CoCa's vision and text towers; padded frames
+    change nothing; seqTransf / TDB start from CoCa's text tower."""
+    model = coca_model(head, branch)
+    if head in ("seqTransf", "tdb_tab"):
+        assert model.head.init_from_clip(model.backbone)
+        blocks = model.head.transformer if head == "seqTransf" else model.head.transformerClip
+        assert torch.equal(blocks.resblocks[0].mlp.c_fc.weight, model.backbone.text_blocks[0].mlp.c_fc.weight)
+    ids, text_mask = model.tokenize(["a red circle moves left", "a blue square grows", "a cat"])
+    x = frames()
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    mask[2, 3] = False
+    batch = {"frames": x, "frame_mask": mask, "ids": ids, "text_mask": text_mask}
+    loss = build_loss(coca_config(head, branch), model)(model(**batch), batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    named = dict(model.named_parameters())
+    assert named["backbone.clip.visual.attn_pool.query"].grad[0].abs().sum() > 0
+    assert named["backbone.clip.visual.transformer.resblocks.3.mlp.c_fc.weight"].grad.abs().sum() > 0
+    cls_emb = named["backbone.clip.text.cls_emb"]  # Mug reads text tokens only: the CLS is frozen, not left unused
+    assert cls_emb.grad.abs().sum() > 0 if head != "mug" else (not cls_emb.requires_grad and cls_emb.grad is None)
+    assert named["backbone.clip.text.transformer.resblocks.1.mlp.c_fc.weight"].grad.abs().sum() > 0
+    assert all(p.grad is None for n, p in named.items() if "text_decoder" in n)
+    if branch == "stan":
+        assert named["branch.spatial.1.mlp.c_fc.weight"].grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():  # the padded frame of video 2 is garbage: same embedding as the 3-frame clip
+        padded = model.encode_video(x[2:], mask[2:])
+        short = model.encode_video(x[2:, :3], mask[2:, :3])
+        if padded.mask is None:
+            assert (padded.x - short.x).abs().max() < 1e-5
+        else:
+            assert (padded.x[:, :3] - short.x).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("branch,head", [("stan", "mug"), ("stan", "seqTransf")])
+def test_gradient_caching_matches_the_full_batch(branch, head):
+    def setup():
+        model = coca_model(head, branch).double().train()
+        return model, build_loss(coca_config(head, branch), model)
+
+    ids, text_mask = Tokenizer(16)([f"a {c} shape moves {d}" for c in ("red", "blue", "green") for d in ("left", "up")])
+    mask = torch.ones(6, 4, dtype=torch.bool)
+    mask[3, 2:] = False
+    batch = {"frames": frames(6, 4).double(), "frame_mask": mask, "ids": ids, "text_mask": text_mask}
+    model, loss_fn = setup()
+    loss = loss_fn(model(**batch), batch)
+    loss.backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model, loss_fn = setup()
+    cached = gradcache_backward(model, loss_fn, batch, chunk_size=4, device=CPU)
+    got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert torch.allclose(cached, loss.detach(), rtol=1e-6) and got.keys() == ref.keys()
+    for name in ref:
+        assert (ref[name] - got[name]).norm() / ref[name].norm().clamp(min=1e-20) < 1e-6, name
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    from mugstan.data.synthetic import SynthParams, generate
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, SynthParams(videos=24, frames=8, size=32, seed=0), progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic, tmp_path_factory):
+    """Mug-STAN on the tiny CoCa: 3 training steps, then the test split evaluated."""
+    from mugstan.engine.train import train
+
+    tmp = tmp_path_factory.mktemp("run")
+    path = write_config(tmp / "c.yaml", synthetic, tmp / "run", batch_size=4, max_steps=3, chunk_size=2)
+    raw = yaml.safe_load(path.read_text())
+    raw["model"].update(backbone=TINY, head="mug", temperature=0.05)
+    raw["data"]["test_ann"] = str(synthetic / "test.jsonl")
+    path.write_text(yaml.safe_dump(raw))
+    results = train(load_config(path), progress=False)
+    return tmp / "run", results
+
+
+def test_training_step_and_evaluation_on_synthetic_data(trained):
+    run, results = trained
+    losses = [r["train/loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r]
+    assert len(losses) == 3 and all(math.isfinite(loss) and loss > 0 for loss in losses)
+    test = results["test"]
+    assert test["protocol"] == "1:1" and test["counts"]["videos"] > 0
+    assert 0 <= test["retrieval"]["t2v"]["R@1"] <= 100
+    from safetensors.torch import load_file
+
+    weights = load_file(run / "checkpoints" / "best" / "model.safetensors")
+    assert "backbone.clip.text_decoder.text_projection" in weights and "backbone.clip.visual.attn_pool.query" in weights
+
+
+def test_caption_command_on_a_trained_checkpoint(trained, synthetic):
+    from mugstan.cli import main
+
+    run, _ = trained
+    video = str(sorted(synthetic.rglob("*.mp4"))[0])
+    outputs = []
+    for args in (["--max-tokens", "6"], ["--max-tokens", "6"], ["--beam", "3", "--max-tokens", "6"]):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            assert main(["caption", video, "--checkpoint", str(run / "checkpoints" / "best"), *args]) == 0
+        path, text = buf.getvalue().strip().split("\t")
+        assert path == video and text
+        outputs.append(text)
+    assert outputs[0] == outputs[1]  # greedy is deterministic
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["caption", str(synthetic / "missing.mp4"), "--checkpoint", str(run / "checkpoints" / "best")]) == 1
+    assert "error" in buf.getvalue()
+
+
+def test_greedy_caption_follows_coca_and_is_deterministic():
+    """One frame, no branch: the decoder reads exactly CoCa's image tokens, and each greedy token
+    is the argmax of open_clip's CoCa logits (teacher forcing) after the tokens before it."""
+    model = coca_model("meanP", branch="none").eval()
+    coca = model.backbone.clip
+    x = frames(2, 1)
+    mask = torch.ones(2, 1, dtype=torch.bool)
+    with torch.no_grad():
+        visual = visual_tokens(model, x, mask)
+        _, image_embs = coca._encode_image(x[:, 0])
+        assert (visual - image_embs).abs().max() < 1e-5
+        ids = generate(model.backbone, visual, beams=1, max_tokens=8)
+        assert ids == generate(model.backbone, visual, beams=1, max_tokens=8)
+        assert [generate(model.backbone, visual[i:i + 1], max_tokens=8)[0] for i in range(2)] == ids  # batching changes nothing
+        for i, seq in enumerate(ids):
+            prefix = torch.tensor([[49406, *seq]])
+            logits = coca(x[i:i + 1, 0], prefix, output_labels=False)["logits"][0]  # [1 + len, V]
+            assert logits[:-1].argmax(-1).tolist() == seq
+        texts = caption(model, x, mask, max_tokens=8)
+        assert texts == caption(model, x, mask, max_tokens=8) and all(texts)
+
+
+def test_caption_tokens_read_all_real_frames_and_no_padded_one():
+    """A video's caption tokens: the pooler's caption queries over the fused tokens of its real
+    frames; a padded garbage frame changes nothing, a real frame does."""
+    model = coca_model("mug").eval()
+    x = frames(2, 4)
+    x[1, 3] = 100.0  # garbage in the padded frame of video 1
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    mask[1, 3] = False
+    with torch.no_grad():
+        tokens = visual_tokens(model, x, mask)
+        short = visual_tokens(model, x[1:, :3], mask[1:, :3])
+        assert tokens.shape == (2, 8, 64)
+        assert (tokens[1] - short[0]).abs().max() < 1e-5
+        assert (visual_tokens(model, x[:1, :3], mask[:1, :3]) - tokens[:1]).abs().max() > 1e-3
+
+
+def test_beam_search_keeps_the_best_two_token_captions():
+    """Two steps of width-K beam search = the best first token among the top K times any second
+    token, by summed log-probability (open_clip's logits, teacher forcing)."""
+    model = coca_model("meanP", branch="stan").eval()
+    coca, k = model.backbone.clip, 3
+    x, mask = frames(2, 4), torch.ones(2, 4, dtype=torch.bool)
+    with torch.no_grad():
+        visual = visual_tokens(model, x, mask)
+        got = generate(model.backbone, visual, beams=k, max_tokens=2, min_tokens=2)
+        for i in range(2):
+            sot = torch.tensor([[49406]])
+            first = torch.log_softmax(coca.text_decoder(visual[i:i + 1], coca.text(sot)[1][:, :1]), -1)[0, -1]
+            first[49407] = float("-inf")
+            top, cand = first.topk(k)
+            prefixes = torch.cat([sot.expand(k, 1), cand[:, None]], 1)
+            second = torch.log_softmax(coca.text_decoder(visual[i:i + 1].expand(k, -1, -1), coca.text(prefixes)[1]), -1)[:, -1]
+            second[:, 49407] = float("-inf")
+            total = top[:, None] + second  # [K, V]
+            best = total.flatten().argmax()
+            assert got[i] == [cand[best // total.shape[1]].item(), (best % total.shape[1]).item()]
+        wider = generate(model.backbone, visual, beams=4, max_tokens=5)
+        assert all(1 <= len(seq) <= 5 for seq in wider)
+
+
+def test_caption_needs_a_coca_backbone():
+    model = build_model(ModelConfig(backbone="mugstan-tiny", branch="stan", head="mean", stan=STANConfig(depth=2)))
+    with pytest.raises(ValueError, match="CoCa backbone"):
+        caption(model, frames(1, 2), torch.ones(1, 2, dtype=torch.bool))
+
+
+def test_convert_open_clip_coca_checkpoint(tmp_path):
+    """An open_clip CoCa checkpoint without metadata (``open_clip_pytorch_model.bin``): the
+    architecture is inferred from the shapes, written into the safetensors, and rebuilt exactly."""
+    from mugstan.cli import main
+
+    config = {"embed_dim": 64, "quick_gelu": False,
+              "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16, "attentional_pool": True,
+                             "attn_pooler_queries": 5, "attn_pooler_heads": 8, "output_tokens": True},
+              "text_cfg": {"context_length": 76, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1, "embed_cls": True, "output_tokens": True},
+              "multimodal_cfg": {"context_length": 76, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}
+    torch.manual_seed(0)
+    coca = open_clip.CoCa(**config)
+    perturb(coca)
+    torch.save(coca.state_dict(), tmp_path / "open_clip_pytorch_model.bin")
+    out = tmp_path / "coca.safetensors"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["convert", str(tmp_path / "open_clip_pytorch_model.bin"), str(out)]) == 0
+    assert "CoCa ViT" in buf.getvalue()
+    backbone = build_clip(None, weights=out)
+    assert isinstance(backbone, CoCaBackbone)
+    x = torch.randn(2, 3, 32, 32)
+    ids, mask = Tokenizer(16)(CAPTIONS[:2])
+    with torch.no_grad():
+        assert (backbone.encode_frames(x).embeds - coca.encode_image(x, normalize=False)).abs().max() < 1e-5
+        assert (backbone.encode_text(ids, mask).pooled - coca.encode_text(open_clip.tokenize(CAPTIONS[:2], 76), normalize=False)).abs().max() < 1e-5
+    # metadata round trip: a config with other head counts survives as written
+    tiny = build_clip(TINY)
+    save_safetensors(tiny.clip.state_dict(), tmp_path / "tiny.safetensors", {"config": json.dumps(open_clip.get_model_config(TINY))})
+    again = build_clip(None, weights=tmp_path / "tiny.safetensors")
+    assert again.clip.visual.attn_pool.attn.num_heads == 2
+    with torch.no_grad():
+        assert torch.equal(again.encode_frames(x).embeds, tiny.encode_frames(x).embeds)
+
+
+@pytest.mark.parametrize("name", ["coca_ViT-B-32", "coca_ViT-L-14"])
+def test_inferred_config_builds_the_released_architectures(name):
+    """Shapes of the released CoCa models (built on the meta device: no memory, no download)
+    give back their open_clip config."""
+    with torch.device("meta"):
+        sd = model_from_config(open_clip.get_model_config(name)).state_dict()
+        rebuilt = model_from_config(coca_config_from_state_dict(sd, name)).state_dict()
+    assert {k: v.shape for k, v in rebuilt.items()} == {k: v.shape for k, v in sd.items()}
+    ref = open_clip.get_model_config(name)
+    inferred = coca_config_from_state_dict(sd, name)
+    assert inferred["vision_cfg"]["attn_pooler_heads"] == ref["vision_cfg"]["attn_pooler_heads"]
+    assert inferred["text_cfg"]["heads"] == ref["text_cfg"]["heads"] and inferred["multimodal_cfg"]["heads"] == ref["multimodal_cfg"]["heads"]
+
+
+def test_search_page_captions_a_result(trained, synthetic, tmp_path):
+    """The search API says the index's model can caption, and /api/caption captions a result's
+    window as `mugstan caption` does; paths outside the index are 404."""
+    from fastapi.testclient import TestClient
+
+    from mugstan.caption import caption_file
+    from mugstan.search.index import build_index
+    from mugstan.search.query import Searcher
+    from mugstan.search.server import create_app
+
+    run, _ = trained
+    videos = synthetic / "videos" / "test"
+    build_index(videos, run / "checkpoints" / "best", tmp_path / "index")
+    searcher = Searcher(tmp_path / "index")
+    client = TestClient(create_app(searcher))
+    found = client.get("/api/search", params={"q": "a red circle moves left", "k": 3}).json()
+    assert found["captions"] is True and found["results"]
+    r = found["results"][0]
+    got = client.get("/api/caption", params={"path": r["path"], "start": r["start"], "end": r["end"]})
+    assert got.status_code == 200, got.text
+    expected = caption_file(searcher.model, searcher.cfg, videos / r["path"], r["start"], r["end"], frames=searcher.meta["frames"])
+    assert got.json()["caption"] == expected and expected
+    for params in ({"path": "../secret.mp4", "start": 0, "end": 1}, {"path": "missing.mp4", "start": 0, "end": 1}):
+        assert client.get("/api/caption", params=params).status_code == 404
+    assert client.get("/api/caption", params={"path": r["path"], "start": 1.0, "end": 0.5}).status_code == 422
+    assert "/api/caption" in client.get("/search.js").text
