@@ -51,6 +51,7 @@ class Head(Choice):
 class Task(Choice):
     retrieval = "retrieval"
     recognition = "recognition"
+    detection = "detection"  # AVA-style spatio-temporal action detection (mugstan.detection)
 
 
 class Classifier(Choice):
@@ -101,6 +102,14 @@ class STANConfig:
 
 
 @dataclass
+class DetectionConfig:
+    """The RoI head of ``model.task: detection`` (mugstan.detection; mmaction2's BBoxHeadAVA)."""
+
+    roi_size: int = 8  # RoIAlign output size on the time-pooled patch map
+    dropout: float = 0.5  # before the classifier
+
+
+@dataclass
 class ModelConfig:
     """Backbone x branch x head (x classifier). Built by ``mugstan.models.build_model``."""
 
@@ -137,8 +146,21 @@ class ModelConfig:
     class_names: list[str] = field(default_factory=list)
     prompt_templates: list[str] = field(default_factory=lambda: ["a video of {}."])
     context_length: int = 32  # text tokens L, EOT always kept
+    detection: DetectionConfig = field(default_factory=DetectionConfig)  # model.task: detection
     grad_checkpointing: bool = False
     freeze_backbone: bool = False
+
+
+@dataclass
+class AVAConfig:
+    """Keyframe clips of AVA-format datasets (``data.dataset: ava``; mugstan.data.datasets.ava)."""
+
+    # The AVA timestamp at which the video files begin: 900 for the 15-minute clips the usual
+    # download scripts cut (seconds 900-1800 of each movie), 0 for whole movies.
+    timestamp_start: float = 900.0
+    source_fps: float = 30.0  # the frame rate frame_interval counts in (AVA: 30 fps)
+    frame_interval: int = 4  # source frames between the data.num_frames sampled around a keyframe
+    proposal_score: float = 0.9  # person proposals scoring below this are dropped
 
 
 @dataclass
@@ -147,7 +169,7 @@ class DataConfig:
 
     # Format name (see mugstan.data.datasets): "msrvtt", "msrvtt_json", "didemo", "lsmdc",
     # "msvd", "vatex", "activitynet", "video_list", "ucf101", "hmdb51", "kinetics_csv", "ssv2", "webvid", "cc3m",
-    # "jsonl"
+    # "jsonl", "ava" (detection)
     dataset: str = "jsonl"
     root: str = ""  # folder holding the videos (paths in annotations are relative to it)
     train_ann: Optional[str] = None
@@ -167,6 +189,7 @@ class DataConfig:
     test_clips: int = 1  # recognition multi-view testing: clips x crops
     test_crops: int = 1
     num_workers: int = 4
+    ava: AVAConfig = field(default_factory=AVAConfig)  # data.dataset: ava
 
 
 @dataclass
@@ -211,6 +234,8 @@ class EvalConfig:
     dsl: bool = False  # dual-softmax re-ranking, labelled in the output
     v2t: V2T = V2T.lenient  # multi-caption video-to-text convention
     sim_chunk: int = 256  # texts x videos chunk for Mug similarity
+    # Detection: where the AVA-format result CSV goes (default OUTPUT_DIR/detections_SPLIT.csv).
+    detections: Optional[str] = None
 
 
 @dataclass
@@ -334,6 +359,15 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True) -> None:
         raise ConfigError(f"model.temperature={m.temperature} must be positive, or null for CLIP's learned scale")
     if not 0.0 < m.tab_weight < 1.0:
         raise ConfigError(f"model.tab_weight={m.tab_weight} must be in (0, 1)")
+    if m.task == Task.detection:
+        if m.detection.roi_size < 1 or not 0.0 <= m.detection.dropout < 1.0:
+            raise ConfigError(f"model.detection: roi_size={m.detection.roi_size} must be at least 1 and dropout="
+                              f"{m.detection.dropout} in [0, 1)")
+        if d.dataset != "ava":
+            raise ConfigError(f"model.task=detection needs box annotations: data.dataset=ava (AVA v2.2 files), got {d.dataset!r}")
+        if d.ava.frame_interval < 1 or d.ava.source_fps <= 0:
+            raise ConfigError(f"data.ava.frame_interval={d.ava.frame_interval} must be at least 1 and data.ava.source_fps="
+                              f"{d.ava.source_fps} positive")
     if m.branch == Branch.stan and d.num_frames > m.stan.max_frames:
         raise ConfigError(f"data.num_frames={d.num_frames} exceeds STAN's temporal embedding: raise model.stan.max_frames to at least {d.num_frames}")
     for name in ("batch_size", "accum_steps", "epochs"):
