@@ -5,7 +5,7 @@ several shapes per video, a box per shape and keyframe, the shape's motion as it
 fine-tune ``configs/synthetic/det_stan.yaml`` (STAN's patch tokens) and ``det_none.yaml`` (CLIP per
 frame, time-pooled: order-blind) from the same pretrained CLIP through ``mugstan train``'s engine,
 and score the best checkpoint of each on the test split with proposals (frame-mAP@0.5 over the ten
-motions, and the mAP within each time-reversed pair's two classes).
+motions, and the AP of each motion).
 """
 
 from __future__ import annotations
