@@ -7,8 +7,11 @@
    random frame of each in training, the middle one in testing) or ``dense_indices`` (T frames
    at a fixed stride from a random or central start). Short videos repeat frames, never pad.
 3. ``decode_frames`` seeks to the keyframe before the first wanted frame and decodes forward,
-   seeking again when the next wanted frame is far ahead; only the wanted frames are converted
-   to RGB, resized to the requested short side in the same step (``frame.to_ndarray``).
+   seeking again when the container's keyframe index shows that the next wanted frame is in a
+   later group of pictures (files without an index: when it is over a second ahead); only the
+   wanted frames are converted to RGB, resized to the requested short side in the same step
+   (``frame.to_ndarray``). On files written by ``mugstan data compress --gop 1`` (all-intra)
+   a sampled frame costs one decode.
    ``read_clip`` opens the file once for the metadata and the frames.
 
 Every failure (missing file, not a video, no video stream, no frames, truncated stream) raises
@@ -26,10 +29,14 @@ from typing import Optional, Sequence, Union
 import av
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 PathLike = Union[str, Path]
 # Frame threading pays off from about this many pixels per frame; below it, starting the decoder's
 # threads costs more than it saves (8 frames of a 64x64 clip: 1.5x slower with them, measured).
+# DataLoader workers never use them: the workers already occupy the cores, and there threads cost
+# CPU time without saving wall time (12 frames of a 10 s 720p video: 906 vs 870 ms, 320x240:
+# 193 vs 169 ms; benchmarks/results/loader_speed.md).
 THREADED_PIXELS = 320 * 240
 
 
@@ -156,31 +163,58 @@ class _Overshoot(Exception):
     pass
 
 
+def keyframe_indices(stream, info: VideoInfo) -> Optional[np.ndarray]:
+    """Frame indices of the keyframes, from the container's index (mp4 sample table, mkv cues);
+    None when the container has no index. Read without decoding; used to plan seeks."""
+    try:
+        entries = stream.index_entries
+    except (AttributeError, av.error.FFmpegError):
+        return None
+    if not entries:
+        return None
+    tb = float(stream.time_base)
+    first = entries[0].timestamp
+    keys = np.array([e.timestamp for e in entries if e.is_keyframe], dtype=np.float64)
+    if keys.size == 0:
+        return None
+    return np.round((keys - first) * tb * info.fps).astype(np.int64)
+
+
 def _collect(frames, wanted: np.ndarray, pos: int, index_of, width: int, height: int, got: dict,
-             num_frames: int, stop_gap: Optional[int]) -> int:
+             num_frames: int, stop_gap: Optional[int], keys: Optional[np.ndarray] = None) -> int:
     """Walk decoded ``frames`` and convert the wanted ones; returns the next wanted position.
 
-    Stops when all are found, at the end of the stream, or (stop_gap) when the next wanted frame
-    is so far ahead that seeking is cheaper than decoding the gap. Raises ``_Overshoot`` when the
-    first frame after a seek is already past the wanted one (imprecise seeking, e.g. MPEG-TS).
+    Stops when all are found, at the end of the stream, or when seeking to the next wanted frame
+    is cheaper than decoding up to it: with ``keys`` (keyframe indices), when a keyframe lies
+    between this frame and the next wanted one (more than one frame ahead); without, when the next
+    wanted frame is more than ``stop_gap`` frames ahead. ``stop_gap`` None: never stop early.
+    Raises ``_Overshoot`` when the first frame after a seek is already past the wanted one
+    (imprecise seeking, e.g. MPEG-TS).
     """
-    first = True
+    first, found = True, False
     for frame in frames:
         index = index_of(frame)
         if first and stop_gap is not None and index > wanted[pos]:
             raise _Overshoot
         first = False
-        if index < wanted[pos]:
-            continue
         if index >= num_frames:
             break
-        while pos < len(wanted) and wanted[pos] < index:  # the stream skipped it (timestamp gap)
-            pos += 1
-        if pos < len(wanted) and wanted[pos] == index:
-            got[index] = frame.to_ndarray(width=width, height=height, format="rgb24")
-            pos += 1
-        if pos >= len(wanted) or (stop_gap is not None and wanted[pos] - index > stop_gap):
-            break
+        if index >= wanted[pos]:
+            while pos < len(wanted) and wanted[pos] < index:  # the stream skipped it (timestamp gap)
+                pos += 1
+            if pos < len(wanted) and wanted[pos] == index:
+                got[index] = frame.to_ndarray(width=width, height=height, format="rgb24")
+                pos += 1
+                found = True
+            if pos >= len(wanted):
+                break
+        if found and stop_gap is not None:
+            if keys is not None:
+                key = keys[np.searchsorted(keys, wanted[pos], side="right") - 1] if keys[0] <= wanted[pos] else keys[0]
+                if key > index + 1:  # the next wanted frame is in a later group of pictures: seek there
+                    break
+            elif wanted[pos] - index > stop_gap:
+                break
     return pos
 
 
@@ -189,8 +223,13 @@ def decode_frames(path: PathLike, indices: Sequence[int], short_side: Optional[i
     """Frames at ``indices`` (any order, repeats allowed) -> uint8 [len(indices), 3, H, W].
 
     short_side: resize while converting (None keeps the decoded size). seek_gap: seek again when
-    the next wanted frame is more than this many frames ahead (default: one second of video).
+    the next wanted frame is more than this many frames ahead; default: seek when the container's
+    keyframe index shows a keyframe between the frame just decoded and the next wanted one (so an
+    all-intra file costs one decode per sampled frame), else when it is more than one second ahead.
     Streams without timestamps are decoded from the start, counting frames.
+
+    The result is channels-last in memory (a view of the decoded H x W x 3 pixels, no copy):
+    resizing and cropping read it faster that way.
     """
     with _open(path) as container:
         return _decode(container, path, info or _info(container, path), indices, short_side, seek_gap)
@@ -204,13 +243,14 @@ def _decode(container: av.container.InputContainer, path: PathLike, info: VideoI
     if indices.min() < 0 or indices.max() >= info.num_frames:
         raise ValueError(f"{path}: frame indices {indices.min()}..{indices.max()} outside 0..{info.num_frames - 1}")
     wanted = np.unique(indices)
-    seek_gap = seek_gap if seek_gap is not None else max(1, int(round(info.fps)))
     width, height = output_size(info.width, info.height, short_side)
     got: dict[int, np.ndarray] = {}
     stream = container.streams.video[0]
-    if info.width * info.height >= THREADED_PIXELS:  # worth the decoder's threads; small files decode faster without
-        stream.thread_type = "AUTO"
+    if info.width * info.height >= THREADED_PIXELS and get_worker_info() is None:
+        stream.thread_type = "AUTO"  # worth the decoder's threads in a lone process; small files decode faster without
     tb = float(stream.time_base)
+    keys = keyframe_indices(stream, info) if seek_gap is None else None
+    seek_gap = seek_gap if seek_gap is not None else max(1, int(round(info.fps)))
     timed = True
 
     def index_of(frame) -> int:
@@ -227,7 +267,7 @@ def _decode(container: av.container.InputContainer, path: PathLike, info: VideoI
             container.seek(int((info.start + target / info.fps) / tb), stream=stream, backward=True, any_frame=False)
             before = pos
             try:
-                pos = _collect(container.decode(stream), wanted, pos, index_of, width, height, got, info.num_frames, seek_gap)
+                pos = _collect(container.decode(stream), wanted, pos, index_of, width, height, got, info.num_frames, seek_gap, keys)
             except StopIteration:
                 break
             except _Overshoot:  # seeking is not precise in this file: decode it from the start
@@ -251,7 +291,7 @@ def _decode(container: av.container.InputContainer, path: PathLike, info: VideoI
     decoded = np.array(sorted(got))
     nearest = {int(i): int(decoded[np.abs(decoded - i).argmin()]) for i in wanted if int(i) not in got}
     stack = np.stack([got[nearest.get(int(i), int(i))] for i in indices])
-    return torch.from_numpy(stack).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(stack).permute(0, 3, 1, 2)
 
 
 def decode_all(path: PathLike, short_side: Optional[int] = None) -> torch.Tensor:

@@ -8,7 +8,8 @@ each describes, and labels with class names for recognition. Two datasets then c
 - ``ClipDataset``: one item per clip: retrieval evaluation (each test video decoded once, the
   captions tokenised separately with ``caption_to_video``), recognition (labels, multi-view).
 
-Items are dicts: ``frames`` float [T, 3, S, S] ([V, T, 3, S, S] for multi-view testing),
+Items are dicts: ``frames`` float [T, 3, S, S] ([V, T, 3, S, S] for multi-view testing; uint8,
+not yet normalised, with ``uint8=True``: see ``mugstan.data.transforms.normalize``),
 ``frame_mask`` bool [T] (all True: short videos repeat frames), ``ids`` int64 [L] and
 ``text_mask`` bool [L] (pairs), ``label`` int (recognition), ``index`` int. A clip that cannot be
 decoded is handled by ``on_error``:
@@ -77,12 +78,12 @@ class ClipReader:
     [T, 3, S, S]`` (or [V, T, 3, S, S] with several test views). Datasets and the search index
     read clips through it; ``num_frames`` overrides the config's."""
 
-    def __init__(self, cfg: DataConfig, train: bool, seed: int = 0, num_frames: Optional[int] = None):
+    def __init__(self, cfg: DataConfig, train: bool, seed: int = 0, num_frames: Optional[int] = None, uint8: bool = False):
         self.cfg, self.train, self.seed = cfg, train, seed
         self.num_frames = num_frames or (cfg.num_frames if train else (cfg.test_num_frames or cfg.num_frames))
         self.views = 1 if train else cfg.test_clips
         self.transform = ClipTransform(cfg.image_size, train, cfg.crop_scale, cfg.hflip,
-                                       1 if train else cfg.test_crops, cfg.resize_short)
+                                       1 if train else cfg.test_crops, cfg.resize_short, uint8)
         self.epoch = 0
 
     def __call__(self, clip: Clip, index: int) -> torch.Tensor:
@@ -105,11 +106,12 @@ MAX_REPLACEMENTS = 10
 
 
 class _Base(Dataset):
-    def __init__(self, ann: Annotations, cfg: DataConfig, train: bool, tokenizer=None, on_error: str = "raise", seed: int = 0):
+    def __init__(self, ann: Annotations, cfg: DataConfig, train: bool, tokenizer=None, on_error: str = "raise", seed: int = 0,
+                 uint8: bool = False):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.ann, self.cfg, self.train, self.tokenizer, self.on_error = ann, cfg, train, tokenizer, on_error
-        self.reader = ClipReader(cfg, train, seed)
+        self.reader = ClipReader(cfg, train, seed, uint8=uint8)
 
     def set_epoch(self, epoch: int) -> None:
         """Training samples frames from (seed, epoch, index): the same run draws the same frames."""
@@ -189,10 +191,11 @@ def load_annotations(cfg: DataConfig, split: str) -> Annotations:
 
 def build_dataset(cfg: DataConfig, split: str, tokenizer=None, train: Optional[bool] = None,
                   on_error: Optional[str] = None, pairs: Optional[bool] = None, seed: int = 0,
-                  ann: Optional[Annotations] = None) -> Dataset:
+                  ann: Optional[Annotations] = None, uint8: bool = False) -> Dataset:
     """The torch dataset of a split. Defaults: training = split "train"; pairs (caption items)
     in training when the split has captions, clips otherwise; broken videos replaced in
-    training and dropped (reported) otherwise."""
+    training and dropped (reported) otherwise. ``uint8``: frames come out cropped but not
+    normalised (uint8), for ``mugstan.data.transforms.normalize`` on the training device."""
     ann = ann or load_annotations(cfg, split)
     train = split == "train" if train is None else train
     on_error = on_error or ("replace" if train else "drop")
@@ -200,4 +203,4 @@ def build_dataset(cfg: DataConfig, split: str, tokenizer=None, train: Optional[b
     if pairs and tokenizer is None:
         raise ValueError("caption items need a tokenizer")
     cls = PairDataset if pairs else ClipDataset
-    return cls(ann, cfg, train, tokenizer, on_error, seed)
+    return cls(ann, cfg, train, tokenizer, on_error, seed, uint8)
