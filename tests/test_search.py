@@ -279,8 +279,8 @@ def test_search_cli(trained, test_index, capsys):
     assert cli(["search", str(test_index), trained.captions[3], "-k", "2", "--backend", "exact"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[0].split()[-1] == str(trained.videos / results[0]["path"])
-    with pytest.raises(SystemExit, match="-k must be at least 1"):
-        cli(["search", str(test_index), "a red circle", "-k", "0"])
+    assert cli(["search", str(test_index), "a red circle", "-k", "0"]) == 2
+    assert capsys.readouterr().err == "error: -k must be at least 1, got 0\n"
 
 
 # ------------------------------------------------------------------------------------ serving

@@ -156,7 +156,8 @@ def format_result(result: dict) -> str:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="experiment YAML (its data and eval sections are used)")
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder, or a `mugstan convert` .safetensors")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"],
+                        help="which annotation file of the config: data.train_ann, val_ann or test_ann (default: test)")
     parser.add_argument("--json", help="also write the result to this JSON file")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.dsl=true")
 
