@@ -32,6 +32,11 @@ class AnnotationError(UserError, ValueError):
     """An annotation file that cannot be read as its format (names the file, the line and the fix)."""
 
 
+class MismatchError(UserError, ValueError):
+    """Inputs that do not belong together: an index and another model or video folder, weights
+    and the model their config builds."""
+
+
 class CorruptFileError(UserError, ValueError):
     """A file mugstan wrote or reads (weights, index, training state) whose contents are damaged."""
 

@@ -4,7 +4,8 @@ A checkpoint is a folder with ``model.safetensors`` (every weight of the model),
 (the experiment that built it) and, for resuming, ``state.pt`` (optimiser, scheduler, loss scaler,
 loop position, the RNG states of every process). It is written whole into a temporary folder and
 swapped in (``mugstan.files.atomic_folder``); a write interrupted between its renames is finished
-on the next save or ``--resume`` (``recover_folder``), and readers use the latest complete folder.
+on the next save or ``--resume`` (``recover_folder``, on the main process), and readers use the
+latest complete folder.
 Damaged files are ``CorruptFileError``s naming the file; ``state.pt`` is read with
 ``torch.load(weights_only=True)`` (plain tensors and numbers, no pickled objects).
 
@@ -27,8 +28,8 @@ import torch
 
 from mugstan.config import ExperimentConfig, load_config, save_config
 from mugstan.engine.distributed import unwrap
-from mugstan.errors import CorruptFileError, MissingFileError, UserError, one_line
-from mugstan.files import atomic_folder, readable_folder, recover_folder, regular_file
+from mugstan.errors import CorruptFileError, MismatchError, MissingFileError, UserError, one_line
+from mugstan.files import atomic_folder, readable_folder, regular_file
 
 WEIGHTS, CONFIG, STATE = "model.safetensors", "config.yaml", "state.pt"
 
@@ -69,17 +70,17 @@ def load_weights(model, path) -> None:
     try:
         missing, unexpected = unwrap(model).load_state_dict(tensors, strict=False)
     except RuntimeError as err:  # shapes that do not fit
-        raise UserError(f"{file} does not fit the model built from its config.yaml ({one_line(err)[:300]})") from None
+        raise MismatchError(f"{file} does not fit the model built from its config.yaml ({one_line(err)[:300]})") from None
     if missing or unexpected:
-        raise UserError(f"{file} does not fit the model built from its config.yaml: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise MismatchError(f"{file} does not fit the model built from its config.yaml: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 def load_training_state(path, model, optimizer, scheduler, scaler=None, rank: int = 0) -> dict:
     """Restore weights, optimiser, scheduler, scaler and this process's RNG from ``path`` (a
     ``checkpoints/last`` folder). Returns the loop position: {"step", "epoch", "step_in_epoch", "best",
-    "skipped" (this process's count of skipped videos)}."""
+    "skipped" (this process's count of skipped videos)}. A save interrupted between its renames must
+    have been recovered first (``mugstan.files.recover_folder``; ``train`` does it on the main process)."""
     path = Path(path)
-    recover_folder(path)  # a save interrupted between its renames: finish it
     if not (path / STATE).is_file():
         raise MissingFileError(f"--resume: no checkpoint at {path / STATE}; train without --resume to start the run")
     rebuild = "resume from another copy, or train again without --resume (this run's checkpoint cannot be read)"
@@ -94,8 +95,8 @@ def load_training_state(path, model, optimizer, scheduler, scaler=None, rank: in
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     except (ValueError, KeyError) as err:
-        raise UserError(f"{path / STATE}: the optimiser state does not fit this config ({one_line(err)}); resume with the "
-                        "config the run was started with (its output_dir/config.yaml)") from None
+        raise MismatchError(f"{path / STATE}: the optimiser state does not fit this config ({one_line(err)}); resume with the "
+                            "config the run was started with (its output_dir/config.yaml)") from None
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])

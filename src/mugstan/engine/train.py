@@ -45,6 +45,7 @@ from mugstan.engine.gradcache import average_gradients, broadcast_parameters, gr
 from mugstan.engine.logging import MetricsLogger
 from mugstan.engine.optim import build_optimizer, build_scheduler
 from mugstan.engine.precision import autocast_for, resolve_precision
+from mugstan.files import recover_folder
 from mugstan.losses import build_loss
 from mugstan.models import build_model, model_inputs
 
@@ -180,6 +181,9 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     t, dist, sampler = cfg.train, run.dist, run.sampler
     pos = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best": None, "skipped": 0}
     if resume:  # the loop position, and this process's count of skipped videos
+        if dist.main:  # a save interrupted between its renames: finish or undo it, once
+            recover_folder(run.out / "checkpoints" / "last")
+        barrier()
         pos = ckpt.load_training_state(run.out / "checkpoints" / "last", run.model, run.optimizer, run.scheduler, run.scaler, dist.rank)
     # resuming drops what was logged after the checkpoint: those steps run again
     logger = MetricsLogger(run.out, enabled=dist.main, resume=resume, resume_step=pos["step"])

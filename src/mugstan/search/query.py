@@ -35,7 +35,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from mugstan.errors import ArgumentError, UserError
+from mugstan.errors import ArgumentError, MismatchError, UserError
 from mugstan.search.index import IndexFolder, model_identity
 
 BACKENDS = ("auto", "exact", "faiss", "faiss-ivf")
@@ -126,7 +126,7 @@ class Searcher:
         self.meta, self.items, self.emb, self.mask = IndexFolder(index_dir).load()
         checkpoint = checkpoint or self.meta["model"]["checkpoint"]
         if model_identity(checkpoint)["sha256"] != self.meta["model"]["sha256"]:
-            raise UserError(f"{checkpoint} is not the model that built {index_dir} ({self.meta['model']['checkpoint']}, "
+            raise MismatchError(f"{checkpoint} is not the model that built {index_dir} ({self.meta['model']['checkpoint']}, "
                              f"sha256 {self.meta['model']['sha256'][:12]}): its embeddings would not be comparable; "
                              "pass that checkpoint with --checkpoint, or index again with this one")
         self.model, _ = load_model(checkpoint, device)
