@@ -180,7 +180,8 @@ def test_windows_are_bounded_by_the_frames_that_exist(broken):
     claimed = probe(broken["long.mkv"])
     assert claimed.duration > 2_900_000  # what the container says
     long, note = video_windows(probe(broken["long.mkv"], count=True), 8.0, 4.0)
-    assert probe(broken["long.mkv"], count=True).num_frames == 2 and len(long) == 1 and note is None  # not 750,000
+    assert probe(broken["long.mkv"], count=True).num_frames == 2 and len(long) == 1  # not 750,000
+    assert "the container says 3e+06 s, but only 2 frames (0.08 s) exist" in note
     many, note = video_windows(probe(broken["full.mp4"]).__class__(10_000_000, 30.0, 0.0, 32, 32), 8.0, 4.0)
     assert len(many) == 20_000 and "only the first 20000" in note
 
@@ -257,6 +258,7 @@ CONFIG_CASES = [
     ("train.epochs=many", "key 'train.epochs'"),
     ("train.learning_rate=1", "unknown key 'train.learning_rate'"),
     ("model.branch=lstm", "model.branch"),
+    ("model.backbone=ViT-X", "unknown backbone 'ViT-X'"),
     ("model.stan.drop_path=1.5", "model.stan.drop_path=1.5 must be in [0, 1)"),
     ("model.stan.max_frames=2", "data.num_frames=4 exceeds STAN's temporal embedding"),
     ("model.tab_weight=1", "model.tab_weight=1.0 must be in (0, 1)"),
@@ -496,12 +498,12 @@ def test_every_subcommand_argument_has_help(capsys):
                 assert action.help, f"mugstan {' '.join(command)} {action.option_strings or action.dest}: no help"
 
 
-def test_end_to_end_exit_2_without_traceback_and_debug_shows_it(tmp_path, index):
+def test_end_to_end_exit_2_without_traceback_and_debug_shows_it(tmp_path):
     """Through the installed entry point as a user runs it: exit status 2, one line, no traceback."""
-    for args in (["train", str(tmp_path / "missing.yaml")], ["search", str(tmp_path), "a clip"],
-                 ["serve", str(index), "--port", "99999"], ["data", "compress", str(tmp_path), str(tmp_path / "o"), "--fps", "0"]):
-        proc = subprocess.run([sys.executable, "-m", "mugstan.cli", *args], env=ENV, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, (args, proc.stderr)
+    proc = subprocess.run([sys.executable, "-m", "mugstan.cli", "search", str(tmp_path), "a clip"], env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr == f"error: {tmp_path} is not a mugstan index (no index.json); build one with " \
+        f"`mugstan index VIDEO_DIR --checkpoint CHECKPOINT --out {tmp_path}`\n"
     proc = subprocess.run([sys.executable, "-m", "mugstan.cli", "--debug", "train", str(tmp_path / "missing.yaml")], env=ENV,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "MissingFileError" in proc.stderr
@@ -608,6 +610,26 @@ def test_index_update_survives_a_crash_at_every_rename(data, checkpoint, tmp_pat
     counts = build_index(videos, checkpoint, out, progress=False)  # the next run finishes the job
     assert counts["rows"] == 2 and {i["path"] for i in IndexFolder(out).load()[1]} == {"a.mp4", "b.mp4"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["videos", "videos.index"]
+
+
+def test_index_left_by_a_crash_of_an_earlier_version_is_recovered(data, checkpoint, tmp_path, capsys):
+    """Earlier versions renamed .NAME.tmp files into place one by one: a crash after
+    embeddings.npy left a mixed folder that search refused until rebuilt. The next index run
+    completes it from the .tmp files (nothing is embedded again)."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a.mp4").write_bytes((data / "a.mp4").read_bytes())
+    old, new = tmp_path / "old.index", tmp_path / "new.index"
+    build_index(videos, checkpoint, old, progress=False)
+    (videos / "b.mp4").write_bytes((data / "b.mp4").read_bytes())
+    build_index(videos, checkpoint, new, progress=False)
+    (old / "embeddings.npy").write_bytes((new / "embeddings.npy").read_bytes())  # renamed before the crash
+    for name in ("items.json", "report.json", "index.json"):  # still waiting under their temporary names
+        (old / f".{name}.tmp").write_bytes((new / name).read_bytes())
+    fails(capsys, ["search", old, "a clip"], "do not agree", f"delete {old}")  # readers change nothing
+    counts = build_index(videos, checkpoint, old, progress=False)
+    assert counts == {"added": 0, "kept": 2, "failed": 0, "noted": 0, "removed": 0, "rows": 2}
+    assert sorted(p.name for p in old.iterdir()) == ["embeddings.npy", "index.json", "items.json", "report.json"]
 
 
 @pytest.mark.parametrize("at", [1, 2])

@@ -61,7 +61,7 @@ from mugstan.config import DataConfig
 from mugstan.data.datasets import Clip, ClipReader
 from mugstan.data.datasets.formats import VIDEO_EXTENSIONS
 from mugstan.data.video import VideoError, VideoInfo, near_frames, probe
-from mugstan.errors import ArgumentError, CorruptFileError, MissingFileError, UserError
+from mugstan.errors import ArgumentError, CorruptFileError, MismatchError, MissingFileError, UserError
 from mugstan.files import atomic_folder, readable_folder, recover_folder
 
 FORMAT = 1
@@ -187,13 +187,32 @@ class IndexFolder:
     def rebuild(self) -> str:
         return f"delete {self.folder} and run `mugstan index` again (the videos are not touched)"
 
+    def recover_legacy(self) -> None:
+        """Indexes of earlier versions were written as ``.NAME.tmp`` files renamed into place one by
+        one, ``index.json`` last. After a crash between those renames the remaining ``.tmp`` files
+        complete the new index when ``.index.json.tmp`` (written last of all) is whole; otherwise
+        the crash came while they were written, and they are discarded."""
+        tmps = {name: self.folder / f".{name}.tmp" for name in FILES if (self.folder / f".{name}.tmp").is_file()}
+        complete = False
+        if "index.json" in tmps:
+            try:
+                complete = isinstance(json.loads(tmps["index.json"].read_text()), dict)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                pass
+        for name, tmp in tmps.items():
+            if complete:
+                os.replace(tmp, self.folder / name)
+            else:
+                tmp.unlink()
+
     def check_writable(self) -> None:
         """``--out`` must be a new folder, an empty one, or an index: the folder is replaced whole on
         every update, so nothing else may live in it."""
         if self.folder.exists() and not self.folder.is_dir():
             raise UserError(f"--out {self.folder} is a file; the index is a folder: name a new folder")
         if self.folder.is_dir():
-            others = sorted(p.name for p in self.folder.iterdir() if p.name not in FILES)
+            ours = {*FILES, *(f".{name}.tmp" for name in FILES)}  # .NAME.tmp: an interrupted write of earlier versions
+            others = sorted(p.name for p in self.folder.iterdir() if p.name not in ours)
             if others:
                 raise UserError(f"--out {self.folder} holds other files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}), "
                                 "not only a mugstan index; the index folder is replaced whole on every update: "
@@ -312,14 +331,16 @@ def build_index(video_dir, checkpoint, out, window: float = 8.0, stride: float =
     folder = IndexFolder(out)
     folder.check_writable()
     recover_folder(folder.folder)  # an update interrupted between its renames: finish it first
+    if folder.folder.is_dir():
+        folder.recover_legacy()
     old_meta, old_items, old_emb, old_mask = folder.load() if folder.exists else ({}, [], None, None)
     if old_meta:
         if old_meta["model"]["sha256"] != identity["sha256"]:
-            raise UserError(f"{out} was built with another model ({old_meta['model']['checkpoint']}, sha256 "
+            raise MismatchError(f"{out} was built with another model ({old_meta['model']['checkpoint']}, sha256 "
                             f"{old_meta['model']['sha256'][:12]}), not {checkpoint} ({identity['sha256'][:12]}); "
                             "index into a new folder, or delete this one")
         if old_meta["root"] != str(root):
-            raise UserError(f"{out} indexes {old_meta['root']}, not {root}; index into a new folder")
+            raise MismatchError(f"{out} indexes {old_meta['root']}, not {root}; index into a new folder")
     model, cfg = load_model(checkpoint, device)
     if frames is None:
         frames = (cfg.data.test_num_frames or cfg.data.num_frames) if cfg else 12
