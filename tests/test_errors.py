@@ -113,7 +113,7 @@ def write_timed(path: Path, pts: list, time_base: Fraction, rate) -> Path:
         stream.options = {"threads": "1"}
         stream.codec_context.time_base = time_base
         for i, t in enumerate(pts):
-            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * i, np.uint8), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), (40 * i) % 256, np.uint8), format="rgb24")
             frame.pts, frame.time_base = t, time_base
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
@@ -158,6 +158,18 @@ def test_broken_videos_are_errors_with_their_reason_never_repeated_frames(broken
         with pytest.raises(VideoError, match=reason):
             verify_frames(broken[name])
     assert verify_frames(broken["full.mp4"]).num_frames == 60
+
+
+def test_a_recording_that_pauses_is_not_damaged(tmp_path):
+    """A variable-frame-rate file whose frames stop for 3 s (no decoder error): a sampled time in
+    the pause shows the frame before it, as a player does; --full decoding names the pause."""
+    path = write_timed(tmp_path / "paused.mp4", [*range(6), *range(30, 60)], Fraction(1, 8), 8)
+    info = probe(path)  # 36 frames over 7.5 s: 4.8 frames per second on average, none from 0.7 s to 3.75 s
+    frames = decode_frames(path, [0, 3, 6, 10, 30], info=info)
+    assert torch.equal(frames[2], frames[1]) and torch.equal(frames[3], frames[1])  # in the pause: the last frame before it
+    assert not torch.equal(frames[4], frames[1])
+    with pytest.raises(VideoError, match="damaged data, or a variable-frame-rate recording that paused"):
+        verify_frames(path)
 
 
 def test_data_check_reports_every_broken_video_and_full_decodes_every_frame(broken, tmp_path, capsys):

@@ -16,9 +16,11 @@
 
 Every failure (missing file, not a regular file, not a video, no video stream, no frames) raises
 ``VideoError`` with the path and the reason. So does a sampled frame with no decodable frame near
-it (within ``near_frames``): a truncated file ("no decodable frame after t=... s") or damaged data
-in the middle ("no decodable frame near t=... s"); a frame missing by a timestamp gap of a frame or
-two takes the nearest decoded one. ``verify_frames`` decodes every frame (``data check --full``). Nothing is opened at import or construction time,
+it (within ``near_frames``): a truncated file ("no decodable frame at t=... s or later") or damaged
+data in the middle ("no decodable frame near t=... s"). A frame missing by a timestamp gap of a
+frame or two takes the nearest decoded one; inside a longer gap without any decoder error (a
+variable-frame-rate recording that paused) it takes the frame before the gap, which is what a
+player shows there. ``verify_frames`` decodes every frame (``data check --full``). Nothing is opened at import or construction time,
 so DataLoader workers each open their own containers.
 """
 
@@ -218,6 +220,7 @@ class _Walk:
         self.width, self.height, self.near = width, height, near
         self.prev = None  # (index, frame): the frame decoded just before
         self.last = None  # (index, frame): the highest frame index decoded
+        self.gaps: list[int] = []  # wanted frames inside a longer timestamp gap (shown: the frame before it)
 
     def convert(self, frame) -> np.ndarray:
         return frame.to_ndarray(width=self.width, height=self.height, format="rgb24")
@@ -230,7 +233,10 @@ class _Walk:
             distance, nearest = min(options, key=lambda o: o[0])
             if distance <= self.near:  # a timestamp gap: the nearest frame is what the video shows there
                 self.got[w] = self.convert(nearest)
-            self.pos += 1  # else it stays missing (damaged data): reported by _decode
+            elif self.prev and self.prev[0] < w:  # a longer gap: variable frame rate, or frames lost to damage (_decode decides)
+                self.got[w] = self.convert(self.prev[1])
+                self.gaps.append(w)
+            self.pos += 1  # else it stays missing: reported by _decode
         if self.pos < len(self.wanted) and self.wanted[self.pos] == index:
             self.got[index] = self.convert(frame)
             self.pos += 1
@@ -353,6 +359,9 @@ def _decode(container: av.container.InputContainer, path: PathLike, info: VideoI
     for w in wanted:  # a stream ending a frame or two early (metadata rounding) shows its last frame
         if int(w) not in walk.got and 0 < w - last_index <= walk.near:
             walk.got[int(w)] = walk.convert(last_frame)
+    if errors:  # the decoder failed somewhere: a longer gap is damage, not a variable frame rate
+        for w in walk.gaps:
+            del walk.got[w]
     missing = [int(w) for w in wanted if int(w) not in walk.got]
     if missing:
         if missing[0] > last_index:
@@ -378,8 +387,8 @@ def verify_frames(path: PathLike) -> VideoInfo:
             for frame in container.decode(stream):
                 index = count if frame.pts is None else int(round((frame.pts * tb - info.start) * info.fps))
                 if index - last > near + 1 and index < info.num_frames:
-                    raise VideoError(path, f"damaged: no decodable frame between t={(last + 1) / info.fps:.2f} s and "
-                                           f"t={index / info.fps:.2f} s")
+                    raise VideoError(path, f"no frame between t={(last + 1) / info.fps:.2f} s and t={index / info.fps:.2f} s: "
+                                           "damaged data, or a variable-frame-rate recording that paused")
                 last, count = max(last, index), count + 1
         except av.error.FFmpegError as err:
             error = err
