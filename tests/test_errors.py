@@ -386,6 +386,28 @@ def test_bad_training_state_on_resume(good, checkpoint, tmp_path, capsys):
     assert snapshot(out) == before
 
 
+def test_training_state_of_earlier_versions_still_resumes(good, checkpoint, tmp_path):
+    """state.pt is read with weights_only=True; the numpy RNG state that earlier versions stored as
+    an array (not a tensor) is allowed as plain numbers."""
+    from mugstan.engine.optim import build_optimizer, build_scheduler
+
+    cfg = load_config(good)
+    model = build_model(cfg.model)
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, 10, cfg.train.warmup)
+    last = tmp_path / "last"
+    np.random.seed(7)
+    expected = np.random.random()
+    np.random.seed(7)
+    old_rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    ckpt.save_checkpoint(last, model, cfg, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                            "rng": [old_rng], "step": 3, "epoch": 0, "step_in_epoch": 3, "best": None})
+    np.random.seed(0)
+    position = ckpt.load_training_state(last, model, optimizer, scheduler)
+    assert position == {"step": 3, "epoch": 0, "step_in_epoch": 3, "best": None, "skipped": 0}
+    assert np.random.random() == expected
+
+
 # ------------------------------------------------------------------------------------ index, search, serve
 def test_bad_index_arguments(data, checkpoint, index, tmp_path, capsys):
     videos = Path(json.loads((index / "index.json").read_text())["root"])

@@ -84,8 +84,9 @@ def load_training_state(path, model, optimizer, scheduler, scaler=None, rank: in
     if not (path / STATE).is_file():
         raise MissingFileError(f"--resume: no checkpoint at {path / STATE}; train without --resume to start the run")
     rebuild = "resume from another copy, or train again without --resume (this run's checkpoint cannot be read)"
-    try:
-        state = torch.load(path / STATE, map_location="cpu", weights_only=True)  # tensors and numbers only: nothing runs
+    try:  # tensors, numbers and numpy arrays only: nothing in the file runs
+        with torch.serialization.safe_globals(_numpy_arrays()):
+            state = torch.load(path / STATE, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many kinds for a damaged file (and advice to unpickle, not given here)
         raise CorruptFileError(f"{path / STATE}: corrupt or not a mugstan training state ({type(err).__name__}); {rebuild}") from None
     if not isinstance(state, dict) or not {"optimizer", "scheduler", "rng"} <= set(state):
@@ -103,6 +104,13 @@ def load_training_state(path, model, optimizer, scheduler, scaler=None, rank: in
     skipped = state.get("skipped") or 0  # per process
     position = {k: state.get(k) for k in ("step", "epoch", "step_in_epoch", "best")}
     return {**position, "skipped": skipped[rank] if isinstance(skipped, list) else skipped}
+
+
+def _numpy_arrays() -> list:
+    """What ``torch.load(weights_only=True)`` needs to rebuild plain numpy arrays: the numpy RNG
+    state in checkpoints written before it was stored as a tensor (arrays of numbers, never objects)."""
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def rng_state() -> dict:
