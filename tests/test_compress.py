@@ -14,7 +14,7 @@ from mugstan.cli import main as cli
 from mugstan.config import DataConfig
 from mugstan.data.datasets import build_dataset
 from mugstan.data.transforms import normalize
-from mugstan.data.video import _collect, decode_all, keyframe_indices, probe, read_clip
+from mugstan.data.video import _Walk, _collect, decode_all, keyframe_indices, probe, read_clip
 
 
 @pytest.fixture
@@ -110,9 +110,9 @@ def decoded_frames(container, wanted, keys):
 
     stream = container.streams.video[0]
     tb, fps = float(stream.time_base), float(stream.average_rate)
-    got = {}
-    pos = _collect(counting(), np.array(wanted), 0, lambda f: int(round(f.pts * tb * fps)), 16, 16, got, 36, 12, keys)
-    return pos, count, sorted(got)
+    walk = _Walk(np.array(wanted), 16, 16, near=2)
+    _collect(counting(), walk, lambda f: int(round(f.pts * tb * fps)), 36, 12, keys)
+    return walk.pos, count, sorted(walk.got)
 
 
 def test_keyframe_index_makes_a_sampled_frame_cost_one_decode(source, tmp_path):

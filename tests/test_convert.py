@@ -167,5 +167,4 @@ def test_bad_inputs_name_the_file_and_problem(tmp_path):
     (bad_cfg / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(WeightsError, match="not a CLIPModel config"):
         load_clip_weights(bad_cfg)
-    with pytest.raises(SystemExit, match="must be a .safetensors"):
-        cli(["convert", str(tmp_path / "extra.pt"), str(tmp_path / "out.pt")])
+    assert cli(["convert", str(tmp_path / "extra.pt"), str(tmp_path / "out.pt")]) == 2

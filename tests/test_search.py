@@ -165,7 +165,7 @@ def test_incremental_update_and_report(trained, tmp_path):
     write_audio_only(work / "sub" / "audio.mp4")
     (work / "notes.txt").write_text("not a video container: ignored")
     counts = build_index(work, trained.checkpoint, out, progress=False)
-    assert counts == {"added": 6, "kept": 0, "removed": 0, "failed": 3, "rows": 6}
+    assert counts == {"added": 6, "kept": 0, "removed": 0, "failed": 3, "noted": 0, "rows": 6}
     report = {r["path"]: r["reason"] for r in json.loads((out / "report.json").read_text())}
     assert set(report) == {"broken.mp4", "empty.mkv", "sub/audio.mp4"}
     assert "cannot be opened" in report["broken.mp4"] and "empty" in report["empty.mkv"] and "no video stream" in report["sub/audio.mp4"]
@@ -182,7 +182,7 @@ def test_incremental_update_and_report(trained, tmp_path):
     os.utime(work / "00001.mp4", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: embedded again
     copy_videos(trained, work, [6])  # new
     counts = build_index(work, trained.checkpoint, out, progress=False)
-    assert counts == {"added": 2, "kept": 4, "removed": 1, "failed": 3, "rows": 6}
+    assert counts == {"added": 2, "kept": 4, "removed": 1, "failed": 3, "noted": 0, "rows": 6}
     emb, items = np.load(out / "embeddings.npy"), json.loads((out / "items.json").read_text())
     assert "00000.mp4" not in {it["path"] for it in items} and len(items) == len(emb) == 6
     for i, it in enumerate(items):
@@ -279,8 +279,8 @@ def test_search_cli(trained, test_index, capsys):
     assert cli(["search", str(test_index), trained.captions[3], "-k", "2", "--backend", "exact"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[0].split()[-1] == str(trained.videos / results[0]["path"])
-    with pytest.raises(SystemExit, match="-k must be at least 1"):
-        cli(["search", str(test_index), "a red circle", "-k", "0"])
+    assert cli(["search", str(test_index), "a red circle", "-k", "0"]) == 2
+    assert capsys.readouterr().err == "error: -k must be at least 1, got 0\n"
 
 
 # ------------------------------------------------------------------------------------ serving

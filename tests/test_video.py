@@ -78,14 +78,16 @@ def test_one_frame_video_repeats_its_frame(tmp_path):
     assert clip.shape[0] == 8 and all(torch.equal(clip[0], f) for f in clip)
 
 
-def test_truncated_tail_repeats_real_frames(tmp_path):
-    """A stream cut short (MPEG-TS stays readable) fills the missing tail with real frames."""
+def test_truncated_tail_is_an_error_not_repeated_frames(tmp_path):
+    """A stream cut short (MPEG-TS stays readable): frames before the cut decode as they are; a
+    sampled frame past it is a VideoError saying truncated, never the last frame repeated."""
     path = write_video(tmp_path / "v.ts", frames=40, gop=8)
     info = probe(path)
     every = decode_all(path)
     cut = tmp_path / "cut.ts"
     data = path.read_bytes()
     cut.write_bytes(data[: len(data) // 2])
-    clip = decode_frames(cut, list(range(0, 40, 5)), info=info)
-    matches = [next(i for i, e in enumerate(every) if torch.equal(f, e)) for f in clip]  # each a real frame
-    assert matches[0] == 0 and matches[-1] < 35  # the tail repeats the last frame that was decoded
+    early = decode_frames(cut, [0, 3, 6], info=info)
+    assert all(torch.equal(f, every[i]) for f, i in zip(early, [0, 3, 6]))
+    with pytest.raises(VideoError, match=r"cut.ts: truncated: no decodable frame at t=.* s or later, though the container says 5.00 s"):
+        decode_frames(cut, list(range(0, 40, 5)), info=info)

@@ -132,7 +132,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=30, help="longest caption in tokens, EOT included")
     parser.add_argument("--min-tokens", type=int, default=0, help="no EOT before this many tokens")
     parser.add_argument("--frames", type=int, default=None, help="frames per video (default: the checkpoint's test frames)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where the model runs (default: cuda if there is one)")
 
 
 def main(args: argparse.Namespace) -> int:

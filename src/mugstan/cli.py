@@ -3,6 +3,12 @@
 Each command lives in the module that implements it; that module defines
 ``configure_parser(parser)`` and ``main(args) -> int``. Only the chosen command's module is
 imported, so ``mugstan --help`` is instant.
+
+Errors: a user error (``mugstan.errors.UserError`` and its kin: a config value, an argument, a
+file, a checkpoint, an index, an annotation file, a video; or the operating system refusing a
+named file) is printed as one line ``error: ...`` and the exit status is 2, without a traceback.
+``--debug`` (anywhere on the line) shows the traceback instead. Anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ import argparse
 import importlib
 import os
 import sys
+
+from mugstan.errors import ArgumentError, UserError, one_line
 
 # Idle OpenMP threads sleep instead of spinning. Training and evaluation share the cores with
 # DataLoader workers that decode video; spinning threads there made torch 10-40x slower in our
@@ -34,8 +42,16 @@ COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors raised as ``ArgumentError`` (one line, exit 2, like every user error)."""
+
+    def error(self, message: str):
+        raise ArgumentError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mugstan", description="CLIP-to-video models: STAN, Mug-STAN, CLIP2Video, CLIP4Clip.")
+    parser = Parser(prog="mugstan", description="CLIP-to-video models: STAN, Mug-STAN, CLIP2Video, CLIP4Clip.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere on the line)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
@@ -45,7 +61,30 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return run(argv)
+    except UserError as err:
+        if debug:
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
+    except OSError as err:  # the system refused a named file: permissions, a folder where a file was meant, a full disk
+        if debug or err.filename is None:
+            raise
+        where = f"{err.filename} -> {err.filename2}" if err.filename2 else err.filename
+        print(f"error: {where}: {err.strerror or one_line(err)}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 2
+
+
+def run(argv: list[str]) -> int:
+    """Parse ``argv`` and run the command; errors propagate (``main`` reports them)."""
     command = next((a for a in argv if not a.startswith("-")), None)
     if command not in COMMANDS:
         command = None
@@ -57,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
-        build_parser().print_help()
+        build_parser().print_help(sys.stderr)
         return 2
     return int(importlib.import_module(COMMANDS[args.command][0]).main(args) or 0)
 

@@ -16,11 +16,14 @@ their replacement.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
+from mugstan.errors import UserError
+from mugstan.files import regular_file
 from mugstan.hub import is_spec
 
 
@@ -344,15 +347,15 @@ def load_config(path, overrides: Union[Sequence[str], Mapping[str, Any]] = (), c
     """
     from omegaconf import OmegaConf
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    path = regular_file(path, "config file")
     try:
         loaded = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: an experiment config is a mapping with model/data/train/eval sections")
+    if not isinstance(loaded, dict) or not loaded:
+        found = "a list" if isinstance(loaded, list) else "empty" if not loaded else f"a single value ({loaded!r:.40})"
+        raise ConfigError(f"{path}: the file is {found}; an experiment config is a mapping with model/data/train/eval "
+                          "sections (see configs/)")
     cfg = _structured(ExperimentConfig, loaded, overrides, str(path))
     resolve_data_paths(cfg.data)
     validate_config(cfg, check_files, splits)
@@ -441,28 +444,70 @@ def _describe(err) -> str:
     return f"key {key!r}: {msg}" if key else msg
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem, found before anything is built."""
 
 
 def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Sequence[str] = ("train", "val", "test")) -> None:
-    """Checks beyond types and choices: ranges, combinations and (``check_files``) the files that must exist."""
-    t, m, d = cfg.train, cfg.model, cfg.data
-    positive = {"data.num_frames": d.num_frames, "data.image_size": d.image_size, "model.context_length": m.context_length,
-                "model.stan.depth": m.stan.depth, "model.stan.max_frames": m.stan.max_frames, "model.seq_layers": m.seq_layers,
-                "model.tab_centers": m.tab_centers, "eval.batch_size": cfg.eval.batch_size, "eval.sim_chunk": cfg.eval.sim_chunk,
-                "train.log_every": t.log_every, "data.dense_stride": d.dense_stride}
-    for name, value in positive.items():
+    """Checks beyond types and choices: every numeric range, the combinations, and (``check_files``)
+    the files that must exist. Errors are ``ConfigError``s naming the key, the value and the range."""
+    t, m, d, e = cfg.train, cfg.model, cfg.data, cfg.eval
+    at_least_one = {"data.num_frames": d.num_frames, "data.image_size": d.image_size, "data.dense_stride": d.dense_stride,
+                    "data.test_clips": d.test_clips, "model.stan.depth": m.stan.depth, "model.stan.max_frames": m.stan.max_frames,
+                    "model.seq_layers": m.seq_layers, "model.tab_centers": m.tab_centers, "eval.batch_size": e.batch_size,
+                    "eval.sim_chunk": e.sim_chunk, "train.log_every": t.log_every, "train.eval_every": t.eval_every,
+                    "train.batch_size": t.batch_size, "train.accum_steps": t.accum_steps, "train.epochs": t.epochs}
+    for name, value in at_least_one.items():
         if value < 1:
             raise ConfigError(f"{name}={value} must be at least 1")
+    optional_at_least_one = {"data.test_num_frames": d.test_num_frames, "data.resize_short": d.resize_short,
+                             "train.max_steps": t.max_steps, "train.save_every": t.save_every}
+    for name, value in optional_at_least_one.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"{name}={value} must be at least 1, or null (the default)")
+    at_least_zero = {"data.num_workers": d.num_workers, "train.seed": t.seed, "model.num_classes": m.num_classes}
+    for name, value in at_least_zero.items():
+        if value < 0:
+            raise ConfigError(f"{name}={value} must be 0 or more")
+    floats = {"train.lr": (t.lr, "positive"), "train.new_module_lr_mult": (t.new_module_lr_mult, "positive"),
+              "train.eps": (t.eps, "positive"), "model.mug_lambda": (m.mug_lambda, "positive"),
+              "train.weight_decay": (t.weight_decay, "0 or more"), "train.warmup": (t.warmup, "0 or more"),
+              "model.temperature": (m.temperature, "positive, or null for CLIP's learned scale"),
+              "train.grad_clip": (t.grad_clip, "positive, or null for no clipping")}
+    for name, (value, rule) in floats.items():
+        if value is None and "null" in rule:
+            continue
+        if not math.isfinite(value) or value < 0 or (value == 0 and rule.startswith("positive")):
+            raise ConfigError(f"{name}={value} must be {rule}")
     if m.context_length < 3:
         raise ConfigError(f"model.context_length={m.context_length} must be at least 3 (SOT, one word, EOT)")
-    if t.lr <= 0:
-        raise ConfigError(f"train.lr={t.lr} must be positive")
-    if m.temperature is not None and m.temperature <= 0:
-        raise ConfigError(f"model.temperature={m.temperature} must be positive, or null for CLIP's learned scale")
     if not 0.0 < m.tab_weight < 1.0:
         raise ConfigError(f"model.tab_weight={m.tab_weight} must be in (0, 1)")
+    if not 0.0 <= m.stan.drop_path < 1.0:
+        raise ConfigError(f"model.stan.drop_path={m.stan.drop_path} must be in [0, 1)")
+    if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
+        raise ConfigError(f"train.betas={list(t.betas)} must be two numbers in [0, 1), e.g. [0.9, 0.98]")
+    if len(d.crop_scale) != 2 or not 0.0 < d.crop_scale[0] <= d.crop_scale[1] <= 1.0:
+        raise ConfigError(f"data.crop_scale={list(d.crop_scale)} must be two numbers in (0, 1], the smaller first, "
+                          "e.g. [0.5, 1.0]; [1.0, 1.0] turns the random crop off")
+    if d.test_crops not in (1, 3):
+        raise ConfigError(f"data.test_crops={d.test_crops} must be 1 (centre) or 3 (left, centre, right)")
+    if d.resize_short is not None and d.resize_short < d.image_size:
+        raise ConfigError(f"data.resize_short={d.resize_short} is below data.image_size={d.image_size}: the crop would not fit; "
+                          "set resize_short to at least image_size, or null")
+    if e.split not in ("train", "val", "test"):
+        raise ConfigError(f"eval.split={e.split!r} must be train, val or test")
+    if not m.prompt_templates or any("{}" not in p for p in m.prompt_templates):
+        raise ConfigError(f"model.prompt_templates={list(m.prompt_templates)} must be a non-empty list of texts with "
+                          "{} where the class name goes, e.g. ['a video of {}.']")
+    from mugstan.data.datasets.formats import FORMATS
+
+    if d.dataset not in FORMATS:
+        raise ConfigError(f"data.dataset={d.dataset!r} is not one of {', '.join(sorted(FORMATS))}")
+    if m.branch == Branch.stan:
+        for name, frames in (("data.num_frames", d.num_frames), ("data.test_num_frames", d.test_num_frames)):
+            if frames is not None and frames > m.stan.max_frames:
+                raise ConfigError(f"{name}={frames} exceeds STAN's temporal embedding: raise model.stan.max_frames to at least {frames}")
     if m.task == Task.detection:
         if m.detection.roi_size < 1 or not 0.0 <= m.detection.dropout < 1.0:
             raise ConfigError(f"model.detection: roi_size={m.detection.roi_size} must be at least 1 and dropout="
@@ -472,23 +517,22 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
         if d.ava.frame_interval < 1 or d.ava.source_fps <= 0:
             raise ConfigError(f"data.ava.frame_interval={d.ava.frame_interval} must be at least 1 and data.ava.source_fps="
                               f"{d.ava.source_fps} positive")
-    if m.branch == Branch.stan and d.num_frames > m.stan.max_frames:
-        raise ConfigError(f"data.num_frames={d.num_frames} exceeds STAN's temporal embedding: raise model.stan.max_frames to at least {d.num_frames}")
-    for name in ("batch_size", "accum_steps", "epochs"):
-        if getattr(t, name) < 1:
-            raise ConfigError(f"train.{name} must be at least 1, got {getattr(t, name)}")
     if t.batch_size % t.accum_steps:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.accum_steps={t.accum_steps}")
     validate_gradcache(cfg)
     validate_recipe_keys(cfg)
     if not check_files:
         return
-    if cfg.model.weights and not is_spec(cfg.model.weights) and not Path(cfg.model.weights).expanduser().exists():
-        raise ConfigError(f"model.weights: {cfg.model.weights} does not exist")
+    if cfg.model.weights and not is_spec(cfg.model.weights):
+        weights = Path(cfg.model.weights).expanduser()
+        if not weights.exists():
+            raise ConfigError(f"model.weights: {cfg.model.weights} does not exist")
+        if not weights.is_dir():  # a HuggingFace CLIPModel folder, or one file
+            _config_file(weights, "model.weights")
     for split in splits:
         ann = getattr(cfg.data, f"{split}_ann")
-        if ann and not Path(ann).expanduser().is_file():
-            raise ConfigError(f"data.{split}_ann: {ann} does not exist")
+        if ann:
+            _config_file(ann, f"data.{split}_ann")
     for key, value in cfg.data.extra.items():
         if not Path(value).expanduser().exists():
             raise ConfigError(f"data.extra.{key}: {value} does not exist")
@@ -523,6 +567,14 @@ def validate_recipe_keys(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"train.no_decay: {', '.join(unknown)} not among norm, bias, embedding, logit_scale")
     if cfg.eval.select_on == SelectOn.test and not d.test_ann:
         raise ConfigError("eval.select_on=test picks the best checkpoint on data.test_ann, which is not set")
+
+
+def _config_file(path, key: str) -> None:
+    """A file a config key names must be a regular file (a FIFO would block the reader forever)."""
+    try:
+        regular_file(path, key)
+    except UserError as err:
+        raise ConfigError(str(err)) from None
 
 
 def validate_gradcache(cfg: ExperimentConfig) -> None:

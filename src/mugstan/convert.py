@@ -14,8 +14,9 @@ import json
 from pathlib import Path
 
 from mugstan import released
-from mugstan.backbones.convert import FORMATS, WeightsError, load_clip_weights, save_safetensors
-from mugstan.hub import HubError, resolve_weights
+from mugstan.backbones.convert import FORMATS, load_clip_weights, save_safetensors
+from mugstan.errors import ArgumentError
+from mugstan.hub import resolve_weights
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -34,23 +35,22 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
-        raise SystemExit(f"error: output must be a .safetensors file, got {out}")
-    try:
-        if args.format in ("stan", "clip2video"):
-            state_dict, model_config = (released.convert_stan(args.src, clip_config=args.clip_config) if args.format == "stan"
-                                        else released.convert_clip2video(args.src))
-            save_safetensors(state_dict, out, {"format": "mugstan", "model_config": json.dumps(model_config)})
-            desc = f"mugstan model (branch {model_config['branch']}, head {model_config['head']})"
-        else:
-            weights = load_clip_weights(resolve_weights(args.src), args.format)
-            state_dict = weights.state_dict
-            save_safetensors(state_dict, out, {"format": "open_clip", "config": json.dumps(weights.config)})
-            v, t = weights.config["vision_cfg"], weights.config["text_cfg"]
-            kind = "CoCa" if "multimodal_cfg" in weights.config else "CLIP"
-            desc = (f"{kind} ViT patch {v['patch_size']} @ {v['image_size']} px, vision {v['layers']}x{v['width']}, "
-                    f"text {t['layers']}x{t['width']}, E={weights.config['embed_dim']} (from {weights.format})")
-    except (WeightsError, HubError) as err:
-        raise SystemExit(f"error: {err}") from None
+        raise ArgumentError(f"output must be a .safetensors file, got {out}")
+    if out.is_dir():
+        raise ArgumentError(f"{out} is a folder; name the .safetensors file to write")
+    if args.format in ("stan", "clip2video"):
+        state_dict, model_config = (released.convert_stan(args.src, clip_config=args.clip_config) if args.format == "stan"
+                                    else released.convert_clip2video(args.src))
+        save_safetensors(state_dict, out, {"format": "mugstan", "model_config": json.dumps(model_config)})
+        desc = f"mugstan model (branch {model_config['branch']}, head {model_config['head']})"
+    else:
+        weights = load_clip_weights(resolve_weights(args.src), args.format)
+        state_dict = weights.state_dict
+        save_safetensors(state_dict, out, {"format": "open_clip", "config": json.dumps(weights.config)})
+        v, t = weights.config["vision_cfg"], weights.config["text_cfg"]
+        kind = "CoCa" if "multimodal_cfg" in weights.config else "CLIP"
+        desc = (f"{kind} ViT patch {v['patch_size']} @ {v['image_size']} px, vision {v['layers']}x{v['width']}, "
+                f"text {t['layers']}x{t['width']}, E={weights.config['embed_dim']} (from {weights.format})")
     n_params = sum(v.numel() for v in state_dict.values())
     print(f"wrote {out}: {len(state_dict)} tensors, {n_params / 1e6:.1f} M parameters, {desc}")
     return 0

@@ -295,13 +295,22 @@ def run(out: Path, models: Sequence[str] = DEMO_MODELS, seed: int = 0, quick: bo
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="mugstan_demo", help="output folder (default: %(default)s)")
-    parser.add_argument("--models", nargs="+", default=list(DEMO_MODELS), choices=list(ALL_MODELS))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", nargs="+", default=list(DEMO_MODELS), choices=list(ALL_MODELS),
+                        help="which fine-tuned models to compare (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of every run, 0 or more (default: %(default)s)")
     parser.add_argument("--videos", type=int, default=None, help="training videos to render (default 600)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks every stage in about a minute, numbers mean nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (stage lines and tables only)")
 
 
 def main(args: argparse.Namespace) -> int:
+    from mugstan.errors import ArgumentError
+
+    if args.videos is not None and args.videos < 2:
+        raise ArgumentError(f"--videos {args.videos}: render at least 2 training videos (default 600)")
+    if args.seed < 0:
+        raise ArgumentError(f"--seed {args.seed}: seeds are 0 or more")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ArgumentError(f"--out {args.out} is a file; name a folder for the demo's outputs")
     run(Path(args.out), args.models, args.seed, args.quick, not args.no_progress, args.videos)
     return 0

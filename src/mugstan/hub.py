@@ -27,12 +27,13 @@ import argparse
 import json
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
 import yaml
+
+from mugstan.errors import UserError
 
 HF_PREFIX = "hf-hub:"
 LOCAL_PREFIX = "local-dir:"
@@ -46,7 +47,7 @@ WEIGHTS_FILES = ["config.json", "*.safetensors"]
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-class HubError(ValueError):
+class HubError(UserError, ValueError):
     """A spec that cannot be resolved or a checkpoint that cannot be pushed; one line that names
     the spec or file and the fix."""
 
@@ -387,15 +388,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        checkpoint = resolve_checkpoint(args.checkpoint)
-        if args.local_dir:
-            names = stage(checkpoint, args.repo_id, args.local_dir, args.results)
-            print(f"wrote {', '.join(names)} to {args.local_dir}; load it with --checkpoint local-dir:{args.local_dir}")
-        else:
-            url = push(checkpoint, args.repo_id, args.results, args.private, args.message)
-            print(f"pushed to {url}; load it with --checkpoint hf-hub:{args.repo_id}")
-    except HubError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    if args.local_dir:
+        names = stage(checkpoint, args.repo_id, args.local_dir, args.results)
+        print(f"wrote {', '.join(names)} to {args.local_dir}; load it with --checkpoint local-dir:{args.local_dir}")
+    else:
+        url = push(checkpoint, args.repo_id, args.results, args.private, args.message)
+        print(f"pushed to {url}; load it with --checkpoint hf-hub:{args.repo_id}")
     return 0

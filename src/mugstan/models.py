@@ -25,7 +25,7 @@ import torch.nn as nn
 from mugstan.backbones.clip import CLIPBackbone, Tokenizer, build_clip
 from mugstan.branches.frames import FrameFeatures, NoBranch
 from mugstan.branches.stan import STAN
-from mugstan.config import Branch, Classifier, Head, ModelConfig, Task
+from mugstan.config import Branch, Classifier, ConfigError, Head, ModelConfig, Task
 from mugstan.data.transforms import normalize
 from mugstan.engine.distributed import unwrap
 from mugstan.heads.base import Embeddings, LogitScale
@@ -102,7 +102,7 @@ class VideoTextModel(nn.Module):
     def class_embeddings(self, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         """Prompt vectors per class, averaged over templates: [C, E'] unit vectors (``head.text_vector``)."""
         if not class_names:
-            raise ValueError("class names are needed (model.class_names or the dataset's class-name file)")
+            raise ConfigError("class names are needed (model.class_names or the dataset's class-name file)")
         prompts = [tpl.format(name) for name in class_names for tpl in templates]
         device = self.logit_scale.log_scale.device
         ids, mask = self.tokenize(prompts)
@@ -156,12 +156,12 @@ def build_classifier(cfg: ModelConfig, encoder: VideoTextModel, class_names: Seq
     names = list(class_names) or list(cfg.class_names)
     num_classes = cfg.num_classes or len(names)
     if num_classes <= 0:
-        raise ValueError("recognition needs model.num_classes or class names (model.class_names / the dataset)")
+        raise ConfigError("recognition needs model.num_classes or class names (model.class_names / the dataset)")
     if names and len(names) != num_classes:
-        raise ValueError(f"model.num_classes={num_classes} but {len(names)} class names were given")
+        raise ConfigError(f"model.num_classes={num_classes} but {len(names)} class names were given")
     if cfg.classifier == Classifier.text:
         if not names:
-            raise ValueError("model.classifier=text needs class names; use model.classifier=linear without them")
+            raise ConfigError("model.classifier=text needs class names; use model.classifier=linear without them")
         return TextInitClassifier(encoder.class_embeddings(names, cfg.prompt_templates))
     return LinearClassifier(encoder.head.vector_dim(encoder.backbone.embed_dim), num_classes)
 

@@ -229,9 +229,13 @@ def load_converted(path: Union[str, Path], overrides=()):
     from mugstan.config import model_config
     from mugstan.models import build_model
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # SafetensorError or OSError for a damaged file
+        raise WeightsError(f"{path}: cannot be read as safetensors: corrupt, truncated or empty ({type(err).__name__}); "
+                           "run `mugstan convert` again") from None
     if "model_config" not in meta:
         raise WeightsError(f"{path}: no model_config in the metadata (was it written by `mugstan convert --format stan|clip2video`?)")
     cfg = model_config(json.loads(meta["model_config"]), overrides, source=f"{path} (model_config)")

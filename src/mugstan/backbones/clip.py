@@ -30,6 +30,8 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from mugstan.config import ConfigError
+
 SOT_TOKEN = 49406
 EOT_TOKEN = 49407
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -120,13 +122,13 @@ class CLIPBackbone(nn.Module):
         """Refuse open_clip models whose vision tower this class does not read (CoCa has its own)."""
         visual = clip.visual
         if not hasattr(visual, "transformer") or getattr(visual, "attn_pool", None) is not None:
-            raise ValueError(
+            raise ConfigError(
                 "mugstan's CLIPBackbone needs a plain ViT vision tower (class token, no attentional pooling); "
                 f"got {type(visual).__name__}. Use an open_clip ViT model such as ViT-B-32, or a CoCa "
                 "model (coca_ViT-B-32) through build_clip, which wraps it in a CoCaBackbone."
             )
         if getattr(visual, "pool_type", "tok") != "tok" or getattr(visual, "final_ln_after_pool", False):
-            raise ValueError(f"unsupported vision pooling {visual.pool_type!r}: mugstan reads the class token")
+            raise ConfigError(f"unsupported vision pooling {visual.pool_type!r}: mugstan reads the class token")
 
     # ---- shapes -------------------------------------------------------------------------
     @property
@@ -209,7 +211,7 @@ class CLIPBackbone(nn.Module):
             raise ValueError(f"frames must be [N, 3, H, W], got {tuple(frames.shape)}")
         x = v.conv1(frames.to(v.conv1.weight.dtype))  # [N, D, g, g]
         if x.shape[-2] * x.shape[-1] != self.num_patches:
-            raise ValueError(
+            raise ConfigError(
                 f"frames of {tuple(frames.shape[-2:])} give a {x.shape[-2]}x{x.shape[-1]} patch grid, "
                 f"but the model expects {self.image_size}x{self.image_size} input; set data.image_size={self.image_size}"
             )
@@ -360,20 +362,20 @@ def build_clip(
 
     _register_configs()
     if weights is not None and pretrained is not None:
-        raise ValueError(f"give either pretrained={pretrained!r} or weights={str(weights)!r}, not both")
+        raise ConfigError(f"give either pretrained={pretrained!r} or weights={str(weights)!r}, not both")
     loaded = load_clip_weights(resolve_weights(weights), weights_format) if weights is not None else None
     if config is not None:
         if pretrained is not None:
-            raise ValueError("model.backbone_config describes an architecture open_clip has no pretrained weights for; "
+            raise ConfigError("model.backbone_config describes an architecture open_clip has no pretrained weights for; "
                              "give model.weights instead of model.pretrained")
         clip = model_from_config(config)
     elif name is None:
         if loaded is None:
-            raise ValueError("build_clip needs a model name or a weights file to infer the architecture from")
+            raise ConfigError("build_clip needs a model name or a weights file to infer the architecture from")
         clip = model_from_config(loaded.config)
     else:
         if name not in open_clip.list_models():
-            raise ValueError(
+            raise ConfigError(
                 f"unknown backbone {name!r}; choose one of {', '.join(list_models())}, or pass "
                 "backbone=null with a weights file to infer the architecture"
             )
@@ -391,7 +393,7 @@ def build_clip(
         except Exception as err:  # open_clip raises RuntimeError / OSError / HF hub errors
             if pretrained is None:
                 raise
-            raise RuntimeError(
+            raise ConfigError(
                 f"could not fetch open_clip weights {name!r} / {pretrained!r} ({type(err).__name__}: {err}). "
                 "On a machine without internet, download the checkpoint elsewhere and pass its local "
                 "path instead: model.weights=/path/to/ViT-B-32.pt (OpenAI .pt, HuggingFace CLIPModel "

@@ -33,13 +33,14 @@ from typing import Optional, Union
 
 import torch
 
+from mugstan.errors import UserError, one_line
 from mugstan.files import atomic_file
 
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 FORMATS = ("auto", "openai", "hf", "open_clip")
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """A weights file that cannot be loaded; the message names the file and the problem."""
 
 
@@ -179,8 +180,10 @@ def _torch_load(path: Path) -> dict:
             if is_script:
                 return torch.jit.load(str(path), map_location="cpu").state_dict()
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt or foreign file
-        raise WeightsError(f"{path}: cannot be read as a PyTorch checkpoint ({type(err).__name__}: {err})") from None
+    except Exception as err:  # corrupt or foreign file; torch's own message advises unpickling, which would run code from it
+        raise WeightsError(f"{path}: cannot be read as a PyTorch checkpoint of tensors: corrupt, truncated, or not a weights "
+                           f"file ({type(err).__name__}); name an OpenAI .pt, a HuggingFace CLIPModel folder or a .safetensors file "
+                           "(docs/weights.md)") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -197,7 +200,8 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             with safe_open(str(path), framework="pt") as f:
                 return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
         except Exception as err:
-            raise WeightsError(f"{path}: cannot be read as safetensors ({type(err).__name__}: {err})") from None
+            raise WeightsError(f"{path}: cannot be read as safetensors: corrupt, truncated or empty ({type(err).__name__}: "
+                               f"{one_line(err)}); convert or download it again") from None
     return _torch_load(path), {}
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from fractions import Fraction
 from pathlib import Path
@@ -21,7 +20,8 @@ from av.video.frame import PictureType
 from tqdm import tqdm
 
 from mugstan.data.video import VideoError, output_size, probe
-from mugstan.files import atomic_file
+from mugstan.errors import ArgumentError, UserError
+from mugstan.files import atomic_file, regular_file
 
 # All-intra by default: on an H200 host's 16 cores the training loader gave 2.5-3.1x the clips/s of
 # x264's usual 250-frame GOP, for 1.8-3x the disk (benchmarks/results/loader_speed.md).
@@ -30,45 +30,63 @@ SHORT_GOP = 30
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from mugstan.data.datasets.formats import FORMATS
+
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
-    check = sub.add_parser("check", help="list missing and corrupt videos of a dataset")
+    check = sub.add_parser("check", help="list missing and corrupt videos of a dataset",
+                           description="Open every video of a dataset's splits and report the missing and corrupt ones "
+                                       "(exit status 1 when there are any). By default the first and last frames are "
+                                       "decoded; --full decodes every frame and finds truncated and damaged streams.")
     check.add_argument("source", help="experiment YAML (its data section) or an annotation file")
     check.add_argument("overrides", nargs="*", help="dotted key=value overrides of the config, e.g. data.root=/data/msrvtt")
-    check.add_argument("--format", default="jsonl", help="annotation format when SOURCE is an annotation file (default: jsonl)")
-    check.add_argument("--root", default="", help="video folder when SOURCE is an annotation file")
-    check.add_argument("--split", nargs="+", default=None, help="splits to check (default: every split the config names)")
+    check.add_argument("--format", default="jsonl", choices=sorted(FORMATS), metavar="FORMAT",
+                       help="annotation format when SOURCE is an annotation file: a data.dataset name (default: jsonl)")
+    check.add_argument("--root", default="", help="video folder when SOURCE is an annotation file (default: paths as written)")
+    check.add_argument("--split", nargs="+", default=None, choices=["train", "val", "test"],
+                       help="splits to check (default: every split the config names)")
+    check.add_argument("--full", action="store_true", help="decode every frame of every video (slower; finds truncated files)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    comp = sub.add_parser("compress", help="re-encode a folder of videos to a low frame rate and short side (resumable)")
-    comp.add_argument("src")
-    comp.add_argument("dst")
+    comp = sub.add_parser("compress", help="re-encode a folder of videos to a low frame rate and short side (resumable)",
+                          description="Re-encode every video under SRC as H.264 .mp4 under DST (same relative paths). "
+                                      "Finished files are skipped: run again to resume.")
+    comp.add_argument("src", help="folder of videos (searched recursively)")
+    comp.add_argument("dst", help="output folder (created; existing outputs are kept)")
     comp.add_argument("--fps", type=float, default=3.0, help="output frame rate (default 3)")
     comp.add_argument("--short-side", type=int, default=224, help="output short side in pixels; smaller videos keep their size (default 224)")
     comp.add_argument("--gop", type=int, default=GOP_DEFAULT,
                       help=f"a keyframe every GOP frames; 1 = all-intra, every frame decodable alone, the fastest to sample (default {GOP_DEFAULT})")
     comp.add_argument("--fast-decode", action=argparse.BooleanOptionalAction, default=True,
                       help="x264 --tune fastdecode: no CABAC, no deblocking; ~10%% larger files, ~15%% faster loading (default: on)")
-    comp.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    comp.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encoding processes (default: the CPU count)")
     comp.add_argument("--crf", type=int, default=23, help="x264 quality, 0-51 (lower is better; default 23)")
 
     from mugstan.data import synthetic
 
-    synthetic.configure_parser(sub.add_parser("synth", help="render the built-in synthetic temporal benchmark"))
+    synthetic.configure_parser(sub.add_parser(
+        "synth", help="render the built-in synthetic temporal benchmark",
+        description="Render the synthetic benchmark (shapes in time-reversed motion pairs, H.264 files, JSONL "
+                    "annotations for train/val/test) into OUT_DIR; seeded, so the same arguments give the same data."))
 
 
 # ---- check ------------------------------------------------------------------------------------
-def _check_one(path: str) -> str | None:
-    try:
-        info = probe(path)
-        from mugstan.data.video import decode_frames
+def _check_one(path: str, full: bool = False) -> str | None:
+    """None when the video is usable, else the reason. Quick: open it and decode its first and
+    last frames; full: decode every frame (finds truncated and damaged streams)."""
+    from mugstan.data.video import decode_frames, verify_frames
 
-        decode_frames(path, [0, info.num_frames - 1], short_side=32, info=info)
+    try:
+        if full:
+            verify_frames(path)
+        else:
+            info = probe(path)
+            decode_frames(path, [0, info.num_frames - 1], short_side=32, info=info)
     except VideoError as err:
         return err.reason
     return None
 
 
-def check(data_cfg, splits: list[str]) -> dict:
+def check(data_cfg, splits: list[str], full: bool = False) -> dict:
     """{split: {"videos": n, "problems": [{"path", "reason"}]}} for the given splits."""
     from mugstan.data.datasets import load_annotations
 
@@ -78,7 +96,7 @@ def check(data_cfg, splits: list[str]) -> dict:
         paths = sorted({c.path for c in ann.clips})
         problems = []
         for path in tqdm(paths, desc=f"checking {split}", unit="video"):
-            reason = _check_one(path)
+            reason = _check_one(path, full)
             if reason:
                 problems.append({"path": path, "reason": reason})
         report[split] = {"videos": len(paths), "problems": problems}
@@ -88,9 +106,7 @@ def check(data_cfg, splits: list[str]) -> dict:
 def _run_check(args: argparse.Namespace) -> int:
     from mugstan.config import DataConfig
 
-    source = Path(args.source)
-    if not source.is_file():
-        raise SystemExit(f"error: {source} does not exist")
+    source = regular_file(args.source, "data check")
     if source.suffix in (".yaml", ".yml"):
         from mugstan.config import load_config
 
@@ -98,11 +114,11 @@ def _run_check(args: argparse.Namespace) -> int:
         splits = args.split or [s for s in ("train", "val", "test") if getattr(data_cfg, f"{s}_ann")]
     else:
         if args.overrides:
-            raise SystemExit(f"error: key=value overrides ({' '.join(args.overrides)}) apply to a config file; "
-                             "for an annotation file use --format and --root")
+            raise ArgumentError(f"key=value overrides ({' '.join(args.overrides)}) apply to a config file; "
+                                "for an annotation file use --format and --root")
         data_cfg = DataConfig(dataset=args.format, root=args.root, test_ann=str(source))
         splits = ["test"]
-    report = check(data_cfg, splits)
+    report = check(data_cfg, splits, args.full)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -177,10 +193,11 @@ def _run_compress(args: argparse.Namespace) -> int:
         ("--crf", args.crf, 0 <= args.crf <= 51, "in 0..51"),
         ("--workers", args.workers, args.workers >= 1, "at least 1")) if not ok]
     if bad:
-        print(f"error: {bad[0]}", file=sys.stderr)
-        return 2
+        raise ArgumentError(bad[0])
     if not src.is_dir():
-        raise SystemExit(f"error: {src} is not a folder")
+        raise UserError(f"{src} is not a folder (SRC is the folder of videos to re-encode)")
+    if dst.exists() and not dst.is_dir():
+        raise UserError(f"{dst} is a file; DST must be a folder (it is created when missing)")
     files = sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
     jobs = []
     for p in files:

@@ -54,6 +54,8 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from mugstan.errors import ArgumentError, OutputExistsError
+
 FORMAT_VERSION = 3
 FPS = 8
 X264_OPTIONS = {"crf": "18", "preset": "medium", "g": "8", "threads": "1", "x264-params": "no-mbtree=1"}
@@ -129,11 +131,11 @@ class SynthParams:
     seed: int = 0
 
     def __post_init__(self):
-        for name, low in (("videos", 2), ("frames", 2), ("size", 16)):
+        for name, low in (("videos", 2), ("frames", 2), ("size", 16), ("seed", 0)):
             if getattr(self, name) < low:
-                raise ValueError(f"synthetic data: --{name} must be at least {low}, got {getattr(self, name)}")
+                raise ArgumentError(f"synthetic data: --{name} must be at least {low}, got {getattr(self, name)}")
         if self.size % 2:
-            raise ValueError(f"synthetic data: --size must be even (H.264 uses 4:2:0 chroma), got {self.size}")
+            raise ArgumentError(f"synthetic data: --size must be even (H.264 uses 4:2:0 chroma), got {self.size}")
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -339,7 +341,7 @@ def generate(out_dir: str | Path, params: SynthParams = SynthParams(), overwrite
         meta = json.loads(meta_path.read_text())
         if meta.get("format_version") == FORMAT_VERSION and meta.get("params") == asdict(params):
             return meta
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{out} already holds a synthetic dataset made with {meta.get('params')}, not {asdict(params)}; "
             "choose another folder or pass --overwrite to render it again"
         )

@@ -16,14 +16,20 @@
    a sampled frame costs one decode.
    ``read_clip`` opens the file once for the metadata and the frames.
 
-Every failure (missing file, not a video, no video stream, no frames, truncated stream) raises
-``VideoError`` with the path and the reason. Nothing is opened at import or construction time,
+Every failure (missing file, not a regular file, not a video, no video stream, no frames) raises
+``VideoError`` with the path and the reason. So does a sampled frame with no decodable frame near
+it (within ``near_frames``): a truncated file ("no decodable frame at t=... s or later") or damaged
+data in the middle ("no decodable frame near t=... s"). A frame missing by a timestamp gap of a
+frame or two takes the nearest decoded one; inside a longer gap without any decoder error (a
+variable-frame-rate recording that paused) it takes the frame before the gap, which is what a
+player shows there. ``verify_frames`` decodes every frame (``data check --full``). Nothing is opened at import or construction time,
 so DataLoader workers each open their own containers.
 """
 
 from __future__ import annotations
 
 import math
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -32,6 +38,8 @@ import av
 import numpy as np
 import torch
 from torch.utils.data import get_worker_info
+
+from mugstan.errors import UserError, one_line
 
 PathLike = Union[str, Path]
 # Frame threading pays off from about this many pixels per frame; below it, starting the decoder's
@@ -42,7 +50,7 @@ PathLike = Union[str, Path]
 THREADED_PIXELS = 320 * 240
 
 
-class VideoError(Exception):
+class VideoError(UserError):
     """A video that cannot be used; ``path`` and ``reason`` say which and why."""
 
     def __init__(self, path: PathLike, reason: str):
@@ -64,6 +72,7 @@ class VideoInfo:
     start: float
     width: int
     height: int
+    claimed_frames: Optional[int] = None  # probe(count=True): what the container said, when the count differs
 
     @property
     def duration(self) -> float:
@@ -72,11 +81,17 @@ class VideoInfo:
 
 def _open(path: PathLike) -> av.container.InputContainer:
     p = Path(path)
-    if not p.exists():
-        raise VideoError(path, "file not found")
-    if p.is_dir():
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise VideoError(path, "file not found") from None
+    except OSError as err:
+        raise VideoError(path, f"cannot be read ({err.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
         raise VideoError(path, "is a directory, not a video file")
-    if p.stat().st_size == 0:
+    if not stat.S_ISREG(st.st_mode):  # checked before opening: opening a FIFO waits for a writer forever
+        raise VideoError(path, "is a FIFO, device or socket, not a regular file")
+    if st.st_size == 0:
         raise VideoError(path, "empty file (0 bytes)")
     try:
         container = av.open(str(p))
@@ -88,27 +103,38 @@ def _open(path: PathLike) -> av.container.InputContainer:
     return container
 
 
-def probe(path: PathLike) -> VideoInfo:
-    """Frame count, rate and size from the container metadata, counting packets when it has none."""
+def probe(path: PathLike, count: bool = False) -> VideoInfo:
+    """Frame count, rate and size from the container metadata, counting packets when it has none.
+
+    count: also count the packets when the container only estimates the frame count (from a
+    duration) or claims more frames than the file has bytes, so that the count is of frames that
+    exist (``mugstan index`` plans its windows from it). Demuxing reads the file but decodes nothing.
+    """
     with _open(path) as container:
-        return _info(container, path)
+        return _info(container, path, count)
 
 
-def _info(container: av.container.InputContainer, path: PathLike) -> VideoInfo:
+def _info(container: av.container.InputContainer, path: PathLike, count: bool = False) -> VideoInfo:
     stream = container.streams.video[0]
     fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+    if not math.isfinite(fps) or fps <= 0:
+        raise VideoError(path, f"unusable frame rate {fps} in the container")
     start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
     n = stream.frames
+    estimated = not n
     if not n and stream.duration:
         n = int(round(float(stream.duration * stream.time_base) * fps))
     if not n and container.duration:
         n = int(round(container.duration / av.time_base * fps))
-    if not n:  # no length in the metadata (some webm / streamed files): count packets, then rewind
-        n = sum(1 for packet in container.demux(stream) if packet.size)
+    claimed = None
+    if not n or (count and (estimated or n > Path(path).stat().st_size)):  # count packets, then rewind
+        counted = sum(1 for packet in container.demux(stream) if packet.size)
+        claimed = n if n and n != counted else None
+        n = counted
         container.seek(0)
     if n <= 0:
         raise VideoError(path, "contains no video frames (zero length)")
-    return VideoInfo(n, fps, start, stream.codec_context.width, stream.codec_context.height)
+    return VideoInfo(n, fps, start, stream.codec_context.width, stream.codec_context.height, claimed)
 
 
 # ---- samplers -------------------------------------------------------------------------------
@@ -207,11 +233,50 @@ def keyframe_indices(stream, info: VideoInfo) -> Optional[np.ndarray]:
     return np.round((keys - first) * tb * info.fps).astype(np.int64)
 
 
-def _collect(frames, wanted: np.ndarray, pos: int, index_of, width: int, height: int, got: dict,
-             num_frames: int, stop_gap: Optional[int], keys: Optional[np.ndarray] = None) -> int:
-    """Walk decoded ``frames`` and convert the wanted ones; returns the next wanted position.
+def near_frames(fps: float) -> int:
+    """How far (in frames) the nearest decoded frame may be from a sampled one that the stream does
+    not deliver (timestamp gaps, a frame count off by one): 2 frames or 0.1 s, whichever is more."""
+    return max(2, int(round(0.1 * fps)))
 
-    Stops when all are found, at the end of the stream, or when seeking to the next wanted frame
+
+class _Walk:
+    """The wanted frames met while decoding: converted frames, and the last decoded frame."""
+
+    def __init__(self, wanted: np.ndarray, width: int, height: int, near: int):
+        self.wanted, self.pos, self.got = wanted, 0, {}
+        self.width, self.height, self.near = width, height, near
+        self.prev = None  # (index, frame): the frame decoded just before
+        self.last = None  # (index, frame): the highest frame index decoded
+        self.gaps: list[int] = []  # wanted frames inside a longer timestamp gap (shown: the frame before it)
+
+    def convert(self, frame) -> np.ndarray:
+        return frame.to_ndarray(width=self.width, height=self.height, format="rgb24")
+
+    def take(self, index: int, frame) -> bool:
+        """Offer the decoded frame ``index``; True when every wanted frame has been met."""
+        while self.pos < len(self.wanted) and self.wanted[self.pos] < index:  # the stream has no frame there
+            w = int(self.wanted[self.pos])
+            options = [(index - w, frame)] + ([(w - self.prev[0], self.prev[1])] if self.prev and self.prev[0] < w else [])
+            distance, nearest = min(options, key=lambda o: o[0])
+            if distance <= self.near:  # a timestamp gap: the nearest frame is what the video shows there
+                self.got[w] = self.convert(nearest)
+            elif self.prev and self.prev[0] < w:  # a longer gap: variable frame rate, or frames lost to damage (_decode decides)
+                self.got[w] = self.convert(self.prev[1])
+                self.gaps.append(w)
+            self.pos += 1  # else it stays missing: reported by _decode
+        if self.pos < len(self.wanted) and self.wanted[self.pos] == index:
+            self.got[index] = self.convert(frame)
+            self.pos += 1
+        self.prev = (index, frame)
+        if self.last is None or index > self.last[0]:
+            self.last = (index, frame)
+        return self.pos >= len(self.wanted)
+
+
+def _collect(frames, walk: _Walk, index_of, num_frames: int, stop_gap: Optional[int], keys: Optional[np.ndarray] = None) -> None:
+    """Walk decoded ``frames``, offering each to ``walk`` (which converts the wanted ones).
+
+    Stops when all are met, at the end of the stream, or when seeking to the next wanted frame
     is cheaper than decoding up to it: with ``keys`` (keyframe indices), when a keyframe lies
     between this frame and the next wanted one (more than one frame ahead); without, when the next
     wanted frame is more than ``stop_gap`` frames ahead. ``stop_gap`` None: never stop early.
@@ -219,30 +284,26 @@ def _collect(frames, wanted: np.ndarray, pos: int, index_of, width: int, height:
     (imprecise seeking, e.g. MPEG-TS).
     """
     first, found = True, False
+    wanted = walk.wanted
     for frame in frames:
         index = index_of(frame)
-        if first and stop_gap is not None and index > wanted[pos]:
+        if first and stop_gap is not None and index > wanted[walk.pos]:
             raise _Overshoot
         first = False
         if index >= num_frames:
             break
-        if index >= wanted[pos]:
-            while pos < len(wanted) and wanted[pos] < index:  # the stream skipped it (timestamp gap)
-                pos += 1
-            if pos < len(wanted) and wanted[pos] == index:
-                got[index] = frame.to_ndarray(width=width, height=height, format="rgb24")
-                pos += 1
-                found = True
-            if pos >= len(wanted):
-                break
+        before = walk.pos
+        if walk.take(index, frame):
+            break
+        found = found or walk.pos > before
         if found and stop_gap is not None:
+            nxt = wanted[walk.pos]
             if keys is not None:
-                key = keys[np.searchsorted(keys, wanted[pos], side="right") - 1] if keys[0] <= wanted[pos] else keys[0]
+                key = keys[np.searchsorted(keys, nxt, side="right") - 1] if keys[0] <= nxt else keys[0]
                 if key > index + 1:  # the next wanted frame is in a later group of pictures: seek there
                     break
-            elif wanted[pos] - index > stop_gap:
+            elif nxt - index > stop_gap:
                 break
-    return pos
 
 
 def decode_frames(path: PathLike, indices: Sequence[int], short_side: Optional[int] = None,
@@ -271,7 +332,8 @@ def _decode(container: av.container.InputContainer, path: PathLike, info: VideoI
         raise ValueError(f"{path}: frame indices {indices.min()}..{indices.max()} outside 0..{info.num_frames - 1}")
     wanted = np.unique(indices)
     width, height = output_size(info.width, info.height, short_side)
-    got: dict[int, np.ndarray] = {}
+    walk = _Walk(wanted, width, height, near_frames(info.fps))
+    errors: list[Exception] = []
     stream = container.streams.video[0]
     if info.width * info.height >= THREADED_PIXELS and get_worker_info() is None:
         stream.thread_type = "AUTO"  # worth the decoder's threads in a lone process; small files decode faster without
@@ -287,38 +349,86 @@ def _decode(container: av.container.InputContainer, path: PathLike, info: VideoI
             raise StopIteration
         return int(round((frame.pts * tb - info.start) * info.fps))
 
-    try:
-        pos = 0
-        while pos < len(wanted) and timed:
-            target = int(wanted[pos])
+    while walk.pos < len(wanted) and timed:
+        before = walk.pos
+        target = int(wanted[walk.pos])
+        try:
             container.seek(int((info.start + target / info.fps) / tb), stream=stream, backward=True, any_frame=False)
-            before = pos
+            _collect(container.decode(stream), walk, index_of, info.num_frames, seek_gap, keys)
+        except StopIteration:
+            break
+        except _Overshoot:  # seeking is not precise in this file: decode it from the start
             try:
-                pos = _collect(container.decode(stream), wanted, pos, index_of, width, height, got, info.num_frames, seek_gap, keys)
-            except StopIteration:
-                break
-            except _Overshoot:  # seeking is not precise in this file: decode it from the start
                 container.seek(0)
-                _collect(container.decode(stream), wanted, pos, index_of, width, height, got, info.num_frames, None)
-                break
-            if pos == before:  # nothing found past the seek point: end of the stream
-                break
-        if not timed:  # no timestamps: decode from the start and count
+                _collect(container.decode(stream), walk, index_of, info.num_frames, None)
+            except av.error.FFmpegError as err:
+                errors.append(err)
+            break
+        except av.error.FFmpegError as err:  # damaged data: the wanted frame there stays missing, try the next one
+            errors.append(err)
+            if walk.pos == before:
+                walk.pos += 1
+            continue
+        if walk.pos == before:  # nothing found past the seek point: end of the stream
+            break
+    if not timed:  # no timestamps: decode from the start and count
+        walk = _Walk(wanted, width, height, walk.near)
+        counter = iter(range(info.num_frames + 1))
+        try:
             container.seek(0)
-            counter = iter(range(info.num_frames + 1))
-            got.clear()
-            _collect(container.decode(stream), wanted, 0, lambda f: next(counter), width, height, got, info.num_frames, None)
-    except av.error.FFmpegError as err:
-        if not got:
-            raise VideoError(path, f"decoding failed ({err})") from None
-    if not got:
-        raise VideoError(path, "no frame could be decoded (corrupt or truncated stream)")
-    # Frames the stream did not deliver (a truncated tail, timestamp gaps) take the nearest
-    # decoded frame: a repeated real frame, never a black one.
-    decoded = np.array(sorted(got))
-    nearest = {int(i): int(decoded[np.abs(decoded - i).argmin()]) for i in wanted if int(i) not in got}
-    stack = np.stack([got[nearest.get(int(i), int(i))] for i in indices])
+            _collect(container.decode(stream), walk, lambda f: next(counter), info.num_frames, None)
+        except av.error.FFmpegError as err:
+            errors.append(err)
+    said = f"; the decoder said: {one_line(errors[0])}" if errors else ""
+    if walk.last is None:
+        raise VideoError(path, f"no frame could be decoded (corrupt or truncated stream){said}")
+    last_index, last_frame = walk.last
+    for w in wanted:  # a stream ending a frame or two early (metadata rounding) shows its last frame
+        if int(w) not in walk.got and 0 < w - last_index <= walk.near:
+            walk.got[int(w)] = walk.convert(last_frame)
+    if errors:  # the decoder failed somewhere: a longer gap is damage, not a variable frame rate
+        for w in walk.gaps:
+            del walk.got[w]
+    missing = [int(w) for w in wanted if int(w) not in walk.got]
+    if missing:
+        if missing[0] > last_index:
+            raise VideoError(path, f"truncated: no decodable frame at t={missing[0] / info.fps:.2f} s or later, though the "
+                                   f"container says {info.duration:.2f} s{said}")
+        raise VideoError(path, f"damaged: no decodable frame near t={missing[0] / info.fps:.2f} s (frame {missing[0]} "
+                               f"of {info.num_frames}){said}")
+    stack = np.stack([walk.got[int(i)] for i in indices])
     return torch.from_numpy(stack).permute(0, 3, 1, 2)
+
+
+def verify_frames(path: PathLike) -> VideoInfo:
+    """Decode every frame (nothing converted) and check that the stream delivers what the container
+    says: no gap longer than ``near_frames`` and no missing tail. Raises ``VideoError`` naming the
+    first gap. ``mugstan data check --full``."""
+    with _open(path) as container:
+        info = _info(container, path)
+        stream = container.streams.video[0]
+        tb = float(stream.time_base)
+        near = near_frames(info.fps)
+        last, count, error = -1, 0, None
+        try:
+            for frame in container.decode(stream):
+                index = count if frame.pts is None else int(round((frame.pts * tb - info.start) * info.fps))
+                if index - last > near + 1 and index < info.num_frames:
+                    raise VideoError(path, f"no frame between t={(last + 1) / info.fps:.2f} s and t={index / info.fps:.2f} s: "
+                                           "damaged data, or a variable-frame-rate recording that paused")
+                last, count = max(last, index), count + 1
+        except av.error.FFmpegError as err:
+            error = err
+    said = f"; the decoder said: {one_line(error)}" if error else ""
+    if count == 0:
+        raise VideoError(path, f"no frame could be decoded (corrupt or truncated stream){said}")
+    if error is not None:
+        raise VideoError(path, f"damaged or truncated: decoding fails after t={last / info.fps:.2f} s ({count} of "
+                               f"{info.num_frames} frames decoded){said}")
+    if info.num_frames - 1 - last > near:
+        raise VideoError(path, f"truncated: no decodable frame after t={last / info.fps:.2f} s, though the container says "
+                               f"{info.duration:.2f} s ({count} of {info.num_frames} frames decoded)")
+    return info
 
 
 def decode_all(path: PathLike, short_side: Optional[int] = None) -> torch.Tensor:

@@ -3,7 +3,11 @@
 A checkpoint is a folder with ``model.safetensors`` (every weight of the model), ``config.yaml``
 (the experiment that built it) and, for resuming, ``state.pt`` (optimiser, scheduler, loss scaler,
 loop position, the RNG states of every process). It is written whole into a temporary folder and
-swapped in (``mugstan.files.atomic_folder``).
+swapped in (``mugstan.files.atomic_folder``); a write interrupted between its renames is finished
+on the next save or ``--resume`` (``recover_folder``, on the main process), and readers use the
+latest complete folder.
+Damaged files are ``CorruptFileError``s naming the file; ``state.pt`` is read with
+``torch.load(weights_only=True)`` (plain tensors and numbers, no pickled objects).
 
 - ``save_checkpoint``: write one.
 - ``load_model``: rebuild the model a checkpoint folder (or a ``mugstan convert --format
@@ -25,7 +29,8 @@ import torch
 
 from mugstan.config import ExperimentConfig, load_config, save_config
 from mugstan.engine.distributed import unwrap
-from mugstan.files import atomic_folder
+from mugstan.errors import CorruptFileError, MismatchError, MissingFileError, UserError, one_line
+from mugstan.files import atomic_folder, readable_folder, regular_file
 
 WEIGHTS, CONFIG, STATE = "model.safetensors", "config.yaml", "state.pt"
 
@@ -44,14 +49,31 @@ def save_checkpoint(path, model, cfg: ExperimentConfig, state: Optional[dict] = 
     return path
 
 
-def load_weights(model, path) -> None:
-    """Load ``path/model.safetensors`` into ``model`` (built from the same config); every tensor must fit."""
+def read_safetensors(file, rebuild: str) -> dict:
+    """The tensors of a .safetensors file; a missing, empty, truncated or corrupt file is a one-line
+    error naming it and ``rebuild`` (how to get a good one)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    file = Path(path) / WEIGHTS
-    missing, unexpected = unwrap(model).load_state_dict(load_file(str(file)), strict=False)
+    file = regular_file(file, "weights")
+    if file.stat().st_size == 0:
+        raise CorruptFileError(f"{file}: empty file (0 bytes); {rebuild}")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CorruptFileError(f"{file}: not a readable safetensors file, corrupt or truncated ({one_line(err)}); {rebuild}") from None
+
+
+def load_weights(model, path) -> None:
+    """Load ``path/model.safetensors`` into ``model`` (built from the same config); every tensor must fit."""
+    file = readable_folder(path) / WEIGHTS
+    tensors = read_safetensors(file, "the checkpoint is damaged: train again, or use another checkpoint")
+    try:
+        missing, unexpected = unwrap(model).load_state_dict(tensors, strict=False)
+    except RuntimeError as err:  # shapes that do not fit
+        raise MismatchError(f"{file} does not fit the model built from its config.yaml ({one_line(err)[:300]})") from None
     if missing or unexpected:
-        raise RuntimeError(f"{file} does not fit the model built from its config.yaml: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise MismatchError(f"{file} does not fit the model built from its config.yaml: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 def read_weights(spec) -> dict:
@@ -99,22 +121,47 @@ def init_from(model, spec) -> dict:
 
 def load_training_state(path, model, optimizer, scheduler, scaler=None, rank: int = 0) -> dict:
     """Restore weights, optimiser, scheduler, scaler and this process's RNG from ``path`` (a
-    ``checkpoints/last`` folder). Returns the loop position: {"step", "epoch", "step_in_epoch", "best"}."""
+    ``checkpoints/last`` folder). Returns the loop position: {"step", "epoch", "step_in_epoch", "best",
+    "skipped" (this process's count of skipped videos)}. A save interrupted between its renames must
+    have been recovered first (``mugstan.files.recover_folder``; ``train`` does it on the main process)."""
     path = Path(path)
     if not (path / STATE).is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {path / STATE}")
-    state = torch.load(path / STATE, map_location="cpu", weights_only=False)  # written by this loop, not a download
+        raise MissingFileError(f"--resume: no checkpoint at {path / STATE}; train without --resume to start the run")
+    rebuild = "resume from another copy, or train again without --resume (this run's checkpoint cannot be read)"
+    try:  # tensors, numbers and numpy arrays only: nothing in the file runs
+        with torch.serialization.safe_globals(_numpy_arrays()):
+            state = torch.load(path / STATE, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds for a damaged file (and advice to unpickle, not given here)
+        raise CorruptFileError(f"{path / STATE}: corrupt or not a mugstan training state ({type(err).__name__}); {rebuild}") from None
+    if not isinstance(state, dict) or not {"optimizer", "scheduler", "rng"} <= set(state):
+        raise CorruptFileError(f"{path / STATE}: not a mugstan training state (no optimizer/scheduler/rng); {rebuild}")
     load_weights(model, path)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (ValueError, KeyError) as err:
+        raise MismatchError(f"{path / STATE}: the optimiser state does not fit this config ({one_line(err)}); resume with the "
+                            "config the run was started with (its output_dir/config.yaml)") from None
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
-    return {k: state.get(k) for k in ("step", "epoch", "step_in_epoch", "best")}
+    skipped = state.get("skipped") or 0  # per process
+    position = {k: state.get(k) for k in ("step", "epoch", "step_in_epoch", "best")}
+    return {**position, "skipped": skipped[rank] if isinstance(skipped, list) else skipped}
+
+
+def _numpy_arrays() -> list:
+    """What ``torch.load(weights_only=True)`` needs to rebuild plain numpy arrays: the numpy RNG
+    state in checkpoints written before it was stored as a tensor (arrays of numbers, never objects)."""
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG's state as tensors, numbers and tuples (what ``torch.load(weights_only=True)`` reads)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -122,7 +169,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -142,8 +190,12 @@ def load_model(path, device="cpu", overrides=()):
         from mugstan.released import load_converted
 
         return load_converted(path, overrides).to(device).eval(), None
+    path = readable_folder(path)
+    if not path.exists():
+        raise MissingFileError(f"checkpoint {path} does not exist; name a checkpoint folder (runs/NAME/checkpoints/best) "
+                               "or a `mugstan convert` .safetensors file")
     if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
-        raise FileNotFoundError(f"{path}: not a mugstan checkpoint (expected {WEIGHTS} and {CONFIG} in it)")
+        raise UserError(f"{path}: not a mugstan checkpoint (expected {WEIGHTS} and {CONFIG} in it, or a .safetensors file)")
     cfg = load_config(path / CONFIG, overrides, check_files=False)
     cfg.model.pretrained, cfg.model.weights = None, None  # the checkpoint holds every weight
     model = build_model(cfg.model)

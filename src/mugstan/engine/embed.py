@@ -17,11 +17,13 @@ import numpy as np
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="experiment YAML (its data section says which videos / captions)")
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--what", choices=["videos", "texts"], default="videos")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
-    parser.add_argument("--out", required=True, help="output .npz file")
-    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint folder, a `mugstan convert` .safetensors, or hf-hub:org/name")
+    parser.add_argument("--what", choices=["videos", "texts"], default="videos",
+                        help="embed the split's videos or its captions (default: videos)")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"],
+                        help="which annotation file of the config: data.train_ann, val_ann or test_ann (default: test)")
+    parser.add_argument("--out", required=True, help="output .npz file (its folder must exist)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.root=/videos")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -30,6 +32,7 @@ def main(args: argparse.Namespace) -> int:
     from mugstan.engine.checkpoint import load_model
     from mugstan.engine.distributed import setup
     from mugstan.engine.evaluate import stack_clips, embed_clips, embed_texts
+    from mugstan.errors import UserError
 
     cfg = load_config(args.config, args.overrides)
     dist = setup()
@@ -43,7 +46,8 @@ def main(args: argparse.Namespace) -> int:
         items = [ann.clips[i].path for i in kept]
     else:
         if not ann.captions:
-            raise SystemExit(f"error: the {args.split} split has no captions")
+            raise UserError(f"--what texts: the {args.split} split ({ann.source}) has no captions (a recognition "
+                            "annotation file?); embed its videos with --what videos")
         emb = embed_texts(model, ann.captions, dist.device)
         items = list(ann.captions)
     if dist.main:

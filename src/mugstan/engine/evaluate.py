@@ -179,7 +179,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         "model.* overrides apply to it (model.head=mug scores a converted Mug-STAN checkpoint with Mug). "
                         "Without it the model is built from the config's model section: zero-shot evaluation of "
                         "pretrained weights (e.g. model.pretrained=openai), no training needed")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"],
+                        help="which annotation file of the config: data.train_ann, val_ann or test_ann (default: test)")
     parser.add_argument("--json", help="also write the result to this JSON file")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.dsl=true model.head=mug")
 

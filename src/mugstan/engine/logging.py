@@ -6,13 +6,18 @@ import json
 import time
 from pathlib import Path
 
+from mugstan.files import atomic_file
+
 
 class MetricsLogger:
     """Scalars to ``metrics.jsonl`` and TensorBoard (``tb/``); events (validation results,
     skipped videos) to ``metrics.jsonl``; ``plot()`` draws loss and validation curves to curves.png.
     Does nothing on processes other than the main one."""
 
-    def __init__(self, out_dir, enabled: bool = True, resume: bool = False):
+    def __init__(self, out_dir, enabled: bool = True, resume: bool = False, resume_step: int = 0):
+        """resume: keep the records up to ``resume_step`` (the checkpoint's step) and drop those
+        after it, which the resumed run logs again (a line cut short by a crash is dropped too);
+        TensorBoard drops its events after that step likewise. Otherwise start afresh."""
         self.enabled = enabled
         self.out = Path(out_dir)
         self.writer = None
@@ -22,9 +27,14 @@ class MetricsLogger:
         self.path = self.out / "metrics.jsonl"
         if not resume and self.path.exists():
             self.path.unlink()
+        if resume and self.path.exists():
+            kept = [line for line in map(_record, self.path.read_text().splitlines())
+                    if line is not None and line.get("step", 0) <= resume_step]
+            with atomic_file(self.path) as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(self.out / "tb"))
+        self.writer = SummaryWriter(str(self.out / "tb"), purge_step=resume_step + 1 if resume else None)
 
     def _write(self, record: dict) -> None:
         with self.path.open("a") as f:
@@ -51,6 +61,15 @@ class MetricsLogger:
             self.writer.close()
 
 
+def _record(line: str):
+    """One metrics.jsonl line as a dict; None for a blank or broken line (a write cut short)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def plot_curves(metrics_path, png_path) -> None:
     """Training loss (left) and every validation metric (right) against the step."""
     import matplotlib
@@ -58,7 +77,7 @@ def plot_curves(metrics_path, png_path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    records = [r for r in map(_record, Path(metrics_path).read_text().splitlines()) if r is not None]
     loss = [(r["step"], r["train/loss"]) for r in records if "train/loss" in r]
     val = {}
     for r in records:

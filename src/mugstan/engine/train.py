@@ -46,6 +46,7 @@ from mugstan.engine.gradcache import average_gradients, broadcast_parameters, gr
 from mugstan.engine.logging import MetricsLogger
 from mugstan.engine.optim import build_optimizer, build_scheduler
 from mugstan.engine.precision import autocast_for, resolve_precision
+from mugstan.files import recover_folder
 from mugstan.losses import build_loss
 from mugstan.models import build_model, model_inputs
 
@@ -160,12 +161,13 @@ def optimizer_step(run: Run) -> float:
 
 
 def save_last(run: Run, position: dict) -> None:
-    """checkpoints/last with the loop position and every process's RNG state."""
+    """checkpoints/last with the loop position and every process's RNG state and skipped-video count."""
     rngs = all_gather_objects(ckpt.rng_state())
+    skipped = all_gather_objects(position["skipped"])
     if run.dist.main:
         ckpt.save_checkpoint(run.out / "checkpoints" / "last", run.model, run.cfg, {
             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-            "scaler": run.scaler.state_dict() if run.scaler else None, "rng": rngs, **position,
+            "scaler": run.scaler.state_dict() if run.scaler else None, "rng": rngs, **position, "skipped": skipped,
         })
     barrier()
 
@@ -203,10 +205,14 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     validate_config(cfg, check_files=False)  # configs built in Python, not only load_config's
     run = setup_run(cfg)
     t, dist, sampler = cfg.train, run.dist, run.sampler
-    pos = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best": None}
-    if resume:
+    pos = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best": None, "skipped": 0}
+    if resume:  # the loop position, and this process's count of skipped videos
+        if dist.main:  # a save interrupted between its renames: finish or undo it, once
+            recover_folder(run.out / "checkpoints" / "last")
+        barrier()
         pos = ckpt.load_training_state(run.out / "checkpoints" / "last", run.model, run.optimizer, run.scheduler, run.scaler, dist.rank)
-    logger = MetricsLogger(run.out, enabled=dist.main, resume=resume)
+    # resuming drops what was logged after the checkpoint: those steps run again
+    logger = MetricsLogger(run.out, enabled=dist.main, resume=resume, resume_step=pos["step"])
     if dist.main:
         run.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.out / "config.yaml")
@@ -215,7 +221,6 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
               f"({run.total_steps} steps), global batch {t.batch_size} on {dist.world} process(es), {n_train / 1e6:.1f} M trainable "
               f"parameters, {run.precision} on {dist.device.type}")
 
-    skipped = 0
     while pos["step"] < run.total_steps and pos["epoch"] < t.epochs:
         epoch = pos["epoch"]
         run.dataset.set_epoch(epoch)
@@ -229,8 +234,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         tick, clips, losses = time.time(), 0, []
         for micro, batch in enumerate(loader):
             for index, error in batch["failed"]:
-                skipped += 1
-                logger.event("skipped_video", step=pos["step"], index=index, error=error)
+                pos["skipped"] += 1
+                logger.event("skipped_video", step=pos["step"] + 1, index=index, error=error)  # the step this batch is part of
             last_micro = (micro + 1) % t.accum_steps == 0
             losses.append(backward_micro_batch(run, batch, last_micro))
             clips += batch["frames"].shape[0]
@@ -245,7 +250,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
                 rate = clips * dist.world / max(time.time() - tick, 1e-9)
                 logger.scalars(pos["step"], {"train/loss": loss, "train/lr": run.scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
                                              "train/clips_per_s": rate, "train/logit_scale": run.model.logit_scale().item(),
-                                             "train/skipped_videos": skipped})
+                                             "train/skipped_videos": pos["skipped"]})
                 bar.set_postfix(loss=f"{loss:.4f}", clips_s=f"{rate:.1f}")
                 tick, clips = time.time(), 0
             if t.save_every and pos["step"] % t.save_every == 0 and pos["step_in_epoch"] < sampler.steps_per_epoch:
@@ -263,7 +268,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     if pos["best"] is None:  # no validation split: the final model is the one to keep
         save_best(run)
         pos["best"] = {"metric": None, "step": pos["step"], "epoch": pos["epoch"], "selected_on": "last"}
-    results = {"name": cfg.name, "steps": pos["step"], "best": pos["best"], "skipped_videos": skipped}
+    results = {"name": cfg.name, "steps": pos["step"], "best": pos["best"], "skipped_videos": pos["skipped"]}
     if cfg.eval.select_on == SelectOn.test:  # say it wherever the numbers go
         results["selection"] = ("best checkpoint chosen on the TEST split (eval.select_on=test, the authors' protocol): "
                                 "the test figures below are optimistic; eval.select_on=val chooses on data.val_ann")

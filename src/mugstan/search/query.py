@@ -35,6 +35,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from mugstan.errors import ArgumentError, MismatchError, UserError
 from mugstan.search.index import IndexFolder, model_identity
 
 BACKENDS = ("auto", "exact", "faiss", "faiss-ivf")
@@ -119,13 +120,13 @@ class Searcher:
         from mugstan.engine.checkpoint import load_model
 
         if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+            raise ArgumentError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if backend.startswith("faiss") and not have_faiss():
-            raise RuntimeError(f"--backend {backend}: faiss is not installed; pip install 'mugstan[search]' (faiss-cpu), or use --backend exact")
+            raise UserError(f"--backend {backend}: faiss is not installed; pip install 'mugstan[search]' (faiss-cpu), or use --backend exact")
         self.meta, self.items, self.emb, self.mask = IndexFolder(index_dir).load()
         checkpoint = checkpoint or self.meta["model"]["checkpoint"]
         if model_identity(checkpoint)["sha256"] != self.meta["model"]["sha256"]:
-            raise ValueError(f"{checkpoint} is not the model that built {index_dir} ({self.meta['model']['checkpoint']}, "
+            raise MismatchError(f"{checkpoint} is not the model that built {index_dir} ({self.meta['model']['checkpoint']}, "
                              f"sha256 {self.meta['model']['sha256'][:12]}): its embeddings would not be comparable; "
                              "pass that checkpoint with --checkpoint, or index again with this one")
         self.model, self.cfg = load_model(checkpoint, device)  # cfg: how clips are read (captions); None for a converted file
@@ -147,9 +148,9 @@ class Searcher:
     def search(self, query: str, k: int = 10) -> list[dict]:
         """[{"rank", "path", "start", "end", "score"}], best first, at most k."""
         if not query.strip():
-            raise ValueError("the query is empty: describe what the video shows")
+            raise ArgumentError("the query is empty: describe what the video shows")
         if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+            raise ArgumentError(f"k must be at least 1, got {k}")
         ids, mask = self.model.tokenize([query])
         text = self.model.encode_text(ids.to(self.device), mask.to(self.device))
         if self.backend == "mug":
@@ -178,17 +179,14 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                              "faiss-ivf: approximate, faster for large indexes")
     parser.add_argument("--nprobe", type=int, default=None, help="faiss-ivf: lists searched per query (default 1/8 of them)")
     parser.add_argument("--checkpoint", default=None, help="the model (default: the one recorded in the index)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="where the text encoder runs: cpu, cuda, cuda:1, ... (default cpu)")
 
 
 def open_searcher(args: argparse.Namespace) -> Searcher:
-    """A Searcher from the command line, with errors as messages."""
+    """A Searcher from the command line (errors are ``UserError``s: one line, exit 2)."""
     if args.nprobe is not None and args.nprobe < 1:
-        raise SystemExit(f"error: --nprobe must be at least 1, got {args.nprobe}")
-    try:
-        return Searcher(args.index_dir, args.checkpoint, args.backend, args.device, args.nprobe)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        raise SystemExit(f"error: {err}") from None
+        raise ArgumentError(f"--nprobe must be at least 1, got {args.nprobe}")
+    return Searcher(args.index_dir, args.checkpoint, args.backend, args.device, args.nprobe)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -201,9 +199,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.k < 1:
-        raise SystemExit(f"error: -k must be at least 1, got {args.k}")
+        raise ArgumentError(f"-k must be at least 1, got {args.k}")
     if not args.query.strip():
-        raise SystemExit("error: the query is empty: describe what the video shows")
+        raise ArgumentError("the query is empty: describe what the video shows")
     searcher = open_searcher(args)
     results = searcher.search(args.query, args.k)
     if args.json:

@@ -101,16 +101,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("index_dir", help="an index folder written by `mugstan index`")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="TCP port, 1-65535 (default 8000)")
     add_backend_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
+    from mugstan.errors import ArgumentError, UserError
+
+    if not 1 <= args.port <= 65535:
+        raise ArgumentError(f"--port {args.port}: a TCP port is 1-65535 (default 8000)")
     try:
         import fastapi  # noqa: F401
         import uvicorn
     except ImportError:
-        raise SystemExit("error: `mugstan serve` needs fastapi and uvicorn: pip install 'mugstan[search]'") from None
+        raise UserError("`mugstan serve` needs fastapi and uvicorn: pip install 'mugstan[search]'") from None
 
     from mugstan.search.query import open_searcher
 

@@ -27,6 +27,7 @@ Never a black video with a real caption.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -37,6 +38,7 @@ from torch.utils.data import Dataset
 from mugstan.config import DataConfig, mix_data_config
 from mugstan.data.transforms import ClipTransform
 from mugstan.data.video import VideoError, read_clip
+from mugstan.errors import AnnotationError, one_line
 
 
 @dataclass
@@ -63,11 +65,11 @@ class Annotations:
 
     def __post_init__(self):
         if len(self.captions) != len(self.caption_clip):
-            raise ValueError(f"{self.source}: {len(self.captions)} captions but {len(self.caption_clip)} caption->clip links")
+            raise AnnotationError(f"{self.source}: {len(self.captions)} captions but {len(self.caption_clip)} caption->clip links")
         if self.labels is not None and len(self.labels) != len(self.clips):
-            raise ValueError(f"{self.source}: {len(self.labels)} labels for {len(self.clips)} clips")
+            raise AnnotationError(f"{self.source}: {len(self.labels)} labels for {len(self.clips)} clips")
         if not self.clips:
-            raise ValueError(f"{self.source}: no videos in this split")
+            raise AnnotationError(f"{self.source}: no videos in this split")
 
     @property
     def multi_caption(self) -> bool:
@@ -237,10 +239,23 @@ def load_annotations(cfg: DataConfig, split: str) -> Annotations:
     from mugstan.data.datasets.formats import FORMATS
 
     if cfg.dataset not in FORMATS:
-        raise ValueError(f"data.dataset={cfg.dataset!r} is not one of {', '.join(sorted(FORMATS))}")
+        raise AnnotationError(f"data.dataset={cfg.dataset!r} is not one of {', '.join(sorted(FORMATS))}")
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
-    return FORMATS[cfg.dataset](cfg, split)
+    try:
+        return FORMATS[cfg.dataset](cfg, split)
+    except UnicodeDecodeError as err:  # a binary file given as annotations
+        raise AnnotationError(f"{_annotation_file(cfg, split)}: not a text file (byte {err.start} is not UTF-8): "
+                              f"give the {cfg.dataset} annotation file of the {split} split (see docs/data.md)") from None
+    except (KeyError, TypeError, AttributeError, IndexError, csv.Error) as err:  # a file of another layout
+        raise AnnotationError(f"{_annotation_file(cfg, split)}: not the layout data.dataset={cfg.dataset} expects "
+                              f"({type(err).__name__}: {one_line(err)}); see docs/data.md for its files") from None
+
+
+def _annotation_file(cfg: DataConfig, split: str) -> str:
+    """The split's annotation file, and the extra files the format reads (for error messages)."""
+    files = [getattr(cfg, f"{split}_ann") or f"data.{split}_ann"] + list(cfg.extra.values())
+    return files[0] if len(files) == 1 else f"{files[0]} (or {', '.join(files[1:])})"
 
 
 def build_dataset(cfg: DataConfig, split: str, tokenizer=None, train: Optional[bool] = None,

@@ -19,6 +19,8 @@ from typing import Callable, Optional
 
 from mugstan.config import DataConfig
 from mugstan.data.datasets import Annotations, Clip
+from mugstan.errors import AnnotationError
+from mugstan.files import regular_file
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".3gp", ".wmv")
 
@@ -26,30 +28,24 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".m
 def _ann_file(cfg: DataConfig, split: str) -> Path:
     value = getattr(cfg, f"{split}_ann")
     if not value:
-        raise ValueError(f"data.{split}_ann is not set: give the {cfg.dataset} annotation file for the {split} split")
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"data.{split}_ann: {path} does not exist")
-    return path
+        raise AnnotationError(f"data.{split}_ann is not set: give the {cfg.dataset} annotation file for the {split} split")
+    return regular_file(value, f"data.{split}_ann")
 
 
 def _extra(cfg: DataConfig, key: str, required: bool = True) -> Optional[Path]:
     value = cfg.extra.get(key)
     if not value:
         if required:
-            raise ValueError(f"data.extra.{key} is not set: {cfg.dataset} needs it")
+            raise AnnotationError(f"data.extra.{key} is not set: {cfg.dataset} needs it")
         return None
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"data.extra.{key}: {path} does not exist")
-    return path
+    return regular_file(value, f"data.extra.{key}")
 
 
 def _load_json(path: Path):
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON ({err})") from None
+        raise AnnotationError(f"{path}: invalid JSON ({err})") from None
 
 
 class _Finder:
@@ -94,7 +90,7 @@ def msrvtt(cfg: DataConfig, split: str) -> Annotations:
         groups = OrderedDict((f"{r['video_id']}.mp4", [r["sentence"]]) for r in rows)
         return _retrieval(groups, finder, str(path))
     if not rows or "video_id" not in rows[0]:
-        raise ValueError(f"{path}: expected a CSV with a video_id column (MSRVTT_train.9k.csv) or key,vid_key,video_id,sentence")
+        raise AnnotationError(f"{path}: expected a CSV with a video_id column (MSRVTT_train.9k.csv) or key,vid_key,video_id,sentence")
     data = _load_json(_extra(cfg, "data_json"))
     wanted = OrderedDict((r["video_id"], []) for r in rows)
     for s in data["sentences"]:
@@ -131,7 +127,7 @@ def lsmdc(cfg: DataConfig, split: str) -> Annotations:
             continue
         parts = line.split("\t")
         if len(parts) < 6:
-            raise ValueError(f"{path}:{n}: expected 6 tab-separated fields (clip_id ... sentence), got {len(parts)}")
+            raise AnnotationError(f"{path}:{n}: expected 6 tab-separated fields (clip_id ... sentence), got {len(parts)}")
         groups.setdefault(parts[0], []).append(parts[5].strip())
     return _retrieval(groups, _Finder(cfg.video_root), str(path))
 
@@ -145,7 +141,7 @@ def msvd(cfg: DataConfig, split: str) -> Annotations:
     for vid in (line.strip() for line in path.read_text().splitlines()):
         if vid:
             if vid not in captions:
-                raise ValueError(f"{path}: clip {vid!r} has no captions in {cfg.extra['captions']}")
+                raise AnnotationError(f"{path}: clip {vid!r} has no captions in {cfg.extra['captions']}")
             groups[vid] = [" ".join(words) for words in captions[vid]]
     return _retrieval(groups, _Finder(cfg.video_root), str(path))
 
@@ -181,18 +177,18 @@ def _read_classes(path: Path) -> tuple[list[str], int]:
     """
     lines = [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
     if not lines:
-        raise ValueError(f"{path}: no class names")
+        raise AnnotationError(f"{path}: no class names")
     numbered = all(re.fullmatch(r"\d+\s+\S.*", line) for _, line in lines)
     names, first = [], int(lines[0][1].split()[0]) if numbered else 0
     for n, line in lines:
         if numbered:
             number, name = line.split(maxsplit=1)
             if int(number) != first + len(names):
-                raise ValueError(f"{path}:{n}: class number {number}, expected {first + len(names)}: "
+                raise AnnotationError(f"{path}:{n}: class number {number}, expected {first + len(names)}: "
                                  "numbers must run on by one (\"1 ApplyEyeMakeup\", \"2 ApplyLipstick\", ...)")
             line = name.strip()
         if line in names:
-            raise ValueError(f"{path}:{n}: class {line!r} is named twice")
+            raise AnnotationError(f"{path}:{n}: class {line!r} is named twice")
         names.append(line)
     return names, first
 
@@ -217,9 +213,9 @@ def video_list(cfg: DataConfig, split: str) -> Annotations:
         rel, _, label = line.strip().rpartition(" ")
         if not rel or not label.lstrip("-").isdigit():
             hint = " (UCF-101's testlist has no labels: use data.dataset=ucf101)" if not rel else ""
-            raise ValueError(f"{path}:{n}: expected 'relative/path.mp4 <integer label>', got {line!r}{hint}")
+            raise AnnotationError(f"{path}:{n}: expected 'relative/path.mp4 <integer label>', got {line!r}{hint}")
         if names is not None and not first <= int(label) < first + len(names):
-            raise ValueError(f"{path}:{n}: label {label} is not a class of {names_file} "
+            raise AnnotationError(f"{path}:{n}: label {label} is not a class of {names_file} "
                              f"(numbered {first}-{first + len(names) - 1})")
         clips.append(Clip(str(root / rel)))
         labels.append(int(label) - first)
@@ -246,18 +242,18 @@ def ucf101(cfg: DataConfig, split: str) -> Annotations:
             continue
         folder, slash, _ = parts[0].partition("/")
         if len(parts) > 2 or not slash:
-            raise ValueError(f"{path}:{n}: expected '<Class>/<video>.avi' (testlist) or '<Class>/<video>.avi <label>' "
+            raise AnnotationError(f"{path}:{n}: expected '<Class>/<video>.avi' (testlist) or '<Class>/<video>.avi <label>' "
                              f"(trainlist), got {line.strip()!r}")
         if folder not in index:
-            raise ValueError(f"{path}:{n}: class {folder!r} is not in {names_file}: give the classInd.txt of "
+            raise AnnotationError(f"{path}:{n}: class {folder!r} is not in {names_file}: give the classInd.txt of "
                              "the same ucfTrainTestlist as data.extra.class_names")
         if len(parts) == 2:
             label = parts[1]
             if not label.isdigit() or not first <= int(label) < first + len(names):
-                raise ValueError(f"{path}:{n}: label {label!r} is not a class number of {names_file} "
+                raise AnnotationError(f"{path}:{n}: label {label!r} is not a class number of {names_file} "
                                  f"({first}-{first + len(names) - 1})")
             if int(label) - first != index[folder]:
-                raise ValueError(f"{path}:{n}: label {label} is {names[int(label) - first]!r} in {names_file}, but the "
+                raise AnnotationError(f"{path}:{n}: label {label} is {names[int(label) - first]!r} in {names_file}, but the "
                                  f"video is in folder {folder!r} (number {index[folder] + first}): the list and "
                                  "classInd.txt do not belong together")
         clips.append(Clip(str(root / parts[0])))
@@ -279,7 +275,7 @@ def hmdb51(cfg: DataConfig, split: str) -> Annotations:
     path = _ann_file(cfg, split)
     match = re.fullmatch(r".+_test_split(\d+)\.txt", path.name)
     if not match:
-        raise ValueError(f"{path}: expected one of HMDB-51's split files, <class>_test_split<k>.txt "
+        raise AnnotationError(f"{path}: expected one of HMDB-51's split files, <class>_test_split<k>.txt "
                          "(testTrainMulti_7030_splits/brush_hair_test_split1.txt for split 1)")
     suffix = f"_test_split{match.group(1)}.txt"
     files = sorted(path.parent.glob(f"*{suffix}"))
@@ -287,7 +283,7 @@ def hmdb51(cfg: DataConfig, split: str) -> Annotations:
     every_split = {re.sub(r"_test_split\d+\.txt$", "", f.name) for f in path.parent.glob("*_test_split*.txt")}
     missing = sorted(every_split - set(names))
     if missing:
-        raise ValueError(f"{path.parent}: no {missing[0]}{suffix} although {missing[0]} has files for other splits "
+        raise AnnotationError(f"{path.parent}: no {missing[0]}{suffix} although {missing[0]} has files for other splits "
                          f"({len(missing)} classes lack split {match.group(1)}): extract the complete split archive")
     root = cfg.video_root
     clips, labels = [], []
@@ -297,7 +293,7 @@ def hmdb51(cfg: DataConfig, split: str) -> Annotations:
                 continue
             parts = line.rsplit(maxsplit=1)
             if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
-                raise ValueError(f"{file}:{n}: expected '<video>.avi <flag>' with flag 0 (unused), 1 (train) or "
+                raise AnnotationError(f"{file}:{n}: expected '<video>.avi <flag>' with flag 0 (unused), 1 (train) or "
                                  f"2 (test), got {line.strip()!r}")
             if parts[1] == HMDB_FLAGS[split]:
                 clips.append(Clip(str(root / name / parts[0])))
@@ -316,7 +312,7 @@ def kinetics_csv(cfg: DataConfig, split: str) -> Annotations:
     clips, labels = [], []
     for r in rows:
         if r["label"] not in index:
-            raise ValueError(f"{path}: label {r['label']!r} is not in the class names")
+            raise AnnotationError(f"{path}: label {r['label']!r} is not in the class names")
         stem = f"{r['youtube_id']}_{int(float(r['time_start'])):06d}_{int(float(r['time_end'])):06d}"
         clips.append(Clip(finder(stem)))
         labels.append(index[r["label"]])
@@ -333,7 +329,7 @@ def ssv2(cfg: DataConfig, split: str) -> Annotations:
     for entry in _load_json(path):
         template = entry["template"].replace("[", "").replace("]", "")
         if template not in label_map:
-            raise ValueError(f"{path}: template {entry['template']!r} of video {entry['id']} is not in labels.json")
+            raise AnnotationError(f"{path}: template {entry['template']!r} of video {entry['id']} is not in labels.json")
         clips.append(Clip(finder(f"{entry['id']}.webm")))
         labels.append(label_map[template])
     return Annotations(clips, labels=labels, class_names=names, source=str(path))
@@ -362,13 +358,13 @@ def _webvid_csv(path: Path) -> list[tuple[str, str]]:
         elif {"path", "caption"} <= columns:
             fields, official = ("path", "caption"), False
         else:
-            raise ValueError(f"{path}: expected WebVid's header videoid,contentUrl,duration,page_dir,name or the "
+            raise AnnotationError(f"{path}: expected WebVid's header videoid,contentUrl,duration,page_dir,name or the "
                              f"columns path,caption, got {','.join(reader.fieldnames or ())}")
         pairs = []
         for row in reader:
             empty = [k for k in fields if not (row.get(k) or "").strip()]
             if empty:
-                raise ValueError(f"{path}:{reader.line_num}: empty {', '.join(empty)}: fill it in or remove the row")
+                raise AnnotationError(f"{path}:{reader.line_num}: empty {', '.join(empty)}: fill it in or remove the row")
             if official:
                 pairs.append((f"{row['page_dir'].strip()}/{row['videoid'].strip()}.mp4", row["name"]))
             else:
@@ -386,7 +382,7 @@ def cc3m(cfg: DataConfig, split: str) -> Annotations:
             continue
         caption, sep, rel = line.rpartition("\t")
         if not sep:
-            raise ValueError(f"{path}:{n}: expected 'caption<TAB>path'")
+            raise AnnotationError(f"{path}:{n}: expected 'caption<TAB>path'")
         clips.append(Clip(str(root / rel.strip())))
         captions.append(caption)
     return Annotations(clips, captions, list(range(len(clips))), source=str(path))
@@ -407,9 +403,9 @@ def jsonl(cfg: DataConfig, split: str) -> Annotations:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{n}: invalid JSON ({err.msg})") from None
+            raise AnnotationError(f"{path}:{n}: invalid JSON ({err.msg})") from None
         if not isinstance(row, dict) or "video" not in row:
-            raise ValueError(f"{path}:{n}: each line needs a \"video\" field")
+            raise AnnotationError(f"{path}:{n}: each line needs a \"video\" field")
         rows.append(row)
     clips, captions, links, labels = [], [], [], []
     for j, row in enumerate(rows):
@@ -423,13 +419,13 @@ def jsonl(cfg: DataConfig, split: str) -> Annotations:
     has_labels = any(lab is not None for lab in labels)
     if has_labels:
         if any(lab is None for lab in labels):
-            raise ValueError(f"{path}: some lines have a label and some do not")
+            raise AnnotationError(f"{path}: some lines have a label and some do not")
         if any(isinstance(lab, str) for lab in labels):
             names = names or sorted({str(lab) for lab in labels})
             index = {n: i for i, n in enumerate(names)}
             missing = sorted({lab for lab in labels if lab not in index})
             if missing:
-                raise ValueError(f"{path}: labels {missing[:5]} are not in the class names")
+                raise AnnotationError(f"{path}: labels {missing[:5]} are not in the class names")
             labels = [index[lab] for lab in labels]
     return Annotations(clips, captions, links, labels if has_labels else None, names, str(path))
 
