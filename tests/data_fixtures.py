@@ -66,6 +66,25 @@ def write_dataset_fixtures(root: Path) -> dict:
     (root / "labels.json").write_text(json.dumps({"Holding something": "0", "Pushing something": "1"}))
     (root / "ssv2.json").write_text(json.dumps([{"id": str(100 + i), "template": ["Holding [something]", "Pushing [something]"][i % 2], "label": "x", "placeholders": []} for i in range(4)]))
     (root / "webvid.json").write_text(json.dumps({f"{v}.mp4": f"stock footage of {v}" for v in vids}))
+    (root / "vatex.json").write_text(json.dumps({v: {"enCap": [f"{v} caption {j}" for j in range(3)]} for v in vids}))
+    (root / "activitynet.json").write_text(json.dumps({f"v_{v}": {"duration": 1.0, "timestamps": [[0, 1]], "sentences": [f"{v} happens."]} for v in vids}))
+    ucf, ucf_classes = root / "UCF-101", ["ApplyEyeMakeup", "Archery"]
+    for i, name in enumerate(ucf_classes):
+        write_video(ucf / name / f"v_{name}_g01_c01.avi", frames=8, seed=i)
+        write_video(ucf / name / f"v_{name}_g08_c01.avi", frames=8, seed=i + 2)
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir(exist_ok=True)
+    (lists / "classInd.txt").write_text("".join(f"{i} {n}\r\n" for i, n in enumerate(ucf_classes, 1)))
+    (lists / "trainlist01.txt").write_text("".join(f"{n}/v_{n}_g08_c01.avi {i}\r\n" for i, n in enumerate(ucf_classes, 1)))
+    (lists / "testlist01.txt").write_text("".join(f"{n}/v_{n}_g01_c01.avi\r\n" for n in ucf_classes))
+    hmdb, splits_dir = root / "hmdb51", root / "testTrainMulti_7030_splits"
+    splits_dir.mkdir(exist_ok=True)
+    for i, name in enumerate(["brush_hair", "cartwheel"]):
+        for j in range(2):
+            write_video(hmdb / name / f"{name}_{j}.avi", frames=8, seed=i * 2 + j)
+        (splits_dir / f"{name}_test_split1.txt").write_text(f"{name}_0.avi 1 \n{name}_1.avi 2 \n")
+    (root / "images").mkdir(exist_ok=True)
+    (root / "cc3m.tsv").write_text("".join(f"a still of {v}\t{v}.mp4\n" for v in vids))
     splits = lambda ann: {"train_ann": str(root / ann), "val_ann": str(root / ann), "test_ann": str(root / ann)}
     return {
         "msrvtt": {"train_ann": str(root / "train.csv"), "val_ann": str(root / "test.csv"), "test_ann": str(root / "test.csv"), "extra": {"data_json": str(root / "data.json")}},
@@ -75,6 +94,12 @@ def write_dataset_fixtures(root: Path) -> dict:
         "video_list": {**splits("k400.txt"), "extra": {"class_names": str(root / "classes.txt")}},
         "ssv2": {**splits("ssv2.json"), "extra": {"labels": str(root / "labels.json")}},
         "webvid": {"train_ann": str(root / "webvid.json")},
+        "vatex": {**splits("list.txt"), "extra": {"data_json": str(root / "vatex.json")}},
+        "activitynet": splits("activitynet.json"),
+        "ucf101": {"videos": "UCF-101", "train_ann": str(lists / "trainlist01.txt"), "test_ann": str(lists / "testlist01.txt"),
+                   "extra": {"class_names": str(lists / "classInd.txt")}},
+        "hmdb51": {"videos": "hmdb51", **splits("testTrainMulti_7030_splits/brush_hair_test_split1.txt")},
+        "cc3m": {"root": str(root), "videos": "", "train_ann": str(root / "cc3m.tsv"), "extra": {}},
     }
 
 

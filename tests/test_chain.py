@@ -12,7 +12,7 @@ from data_fixtures import write_config
 from PIL import Image
 
 from mugstan.cli import main as cli
-from mugstan.config import load_config
+from mugstan.config import load_config, mix_data_config
 from mugstan.data.datasets import build_train_dataset
 from mugstan.data.synthetic import SynthParams, generate
 from mugstan.engine.checkpoint import init_from, load_model
@@ -41,7 +41,7 @@ def test_post_pretraining_on_a_mix_then_fine_tuning_from_it(tmp_path, data, caps
     synth = data / "synth"
     pre = load_config(write_config(tmp_path / "pre.yaml", synth, tmp_path / "pre"),
                       [("data.mix", [{"dataset": "cc3m", "root": str(data / "cc3m"), "train_ann": "train.tsv"}]), "model.head=mug"])
-    assert pre.data.mix[0].train_ann == str(data / "cc3m" / "train.tsv")  # relative to the source's own root
+    assert mix_data_config(pre.data, pre.data.mix[0]).train_ann == str(data / "cc3m" / "train.tsv")  # inside the source's own root
     mixed = build_train_dataset(pre.data, build_model(pre.model).tokenizer)
     n_video = len(mixed.parts[0])  # caption items of the video-text set
     assert len(mixed) == n_video + 8

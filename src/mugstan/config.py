@@ -83,6 +83,36 @@ class Precision(Choice):
 class SamplerKind(Choice):
     segment = "segment"
     dense = "dense"
+    # CLIP4Clip / CLIP2Video: one frame every 1 / data.sample_fps seconds, at most num_frames of
+    # them chosen uniformly (np.linspace) when there are more; fewer are padded and masked.
+    fps = "fps"
+
+
+class Schedule(Choice):
+    """Learning-rate schedule, per optimiser step (``mugstan.engine.optim``)."""
+
+    warmup_cosine = "warmup_cosine"  # linear warmup over train.warmup, then cosine to 0 at the end
+    # CLIP4Clip's BertAdam 'warmup_cosine': x = step / total; x / warmup while x < warmup, then
+    # 0.5 * (1 + cos(pi * x)) (the cosine runs over the whole run, not from the end of warmup)
+    bert_warmup_cosine = "bert_warmup_cosine"
+    # mmengine (STAN / Mug-STAN): LinearLR from train.start_factor to 1 over epochs
+    # [0, train.warmup_epochs), then CosineAnnealingLR(T_max = train.cosine_t_max epochs) from
+    # train.cosine_begin (default: the warmup end) to train.cosine_end (default: the end of the run)
+    linear_then_cosine = "linear_then_cosine"
+
+
+class OptimizerKind(Choice):
+    adamw = "adamw"  # torch.optim.AdamW (STAN / Mug-STAN's optimiser)
+    # CLIP4Clip / CLIP2Video's BertAdam: Adam without bias correction, weight decay added to the
+    # update, each parameter's gradient also clipped to train.grad_clip (mugstan.engine.optim.BertAdam)
+    bertadam = "bertadam"
+
+
+class SelectOn(Choice):
+    """Which split picks checkpoints/best during training."""
+
+    val = "val"  # data.val_ann (mugstan's protocol; no validation split -> the last model)
+    test = "test"  # data.test_ann, as the STAN / CLIP4Clip authors did (labelled in results.json)
 
 
 class V2T(Choice):
@@ -141,8 +171,12 @@ class ModelConfig:
     class_names: list[str] = field(default_factory=list)
     prompt_templates: list[str] = field(default_factory=lambda: ["a video of {}."])
     context_length: int = 32  # text tokens L, EOT always kept
+    # Reproduce the STAN authors' CLIPTokenize(length=L): SOT + BPE + EOT cut to L afterwards, so
+    # long captions lose their EOT (pooling then takes the largest id). Default: EOT always kept.
+    eot_compat: bool = False
     grad_checkpointing: bool = False
     freeze_backbone: bool = False
+    freeze_text: bool = False  # keep the text tower as loaded (only the video side trains)
 
 
 @dataclass
@@ -179,8 +213,12 @@ class DataConfig:
     test_num_frames: Optional[int] = None  # defaults to num_frames
     sampler: SamplerKind = SamplerKind.segment
     dense_stride: int = 4
+    sample_fps: float = 1.0  # sampler fps: frames per second of video (num_frames is the cap)
     image_size: int = 224
     resize_short: Optional[int] = None  # defaults to image_size
+    # Testing resizes the short side to this before the centre crop (defaults to resize_short):
+    # STAN trains from short side 256 and tests from 224 (DiDeMo: 256).
+    test_resize_short: Optional[int] = None
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # random resized crop; [1, 1] disables
     hflip: bool = False  # off by default: flipping swaps left/right motion
     test_clips: int = 1  # recognition multi-view testing: clips x crops
@@ -214,9 +252,20 @@ class TrainConfig:
     lr: float = 1e-7  # CLIP (backbone) learning rate
     new_module_lr_mult: float = 10.0  # temporal modules and heads
     weight_decay: float = 0.2
+    optimizer: OptimizerKind = OptimizerKind.adamw  # adamw | bertadam (CLIP4Clip, CLIP2Video)
+    # Parameter kinds without weight decay (any of norm, bias, embedding, logit_scale; see
+    # mugstan.engine.optim.parameter_kind). STAN authors: [norm, bias]; CLIP4Clip: [bias].
+    no_decay: list[str] = field(default_factory=lambda: ["norm", "bias", "embedding", "logit_scale"])
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     warmup: float = 0.1  # fraction of the total steps (<1) or a number of steps (>=1)
+    schedule: Schedule = Schedule.warmup_cosine  # see Schedule
+    # linear_then_cosine (mmengine's LinearLR + CosineAnnealingLR, converted to steps), in epochs:
+    start_factor: float = 0.05  # LinearLR start factor (lr x start_factor at step 0)
+    warmup_epochs: float = 1.0  # LinearLR end: the factor reaches 1 here
+    cosine_begin: Optional[float] = None  # CosineAnnealingLR begin (None: warmup_epochs); factor 1 in between
+    cosine_t_max: float = 4.5  # CosineAnnealingLR T_max (the cosine is periodic past it, as mmengine's)
+    cosine_end: Optional[float] = None  # CosineAnnealingLR end (None: the end of the run); the factor holds after it
     grad_clip: Optional[float] = 5.0
     # "auto" | "fp32" | "bf16" | "fp16" (autocast, fp32 master weights). auto: bf16 where the
     # device computes it natively (recent GPUs, CPUs with AVX512-BF16 / AMX), else fp16 on GPUs
@@ -243,6 +292,9 @@ class EvalConfig:
     dsl: bool = False  # dual-softmax re-ranking, labelled in the output
     v2t: V2T = V2T.lenient  # multi-caption video-to-text convention
     sim_chunk: int = 256  # texts x videos chunk for Mug similarity
+    # Split that picks checkpoints/best while training: "val" (default, data.val_ann) or "test"
+    # (the authors' protocol for STAN, Mug-STAN and CLIP4Clip; results.json says so).
+    select_on: SelectOn = SelectOn.val
 
 
 @dataclass
@@ -283,14 +335,11 @@ def load_config(path, overrides: Union[Sequence[str], Mapping[str, Any]] = (), c
 
 
 def resolve_data_paths(d: DataConfig) -> None:
-    """Relative ``data.*_ann`` and ``data.extra`` paths become paths inside ``data.root`` (those of
-    a ``data.mix`` source inside its own root)."""
+    """Relative ``data.*_ann`` and ``data.extra`` paths become paths inside ``data.root`` (a
+    ``data.mix`` source's are inside its own root: ``mix_data_config``)."""
     for split in ("train", "val", "test"):
         setattr(d, f"{split}_ann", d.resolve(getattr(d, f"{split}_ann")))
     d.extra = {key: d.resolve(value) for key, value in d.extra.items()}
-    for source in d.mix:
-        own = mix_data_config(d, source)
-        source.train_ann, source.extra = own.train_ann, own.extra
 
 
 def mix_data_config(d: DataConfig, source: MixSource) -> DataConfig:
@@ -397,6 +446,7 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
     if t.batch_size % t.accum_steps:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.accum_steps={t.accum_steps}")
     validate_gradcache(cfg)
+    validate_recipe_keys(cfg)
     if not check_files:
         return
     if cfg.model.weights and not is_spec(cfg.model.weights) and not Path(cfg.model.weights).expanduser().exists():
@@ -409,10 +459,36 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
         if not Path(value).expanduser().exists():
             raise ConfigError(f"data.extra.{key}: {value} does not exist")
     for n, source in enumerate(cfg.data.mix if "train" in splits else []):
-        if not source.train_ann or not Path(source.train_ann).expanduser().is_file():
-            raise ConfigError(f"data.mix[{n}].train_ann: {source.train_ann} does not exist (each mixed source needs its annotation file)")
+        ann = mix_data_config(cfg.data, source).train_ann
+        if not ann or not Path(ann).expanduser().is_file():
+            raise ConfigError(f"data.mix[{n}].train_ann: {ann} does not exist (each mixed source needs its annotation file)")
     if cfg.data.root and not Path(cfg.data.root).expanduser().is_dir():
         raise ConfigError(f"data.root: {cfg.data.root} is not a folder")
+
+
+def validate_recipe_keys(cfg: ExperimentConfig) -> None:
+    """data.sample_fps, data.test_resize_short, the linear_then_cosine schedule and eval.select_on."""
+    t, d = cfg.train, cfg.data
+    if d.sample_fps <= 0:
+        raise ConfigError(f"data.sample_fps={d.sample_fps} must be positive (frames per second of video)")
+    for name in ("resize_short", "test_resize_short"):
+        value = getattr(d, name)
+        if value is not None and value < d.image_size:
+            raise ConfigError(f"data.{name}={value} is below data.image_size={d.image_size}: the crop would not fit")
+    if t.schedule == Schedule.linear_then_cosine:
+        if not 0.0 < t.start_factor <= 1.0:
+            raise ConfigError(f"train.start_factor={t.start_factor} must be in (0, 1]")
+        if t.warmup_epochs < 0 or t.cosine_t_max <= 0:
+            raise ConfigError(f"train.warmup_epochs={t.warmup_epochs} must be >= 0 and train.cosine_t_max={t.cosine_t_max} > 0")
+        begin = t.warmup_epochs if t.cosine_begin is None else t.cosine_begin
+        if begin < t.warmup_epochs or (t.cosine_end is not None and t.cosine_end < begin):
+            raise ConfigError(f"the schedule needs train.warmup_epochs <= train.cosine_begin <= train.cosine_end, got "
+                              f"{t.warmup_epochs}, {t.cosine_begin}, {t.cosine_end}")
+    unknown = sorted(set(t.no_decay) - {"norm", "bias", "embedding", "logit_scale"})
+    if unknown:
+        raise ConfigError(f"train.no_decay: {', '.join(unknown)} not among norm, bias, embedding, logit_scale")
+    if cfg.eval.select_on == SelectOn.test and not d.test_ann:
+        raise ConfigError("eval.select_on=test picks the best checkpoint on data.test_ann, which is not set")
 
 
 def validate_gradcache(cfg: ExperimentConfig) -> None:

@@ -25,6 +25,9 @@ def atomic_file(dest: Union[str, Path]) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; the result is an ordinary file
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):

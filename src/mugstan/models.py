@@ -26,6 +26,7 @@ from mugstan.backbones.clip import CLIPBackbone, Tokenizer, build_clip
 from mugstan.branches.frames import FrameFeatures, NoBranch
 from mugstan.branches.stan import STAN
 from mugstan.config import Branch, Classifier, Head, ModelConfig, Task
+from mugstan.data.transforms import normalize
 from mugstan.engine.distributed import unwrap
 from mugstan.heads.base import Embeddings, LogitScale
 from mugstan.heads.base import Head as HeadModule
@@ -177,21 +178,26 @@ def build_model(cfg: ModelConfig, class_names: Sequence[str] = ()) -> Union[Vide
     logit_scale = LogitScale(backbone.clip.logit_scale, cfg.temperature)
     backbone.clip.logit_scale.requires_grad_(False)  # superseded by the model's logit_scale
     model: nn.Module = VideoTextModel(backbone, branch, head, logit_scale, cfg.context_length)
+    if cfg.eot_compat:  # the STAN authors' CLIPTokenize: long captions lose their EOT
+        model.tokenizer = Tokenizer(cfg.context_length, keep_eot=False)
     if cfg.task == Task.recognition:
-        for name, p in backbone.clip.named_parameters():  # the text tower only initialises the classifier
-            if not name.startswith("visual."):
-                p.requires_grad_(False)
+        backbone.freeze_text()  # the text tower only initialises the classifier
         model = VideoClassifier(model, build_classifier(cfg, model, class_names))
     if cfg.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
         branch.grad_checkpointing = True
     if cfg.freeze_backbone:
         backbone.requires_grad_(False)
+    if cfg.freeze_text:
+        backbone.freeze_text()
     model.train()
     return model
 
 
 def model_inputs(model: nn.Module, batch: dict, device: torch.device, rows: slice = slice(None)) -> dict:
-    """The entries of a collated batch that ``model`` (DDP-wrapped or not) takes, rows ``rows``, on ``device``."""
-    names = unwrap(model).input_names
-    return {name: batch[name][rows].to(device, non_blocking=True) for name in names}
+    """The entries of a collated batch that ``model`` (DDP-wrapped or not) takes, rows ``rows``, on
+    ``device``; uint8 frames (a loader built with ``uint8=True``) are CLIP-normalised there."""
+    inputs = {name: batch[name][rows].to(device, non_blocking=True) for name in unwrap(model).input_names}
+    if inputs["frames"].dtype == torch.uint8:
+        inputs["frames"] = normalize(inputs["frames"])
+    return inputs

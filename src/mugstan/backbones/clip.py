@@ -46,18 +46,21 @@ class Tokenizer:
     EOT is appended (the reference bug that slices after appending is not reproduced).
     """
 
-    def __init__(self, context_length: int = 77):
+    def __init__(self, context_length: int = 77, keep_eot: bool = True):
         from open_clip.tokenizer import SimpleTokenizer
 
         if context_length < 3:
             raise ValueError(f"context_length must be at least 3 (SOT, one token, EOT), got {context_length}")
         self.context_length = context_length
+        self.keep_eot = keep_eot  # False: the STAN authors' CLIPTokenize (cut after EOT; model.eot_compat)
         self._bpe = SimpleTokenizer()
 
     def encode(self, text: str) -> list[int]:
         """BPE ids of one text, with SOT and EOT, truncated to ``context_length``."""
         if not isinstance(text, str):
             raise TypeError(f"caption must be a string, got {type(text).__name__}: {text!r}")
+        if not self.keep_eot:  # reference behaviour: append EOT, then cut (long captions lose it)
+            return [SOT_TOKEN, *self._bpe.encode(text), EOT_TOKEN][: self.context_length]
         body = self._bpe.encode(text)[: self.context_length - 2]
         return [SOT_TOKEN, *body, EOT_TOKEN]
 
@@ -191,6 +194,12 @@ class CLIPBackbone(nn.Module):
         """Parameters that only the pooled text embedding reads, not the per-token features: none for
         CLIP, whose pooled embedding is the EOT token's feature (CoCa: its appended CLS token)."""
         return []
+
+    def freeze_text(self) -> None:
+        """No gradient for the text tower (everything outside ``visual``)."""
+        for name, p in self.clip.named_parameters():
+            if not name.startswith("visual."):
+                p.requires_grad_(False)
 
     # ---- vision -------------------------------------------------------------------------
     def embed_patches(self, frames: torch.Tensor) -> torch.Tensor:

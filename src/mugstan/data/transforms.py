@@ -54,30 +54,37 @@ def random_resized_crop(frames: torch.Tensor, size: int, scale: Sequence[float] 
     return center_crop(resize_short(frames, size), size)
 
 
-def normalize(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 [..., 3, H, W] -> float, CLIP mean/std normalised."""
-    x = frames.float().div_(255)
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
-    return (x - mean) / std
+def normalize(frames: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 [..., 3, H, W] on any device -> ``dtype``, CLIP mean/std normalised.
+
+    Computed in float32 in two in-place passes, then cast. Training on a GPU, the loader can hand
+    over uint8 clips (``build_dataset(..., uint8=True)``: a quarter of the bytes through shared
+    memory, pinning and PCIe) and the batch is normalised on the GPU:
+    ``normalize(batch["frames"].to(device, non_blocking=True))``, uint8 [B, T, 3, S, S] in.
+    """
+    if frames.dtype != torch.uint8:
+        raise TypeError(f"normalize expects uint8 frames, got {frames.dtype}")
+    mean = torch.tensor(CLIP_MEAN, device=frames.device).mul_(255).view(3, 1, 1)
+    scale = torch.tensor(CLIP_STD, device=frames.device).mul_(255).reciprocal_().view(3, 1, 1)
+    x = frames.to(torch.float32).sub_(mean).mul_(scale)
+    return x if dtype == torch.float32 else x.to(dtype)
 
 
 class ClipTransform:
     """Training: random resized crop (+ optional flip); testing: resize short side + centre crop
-    (or three crops, giving [3, T, 3, S, S]). Output is CLIP-normalised float."""
+    (or three crops, giving [3, T, 3, S, S]). Output is CLIP-normalised float, or the uint8
+    crops with ``uint8=True`` (normalised later, on the training device, by ``normalize``)."""
 
     def __init__(self, size: int, train: bool, crop_scale: Sequence[float] = (0.5, 1.0), hflip: bool = False,
-                 crops: int = 1, resize: Optional[int] = None):
+                 crops: int = 1, resize: Optional[int] = None, uint8: bool = False):
         if crops not in (1, 3):
             raise ValueError(f"data.test_crops must be 1 or 3, got {crops}")
         self.size, self.train, self.crop_scale, self.hflip, self.crops = size, train, tuple(crop_scale), hflip, crops
         self.resize = resize or size
+        self.uint8 = uint8
 
-    def __call__(self, frames: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """uint8 [T, 3, H, W] -> float [T, 3, S, S] (or [3, T, 3, S, S] with three crops).
-
-        generator: the source of the random crop and flip (per sample, for reproducible runs).
-        """
+    def crop(self, frames: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The geometry alone: uint8 [T, 3, H, W] -> uint8 [T, 3, S, S] (or [3, T, 3, S, S])."""
         if self.train:
             if self.crop_scale == (1.0, 1.0):
                 frames = center_crop(resize_short(frames, self.resize), self.size)
@@ -88,4 +95,13 @@ class ClipTransform:
         else:
             frames = resize_short(frames, self.resize)
             frames = three_crop(frames, self.size) if self.crops == 3 else center_crop(frames, self.size)
-        return normalize(frames)
+        return frames.contiguous()
+
+    def __call__(self, frames: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """uint8 [T, 3, H, W] -> float [T, 3, S, S] (or [3, T, 3, S, S] with three crops); uint8
+        of the same shape with ``uint8=True``.
+
+        generator: the source of the random crop and flip (per sample, for reproducible runs).
+        """
+        frames = self.crop(frames, generator)
+        return frames if self.uint8 else normalize(frames)

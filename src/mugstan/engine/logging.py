@@ -65,6 +65,8 @@ def plot_curves(metrics_path, png_path) -> None:
         for k, v in r.items():
             if k.startswith("val/"):
                 val.setdefault(k[4:], []).append((r["step"], v))
+            elif k.startswith("test/"):  # eval.select_on=test validates on the test split
+                val.setdefault(k + " (selection on test)", []).append((r["step"], v))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     if loss:
         axes[0].plot(*zip(*loss), color="tab:blue")

@@ -13,7 +13,8 @@ processed by gradient caching (``engine/gradcache.py``) in chunks of that many c
 (under torchrun without a DDP wrapper: the weights are broadcast once and the gradients averaged
 once per step). Every ``save_every`` steps and at each epoch's end the loop state goes to
 ``output_dir/checkpoints/last`` (atomic), so ``--resume`` continues from the exact batch; after each
-validation the best model (validation split, never test) is kept in ``checkpoints/best``. At the
+validation the best model (validation split; the test split only with ``eval.select_on: test``, the
+authors' protocol, labelled in ``results.json``) is kept in ``checkpoints/best``. At the
 end the best model is evaluated on the test split when the config names one.
 
 Outputs in ``output_dir``: ``metrics.jsonl``, TensorBoard scalars (``tb/``), ``curves.png``,
@@ -36,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mugstan.config import ExperimentConfig, Task, load_config, save_config, validate_config
+from mugstan.config import ExperimentConfig, SelectOn, Task, load_config, save_config, validate_config
 from mugstan.data.datasets import build_train_dataset, collate, load_annotations
 from mugstan.engine import checkpoint as ckpt
 from mugstan.engine.distributed import DistInfo, TrainSampler, all_gather_objects, barrier, setup
@@ -99,7 +100,10 @@ def setup_run(cfg: ExperimentConfig) -> Run:
                   f"{_names(report['new'])}; not used: {_names(report['unused'])}")
     model = model.to(dist.device)
     tokenizer = model.tokenizer if cfg.model.task == Task.retrieval else None
-    dataset = build_train_dataset(cfg.data, tokenizer, pairs=cfg.model.task == Task.retrieval, seed=t.seed, ann=ann)
+    # on a GPU the workers hand over uint8 clips and normalisation runs there (models.model_inputs):
+    # measured 1.2x the loader's clips/s at 16 workers (benchmarks/results/loader_speed.md)
+    dataset = build_train_dataset(cfg.data, tokenizer, pairs=cfg.model.task == Task.retrieval, seed=t.seed, ann=ann,
+                                  uint8=dist.device.type == "cuda")
     sampler = TrainSampler(len(dataset), t.batch_size, dist.world, dist.rank, t.accum_steps, t.seed)
     local_batch = t.batch_size // (dist.world * t.accum_steps)  # clips of one micro-batch on this process
     gradcache = t.chunk_size is not None and t.chunk_size < local_batch
@@ -115,7 +119,7 @@ def setup_run(cfg: ExperimentConfig) -> Run:
     elif dist.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
     return Run(cfg, dist, Path(t.output_dir), model, wrapped, build_loss(cfg.model, model), dataset, sampler, optimizer,
-               build_scheduler(optimizer, total_steps, t.warmup), torch.amp.GradScaler(dist.device.type) if precision == "fp16" else None,
+               build_scheduler(optimizer, total_steps, t.warmup, t, sampler.steps_per_epoch), torch.amp.GradScaler(dist.device.type) if precision == "fp16" else None,
                precision, gradcache, total_steps)
 
 
@@ -172,16 +176,25 @@ def save_best(run: Run) -> None:
     barrier()
 
 
+def selection_split(cfg: ExperimentConfig) -> Optional[str]:
+    """The split that picks checkpoints/best: "val" (data.val_ann), "test" with eval.select_on=test
+    (the authors' protocol), or None (no validation split: the last model is kept)."""
+    if cfg.eval.select_on == SelectOn.test:
+        return "test"
+    return "val" if cfg.data.val_ann else None
+
+
 def validate(run: Run, pos: dict, logger: MetricsLogger, progress: bool) -> None:
-    """Evaluate on the validation split; keep checkpoints/best when the headline metric improves."""
-    result = evaluate(run.model, run.cfg, "val", run.dist, progress)
+    """Evaluate on the selection split; keep checkpoints/best when the headline metric improves."""
+    split = selection_split(run.cfg)
+    result = evaluate(run.model, run.cfg, split, run.dist, progress)
     name, value = headline(result)
-    logger.scalars(pos["step"], {f"val/{name}": value})
-    logger.event("validation", step=pos["step"], epoch=pos["epoch"], result=result)
+    logger.scalars(pos["step"], {f"{split}/{name}": value})
+    logger.event("validation", step=pos["step"], epoch=pos["epoch"], split=split, result=result)
     if run.dist.main:
         print(format_result(result))
     if pos["best"] is None or value > pos["best"]["value"]:
-        pos["best"] = {"value": value, "metric": name, "step": pos["step"], "epoch": pos["epoch"]}
+        pos["best"] = {"value": value, "metric": name, "step": pos["step"], "epoch": pos["epoch"], "selected_on": split}
         save_best(run)
 
 
@@ -242,15 +255,20 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         bar.close()
         if pos["step_in_epoch"] >= sampler.steps_per_epoch:  # the epoch is complete
             pos["epoch"], pos["step_in_epoch"] = epoch + 1, 0
-        if cfg.data.val_ann and (pos["epoch"] % t.eval_every == 0 or pos["step"] >= run.total_steps):
+        if selection_split(cfg) and (pos["epoch"] % t.eval_every == 0 or pos["step"] >= run.total_steps):
             validate(run, pos, logger, progress)
         save_last(run, pos)
         logger.plot()
 
     if pos["best"] is None:  # no validation split: the final model is the one to keep
         save_best(run)
-        pos["best"] = {"metric": None, "step": pos["step"], "epoch": pos["epoch"]}
+        pos["best"] = {"metric": None, "step": pos["step"], "epoch": pos["epoch"], "selected_on": "last"}
     results = {"name": cfg.name, "steps": pos["step"], "best": pos["best"], "skipped_videos": skipped}
+    if cfg.eval.select_on == SelectOn.test:  # say it wherever the numbers go
+        results["selection"] = ("best checkpoint chosen on the TEST split (eval.select_on=test, the authors' protocol): "
+                                "the test figures below are optimistic; eval.select_on=val chooses on data.val_ann")
+        if dist.main:
+            print(results["selection"])
     if cfg.data.test_ann:
         ckpt.load_weights(run.model, run.out / "checkpoints" / "best")
         results["test"] = evaluate(run.model, cfg, "test", dist, progress)

@@ -172,11 +172,11 @@ class WindowEmbedder:
         self.model, self.batch_size, self.device = model, batch_size, device
         data = cfg.data if cfg else DataConfig(image_size=model.backbone.image_size)  # a converted file has no data section
         self.reader = ClipReader(dataclasses.replace(data, test_clips=1, test_crops=1), train=False, num_frames=frames)  # as in evaluation
-        self.pending: list[tuple[str, torch.Tensor]] = []
+        self.pending: list[tuple[str, torch.Tensor, torch.Tensor]] = []
         self.results: dict[str, list] = {}
 
     def add(self, key: str, path: Path, start: float, end: float) -> None:
-        self.pending.append((key, self.reader(Clip(str(path), start, end), 0)))  # [T, 3, S, S]
+        self.pending.append((key, *self.reader.read(Clip(str(path), start, end), 0)))  # [T, 3, S, S], mask [T] (data.sampler=fps pads)
         self.results.setdefault(key, [])
         if len(self.pending) >= self.batch_size:
             self.flush()
@@ -185,11 +185,12 @@ class WindowEmbedder:
     def flush(self) -> None:
         if not self.pending:
             return
-        batch = torch.stack([clip for _, clip in self.pending]).to(self.device)  # [B, T, 3, S, S]
-        emb = self.model.encode_video(batch, torch.ones(batch.shape[:2], dtype=torch.bool, device=self.device))
+        batch = torch.stack([clip for _, clip, _ in self.pending]).to(self.device)  # [B, T, 3, S, S]
+        frame_mask = torch.stack([m for _, _, m in self.pending]).to(self.device)  # [B, T]
+        emb = self.model.encode_video(batch, frame_mask)
         x = emb.x.float().cpu().numpy()
         mask = None if emb.mask is None else emb.mask.cpu().numpy()
-        for i, (key, _) in enumerate(self.pending):
+        for i, (key, *_) in enumerate(self.pending):
             if key in self.results:  # a file that failed later on was dropped
                 self.results[key].append((x[i], None if mask is None else mask[i]))
         self.pending = []

@@ -8,8 +8,10 @@ each describes, and labels with class names for recognition. Two datasets then c
 - ``ClipDataset``: one item per clip: retrieval evaluation (each test video decoded once, the
   captions tokenised separately with ``caption_to_video``), recognition (labels, multi-view).
 
-Items are dicts: ``frames`` float [T, 3, S, S] ([V, T, 3, S, S] for multi-view testing),
-``frame_mask`` bool [T] (all True: short videos repeat frames), ``ids`` int64 [L] and
+Items are dicts: ``frames`` float [T, 3, S, S] ([V, T, 3, S, S] for multi-view testing; uint8,
+not yet normalised, with ``uint8=True``: see ``mugstan.data.transforms.normalize``),
+``frame_mask`` bool [T] (all True: short videos repeat frames; ``data.sampler: fps`` pads short
+videos and masks the padding), ``ids`` int64 [L] and
 ``text_mask`` bool [L] (pairs), ``label`` int (recognition), ``index`` int. A clip that cannot be
 decoded is handled by ``on_error``:
 
@@ -77,27 +79,34 @@ class ClipReader:
     [T, 3, S, S]`` (or [V, T, 3, S, S] with several test views). Datasets and the search index
     read clips through it; ``num_frames`` overrides the config's."""
 
-    def __init__(self, cfg: DataConfig, train: bool, seed: int = 0, num_frames: Optional[int] = None):
+    def __init__(self, cfg: DataConfig, train: bool, seed: int = 0, num_frames: Optional[int] = None, uint8: bool = False):
         self.cfg, self.train, self.seed = cfg, train, seed
         self.num_frames = num_frames or (cfg.num_frames if train else (cfg.test_num_frames or cfg.num_frames))
         self.views = 1 if train else cfg.test_clips
+        # Testing resizes the short side to data.test_resize_short (default: data.resize_short).
+        self.short = (cfg.resize_short if train else (cfg.test_resize_short or cfg.resize_short)) or cfg.image_size
         self.transform = ClipTransform(cfg.image_size, train, cfg.crop_scale, cfg.hflip,
-                                       1 if train else cfg.test_crops, cfg.resize_short)
+                                       1 if train else cfg.test_crops, self.short, uint8)
         self.epoch = 0
 
     def __call__(self, clip: Clip, index: int) -> torch.Tensor:
+        return self.read(clip, index)[0]
+
+    def read(self, clip: Clip, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(frames float [T, 3, S, S] or [V, T, 3, S, S], frame_mask bool [T]): the mask is False
+        only where ``data.sampler: fps`` padded a short video."""
         # Training randomness (frames, crop, flip) is a function of (seed, epoch, index): the same
         # whatever the number of workers or processes, and after a resume.
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
         gen = torch.Generator().manual_seed(int(rng.integers(2**62))) if self.train else None
-        short = self.cfg.resize_short or self.cfg.image_size
         views = []
         for v in range(self.views):
-            frames = read_clip(clip.path, self.num_frames, self.train, short, clip.start, clip.end,
-                               self.cfg.sampler, self.cfg.dense_stride, rng, v, self.views)
+            frames, mask = read_clip(clip.path, self.num_frames, self.train, self.short, clip.start, clip.end,
+                                     self.cfg.sampler, self.cfg.dense_stride, rng, v, self.views,
+                                     sample_fps=self.cfg.sample_fps, return_mask=True)
             out = self.transform(frames, gen)  # [T, 3, S, S] or [crops, T, 3, S, S]
             views.extend(out.unbind(0) if out.dim() == 5 else [out])
-        return views[0] if len(views) == 1 else torch.stack(views)
+        return (views[0] if len(views) == 1 else torch.stack(views)), mask
 
 
 ON_ERROR = ("raise", "replace", "drop")
@@ -105,20 +114,20 @@ MAX_REPLACEMENTS = 10
 
 
 class _Base(Dataset):
-    def __init__(self, ann: Annotations, cfg: DataConfig, train: bool, tokenizer=None, on_error: str = "raise", seed: int = 0):
+    def __init__(self, ann: Annotations, cfg: DataConfig, train: bool, tokenizer=None, on_error: str = "raise", seed: int = 0,
+                 uint8: bool = False):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.ann, self.cfg, self.train, self.tokenizer, self.on_error = ann, cfg, train, tokenizer, on_error
-        self.reader = ClipReader(cfg, train, seed)
+        self.reader = ClipReader(cfg, train, seed, uint8=uint8)
 
     def set_epoch(self, epoch: int) -> None:
         """Training samples frames from (seed, epoch, index): the same run draws the same frames."""
         self.reader.epoch = epoch
 
     def _frames(self, clip_index: int, item_index: int) -> dict:
-        frames = self.reader(self.ann.clips[clip_index], item_index)
-        t = frames.shape[-4]
-        return {"frames": frames, "frame_mask": torch.ones(t, dtype=torch.bool), "index": item_index}
+        frames, mask = self.reader.read(self.ann.clips[clip_index], item_index)
+        return {"frames": frames, "frame_mask": mask, "index": item_index}
 
     def __getitem__(self, index: int) -> dict:
         if self.on_error == "raise":
@@ -186,13 +195,14 @@ class MixedDataset(Dataset):
         return item
 
 
-def build_train_dataset(cfg: DataConfig, tokenizer=None, pairs: bool = True, seed: int = 0, ann: Optional[Annotations] = None) -> Dataset:
+def build_train_dataset(cfg: DataConfig, tokenizer=None, pairs: bool = True, seed: int = 0, ann: Optional[Annotations] = None,
+                        uint8: bool = False) -> Dataset:
     """The training dataset of ``cfg`` and, with ``data.mix``, every extra source mixed in."""
-
-    main = build_dataset(cfg, "train", tokenizer, train=True, pairs=pairs, seed=seed, ann=ann)
+    main = build_dataset(cfg, "train", tokenizer, train=True, pairs=pairs, seed=seed, ann=ann, uint8=uint8)
     if not cfg.mix:
         return main
-    extra = [build_dataset(mix_data_config(cfg, source), "train", tokenizer, train=True, pairs=pairs, seed=seed) for source in cfg.mix]
+    extra = [build_dataset(mix_data_config(cfg, source), "train", tokenizer, train=True, pairs=pairs, seed=seed, uint8=uint8)
+             for source in cfg.mix]
     return MixedDataset([main, *extra])
 
 
@@ -221,10 +231,11 @@ def load_annotations(cfg: DataConfig, split: str) -> Annotations:
 
 def build_dataset(cfg: DataConfig, split: str, tokenizer=None, train: Optional[bool] = None,
                   on_error: Optional[str] = None, pairs: Optional[bool] = None, seed: int = 0,
-                  ann: Optional[Annotations] = None) -> Dataset:
+                  ann: Optional[Annotations] = None, uint8: bool = False) -> Dataset:
     """The torch dataset of a split. Defaults: training = split "train"; pairs (caption items)
     in training when the split has captions, clips otherwise; broken videos replaced in
-    training and dropped (reported) otherwise."""
+    training and dropped (reported) otherwise. ``uint8``: frames come out cropped but not
+    normalised (uint8), for ``mugstan.data.transforms.normalize`` on the training device."""
     ann = ann or load_annotations(cfg, split)
     train = split == "train" if train is None else train
     on_error = on_error or ("replace" if train else "drop")
@@ -232,4 +243,4 @@ def build_dataset(cfg: DataConfig, split: str, tokenizer=None, train: Optional[b
     if pairs and tokenizer is None:
         raise ValueError("caption items need a tokenizer")
     cls = PairDataset if pairs else ClipDataset
-    return cls(ann, cfg, train, tokenizer, on_error, seed)
+    return cls(ann, cfg, train, tokenizer, on_error, seed, uint8)
