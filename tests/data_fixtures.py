@@ -86,7 +86,11 @@ def write_dataset_fixtures(root: Path) -> dict:
     (root / "images").mkdir(exist_ok=True)
     (root / "cc3m.tsv").write_text("".join(f"a still of {v}\t{v}.mp4\n" for v in vids))
     splits = lambda ann: {"train_ann": str(root / ann), "val_ann": str(root / ann), "test_ann": str(root / ann)}
+    ava = write_ava_fixtures(root, vids)
     return {
+        "ava": {"train_ann": ava["train"], "val_ann": ava["val"], "test_ann": ava["val"],
+                "extra": {k: ava[k] for k in ("label_map", "train_exclusions", "val_exclusions", "test_exclusions",
+                                                "val_proposals", "test_proposals")}},
         "msrvtt": {"train_ann": str(root / "train.csv"), "val_ann": str(root / "test.csv"), "test_ann": str(root / "test.csv"), "extra": {"data_json": str(root / "data.json")}},
         "didemo": splits("didemo.json"),
         "lsmdc": splits("lsmdc.csv"),
@@ -117,3 +121,54 @@ def write_config(path: Path, data: Path, out: Path, **train) -> Path:
     }
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+# The AVA v2.2 files in their official layouts (a few rows each): the label map as released
+# (``label { name label_id label_type }``), annotation CSVs without header (box corners 0-1, one row
+# per action, person ids), excluded timestamps, and person proposals as CSV (the official pickles
+# are never read).
+AVA_LABEL_MAP = """label {
+  name: "bend/bow (at the waist)"
+  label_id: 1
+  label_type: PERSON_MOVEMENT
+}
+label {
+  name: "crawl"
+  label_id: 3
+  label_type: PERSON_MOVEMENT
+}
+label {
+  name: "dance"
+  label_id: 8
+  label_type: PERSON_MOVEMENT
+}
+"""
+
+
+def write_ava_fixtures(root: Path, videos=("video0", "video1")) -> dict:
+    """AVA-format files over existing videos ``<root>/<video>.mp4`` (timestamps 900-901, i.e. seconds
+    0-1 of the file with data.ava.timestamp_start 900); returns {name: path}."""
+    root = Path(root)
+    a, b = videos[0], videos[1]
+    files = {
+        "label_map": AVA_LABEL_MAP,
+        # action 2 is not in the label map (ignored); person 1 of a,0901 does two actions
+        "train": f"{a},0900,0.100,0.200,0.400,0.900,1,0\n{a},0900,0.500,0.100,0.900,0.800,8,1\n{a},0901,0.100,0.200,0.450,0.900,2,0\n"
+                 f"{a},0901,0.500,0.100,0.900,0.800,3,1\n{a},0901,0.500,0.100,0.900,0.800,8,1\n{b},0900,0.200,0.200,0.600,0.700,3,0\n"
+                 f"{b},0901,0.200,0.200,0.600,0.700,1,0\n",
+        "val": f"{a},0900,0.100,0.200,0.400,0.900,1,0\n{a},0901,0.500,0.100,0.900,0.800,8,1\n{b},0900,0.200,0.200,0.600,0.700,3,0\n"
+               f"{b},0901,0.200,0.200,0.600,0.700,1,0\n",
+        "train_exclusions": f"{b},0901\n",
+        "val_exclusions": f"{b},0901\n",
+        "test_exclusions": f"{b},0901\n",
+        "val_proposals": f"{a},0900,0.110,0.210,0.410,0.880,0.98\n{a},0900,0.000,0.000,0.200,0.200,0.40\n{a},0901,0.500,0.100,0.900,0.800,0.95\n"
+                         f"{b},0900,0.200,0.200,0.600,0.700,0.99\n",
+    }
+    files["test_proposals"] = files["val_proposals"]
+    out = {}
+    for name, text in files.items():
+        suffix = ".pbtxt" if name == "label_map" else ".csv"
+        path = root / f"ava_{name}{suffix}"
+        path.write_text(text)
+        out[name] = str(path)
+    return out

@@ -38,7 +38,7 @@ def test_there_is_a_config_per_published_experiment():
                      "msrvtt/clip2video_full_vitb32.yaml", "msrvtt/mugstan_vitb16.yaml", "msrvtt/mugstan_vitl14.yaml",
                      "pretrain/mugstan_webvid_cc3m_vitb32.yaml", "msrvtt/mugstan_vitb32_postpretrained.yaml",
                      *(f"{d}/{m}_coca_{v}.yaml" for d in ("msrvtt", "didemo") for m in ("stan", "mugstan") for v in ("vitb32", "vitl14")),
-                     "kinetics400/coca_zeroshot_vitb32.yaml", "kinetics400/coca_zeroshot_vitl14.yaml"):
+                     "kinetics400/zeroshot_coca_vitb32.yaml", "kinetics400/zeroshot_coca_vitl14.yaml"):
         assert expected in names
     for p in CONFIGS:
         assert p.read_text().startswith("#"), f"{p} must start with a comment citing its source"
@@ -55,11 +55,19 @@ def test_config_builds_model_and_data(path, fixtures, tmp_path):
             data.pop(f"{split}_ann", None)
     data["mix"] = [{**formats[m["dataset"]], "dataset": m["dataset"]} for m in raw["data"].get("mix", [])]
     raw["data"] = data
-    coca = raw["model"]["backbone"].startswith("coca")  # CoCa configs get the tiny CoCa
-    raw["model"].update(backbone="mugstan-coca-tiny" if coca else "mugstan-tiny", pretrained=None, init_from=None)  # the chain's checkpoint does not exist here
-    raw["train"]["output_dir"] = str(tmp_path / "run")
+    coca = raw["model"]["backbone"].startswith("coca")
+    # the chain's checkpoint does not exist here
+    raw["model"].update(backbone="mugstan-coca-tiny" if coca else "mugstan-tiny", pretrained=None, init_from=None)
+    raw.setdefault("train", {})["output_dir"] = str(tmp_path / "run")
     small = tmp_path / path.name
     small.write_text(yaml.safe_dump(raw))
+    if "train_ann" not in data:  # an evaluation-only config (zero-shot): built and evaluated as `mugstan eval` does
+        from mugstan.engine.evaluate import evaluate, zero_shot_model
+
+        cfg = load_config(small, splits=["test"])
+        result = evaluate(zero_shot_model(cfg, "test"), cfg, "test")
+        assert 0 <= (result["recognition"]["top1"] if "recognition" in result else result["retrieval"]["t2v"]["R@1"]) <= 100
+        return
     cfg = load_config(small)  # types and files checked
 
     retrieval = cfg.model.task == "retrieval"

@@ -51,6 +51,7 @@ class Head(Choice):
 class Task(Choice):
     retrieval = "retrieval"
     recognition = "recognition"
+    detection = "detection"  # AVA-style spatio-temporal action detection (mugstan.detection)
 
 
 class Classifier(Choice):
@@ -131,6 +132,14 @@ class STANConfig:
 
 
 @dataclass
+class DetectionConfig:
+    """The RoI head of ``model.task: detection`` (mugstan.detection; mmaction2's BBoxHeadAVA)."""
+
+    roi_size: int = 8  # RoIAlign output size on the time-pooled patch map
+    dropout: float = 0.5  # before the classifier
+
+
+@dataclass
 class ModelConfig:
     """Backbone x branch x head (x classifier). Built by ``mugstan.models.build_model``."""
 
@@ -174,6 +183,7 @@ class ModelConfig:
     # Reproduce the STAN authors' CLIPTokenize(length=L): SOT + BPE + EOT cut to L afterwards, so
     # long captions lose their EOT (pooling then takes the largest id). Default: EOT always kept.
     eot_compat: bool = False
+    detection: DetectionConfig = field(default_factory=DetectionConfig)  # model.task: detection
     grad_checkpointing: bool = False
     freeze_backbone: bool = False
     freeze_text: bool = False  # keep the text tower as loaded (only the video side trains)
@@ -192,12 +202,24 @@ class MixSource:
 
 
 @dataclass
+class AVAConfig:
+    """Keyframe clips of AVA-format datasets (``data.dataset: ava``; mugstan.data.datasets.ava)."""
+
+    # The AVA timestamp at which the video files begin: 900 for the 15-minute clips the usual
+    # download scripts cut (seconds 900-1800 of each movie), 0 for whole movies.
+    timestamp_start: float = 900.0
+    source_fps: float = 30.0  # the frame rate frame_interval counts in (AVA: 30 fps)
+    frame_interval: int = 4  # source frames between the data.num_frames sampled around a keyframe
+    proposal_score: float = 0.9  # person proposals scoring below this are dropped
+
+
+@dataclass
 class DataConfig:
     """Where the data is and how clips are sampled and transformed (data.md)."""
 
     # Format name (see mugstan.data.datasets): "msrvtt", "msrvtt_json", "didemo", "lsmdc",
     # "msvd", "vatex", "activitynet", "video_list", "ucf101", "hmdb51", "kinetics_csv", "ssv2", "webvid", "cc3m",
-    # "jsonl"
+    # "jsonl", "ava" (detection)
     dataset: str = "jsonl"
     # The dataset's folder. Relative annotation and extra paths below are inside it, so
     # `data.root=/data/msrvtt` moves the whole dataset; absolute paths stay as they are.
@@ -237,6 +259,7 @@ class DataConfig:
             return path
         p = Path(path).expanduser()
         return str(p if p.is_absolute() or not self.root else Path(self.root).expanduser() / p)
+    ava: AVAConfig = field(default_factory=AVAConfig)  # data.dataset: ava
 
 
 @dataclass
@@ -295,6 +318,8 @@ class EvalConfig:
     # Split that picks checkpoints/best while training: "val" (default, data.val_ann) or "test"
     # (the authors' protocol for STAN, Mug-STAN and CLIP4Clip; results.json says so).
     select_on: SelectOn = SelectOn.val
+    # Detection: where the AVA-format result CSV goes (default OUTPUT_DIR/detections_SPLIT.csv).
+    detections: Optional[str] = None
 
 
 @dataclass
@@ -438,6 +463,15 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
         raise ConfigError(f"model.temperature={m.temperature} must be positive, or null for CLIP's learned scale")
     if not 0.0 < m.tab_weight < 1.0:
         raise ConfigError(f"model.tab_weight={m.tab_weight} must be in (0, 1)")
+    if m.task == Task.detection:
+        if m.detection.roi_size < 1 or not 0.0 <= m.detection.dropout < 1.0:
+            raise ConfigError(f"model.detection: roi_size={m.detection.roi_size} must be at least 1 and dropout="
+                              f"{m.detection.dropout} in [0, 1)")
+        if d.dataset != "ava":
+            raise ConfigError(f"model.task=detection needs box annotations: data.dataset=ava (AVA v2.2 files), got {d.dataset!r}")
+        if d.ava.frame_interval < 1 or d.ava.source_fps <= 0:
+            raise ConfigError(f"data.ava.frame_interval={d.ava.frame_interval} must be at least 1 and data.ava.source_fps="
+                              f"{d.ava.source_fps} positive")
     if m.branch == Branch.stan and d.num_frames > m.stan.max_frames:
         raise ConfigError(f"data.num_frames={d.num_frames} exceeds STAN's temporal embedding: raise model.stan.max_frames to at least {d.num_frames}")
     for name in ("batch_size", "accum_steps", "epochs"):

@@ -5,6 +5,7 @@ callable ``loss(outputs, batch) -> scalar`` for the outputs of ``model(**inputs)
   §2), one term per ``head.loss_terms`` (CLIP2Video has two), features all-gathered across
   processes so negatives come from every process.
 - ``ClassificationLoss``: cross-entropy of a classifier's logits against the labels.
+- ``DetectionLoss``: binary cross-entropy of an action detector's per-box logits (multi-label).
 
 ``gather`` all-gathers a tensor across processes so that the gradient reaches the local slice
 (``_GatherWithGrad``: all-gather forward, all-reduce of a contiguous gradient backward;
@@ -104,6 +105,21 @@ class ClassificationLoss:
         return F.cross_entropy(logits.float(), batch["label"].to(logits.device))
 
 
+class DetectionLoss:
+    """outputs {"logits": [N, C]} (one row per box), batch {"box_labels": [N, C] multi-hot} -> binary
+    cross-entropy with logits, the mean over boxes and classes (mmaction2's BBoxHeadAVA). A batch
+    without boxes gives 0 (connected to the graph)."""
+
+    def __call__(self, outputs: dict, batch: dict) -> torch.Tensor:
+        logits = outputs["logits"].float()
+        target = batch["box_labels"].to(logits.device, torch.float32)
+        if target.shape != logits.shape:
+            raise ValueError(f"box_labels {tuple(target.shape)} do not match the logits {tuple(logits.shape)}")
+        if logits.numel() == 0:
+            return logits.sum()
+        return F.binary_cross_entropy_with_logits(logits, target)
+
+
 def _gather_embeddings(e: Embeddings) -> Embeddings:
     return Embeddings(gather(e.x), None if e.mask is None else gather_nograd(e.mask))
 
@@ -112,4 +128,6 @@ def build_loss(cfg: ModelConfig, model: torch.nn.Module) -> Callable[[dict, dict
     """The loss of ``model`` (built from ``cfg``, DDP-wrapped or not)."""
     if cfg.task == Task.recognition:
         return ClassificationLoss()
+    if cfg.task == Task.detection:
+        return DetectionLoss()
     return ContrastiveLoss(unwrap(model).head, cfg.loss_reduction)

@@ -11,12 +11,16 @@ favour; with ours a model that scores everything equally ranks every truth last,
   "strict" ranks it among all captions (a hit at K if any own caption is in the top K).
 - DSL (dual softmax, test time only, labelled): S' = S * softmax(S over the query axis).
 - Recognition: top-1 / top-5 of softmax probabilities averaged over views.
+- AVA frame-mAP@0.5 (spatio-temporal action detection): per-class PASCAL VOC average precision
+  over every (keyframe, box, action) detection, as the official AVA evaluation computes it
+  (``frame_map`` below).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Optional, Sequence
 
+import numpy as np
 import torch
 
 
@@ -84,3 +88,139 @@ def recognition_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str,
     truth = probs.gather(1, labels[:, None])
     rank = (probs >= truth).sum(1) - 1  # ties against the model
     return {"top1": 100.0 * (rank < 1).float().mean().item(), "top5": 100.0 * (rank < 5).float().mean().item()}
+
+
+# ---- AVA frame-mAP ------------------------------------------------------------------------------
+class BoxSet(NamedTuple):
+    """Boxes of one kind over many keyframes, one row per (box, action).
+
+    keys: [N] keyframe of each row, ``(video_id, timestamp)``; boxes: float [N, 4] x1, y1, x2, y2
+    (any consistent unit, AVA's are 0-1); labels: int [N] action id; scores: float [N] for
+    detections, None for ground truth.
+    """
+
+    keys: list
+    boxes: np.ndarray
+    labels: np.ndarray
+    scores: Optional[np.ndarray] = None
+
+
+def box_iou_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of row i of ``a`` [N, 4] with row i of ``b`` [N, 4] (x1, y1, x2, y2; no +1) -> [N]."""
+    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    inter = iw * ih
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+    union = area(a) + area(b) - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def match_detections(det_group: np.ndarray, det_boxes: np.ndarray, det_scores: np.ndarray,
+                     gt_group: np.ndarray, gt_boxes: np.ndarray, iou_threshold: float = 0.5) -> np.ndarray:
+    """True positives of detections [D] against ground truth [G], both grouped by (keyframe, class).
+
+    The PASCAL rule of the official evaluation (``per_image_evaluation``), batched over every group:
+    each detection takes its highest-IoU ground truth of the same group (the first on equal IoU);
+    it is a true positive when that IoU is >= ``iou_threshold`` and no higher-scored detection took
+    the same ground truth first. A detection whose best box is taken is a false positive, even if
+    another box of the group would fit. Returns bool [D].
+    """
+    d = len(det_group)
+    tp = np.zeros(d, dtype=bool)
+    if d == 0 or len(gt_group) == 0:
+        return tp
+    order = np.argsort(gt_group, kind="stable")
+    gt_group, gt_boxes = gt_group[order], gt_boxes[order]
+    groups = int(max(det_group.max(), gt_group.max())) + 1
+    gt_count = np.bincount(gt_group, minlength=groups)
+    gt_start = np.cumsum(gt_count) - gt_count
+    counts = gt_count[det_group]  # [D] candidates per detection
+    pair_det = np.repeat(np.arange(d), counts)  # [P] every (detection, candidate) pair
+    first_pair = np.cumsum(counts) - counts
+    within = np.arange(len(pair_det)) - first_pair[pair_det]
+    pair_gt = gt_start[det_group[pair_det]] + within
+    iou = box_iou_pairs(det_boxes[pair_det], gt_boxes[pair_gt])
+    has = counts > 0
+    best = np.full(d, -1.0)
+    best[has] = np.maximum.reduceat(iou, first_pair[has])
+    # the first candidate reaching the best IoU (np.argmax), as a global ground-truth index
+    at_best = np.where(iou == best[pair_det], within, np.iinfo(np.int64).max)
+    best_within = np.zeros(d, dtype=np.int64)
+    best_within[has] = np.minimum.reduceat(at_best, first_pair[has])
+    target = gt_start[det_group] + best_within
+    valid = has & (best >= iou_threshold)
+    # among valid detections of the same ground truth, the highest score takes it
+    idx = np.flatnonzero(valid)
+    idx = idx[np.lexsort((-det_scores[idx], target[idx]))]
+    first = np.ones(len(idx), dtype=bool)
+    first[1:] = target[idx][1:] != target[idx][:-1]
+    tp[idx[first]] = True
+    return tp
+
+
+def average_precision(scores: np.ndarray, tp: np.ndarray, num_gt: int) -> float:
+    """PASCAL VOC (2010+) AP of one class: detections ranked by score, precision made monotone,
+    summed over the recall steps (``metrics.compute_average_precision`` of the official code).
+
+    Ties count against the model: among equal scores the false positives rank first (the official
+    code orders ties as numpy's argsort happens to; without ties the two are identical). No
+    detections: AP 0. No ground truth: NaN (the class is left out of the mean).
+    """
+    if num_gt == 0:
+        return float("nan")
+    if len(scores) == 0:
+        return 0.0
+    order = np.lexsort((tp, -scores))  # score descending, false positives first on ties
+    hits = tp[order].astype(np.float64)
+    cum_tp, cum_fp = np.cumsum(hits), np.cumsum(1.0 - hits)
+    precision = cum_tp / (cum_tp + cum_fp)
+    recall = cum_tp / num_gt
+    precision = np.concatenate([[0.0], precision, [0.0]])
+    recall = np.concatenate([[0.0], recall, [1.0]])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    steps = np.flatnonzero(recall[1:] != recall[:-1]) + 1
+    return float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps]))
+
+
+def frame_map(gt: BoxSet, detections: BoxSet, class_ids: Sequence[int], excluded=(), iou_threshold: float = 0.5) -> dict:
+    """AVA frame-level mAP@``iou_threshold`` (the official ``get_ava_performance``), in percent.
+
+    gt, detections: ``BoxSet``s (a person with several actions is one row per action); class_ids:
+    the evaluated actions (the label map; rows of other actions are ignored); excluded: keyframes
+    ``(video_id, timestamp)`` left out of both sides. Detections on keyframes without ground truth
+    are false positives. Returns {"mAP": mean over classes with ground truth, "per_class": {id: AP
+    or None when the class has no ground truth}, "counts": {...}}.
+    """
+    if detections.scores is None:
+        raise ValueError("detections need scores")
+    classes = {int(c): k for k, c in enumerate(class_ids)}
+    excluded = {(str(v), int(t)) for v, t in excluded}
+
+    def keep(rows: BoxSet) -> np.ndarray:
+        labels = np.asarray(rows.labels, dtype=np.int64)
+        known = np.isin(labels, list(classes))
+        kept = np.array([(str(v), int(t)) not in excluded for v, t in rows.keys], dtype=bool) if len(rows.keys) else np.zeros(0, bool)
+        return known & kept
+
+    gk, dk = keep(gt), keep(detections)
+    frames: dict = {}
+    gt_frame = np.array([frames.setdefault((str(v), int(t)), len(frames)) for (v, t), k in zip(gt.keys, gk) if k], dtype=np.int64)
+    det_frame = np.array([frames.setdefault((str(v), int(t)), len(frames)) for (v, t), k in zip(detections.keys, dk) if k], dtype=np.int64)
+    lookup = np.vectorize(classes.get, otypes=[np.int64])
+    gt_class = lookup(np.asarray(gt.labels, dtype=np.int64)[gk]) if gk.any() else np.zeros(0, np.int64)
+    det_class = lookup(np.asarray(detections.labels, dtype=np.int64)[dk]) if dk.any() else np.zeros(0, np.int64)
+    gt_boxes = np.asarray(gt.boxes, dtype=np.float64).reshape(-1, 4)[gk]
+    det_boxes = np.asarray(detections.boxes, dtype=np.float64).reshape(-1, 4)[dk]
+    det_scores = np.asarray(detections.scores, dtype=np.float64)[dk]
+    n = len(classes)
+    tp = match_detections(det_frame * n + det_class, det_boxes, det_scores, gt_frame * n + gt_class, gt_boxes, iou_threshold)
+    num_gt = np.bincount(gt_class, minlength=n)
+    per_class = {}
+    for cid, k in classes.items():
+        mine = det_class == k
+        per_class[cid] = average_precision(det_scores[mine], tp[mine], int(num_gt[k]))
+    aps = [ap for ap in per_class.values() if not np.isnan(ap)]
+    return {"mAP": 100.0 * float(np.mean(aps)) if aps else float("nan"),
+            "per_class": {c: (None if np.isnan(ap) else 100.0 * ap) for c, ap in per_class.items()},
+            "counts": {"keyframes_with_gt": int(len(np.unique(gt_frame))), "gt_boxes": int(len(gt_frame)),
+                       "detections": int(len(det_frame)), "true_positives": int(tp.sum())}}

@@ -168,7 +168,8 @@ def build_classifier(cfg: ModelConfig, encoder: VideoTextModel, class_names: Seq
 
 def build_model(cfg: ModelConfig, class_names: Sequence[str] = ()) -> Union[VideoTextModel, VideoClassifier]:
     """The one factory: backbone from cfg.backbone / cfg.pretrained / cfg.weights, branch, head,
-    and for ``model.task=recognition`` the classifier."""
+    and for ``model.task=recognition`` the classifier, for ``model.task=detection`` the RoI head
+    (``mugstan.detection.model.ActionDetector``)."""
     backbone = build_clip(cfg.backbone, cfg.pretrained, cfg.weights, config=cfg.backbone_config)
     branch = build_branch(cfg, backbone)
     head = build_head(cfg, backbone)
@@ -183,6 +184,11 @@ def build_model(cfg: ModelConfig, class_names: Sequence[str] = ()) -> Union[Vide
     if cfg.task == Task.recognition:
         backbone.freeze_text()  # the text tower only initialises the classifier
         model = VideoClassifier(model, build_classifier(cfg, model, class_names))
+    elif cfg.task == Task.detection:  # an RoI head on the encoder's patch tokens (mugstan.detection)
+        from mugstan.detection.model import build_detector
+
+        names = list(class_names) or list(cfg.class_names)
+        model = build_detector(model, cfg.num_classes or len(names), cfg.detection.roi_size, cfg.detection.dropout)
     if cfg.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
         branch.grad_checkpointing = True

@@ -190,16 +190,16 @@ class CLIPBackbone(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    def pooled_text_parameters(self) -> list[nn.Parameter]:
-        """Parameters that only the pooled text embedding reads, not the per-token features: none for
-        CLIP, whose pooled embedding is the EOT token's feature (CoCa: its appended CLS token)."""
-        return []
-
     def freeze_text(self) -> None:
         """No gradient for the text tower (everything outside ``visual``)."""
         for name, p in self.clip.named_parameters():
             if not name.startswith("visual."):
                 p.requires_grad_(False)
+
+    def pooled_text_parameters(self) -> list[nn.Parameter]:
+        """Parameters that only the pooled text embedding reads, not the per-token features: none for
+        CLIP, whose pooled embedding is the EOT token's feature (CoCa: its appended CLS token)."""
+        return []
 
     # ---- vision -------------------------------------------------------------------------
     def embed_patches(self, frames: torch.Tensor) -> torch.Tensor:

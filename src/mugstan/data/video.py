@@ -389,3 +389,16 @@ def read_image(path: PathLike, short_side: Optional[int] = None) -> torch.Tensor
     except (UnidentifiedImageError, OSError) as err:
         raise VideoError(path, f"not a readable image ({err})") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0)
+
+
+def read_frames_at(path: PathLike, times: Sequence[float], short_side: Optional[int] = None) -> torch.Tensor:
+    """The frames showing ``times`` (seconds from the start of the video) -> uint8 [len(times), 3, H, W].
+
+    Times before the first or after the last frame take the first or last frame (a window that
+    runs past the ends repeats the end frames, as AVA's clip sampling clamps to the shot). One open
+    for the metadata and the frames.
+    """
+    with _open(path) as container:
+        info = _info(container, path)
+        idx = np.clip(np.floor(np.asarray(times, dtype=np.float64) * info.fps + 1e-6).astype(np.int64), 0, info.num_frames - 1)
+        return _decode(container, path, info, idx, short_side)

@@ -1,4 +1,4 @@
-"""Evaluation: retrieval (1:1 and multi-caption), recognition (fine-tuned and zero-shot).
+"""Evaluation: retrieval (1:1 and multi-caption), recognition (fine-tuned and zero-shot), AVA detection.
 
     mugstan eval CONFIG --checkpoint PATH [--split test] [key=value ...]
 
@@ -93,7 +93,12 @@ def evaluate(model, cfg: ExperimentConfig, split: str = "test", dist: Optional[D
     model.eval()
     inner = unwrap(model)
     result: dict = {"split": split}
-    if cfg.model.task == Task.recognition:
+    if cfg.model.task == Task.detection:  # AVA protocol: result CSV + frame-mAP@0.5 (mugstan.detection)
+        from mugstan.detection.evaluate import evaluate_detection
+
+        found, dropped = evaluate_detection(model, cfg, ann, split, dist, progress)
+        result.update(found)
+    elif cfg.model.task == Task.recognition:
         logits, dropped = embed_clips(model, cfg, ann, dist, split, classify=True, progress=progress)
         kept = sorted(logits)
         result["recognition"] = recognition_metrics(torch.stack([logits[i][0] for i in kept]), torch.tensor([ann.labels[i] for i in kept]))
@@ -134,9 +139,11 @@ def evaluate(model, cfg: ExperimentConfig, split: str = "test", dist: Optional[D
 
 
 def headline(result: dict) -> tuple[str, float]:
-    """The number model selection uses: text-to-video R@1 (retrieval) or top-1 (recognition)."""
+    """The number model selection uses: text-to-video R@1 (retrieval), top-1 (recognition) or frame-mAP@0.5 (detection)."""
     if "retrieval" in result:
         return "t2v R@1", result["retrieval"]["t2v"]["R@1"]
+    if "detection" in result:
+        return "mAP@0.5", result["detection"]["mAP"]
     return "top-1", result["recognition"]["top1"]
 
 
@@ -147,10 +154,23 @@ def format_result(result: dict) -> str:
     if "recognition" in result:
         r = result["recognition"]
         lines.append(f"  {'zero-shot ' if result.get('zero_shot') else ''}top-1 {r['top1']:.1f}  top-5 {r['top5']:.1f}")
+    if "detection" in result:
+        d = result["detection"]
+        lines.append(f"  frame-mAP@0.5 {d['mAP']:.2f} over {sum(ap is not None for ap in d['per_class'].values())} classes "
+                     f"({result['boxes']} boxes; detections in {result['detections_csv']})")
     if result.get("dropped"):
         lines.append(f"  dropped {len(result['dropped'])} videos that could not be decoded:")
         lines.extend(f"    {d['error']}" for d in result["dropped"][:20])
     return "\n".join(lines)
+
+
+def zero_shot_model(cfg: ExperimentConfig, split: str = "test"):
+    """The config's model as built, no training: pretrained weights evaluated zero-shot. A
+    recognition model's text classifier starts from the split's class-name prompts."""
+    from mugstan.models import build_model
+
+    names = cfg.model.class_names or (load_annotations(cfg.data, split).class_names if cfg.model.task == Task.recognition else [])
+    return build_model(cfg.model, class_names=names or ()).eval()
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -168,7 +188,6 @@ def main(args: argparse.Namespace) -> int:
     from mugstan.config import load_config
     from mugstan.engine.checkpoint import load_model
     from mugstan.engine.distributed import setup
-    from mugstan.models import build_model
 
     cfg = load_config(args.config, args.overrides, splits=[args.split])  # only the evaluated split must exist
     dist = setup()
@@ -177,8 +196,10 @@ def main(args: argparse.Namespace) -> int:
         if saved is not None:
             cfg.model = saved.model  # the model evaluated is the checkpoint's
     else:
-        model = build_model(cfg.model).to(dist.device).eval()
+        model = zero_shot_model(cfg, args.split).to(dist.device)
     result = evaluate(model, cfg, args.split, dist)
+    if not args.checkpoint:
+        result["zero_shot"] = True
     if dist.main:
         print(format_result(result))
         if args.json:

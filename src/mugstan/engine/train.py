@@ -87,7 +87,7 @@ def setup_run(cfg: ExperimentConfig) -> Run:
     t = cfg.train
     seed_everything(t.seed + dist.rank, t.deterministic)
     ann = load_annotations(cfg.data, "train")
-    if cfg.model.task == Task.recognition and not cfg.model.class_names and ann.class_names:
+    if cfg.model.task in (Task.recognition, Task.detection) and not cfg.model.class_names and ann.class_names:
         cfg.model.class_names = list(ann.class_names)
     model = build_model(cfg.model)
     if dist.main and not (cfg.model.pretrained or cfg.model.weights or cfg.model.init_from):

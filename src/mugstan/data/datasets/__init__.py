@@ -206,14 +206,28 @@ def build_train_dataset(cfg: DataConfig, tokenizer=None, pairs: bool = True, see
     return MixedDataset([main, *extra])
 
 
+# Per-item tensors with a varying first dimension (detection: N boxes per keyframe): concatenated.
+RAGGED = ("boxes", "box_labels")
+
+
 def collate(items: list[dict]) -> dict:
-    """Stack the good items; every skipped or dropped one is in ``batch["failed"]`` as (index, "path: reason")."""
+    """Stack the good items; every skipped or dropped one is in ``batch["failed"]`` as (index, "path: reason").
+
+    ``RAGGED`` entries ([N_i, ...] per item) are concatenated instead, and ``box_batch_index``
+    [sum N_i] (int64) says which item each box belongs to.
+    """
     good = [it for it in items if "error" not in it]
     batch: dict = {"failed": [f for it in items for f in it.get("failed", [])]}
     if not good:
         return batch
     for key in (k for k in good[0] if k != "failed"):
         values = [it[key] for it in good]
+        if key in RAGGED:
+            batch[key] = torch.cat(values)
+            if key == "boxes":
+                counts = torch.tensor([len(v) for v in values])
+                batch["box_batch_index"] = torch.repeat_interleave(torch.arange(len(values)), counts)
+            continue
         batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
     return batch
 
@@ -239,6 +253,10 @@ def build_dataset(cfg: DataConfig, split: str, tokenizer=None, train: Optional[b
     ann = ann or load_annotations(cfg, split)
     train = split == "train" if train is None else train
     on_error = on_error or ("replace" if train else "drop")
+    if getattr(ann, "box_source", None):  # AVA-format detection: one item per keyframe with its boxes
+        from mugstan.data.datasets.ava import DetectionDataset
+
+        return DetectionDataset(ann, cfg, train, None, on_error, seed)
     pairs = (train and bool(ann.captions)) if pairs is None else pairs
     if pairs and tokenizer is None:
         raise ValueError("caption items need a tokenizer")

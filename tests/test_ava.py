@@ -1,0 +1,326 @@
+"""AVA detection: the frame-mAP evaluator by hand, the AVA v2.2 adapter on official-format fixtures,
+the RoI head (shapes, known boxes, order-blindness), the loss, and `mugstan train` / `eval` end to end."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from data_fixtures import AVA_LABEL_MAP, write_ava_fixtures, write_video
+
+from mugstan.config import DataConfig, ModelConfig
+from mugstan.data.datasets import build_dataset, collate, load_annotations
+from mugstan.data.datasets.ava import keyframe_times, read_ava_csv, read_label_map, read_proposals
+from mugstan.losses import DetectionLoss, build_loss
+from mugstan.metrics import BoxSet, average_precision, frame_map, match_detections
+from mugstan.models import build_model, model_inputs
+
+A = ("vidA", 902)
+B = ("vidB", 903)
+C = ("vidC", 904)
+BOX = [0.0, 0.0, 0.5, 0.5]  # area 0.25
+FAR = [0.6, 0.6, 0.9, 0.9]
+
+
+def boxset(rows, scores=False):
+    """rows: (key, box, label[, score]) -> BoxSet."""
+    return BoxSet([r[0] for r in rows], np.array([r[1] for r in rows], dtype=float).reshape(-1, 4),
+                  np.array([r[2] for r in rows], dtype=np.int64), np.array([r[3] for r in rows], dtype=float) if scores else None)
+
+
+# ---- the evaluator, by hand ---------------------------------------------------------------------
+def test_ap_by_hand_with_a_false_positive_between_two_hits():
+    gt = boxset([(A, BOX, 1), (B, BOX, 1)])
+    det = boxset([(A, BOX, 1, 0.9), (B, FAR, 1, 0.8), (B, BOX, 1, 0.7)], scores=True)
+    # ranked: TP, FP, TP -> precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1 -> AP = 1/2 * 1 + 1/2 * 2/3
+    m = frame_map(gt, det, [1])
+    assert m["mAP"] == pytest.approx(100 * (0.5 + 0.5 * 2 / 3))
+    assert m["counts"]["true_positives"] == 2 and m["counts"]["gt_boxes"] == 2
+
+
+def test_ties_count_against_the_model():
+    gt = boxset([(A, BOX, 1), (B, BOX, 1)])
+    det = boxset([(A, BOX, 1, 0.5), (B, FAR, 1, 0.5)], scores=True)
+    # equal scores: the false positive ranks first -> precision 0 then 1/2 at recall 1/2 -> AP 1/4
+    assert frame_map(gt, det, [1])["mAP"] == pytest.approx(25.0)
+    assert average_precision(np.array([0.5, 0.5]), np.array([True, False]), 2) == pytest.approx(0.25)
+    # the order the rows come in does not matter
+    swapped = boxset([(B, FAR, 1, 0.5), (A, BOX, 1, 0.5)], scores=True)
+    assert frame_map(gt, swapped, [1])["mAP"] == pytest.approx(25.0)
+
+
+def test_no_detections_and_classes_without_ground_truth():
+    gt = boxset([(A, BOX, 1), (A, BOX, 3)])
+    det = boxset([(A, BOX, 1, 0.9), (A, FAR, 5, 0.9)], scores=True)
+    m = frame_map(gt, det, [1, 3, 5])
+    # class 1: AP 1; class 3: ground truth, no detection: AP 0; class 5: no ground truth: left out
+    assert m["per_class"] == {1: pytest.approx(100.0), 3: 0.0, 5: None}
+    assert m["mAP"] == pytest.approx(50.0)
+    nothing = BoxSet([], np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0))
+    assert frame_map(gt, nothing, [1, 3])["mAP"] == 0.0 and frame_map(gt, nothing, [1, 3])["per_class"] == {1: 0.0, 3: 0.0}
+
+
+def test_excluded_timestamps_leave_both_sides():
+    gt = boxset([(A, BOX, 1), (C, BOX, 1)])
+    det = boxset([(C, FAR, 1, 0.99), (A, BOX, 1, 0.9)], scores=True)
+    # without the exclusion: FP then TP, the ground truth of C missed -> AP = 1/2 * 1/2
+    assert frame_map(gt, det, [1])["mAP"] == pytest.approx(25.0)
+    # excluding C removes its ground truth and its detection: one TP of one -> AP 1
+    m = frame_map(gt, det, [1], excluded={("vidC", 904)})
+    assert m["mAP"] == pytest.approx(100.0) and m["counts"]["gt_boxes"] == 1 and m["counts"]["detections"] == 1
+
+
+def test_iou_just_above_and_below_one_half():
+    gt = boxset([(A, BOX, 1)])
+    above = boxset([(A, [0.0, 0.0, 0.5, 0.255], 1, 0.9)], scores=True)  # IoU 0.51
+    below = boxset([(A, [0.0, 0.0, 0.5, 0.245], 1, 0.9)], scores=True)  # IoU 0.49
+    exact = boxset([(A, [0.0, 0.0, 0.5, 0.25], 1, 0.9)], scores=True)  # IoU 0.5: a hit (>=)
+    assert frame_map(gt, above, [1])["mAP"] == pytest.approx(100.0)
+    assert frame_map(gt, below, [1])["mAP"] == 0.0
+    assert frame_map(gt, exact, [1])["mAP"] == pytest.approx(100.0)
+
+
+def test_each_ground_truth_is_matched_once_and_by_its_best_detection():
+    gt = boxset([(A, BOX, 1), (A, [0.0, 0.0, 0.5, 0.4], 1)])
+    # detection 0 overlaps GT 0 best (IoU 1) and takes it; detection 1 (lower score) also overlaps
+    # GT 0 best (IoU 0.9 vs 0.72 with GT 1): GT 0 is taken, so it is a false positive (PASCAL rule),
+    # although GT 1 would fit; detection 2 is a duplicate of detection 0: false positive
+    det_boxes = np.array([BOX, [0.0, 0.0, 0.5, 0.45], BOX])
+    tp = match_detections(np.zeros(3, np.int64), det_boxes, np.array([0.9, 0.8, 0.7]), np.zeros(2, np.int64), np.array(gt.boxes))
+    assert tp.tolist() == [True, False, False]
+    # another class or another keyframe never matches
+    tp = match_detections(np.array([1, 2]), np.array([BOX, BOX]), np.array([0.9, 0.9]), np.array([0, 0]), np.array(gt.boxes))
+    assert tp.tolist() == [False, False]
+
+
+def test_rows_of_actions_outside_the_label_map_are_ignored():
+    gt = boxset([(A, BOX, 1), (A, BOX, 7)])
+    det = boxset([(A, BOX, 1, 0.9), (A, BOX, 7, 0.95)], scores=True)
+    m = frame_map(gt, det, [1])
+    assert m["per_class"] == {1: pytest.approx(100.0)} and m["counts"]["detections"] == 1
+
+
+# ---- the adapter on the official formats --------------------------------------------------------
+@pytest.fixture(scope="module")
+def ava_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ava")
+    # 5 s at 8 fps; frame i's lower part has value (9 i) % 256, so sampled frames can be identified
+    for i, v in enumerate(("video0", "video1")):
+        write_video(root / f"{v}.mp4", frames=40, size=(64, 48), fps=8, seed=i)
+    return root, write_ava_fixtures(root)
+
+
+def ava_data(root, files, **kw) -> DataConfig:
+    """The data config of the fixtures: 4 frames 2 apart at 8 fps, files starting at timestamp 900."""
+    from mugstan.config import AVAConfig
+
+    ava = {"timestamp_start": 900.0, "source_fps": 8.0, "frame_interval": 2, **kw.pop("ava", {})}
+    extra = {k: files[k] for k in ("label_map", "train_exclusions", "val_exclusions", "val_proposals")}
+    return DataConfig(dataset="ava", root=str(root), train_ann=files["train"], val_ann=files["val"], test_ann=files["val"],
+                      extra={**extra, **kw.pop("extra", {})}, num_frames=4, image_size=32, num_workers=0, ava=AVAConfig(**ava), **kw)
+
+
+def test_label_map_both_spellings(tmp_path):
+    ids, names = read_label_map(write_ava_fixtures(tmp_path, ("a", "b"))["label_map"])
+    assert ids == [1, 3, 8] and names == ["bend/bow (at the waist)", "crawl", "dance"]
+    (tmp_path / "old.pbtxt").write_text('item {\n  name: "stand"\n  id: 12\n}\nitem {\n  name: "sit"\n  id: 11\n}\n')
+    assert read_label_map(tmp_path / "old.pbtxt") == ([12, 11], ["stand", "sit"])
+    (tmp_path / "bad.pbtxt").write_text(AVA_LABEL_MAP + 'label {\n  name: "jump"\n}\n')
+    with pytest.raises(ValueError, match=r"bad.pbtxt:16: .*label_id"):
+        read_label_map(tmp_path / "bad.pbtxt")
+
+
+def test_training_keyframes_group_actions_per_person_and_honour_exclusions(ava_files):
+    root, files = ava_files
+    ann = load_annotations(ava_data(root, files), "train")
+    # video1,0901 is excluded; the row of action 2 (not in the label map) is dropped, which leaves
+    # video0,0901 with one person (two actions: crawl and dance)
+    assert ann.keyframes == [("video0", 900), ("video0", 901), ("video1", 900)]
+    assert ann.class_ids == [1, 3, 8] and ann.dropped_rows == 1 and ann.box_source == "ground truth"
+    np.testing.assert_allclose(ann.boxes[0], [[0.1, 0.2, 0.4, 0.9], [0.5, 0.1, 0.9, 0.8]], atol=1e-6)
+    np.testing.assert_array_equal(ann.box_labels[0], [[1, 0, 0], [0, 0, 1]])
+    np.testing.assert_array_equal(ann.box_labels[1], [[0, 1, 1]])
+    assert ann.clips[0].path.endswith("video0.mp4") and ann.times == [0.0, 1.0, 0.0]
+
+
+def test_evaluation_keyframes_use_proposals_above_the_score_threshold(ava_files):
+    root, files = ava_files
+    ann = load_annotations(ava_data(root, files), "val")
+    assert ann.box_source == "proposals" and ann.keyframes == [("video0", 900), ("video0", 901), ("video1", 900)]
+    np.testing.assert_allclose(ann.boxes[0], [[0.11, 0.21, 0.41, 0.88]], atol=1e-6)  # the 0.40 box is dropped
+    assert [len(b) for b in ann.boxes] == [1, 1, 1] and ann.gt.keys == [("video0", 900), ("video0", 901), ("video1", 900)]
+    lower = load_annotations(ava_data(root, files, ava={"proposal_score": 0.3}), "val")
+    assert [len(b) for b in lower.boxes] == [2, 1, 1]
+    gt_boxes = load_annotations(ava_data(root, files, extra={"val_proposals": ""}), "val")
+    assert gt_boxes.box_source == "ground truth" and [len(b) for b in gt_boxes.boxes] == [1, 1, 1]
+
+
+def test_proposals_csv_and_json_agree_and_pickles_are_refused(tmp_path):
+    (tmp_path / "p.csv").write_text("v,0902,0.1,0.2,0.3,0.4,0.95\nv,0902,0.5,0.5,0.6,0.7,0.5\nw,0903,0,0,1,1,1.0\n")
+    (tmp_path / "p.json").write_text(json.dumps({"v,0902": [[0.1, 0.2, 0.3, 0.4, 0.95], [0.5, 0.5, 0.6, 0.7, 0.5]], "w,0903": [[0, 0, 1, 1, 1.0]]}))
+    a, b = read_proposals(tmp_path / "p.csv"), read_proposals(tmp_path / "p.json")
+    assert a.keys() == b.keys() == {("v", 902), ("w", 903)}
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k])
+    (tmp_path / "p.pkl").write_bytes(b"\x80\x04N.")
+    with pytest.raises(ValueError, match="does not unpickle"):
+        read_proposals(tmp_path / "p.pkl")
+    (tmp_path / "short.csv").write_text("v,0902,0.1,0.2,0.3,0.4\n")
+    with pytest.raises(ValueError, match=r"short.csv:1: expected 7 columns"):
+        read_proposals(tmp_path / "short.csv")
+
+
+def test_malformed_annotation_rows_name_file_line_and_field(tmp_path):
+    (tmp_path / "a.csv").write_text("v,0902,0.1,0.2,0.3,0.4,1,0\nv,0902,0.1,0.2,1.3,0.4,1,0\n")
+    with pytest.raises(ValueError, match=r"a.csv:2: box .* normalised"):
+        read_ava_csv(tmp_path / "a.csv")
+    (tmp_path / "b.csv").write_text("v,09x2,0.1,0.2,0.3,0.4,1,0\n")
+    with pytest.raises(ValueError, match=r"b.csv:1: column 2 \(timestamp\)"):
+        read_ava_csv(tmp_path / "b.csv")
+
+
+def test_keyframe_clip_samples_frames_around_the_keyframe(ava_files):
+    root, files = ava_files
+    # T = 4, 2 source frames apart at 8 fps: frame T // 2 is the keyframe (second 1 -> frame 8)
+    assert keyframe_times(1.0, 4, 2, 8.0).tolist() == [0.5, 0.75, 1.0, 1.25]
+    jittered = keyframe_times(1.0, 4, 2, 8.0, np.random.default_rng(0))
+    assert np.all((jittered - keyframe_times(1.0, 4, 2, 8.0)) * 8 >= 0) and np.all((jittered - keyframe_times(1.0, 4, 2, 8.0)) * 8 < 2)
+    cfg = ava_data(root, files)
+    ds = build_dataset(cfg, "val", train=False)
+    item = ds[1]  # video0, 0901: second 1 of the file
+    assert item["frames"].shape == (4, 3, 32, 32) and item["boxes"].shape == (1, 4) and item["box_labels"].shape == (1, 3)
+    from mugstan.backbones.clip import CLIP_MEAN, CLIP_STD
+
+    pixel = item["frames"][:, 0, 20:, :].mean((1, 2)) * CLIP_STD[0] + CLIP_MEAN[0]  # lower part, red channel, 0-1
+    np.testing.assert_allclose((pixel * 255).numpy(), [(9 * i) % 256 for i in (4, 6, 8, 10)], atol=4)
+    # a clip running past the start repeats the first frame (second 0 = frame 0)
+    first = ds[0]["frames"][:, 0, 20:, :].mean((1, 2)) * CLIP_STD[0] + CLIP_MEAN[0]
+    np.testing.assert_allclose((first * 255).numpy(), [0, 0, 0, 18], atol=4)
+
+
+def test_flip_moves_the_boxes_with_the_frames(ava_files):
+    root, files = ava_files
+    cfg = ava_data(root, files, hflip=True)
+    ds = build_dataset(cfg, "train", train=True)
+    flipped = [ds.get(0) for ds.reader.epoch in range(8)]
+    boxes = {tuple(np.round(it["boxes"][0].numpy().astype(float), 4).tolist()) for it in flipped}
+    assert boxes == {(0.1, 0.2, 0.4, 0.9), (0.6, 0.2, 0.9, 0.9)}  # x1, x2 -> 1 - x2, 1 - x1
+
+
+# ---- the model ----------------------------------------------------------------------------------
+def tiny_detector(branch="stan", classes=3, roi_size=2):
+    from mugstan.config import DetectionConfig, STANConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="mugstan-tiny", branch=branch, head="mean", task="detection", class_names=["a", "b", "c"][:classes],
+                      stan=STANConfig(depth=2, drop_path=0.0), detection=DetectionConfig(roi_size=roi_size, dropout=0.0))
+    return build_model(cfg).eval(), cfg
+
+
+def test_detector_shapes_and_frozen_parts():
+    model, cfg = tiny_detector()
+    frames, mask = torch.randn(2, 4, 3, 32, 32), torch.ones(2, 4, dtype=torch.bool)
+    boxes = torch.tensor([[0.1, 0.1, 0.5, 0.5], [0.2, 0.3, 0.9, 0.9], [0.0, 0.0, 1.0, 1.0]])
+    index = torch.tensor([0, 1, 1])
+    assert model.feature_map(frames, mask).shape == (2, 64, 4, 4)  # [B, D, g, g]: width 64, 32 px / patch 8
+    out = model(frames, mask, boxes, index)
+    assert out["logits"].shape == (3, 3)
+    assert model(frames, mask, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))["logits"].shape == (0, 3)
+    trainable = {n.split(".")[0] + "." + n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad}
+    assert "encoder.branch" in trainable and "classifier.weight" in trainable
+    assert not any(p.requires_grad for n, p in model.named_parameters() if n.startswith(("encoder.head", "encoder.logit_scale")))
+    assert not any(p.requires_grad for n, p in model.encoder.backbone.clip.named_parameters() if not n.startswith("visual."))
+
+
+def test_roi_pooling_on_known_boxes():
+    model, _ = tiny_detector(roi_size=2)
+    fmap = torch.arange(2 * 2 * 16, dtype=torch.float32).view(2, 2, 4, 4)  # [B=2, D=2, 4, 4], value = 16 * channel + 4 * row + col (+ 32 for b=1)
+    # the box of cells rows 1-2, columns 2-3 of clip 1: 2 x 2 bins, one cell each, sampled at the cell centres
+    box = torch.tensor([[0.5, 0.25, 1.0, 0.75]])
+    feats = model.roi_features(fmap, box, torch.tensor([1]))
+    cells = fmap[1, :, 1:3, 2:4]
+    assert torch.allclose(feats, cells.amax((1, 2))[None])  # max over the bins = the largest cell
+    # one cell, roi_size 1: exactly that cell's value
+    one, _ = tiny_detector(roi_size=1)
+    cell = one.roi_features(fmap, torch.tensor([[0.25, 0.5, 0.5, 0.75]]), torch.tensor([0]))  # row 2, column 1
+    assert torch.allclose(cell, fmap[0, :, 2, 1][None])
+
+
+def test_order_blind_baseline_and_stan():
+    """Reversing the frames leaves the baseline's scores unchanged (the map is a mean over time of
+    per-frame tokens); STAN's temporal modules see the order (after one step away from the identity)."""
+    frames, mask = torch.randn(1, 4, 3, 32, 32), torch.ones(1, 4, dtype=torch.bool)
+    boxes, index = torch.tensor([[0.1, 0.1, 0.6, 0.6]]), torch.tensor([0])
+    none, _ = tiny_detector("none")
+    assert torch.allclose(none(frames, mask, boxes, index)["logits"], none(frames.flip(1), mask, boxes, index)["logits"], atol=1e-5)
+    stan, _ = tiny_detector("stan")
+    for fc in (m.temporal_fc for m in stan.encoder.branch.temporal):
+        torch.nn.init.normal_(fc.weight, std=0.2)
+    a, b = stan(frames, mask, boxes, index)["logits"], stan(frames.flip(1), mask, boxes, index)["logits"]
+    assert not torch.allclose(a, b, atol=1e-4)
+
+
+def test_detection_loss_is_binary_cross_entropy():
+    logits = torch.tensor([[2.0, -1.0], [0.0, 3.0]])
+    labels = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    expected = -(torch.log(torch.sigmoid(torch.tensor(2.0))) + torch.log(1 - torch.sigmoid(torch.tensor(-1.0)))
+                 + torch.log(torch.tensor(0.5)) + torch.log(torch.sigmoid(torch.tensor(3.0)))) / 4
+    assert DetectionLoss()({"logits": logits}, {"box_labels": labels}).item() == pytest.approx(expected.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="do not match"):
+        DetectionLoss()({"logits": logits}, {"box_labels": labels[:1]})
+
+
+def test_collated_batch_trains_the_detector(ava_files):
+    root, files = ava_files
+    data = ava_data(root, files)
+    ann = load_annotations(data, "train")
+    model, cfg = tiny_detector()
+    model.train()
+    batch = collate([build_dataset(data, "train", train=True, ann=ann)[i] for i in range(3)])
+    assert batch["box_batch_index"].tolist() == [0, 0, 1, 2] and batch["boxes"].shape == (4, 4)
+    loss_fn = build_loss(cfg, model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    first = None
+    for _ in range(15):
+        loss = loss_fn(model(**model_inputs(model, batch, torch.device("cpu"))), batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < 0.5 * first
+
+
+# ---- the CLI end to end -------------------------------------------------------------------------
+def test_train_and_eval_through_the_cli(tmp_path):
+    from mugstan.data.synthetic import DetectionParams, detection_paths, generate_detection
+
+    meta = generate_detection(tmp_path / "data", DetectionParams(videos=6, test_videos=3, seed=1), progress=False)
+    assert meta["counts"]["test"] == {"videos": 3, "keyframes": 6, "boxes": 12}
+    paths = detection_paths(tmp_path / "data")
+    config = yaml.safe_load((Path(__file__).parents[1] / "src/mugstan/configs/synthetic/det_stan.yaml").read_text())
+    config["data"].update(root=paths["data.root"], train_ann=paths["data.train_ann"], val_ann=paths["data.val_ann"],
+                          test_ann=paths["data.test_ann"], extra=paths["data.extra"], num_workers=0, num_frames=3)
+    config["train"].update(output_dir=str(tmp_path / "run"), epochs=1, batch_size=4)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "mugstan.cli", *a], env=env, capture_output=True, text=True)
+    trained = run("train", str(tmp_path / "c.yaml"), "--no-progress")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    test = results["test"]
+    assert test["boxes"] == "proposals" and results["best"]["metric"] == "mAP@0.5" and 0 <= test["detection"]["mAP"] <= 100
+    out = run("eval", str(tmp_path / "c.yaml"), "--checkpoint", str(tmp_path / "run" / "checkpoints" / "best"),
+              "--json", str(tmp_path / "r.json"), f"eval.detections={tmp_path / 'dets.csv'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "frame-mAP@0.5" in out.stdout
+    again = json.loads((tmp_path / "r.json").read_text())
+    assert again["detection"]["mAP"] == pytest.approx(test["detection"]["mAP"])
+    lines = (tmp_path / "dets.csv").read_text().splitlines()
+    assert len(lines) == 6 * 2 * 10 == again["detection"]["counts"]["rows_written"]  # keyframes x proposals x classes
+    video, ts, *box, action, score = lines[0].split(",")
+    assert video == "det_test_00000" and ts == "0001" and len(box) == 4 and 1 <= int(action) <= 10 and 0 <= float(score) <= 1
