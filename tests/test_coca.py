@@ -383,3 +383,43 @@ def test_search_page_captions_a_result(trained, synthetic, tmp_path):
         assert client.get("/api/caption", params=params).status_code == 404
     assert client.get("/api/caption", params={"path": r["path"], "start": 1.0, "end": 0.5}).status_code == 422
     assert "/api/caption" in client.get("/search.js").text
+
+
+@pytest.mark.slow
+def test_open_clip_tag_loads_coca_weights(tmp_path):
+    """`model.pretrained: laion2b_s13b_b90k` runs open_clip's real tag path (its Hugging Face
+    download pointed at a local, offline cache holding random coca_ViT-B-32 weights): a
+    CoCaBackbone with every tensor from the file, the caption decoder's projection included (the
+    random initialisation of a model built without weights must not replace it)."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    repo_id = open_clip.get_pretrained_cfg("coca_ViT-B-32", "laion2b_s13b_b90k")["hf_hub"].strip("/")
+    torch.manual_seed(0)
+    weights = {k: v.half().contiguous() for k, v in model_from_config(open_clip.get_model_config("coca_ViT-B-32")).state_dict().items()}
+    weights["text_decoder.text_projection"].normal_(0, 0.05)  # open_clip leaves it uninitialised
+    repo = tmp_path / "hub" / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    save_file(weights, str(snapshot / "open_clip_model.safetensors"))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    code = (
+        "import sys, torch\n"
+        "from mugstan.backbones.clip import build_clip\n"
+        "b = build_clip('coca_ViT-B-32', pretrained='laion2b_s13b_b90k')\n"
+        "print(type(b).__name__, b.embed_dim, b.context_length)\n"
+        "sd = b.clip.state_dict()\n"
+        "torch.save({k: sd[k] for k in sys.argv[2:]}, sys.argv[1])\n"
+    )
+    probes = ["text_decoder.text_projection", "visual.attn_pool.query", "text.cls_emb", "visual.transformer.resblocks.11.mlp.c_fc.weight"]
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.pt"), *probes], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["CoCaBackbone", "512", "76"]
+    loaded = torch.load(tmp_path / "w.pt")
+    for key in probes:
+        assert torch.equal(loaded[key], weights[key].float()), key

@@ -120,9 +120,8 @@ def caption_file(model, cfg, path, start: Optional[float] = None, end: Optional[
     device = encoder.logit_scale.log_scale.device
     data = cfg.data if cfg else DataConfig(image_size=encoder.backbone.image_size)
     reader = ClipReader(dataclasses.replace(data, test_clips=1, test_crops=1), train=False, num_frames=frames)
-    clip = reader(Clip(str(Path(path).expanduser()), start, end), 0).unsqueeze(0).to(device)  # [1, T, 3, S, S]
-    mask = torch.ones(clip.shape[:2], dtype=torch.bool, device=device)
-    return caption(model, clip, mask, beams, max_tokens, min_tokens)[0]
+    frames, mask = reader.read(Clip(str(Path(path).expanduser()), start, end), 0)  # [T, 3, S, S], [T] (False: fps padding)
+    return caption(model, frames.unsqueeze(0).to(device), mask.unsqueeze(0).to(device), beams, max_tokens, min_tokens)[0]
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -173,8 +173,8 @@ def build_model(cfg: ModelConfig, class_names: Sequence[str] = ()) -> Union[Vide
     backbone = build_clip(cfg.backbone, cfg.pretrained, cfg.weights, config=cfg.backbone_config)
     branch = build_branch(cfg, backbone)
     head = build_head(cfg, backbone)
-    if cfg.head == Head.mug:  # Mug scores per-token text features: no loss reaches what only the pooled one reads (CoCa's CLS),
-        for p in backbone.pooled_text_parameters():  # and DDP needs a gradient for every trainable parameter
+    if cfg.head == Head.mug:  # Mug scores per-token text features: what only the pooled one reads (CoCa's CLS) gets an
+        for p in backbone.pooled_text_parameters():  # exactly zero gradient, so training it would only let weight decay shrink it
             p.requires_grad_(False)
     logit_scale = LogitScale(backbone.clip.logit_scale, cfg.temperature)
     backbone.clip.logit_scale.requires_grad_(False)  # superseded by the model's logit_scale
