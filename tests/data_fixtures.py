@@ -172,3 +172,14 @@ def write_ava_fixtures(root: Path, videos=("video0", "video1")) -> dict:
         path.write_text(text)
         out[name] = str(path)
     return out
+
+
+def hf_cache_snapshot(cache: Path, repo_id: str, commit: str = "0" * 40) -> Path:
+    """An empty snapshot folder of ``repo_id`` in a Hugging Face hub cache (``HF_HUB_CACHE``), its
+    ``refs/main`` pointing at it: files written there are what an offline download finds."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot

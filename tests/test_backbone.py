@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from data_fixtures import hf_cache_snapshot
 
 from mugstan.backbones.clip import EOT_TOKEN, SOT_TOKEN, Tokenizer, build_clip, list_models
 
@@ -80,12 +81,7 @@ def test_openai_tag_builds_quickgelu_blocks(tmp_path, name):
     repo_id = open_clip.get_pretrained_cfg(name, "openai")["hf_hub"].strip("/")
     torch.manual_seed(0)
     weights = {k: v.half().contiguous() for k, v in open_clip.create_model(name).state_dict().items()}  # fp16, as OpenAI released
-    repo = tmp_path / "hub" / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    save_file(weights, str(snapshot / "open_clip_model.safetensors"))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0" * 40)
+    save_file(weights, str(hf_cache_snapshot(tmp_path / "hub", repo_id) / "open_clip_model.safetensors"))
     probe = weights["visual.transformer.resblocks.0.mlp.c_fc.weight"].float()
     code = (
         "import sys, torch\n"

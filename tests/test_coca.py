@@ -15,7 +15,7 @@ import open_clip
 import pytest
 import torch
 import yaml
-from data_fixtures import write_config
+from data_fixtures import hf_cache_snapshot, write_config
 
 from mugstan.backbones.clip import Tokenizer, build_clip, model_from_config
 from mugstan.backbones.coca import CoCaBackbone
@@ -401,12 +401,7 @@ def test_open_clip_tag_loads_coca_weights(tmp_path):
     torch.manual_seed(0)
     weights = {k: v.half().contiguous() for k, v in model_from_config(open_clip.get_model_config("coca_ViT-B-32")).state_dict().items()}
     weights["text_decoder.text_projection"].normal_(0, 0.05)  # open_clip leaves it uninitialised
-    repo = tmp_path / "hub" / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    save_file(weights, str(snapshot / "open_clip_model.safetensors"))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0" * 40)
+    save_file(weights, str(hf_cache_snapshot(tmp_path / "hub", repo_id) / "open_clip_model.safetensors"))
     code = (
         "import sys, torch\n"
         "from mugstan.backbones.clip import build_clip\n"
