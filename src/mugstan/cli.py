@@ -30,6 +30,7 @@ COMMANDS = {
     "search": ("mugstan.search.query", "search an index by text"),
     "serve": ("mugstan.search.server", "serve a search page for an index"),
     "push": ("mugstan.hub", "upload a checkpoint with a model card to the Hugging Face Hub"),
+    "chat": ("mugstan.chat.cli", "ask a video chat model (LLaVA + the video encoder) about a video"),
 }
 
 

@@ -5,6 +5,7 @@ callable ``loss(outputs, batch) -> scalar`` for the outputs of ``model(**inputs)
   §2), one term per ``head.loss_terms`` (CLIP2Video has two), features all-gathered across
   processes so negatives come from every process.
 - ``ClassificationLoss``: cross-entropy of a classifier's logits against the labels.
+- ``LanguageModelLoss``: next-token cross-entropy over the answer tokens (video chat).
 
 ``gather`` all-gathers a tensor across processes so that the gradient reaches the local slice
 (``_GatherWithGrad``: all-gather forward, all-reduce of a contiguous gradient backward;
@@ -104,6 +105,17 @@ class ClassificationLoss:
         return F.cross_entropy(logits.float(), batch["label"].to(logits.device))
 
 
+class LanguageModelLoss:
+    """outputs {"logits": [B, S, V], "labels": [B, S]} (-100 = not an answer token) -> mean cross-entropy of
+    predicting token s + 1 from positions <= s, over the answer tokens of the batch."""
+
+    def __call__(self, outputs: dict, batch: dict = None) -> torch.Tensor:
+        logits, labels = outputs["logits"][:, :-1], outputs["labels"][:, 1:].to(outputs["logits"].device)
+        if not (labels != -100).any():
+            raise ValueError("no answer tokens in this batch (every label is -100): raise model.chat.max_length")
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
 def _gather_embeddings(e: Embeddings) -> Embeddings:
     return Embeddings(gather(e.x), None if e.mask is None else gather_nograd(e.mask))
 
@@ -112,4 +124,6 @@ def build_loss(cfg: ModelConfig, model: torch.nn.Module) -> Callable[[dict, dict
     """The loss of ``model`` (built from ``cfg``, DDP-wrapped or not)."""
     if cfg.task == Task.recognition:
         return ClassificationLoss()
+    if cfg.task == Task.chat:
+        return LanguageModelLoss()
     return ContrastiveLoss(unwrap(model).head, cfg.loss_reduction)

@@ -88,6 +88,10 @@ def stack_clips(rows: list, view: Optional[int] = 0) -> Embeddings:
 def evaluate(model, cfg: ExperimentConfig, split: str = "test", dist: Optional[DistInfo] = None, progress: bool = True) -> dict:
     """Metrics of ``model`` on a split, with what was dropped. Runs on every process; all get the result."""
     dist = dist or DistInfo(device=next(unwrap(model).parameters()).device)
+    if cfg.model.task == Task.chat:  # Video QA: answers, exact match and the judge's answer file
+        from mugstan.chat.qa import evaluate_qa
+
+        return evaluate_qa(model, cfg, split, dist, progress)
     start = time.time()
     ann = load_annotations(cfg.data, split)
     model.eval()
@@ -137,6 +141,8 @@ def headline(result: dict) -> tuple[str, float]:
     """The number model selection uses: text-to-video R@1 (retrieval) or top-1 (recognition)."""
     if "retrieval" in result:
         return "t2v R@1", result["retrieval"]["t2v"]["R@1"]
+    if "qa" in result:
+        return "QA accuracy", result["qa"]["accuracy"]
     return "top-1", result["recognition"]["top1"]
 
 
@@ -147,6 +153,9 @@ def format_result(result: dict) -> str:
     if "recognition" in result:
         r = result["recognition"]
         lines.append(f"  {'zero-shot ' if result.get('zero_shot') else ''}top-1 {r['top1']:.1f}  top-5 {r['top5']:.1f}")
+    if "qa" in result:
+        q = result["qa"]
+        lines.append(f"  QA exact-match accuracy {q['accuracy']:.1f} ({q['correct']}/{q['questions']}); answers in {q['answers_file']}")
     if result.get("dropped"):
         lines.append(f"  dropped {len(result['dropped'])} videos that could not be decoded:")
         lines.extend(f"    {d['error']}" for d in result["dropped"][:20])
@@ -155,7 +164,8 @@ def format_result(result: dict) -> str:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="experiment YAML (its data and eval sections are used)")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint folder, or a `mugstan convert` .safetensors")
+    parser.add_argument("--checkpoint", help="checkpoint folder, or a `mugstan convert` .safetensors (optional only for "
+                        "model.task=chat: zero-shot Video QA builds the model from the config)")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--json", help="also write the result to this JSON file")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.dsl=true")
@@ -168,7 +178,14 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     dist = setup()
-    model, _ = load_model(args.checkpoint, dist.device)
+    if args.checkpoint is None:
+        if cfg.model.task != Task.chat:
+            raise SystemExit("error: --checkpoint is required (only model.task=chat evaluates a config's model zero-shot)")
+        from mugstan.models import build_model
+
+        model = build_model(cfg.model).to(dist.device).eval()
+    else:
+        model, _ = load_model(args.checkpoint, dist.device)
     result = evaluate(model, cfg, args.split, dist)
     if dist.main:
         print(format_result(result))

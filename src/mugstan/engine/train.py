@@ -89,8 +89,9 @@ def setup_run(cfg: ExperimentConfig) -> Run:
     if cfg.model.task == Task.recognition and not cfg.model.class_names and ann.class_names:
         cfg.model.class_names = list(ann.class_names)
     model = build_model(cfg.model).to(dist.device)
-    tokenizer = model.tokenizer if cfg.model.task == Task.retrieval else None
-    dataset = build_dataset(cfg.data, "train", tokenizer, train=True, pairs=cfg.model.task == Task.retrieval, seed=t.seed, ann=ann)
+    text_items = cfg.model.task in (Task.retrieval, Task.chat)  # captions / conversations, tokenised by the model's tokenizer
+    tokenizer = model.tokenizer if text_items else None
+    dataset = build_dataset(cfg.data, "train", tokenizer, train=True, pairs=text_items, seed=t.seed, ann=ann)
     sampler = TrainSampler(len(dataset), t.batch_size, dist.world, dist.rank, t.accum_steps, t.seed)
     local_batch = t.batch_size // (dist.world * t.accum_steps)  # clips of one micro-batch on this process
     gradcache = t.chunk_size is not None and t.chunk_size < local_batch
@@ -138,7 +139,8 @@ def optimizer_step(run: Run) -> float:
         run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.scheduler.step()
-    run.model.clamp_logit_scale()
+    if hasattr(run.model, "clamp_logit_scale"):  # contrastive models; the chat model has no logit scale
+        run.model.clamp_logit_scale()
     return float(grad_norm)
 
 
@@ -217,9 +219,11 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
             bar.update(1)
             if pos["step"] % t.log_every == 0 or pos["step"] == run.total_steps:
                 rate = clips * dist.world / max(time.time() - tick, 1e-9)
-                logger.scalars(pos["step"], {"train/loss": loss, "train/lr": run.scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
-                                             "train/clips_per_s": rate, "train/logit_scale": run.model.logit_scale().item(),
-                                             "train/skipped_videos": skipped})
+                scalars = {"train/loss": loss, "train/lr": run.scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
+                           "train/clips_per_s": rate, "train/skipped_videos": skipped}
+                if hasattr(run.model, "logit_scale"):
+                    scalars["train/logit_scale"] = run.model.logit_scale().item()
+                logger.scalars(pos["step"], scalars)
                 bar.set_postfix(loss=f"{loss:.4f}", clips_s=f"{rate:.1f}")
                 tick, clips = time.time(), 0
             if t.save_every and pos["step"] % t.save_every == 0 and pos["step_in_epoch"] < sampler.steps_per_epoch:

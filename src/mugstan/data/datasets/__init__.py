@@ -49,7 +49,8 @@ class Annotations:
     """One split of a dataset.
 
     clips: the videos (or windows of videos); captions[i] describes clips[caption_clip[i]];
-    labels[j]: class index of clips[j] (recognition); class_names: index -> name.
+    labels[j]: class index of clips[j] (recognition); class_names: index -> name;
+    conversations: question-answer turns about the clips (video chat, ``datasets/videoqa.py``).
     """
 
     clips: list[Clip]
@@ -58,6 +59,7 @@ class Annotations:
     labels: Optional[list[int]] = None
     class_names: Optional[list[str]] = None
     source: str = ""
+    conversations: Optional[list] = None
 
     def __post_init__(self):
         if len(self.captions) != len(self.caption_clip):
@@ -179,12 +181,14 @@ def collate(items: list[dict]) -> dict:
 def load_annotations(cfg: DataConfig, split: str) -> Annotations:
     """The split ("train" | "val" | "test") of the dataset named by ``cfg.dataset``."""
     from mugstan.data.datasets.formats import FORMATS
+    from mugstan.data.datasets.videoqa import QA_FORMATS
 
-    if cfg.dataset not in FORMATS:
-        raise ValueError(f"data.dataset={cfg.dataset!r} is not one of {', '.join(sorted(FORMATS))}")
+    formats = {**FORMATS, **QA_FORMATS}
+    if cfg.dataset not in formats:
+        raise ValueError(f"data.dataset={cfg.dataset!r} is not one of {', '.join(sorted(formats))}")
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
-    return FORMATS[cfg.dataset](cfg, split)
+    return formats[cfg.dataset](cfg, split)
 
 
 def build_dataset(cfg: DataConfig, split: str, tokenizer=None, train: Optional[bool] = None,
@@ -196,6 +200,12 @@ def build_dataset(cfg: DataConfig, split: str, tokenizer=None, train: Optional[b
     ann = ann or load_annotations(cfg, split)
     train = split == "train" if train is None else train
     on_error = on_error or ("replace" if train else "drop")
+    if ann.conversations is not None and (train if pairs is None else pairs):
+        from mugstan.data.datasets.videoqa import ConversationDataset  # video chat: one item per conversation
+
+        if tokenizer is None:
+            raise ValueError("conversation items need the chat model's tokenizer")
+        return ConversationDataset(ann, cfg, train, tokenizer, on_error, seed)
     pairs = (train and bool(ann.captions)) if pairs is None else pairs
     if pairs and tokenizer is None:
         raise ValueError("caption items need a tokenizer")
