@@ -4,8 +4,9 @@
 
 Writes a tiny LLaVA offline (``mugstan.chat.tiny``: CLIP ViT width 64 on 32-px frames, P = 16; 2-layer
 Llama width 64), renders one synthetic clip, and times, per token scheme: decoding the video file
-(PyAV, T frames), encoding it into video tokens (tower + branch + projector) and a whole greedy answer of
-``--new-tokens`` tokens (end-of-sequence disabled, so every answer has that length). Median of ``--iters``.
+(PyAV, T frames), encoding it into video tokens (tower + branch + projector) and a whole greedy answer of at
+most ``--new-tokens`` tokens (prompt prefill included; the random model may stop earlier at </s>: the tokens it
+generated are counted and the per-token time divides by them). Median of ``--iters``.
 """
 
 from __future__ import annotations
@@ -73,7 +74,6 @@ def main() -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model = build_model(cfg.model).to(device).eval()
-            model.llm.generation_config.eos_token_id = None  # fixed-length answers
             frames, mask = read_video(model, cfg, str(tmp / "clip.mp4"), args.frames)
             frames, mask = frames.to(device), mask.to(device)
             turns = [[("which way does the red circle move?", None)]]
@@ -81,14 +81,18 @@ def main() -> None:
             with torch.no_grad():
                 encode = median_seconds(lambda: model.projector(model.video_tokens(frames, mask)[0]), args.iters)
             answer = median_seconds(lambda: model.answer(frames, mask, turns, max_new_tokens=args.new_tokens), args.iters)
-            rows.append((title, model.num_video_tokens(args.frames), decode, encode, answer))
+            text = model.answer(frames, mask, turns, max_new_tokens=args.new_tokens)[0]
+            generated = len(model.tokenizer.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1  # + </s> when it stopped early
+            generated = min(generated, args.new_tokens)
+            prompt = len(model.tokenizer.prompt_ids(turns[0], args.frames))
+            rows.append((title, model.num_video_tokens(args.frames), prompt, decode, encode, answer, generated))
     where = f"{cpu_name()}, {torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
     lines = [f"Tiny random LLaVA (ViT width 64, 32-px frames, P = 16; Llama 2 x 64), {args.frames} frames, "
-             f"{args.new_tokens}-token greedy answers, fp32 on {device.type} ({where}); median of {args.iters}.", "",
-             "| video tokens from | tokens per video | decode video (s) | encode video (s) | whole answer (s) | per new token (ms) |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for title, n, decode, encode, answer in rows:
-        lines.append(f"| {title} | {n} | {decode:.3f} | {encode:.4f} | {answer:.3f} | {1000 * answer / args.new_tokens:.1f} |")
+             f"greedy answers of at most {args.new_tokens} tokens, fp32 on {device.type} ({where}); median of {args.iters}.", "",
+             "| video tokens from | tokens per video | prompt tokens | decode video (s) | encode video (s) | whole answer (s) | tokens generated | per generated token (ms) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for title, n, prompt, decode, encode, answer, generated in rows:
+        lines.append(f"| {title} | {n} | {prompt} | {decode:.3f} | {encode:.4f} | {answer:.3f} | {generated} | {1000 * answer / generated:.1f} |")
     text = "\n".join(lines)
     print(text)
     if args.out:

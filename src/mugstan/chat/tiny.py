@@ -29,8 +29,11 @@ def make_tokenizer(texts: Iterable[str]):
 
 
 def make_tiny_llava(folder, texts: Iterable[str], seed: int = 0, image_size: int = 32, patch_size: int = 8,
-                    vision_layers: int = 4, width: int = 64, llm_layers: int = 2) -> Path:
-    """Write a random tiny LLaVA checkpoint (weights + tokenizer) to ``folder``; returns it."""
+                    vision_layers: int = 4, width: int = 64, llm_layers: int = 2, vision_init: float = 1.0) -> Path:
+    """Write a random tiny LLaVA checkpoint (weights + tokenizer) to ``folder``; returns it.
+
+    vision_init: CLIP's ``initializer_factor`` for the tower; at 1 (CLIP's) a random tower's blocks are
+    nearly the identity, larger values give it the non-linear features a trained tower has."""
     import torch
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
@@ -38,7 +41,7 @@ def make_tiny_llava(folder, texts: Iterable[str], seed: int = 0, image_size: int
     tokenizer = make_tokenizer(texts)
     vision = CLIPVisionConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=vision_layers,
                               num_attention_heads=4, image_size=image_size, patch_size=patch_size, hidden_act="quick_gelu",
-                              projection_dim=width)
+                              projection_dim=width, initializer_factor=vision_init)
     text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=llm_layers,
                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
