@@ -419,3 +419,20 @@ def test_chat_configs_build_and_read_their_formats(path, llava_dir, tmp_path):
 
         result = evaluate(model.eval(), cfg, "test", progress=False)
         assert result["qa"]["questions"] == 1 and not result["dropped"]
+
+
+def test_bf16_keeps_trained_parts_in_fp32(llava_dir):
+    """model.chat.dtype bf16 (auto on a GPU): frozen parts in bf16, the projector's master weights fp32 with fp32 gradients."""
+    from mugstan.losses import LanguageModelLoss
+
+    model = build(llava_dir, dtype="bf16")
+    assert model.llm.dtype == torch.bfloat16 and next(model.backbone.parameters()).dtype == torch.bfloat16
+    assert next(model.branch.parameters()).dtype == torch.bfloat16 and next(model.projector.parameters()).dtype == torch.float32
+    frames, fmask = torch.randn(1, 4, 3, 32, 32), torch.ones(1, 4, dtype=torch.bool)
+    item = model.tokenizer([(QUESTION.format("red"), "left")], 4)
+    with torch.autocast("cpu", torch.bfloat16):
+        loss = LanguageModelLoss()(model(frames, fmask, item["input_ids"][None], item["attention_mask"][None], item["labels"][None]))
+    loss.backward()
+    assert torch.isfinite(loss) and model.projector.linear_1.weight.grad.dtype == torch.float32
+    answer = model.eval().answer(frames, fmask, [[(QUESTION.format("red"), None)]], max_new_tokens=3)
+    assert len(answer) == 1 and isinstance(answer[0], str)
