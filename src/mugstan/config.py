@@ -108,6 +108,14 @@ class VideoTokens(Choice):
     frame_mean = "frame_mean"  # P tokens of CLIP's frame mean (branch bypassed): order-blind, the control
 
 
+class ChatDtype(Choice):
+    """Dtype of a chat model's frozen parts (trained parts keep fp32 master weights)."""
+
+    auto = "auto"  # bf16 on a GPU, fp32 on a CPU
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 @dataclass
 class ChatConfig:
     """Video chat (``model.task: chat``, docs/chat.md): a LLaVA checkpoint whose CLIP vision tower
@@ -118,7 +126,7 @@ class ChatConfig:
     feature_layer: Optional[int] = None  # the vision layer whose tokens feed the projector; null: LLaVA's vision_feature_layer
     video_tokens: VideoTokens = VideoTokens.temporal_spatial
     tune: list[str] = field(default_factory=lambda: ["projector"])  # trained parts: projector, branch, llm
-    dtype: str = "auto"  # frozen parts' dtype: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    dtype: ChatDtype = ChatDtype.auto  # frozen parts' dtype: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     system: str = ""  # prompt: {system}{user}<video>\n{question}{assistant} {answer}</s>
     user: str = "USER: "
     assistant: str = " ASSISTANT:"
@@ -422,8 +430,6 @@ def validate_chat(cfg: ExperimentConfig) -> None:
     bad = [p for p in c.tune if p not in CHAT_PARTS]
     if bad or not c.tune:
         raise ConfigError(f"model.chat.tune={list(c.tune)}: choose a non-empty subset of {', '.join(CHAT_PARTS)}")
-    if c.dtype not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"model.chat.dtype={c.dtype!r} must be auto, fp32 or bf16")
     if "branch" in c.tune and cfg.model.branch == Branch.none:
         raise ConfigError("model.chat.tune names branch but model.branch=none has no parameters: remove it or set model.branch=stan")
     for name in ("max_length", "max_new_tokens"):

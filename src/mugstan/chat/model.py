@@ -182,9 +182,10 @@ class VideoChatModel(nn.Module):
 
 # ---- building ---------------------------------------------------------------------------
 def resolve_dtype(name: str) -> torch.dtype:
-    if name == "auto":
+    """model.chat.dtype -> torch dtype (auto: bf16 when a GPU is there, else fp32)."""
+    if str(name) == "auto":
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[str(name)]
 
 
 def _llava_source(spec: str) -> str:
