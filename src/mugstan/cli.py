@@ -39,6 +39,7 @@ COMMANDS = {
     "serve": ("mugstan.search.server", "serve a search page for an index"),
     "caption": ("mugstan.caption", "caption videos with a CoCa model's decoder (greedy or beam search)"),
     "push": ("mugstan.hub", "upload a checkpoint with a model card to the Hugging Face Hub"),
+    "chat": ("mugstan.chat.cli", "ask a video chat model (LLaVA + the video encoder) about a video"),
 }
 
 

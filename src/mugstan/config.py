@@ -55,6 +55,7 @@ class Task(Choice):
     retrieval = "retrieval"
     recognition = "recognition"
     detection = "detection"  # AVA-style spatio-temporal action detection (mugstan.detection)
+    chat = "chat"  # video chat: the video encoder as the eyes of a LLaVA language model (mugstan.chat)
 
 
 class Classifier(Choice):
@@ -134,6 +135,40 @@ class STANConfig:
     max_frames: int = 64  # size of the learned temporal embedding; caps T
 
 
+class VideoTokens(Choice):
+    """How a video becomes language-model tokens (mugstan.chat.model.video_tokens)."""
+
+    temporal_spatial = "temporal_spatial"  # T per-frame tokens + P per-patch tokens (Video-ChatGPT, BT-Adapter)
+    frame_mean = "frame_mean"  # P tokens of CLIP's frame mean (branch bypassed): order-blind, the control
+
+
+class ChatDtype(Choice):
+    """Dtype of a chat model's frozen parts (trained parts keep fp32 master weights)."""
+
+    auto = "auto"  # bf16 on a GPU, fp32 on a CPU
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+@dataclass
+class ChatConfig:
+    """Video chat (``model.task: chat``, docs/chat.md): a LLaVA checkpoint whose CLIP vision tower
+    gets the branch; the video's tokens take the image tokens' place."""
+
+    llava: Optional[str] = None  # LlavaForConditionalGeneration: HF folder or hub name (llava-hf/llava-1.5-7b-hf)
+    branch_weights: Optional[str] = None  # a mugstan checkpoint (folder, convert .safetensors, hub spec) whose branch.* is loaded
+    feature_layer: Optional[int] = None  # the vision layer whose tokens feed the projector; null: LLaVA's vision_feature_layer
+    video_tokens: VideoTokens = VideoTokens.temporal_spatial
+    tune: list[str] = field(default_factory=lambda: ["projector"])  # trained parts: projector, branch, llm
+    dtype: ChatDtype = ChatDtype.auto  # frozen parts' dtype: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    system: str = ""  # prompt: {system}{user}<video>\n{question}{assistant} {answer}</s>
+    user: str = "USER: "
+    assistant: str = " ASSISTANT:"
+    max_length: int = 1024  # tokens of a training item (video tokens included); longer answers are cut
+    max_new_tokens: int = 128
+    answers_file: Optional[str] = None  # Video QA answers (JSON for LLM-judge scripts); null: output_dir/answers_SPLIT.json
+
+
 @dataclass
 class DetectionConfig:
     """The RoI head of ``model.task: detection`` (mugstan.detection; mmaction2's BBoxHeadAVA)."""
@@ -190,6 +225,7 @@ class ModelConfig:
     grad_checkpointing: bool = False
     freeze_backbone: bool = False
     freeze_text: bool = False  # keep the text tower as loaded (only the video side trains)
+    chat: ChatConfig = field(default_factory=ChatConfig)  # model.task: chat only
 
 
 @dataclass
@@ -501,9 +537,10 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
         raise ConfigError(f"model.prompt_templates={list(m.prompt_templates)} must be a non-empty list of texts with "
                           "{} where the class name goes, e.g. ['a video of {}.']")
     from mugstan.data.datasets.formats import FORMATS
+    from mugstan.data.datasets.videoqa import QA_FORMATS
 
-    if d.dataset not in FORMATS:
-        raise ConfigError(f"data.dataset={d.dataset!r} is not one of {', '.join(sorted(FORMATS))}")
+    if d.dataset not in {**FORMATS, **QA_FORMATS}:
+        raise ConfigError(f"data.dataset={d.dataset!r} is not one of {', '.join(sorted({**FORMATS, **QA_FORMATS}))}")
     if m.branch == Branch.stan:
         for name, frames in (("data.num_frames", d.num_frames), ("data.test_num_frames", d.test_num_frames)):
             if frames is not None and frames > m.stan.max_frames:
@@ -521,6 +558,7 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.accum_steps={t.accum_steps}")
     validate_gradcache(cfg)
     validate_recipe_keys(cfg)
+    validate_chat(cfg)
     if not check_files:
         return
     if cfg.model.weights and not is_spec(cfg.model.weights):
@@ -598,6 +636,26 @@ def validate_gradcache(cfg: ExperimentConfig) -> None:
                     f"train.{name} (gradient caching) needs a contrastive loss, model.task=retrieval; "
                     f"model.task={cfg.model.task!r} has no in-batch negatives, so train.accum_steps gives the "
                     f"full-batch gradient: remove train.{name}")
+
+
+CHAT_PARTS = ("projector", "branch", "llm")
+
+
+def validate_chat(cfg: ExperimentConfig) -> None:
+    """model.chat: what model.task=chat needs."""
+    c = cfg.model.chat
+    if cfg.model.task != Task.chat:
+        return
+    if not c.llava:
+        raise ConfigError("model.task=chat needs model.chat.llava: a LLaVA checkpoint folder or hub name, e.g. llava-hf/llava-1.5-7b-hf")
+    bad = [p for p in c.tune if p not in CHAT_PARTS]
+    if bad or not c.tune:
+        raise ConfigError(f"model.chat.tune={list(c.tune)}: choose a non-empty subset of {', '.join(CHAT_PARTS)}")
+    if "branch" in c.tune and cfg.model.branch == Branch.none:
+        raise ConfigError("model.chat.tune names branch but model.branch=none has no parameters: remove it or set model.branch=stan")
+    for name in ("max_length", "max_new_tokens"):
+        if getattr(c, name) < 1:
+            raise ConfigError(f"model.chat.{name}={getattr(c, name)} must be at least 1")
 
 
 def save_config(cfg: ExperimentConfig, path) -> None:

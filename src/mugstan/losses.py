@@ -6,6 +6,7 @@ callable ``loss(outputs, batch) -> scalar`` for the outputs of ``model(**inputs)
   processes so negatives come from every process.
 - ``ClassificationLoss``: cross-entropy of a classifier's logits against the labels.
 - ``DetectionLoss``: binary cross-entropy of an action detector's per-box logits (multi-label).
+- ``LanguageModelLoss``: next-token cross-entropy over the answer tokens (video chat).
 
 ``gather`` all-gathers a tensor across processes so that the gradient reaches the local slice
 (``_GatherWithGrad``: all-gather forward, all-reduce of a contiguous gradient backward;
@@ -120,6 +121,17 @@ class DetectionLoss:
         return F.binary_cross_entropy_with_logits(logits, target)
 
 
+class LanguageModelLoss:
+    """outputs {"logits": [B, S, V], "labels": [B, S]} (-100 = not an answer token) -> mean cross-entropy of
+    predicting token s + 1 from positions <= s, over the answer tokens of the batch."""
+
+    def __call__(self, outputs: dict, batch: dict = None) -> torch.Tensor:
+        logits, labels = outputs["logits"][:, :-1], outputs["labels"][:, 1:].to(outputs["logits"].device)
+        if not (labels != -100).any():
+            raise ValueError("no answer tokens in this batch (every label is -100): raise model.chat.max_length")
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
 def _gather_embeddings(e: Embeddings) -> Embeddings:
     return Embeddings(gather(e.x), None if e.mask is None else gather_nograd(e.mask))
 
@@ -130,4 +142,6 @@ def build_loss(cfg: ModelConfig, model: torch.nn.Module) -> Callable[[dict, dict
         return ClassificationLoss()
     if cfg.task == Task.detection:
         return DetectionLoss()
+    if cfg.task == Task.chat:
+        return LanguageModelLoss()
     return ContrastiveLoss(unwrap(model).head, cfg.loss_reduction)

@@ -169,7 +169,12 @@ def build_classifier(cfg: ModelConfig, encoder: VideoTextModel, class_names: Seq
 def build_model(cfg: ModelConfig, class_names: Sequence[str] = ()) -> Union[VideoTextModel, VideoClassifier]:
     """The one factory: backbone from cfg.backbone / cfg.pretrained / cfg.weights, branch, head,
     and for ``model.task=recognition`` the classifier, for ``model.task=detection`` the RoI head
-    (``mugstan.detection.model.ActionDetector``)."""
+    (``mugstan.detection.model.ActionDetector``). ``model.task=chat`` builds the video chat model
+    (``mugstan.chat``, a consumer of the video encoder: imported only then)."""
+    if cfg.task == Task.chat:
+        from mugstan.chat.model import build_chat_model
+
+        return build_chat_model(cfg)
     backbone = build_clip(cfg.backbone, cfg.pretrained, cfg.weights, config=cfg.backbone_config)
     branch = build_branch(cfg, backbone)
     head = build_head(cfg, backbone)

@@ -88,6 +88,10 @@ def stack_clips(rows: list, view: Optional[int] = 0) -> Embeddings:
 def evaluate(model, cfg: ExperimentConfig, split: str = "test", dist: Optional[DistInfo] = None, progress: bool = True) -> dict:
     """Metrics of ``model`` on a split, with what was dropped. Runs on every process; all get the result."""
     dist = dist or DistInfo(device=next(unwrap(model).parameters()).device)
+    if cfg.model.task == Task.chat:  # Video QA: answers, exact match and the judge's answer file
+        from mugstan.chat.qa import evaluate_qa
+
+        return evaluate_qa(model, cfg, split, dist, progress)
     start = time.time()
     ann = load_annotations(cfg.data, split)
     model.eval()
@@ -144,6 +148,8 @@ def headline(result: dict) -> tuple[str, float]:
         return "t2v R@1", result["retrieval"]["t2v"]["R@1"]
     if "detection" in result:
         return "mAP@0.5", result["detection"]["mAP"]
+    if "qa" in result:
+        return "QA accuracy", result["qa"]["accuracy"]
     return "top-1", result["recognition"]["top1"]
 
 
@@ -158,6 +164,9 @@ def format_result(result: dict) -> str:
         d = result["detection"]
         lines.append(f"  frame-mAP@0.5 {d['mAP']:.2f} over {sum(ap is not None for ap in d['per_class'].values())} classes "
                      f"({result['boxes']} boxes; detections in {result['detections_csv']})")
+    if "qa" in result:
+        q = result["qa"]
+        lines.append(f"  QA exact-match accuracy {q['accuracy']:.1f} ({q['correct']}/{q['questions']}); answers in {q['answers_file']}")
     if result.get("dropped"):
         lines.append(f"  dropped {len(result['dropped'])} videos that could not be decoded:")
         lines.extend(f"    {d['error']}" for d in result["dropped"][:20])

@@ -100,10 +100,11 @@ def setup_run(cfg: ExperimentConfig) -> Run:
             print(f"model.init_from: {report['loaded']} tensors from {cfg.model.init_from}; kept at initialisation: "
                   f"{_names(report['new'])}; not used: {_names(report['unused'])}")
     model = model.to(dist.device)
-    tokenizer = model.tokenizer if cfg.model.task == Task.retrieval else None
+    text_items = cfg.model.task in (Task.retrieval, Task.chat)  # captions / conversations, tokenised by the model's tokenizer
+    tokenizer = model.tokenizer if text_items else None
     # on a GPU the workers hand over uint8 clips and normalisation runs there (models.model_inputs):
     # measured 1.2x the loader's clips/s at 16 workers (benchmarks/results/loader_speed.md)
-    dataset = build_train_dataset(cfg.data, tokenizer, pairs=cfg.model.task == Task.retrieval, seed=t.seed, ann=ann,
+    dataset = build_train_dataset(cfg.data, tokenizer, pairs=text_items, seed=t.seed, ann=ann,
                                   uint8=dist.device.type == "cuda")
     sampler = TrainSampler(len(dataset), t.batch_size, dist.world, dist.rank, t.accum_steps, t.seed)
     local_batch = t.batch_size // (dist.world * t.accum_steps)  # clips of one micro-batch on this process
@@ -156,7 +157,8 @@ def optimizer_step(run: Run) -> float:
         run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.scheduler.step()
-    run.model.clamp_logit_scale()
+    if hasattr(run.model, "clamp_logit_scale"):  # contrastive models; the chat model has no logit scale
+        run.model.clamp_logit_scale()
     return float(grad_norm)
 
 
@@ -248,9 +250,11 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
             bar.update(1)
             if pos["step"] % t.log_every == 0 or pos["step"] == run.total_steps:
                 rate = clips * dist.world / max(time.time() - tick, 1e-9)
-                logger.scalars(pos["step"], {"train/loss": loss, "train/lr": run.scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
-                                             "train/clips_per_s": rate, "train/logit_scale": run.model.logit_scale().item(),
-                                             "train/skipped_videos": pos["skipped"]})
+                scalars = {"train/loss": loss, "train/lr": run.scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
+                           "train/clips_per_s": rate, "train/skipped_videos": pos["skipped"]}
+                if hasattr(run.model, "logit_scale"):
+                    scalars["train/logit_scale"] = run.model.logit_scale().item()
+                logger.scalars(pos["step"], scalars)
                 bar.set_postfix(loss=f"{loss:.4f}", clips_s=f"{rate:.1f}")
                 tick, clips = time.time(), 0
             if t.save_every and pos["step"] % t.save_every == 0 and pos["step_in_epoch"] < sampler.steps_per_epoch:

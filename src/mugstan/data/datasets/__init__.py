@@ -53,7 +53,8 @@ class Annotations:
     """One split of a dataset.
 
     clips: the videos (or windows of videos); captions[i] describes clips[caption_clip[i]];
-    labels[j]: class index of clips[j] (recognition); class_names: index -> name.
+    labels[j]: class index of clips[j] (recognition); class_names: index -> name;
+    conversations: question-answer turns about the clips (video chat, ``datasets/videoqa.py``).
     """
 
     clips: list[Clip]
@@ -62,6 +63,7 @@ class Annotations:
     labels: Optional[list[int]] = None
     class_names: Optional[list[str]] = None
     source: str = ""
+    conversations: Optional[list] = None
 
     def __post_init__(self):
         if len(self.captions) != len(self.caption_clip):
@@ -237,13 +239,15 @@ def collate(items: list[dict]) -> dict:
 def load_annotations(cfg: DataConfig, split: str) -> Annotations:
     """The split ("train" | "val" | "test") of the dataset named by ``cfg.dataset``."""
     from mugstan.data.datasets.formats import FORMATS
+    from mugstan.data.datasets.videoqa import QA_FORMATS
 
-    if cfg.dataset not in FORMATS:
-        raise AnnotationError(f"data.dataset={cfg.dataset!r} is not one of {', '.join(sorted(FORMATS))}")
+    formats = {**FORMATS, **QA_FORMATS}
+    if cfg.dataset not in formats:
+        raise AnnotationError(f"data.dataset={cfg.dataset!r} is not one of {', '.join(sorted(formats))}")
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
     try:
-        return FORMATS[cfg.dataset](cfg, split)
+        return formats[cfg.dataset](cfg, split)
     except UnicodeDecodeError as err:  # a binary file given as annotations
         raise AnnotationError(f"{_annotation_file(cfg, split)}: not a text file (byte {err.start} is not UTF-8): "
                               f"give the {cfg.dataset} annotation file of the {split} split (see docs/data.md)") from None
@@ -272,6 +276,12 @@ def build_dataset(cfg: DataConfig, split: str, tokenizer=None, train: Optional[b
         from mugstan.data.datasets.ava import DetectionDataset
 
         return DetectionDataset(ann, cfg, train, None, on_error, seed)
+    if ann.conversations is not None and (train if pairs is None else pairs):
+        from mugstan.data.datasets.videoqa import ConversationDataset  # video chat: one item per conversation
+
+        if tokenizer is None:
+            raise ValueError("conversation items need the chat model's tokenizer")
+        return ConversationDataset(ann, cfg, train, tokenizer, on_error, seed)
     pairs = (train and bool(ann.captions)) if pairs is None else pairs
     if pairs and tokenizer is None:
         raise ValueError("caption items need a tokenizer")

@@ -1,0 +1,469 @@
+"""Video chat (mugstan.chat) with a tiny random LLaVA written offline: placement of the video tokens,
+projector tuning, greedy decoding, checkpoints, Video QA formats and evaluation, the CLI, and a short
+training run that needs the direction of time."""
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mugstan.config import ChatConfig, ConfigError, DataConfig, EvalConfig, ExperimentConfig, ModelConfig, TrainConfig, validate_config
+from mugstan.data.synthetic import COLORS, SynthParams, render_clip, write_video
+
+QUESTION = "which way does the {} circle move?"
+VOCAB = ["USER: ASSISTANT: which way does the circle move? left right what colour is it " + " ".join(COLORS)]
+
+
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory):
+    from mugstan.chat.tiny import make_tiny_llava
+
+    return make_tiny_llava(tmp_path_factory.mktemp("llava") / "tiny", VOCAB)
+
+
+def chat_config(llava_dir, branch="stan", **chat) -> ModelConfig:
+    chat = {"max_length": 64, "max_new_tokens": 4, **chat}
+    cfg = ModelConfig(task="chat", branch=branch, chat=ChatConfig(llava=str(llava_dir), **chat))
+    cfg.stan.depth = 2
+    return cfg
+
+
+def build(llava_dir, branch="stan", **chat):
+    from mugstan.models import build_model
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a fresh STAN branch warns that zero-shot chat wants a trained one
+        return build_model(chat_config(llava_dir, branch, **chat))
+
+
+def render_pair(folder: Path, color: str, seed: int, frames: int = 8) -> tuple[str, str]:
+    """The same clip moving left and (played backwards) right; relative paths of the two videos."""
+    clip, _ = render_clip(color, "circle", ("left", "right"), SynthParams(videos=2, frames=frames, size=32), np.random.default_rng(seed))
+    names = []
+    for motion, f in (("left", clip), ("right", clip[::-1])):
+        name = f"{color}_{seed}_{motion}.mp4"
+        write_video(folder / name, np.ascontiguousarray(f))
+        names.append(name)
+    return names[0], names[1]
+
+
+# ---- the video tokens ---------------------------------------------------------------------------
+def test_tower_is_llavas_up_to_the_feature_layer_and_tokens_take_the_image_place(llava_dir):
+    """One frame as frame_mean tokens = LLaVA's own image: the same logits as LLaVA's forward with pixel_values."""
+    from transformers import LlavaForConditionalGeneration
+
+    llava = LlavaForConditionalGeneration.from_pretrained(llava_dir).eval()
+    model = build(llava_dir, branch="none", video_tokens="frame_mean").eval()
+    assert model.backbone.vision_layers == llava.config.vision_config.num_hidden_layers - 1  # vision_feature_layer -2
+    torch.manual_seed(1)
+    frames = torch.randn(1, 1, 3, 32, 32)
+    ids = torch.tensor([model.tokenizer.prompt_ids([(QUESTION.format("red"), None)], 1)])
+    assert (ids == llava.config.image_token_id).sum() == llava.config.image_seq_length == model.num_video_tokens(1)
+    ones = torch.ones_like(ids)
+    with torch.no_grad():
+        reference = llava(input_ids=ids, pixel_values=frames[:, 0], attention_mask=ones).logits
+        embeds, mask = model.embed(ids, ones, frames, torch.ones(1, 1, dtype=torch.bool))
+        ours = model.llm(inputs_embeds=embeds, attention_mask=mask).logits
+    torch.testing.assert_close(ours, reference, atol=2e-4, rtol=1e-4)
+
+
+def test_stan_video_tokens_fill_exactly_the_placeholders(llava_dir):
+    model = build(llava_dir).eval()
+    t, p = 4, model.num_patches
+    assert model.num_video_tokens(t) == t + p == 20
+    frames, fmask = torch.randn(2, t, 3, 32, 32), torch.ones(2, t, dtype=torch.bool)
+    fmask[1, 3] = False  # a padded frame: its temporal token is masked out of the attention
+    prompts = [model.tokenizer.prompt_ids([(QUESTION.format(c), None)], t) for c in ("red", "blue")]
+    ids = torch.tensor(prompts)
+    with torch.no_grad():
+        embeds, mask = model.embed(ids, torch.ones_like(ids), frames, fmask)
+        tokens, token_mask = model.video_tokens(frames, fmask)
+        projected = model.projector(tokens)
+    place = ids == model.image_token_id
+    assert place.sum(1).tolist() == [t + p] * 2
+    torch.testing.assert_close(embeds[place], projected.flatten(0, 1))
+    torch.testing.assert_close(embeds[~place], model.llm.get_input_embeddings()(ids[~place]))
+    assert mask[place].view(2, -1)[:, :t].tolist() == fmask.long().tolist() and mask[~place].all()
+    # temporal tokens: each frame's patches averaged; spatial: each patch averaged over the real frames
+    patches = model.branch(model.backbone.encode_frames(frames.flatten(0, 1), model.branch.taps), model.backbone, fmask).patches
+    torch.testing.assert_close(tokens[1, :t], patches[1].mean(1))
+    torch.testing.assert_close(tokens[1, t:], patches[1, :3].mean(0))
+    first = int(place[0].nonzero()[0])
+    short = torch.cat([ids[:, :first], ids[:, first + 1:]], 1)  # one placeholder too few
+    with pytest.raises(ValueError, match="image tokens"):
+        model.embed(short, torch.ones_like(short), frames, fmask)
+
+
+def test_frame_mean_tokens_are_order_blind_and_stan_tokens_are_not(llava_dir):
+    frames = torch.randn(1, 4, 3, 32, 32)
+    reverse = frames.flip(1)
+    fmask = torch.ones(1, 4, dtype=torch.bool)
+    blind = build(llava_dir, video_tokens="frame_mean").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(blind.video_tokens(frames, fmask)[0], blind.video_tokens(reverse, fmask)[0])
+        stan = build(llava_dir).eval()
+        forward_tokens, backward_tokens = stan.video_tokens(frames, fmask)[0], stan.video_tokens(reverse, fmask)[0]
+    assert not torch.allclose(forward_tokens[:, 4:], backward_tokens[:, 4:], atol=1e-3)  # STAN's time embedding
+
+
+# ---- projector tuning ---------------------------------------------------------------------------
+def test_projector_tuning_gives_gradients_to_the_projector_only(llava_dir):
+    from mugstan.engine.optim import build_optimizer
+    from mugstan.losses import build_loss
+
+    model = build(llava_dir)
+    assert model.training and model.projector.training and not (model.branch.training or model.llm.training or model.backbone.training)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"projector.{n}" for n, _ in model.projector.named_parameters()}
+    optimised = {id(p) for g in build_optimizer(model, TrainConfig()).param_groups for p in g["params"]}
+    assert optimised == {id(p) for p in model.projector.parameters()}
+    item = model.tokenizer([(QUESTION.format("red"), "left")], 4)
+    batch = {k: v[None].repeat(2, 1) for k, v in item.items()}
+    batch.update(frames=torch.randn(2, 4, 3, 32, 32), frame_mask=torch.ones(2, 4, dtype=torch.bool))
+    loss = build_loss(chat_config(llava_dir), model)(model(**{k: batch[k] for k in model.input_names}), batch)
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projector.parameters())
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("projector."))
+
+
+def test_chat_config_errors_name_the_field(llava_dir):
+    cfg = ExperimentConfig(model=ModelConfig(task="chat"))
+    with pytest.raises(ConfigError, match="model.chat.llava"):
+        validate_config(cfg, check_files=False)
+    cfg.model.chat.llava = str(llava_dir)
+    cfg.model.chat.tune = ["projector", "vision"]
+    with pytest.raises(ConfigError, match="model.chat.tune"):
+        validate_config(cfg, check_files=False)
+    cfg.model.chat.tune = ["branch"]
+    with pytest.raises(ConfigError, match="model.branch=none"):
+        validate_config(cfg, check_files=False)
+
+
+# ---- decoding -----------------------------------------------------------------------------------
+def test_greedy_decoding_is_deterministic_and_is_the_argmax(llava_dir):
+    model = build(llava_dir).eval()
+    torch.manual_seed(2)
+    frames, fmask = torch.randn(2, 4, 3, 32, 32), torch.ones(2, 4, dtype=torch.bool)
+    convs = [[(QUESTION.format("red"), None)], [("what colour is it?", "red"), (QUESTION.format("red"), None)]]
+    first = model.answer(frames, fmask, convs, max_new_tokens=6)
+    assert model.answer(frames, fmask, convs, max_new_tokens=6) == first
+    assert [model.answer(frames[i:i + 1], fmask[i:i + 1], [convs[i]], max_new_tokens=6)[0] for i in range(2)] == first  # left padding
+    # the same tokens by hand: full forward passes, argmax, stop at </s>
+    tok = model.tokenizer.tokenizer
+    ids = torch.tensor([model.tokenizer.prompt_ids(convs[0], 4)])
+    out = []
+    with torch.no_grad():
+        for _ in range(6):
+            embeds, mask = model.embed(ids, torch.ones_like(ids), frames[:1], fmask[:1])
+            nxt = int(model.llm(inputs_embeds=embeds, attention_mask=mask).logits[0, -1].argmax())
+            if nxt == tok.eos_token_id:
+                break
+            out.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+    assert tok.decode(out, skip_special_tokens=True).strip() == first[0]
+
+
+# ---- checkpoints --------------------------------------------------------------------------------
+def test_save_and_load_round_trip(llava_dir, tmp_path):
+    from safetensors import safe_open
+
+    from mugstan.engine.checkpoint import load_model, save_checkpoint
+
+    model = build(llava_dir, tune=["projector", "branch"])
+    with torch.no_grad():
+        for p in [*model.projector.parameters(), *model.branch.parameters()]:
+            p.add_(torch.randn_like(p) * 0.05)
+    cfg = ExperimentConfig(name="chat", model=chat_config(llava_dir, tune=["projector", "branch"]))
+    save_checkpoint(tmp_path / "ckpt", model, cfg)
+    with safe_open(str(tmp_path / "ckpt" / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith(("projector.", "branch.")) for k in keys)  # not the language model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded, loaded_cfg = load_model(tmp_path / "ckpt")
+    assert loaded_cfg.model.chat.tune == ["projector", "branch"]
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, atol=0, rtol=0)
+    model.eval()
+    frames, fmask = torch.randn(1, 4, 3, 32, 32), torch.ones(1, 4, dtype=torch.bool)
+    ids = torch.tensor([model.tokenizer.prompt_ids([(QUESTION.format("red"), None)], 4)])
+    with torch.no_grad():
+        a = model.llm(inputs_embeds=model.embed(ids, torch.ones_like(ids), frames, fmask)[0]).logits
+        b = loaded.llm(inputs_embeds=loaded.embed(ids, torch.ones_like(ids), frames, fmask)[0]).logits
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    with pytest.raises(RuntimeError, match="missing"):
+        loaded.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("branch.")})
+
+
+def test_branch_weights_from_a_mugstan_checkpoint(llava_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    trained = build(llava_dir)
+    tensors = {f"branch.{k}": v + 0.1 for k, v in trained.branch.state_dict().items()}
+    tower = {f"backbone.clip.visual.transformer.resblocks.{i}.ln_1.weight": torch.ones(64) for i in range(3)}
+    save_file({**tensors, **tower}, str(tmp_path / "stan.safetensors"))
+    model = build(llava_dir, branch_weights=str(tmp_path / "stan.safetensors"))
+    for k, v in model.branch.state_dict().items():
+        torch.testing.assert_close(v, tensors[f"branch.{k}"])
+    tower["backbone.clip.visual.transformer.resblocks.3.ln_1.weight"] = torch.ones(64)
+    save_file({**tensors, **tower}, str(tmp_path / "stan4.safetensors"))
+    with pytest.raises(ValueError, match="4-block CLIP tower.*model.chat.feature_layer"):
+        build(llava_dir, branch_weights=str(tmp_path / "stan4.safetensors"))
+
+
+# ---- data ---------------------------------------------------------------------------------------
+def test_videoqa_formats(tmp_path):
+    from mugstan.data.datasets import load_annotations
+
+    for name in ("video7010.mp4", "abc_1_5.avi", "v_xyz.mkv", "v_k1.mp4"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "msrvtt.json").write_text(json.dumps([{"video_id": 7010, "question": "what is he doing?", "answer": "cook", "id": 3},
+                                                       {"video_id": 7010, "question": "who?", "answer": "man", "id": 4}]))
+    ann = load_annotations(DataConfig(dataset="msrvtt_qa", root=str(tmp_path), test_ann=str(tmp_path / "msrvtt.json")), "test")
+    assert [c.path for c in ann.clips] == [str(tmp_path / "video7010.mp4")]
+    assert [(c.clip, c.turns, c.id) for c in ann.conversations] == [(0, [("what is he doing?", "cook")], "3"), (0, [("who?", "man")], "4")]
+
+    (tmp_path / "map.txt").write_text("abc_1_5 vid1\n")
+    (tmp_path / "msvd.json").write_text(json.dumps([{"video_id": 1, "question": "q?", "answer": "a", "id": 0}]))
+    ann = load_annotations(DataConfig(dataset="msvd_qa", root=str(tmp_path), test_ann=str(tmp_path / "msvd.json"),
+                                      extra={"youtube_mapping": str(tmp_path / "map.txt")}), "test")
+    assert ann.clips[0].path == str(tmp_path / "abc_1_5.avi") and ann.conversations[0].video == "abc_1_5"
+
+    (tmp_path / "q.json").write_text(json.dumps([{"video_name": "xyz", "question": "is it day?", "question_id": "xyz_0"}]))
+    (tmp_path / "a.json").write_text(json.dumps([{"question_id": "xyz_0", "answer": "yes", "type": 3}]))
+    ann = load_annotations(DataConfig(dataset="activitynet_qa", root=str(tmp_path), test_ann=str(tmp_path / "q.json"),
+                                      extra={"answers": str(tmp_path / "a.json")}), "test")
+    assert ann.clips[0].path == str(tmp_path / "v_xyz.mkv") and ann.conversations[0].turns == [("is it day?", "yes")]
+
+    (tmp_path / "vcg.json").write_text(json.dumps([
+        {"video_id": "v_k1", "q": "Describe it.", "a": "A man cooks."},
+        {"id": "v_k1", "video": "v_k1.mp4", "conversations": [{"from": "human", "value": "<video>\nWhat?"}, {"from": "gpt", "value": "Pasta."},
+                                                              {"from": "human", "value": "Then?"}, {"from": "gpt", "value": "He eats."}]}]))
+    ann = load_annotations(DataConfig(dataset="videochatgpt", root=str(tmp_path), train_ann=str(tmp_path / "vcg.json")), "train")
+    assert len(ann.clips) == 1 and ann.conversations[1].turns == [("What?", "Pasta."), ("Then?", "He eats.")]
+    (tmp_path / "bad.json").write_text(json.dumps([{"video_id": "v_k1", "q": "no answer"}]))
+    with pytest.raises(ValueError, match="bad.json: entry 0 has no 'a' / 'answer'"):
+        load_annotations(DataConfig(dataset="videochatgpt", root=str(tmp_path), train_ann=str(tmp_path / "bad.json")), "train")
+
+
+def test_training_items_label_only_the_answer(llava_dir):
+    model = build(llava_dir)
+    item = model.tokenizer([("what colour is it?", "red"), (QUESTION.format("red"), "left")], 4)
+    tok = model.tokenizer.tokenizer
+    labels = item["labels"][item["labels"] != -100].tolist()
+    assert tok.decode(labels).split() == ["red", "</s>", "left", "</s>"]
+    assert (item["input_ids"] == model.image_token_id).sum() == 20
+    assert item["attention_mask"].sum() == (item["input_ids"] != tok.pad_token_id).sum()
+    with pytest.raises(ValueError, match="max_length"):
+        build(llava_dir, max_length=10).tokenizer([(QUESTION.format("red"), "left")], 4)
+
+
+def test_exact_match_normalisation():
+    from mugstan.chat.qa import exact_match
+
+    assert exact_match("Left.", "left") and exact_match("the Red circle", "red circle") and exact_match("  a dog ", "Dog!")
+    assert not exact_match("left", "right") and not exact_match("moves left", "left")
+
+
+# ---- evaluation, CLI ----------------------------------------------------------------------------
+def test_qa_evaluation_writes_the_judge_file(llava_dir, tmp_path):
+    from mugstan.engine.evaluate import evaluate, headline
+
+    left, right = render_pair(tmp_path, "red", 0, frames=4)
+    (tmp_path / "test_qa.json").write_text(json.dumps([
+        {"video_id": left, "question": QUESTION.format("red"), "answer": "left", "id": 0},
+        {"video_id": right, "question": QUESTION.format("red"), "answer": "right", "id": 1},
+        {"video_id": left, "question": "what colour is it?", "answer": "red", "id": 2}]))
+    cfg = ExperimentConfig(model=chat_config(llava_dir), train=TrainConfig(output_dir=str(tmp_path / "run")), eval=EvalConfig(batch_size=2),
+                           data=DataConfig(dataset="msrvtt_qa", root=str(tmp_path), test_ann=str(tmp_path / "test_qa.json"),
+                                           num_frames=4, image_size=32, num_workers=0))
+    model = build(llava_dir).eval()
+    result = evaluate(model, cfg, "test")
+    answers = json.loads((tmp_path / "run" / "answers_test.json").read_text())
+    assert [a["id"] for a in answers] == ["0", "2", "1"] and all({"video_name", "Q", "A", "pred", "question", "answer"} <= set(a) for a in answers)
+    assert answers[0]["video_name"] == left and answers[2]["A"] == "right"
+    from mugstan.chat.qa import exact_match
+
+    correct = sum(exact_match(a["pred"], a["answer"]) for a in answers)
+    assert result["qa"]["correct"] == correct and result["qa"]["questions"] == 3
+    assert headline(result) == ("QA accuracy", pytest.approx(100 * correct / 3))
+    from mugstan.chat.cli import read_video  # the answers are the model's own: same video, same question
+    frames, fmask = read_video(model, cfg, str(tmp_path / right), 4)
+    assert model.answer(frames, fmask, [[(QUESTION.format("red"), None)]])[0] == answers[2]["pred"]
+
+
+def test_chat_command(llava_dir, tmp_path, capsys):
+    from mugstan.cli import main
+
+    left, _ = render_pair(tmp_path, "blue", 1, frames=4)
+    video = str(tmp_path / left)
+    assert main(["chat", video, QUESTION.format("blue"), "--llava", str(llava_dir), "--max-new-tokens", "3", "--frames", "4"]) == 0
+    out = capsys.readouterr()
+    assert "4 frames -> 20 video tokens" in out.err
+    from mugstan.chat.cli import load_chat_model, read_video
+
+    class Args:
+        checkpoint = config = None
+        llava, overrides = str(llava_dir), []
+
+    model, cfg = load_chat_model(Args, torch.device("cpu"))
+    frames, fmask = read_video(model, cfg, video, 4)
+    expected = model.answer(frames, fmask, [[(QUESTION.format("blue"), None)]], max_new_tokens=3)[0]
+    assert out.out.split() == expected.split()  # streamed by TextStreamer, the same words
+    assert main(["chat", str(tmp_path / "missing.mp4"), "q?", "--llava", str(llava_dir)]) == 2
+    assert "missing.mp4" in capsys.readouterr().err
+
+
+# ---- a short training run that needs the direction of time ------------------------------------
+def direction_data(folder: Path, clips_per_colour: int, seed: int) -> Path:
+    """Video-ChatGPT-format questions about left/right pairs (one clip forwards and backwards), every colour."""
+    rows = []
+    for i, colour in enumerate(COLORS):
+        for k in range(clips_per_colour):
+            for motion, name in zip(("left", "right"), render_pair(folder, colour, seed * 1000 + i * 100 + k)):
+                rows.append({"video_id": name, "q": QUESTION.format(colour), "a": motion})
+    path = folder / f"qa_{seed}.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def stan_trained_on_direction(llava_dir, folder: Path, train_ann: Path, steps: int = 300) -> Path:
+    """Stage 1, standing in for a trained STAN / Mug-STAN checkpoint: the STAN branch over the LLaVA tower (tower
+    frozen) trained with a linear probe on its time-averaged spatial tokens to tell left from right. Returns a
+    safetensors file in a mugstan checkpoint's layout (``branch.*`` and the tower's ``backbone.clip.visual.*``)."""
+    from safetensors.torch import save_file
+
+    from mugstan.data.datasets import Clip, ClipReader
+
+    model = build(llava_dir, tune=["branch"])
+    reader = ClipReader(DataConfig(image_size=32, num_frames=8, crop_scale=[1.0, 1.0]), train=False)
+    rows = json.loads(train_ann.read_text())
+    frames = torch.stack([reader(Clip(str(folder / r["video_id"])), 0) for r in rows])
+    labels = torch.tensor([r["a"] == "left" for r in rows]).long()
+    probe = torch.nn.Linear(model.backbone.vision_width, 2)
+    opt = torch.optim.AdamW([*model.branch.parameters(), *probe.parameters()], lr=1e-3, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, len(rows), (16,), generator=gen)
+        tokens, _ = model.video_tokens(frames[idx], torch.ones(16, 8, dtype=torch.bool))
+        loss = torch.nn.functional.cross_entropy(probe(tokens[:, 8:].mean(1)), labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    tensors = {f"branch.{k}": v for k, v in model.branch.state_dict().items()}
+    tensors.update({f"backbone.clip.{k}": v for k, v in model.backbone.clip.state_dict().items() if k.startswith("visual.")})
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "stan_direction.safetensors"))
+    return folder / "stan_direction.safetensors"
+
+
+def direction_run(llava_dir, folder: Path, train_ann: Path, test_ann: Path, tokens: str, branch_weights=None, steps: int = 150) -> dict:
+    """Stage 2: LLaVA tuned through ``mugstan train`` (projector + language model; the branch frozen) -> test accuracy."""
+    from mugstan.engine.train import train
+
+    cfg = ExperimentConfig(
+        name=f"direction_{tokens}",
+        model=chat_config(llava_dir, video_tokens=tokens, tune=["projector", "llm"], branch_weights=branch_weights, max_new_tokens=2),
+        data=DataConfig(dataset="videochatgpt", root=str(folder), train_ann=str(train_ann), test_ann=str(test_ann), num_frames=8,
+                        image_size=32, crop_scale=[1.0, 1.0], num_workers=0),
+        train=TrainConfig(output_dir=str(folder / f"run_{tokens}"), epochs=100, max_steps=steps, batch_size=16, lr=3e-3,
+                          new_module_lr_mult=1.0, weight_decay=0.0, warmup=0.05, log_every=10, precision="fp32"),
+        eval=EvalConfig(batch_size=36))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = train(cfg, progress=False)
+    lines = (folder / f"run_{tokens}" / "metrics.jsonl").read_text().splitlines()
+    losses = [json.loads(line)["train/loss"] for line in lines if "train/loss" in line]
+    answers = json.loads((folder / f"run_{tokens}" / "answers_test.json").read_text())
+    return {"accuracy": result["test"]["qa"]["accuracy"], "losses": losses, "answers": answers}
+
+
+@pytest.mark.slow
+def test_short_training_run_on_the_direction_of_time(llava_dir, tmp_path):
+    """ "which way does the red circle move?" on time-reversed pairs (the same 8 frames forwards and backwards).
+    A STAN branch trained to see motion (stage 1, 300 probe steps) is plugged into the tiny LLaVA, whose projector
+    and (random, so also trained) language model are tuned through mugstan train for 150 steps: STAN's video tokens
+    answer the held-out pairs; the same model fed order-blind frame-mean tokens stays at chance."""
+    train_ann, test_ann = direction_data(tmp_path, 8, 1), direction_data(tmp_path, 3, 2)
+    weights = stan_trained_on_direction(llava_dir, tmp_path, train_ann)
+    stan = direction_run(llava_dir, tmp_path, train_ann, test_ann, "temporal_spatial", branch_weights=str(weights))
+    blind = direction_run(llava_dir, tmp_path, train_ann, test_ann, "frame_mean")
+    print(f"direction of time, 36 held-out questions: STAN tokens {stan['accuracy']:.1f}%, frame-mean tokens {blind['accuracy']:.1f}%")
+    for run in (stan, blind):  # both learned the answer's form: "left" or "right"
+        assert run["losses"][-1] < 0.5 * run["losses"][0]
+        assert {a["pred"] for a in run["answers"]} <= {"left", "right"}
+    assert stan["accuracy"] >= 80.0
+    # the control cannot tell a clip from the same clip reversed: one answer for both, chance
+    by_video = {a["video_name"]: a["pred"] for a in blind["answers"]}
+    pairs = [(v, v.replace("_left", "_right")) for v in by_video if v.endswith("_left.mp4")]
+    assert sum(by_video[a] == by_video[b] for a, b in pairs) >= 0.9 * len(pairs) and 35.0 <= blind["accuracy"] <= 65.0
+
+
+CHAT_CONFIGS = sorted((Path(__file__).parent.parent / "configs" / "chat").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CHAT_CONFIGS, ids=[p.name for p in CHAT_CONFIGS])
+def test_chat_configs_build_and_read_their_formats(path, llava_dir, tmp_path):
+    """Every configs/chat file loads, builds (with the tiny LLaVA in place of the 7B one) and reads its data format."""
+    from mugstan.config import load_config
+    from mugstan.data.datasets import build_dataset, collate
+    from mugstan.losses import build_loss
+    from mugstan.models import build_model, model_inputs
+
+    assert path.read_text().startswith("#")
+    clip, _ = render_clip("red", "circle", ("left", "right"), SynthParams(videos=2, frames=4, size=32), np.random.default_rng(0))
+    for name in ("video7.mp4", "abc_1_5.mp4", "v_xyz.mp4", "v_k1.mp4"):
+        write_video(tmp_path / name, clip)
+    files = {
+        "videochatgpt": {"train_ann": [{"video_id": "v_k1", "q": QUESTION.format("red"), "a": "left"}] * 2},
+        "msrvtt_qa": {"test_ann": [{"video_id": 7, "question": QUESTION.format("red"), "answer": "left", "id": 0}]},
+        "msvd_qa": {"test_ann": [{"video_id": 1, "question": QUESTION.format("red"), "answer": "left", "id": 0}]},
+        "activitynet_qa": {"test_ann": [{"video_name": "xyz", "question": QUESTION.format("red"), "question_id": "q0"}],
+                           "answers": [{"question_id": "q0", "answer": "left"}]},
+    }
+    raw_data = __import__("yaml").safe_load(path.read_text())["data"]
+    overrides = {"model.chat.llava": str(llava_dir), "model.chat.branch_weights": None, "model.chat.feature_layer": None,
+                 "model.stan.depth": 2, "data.root": str(tmp_path), "data.image_size": 32, "data.num_frames": 4, "data.num_workers": 0,
+                 "train.output_dir": str(tmp_path / "run"), "model.chat.max_length": 64}
+    for key, rows in files[raw_data["dataset"]].items():
+        (tmp_path / f"{key}.json").write_text(json.dumps(rows))
+        overrides["data.extra.answers" if key == "answers" else f"data.{key}"] = str(tmp_path / f"{key}.json")
+    if "youtube_mapping" in raw_data.get("extra", {}):
+        (tmp_path / "map.txt").write_text("abc_1_5 vid1\n")
+        overrides["data.extra.youtube_mapping"] = str(tmp_path / "map.txt")
+    cfg = load_config(path, overrides)
+    assert cfg.model.task == "chat"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model(cfg.model)
+    split = "train" if cfg.data.train_ann else "test"
+    if split == "train":
+        batch = collate([build_dataset(cfg.data, "train", model.tokenizer, train=True, pairs=True)[i] for i in range(2)])
+        loss = build_loss(cfg.model, model)(model(**model_inputs(model, batch, torch.device("cpu"))), batch)
+        assert torch.isfinite(loss)
+    else:
+        from mugstan.engine.evaluate import evaluate
+
+        result = evaluate(model.eval(), cfg, "test", progress=False)
+        assert result["qa"]["questions"] == 1 and not result["dropped"]
+
+
+def test_bf16_keeps_trained_parts_in_fp32(llava_dir):
+    """model.chat.dtype bf16 (auto on a GPU): frozen parts in bf16, the projector's master weights fp32 with fp32 gradients."""
+    from mugstan.losses import LanguageModelLoss
+
+    model = build(llava_dir, dtype="bf16")
+    assert model.llm.dtype == torch.bfloat16 and next(model.backbone.parameters()).dtype == torch.bfloat16
+    assert next(model.branch.parameters()).dtype == torch.bfloat16 and next(model.projector.parameters()).dtype == torch.float32
+    frames, fmask = torch.randn(1, 4, 3, 32, 32), torch.ones(1, 4, dtype=torch.bool)
+    item = model.tokenizer([(QUESTION.format("red"), "left")], 4)
+    with torch.autocast("cpu", torch.bfloat16):
+        loss = LanguageModelLoss()(model(frames, fmask, item["input_ids"][None], item["attention_mask"][None], item["labels"][None]))
+    loss.backward()
+    assert torch.isfinite(loss) and model.projector.linear_1.weight.grad.dtype == torch.float32
+    answer = model.eval().answer(frames, fmask, [[(QUESTION.format("red"), None)]], max_new_tokens=3)
+    assert len(answer) == 1 and isinstance(answer[0], str)
