@@ -403,7 +403,8 @@ def test_short_training_run_on_the_direction_of_time(llava_dir, tmp_path):
     assert sum(by_video[a] == by_video[b] for a, b in pairs) >= 0.9 * len(pairs) and 35.0 <= blind["accuracy"] <= 65.0
 
 
-CHAT_CONFIGS = sorted((Path(__file__).parent.parent / "configs" / "chat").glob("*.yaml"))
+CHAT_CONFIGS = [*sorted((Path(__file__).parent.parent / "configs" / "chat").glob("*.yaml")),
+                Path(__file__).parent.parent / "src" / "mugstan" / "configs" / "synthetic" / "chat_direction.yaml"]
 
 
 @pytest.mark.parametrize("path", CHAT_CONFIGS, ids=[p.name for p in CHAT_CONFIGS])
