@@ -468,3 +468,41 @@ def test_bf16_keeps_trained_parts_in_fp32(llava_dir):
     assert torch.isfinite(loss) and model.projector.linear_1.weight.grad.dtype == torch.float32
     answer = model.eval().answer(frames, fmask, [[(QUESTION.format("red"), None)]], max_new_tokens=3)
     assert len(answer) == 1 and isinstance(answer[0], str)
+
+
+# ---- the search page: ask about a result ---------------------------------------------------------
+def test_search_page_answers_questions_about_a_result(llava_dir, tmp_path):
+    """`mugstan serve INDEX --chat ...`: /api/search says the page may ask, /api/ask answers about the
+    result's window with the chat model (greedy: the same answer as model.answer on that window, twice)."""
+    from fastapi.testclient import TestClient
+
+    from mugstan.chat.cli import read_video
+    from mugstan.engine.checkpoint import save_checkpoint
+    from mugstan.models import build_model
+    from mugstan.search.index import build_index
+    from mugstan.search.query import Searcher
+    from mugstan.search.server import create_app
+
+    videos = tmp_path / "videos"
+    left, _ = render_pair(videos, "red", seed=1)
+    torch.manual_seed(0)
+    retrieval = ExperimentConfig(model=ModelConfig(backbone="mugstan-tiny", context_length=16),
+                                 data=DataConfig(num_frames=4, image_size=32))
+    save_checkpoint(tmp_path / "ckpt", build_model(retrieval.model), retrieval)
+    build_index(videos, tmp_path / "ckpt", tmp_path / "index", window=2.0, stride=2.0, progress=False)
+    chat_model = build(llava_dir).eval()
+    chat_cfg = ExperimentConfig(model=chat_config(llava_dir), data=DataConfig(num_frames=8))
+
+    client = TestClient(create_app(Searcher(tmp_path / "index"), (chat_model, chat_cfg)))
+    found = client.get("/api/search", params={"q": "a red circle", "k": 2}).json()
+    assert found["ask"] is True
+    hit = next(r for r in found["results"] if r["path"] == left)
+    params = {"path": hit["path"], "start": hit["start"], "end": hit["end"], "q": QUESTION.format("red")}
+    first, second = (client.get("/api/ask", params=params).json() for _ in range(2))
+    frames, mask = read_video(chat_model, chat_cfg, videos / left, 8, hit["start"], hit["end"])
+    assert first == second and first["answer"] == chat_model.answer(frames, mask, [[(params["q"], None)]])[0]
+    assert client.get("/api/ask", params={**params, "path": "../escape.mp4"}).status_code == 404
+    assert client.get("/api/ask", params={**params, "q": "   "}).status_code == 422
+    without = TestClient(create_app(Searcher(tmp_path / "index")))
+    assert without.get("/api/search", params={"q": "red"}).json()["ask"] is False
+    assert without.get("/api/ask", params=params).status_code == 400

@@ -57,15 +57,16 @@ def load_chat_model(args, device):
     return build_model(cfg.model).to(device).eval(), cfg
 
 
-def read_video(model, cfg, path: str, frames: int):
-    """frames [1, T, 3, S, S] (CLIP-normalised, S = the tower's input size), frame_mask [1, T]."""
+def read_video(model, cfg, path: str, frames: int, start=None, end=None):
+    """frames [1, T, 3, S, S] (CLIP-normalised, S = the tower's input size), frame_mask [1, T];
+    ``start`` / ``end`` (seconds) bound the window read (a search result's)."""
     import torch
 
     from mugstan.data.datasets import Clip, ClipReader
 
     data = cfg.data
     data.image_size, data.resize_short = model.backbone.image_size, None
-    clip = ClipReader(data, train=False, num_frames=frames)(Clip(path), 0)
+    clip = ClipReader(data, train=False, num_frames=frames)(Clip(str(path), start, end), 0)
     return clip[None], torch.ones(1, clip.shape[0], dtype=torch.bool)
 
 

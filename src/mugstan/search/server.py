@@ -8,6 +8,9 @@ Routes (nothing else is served, there is no directory listing):
 - ``/api/search?q=...&k=...``: ``{"query", "results": [{rank, path, start, end, score}], "captions"}``;
   ``q`` must be 1-500 characters and not blank, ``k`` 1-100, else 422; ``captions`` says whether
   the index's model can caption (a CoCa backbone), and the page then shows a Caption button;
+- ``/api/ask?path=...&start=...&end=...&q=...``: ``{"path", "start", "end", "question", "answer"}``:
+  a video chat model (``mugstan serve INDEX --chat CHECKPOINT_OR_CONFIG``, ``mugstan.chat``) answers
+  the question about the result's window (greedy); without ``--chat`` the page has no Ask box;
 - ``/api/caption?path=...&start=...&end=...``: ``{"path", "start", "end", "caption"}``, the window
   captioned by the model's decoder (``mugstan.caption``, greedy, cached); ``path`` as for ``/media``
   (404 otherwise), 400 for a model without a decoder;
@@ -38,8 +41,9 @@ PAGE_HEADERS = {
 }
 
 
-def create_app(searcher):
-    """The FastAPI app for a ``mugstan.search.query.Searcher``."""
+def create_app(searcher, chat=None):
+    """The FastAPI app for a ``mugstan.search.query.Searcher``; ``chat``: (video chat model, its
+    ExperimentConfig) to answer questions about results, or None."""
     from fastapi import FastAPI, HTTPException, Query
     from fastapi.responses import FileResponse, Response
 
@@ -72,7 +76,27 @@ def create_app(searcher):
     def search(q: str = Query(..., min_length=1, max_length=MAX_QUERY), k: int = Query(12, ge=1, le=MAX_K)) -> dict:
         if not q.strip():
             raise HTTPException(422, "the query is blank")
-        return {"query": q, "results": searcher.search(q, k), "captions": captions}
+        return {"query": q, "results": searcher.search(q, k), "captions": captions, "ask": chat is not None}
+
+    @app.get("/api/ask")
+    def ask(path: str, start: float = Query(..., ge=0), end: float = Query(..., gt=0),
+            q: str = Query(..., min_length=1, max_length=MAX_QUERY)) -> dict:
+        """A question about one result's window, answered by the video chat model."""
+        if chat is None:
+            raise HTTPException(400, "no video chat model: start `mugstan serve INDEX --chat CHECKPOINT_OR_CONFIG`")
+        if not q.strip():
+            raise HTTPException(422, "the question is empty")
+        real = indexed_file(path)
+        model, cfg = chat
+        from mugstan.chat.cli import read_video
+
+        try:
+            frames, mask = read_video(model, cfg, real, cfg.data.num_frames, start, end)
+        except VideoError as err:
+            raise HTTPException(422, str(err)) from None
+        device = next(model.parameters()).device
+        answer = model.answer(frames.to(device), mask.to(device), [[(q, None)]])[0]
+        return {"path": path, "start": start, "end": end, "question": q, "answer": answer}
 
     @app.get("/api/caption")
     def caption(path: str, start: float = Query(..., ge=0), end: float = Query(..., gt=0)) -> dict:
@@ -102,6 +126,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("index_dir", help="an index folder written by `mugstan index`")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port, 1-65535 (default 8000)")
+    parser.add_argument("--chat", help="a video chat checkpoint folder or chat config (configs/chat/): the page then has "
+                        "an Ask box per result (mugstan.chat; see docs/chat.md)")
     add_backend_arguments(parser)
 
 
@@ -118,7 +144,18 @@ def main(args: argparse.Namespace) -> int:
 
     from mugstan.search.query import open_searcher
 
-    app = create_app(open_searcher(args))
+    chat = None
+    if args.chat:
+        from types import SimpleNamespace
+
+        import torch
+
+        from mugstan.chat.cli import load_chat_model
+
+        yaml_file = args.chat.endswith((".yaml", ".yml"))
+        spec = SimpleNamespace(checkpoint=None if yaml_file else args.chat, config=args.chat if yaml_file else None, llava=None, overrides=[])
+        chat = load_chat_model(spec, torch.device(args.device if hasattr(args, "device") else "cpu"))
+    app = create_app(open_searcher(args), chat)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: anyone who can reach it can search the index and watch its videos")
     print(f"serving {args.index_dir} on http://{args.host}:{args.port}/ (Ctrl-C stops)")

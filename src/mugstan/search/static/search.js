@@ -41,7 +41,32 @@ function captionControls(r) {  // a button that asks the model's decoder for thi
   return [button, text];
 }
 
-function card(r, captions) {
+function askControls(r) {  // a question about this window, answered by the video chat model
+  const form = element("form", "ask");
+  const input = element("input", "ask-input");
+  input.placeholder = "Ask about this video";
+  input.maxLength = 500;
+  const button = element("button", "ask-button", "Ask");
+  const text = element("div", "answer");  // textContent only: an answer is never inserted as HTML
+  form.append(input, button);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const q = input.value.trim();
+    if (!q) return;
+    button.disabled = true;
+    text.textContent = "Thinking\u2026";
+    try {
+      const res = await fetch("/api/ask?" + new URLSearchParams({ path: r.path, start: r.start, end: r.end, q }));
+      text.textContent = res.ok ? (await res.json()).answer : "Error " + res.status;
+    } catch (err) {
+      text.textContent = "The server cannot be reached (" + err.message + ").";
+    }
+    button.disabled = false;
+  });
+  return [form, text];
+}
+
+function card(r, captions, ask) {
   const div = element("div", "result");
   div.dataset.start = r.start;
   div.dataset.end = r.end;
@@ -69,6 +94,7 @@ function card(r, captions) {
   link.rel = "noopener";
   meta.append(link);
   if (captions) meta.append(...captionControls(r));
+  if (ask) meta.append(...askControls(r));
   div.append(video, meta);
   return div;
 }
@@ -89,7 +115,7 @@ async function search(q) {
     return;
   }
   const data = await res.json();
-  grid.replaceChildren(...data.results.map((r) => card(r, data.captions)));
+  grid.replaceChildren(...data.results.map((r) => card(r, data.captions, data.ask)));
   statusLine.textContent = data.results.length
     ? data.results.length + " results for \u201c" + data.query + "\u201d"
     : "No results for \u201c" + data.query + "\u201d";
