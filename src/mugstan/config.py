@@ -528,9 +528,6 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
                           "e.g. [0.5, 1.0]; [1.0, 1.0] turns the random crop off")
     if d.test_crops not in (1, 3):
         raise ConfigError(f"data.test_crops={d.test_crops} must be 1 (centre) or 3 (left, centre, right)")
-    if d.resize_short is not None and d.resize_short < d.image_size:
-        raise ConfigError(f"data.resize_short={d.resize_short} is below data.image_size={d.image_size}: the crop would not fit; "
-                          "set resize_short to at least image_size, or null")
     if e.split not in ("train", "val", "test"):
         raise ConfigError(f"eval.split={e.split!r} must be train, val or test")
     if not m.prompt_templates or any("{}" not in p for p in m.prompt_templates):
@@ -590,7 +587,8 @@ def validate_recipe_keys(cfg: ExperimentConfig) -> None:
     for name in ("resize_short", "test_resize_short"):
         value = getattr(d, name)
         if value is not None and value < d.image_size:
-            raise ConfigError(f"data.{name}={value} is below data.image_size={d.image_size}: the crop would not fit")
+            raise ConfigError(f"data.{name}={value} is below data.image_size={d.image_size}: the crop would not fit; "
+                              f"set {name} to at least image_size, or null")
     if t.schedule == Schedule.linear_then_cosine:
         if not 0.0 < t.start_factor <= 1.0:
             raise ConfigError(f"train.start_factor={t.start_factor} must be in (0, 1]")

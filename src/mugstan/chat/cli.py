@@ -60,12 +60,13 @@ def load_chat_model(args, device):
 def read_video(model, cfg, path: str, frames: int, start=None, end=None):
     """frames [1, T, 3, S, S] (CLIP-normalised, S = the tower's input size), frame_mask [1, T];
     ``start`` / ``end`` (seconds) bound the window read (a search result's)."""
+    from dataclasses import replace
+
     import torch
 
     from mugstan.data.datasets import Clip, ClipReader
 
-    data = cfg.data
-    data.image_size, data.resize_short = model.backbone.image_size, None
+    data = replace(cfg.data, image_size=model.backbone.image_size, resize_short=None)  # the config itself stays as loaded
     clip = ClipReader(data, train=False, num_frames=frames)(Clip(str(path), start, end), 0)
     return clip[None], torch.ones(1, clip.shape[0], dtype=torch.bool)
 
