@@ -5,28 +5,54 @@ autocast context. Weights stay fp32 throughout (autocast computes in the lower p
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 
 import torch
 
+# auto picks bf16 on a CPU only when its bf16 matrix product is at least this much faster than fp32
+CPU_BF16_MIN_SPEEDUP = 1.25
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes in bf16 natively: a CUDA GPU with bf16, or a CPU with AVX512-BF16
-    or AMX. Elsewhere bf16 matrix products are emulated, and on a plain AVX2 CPU they run 10-100x
-    slower than fp32 (measured on this project's development machines)."""
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_speedup(size: int = 1024, repeats: int = 3) -> float:
+    """fp32 time / bf16 time of a ``size``-square matrix product on this CPU (best of ``repeats``;
+    about 0.1 s, measured once per process).
+
+    CPU flags do not say it: on an AVX2-only CPU emulated bf16 ran 10-100x slower than fp32, and
+    on a 2-vCPU Xeon that reports AVX512-BF16 a 2048-square bf16 product took 2x as long as fp32
+    and a ViT-B/32 training step 1.8x (``benchmarks/precision_speed.py``).
+    """
+    a = torch.randn(size, size)
+    times = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x = a.to(dtype)
+        torch.mm(x, x)  # warm-up: kernel selection
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(x, x)
+            best = min(best, time.perf_counter() - start)
+        times[dtype] = best
+    return times[torch.float32] / times[torch.bfloat16]
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 pays on ``device``: a CUDA GPU that supports it, or a CPU whose bf16 matrix
+    product measures at least ``CPU_BF16_MIN_SPEEDUP`` x faster than fp32 (``cpu_bf16_speedup``)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        cpu = torch.cpu
-        return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        return cpu_bf16_speedup() >= CPU_BF16_MIN_SPEEDUP
     return False
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """train.precision -> what runs: "auto" is bf16 where the device has it natively, else fp16 on
+    """train.precision -> what runs: "auto" is bf16 where it pays (``fast_bf16``), else fp16 on
     CUDA (with loss scaling) and fp32 on a CPU; "fp32", "bf16" and "fp16" are taken as given."""
     if precision != "auto":
         return str(precision)
-    if native_bf16(device):
+    if fast_bf16(device):
         return "bf16"
     return "fp16" if device.type == "cuda" else "fp32"
 
