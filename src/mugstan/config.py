@@ -285,6 +285,11 @@ class DataConfig:
     test_clips: int = 1  # recognition multi-view testing: clips x crops
     test_crops: int = 1
     num_workers: int = 4
+    # Keep every decoded frame (at the resized short side) of the videos read, up to this many MB
+    # per reading process, and sample later epochs from memory; 0: off. For datasets that fit in
+    # memory, read many times: the synthetic demo (600 videos, 15 MB) spent more CPU decoding
+    # than training. DataLoader workers start empty every epoch: use it with data.num_workers: 0.
+    frame_cache_mb: float = 0.0
     mix: list[MixSource] = field(default_factory=list)  # extra training sources, sampled with the main one
 
     @property
@@ -321,6 +326,13 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     warmup: float = 0.1  # fraction of the total steps (<1) or a number of steps (>=1)
+    # Retrieval: the text tower stays as loaded for this fraction of the total steps (<1) or number
+    # of steps (>=1), then trains (0: from the start; model.freeze_text: never). Both towers start
+    # blind to what only the video shows (a CLIP pretrained on images, a branch that starts as the
+    # identity): trained together from step 0 they agree on "left = right", a saddle contrastive
+    # training leaves slowly; the loaded text tower's captions are distinct targets that the video
+    # side learns against first (docs/reproduction.md, benchmarks/results/synthetic_demo.md).
+    freeze_text_for: float = 0.0
     schedule: Schedule = Schedule.warmup_cosine  # see Schedule
     # linear_then_cosine (mmengine's LinearLR + CosineAnnealingLR, converted to steps), in epochs:
     start_factor: float = 0.05  # LinearLR start factor (lr x start_factor at step 0)
@@ -329,9 +341,10 @@ class TrainConfig:
     cosine_t_max: float = 4.5  # CosineAnnealingLR T_max (the cosine is periodic past it, as mmengine's)
     cosine_end: Optional[float] = None  # CosineAnnealingLR end (None: the end of the run); the factor holds after it
     grad_clip: Optional[float] = 5.0
-    # "auto" | "fp32" | "bf16" | "fp16" (autocast, fp32 master weights). auto: bf16 where the
-    # device computes it natively (recent GPUs, CPUs with AVX512-BF16 / AMX), else fp16 on GPUs
-    # and fp32 on CPUs, where emulated bf16 is many times slower than fp32.
+    # "auto" | "fp32" | "bf16" | "fp16" (autocast, fp32 master weights). auto: bf16 on GPUs that
+    # support it, else fp16; on a CPU bf16 only where a bf16 matrix product measures >= 1.25x
+    # faster than fp32 (mugstan.engine.precision; CPU flags do not tell: a Xeon reporting
+    # AVX512-BF16 ran bf16 2x slower), else fp32.
     precision: Precision = Precision.auto
     log_every: int = 10
     eval_every: int = 1  # epochs between validations
@@ -508,6 +521,8 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
     floats = {"train.lr": (t.lr, "positive"), "train.new_module_lr_mult": (t.new_module_lr_mult, "positive"),
               "train.eps": (t.eps, "positive"), "model.mug_lambda": (m.mug_lambda, "positive"),
               "train.weight_decay": (t.weight_decay, "0 or more"), "train.warmup": (t.warmup, "0 or more"),
+              "train.freeze_text_for": (t.freeze_text_for, "0 or more"),
+              "data.frame_cache_mb": (d.frame_cache_mb, "0 (off) or more"),
               "model.temperature": (m.temperature, "positive, or null for CLIP's learned scale"),
               "train.grad_clip": (t.grad_clip, "positive, or null for no clipping")}
     for name, (value, rule) in floats.items():
@@ -627,6 +642,11 @@ def validate_gradcache(cfg: ExperimentConfig) -> None:
             f"{t.batch_size} / {t.accum_steps} = {micro} clips: accumulation shrinks the negatives. Set train.batch_size="
             f"{t.contrastive_batch * t.accum_steps} (or train.accum_steps=1 and train.batch_size={t.contrastive_batch}), "
             "and train.chunk_size to the clips per process that fit in memory")
+    if t.freeze_text_for > 0 and (cfg.model.task != "retrieval" or cfg.model.freeze_text):
+        why = ("model.freeze_text already keeps the text tower frozen throughout" if cfg.model.task == "retrieval"
+               else f"model.task={cfg.model.task!r} trains no text tower")
+        raise ConfigError(f"train.freeze_text_for={t.freeze_text_for} freezes the text tower for the first steps of "
+                          f"video-text retrieval training, but {why}: remove train.freeze_text_for")
     if cfg.model.task != "retrieval":
         for name in ("contrastive_batch", "chunk_size"):
             if getattr(t, name) is not None:

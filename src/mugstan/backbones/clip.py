@@ -192,11 +192,14 @@ class CLIPBackbone(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
+    def text_parameters(self) -> list[nn.Parameter]:
+        """The text tower's parameters: everything outside ``visual`` but the logit scale."""
+        return [p for name, p in self.clip.named_parameters() if not name.startswith("visual.") and name != "logit_scale"]
+
     def freeze_text(self) -> None:
-        """No gradient for the text tower (everything outside ``visual``)."""
-        for name, p in self.clip.named_parameters():
-            if not name.startswith("visual."):
-                p.requires_grad_(False)
+        """No gradient for the text tower (``text_parameters``)."""
+        for p in self.text_parameters():
+            p.requires_grad_(False)
 
     def pooled_text_parameters(self) -> list[nn.Parameter]:
         """Parameters that only the pooled text embedding reads, not the per-token features: none for

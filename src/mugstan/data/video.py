@@ -445,7 +445,7 @@ def decode_all(path: PathLike, short_side: Optional[int] = None) -> torch.Tensor
 def read_clip(path: PathLike, num_frames: int, train: bool = False, short_side: Optional[int] = None,
               start: Optional[float] = None, end: Optional[float] = None, sampler: str = "segment",
               stride: int = 4, rng: Optional[np.random.Generator] = None, clip: int = 0,
-              num_clips: int = 1, sample_fps: float = 1.0, return_mask: bool = False):
+              num_clips: int = 1, sample_fps: float = 1.0, return_mask: bool = False, cache: Optional["FrameCache"] = None):
     """Sample and decode one clip: uint8 [num_frames, 3, H, W] (with ``return_mask``, also the
     bool [num_frames] mask of real frames).
 
@@ -454,30 +454,65 @@ def read_clip(path: PathLike, num_frames: int, train: bool = False, short_side: 
     ``stride`` apart. "fps": ``fps_indices`` at ``sample_fps`` with ``num_frames`` the cap; a
     short video's missing frames repeat its last sampled frame and are False in the mask (the
     other samplers fill every position with a real frame: the mask is all True). An image file
-    (image-text data) is a one-frame video: its frame repeated, every position real.
+    (image-text data) is a one-frame video: its frame repeated, every position real. ``cache``
+    (a ``FrameCache``): keep every frame of the video on first read and sample it from memory.
     """
     if Path(path).suffix.lower() in IMAGE_EXTENSIONS:
         frames = read_image(path, short_side).expand(num_frames, -1, -1, -1).contiguous()
         return (frames, torch.ones(num_frames, dtype=torch.bool)) if return_mask else frames
-    with _open(path) as container:  # one open for the metadata and the frames
-        info = _info(container, path)
+
+    def indices(info: VideoInfo) -> tuple[np.ndarray, Optional[np.ndarray]]:
         first, last = frame_range(info, start, end)
         if sampler == "segment":
             if train or num_clips == 1:
-                idx = segment_indices(first, last, num_frames, train, rng)
+                return segment_indices(first, last, num_frames, train, rng), None
+            edges = np.linspace(first, last, num_frames + 1)
+            return np.clip(np.floor(edges[:-1] + (clip + 0.5) / num_clips * (edges[1:] - edges[:-1])).astype(np.int64), first, last - 1), None
+        if sampler == "dense":
+            return dense_indices(first, last, num_frames, stride, train, rng, clip, num_clips), None
+        if sampler == "fps":
+            return pad_indices(fps_indices(first, last, info.fps, sample_fps, num_frames), num_frames)
+        raise ValueError(f"data.sampler must be 'segment', 'dense' or 'fps', got {sampler!r}")
+
+    cached = cache.get(path, short_side) if cache is not None else None
+    if cached is not None:
+        info, every = cached
+        idx, mask = indices(info)
+        frames = every[torch.from_numpy(idx)]
+    else:
+        with _open(path) as container:  # one open for the metadata and the frames
+            info = _info(container, path)
+            idx, mask = indices(info)
+            if cache is not None and cache.fits(info, short_side):  # decode every frame once, keep them
+                every = _decode(container, path, info, np.arange(info.num_frames), short_side)
+                cache.put(path, short_side, info, every)
+                frames = every[torch.from_numpy(idx)]
             else:
-                edges = np.linspace(first, last, num_frames + 1)
-                idx = np.clip(np.floor(edges[:-1] + (clip + 0.5) / num_clips * (edges[1:] - edges[:-1])).astype(np.int64), first, last - 1)
-        elif sampler == "dense":
-            idx = dense_indices(first, last, num_frames, stride, train, rng, clip, num_clips)
-        elif sampler == "fps":
-            idx, mask = pad_indices(fps_indices(first, last, info.fps, sample_fps, num_frames), num_frames)
-        else:
-            raise ValueError(f"data.sampler must be 'segment', 'dense' or 'fps', got {sampler!r}")
-        frames = _decode(container, path, info, idx, short_side)
+                frames = _decode(container, path, info, idx, short_side)
     if not return_mask:
         return frames
-    return frames, torch.from_numpy(mask) if sampler == "fps" else torch.ones(num_frames, dtype=torch.bool)
+    return frames, torch.from_numpy(mask) if mask is not None else torch.ones(num_frames, dtype=torch.bool)
+
+
+class FrameCache:
+    """Every decoded frame of the videos read, up to ``limit_mb`` MB (``data.frame_cache_mb``):
+    ``read_clip(..., cache=...)`` samples a cached video from memory, with the same frames as
+    decoding it again (decoding is deterministic). A video that would pass the limit is decoded
+    as usual each time; nothing is evicted."""
+
+    def __init__(self, limit_mb: float):
+        self.limit, self.used, self.videos = int(limit_mb * 2**20), 0, {}
+
+    def get(self, path: PathLike, short_side: Optional[int]):
+        return self.videos.get((str(path), short_side))
+
+    def fits(self, info: VideoInfo, short_side: Optional[int]) -> bool:
+        width, height = output_size(info.width, info.height, short_side)
+        return self.used + info.num_frames * 3 * width * height <= self.limit
+
+    def put(self, path: PathLike, short_side: Optional[int], info: VideoInfo, frames: torch.Tensor) -> None:
+        self.videos[(str(path), short_side)] = (info, frames)
+        self.used += frames.numel()
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")

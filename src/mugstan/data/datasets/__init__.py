@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 
 from mugstan.config import DataConfig, mix_data_config
 from mugstan.data.transforms import ClipTransform
-from mugstan.data.video import VideoError, read_clip
+from mugstan.data.video import FrameCache, VideoError, read_clip
 from mugstan.errors import AnnotationError, one_line
 
 
@@ -92,6 +92,7 @@ class ClipReader:
         self.transform = ClipTransform(cfg.image_size, train, cfg.crop_scale, cfg.hflip,
                                        1 if train else cfg.test_crops, self.short, uint8)
         self.epoch = 0
+        self.cache = FrameCache(cfg.frame_cache_mb) if cfg.frame_cache_mb > 0 else None
 
     def __call__(self, clip: Clip, index: int) -> torch.Tensor:
         return self.read(clip, index)[0]
@@ -107,7 +108,7 @@ class ClipReader:
         for v in range(self.views):
             frames, mask = read_clip(clip.path, self.num_frames, self.train, self.short, clip.start, clip.end,
                                      self.cfg.sampler, self.cfg.dense_stride, rng, v, self.views,
-                                     sample_fps=self.cfg.sample_fps, return_mask=True)
+                                     sample_fps=self.cfg.sample_fps, return_mask=True, cache=self.cache)
             out = self.transform(frames, gen)  # [T, 3, S, S] or [crops, T, 3, S, S]
             views.extend(out.unbind(0) if out.dim() == 5 else [out])
         return (views[0] if len(views) == 1 else torch.stack(views)), mask
