@@ -111,15 +111,15 @@ def test_frame_descriptions():
 
 
 def test_paired_motions_are_time_reversed_files(dataset):
+    """Every test pair decodes to exactly the same frames in opposite order (intra-only, constant
+    quantiser): an order-blind model scores the two alike, so its pair accuracy is exactly 50%."""
     out, _ = dataset
     records = read_jsonl(out / "test.jsonl")
-    fade = next(i for i, r in enumerate(records) if MOTIONS[r["label"]] == "fade_in")
-    for first, second in [(records[0], records[1]), (records[fade], records[fade + 1])]:  # left/right, fade in/out
+    for first, second in zip(records[0::2], records[1::2]):
+        assert MOTIONS[first["label"]] == MOTIONS[second["label"] ^ 1]
         forward, backward = decode(out / first["video"]), decode(out / second["video"])
-        reversed_error = np.abs(forward - backward[::-1]).mean()
-        same_order_error = np.abs(forward - backward).mean()
-        assert reversed_error < 4  # only H.264 coding noise (the background noise is not kept exactly)
-        assert same_order_error > 2 * reversed_error
+        assert np.array_equal(forward, backward[::-1]), first["video"]
+        assert np.abs(forward - backward).mean() > 1  # the motion shows: the frames change over time
 
 
 def test_rendered_pair_is_exactly_reversed():
