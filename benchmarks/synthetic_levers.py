@@ -38,10 +38,10 @@ import torch
 
 from mugstan.config import load_config
 from mugstan.data.synthetic import MOTION_PHRASES, MOTIONS
-from mugstan.data.transforms import center_crop, normalize, random_resized_crop, resize_short
+from mugstan.data.transforms import ClipTransform, normalize
 from mugstan.data.video import read_clip
 from mugstan.demo import CONFIG_DIR, twins
-from mugstan.engine.optim import build_optimizer, warmup_cosine
+from mugstan.engine.optim import build_optimizer, steps_of, warmup_cosine
 from mugstan.losses import build_loss
 from mugstan.models import build_model
 
@@ -49,7 +49,8 @@ from mugstan.models import build_model
 def load_split(data: Path, split: str, size: int) -> tuple[torch.Tensor, list, list]:
     """Every clip of a split, decoded and centre-cropped to ``size``: (uint8 [N, T, 3, S, S], captions, labels)."""
     records = [json.loads(line) for line in (data / f"{split}.jsonl").read_text().splitlines()]
-    clips = torch.stack([center_crop(resize_short(read_clip(str(data / r["video"]), 8), size), size) for r in records])
+    test_view = ClipTransform(size, train=False, uint8=True)  # resize the short side, centre crop
+    clips = torch.stack([test_view(read_clip(str(data / r["video"]), 8)) for r in records])
     return clips, [r["caption"] for r in records], [r["label"] for r in records]
 
 
@@ -95,7 +96,7 @@ def main() -> None:
         with torch.no_grad():
             model.branch.time_embed.weight.normal_(0, args.te_std)
     loss_fn = build_loss(cfg.model, model)
-    classifier = torch.nn.Linear(cfg_embed_dim(model), len(MOTIONS)).to(device) if args.sup else None
+    classifier = torch.nn.Linear(model.backbone.clip.text_projection.shape[1], len(MOTIONS)).to(device) if args.sup else None
     if classifier is not None:
         model.classifier_probe = classifier
     text = {id(p) for p in model.backbone.text_parameters()}
@@ -107,7 +108,8 @@ def main() -> None:
                 groups.append({**g, "params": params, "lr": g["lr"] * (args.text_lr if is_text else 1.0), "text": is_text})
     optimizer = torch.optim.AdamW(groups, betas=tuple(cfg.train.betas), eps=cfg.train.eps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.steps, cfg.train.warmup))
-    frozen_until = int(round(args.unfreeze_at * args.steps))
+    frozen_until = steps_of(args.unfreeze_at, args.steps)
+    train_view = ClipTransform(size, train=True, crop_scale=cfg.data.crop_scale)  # the loader's random crop
 
     test_frames = torch.stack([normalize(c) for c in test_x]).to(device)
     test_ids, test_mask = (t.to(device) for t in model.tokenize(test_c))
@@ -141,7 +143,7 @@ def main() -> None:
     for step in range(args.steps):
         idx = rng.choice(len(train_x), args.batch // (2 if args.twin else 1), replace=False)
         captions = [train_c[i][rng.integers(len(train_c[i]))] for i in idx]
-        x = torch.stack([normalize(random_resized_crop(c, size, cfg.data.crop_scale)) for c in train_x[idx]])
+        x = torch.stack([train_view(c) for c in train_x[idx]])
         labels = torch.tensor([train_l[i] for i in idx])
         if args.twin:
             x = torch.cat([x, x.flip(1)])
@@ -165,10 +167,6 @@ def main() -> None:
         model.clamp_logit_scale()
         if (step + 1) % args.every == 0 or step + 1 == args.steps:
             print(f"[{args.name}] step {step + 1} loss {loss.item():.3f} {evaluate()} {time.time() - start:.0f}s", flush=True)
-
-
-def cfg_embed_dim(model) -> int:
-    return model.backbone.clip.text_projection.shape[1]
 
 
 if __name__ == "__main__":

@@ -193,8 +193,9 @@ class CLIPBackbone(nn.Module):
         self.grad_checkpointing = enable
 
     def text_parameters(self) -> list[nn.Parameter]:
-        """The text tower's parameters: everything outside ``visual`` but the logit scale."""
-        return [p for name, p in self.clip.named_parameters() if not name.startswith("visual.") and name != "logit_scale"]
+        """The text tower's parameters: everything outside ``visual`` (open_clip's ``logit_scale``
+        among them, which the model's own scale supersedes and keeps frozen)."""
+        return [p for name, p in self.clip.named_parameters() if not name.startswith("visual.")]
 
     def freeze_text(self) -> None:
         """No gradient for the text tower (``text_parameters``)."""

@@ -474,21 +474,20 @@ def read_clip(path: PathLike, num_frames: int, train: bool = False, short_side: 
             return pad_indices(fps_indices(first, last, info.fps, sample_fps, num_frames), num_frames)
         raise ValueError(f"data.sampler must be 'segment', 'dense' or 'fps', got {sampler!r}")
 
-    cached = cache.get(path, short_side) if cache is not None else None
-    if cached is not None:
-        info, every = cached
-        idx, mask = indices(info)
-        frames = every[torch.from_numpy(idx)]
-    else:
+    info, every = (cache.get(path, short_side) if cache is not None else None) or (None, None)
+    if every is None:
         with _open(path) as container:  # one open for the metadata and the frames
             info = _info(container, path)
             idx, mask = indices(info)
-            if cache is not None and cache.fits(info, short_side):  # decode every frame once, keep them
+            if cache is None or not cache.fits(info, short_side):
+                frames = _decode(container, path, info, idx, short_side)
+            else:  # decode every frame once and keep them
                 every = _decode(container, path, info, np.arange(info.num_frames), short_side)
                 cache.put(path, short_side, info, every)
-                frames = every[torch.from_numpy(idx)]
-            else:
-                frames = _decode(container, path, info, idx, short_side)
+    else:
+        idx, mask = indices(info)
+    if every is not None:
+        frames = every[torch.from_numpy(idx)]
     if not return_mask:
         return frames
     return frames, torch.from_numpy(mask) if mask is not None else torch.ones(num_frames, dtype=torch.bool)

@@ -119,11 +119,16 @@ def param_groups(model: torch.nn.Module, no_decay=NO_DECAY_KINDS) -> list[dict]:
     ]
 
 
+def steps_of(value: float, total_steps: int) -> int:
+    """A length in steps given as a fraction of the total (< 1) or as steps (>= 1): train.warmup,
+    train.freeze_text_for."""
+    return int(round(value * total_steps)) if value < 1 else int(value)
+
+
 def warmup_cosine(total_steps: int, warmup: float) -> "callable":
     """lr multiplier of step s: linear warmup over ``warmup`` steps (a fraction of the total when
     < 1), then cosine decay to 0 at ``total_steps``."""
-    warm = int(round(warmup * total_steps)) if warmup < 1 else int(warmup)
-    warm = min(warm, max(total_steps - 1, 0))
+    warm = min(steps_of(warmup, total_steps), max(total_steps - 1, 0))
 
     def factor(step: int) -> float:
         if step < warm:

@@ -44,7 +44,7 @@ from mugstan.engine.distributed import DistInfo, TrainSampler, all_gather_object
 from mugstan.engine.evaluate import evaluate, format_result, headline
 from mugstan.engine.gradcache import average_gradients, broadcast_parameters, gradcache_backward
 from mugstan.engine.logging import MetricsLogger
-from mugstan.engine.optim import build_optimizer, build_scheduler
+from mugstan.engine.optim import build_optimizer, build_scheduler, steps_of
 from mugstan.engine.precision import autocast_for, resolve_precision
 from mugstan.files import recover_folder
 from mugstan.losses import build_loss
@@ -128,12 +128,7 @@ def setup_run(cfg: ExperimentConfig) -> Run:
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
     return Run(cfg, dist, Path(t.output_dir), model, wrapped, build_loss(cfg.model, model), dataset, sampler, optimizer,
                build_scheduler(optimizer, total_steps, t.warmup, t, sampler.steps_per_epoch), torch.amp.GradScaler(dist.device.type) if precision == "fp16" else None,
-               precision, gradcache, total_steps, text_frozen_steps(t.freeze_text_for, total_steps))
-
-
-def text_frozen_steps(freeze_text_for: float, total_steps: int) -> int:
-    """train.freeze_text_for (a fraction of the total steps when < 1, else steps) -> steps."""
-    return int(round(freeze_text_for * total_steps)) if freeze_text_for < 1 else int(freeze_text_for)
+               precision, gradcache, total_steps, steps_of(t.freeze_text_for, total_steps))
 
 
 def _names(names: list[str], most: int = 6) -> str:
