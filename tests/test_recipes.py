@@ -1,6 +1,7 @@
 """The knobs the authors' recipes need: mmengine / BertAdam schedules, the fps sampler, the test
 resize, selection on the test split, the EOT-losing tokenizer, and `data check` overrides."""
 
+import copy
 import json
 import math
 
@@ -236,6 +237,31 @@ def test_build_optimizer_picks_bertadam():
     assert isinstance(opt, BertAdam) and all(g["max_grad_norm"] == 1.0 for g in opt.param_groups)
     assert all(g["lr"] == pytest.approx(1e-4) for g in opt.param_groups)  # a plain Linear is all "new module"
     assert isinstance(build_optimizer(model, TrainConfig()), torch.optim.AdamW)
+
+
+def test_adamw_is_fused_on_a_cpu_and_follows_pytorchs_loop():
+    """CPU parameters get the fused kernel (one pass per tensor); it follows the per-parameter loop
+    to float precision, with the recipe's groups (decayed and not) and betas."""
+    from mugstan.engine.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8))
+    ref = copy.deepcopy(model)
+    cfg = TrainConfig(lr=1e-2, weight_decay=0.1, betas=(0.9, 0.98))
+    opt = build_optimizer(model, cfg)
+    assert opt.defaults["fused"] and not opt.defaults["foreach"]
+    twin = {id(p): q for p, q in zip(model.parameters(), ref.parameters())}
+    loop = torch.optim.AdamW([{"params": [twin[id(p)] for p in g["params"]], "lr": g["lr"], "weight_decay": g["weight_decay"]}
+                              for g in opt.param_groups], betas=cfg.betas, eps=cfg.eps, foreach=False)
+    assert {g["weight_decay"] for g in loop.param_groups} == {0.0, 0.1}
+    for _ in range(5):
+        for p, q in zip(model.parameters(), ref.parameters()):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        opt.step()
+        loop.step()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
 
 
 def test_the_search_index_masks_fps_padding_as_evaluation_does(tmp_path):
