@@ -737,3 +737,18 @@ def test_resume_keeps_the_skipped_counter_and_logs_each_step_once(data, tmp_path
     events = lambda run: [(r["step"], r["index"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
                           if r.get("event") == "skipped_video"]
     assert events(resumed) == events(full)
+
+
+def test_the_command_bounds_openmp_spinning_unless_the_user_chose():
+    """``mugstan`` sets GOMP_SPINCOUNT=4000 before PyTorch loads (benchmarks/openmp_wait.py); a
+    user's OMP_WAIT_POLICY or GOMP_SPINCOUNT is left as it is."""
+    probe = "import os, mugstan.cli; print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))"
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    for extra, want in (({}, "4000 None"), ({"OMP_WAIT_POLICY": "PASSIVE"}, "None PASSIVE"),
+                        ({"GOMP_SPINCOUNT": "100"}, "100 None")):
+        out = subprocess.run([sys.executable, "-c", probe], env={**base, **extra}, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == want, extra
+    # the variables are read when PyTorch's OpenMP runtime loads: importing the command must not load it
+    out = subprocess.run([sys.executable, "-c", "import sys, mugstan.cli; print('torch' in sys.modules)"], env=base,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
