@@ -21,11 +21,11 @@ import sys
 from mugstan.errors import ArgumentError, UserError, one_line
 
 # Idle OpenMP threads spin for a bounded time (GOMP_SPINCOUNT=4000: microseconds) before they
-# sleep. A CPU training step is thousands of small ops, which then find the threads awake: 1.42x
+# sleep. A CPU training step is thousands of small ops, which then find the threads awake: 1.50x
 # the steps/s of OMP_WAIT_POLICY=PASSIVE (threads sleep at once) for the demo's STAN alone on 2
-# cores. When two jobs share the cores it costs 0.74x PASSIVE's speed; longer spins cost far more
-# (0.37x at 20000; libgomp's unbounded default made matrix products 10-40x slower beside another
-# job). benchmarks/openmp_wait.py. Set OMP_WAIT_POLICY or GOMP_SPINCOUNT yourself to choose otherwise.
+# cores. When two jobs share the cores it costs 0.71x PASSIVE's speed; longer spins cost far more
+# (0.36x at 20000; libgomp's default, 300000, ran 22x slower than PASSIVE beside another job).
+# benchmarks/openmp_wait.py. Set OMP_WAIT_POLICY or GOMP_SPINCOUNT yourself to choose otherwise.
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "4000")
 
