@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from mugstan import bench, demo
 from mugstan.cli import main as cli
@@ -21,14 +22,43 @@ def test_quick_demo_writes_every_output(quick_demo, capsys):
     for row in results["rows"]:
         for key in demo.METRICS:
             assert 0.0 <= row[key] <= 100.0, (key, row)
-    # 64 training videos x 4 stills in batches of 64: 4 pretraining steps
-    assert results["dataset"]["counts"]["test"] == 60 and results["pretraining"]["steps"] == 4
+    # fine-tuned from the packaged CLIP, pretrained on seed 0's stills
+    assert results["dataset"]["counts"]["test"] == 60 and results["pretraining"]["packaged"] == str(demo.PACKAGED_CLIP)
+    assert results["pretraining"]["seed"] == "0" and results["pretraining"]["dtype"] == "float16"
     assert "| meanP (CLIP4Clip) |" in (out / "results.md").read_text()
     for name in ["results.png", *[q["image"] for q in results["examples"]["queries"]]]:
         assert (out / name).stat().st_size > 5000, name
-    for stage in ("pretrain_clip", "meanP", "stan"):  # every stage went through the engine
+    for stage in ("meanP", "stan"):  # every stage went through the engine
         assert (out / stage / "checkpoints" / "best" / "model.safetensors").is_file()
         assert (out / stage / "metrics.jsonl").is_file()
+    assert not (out / "pretrain_clip").exists()
+
+
+def test_export_clip_pretrains_and_writes_a_packaged_style_file(tmp_path):
+    """``--export-clip`` runs the pretraining stage through the engine and writes an fp16
+    open_clip-layout file that the fine-tuning stages load like the packaged one."""
+    from safetensors.torch import load_file
+
+    from mugstan.models import build_model
+    from mugstan.config import ModelConfig
+
+    dest = tmp_path / "clip.safetensors"
+    assert cli(["demo", "--quick", "--export-clip", str(dest), "--out", str(tmp_path / "run"), "--no-progress", "--seed", "3"]) == 0
+    # 64 training videos x 4 stills in batches of 64: 4 pretraining steps
+    assert json.loads((tmp_path / "run" / "pretrain_clip" / "results.json").read_text())["steps"] == 4
+    info = demo.clip_metadata(dest)
+    assert info["format"] == "open_clip" and info["seed"] == "3" and info["dtype"] == "float16"
+    tensors, packaged = load_file(str(dest)), load_file(str(demo.PACKAGED_CLIP))
+    assert tensors.keys() == packaged.keys() and all(t.dtype == torch.float16 for t in tensors.values())
+    full = load_file(str(tmp_path / "run" / "pretrain_clip" / "clip.safetensors"))  # the fp32 one --pretrain uses
+    torch.testing.assert_close(tensors["visual.proj"].float(), full["visual.proj"], rtol=1e-3, atol=1e-4)
+    model = build_model(ModelConfig(backbone="mugstan-tiny", weights=str(dest)))
+    torch.testing.assert_close(model.backbone.clip.visual.proj.detach(), tensors["visual.proj"].float())
+
+
+def test_demo_refuses_export_with_pretrain(tmp_path, capsys):
+    assert cli(["demo", "--export-clip", str(tmp_path / "c.safetensors"), "--pretrain"]) == 2
+    assert "--export-clip pretrains anyway" in capsys.readouterr().err
 
 
 def test_same_seed_same_table(quick_demo, tmp_path):

@@ -3,9 +3,10 @@
     mugstan bench synthetic [--models meanP seqTransf tdb_tab stan stan_conv mugstan]
                             [--seeds 0 1 2] [--out bench_synthetic] [--videos 600] [--quick]
 
-For each seed: render the benchmark with that seed, pretrain the small CLIP, fine-tune every
-model of ``configs/synthetic/`` from it and evaluate it, exactly as ``mugstan demo`` does for two
-(``mugstan.demo.prepare`` / ``finetune``). Writes, in ``--out``:
+For each seed: render the benchmark with that seed, fine-tune every model of ``configs/synthetic/``
+from the packaged small CLIP (``--pretrain``: from one pretrained on that seed's stills) and evaluate
+it, exactly as ``mugstan demo`` does for two (``mugstan.demo.prepare`` / ``finetune``). Writes, in
+``--out``:
 
     seed{K}/...          each seed's data, runs and checkpoints
     runs.jsonl           one line per (seed, model): the table row
@@ -18,8 +19,8 @@ continues where it stopped.
 
     mugstan bench synthetic --detection [--seeds 0] [--out bench_detection] [--quick]
 
-runs the detection comparison instead (``mugstan.detection.synthetic``): per seed, the same
-pretrained CLIP, the synthetic AVA-format detection set, STAN and the order-blind baseline (CLIP
+runs the detection comparison instead (``mugstan.detection.synthetic``): per seed, a small CLIP
+pretrained on that seed's stills (as when its figures were measured), the synthetic AVA-format detection set, STAN and the order-blind baseline (CLIP
 per frame, time-pooled) trained and tested; ``detection_runs.jsonl``, ``detection.md`` (mAP mean ±
 std over the seeds, and per-class AP of the last seed) and ``detection.json``.
 """
@@ -49,7 +50,8 @@ def aggregate(runs: list[dict], models: list[str]) -> list[dict]:
     return rows
 
 
-def synthetic(out: Path, models: list[str], seeds: list[int], videos=None, quick: bool = False, progress: bool = True) -> list[dict]:
+def synthetic(out: Path, models: list[str], seeds: list[int], videos=None, quick: bool = False, progress: bool = True,
+              pretrain: bool = False) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "runs.jsonl"
     runs = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
@@ -60,7 +62,7 @@ def synthetic(out: Path, models: list[str], seeds: list[int], videos=None, quick
             print(f"seed {seed}: every model already in {log_path}")
             continue
         print(f"\n=== seed {seed} ({len(todo)} models) [{(time.time() - start) / 60:.1f} min]", flush=True)
-        prep = demo.prepare(out / f"seed{seed}", seed, quick, videos, progress)
+        prep = demo.prepare(out / f"seed{seed}", seed, quick, videos, progress, pretrain=pretrain)
         for name in todo:
             print(f"\n--- seed {seed}: {demo.LABELS[name]} [{(time.time() - start) / 60:.1f} min]", flush=True)
             row = demo.finetune(name, prep, out / f"seed{seed}", seed, quick, progress)["row"]
@@ -98,7 +100,8 @@ def detection(out: Path, seeds: list[int], videos=None, quick: bool = False, pro
         todo = [m for m in DETECTION_MODELS if not any(r["seed"] == seed and r["name"] == m for r in runs)]
         if not todo:
             continue
-        prep = demo.prepare(out / f"seed{seed}", seed, quick, None, progress)
+        # as when the detection figures were measured: a CLIP pretrained on the stills of 8-frame videos
+        prep = demo.prepare(out / f"seed{seed}", seed, quick, None, progress, pretrain=True, frames=8)
         params = DetectionParams(videos=videos or (16 if quick else 300), test_videos=8 if quick else 60, seed=seed)
         generate_detection(out / f"seed{seed}", params, progress=progress)
         for name in todo:
@@ -137,6 +140,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     syn.add_argument("--quick", action="store_true", help="tiny sizes: checks every stage, numbers mean nothing")
     syn.add_argument("--detection", action="store_true",
                      help="the detection comparison instead (STAN vs the order-blind baseline on the synthetic AVA-format set)")
+    syn.add_argument("--pretrain", action="store_true",
+                     help="pretrain the small CLIP on each seed's stills instead of taking the packaged one (synthetic only)")
     syn.add_argument("--no-progress", action="store_true")
 
 
@@ -144,5 +149,5 @@ def main(args: argparse.Namespace) -> int:
     if args.detection:
         detection(Path(args.out), args.seeds, args.videos, args.quick, not args.no_progress)
         return 0
-    synthetic(Path(args.out), args.models, args.seeds, args.videos, args.quick, not args.no_progress)
+    synthetic(Path(args.out), args.models, args.seeds, args.videos, args.quick, not args.no_progress, args.pretrain)
     return 0
