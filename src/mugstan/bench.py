@@ -134,7 +134,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     syn = sub.add_parser("synthetic", help="every temporal module and head on the synthetic benchmark, several seeds")
     syn.add_argument("--models", "--heads", nargs="+", default=list(demo.ALL_MODELS), choices=list(demo.ALL_MODELS),
                      help="configs/synthetic/ runs to compare (default: all)")
-    syn.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    syn.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="data and training seeds (default: 0 1 2)")
     syn.add_argument("--out", default="bench_synthetic", help="output folder (default: %(default)s)")
     syn.add_argument("--videos", type=int, default=None, help="training videos per seed (default 600)")
     syn.add_argument("--quick", action="store_true", help="tiny sizes: checks every stage, numbers mean nothing")
@@ -142,7 +142,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                      help="the detection comparison instead (STAN vs the order-blind baseline on the synthetic AVA-format set)")
     syn.add_argument("--pretrain", action="store_true",
                      help="pretrain the small CLIP on each seed's stills instead of taking the packaged one (synthetic only)")
-    syn.add_argument("--no-progress", action="store_true")
+    syn.add_argument("--no-progress", action="store_true", help="no progress bars (stage lines and tables only)")
 
 
 def main(args: argparse.Namespace) -> int:
