@@ -94,3 +94,9 @@ def test_bench_synthetic_runs_two_seeds_and_resumes(tmp_path, capsys):
     assert cli(args) == 0
     assert "seed 1: every model already in" in capsys.readouterr().out
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 4
+
+
+def test_export_clip_to_a_folder_is_one_line(tmp_path, capsys):
+    assert cli(["demo", "--export-clip", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder; name the file to write" in err and "Traceback" not in err

@@ -20,9 +20,10 @@ continues where it stopped.
     mugstan bench synthetic --detection [--seeds 0] [--out bench_detection] [--quick]
 
 runs the detection comparison instead (``mugstan.detection.synthetic``): per seed, a small CLIP
-pretrained on that seed's stills (as when its figures were measured), the synthetic AVA-format detection set, STAN and the order-blind baseline (CLIP
-per frame, time-pooled) trained and tested; ``detection_runs.jsonl``, ``detection.md`` (mAP mean ±
-std over the seeds, and per-class AP of the last seed) and ``detection.json``.
+pretrained on that seed's stills (as when its figures were measured), the synthetic AVA-format
+detection set, STAN and the order-blind baseline (CLIP per frame, time-pooled) trained and tested;
+``detection_runs.jsonl``, ``detection.md`` (mAP mean ± std over the seeds, and per-class AP of the
+last seed) and ``detection.json``.
 """
 
 from __future__ import annotations

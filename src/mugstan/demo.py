@@ -73,9 +73,9 @@ def video_paths(data: Path, clip: Optional[Path] = None, test_ann: str = "test.j
     return {**paths, "model.weights": str(clip)} if clip else paths
 
 
-def export_clip(checkpoint: Path, dest: Path, dtype: torch.dtype = torch.float32, info: Optional[dict] = None) -> Path:
-    """The CLIP of a trained meanP checkpoint as an open_clip-layout file (with its learned scale),
-    its floating-point tensors in ``dtype``; ``info`` goes into the file's metadata."""
+def export_clip(checkpoint: Path, dest: Path, info: Optional[dict] = None) -> Path:
+    """The CLIP of a trained meanP checkpoint as an open_clip-layout file (with its learned scale);
+    ``info`` goes into the file's metadata."""
     from safetensors.torch import load_file
 
     from mugstan.backbones.convert import save_safetensors
@@ -83,18 +83,16 @@ def export_clip(checkpoint: Path, dest: Path, dtype: torch.dtype = torch.float32
     state = load_file(str(checkpoint / "model.safetensors"))
     clip = {k[len("backbone.clip."):]: v for k, v in state.items() if k.startswith("backbone.clip.")}
     clip["logit_scale"] = state["logit_scale.log_scale"].clone()
-    clip = {k: v.to(dtype) if v.is_floating_point() else v for k, v in clip.items()}
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_safetensors(clip, dest, {"format": "open_clip", "source": str(checkpoint), **(info or {})})
     return dest
 
 
 def clip_metadata(path: Path) -> dict:
-    """The metadata of a CLIP file written by ``export_clip``."""
-    from safetensors import safe_open
+    """The metadata of a CLIP file written by ``export_clip`` (a damaged file is a WeightsError)."""
+    from mugstan.backbones.convert import _read_tensors
 
-    with safe_open(str(path), "pt") as f:
-        return dict(f.metadata() or {})
+    return _read_tensors(Path(path))[1]
 
 
 def twins(data: Path, split: str = "test") -> np.ndarray:
@@ -225,14 +223,16 @@ def prepare(out: Path, seed: int = 0, quick: bool = False, videos: Optional[int]
     from mugstan.data.synthetic import SynthParams, generate
     from mugstan.engine.train import train
 
+    count = videos or (64 if quick else 600)
+
     def render(frames: int) -> tuple[Path, dict]:
         # at the model's 32 px: decoding and resizing 64 px frames took as much CPU per training
         # step as the model itself
-        params = SynthParams(videos=videos or (64 if quick else 600), frames=frames, size=32, seed=seed)
+        params = SynthParams(videos=count, frames=frames, size=32, seed=seed)
         folder = out / f"data_v{params.videos}_f{params.frames}_s{params.size}_seed{seed}"
         return folder, generate(folder, params, progress=progress)
 
-    log(f"1/4 synthetic benchmark ({videos or (64 if quick else 600)} training videos, {frames} frames of 32 px, seed {seed})")
+    log(f"1/4 synthetic benchmark ({count} training videos, {frames} frames of 32 px, seed {seed})")
     data, meta = render(frames)
     log(f"   {meta['counts']} videos in {data}")
 
@@ -362,10 +362,17 @@ def main(args: argparse.Namespace) -> int:
         raise ArgumentError("--export-clip pretrains anyway; drop --pretrain")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ArgumentError(f"--out {args.out} is a file; name a folder for the demo's outputs")
+    if args.export_clip and Path(args.export_clip).is_dir():
+        raise ArgumentError(f"--export-clip {args.export_clip} is a folder; name the file to write, e.g. {Path(args.export_clip) / 'clip.safetensors'}")
     if args.export_clip:
+        from mugstan.backbones.convert import _read_tensors, save_safetensors
+
         prep = prepare(Path(args.out), args.seed, args.quick, args.videos, not args.no_progress, pretrain=True)
-        dest = export_clip(prep.clip.parent / "checkpoints" / "best", Path(args.export_clip), torch.float16,
-                           {**clip_metadata(prep.clip), "dtype": "float16", "source": f"mugstan demo --export-clip --seed {args.seed}"})
+        tensors, meta = _read_tensors(prep.clip)  # the fp32 file --pretrain fine-tunes from, stored in fp16
+        dest = Path(args.export_clip)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        save_safetensors({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, dest,
+                         {**meta, "dtype": "float16", "source": f"mugstan demo --export-clip --seed {args.seed}"})
         print(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB, fp16)")
         return 0
     run(Path(args.out), args.models, args.seed, args.quick, not args.no_progress, args.videos, pretrain=args.pretrain)

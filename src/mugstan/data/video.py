@@ -474,7 +474,7 @@ def read_clip(path: PathLike, num_frames: int, train: bool = False, short_side: 
             return pad_indices(fps_indices(first, last, info.fps, sample_fps, num_frames), num_frames)
         raise ValueError(f"data.sampler must be 'segment', 'dense' or 'fps', got {sampler!r}")
 
-    info, every = (cache.get(path, short_side) if cache is not None else None) or (None, None)
+    info, every = cache.get(path, short_side) if cache is not None else (None, None)
     if every is None:
         with _open(path) as container:  # one open for the metadata and the frames
             info = _info(container, path)
@@ -502,8 +502,9 @@ class FrameCache:
     def __init__(self, limit_mb: float):
         self.limit, self.used, self.videos = int(limit_mb * 2**20), 0, {}
 
-    def get(self, path: PathLike, short_side: Optional[int]):
-        return self.videos.get((str(path), short_side))
+    def get(self, path: PathLike, short_side: Optional[int]) -> tuple[Optional[VideoInfo], Optional[torch.Tensor]]:
+        """(info, every frame uint8 [N, 3, H, W]) of a cached video; (None, None) if not cached."""
+        return self.videos.get((str(path), short_side), (None, None))
 
     def fits(self, info: VideoInfo, short_side: Optional[int]) -> bool:
         width, height = output_size(info.width, info.height, short_side)
