@@ -26,6 +26,12 @@ def test_quick_demo_writes_every_output(quick_demo, capsys):
     assert results["dataset"]["counts"]["test"] == 60 and results["pretraining"]["packaged"] == str(demo.PACKAGED_CLIP)
     assert results["pretraining"]["seed"] == "0" and results["pretraining"]["dtype"] == "float16"
     assert "| meanP (CLIP4Clip) |" in (out / "results.md").read_text()
+    # pair accuracy per motion pair: every pair on the test set; meanP's twins tie, so exactly 50 each
+    by_pair = {name: results["models"][name]["pair_accuracy_by_motion"] for name in demo.DEMO_MODELS}
+    assert list(by_pair["stan"]) == ["left/right", "up/down", "grow/shrink", "fade_in/fade_out", "rotate_cw/rotate_ccw"]
+    assert set(by_pair["meanP"].values()) == {50.0}
+    assert sum(by_pair["stan"].values()) / 5 == pytest.approx(results["rows"][1]["pair accuracy"])  # 12 captions each
+    assert "| STAN-self | " in (out / "results.md").read_text().split("pair accuracy by motion pair")[1]
     for name in ["results.png", *[q["image"] for q in results["examples"]["queries"]]]:
         assert (out / name).stat().st_size > 5000, name
     for stage in ("meanP", "stan"):  # every stage went through the engine

@@ -11,9 +11,9 @@
    the same engine, data pipeline and checkpoints as real benchmarks.
 4. Evaluate text-to-video retrieval on the motion-sensitive test set (every colour with every
    motion, each clip beside the same clip played backwards), the pair accuracy (does a caption
-   score its own video above the same clip played backwards?) and zero-shot motion recognition;
-   print a table, write ``results.json``, ``results.md``, ``results.png`` and contact sheets of
-   example queries.
+   score its own video above the same clip played backwards?, also per motion pair) and zero-shot
+   motion recognition; print a table, write ``results.json``, ``results.md``, ``results.png``
+   and contact sheets of example queries.
 
 ``prepare`` (steps 1-2) and ``finetune`` (step 3 and the evaluation of one model) are shared with
 ``mugstan bench synthetic``, which runs every temporal module and head over several seeds.
@@ -109,10 +109,13 @@ def twins(data: Path, split: str = "test") -> np.ndarray:
 
 
 @torch.no_grad()
-def pair_accuracy(model, cfg: ExperimentConfig, data: Path) -> tuple[float, torch.Tensor, object]:
+def pair_accuracy(model, cfg: ExperimentConfig, data: Path) -> tuple[float, dict[str, float], torch.Tensor, object]:
     """Share of test captions that score their video above its time-reversed twin; a tie (the
     model cannot tell them apart, as meanP over the same frames) counts as half, the chance level.
-    Also returns the score matrix [captions, videos] and the test annotations."""
+    Also returns the same share per motion pair (``{"left/right": %, ...}``, 12 captions each on
+    the default test set: which directions the model learnt), the score matrix [captions, videos]
+    and the test annotations."""
+    from mugstan.data.synthetic import MOTION_PAIRS
     from mugstan.data.datasets import load_annotations
     from mugstan.engine.distributed import DistInfo
     from mugstan.engine.evaluate import embed_clips, embed_texts, stack_clips
@@ -130,7 +133,10 @@ def pair_accuracy(model, cfg: ExperimentConfig, data: Path) -> tuple[float, torc
     mine, other = scores[rows, own], scores[rows, twin]
     tie = torch.isclose(mine, other, rtol=1e-5, atol=1e-6)
     correct = torch.where(tie, 0.5, (mine > other).float())
-    return 100.0 * correct.mean().item(), scores, ann
+    pair_of = torch.as_tensor(ann.labels)[own] // 2  # labels index MOTIONS, which lists the pairs in order
+    by_pair = {"/".join(p): 100.0 * correct[pair_of == k].mean().item()
+               for k, p in enumerate(MOTION_PAIRS) if (pair_of == k).any()}
+    return 100.0 * correct.mean().item(), by_pair, scores, ann
 
 
 def chance_levels(meta: dict) -> dict:
@@ -262,8 +268,8 @@ def prepare(out: Path, seed: int = 0, quick: bool = False, videos: Optional[int]
 def finetune(name: str, prep: Prepared, out: Path, seed: int = 0, quick: bool = False, progress: bool = True) -> dict:
     """Fine-tune configs/synthetic/NAME.yaml from the pretrained CLIP and evaluate its best checkpoint.
 
-    Returns {"row": the table row, "scores": [captions, videos], "ann": the test annotations,
-    "details": everything for results.json}.
+    Returns {"row": the table row, "by_pair": pair accuracy per motion pair, "scores": [captions,
+    videos], "ann": the test annotations, "details": everything for results.json}.
     """
     from mugstan.engine.checkpoint import load_model
     from mugstan.engine.evaluate import evaluate
@@ -275,15 +281,16 @@ def finetune(name: str, prep: Prepared, out: Path, seed: int = 0, quick: bool = 
     results = train(cfg, progress=progress)
     seconds = time.time() - start
     model, _ = load_model(Path(cfg.train.output_dir) / "checkpoints" / "best")
-    pair, scores, ann = pair_accuracy(model, cfg, prep.data)
+    pair, by_pair, scores, ann = pair_accuracy(model, cfg, prep.data)
     rec_cfg = stage_config(name, video_paths(prep.data, prep.clip, "recognition_test.jsonl"), out, overrides, save=False)
     rec = evaluate(model, rec_cfg, "test", progress=False)
     test = results["test"]["retrieval"]
     row = {"model": LABELS[name], "t2v R@1": test["t2v"]["R@1"], "t2v R@5": test["t2v"]["R@5"], "v2t R@1": test["v2t"]["R@1"],
            "pair accuracy": pair, "zero-shot motion top-1": rec["recognition"]["top1"], "train seconds": round(seconds)}
     details = {"test": results["test"], "zero_shot_recognition": rec["recognition"], "pair_accuracy": pair,
+               "pair_accuracy_by_motion": by_pair,
                "best": results["best"], "train_seconds": seconds}
-    return {"row": row, "scores": scores, "ann": ann, "details": details}
+    return {"row": row, "by_pair": {"model": LABELS[name], **by_pair}, "scores": scores, "ann": ann, "details": details}
 
 
 def run(out: Path, models: Sequence[str] = DEMO_MODELS, seed: int = 0, quick: bool = False, progress: bool = True,
@@ -309,11 +316,13 @@ def run(out: Path, models: Sequence[str] = DEMO_MODELS, seed: int = 0, quick: bo
 
     log("4/4 results")
     table = markdown_table(rows)
+    by_pair = [f["by_pair"] for f in finished.values()]
+    pairs = f"pair accuracy by motion pair:\n\n{markdown_table(by_pair, [k for k in by_pair[0] if k != 'model'])}"
     elapsed = time.time() - start
     levels = chance_levels(prep.meta)
     chance = (f"pair chance = 50%, t2v R@1 chance = {levels['t2v R@1']:.1f}%, "
               f"motion top-1 chance = {levels['zero-shot motion top-1']:.0f}%")
-    print(f"{table}\n\nfinished in {elapsed / 60:.1f} min; {chance}")
+    print(f"{table}\n\n{pairs}\n\nfinished in {elapsed / 60:.1f} min; {chance}")
     bar_chart(rows, out / "results.png", f"synthetic temporal benchmark (seed {seed})")
     last = finished[models[-1]]
     scores, ann = last["scores"], last["ann"]
@@ -330,7 +339,7 @@ def run(out: Path, models: Sequence[str] = DEMO_MODELS, seed: int = 0, quick: bo
         "models": {name: f["details"] for name, f in finished.items()},
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
-    (out / "results.md").write_text(f"{table}\n\n{chance}\n")
+    (out / "results.md").write_text(f"{table}\n\n{pairs}\n\n{chance}\n")
     print(f"wrote {out / 'results.json'}, results.md, results.png and {len(sheets)} example queries "
           f"({', '.join(s['image'] for s in sheets)}) in {out}")
     return summary
