@@ -96,6 +96,9 @@ def test_bench_synthetic_runs_two_seeds_and_resumes(tmp_path, capsys):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [r["model"] for r in summary["rows"]] == ["meanP (CLIP4Clip)", "STAN-conv"] and all(r["seeds"] == 2 for r in summary["rows"])
     assert "| STAN-conv |" in (tmp_path / "summary.md").read_text() and (tmp_path / "summary.png").stat().st_size > 5000
+    meanp = summary["pair_accuracy_by_motion"][0]  # the twins tie under meanP on every seed
+    assert meanp["seeds"] == 2 and [meanp[k] for k in runs[0]["pair accuracy by motion"]] == [50.0] * 5
+    assert "| STAN-conv |" in (tmp_path / "summary.md").read_text().split("pair accuracy by motion pair")[1]
     capsys.readouterr()
     assert cli(args) == 0
     assert "seed 1: every model already in" in capsys.readouterr().out

@@ -9,8 +9,9 @@ it, exactly as ``mugstan demo`` does for two (``mugstan.demo.prepare`` / ``finet
 ``--out``:
 
     seed{K}/...          each seed's data, runs and checkpoints
-    runs.jsonl           one line per (seed, model): the table row
-    summary.md           mean ± sample standard deviation over the seeds, per model
+    runs.jsonl           one line per (seed, model): the table row and its pair accuracy per motion pair
+    summary.md           mean ± sample standard deviation over the seeds, per model; the mean pair
+                         accuracy of each motion pair
     summary.json         the same numbers, the seeds and the chance levels
     summary.png          the chart, with the spread as error bars
 
@@ -51,6 +52,17 @@ def aggregate(runs: list[dict], models: list[str]) -> list[dict]:
     return rows
 
 
+def pair_means(runs: list[dict], models: list[str]) -> list[dict]:
+    """Per model, the mean pair accuracy of each motion pair over the seeds that recorded it (runs
+    logged before the breakdown existed have none); [] when no run has it."""
+    rows = []
+    for name in models:
+        mine = [r["pair accuracy by motion"] for r in runs if r["name"] == name and "pair accuracy by motion" in r]
+        if mine:
+            rows.append({"model": demo.LABELS[name], "seeds": len(mine), **{k: statistics.fmean(m[k] for m in mine) for k in mine[0]}})
+    return rows
+
+
 def synthetic(out: Path, models: list[str], seeds: list[int], videos=None, quick: bool = False, progress: bool = True,
               pretrain: bool = False) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
@@ -66,8 +78,9 @@ def synthetic(out: Path, models: list[str], seeds: list[int], videos=None, quick
         prep = demo.prepare(out / f"seed{seed}", seed, quick, videos, progress, pretrain=pretrain)
         for name in todo:
             print(f"\n--- seed {seed}: {demo.LABELS[name]} [{(time.time() - start) / 60:.1f} min]", flush=True)
-            row = demo.finetune(name, prep, out / f"seed{seed}", seed, quick, progress)["row"]
-            record = {"seed": seed, "name": name, **row}
+            done = demo.finetune(name, prep, out / f"seed{seed}", seed, quick, progress)
+            row, by_pair = done["row"], {k: v for k, v in done["by_pair"].items() if k != "model"}
+            record = {"seed": seed, "name": name, **row, "pair accuracy by motion": by_pair}
             runs.append(record)
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -78,11 +91,16 @@ def synthetic(out: Path, models: list[str], seeds: list[int], videos=None, quick
     meta = json.loads(next((out / f"seed{seeds[0]}").glob("data_*/meta.json")).read_text())
     chance = demo.chance_levels(meta)
     table = demo.markdown_table(rows)
+    by_pair = pair_means(runs, models)
+    if by_pair:
+        keys = [k for k in by_pair[0] if k not in ("model", "seeds")]
+        table += f"\n\npair accuracy by motion pair, mean over seeds:\n\n{demo.markdown_table(by_pair, keys)}"
     header = (f"Synthetic temporal benchmark: mean ± std over seeds {', '.join(map(str, seeds))} "
               f"({meta['counts']['test']} test videos; chance: t2v R@1 {chance['t2v R@1']:.1f}, pair accuracy 50, "
               f"motion top-1 {chance['zero-shot motion top-1']:.0f})")
     (out / "summary.md").write_text(f"{header}\n\n{table}\n")
-    (out / "summary.json").write_text(json.dumps({"seeds": seeds, "chance": chance, "rows": rows}, indent=2))
+    (out / "summary.json").write_text(json.dumps({"seeds": seeds, "chance": chance, "rows": rows,
+                                                  "pair_accuracy_by_motion": by_pair}, indent=2))
     demo.bar_chart(rows, out / "summary.png", f"synthetic temporal benchmark, {len(seeds)} seed(s)")
     print(f"\n{header}\n\n{table}\n\nwrote {out / 'summary.md'}, summary.json and summary.png")
     return rows
