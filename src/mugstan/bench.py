@@ -79,8 +79,8 @@ def synthetic(out: Path, models: list[str], seeds: list[int], videos=None, quick
         for name in todo:
             print(f"\n--- seed {seed}: {demo.LABELS[name]} [{(time.time() - start) / 60:.1f} min]", flush=True)
             done = demo.finetune(name, prep, out / f"seed{seed}", seed, quick, progress)
-            row, by_pair = done["row"], {k: v for k, v in done["by_pair"].items() if k != "model"}
-            record = {"seed": seed, "name": name, **row, "pair accuracy by motion": by_pair}
+            row = done["row"]
+            record = {"seed": seed, "name": name, **row, "pair accuracy by motion": done["details"]["pair_accuracy_by_motion"]}
             runs.append(record)
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")

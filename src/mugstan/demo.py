@@ -115,8 +115,8 @@ def pair_accuracy(model, cfg: ExperimentConfig, data: Path) -> tuple[float, dict
     Also returns the same share per motion pair (``{"left/right": %, ...}``, 12 captions each on
     the default test set: which directions the model learnt), the score matrix [captions, videos]
     and the test annotations."""
-    from mugstan.data.synthetic import MOTION_PAIRS
     from mugstan.data.datasets import load_annotations
+    from mugstan.data.synthetic import MOTION_PAIRS
     from mugstan.engine.distributed import DistInfo
     from mugstan.engine.evaluate import embed_clips, embed_texts, stack_clips
 
@@ -268,8 +268,8 @@ def prepare(out: Path, seed: int = 0, quick: bool = False, videos: Optional[int]
 def finetune(name: str, prep: Prepared, out: Path, seed: int = 0, quick: bool = False, progress: bool = True) -> dict:
     """Fine-tune configs/synthetic/NAME.yaml from the pretrained CLIP and evaluate its best checkpoint.
 
-    Returns {"row": the table row, "by_pair": pair accuracy per motion pair, "scores": [captions,
-    videos], "ann": the test annotations, "details": everything for results.json}.
+    Returns {"row": the table row, "scores": [captions, videos], "ann": the test annotations,
+    "details": everything for results.json, the pair accuracy per motion pair among it}.
     """
     from mugstan.engine.checkpoint import load_model
     from mugstan.engine.evaluate import evaluate
@@ -290,7 +290,7 @@ def finetune(name: str, prep: Prepared, out: Path, seed: int = 0, quick: bool = 
     details = {"test": results["test"], "zero_shot_recognition": rec["recognition"], "pair_accuracy": pair,
                "pair_accuracy_by_motion": by_pair,
                "best": results["best"], "train_seconds": seconds}
-    return {"row": row, "by_pair": {"model": LABELS[name], **by_pair}, "scores": scores, "ann": ann, "details": details}
+    return {"row": row, "scores": scores, "ann": ann, "details": details}
 
 
 def run(out: Path, models: Sequence[str] = DEMO_MODELS, seed: int = 0, quick: bool = False, progress: bool = True,
@@ -316,8 +316,8 @@ def run(out: Path, models: Sequence[str] = DEMO_MODELS, seed: int = 0, quick: bo
 
     log("4/4 results")
     table = markdown_table(rows)
-    by_pair = [f["by_pair"] for f in finished.values()]
-    pairs = f"pair accuracy by motion pair:\n\n{markdown_table(by_pair, [k for k in by_pair[0] if k != 'model'])}"
+    by_pair = [{"model": LABELS[name], **f["details"]["pair_accuracy_by_motion"]} for name, f in finished.items()]
+    pairs = f"pair accuracy by motion pair:\n\n{markdown_table(by_pair, list(by_pair[0])[1:])}"
     elapsed = time.time() - start
     levels = chance_levels(prep.meta)
     chance = (f"pair chance = 50%, t2v R@1 chance = {levels['t2v R@1']:.1f}%, "
