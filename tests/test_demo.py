@@ -1,6 +1,7 @@
 """``mugstan demo --quick`` end to end, twice with the same seed, and ``mugstan bench synthetic``'s table."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -11,8 +12,16 @@ from mugstan.cli import main as cli
 
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    assert cli(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    """The README's command as a new user runs it: from an empty folder, the default (relative) --out."""
+    empty, before = tmp_path_factory.mktemp("demo"), os.getcwd()
+    os.chdir(empty)
+    try:
+        assert cli(["demo", "--quick", "--no-progress"]) == 0
+    finally:
+        os.chdir(before)
+    out = empty / "mugstan_demo"
+    saved = (out / "configs" / "stan.yaml").read_text()
+    assert f"root: {out}/data_v64_f4_s32_seed0\n" in saved and f"output_dir: {out}/stan\n" in saved  # one root, absolute
     return out, json.loads((out / "results.json").read_text())
 
 

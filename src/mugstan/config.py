@@ -17,6 +17,7 @@ their replacement.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -298,11 +299,11 @@ class DataConfig:
         return Path(self.root).expanduser() / self.videos
 
     def resolve(self, path: Optional[str]) -> Optional[str]:
-        """An annotation / extra path as configured -> the file: relative paths are inside data.root."""
+        """An annotation / extra path as configured -> the file: relative paths are inside data.root
+        (``anchor_paths`` has made data.root absolute)."""
         if not path:
             return path
-        p = Path(path).expanduser()
-        return str(p if p.is_absolute() or not self.root else Path(self.root).expanduser() / p)
+        return str(_absolute(Path(self.root or "."), path))
     ava: AVAConfig = field(default_factory=AVAConfig)  # data.dataset: ava
 
 
@@ -406,17 +407,55 @@ def load_config(path, overrides: Union[Sequence[str], Mapping[str, Any]] = (), c
         raise ConfigError(f"{path}: the file is {found}; an experiment config is a mapping with model/data/train/eval "
                           "sections (see configs/)")
     cfg = _structured(ExperimentConfig, loaded, overrides, str(path))
-    resolve_data_paths(cfg.data)
+    anchor_paths(cfg)
     validate_config(cfg, check_files, splits)
     return cfg
 
 
-def resolve_data_paths(d: DataConfig) -> None:
-    """Relative ``data.*_ann`` and ``data.extra`` paths become paths inside ``data.root`` (a
-    ``data.mix`` source's are inside its own root: ``mix_data_config``)."""
+def anchor_paths(cfg: ExperimentConfig, base: Union[str, Path, None] = None) -> ExperimentConfig:
+    """Make every path of ``cfg`` absolute, in place, so that the config means the same files from
+    any working folder (and when saved, from wherever its file is opened). The one rule
+    (docs/training.md, "Paths"):
+
+    - the dataset's own files (``data.train_ann``/``val_ann``/``test_ann``, ``data.extra``, and a
+      ``data.mix`` source's ``train_ann``/``extra``) are relative to their ``root``;
+    - every other path (``data.root``, ``data.mix[].root``, ``model.weights``, ``model.init_from``,
+      ``model.chat.branch_weights``, ``model.chat.answers_file``, ``train.output_dir``,
+      ``eval.detections``) and a root left empty are relative to ``base``, the working folder by
+      default; ``model.chat.llava`` too when it names an existing folder (otherwise it is a hub
+      name).
+
+    ``hf-hub:``/``local-dir:`` specs and absolute paths stay as they are, so anchoring twice
+    changes nothing: a saved config loads to the same paths from any folder.
+    """
+    base = Path.cwd() if base is None else Path(base)
+
+    def here(path):
+        return path if not path or is_spec(path) else str(_absolute(base, path))
+
+    d, m = cfg.data, cfg.model
+    d.root = here(d.root) or str(base.absolute())
     for split in ("train", "val", "test"):
         setattr(d, f"{split}_ann", d.resolve(getattr(d, f"{split}_ann")))
     d.extra = {key: d.resolve(value) for key, value in d.extra.items()}
+    for source in d.mix:
+        source.root = here(source.root) or str(base.absolute())
+        inside = mix_data_config(d, source)
+        source.train_ann, source.extra = inside.train_ann, dict(inside.extra)
+    m.weights, m.init_from = here(m.weights), here(m.init_from)
+    m.chat.branch_weights, m.chat.answers_file = here(m.chat.branch_weights), here(m.chat.answers_file)
+    if m.chat.llava and (base / Path(m.chat.llava).expanduser()).is_dir():
+        m.chat.llava = here(m.chat.llava)
+    cfg.train.output_dir = here(cfg.train.output_dir)
+    cfg.eval.detections = here(cfg.eval.detections)
+    return cfg
+
+
+def _absolute(base: Path, path: str) -> Path:
+    """``path`` (``~`` expanded) if absolute, else ``base / path``, with ``.`` and ``..`` folded
+    (``os.path.abspath``; symlinks are kept, as the user named them)."""
+    p = Path(path).expanduser()
+    return Path(os.path.abspath(p if p.is_absolute() else base.absolute() / p))
 
 
 def mix_data_config(d: DataConfig, source: MixSource) -> DataConfig:
@@ -582,10 +621,10 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
     for split in splits:
         ann = getattr(cfg.data, f"{split}_ann")
         if ann:
-            _config_file(ann, f"data.{split}_ann")
+            _config_file(ann, f"data.{split}_ann", cfg.data.root)
     for key, value in cfg.data.extra.items():
         if not Path(value).expanduser().exists():
-            raise ConfigError(f"data.extra.{key}: {value} does not exist")
+            raise ConfigError(f"data.extra.{key}: {value} does not exist{_inside_root_hint(value, cfg.data.root)}")
     for n, source in enumerate(cfg.data.mix if "train" in splits else []):
         ann = mix_data_config(cfg.data, source).train_ann
         if not ann or not Path(ann).expanduser().is_file():
@@ -620,12 +659,27 @@ def validate_recipe_keys(cfg: ExperimentConfig) -> None:
         raise ConfigError("eval.select_on=test picks the best checkpoint on data.test_ann, which is not set")
 
 
-def _config_file(path, key: str) -> None:
-    """A file a config key names must be a regular file (a FIFO would block the reader forever)."""
+def _config_file(path, key: str, root: Optional[str] = None) -> None:
+    """A file a config key names must be a regular file (a FIFO would block the reader forever).
+    ``root``: the data.root an annotation path was read inside, for the hint of a missing one."""
     try:
         regular_file(path, key)
     except UserError as err:
-        raise ConfigError(str(err)) from None
+        hint = _inside_root_hint(path, root) if root and not Path(path).exists() else ""
+        raise ConfigError(f"{err}{hint}") from None
+
+
+def _inside_root_hint(path: str, root: Optional[str]) -> str:
+    """When a dataset file is missing because it was written relative to the working folder
+    rather than inside data.root (``data.root=d data.test_ann=d/test.jsonl``), the fix."""
+    try:
+        inside = Path(path).relative_to(root)
+    except (TypeError, ValueError):
+        return ""
+    if not inside.parts or not Path(inside).exists():
+        return ""
+    return (f" (dataset files are relative to data.root={root}; {inside} exists in the working folder: "
+            f"write it relative to data.root, or as an absolute path)")
 
 
 def validate_gradcache(cfg: ExperimentConfig) -> None:

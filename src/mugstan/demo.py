@@ -68,8 +68,8 @@ def stage_config(name: str, paths: dict, out: Path, overrides: Sequence[str] = (
 
 def video_paths(data: Path, clip: Optional[Path] = None, test_ann: str = "test.jsonl") -> dict:
     """Config paths of a fine-tuning stage on the generated dataset ``data``."""
-    paths = {"data.root": str(data), "data.train_ann": str(data / "train.jsonl"), "data.val_ann": str(data / "val.jsonl"),
-             "data.test_ann": str(data / test_ann), "data.extra": {"class_names": str(data / "classes.txt")}}
+    paths = {"data.root": str(data), "data.train_ann": "train.jsonl", "data.val_ann": "val.jsonl",  # inside data.root
+             "data.test_ann": test_ann, "data.extra": {"class_names": "classes.txt"}}
     return {**paths, "model.weights": str(clip)} if clip else paths
 
 
@@ -229,6 +229,7 @@ def prepare(out: Path, seed: int = 0, quick: bool = False, videos: Optional[int]
     from mugstan.data.synthetic import SynthParams, generate
     from mugstan.engine.train import train
 
+    out = Path(out).absolute()  # typed by the user: anchored at the working folder once (docs/training.md, "Paths")
     count = videos or (64 if quick else 600)
 
     def render(frames: int) -> tuple[Path, dict]:
@@ -254,8 +255,7 @@ def prepare(out: Path, seed: int = 0, quick: bool = False, videos: Optional[int]
         return Prepared(data, meta, PACKAGED_CLIP, {"packaged": str(PACKAGED_CLIP), **info})
     stills = data if frames == STILL_FRAMES else render(STILL_FRAMES)[0]
     log(f"2/4 pretraining a small CLIP from scratch on single frames with appearance-only captions ({stills.name})")
-    paths = {"data.root": str(stills), "data.train_ann": str(stills / "images_train.jsonl"),
-             "data.val_ann": str(stills / "images_val.jsonl")}
+    paths = {"data.root": str(stills), "data.train_ann": "images_train.jsonl", "data.val_ann": "images_val.jsonl"}
     cfg = stage_config("pretrain_clip", paths, out, [f"train.seed={seed}", *(QUICK if quick else [])])
     start = time.time()
     results = train(cfg, progress=progress)
@@ -298,7 +298,7 @@ def run(out: Path, models: Sequence[str] = DEMO_MODELS, seed: int = 0, quick: bo
     """Generate, take (or pretrain) the CLIP, fine-tune, evaluate. Returns the results dict (also in
     out/results.json)."""
     start = time.time()
-    out = Path(out)
+    out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
 
     def log(message: str) -> None:

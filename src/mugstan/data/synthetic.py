@@ -569,7 +569,7 @@ def generate_detection(out_dir: str | Path, params: DetectionParams = DetectionP
 
 def detection_paths(data: Path) -> dict:
     """Config paths (``data.*``) of a detection stage on ``data/detection`` (from ``generate_detection``)."""
-    d = Path(data) / DETECTION_DIR if (Path(data) / DETECTION_DIR).is_dir() else Path(data)
+    d = (Path(data) / DETECTION_DIR if (Path(data) / DETECTION_DIR).is_dir() else Path(data)).absolute()
     return {"data.root": str(d / "videos"), "data.train_ann": str(d / "train.csv"), "data.val_ann": str(d / "val.csv"),
             "data.test_ann": str(d / "test.csv"),
             "data.extra": {"label_map": str(d / "label_map.pbtxt"), "val_proposals": str(d / "val_proposals.csv"),

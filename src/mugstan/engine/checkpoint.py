@@ -20,6 +20,7 @@ Damaged files are ``CorruptFileError``s naming the file; ``state.pt`` is read wi
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Optional
@@ -198,6 +199,8 @@ def load_model(path, device="cpu", overrides=()):
         raise UserError(f"{path}: not a mugstan checkpoint (expected {WEIGHTS} and {CONFIG} in it, or a .safetensors file)")
     cfg = load_config(path / CONFIG, overrides, check_files=False)
     cfg.model.pretrained, cfg.model.weights = None, None  # the checkpoint holds every weight
+    if path.parent.name == "checkpoints":  # RUN/checkpoints/NAME: the run folder is where it is now, moved or not
+        cfg.train.output_dir = os.path.abspath(path.parent.parent)
     model = build_model(cfg.model)
     load_weights(model, path)
     return model.to(device).eval(), cfg
