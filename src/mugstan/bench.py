@@ -101,7 +101,7 @@ def synthetic(out: Path, models: list[str], seeds: list[int], videos=None, quick
     (out / "summary.md").write_text(f"{header}\n\n{table}\n")
     (out / "summary.json").write_text(json.dumps({"seeds": seeds, "chance": chance, "rows": rows,
                                                   "pair_accuracy_by_motion": by_pair}, indent=2))
-    demo.bar_chart(rows, out / "summary.png", f"synthetic temporal benchmark, {len(seeds)} seed(s)")
+    demo.bar_chart(rows, out / "summary.png", f"synthetic temporal benchmark, {len(seeds)} seed(s)", chance)
     print(f"\n{header}\n\n{table}\n\nwrote {out / 'summary.md'}, summary.json and summary.png")
     return rows
 

@@ -144,36 +144,79 @@ def chance_levels(meta: dict) -> dict:
     return {"t2v R@1": 100 / meta["counts"]["test"], "pair accuracy": 50.0, "zero-shot motion top-1": 100 / len(meta["classes"])}
 
 
-def contact_sheet(video_paths: list[str], query: str, truth: int, ranked: list[int], scores: list[float], dest: Path,
-                  model: str, frames: int = FRAMES) -> None:
-    """One row per retrieved video: its sampled frames, score, and whether it is the right one."""
-    import matplotlib
+# The contact sheets' marks: the query's own video and its time-reversed twin.
+OWN_COLOUR, TWIN_COLOUR = "tab:green", "tab:orange"
 
-    matplotlib.use("Agg")
+
+def contact_sheet(video_paths: list[str], query: str, truth: int, twin: int, ranked: list[int], scores: list[float],
+                  dest: Path, model: str, frames: int = FRAMES) -> None:
+    """``contact_sheet_figure`` saved as ``dest`` (PNG)."""
     import matplotlib.pyplot as plt
 
-    from mugstan.data.video import read_clip
-
-    fig, axes = plt.subplots(len(ranked), 1, figsize=(frames * 0.9, len(ranked) * 1.15 + 0.8))
-    for rank, (ax, idx, score) in enumerate(zip(np.atleast_1d(axes), ranked, scores), 1):
-        clip = read_clip(video_paths[idx], frames).permute(0, 2, 3, 1).numpy()  # [T, H, W, 3]
-        ax.imshow(np.concatenate(list(clip), axis=1))
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ok = idx == truth
-        ax.set_ylabel(f"#{rank}\n{score:.1f}", rotation=0, labelpad=18, va="center")
-        for spine in ax.spines.values():
-            spine.set_edgecolor("tab:green" if ok else "tab:red")
-            spine.set_linewidth(3 if ok else 1)
-    fig.suptitle(f'{model}: the top {len(ranked)} videos for "{query}"\n(left of each row: rank and score, the scaled '
-                 'text-video similarity; green frame: the right video; time runs left to right)', fontsize=8)
-    fig.tight_layout()
+    fig = contact_sheet_figure(video_paths, query, truth, twin, ranked, scores, model, frames)
     fig.savefig(dest, dpi=110)
     plt.close(fig)
 
 
-def bar_chart(rows: list[dict], dest: Path, title: str) -> None:
-    """t2v R@1, pair accuracy and zero-shot motion top-1 per model (error bars: ``"... std"`` keys)."""
+def contact_sheet_figure(video_paths: list[str], query: str, truth: int, twin: int, ranked: list[int],
+                         scores: list[float], model: str, frames: int = FRAMES):
+    """One row per retrieved video, best first: its frames left to right in time, drawn pixel for
+    pixel (nearest-neighbour upscaling, so a cross stays a cross); the left label is the rank and
+    the score (scaled text-video similarity). The query's own video (``truth``) is framed green and
+    its time-reversed twin (``twin``) orange, each named at the row's end, with a legend.
+    ``ranked``/``scores``: the top videos' indices into ``video_paths`` and their scores."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from mugstan.data.video import read_clip
+
+    width = 1.6 + 1.15 * frames + 1.9  # rank label, the frames, the row's tag
+    fig, axes = plt.subplots(len(ranked), frames, figsize=(width, 1.25 * len(ranked) + 1.6), squeeze=False,
+                             layout="constrained")
+    tags = {truth: ("the query's video", OWN_COLOUR), twin: ("its reversed twin", TWIN_COLOUR)}
+    for rank, (row, idx, score) in enumerate(zip(axes, ranked, scores), 1):
+        clip = read_clip(video_paths[idx], frames).permute(0, 2, 3, 1).numpy()  # [T, H, W, 3]
+        tag, colour = tags.get(idx, ("", "lightgrey"))
+        for t, ax in enumerate(row):
+            ax.imshow(clip[t], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(3 if tag else 1)
+            if rank == 1:
+                ax.set_title(f"t = {t + 1}", fontsize=8)
+        row[0].set_ylabel(f"#{rank}\n{score:.1f}", rotation=0, labelpad=16, va="center", fontsize=9)
+        if tag:
+            row[-1].text(1.08, 0.5, tag, transform=row[-1].transAxes, va="center", ha="left", fontsize=8, color=colour)
+    # about 0.55 em per character at 9 pt: wrap the title to the figure's width
+    title = textwrap.fill(f'{model}: the top {len(ranked)} videos for "{query}"', width=int(width * 72 / (9 * 0.6)))
+    fig.suptitle(f"{title}\n(left: rank and score; time runs left to right)", fontsize=9)
+    fig.legend(handles=[Patch(facecolor="none", edgecolor=OWN_COLOUR, lw=3, label="the query's own video"),
+                        Patch(facecolor="none", edgecolor=TWIN_COLOUR, lw=3, label="the same clip played backwards")],
+               loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    return fig
+
+
+def bar_chart(rows: list[dict], dest: Path, title: str, chance: Optional[dict] = None) -> None:
+    """``bar_chart_figure`` saved as ``dest`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = bar_chart_figure(rows, title, chance)
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
+
+
+def bar_chart_figure(rows: list[dict], title: str, chance: Optional[dict] = None):
+    """t2v R@1, pair accuracy and zero-shot motion top-1 per model. ``chance`` (``chance_levels``):
+    each metric's chance level, drawn across its own bars. Rows with ``"KEY std"`` (several seeds,
+    ``bench synthetic``) get whiskers of one standard deviation over the seeds, said in the chart;
+    a single run gets none."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,21 +225,29 @@ def bar_chart(rows: list[dict], dest: Path, title: str) -> None:
     labels = [r["model"] for r in rows]
     metrics = [("t2v R@1", "text-to-video R@1"), ("pair accuracy", "pair accuracy (own clip vs reversed)"),
                ("zero-shot motion top-1", "zero-shot motion top-1")]
+    seeds = {r["seeds"] for r in rows if "seeds" in r}
+    spread = any(f"{key} std" in r for r in rows for key, _ in metrics)
     x = np.arange(len(labels))
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels)), 3.8))
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.7 * len(labels)), 4.2), layout="constrained")
     for k, (key, legend) in enumerate(metrics):
-        ax.bar(x + (k - 1) * 0.27, [r[key] for r in rows], 0.27, label=legend,
-               yerr=[r.get(f"{key} std", 0.0) for r in rows], capsize=2)
-    ax.axhline(50, color="grey", ls="--", lw=0.8)
-    ax.text(len(labels) - 0.5, 51, "pair chance", color="grey", fontsize=8, ha="right")
+        at = x + (k - 1) * 0.27
+        level = (chance or {}).get(key)
+        ax.bar(at, [r[key] for r in rows], 0.27, label=legend if level is None else f"{legend}; chance {level:.1f}",
+               yerr=[r.get(f"{key} std", 0.0) for r in rows] if spread else None, capsize=2)
+        if level is not None:  # the metric's chance level, drawn across each of its bars
+            ax.hlines([level] * len(at), at - 0.135, at + 0.135, colors="black", linestyles="--", lw=1.2, zorder=3)
     ax.set_xticks(x, labels)
+    ax.set_xlim(-0.6, len(labels) - 0.1)
     ax.set_ylim(0, 100)
     ax.set_ylabel("%")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(dest, dpi=110)
-    plt.close(fig)
+    notes = ["dashed line across a bar: that metric's chance level"] if chance else []
+    if spread:
+        notes.append(f"whiskers: ± one standard deviation over {'/'.join(map(str, sorted(seeds))) or 'the'} seeds")
+    if notes:
+        fig.supxlabel("; ".join(notes), fontsize=8)
+    return fig
 
 
 def markdown_table(rows: list[dict], keys: Sequence[str] = (*METRICS, "train seconds")) -> str:
@@ -323,15 +374,17 @@ def run(out: Path, models: Sequence[str] = DEMO_MODELS, seed: int = 0, quick: bo
     chance = (f"pair chance = 50%, t2v R@1 chance = {levels['t2v R@1']:.1f}%, "
               f"motion top-1 chance = {levels['zero-shot motion top-1']:.0f}%")
     print(f"{table}\n\n{pairs}\n\nfinished in {elapsed / 60:.1f} min; {chance}")
-    bar_chart(rows, out / "results.png", f"synthetic temporal benchmark (seed {seed})")
+    bar_chart(rows, out / "results.png", f"synthetic temporal benchmark (seed {seed})", levels)
     last = finished[models[-1]]
     scores, ann = last["scores"], last["ann"]
     paths = [c.path for c in ann.clips]
+    twin_of = twins(prep.data)
     sheets = []
     for q in np.linspace(0, len(ann.captions) - 1, examples).astype(int):
         ranked = scores[q].argsort(descending=True)[:4].tolist()
         dest = out / f"query_{q:03d}.png"
-        contact_sheet(paths, ann.captions[q], ann.caption_clip[q], ranked, scores[q, ranked].tolist(), dest, LABELS[models[-1]])
+        own = ann.caption_clip[q]
+        contact_sheet(paths, ann.captions[q], own, int(twin_of[own]), ranked, scores[q, ranked].tolist(), dest, LABELS[models[-1]])
         sheets.append({"query": ann.captions[q], "truth": paths[ann.caption_clip[q]], "top": [paths[i] for i in ranked], "image": dest.name})
     summary = {
         "dataset": {"folder": str(prep.data), **prep.meta}, "pretraining": prep.pretraining, "rows": rows, "chance": chance,
