@@ -548,11 +548,6 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
     if not m.prompt_templates or any("{}" not in p for p in m.prompt_templates):
         raise ConfigError(f"model.prompt_templates={list(m.prompt_templates)} must be a non-empty list of texts with "
                           "{} where the class name goes, e.g. ['a video of {}.']")
-    from mugstan.data.datasets.formats import FORMATS
-    from mugstan.data.datasets.videoqa import QA_FORMATS
-
-    if d.dataset not in {**FORMATS, **QA_FORMATS}:
-        raise ConfigError(f"data.dataset={d.dataset!r} is not one of {', '.join(sorted({**FORMATS, **QA_FORMATS}))}")
     if m.branch == Branch.stan:
         for name, frames in (("data.num_frames", d.num_frames), ("data.test_num_frames", d.test_num_frames)):
             if frames is not None and frames > m.stan.max_frames:

@@ -30,7 +30,7 @@ SHORT_GOP = 30
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    from mugstan.data.datasets.formats import FORMATS
+    from mugstan.data.datasets import FORMATS
 
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     check = sub.add_parser("check", help="list missing and corrupt videos of a dataset",
