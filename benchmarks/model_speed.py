@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from mugstan.backbones.clip import build_clip
+from mugstan.backbones.build import build_clip
 from mugstan.config import ModelConfig, STANConfig
 from mugstan.heads.base import LogitScale
 from mugstan.models import VideoTextModel, build_branch, build_head

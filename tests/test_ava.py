@@ -194,7 +194,7 @@ def test_keyframe_clip_samples_frames_around_the_keyframe(ava_files):
     ds = build_dataset(cfg, "val", train=False)
     item = ds[1]  # video0, 0901: second 1 of the file
     assert item["frames"].shape == (4, 3, 32, 32) and item["boxes"].shape == (1, 4) and item["box_labels"].shape == (1, 3)
-    from mugstan.backbones.clip import CLIP_MEAN, CLIP_STD
+    from mugstan.data.transforms import CLIP_MEAN, CLIP_STD
 
     pixel = item["frames"][:, 0, 20:, :].mean((1, 2)) * CLIP_STD[0] + CLIP_MEAN[0]  # lower part, red channel, 0-1
     np.testing.assert_allclose((pixel * 255).numpy(), [(9 * i) % 256 for i in (4, 6, 8, 10)], atol=4)

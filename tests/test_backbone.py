@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from data_fixtures import hf_cache_snapshot
 
-from mugstan.backbones.clip import EOT_TOKEN, SOT_TOKEN, Tokenizer, build_clip, list_models
+from mugstan.backbones.build import build_clip, list_models
+from mugstan.backbones.clip import EOT_TOKEN, SOT_TOKEN, Tokenizer
 
 
 def test_taps_match_plain_forward(tiny_clip):
@@ -85,7 +86,7 @@ def test_openai_tag_builds_quickgelu_blocks(tmp_path, name):
     probe = weights["visual.transformer.resblocks.0.mlp.c_fc.weight"].float()
     code = (
         "import sys, torch\n"
-        "from mugstan.backbones.clip import build_clip\n"
+        "from mugstan.backbones.build import build_clip\n"
         f"b = build_clip({name!r}, pretrained='openai')\n"
         "acts = [type(blk.mlp.gelu).__name__ for blk in [*b.visual.transformer.resblocks, *b.text_blocks]]\n"
         "print(','.join(sorted(set(acts))))\n"

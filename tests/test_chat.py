@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from mugstan.config import ChatConfig, ConfigError, DataConfig, EvalConfig, ExperimentConfig, ModelConfig, TrainConfig, validate_config
+from mugstan.config import (CONFIG_DIR, ChatConfig, ConfigError, DataConfig, EvalConfig, ExperimentConfig, ModelConfig, TrainConfig,
+                            validate_config)
 from mugstan.data.synthetic import COLORS, SynthParams, render_clip, write_video
 
 QUESTION = "which way does the {} circle move?"
@@ -403,13 +404,12 @@ def test_short_training_run_on_the_direction_of_time(llava_dir, tmp_path):
     assert sum(by_video[a] == by_video[b] for a, b in pairs) >= 0.9 * len(pairs) and 35.0 <= blind["accuracy"] <= 65.0
 
 
-CHAT_CONFIGS = [*sorted((Path(__file__).parent.parent / "configs" / "chat").glob("*.yaml")),
-                Path(__file__).parent.parent / "src" / "mugstan" / "configs" / "synthetic" / "chat_direction.yaml"]
+CHAT_CONFIGS = [*sorted((CONFIG_DIR / "chat").glob("*.yaml")), CONFIG_DIR / "synthetic" / "chat_direction.yaml"]
 
 
 @pytest.mark.parametrize("path", CHAT_CONFIGS, ids=[p.name for p in CHAT_CONFIGS])
 def test_chat_configs_build_and_read_their_formats(path, llava_dir, tmp_path):
-    """Every configs/chat file loads, builds (with the tiny LLaVA in place of the 7B one) and reads its data format."""
+    """Every packaged chat/ config loads, builds (with the tiny LLaVA in place of the 7B one) and reads its data format."""
     from mugstan.config import load_config
     from mugstan.data.datasets import build_dataset, collate
     from mugstan.losses import build_loss

@@ -17,7 +17,8 @@ import torch
 import yaml
 from data_fixtures import hf_cache_snapshot, write_config
 
-from mugstan.backbones.clip import Tokenizer, build_clip, model_from_config
+from mugstan.backbones.build import build_clip, model_from_config
+from mugstan.backbones.clip import Tokenizer
 from mugstan.backbones.coca import CoCaBackbone
 from mugstan.backbones.convert import coca_config_from_state_dict, save_safetensors
 from mugstan.caption import caption, generate, visual_tokens
@@ -404,7 +405,7 @@ def test_open_clip_tag_loads_coca_weights(tmp_path):
     save_file(weights, str(hf_cache_snapshot(tmp_path / "hub", repo_id) / "open_clip_model.safetensors"))
     code = (
         "import sys, torch\n"
-        "from mugstan.backbones.clip import build_clip\n"
+        "from mugstan.backbones.build import build_clip\n"
         "b = build_clip('coca_ViT-B-32', pretrained='laion2b_s13b_b90k')\n"
         "print(type(b).__name__, b.embed_dim, b.context_length)\n"
         "sd = b.clip.state_dict()\n"

@@ -8,13 +8,13 @@ import yaml
 
 from data_fixtures import write_dataset_fixtures
 from mugstan.backbones.clip import Tokenizer
-from mugstan.config import load_config
+from mugstan.config import CONFIG_DIR, load_config
 from mugstan.data.datasets import build_dataset, collate
 from mugstan.losses import build_loss
 from mugstan.models import build_model, model_inputs
 
-# configs/chat (model.task: chat, a LLaVA checkpoint and Video QA formats) are built in tests/test_chat.py
-CONFIGS = sorted(p for p in (Path(__file__).parent.parent / "configs").rglob("*.yaml") if not {"synthetic", "chat"} & set(p.parts))
+# the chat/ configs (model.task: chat, a LLaVA checkpoint and Video QA formats) are built in tests/test_chat.py
+CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if not {"synthetic", "chat"} & set(p.parts))
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +83,25 @@ def test_config_builds_model_and_data(path, fixtures, tmp_path):
         item = build_dataset(cfg.data, "test")[0]
         views = cfg.data.test_clips * cfg.data.test_crops
         assert item["frames"].shape[-4:] == (4, 3, 32, 32) and (views == 1 or item["frames"].shape[0] == views)
+
+
+def test_packaged_configs_load_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
+    from mugstan import cli
+    from mugstan.config import find_config, packaged_configs
+
+    monkeypatch.chdir(tmp_path)
+    packaged = CONFIG_DIR / "msrvtt" / "stan_vitb32.yaml"
+    for name in ("msrvtt/stan_vitb32", "msrvtt/stan_vitb32.yaml", "configs/msrvtt/stan_vitb32.yaml"):
+        assert find_config(name) == packaged
+    cfg = load_config("msrvtt/stan_vitb32", ["data.root=/data/msrvtt"], check_files=False)
+    assert cfg.model.branch == "stan" and cfg.data.train_ann == "/data/msrvtt/MSRVTT_train.9k.csv"
+    # a local file of the same name comes first: local configs keep working
+    (tmp_path / "msrvtt").mkdir()
+    (tmp_path / "msrvtt" / "stan_vitb32.yaml").write_text("name: mine\n")
+    assert find_config("msrvtt/stan_vitb32.yaml") == Path("msrvtt/stan_vitb32.yaml")
+    assert load_config("msrvtt/stan_vitb32.yaml", check_files=False).name == "mine"
+    assert find_config("msrvtt/stan_vitb32") == packaged  # no local file of that exact name
+    # every packaged config has a name, and `mugstan config list` prints them
+    assert "msrvtt/stan_vitb32" in packaged_configs() and len(packaged_configs()) == len(list(CONFIG_DIR.glob("*/*.yaml")))
+    assert cli.main(["config", "list"]) == 0
+    assert capsys.readouterr().out.split() == packaged_configs()

@@ -6,7 +6,8 @@ import open_clip
 import pytest
 import torch
 
-from mugstan.backbones.clip import Tokenizer, build_clip
+from mugstan.backbones.build import build_clip
+from mugstan.backbones.clip import Tokenizer
 from mugstan.backbones.convert import WeightsError, load_clip_weights
 from mugstan.cli import main as cli
 

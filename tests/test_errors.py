@@ -308,11 +308,22 @@ def test_bad_config_files(good, tmp_path, capsys):
             fails(capsys, [*command, tmp_path / name], name, message)
 
 
-def test_readme_real_data_commands_end_in_one_line(capsys):
-    config = ROOT / "configs" / "msrvtt" / "stan_vitb32.yaml"
+def test_readme_real_data_commands_end_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # packaged configs by name, from any folder
+    config = "msrvtt/stan_vitb32"
     fails(capsys, ["train", config, "data.root=/data/msrvtt"], "does not exist")
     fails(capsys, ["data", "check", config], "data/msrvtt/", "does not exist")
     fails(capsys, ["eval", config, "--checkpoint", "runs/msrvtt_stan_vitb32/checkpoints/best"], "does not exist")
+
+
+def test_unknown_config_names_list_the_nearest(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for command in (["train"], ["eval", "--checkpoint", tmp_path], ["data", "check"], ["embed", "--checkpoint", tmp_path,
+                                                                                       "--out", tmp_path / "e.npz"]):
+        fails(capsys, [*command, "msrvtt/stan_vitb23"], "config msrvtt/stan_vitb23: no such file, and no packaged config",
+              "nearest: msrvtt/stan_vitb32", "mugstan config list")
+    fails(capsys, ["train", "msrvt/stan_vitb32.yaml"], "nearest: msrvtt/stan_vitb32")
+    fails(capsys, ["train", "nothing_like_it"], "no packaged config of that name (`mugstan config list`")
 
 
 # ------------------------------------------------------------------------------------ annotations

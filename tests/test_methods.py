@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mugstan.backbones.clip import build_clip
+from mugstan.backbones.build import build_clip
 from mugstan.branches.stan import STAN
 from mugstan.config import ConfigError, ModelConfig, STANConfig, load_config
 from mugstan.engine.optim import param_groups

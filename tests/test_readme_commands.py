@@ -1,6 +1,6 @@
 """The README's real-data commands, verbatim, on a fake MSR-VTT laid out as distributed under a
-custom root. Three substitutions only: the config path (absolute, since the commands run in a
-scratch folder), `/data/msrvtt` -> the fake dataset's folder, and `mugstan` / `torchrun` -> this
+custom root, run in a scratch folder (the configs are named, packaged ones). Two substitutions
+only: `/data/msrvtt` -> the fake dataset's folder, and `mugstan` / `torchrun` -> this
 interpreter's `-m mugstan.cli` / `-m torch.distributed.run` (the same programs, from this checkout).
 Nothing can be downloaded, so training and evaluation get a tiny random backbone and tiny sizes as
 extra overrides appended to the line."""
@@ -18,7 +18,6 @@ import torch
 from data_fixtures import write_video
 
 REPO = Path(__file__).parent.parent
-CONFIG = "configs/msrvtt/stan_vitb32.yaml"
 TINY = ["model.backbone=mugstan-tiny", "model.pretrained=null", "data.num_frames=2", "data.test_num_frames=2", "data.image_size=32",
         "data.resize_short=null", "data.test_resize_short=null", "data.num_workers=0", "train.batch_size=8", "train.max_steps=1",
         "train.precision=fp32", "eval.batch_size=8"]
@@ -54,7 +53,7 @@ def tiny_openai_pt(path: Path) -> Path:
 
 
 def as_argv(line: str, root: Path) -> list[str]:
-    argv = shlex.split(line.replace(CONFIG, str(REPO / CONFIG)).replace("/data/msrvtt", str(root)))
+    argv = shlex.split(line.replace("/data/msrvtt", str(root)))
     program = {"mugstan": [sys.executable, "-m", "mugstan.cli"], "torchrun": [sys.executable, "-m", "torch.distributed.run"]}[argv[0]]
     extra = TINY if ("train" in argv or "eval" in argv) else []
     return program + argv[1:] + extra
@@ -64,6 +63,7 @@ def test_readme_lists_the_commands_this_test_runs():
     kinds = [" ".join(shlex.split(line)[:2]) for line in readme_commands()]
     assert kinds == ["mugstan data", "mugstan train", "torchrun --nproc_per_node", "mugstan eval", "mugstan convert"]
     assert all("/data/msrvtt" in line for line in readme_commands() if "convert" not in line)
+    assert all("msrvtt/stan_vitb32 " in line and "configs/" not in line for line in readme_commands() if "convert" not in line)
 
 
 def test_readme_real_data_commands_on_a_custom_root(tmp_path):

@@ -52,7 +52,7 @@ def test_hf_folder_whose_config_holds_only_non_default_keys():
     no hidden_act, ...), loads with transformers' defaults and gives transformers' own embeddings."""
     transformers = pytest.importorskip("transformers")
     from mugstan.backbones.convert import HF_TEXT_DEFAULTS, HF_VISION_DEFAULTS
-    from mugstan.backbones.clip import build_clip
+    from mugstan.backbones.build import build_clip
 
     for defaults, cls in ((HF_VISION_DEFAULTS, transformers.CLIPVisionConfig), (HF_TEXT_DEFAULTS, transformers.CLIPTextConfig)):
         theirs = cls().to_dict()

@@ -1,6 +1,6 @@
-"""docs/reproduction.md against configs/: every config has a table, every listed value is the loaded
-config's, every hyperparameter a config sets is listed, and every difference from the authors'
-recipe names an override that restores the authors' value."""
+"""docs/reproduction.md against the packaged configs (src/mugstan/configs/): every config has a table,
+every listed value is the loaded config's, every hyperparameter a config sets is listed, and every
+difference from the authors' recipe names an override that restores the authors' value."""
 
 import math
 import re
@@ -10,11 +10,11 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from mugstan.config import load_config
+from mugstan.config import CONFIG_DIR, load_config
 
 REPO = Path(__file__).parent.parent
 DOC = REPO / "docs" / "reproduction.md"
-CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "synthetic" not in p.parts)
+CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if "synthetic" not in p.parts)
 PLUMBING = {"name", "train.output_dir", "data.dataset", "data.root", "data.videos", "data.train_ann", "data.val_ann",
             "data.test_ann", "data.extra"}  # where the data is, not how a model is trained
 CORE_TRAINED = {"model.backbone", "model.pretrained", "model.head", "model.context_length", "data.num_frames", "data.sampler",
@@ -25,10 +25,10 @@ HEADER = "| key | mugstan | authors | source | note |"
 
 
 def parse(text: str) -> dict:
-    """{config path: [{"key", "mugstan", "authors", "source", "note"}]} from the doc's sections."""
+    """{config name: [{"key", "mugstan", "authors", "source", "note"}]} from the doc's sections."""
     tables, current = {}, None
     for line in text.splitlines():
-        heading = re.fullmatch(r"## `(configs/[^`]+\.yaml)`", line.strip())
+        heading = re.fullmatch(r"## `(\w+/\w+)`", line.strip())
         if heading:
             current = tables.setdefault(heading.group(1), [])
             continue
@@ -81,15 +81,20 @@ TABLES = parse(DOC.read_text())
 
 
 def test_every_config_has_a_table_and_every_table_a_config():
-    names = {p.relative_to(REPO).as_posix() for p in CONFIGS}
+    names = {name(p) for p in CONFIGS}
     assert names - set(TABLES) == set(), "configs without a section in docs/reproduction.md"
     assert set(TABLES) - names == set(), "sections of docs/reproduction.md without a config"
     assert HEADER in DOC.read_text()
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.relative_to(REPO / "configs").as_posix() for p in CONFIGS])
+def name(path: Path) -> str:
+    """src/mugstan/configs/msrvtt/stan_vitb32.yaml -> msrvtt/stan_vitb32, the name the commands take."""
+    return path.relative_to(CONFIG_DIR).with_suffix("").as_posix()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[name(p) for p in CONFIGS])
 def test_config_matches_its_table(path):
-    rows = TABLES[path.relative_to(REPO).as_posix()]
+    rows = TABLES[name(path)]
     text = path.read_text()
     assert text.startswith("# Source: ") and "\n# Target: " in text, f"{path} must open with its source and target"
     cfg = loaded(path)
@@ -121,8 +126,8 @@ def test_config_matches_its_table(path):
 
 def test_the_checks_catch_a_wrong_value(tmp_path):
     """The same comparison on a config whose lr is off by 2x fails (the test can fail)."""
-    path = REPO / "configs" / "msrvtt" / "stan_vitb32.yaml"
-    row = next(r for r in TABLES["configs/msrvtt/stan_vitb32.yaml"] if r["key"] == "train.lr")
+    path = CONFIG_DIR / "msrvtt" / "stan_vitb32.yaml"
+    row = next(r for r in TABLES["msrvtt/stan_vitb32"] if r["key"] == "train.lr")
     assert same(lookup(loaded(path), "train.lr"), row["mugstan"])
     assert not same(lookup(loaded(path, ["train.lr=1e-6"]), "train.lr"), row["mugstan"])
 
@@ -130,7 +135,7 @@ def test_the_checks_catch_a_wrong_value(tmp_path):
 def test_key_recipe_values_are_the_authors():
     """Spot checks written out by hand from the reference files (docs/reproduction.md must agree)."""
     def value(config, key):
-        return lookup(loaded(REPO / "configs" / config), key)
+        return lookup(loaded(CONFIG_DIR / config), key)
 
     assert value("msrvtt/stan_vitb32.yaml", "train.lr") == 2e-6 and value("msrvtt/stan_vitb32.yaml", "train.weight_decay") == 0.05
     assert value("msrvtt/stan_vitb32.yaml", "train.epochs") == 10 and value("msrvtt/stan_vitb32.yaml", "data.crop_scale") == [0.08, 1.0]

@@ -397,7 +397,7 @@ def load_config(path, overrides: Union[Sequence[str], Mapping[str, Any]] = (), c
     """
     from omegaconf import OmegaConf
 
-    path = regular_file(path, "config file")
+    path = regular_file(find_config(path), "config file")
     try:
         loaded = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as err:
@@ -405,11 +405,43 @@ def load_config(path, overrides: Union[Sequence[str], Mapping[str, Any]] = (), c
     if not isinstance(loaded, dict) or not loaded:
         found = "a list" if isinstance(loaded, list) else "empty" if not loaded else f"a single value ({loaded!r:.40})"
         raise ConfigError(f"{path}: the file is {found}; an experiment config is a mapping with model/data/train/eval "
-                          "sections (see configs/)")
+                          "sections (see `mugstan config list`)")
     cfg = _structured(ExperimentConfig, loaded, overrides, str(path))
     anchor_paths(cfg)
     validate_config(cfg, check_files, splits)
     return cfg
+
+
+CONFIG_DIR = Path(__file__).parent / "configs"  # the configs that ship with mugstan (package data)
+
+
+def packaged_configs() -> list[str]:
+    """The names of the configs that ship with mugstan (src/mugstan/configs/): ``msrvtt/stan_vitb32``, ..."""
+    return sorted(p.relative_to(CONFIG_DIR).with_suffix("").as_posix() for p in CONFIG_DIR.glob("*/*.yaml"))
+
+
+def find_config(name: Union[str, Path]) -> Path:
+    """The config file ``name`` means: the file itself when there is one (a local config), else the
+    packaged config of that name, from any folder: ``msrvtt/stan_vitb32``, with or without
+    ``.yaml``, or as ``configs/msrvtt/stan_vitb32.yaml`` (the path in a source checkout before the
+    configs moved into the package). Neither: a ``MissingFileError`` listing the nearest names."""
+    import difflib
+
+    from mugstan.errors import MissingFileError
+
+    path = Path(name).expanduser()
+    if path.exists() or path.is_symlink() or path.is_absolute():
+        return path
+    key = path.as_posix().removeprefix("./").removeprefix("configs/")
+    key = key.removesuffix(".yaml").removesuffix(".yml")
+    packaged = CONFIG_DIR / f"{key}.yaml"
+    if packaged.is_file():
+        return packaged
+    names = packaged_configs()
+    near = difflib.get_close_matches(key, names, n=4, cutoff=0.6) or [n for n in names if n.split("/")[0] == key.split("/")[0]][:4]
+    hint = f"nearest: {', '.join(near)}; " if near else ""
+    raise MissingFileError(f"config {name}: no such file, and no packaged config of that name ({hint}"
+                           "`mugstan config list` lists them all)")
 
 
 def anchor_paths(cfg: ExperimentConfig, base: Union[str, Path, None] = None) -> ExperimentConfig:
@@ -587,11 +619,6 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
     if not m.prompt_templates or any("{}" not in p for p in m.prompt_templates):
         raise ConfigError(f"model.prompt_templates={list(m.prompt_templates)} must be a non-empty list of texts with "
                           "{} where the class name goes, e.g. ['a video of {}.']")
-    from mugstan.data.datasets.formats import FORMATS
-    from mugstan.data.datasets.videoqa import QA_FORMATS
-
-    if d.dataset not in {**FORMATS, **QA_FORMATS}:
-        raise ConfigError(f"data.dataset={d.dataset!r} is not one of {', '.join(sorted({**FORMATS, **QA_FORMATS}))}")
     if m.branch == Branch.stan:
         for name, frames in (("data.num_frames", d.num_frames), ("data.test_num_frames", d.test_num_frames)):
             if frames is not None and frames > m.stan.max_frames:

@@ -22,7 +22,8 @@ from typing import Sequence, Union
 import torch
 import torch.nn as nn
 
-from mugstan.backbones.clip import CLIPBackbone, Tokenizer, build_clip
+from mugstan.backbones.build import build_clip
+from mugstan.backbones.clip import CLIPBackbone, Tokenizer
 from mugstan.branches.frames import FrameFeatures, NoBranch
 from mugstan.branches.stan import STAN
 from mugstan.config import Branch, Classifier, ConfigError, Head, ModelConfig, Task
@@ -174,7 +175,7 @@ def build_model(cfg: ModelConfig, class_names: Sequence[str] = ()) -> Union[Vide
     if cfg.task == Task.chat:
         from mugstan.chat.model import build_chat_model
 
-        return build_chat_model(cfg)
+        return build_chat_model(cfg, lambda tower: build_branch(cfg, tower))
     backbone = build_clip(cfg.backbone, cfg.pretrained, cfg.weights, config=cfg.backbone_config)
     branch = build_branch(cfg, backbone)
     head = build_head(cfg, backbone)

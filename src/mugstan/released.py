@@ -47,9 +47,9 @@ def match_backbone(clip_sd: dict, source: str) -> str:
     """The open_clip model name whose architecture (with QuickGELU) fits these CLIP tensors."""
     import open_clip
 
-    from mugstan.backbones.clip import _register_configs
+    from mugstan.backbones.build import register_configs
 
-    _register_configs()
+    register_configs()
     want = config_from_state_dict(clip_sd, source)
     for name in open_clip.list_models():
         cfg = open_clip.get_model_config(name) or {}

@@ -11,19 +11,15 @@ need and plain ``CLIP.forward`` hides:
 - ``fuse``: STAN's output fusion, CLIP's ``ln_post`` + projection (``project``) of each frame's
   class token plus the branch's (``mugstan.backbones.coca.CoCaBackbone`` fuses before its pooler).
 
-``build_clip`` returns a ``CoCaBackbone`` for open_clip CoCa models (``coca_ViT-B-32`` ...).
-
 ``Tokenizer`` produces ``SOT + BPE[: L-2] + EOT`` padded with 0, so the end-of-text token always
-survives truncation. ``build_clip`` creates the model from an open_clip name, an open_clip
-pretrained tag (downloaded and cached by open_clip) and/or a local weights file.
+survives truncation. ``mugstan.backbones.build.build_clip`` creates a backbone (this class, or a
+``CoCaBackbone`` for open_clip CoCa models) from an open_clip name, an open_clip pretrained tag
+and/or a local weights file.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
@@ -34,10 +30,6 @@ from mugstan.config import ConfigError
 
 SOT_TOKEN = 49406
 EOT_TOKEN = 49407
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-_CONFIG_DIR = Path(__file__).parent / "model_configs"
 
 
 class Tokenizer:
@@ -289,125 +281,3 @@ class CLIPBackbone(nn.Module):
         tokens = proj(x) if isinstance(proj, nn.Linear) else x @ proj
         pooled = tokens[torch.arange(n, device=ids.device), ids.argmax(dim=-1)]
         return TextOutput(pooled=pooled, tokens=tokens, mask=mask.bool())
-
-
-@contextlib.contextmanager
-def _quiet_root_logger(quiet: bool):
-    root = logging.getLogger()
-    level = root.level
-    if quiet:
-        root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
-def _register_configs() -> None:
-    import open_clip
-
-    if "mugstan-tiny" not in open_clip.list_models():
-        open_clip.add_model_config(_CONFIG_DIR)
-
-
-def list_models() -> list[str]:
-    """Every backbone name ``build_clip`` accepts: open_clip's ViT configs and mugstan's tiny ones."""
-    import open_clip
-
-    _register_configs()
-    return [m for m in open_clip.list_models() if m.startswith(("ViT", "mugstan", "coca_ViT"))]
-
-
-def model_from_config(config: dict) -> nn.Module:
-    """An open_clip model from a model config dict: ``CoCa`` when it has a ``multimodal_cfg``
-    (a caption decoder), ``CLIP`` otherwise."""
-    import open_clip
-
-    config = {k: v for k, v in config.items() if k != "custom_text"}  # open_clip's JSON flag, not an argument
-    return open_clip.CoCa(**config) if "multimodal_cfg" in config else open_clip.CLIP(**config)
-
-
-def wrap(model: nn.Module) -> "CLIPBackbone":
-    """The backbone class that reads an open_clip model: ``CoCaBackbone`` for CoCa, ``CLIPBackbone`` otherwise."""
-    import open_clip
-
-    if isinstance(model, open_clip.CoCa):
-        from mugstan.backbones.coca import CoCaBackbone
-
-        return CoCaBackbone(model)
-    return CLIPBackbone(model)
-
-
-def build_clip(
-    name: Optional[str] = "ViT-B-32",
-    pretrained: Optional[str] = None,
-    weights: Optional[Union[str, Path]] = None,
-    weights_format: str = "auto",
-    config: Optional[dict] = None,
-) -> CLIPBackbone:
-    """Create a CLIP backbone.
-
-    name: open_clip model name (``ViT-B-32``, ``ViT-B-16``, ``ViT-L-14``, ``mugstan-tiny``, ...; CoCa:
-        ``coca_ViT-B-32``, ``coca_ViT-L-14``, ``mugstan-coca-tiny``, returned as a ``CoCaBackbone``),
-        or None to infer the architecture from ``weights``.
-    pretrained: open_clip pretrained tag (``openai``, ``laion2b_s34b_b79k``, ...): open_clip
-        downloads and caches the weights. Needs internet once; offline, pass ``weights``.
-    weights: local file or folder, or a Hub spec (``hf-hub:org/name``, ``local-dir:PATH``,
-        ``mugstan.hub``): OpenAI ``.pt`` (TorchScript or state dict), HuggingFace
-        ``CLIPModel`` directory, or open_clip-layout ``.safetensors`` / ``.pt`` (see
-        ``mugstan.backbones.convert``). Loaded strictly: every tensor must match.
-    config: an open_clip model config for an unnamed architecture (``model.backbone_config``);
-        takes the place of ``name``.
-    """
-    import open_clip
-
-    from mugstan.backbones.convert import load_clip_weights
-    from mugstan.hub import resolve_weights
-
-    _register_configs()
-    if weights is not None and pretrained is not None:
-        raise ConfigError(f"give either pretrained={pretrained!r} or weights={str(weights)!r}, not both")
-    loaded = load_clip_weights(resolve_weights(weights), weights_format) if weights is not None else None
-    if config is not None:
-        if pretrained is not None:
-            raise ConfigError("model.backbone_config describes an architecture open_clip has no pretrained weights for; "
-                             "give model.weights instead of model.pretrained")
-        clip = model_from_config(config)
-    elif name is None:
-        if loaded is None:
-            raise ConfigError("build_clip needs a model name or a weights file to infer the architecture from")
-        clip = model_from_config(loaded.config)
-    else:
-        if name not in open_clip.list_models():
-            raise ConfigError(
-                f"unknown backbone {name!r}; choose one of {', '.join(list_models())}, or pass "
-                "backbone=null with a weights file to infer the architecture"
-            )
-        # QuickGELU wherever the weights were trained with it: OpenAI's (open_clip's `openai` tags
-        # say so in their pretrained config, and open_clip alone would only warn) and local files.
-        tag = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
-        kwargs = {}
-        if (loaded is not None and loaded.config.get("quick_gelu")) or tag.get("quick_gelu"):
-            kwargs["force_quick_gelu"] = True
-        try:
-            # open_clip warns "initialized randomly" whenever no tag is given: here weights follow (a
-            # file, a checkpoint) or random initialisation is what the config asks for (training says so)
-            with _quiet_root_logger(pretrained is None):
-                clip = open_clip.create_model(name, pretrained=pretrained, **kwargs)
-        except Exception as err:  # open_clip raises RuntimeError / OSError / HF hub errors
-            if pretrained is None:
-                raise
-            raise ConfigError(
-                f"could not fetch open_clip weights {name!r} / {pretrained!r} ({type(err).__name__}: {err}). "
-                "On a machine without internet, download the checkpoint elsewhere and pass its local "
-                "path instead: model.weights=/path/to/ViT-B-32.pt (OpenAI .pt, HuggingFace CLIPModel "
-                "folder or open_clip .safetensors) and model.pretrained=null"
-            ) from err
-    if pretrained is None and isinstance(clip, open_clip.CoCa):
-        from mugstan.backbones.coca import init_decoder_projection
-
-        init_decoder_projection(clip)  # open_clip leaves it uninitialised; loaded weights replace it
-    if loaded is not None:
-        loaded.load_into(clip)
-    clip.eval()
-    return wrap(clip)

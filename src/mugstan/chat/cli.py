@@ -1,6 +1,6 @@
 """``mugstan chat``: ask a video chat model about a video, one question or a conversation.
 
-    mugstan chat VIDEO "what is the man doing?" --config configs/chat/llava15_7b_stan.yaml    # zero-shot
+    mugstan chat VIDEO "what is the man doing?" --config chat/msvd_qa_llava15_7b_stan   # zero-shot
     mugstan chat VIDEO --checkpoint runs/chat_projector/checkpoints/best                     # interactive
     mugstan chat VIDEO "question" --llava llava-hf/llava-1.5-7b-hf                            # plain CLIP frames
 
@@ -25,7 +25,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("question", nargs="?", help="the question; without it, an interactive session")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a chat checkpoint folder (`mugstan train` with model.task: chat) or hub spec")
-    source.add_argument("--config", help="a chat config (configs/chat/): zero-shot, nothing trained")
+    source.add_argument("--config", help="a chat config, a file or a packaged name (chat/msvd_qa_llava15_7b_stan): zero-shot, nothing trained")
     source.add_argument("--llava", help="a LLaVA folder or hub name, used with CLIP frames and no branch (model.branch: none)")
     parser.add_argument("--frames", type=int, help="frames sampled from the video (default: the config's data.num_frames)")
     parser.add_argument("--max-new-tokens", type=int, help="answer length limit (default: model.chat.max_new_tokens)")
@@ -48,7 +48,7 @@ def load_chat_model(args, device):
     if args.config:
         cfg = load_config(args.config, args.overrides)
         if cfg.model.task != Task.chat:
-            raise ValueError(f"--config {args.config}: model.task is {cfg.model.task}, not chat (see configs/chat/)")
+            raise ValueError(f"--config {args.config}: model.task is {cfg.model.task}, not chat (the chat/ configs of `mugstan config list` are)")
     else:
         overrides = [o if o.startswith("model.") else f"model.{o}" for o in args.overrides]
         cfg = ExperimentConfig(name="chat", model=model_config({"task": "chat", "branch": "none", "chat": {"llava": args.llava}},

@@ -29,7 +29,7 @@ A chat checkpoint holds the branch, the projector and whatever else ``model.chat
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -228,12 +228,13 @@ def load_branch_weights(branch: nn.Module, spec: str, tower_layers: int) -> None
                          f"unexpected {unexpected[:5]}")
 
 
-def build_chat_model(cfg: ModelConfig) -> VideoChatModel:
-    """LLaVA from ``cfg.chat.llava``; its CLIP tower cut at the feature layer + ``cfg.branch``; frozen but for ``cfg.chat.tune``."""
+def build_chat_model(cfg: ModelConfig, build_branch: Callable[[CLIPBackbone], nn.Module]) -> VideoChatModel:
+    """LLaVA from ``cfg.chat.llava``; its CLIP tower cut at the feature layer + the branch that
+    ``build_branch(tower)`` makes for it (``mugstan.models.build_model`` passes its own); frozen but
+    for ``cfg.chat.tune``."""
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
     from mugstan.chat.tower import backbone_from_hf_tower
-    from mugstan.models import build_branch
 
     c = cfg.chat
     source = _llava_source(c.llava)
@@ -250,7 +251,7 @@ def build_chat_model(cfg: ModelConfig) -> VideoChatModel:
     backbone = backbone_from_hf_tower(llava.model.vision_tower, layer, str(c.llava))
     projector = llava.model.multi_modal_projector
     llava.model.vision_tower, llava.model.multi_modal_projector = None, None  # the chat model owns them now
-    branch = build_branch(cfg, backbone)
+    branch = build_branch(backbone)
     if c.branch_weights:
         load_branch_weights(branch, c.branch_weights, backbone.vision_layers)
     elif cfg.branch == Branch.stan and "branch" not in c.tune:

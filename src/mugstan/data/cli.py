@@ -1,6 +1,6 @@
 """``mugstan data``: check a dataset's videos, re-encode a folder, generate the synthetic benchmark.
 
-    mugstan data check CONFIG.yaml [key=value ...] [--split train val test]   # every split the config names
+    mugstan data check CONFIG [key=value ...] [--split train val test]   # every split the config names (file or name)
     mugstan data check ANNOTATIONS --format jsonl --root VIDEOS    # one annotation file
     mugstan data compress SRC DST --fps 3 --short-side 224 --workers 4   # all-intra, fast-decode
     mugstan data synth OUT_DIR [--videos N --frames T --size S --seed K]
@@ -30,14 +30,14 @@ SHORT_GOP = 30
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    from mugstan.data.datasets.formats import FORMATS
+    from mugstan.data.datasets import FORMATS
 
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     check = sub.add_parser("check", help="list missing and corrupt videos of a dataset",
                            description="Open every video of a dataset's splits and report the missing and corrupt ones "
                                        "(exit status 1 when there are any). By default the first and last frames are "
                                        "decoded; --full decodes every frame and finds truncated and damaged streams.")
-    check.add_argument("source", help="experiment YAML (its data section) or an annotation file")
+    check.add_argument("source", help="experiment YAML or packaged config name (its data section), or an annotation file")
     check.add_argument("overrides", nargs="*", help="dotted key=value overrides of the config, e.g. data.root=/data/msrvtt")
     check.add_argument("--format", default="jsonl", choices=sorted(FORMATS), metavar="FORMAT",
                        help="annotation format when SOURCE is an annotation file: a data.dataset name (default: jsonl)")
@@ -104,9 +104,12 @@ def check(data_cfg, splits: list[str], full: bool = False) -> dict:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from mugstan.config import DataConfig
+    from mugstan.config import DataConfig, find_config
 
-    source = regular_file(args.source, "data check")
+    source = Path(args.source).expanduser()
+    if not source.exists() and not source.is_absolute() and source.suffix in ("", ".yaml", ".yml"):
+        source = find_config(source)  # a packaged config by name (msrvtt/stan_vitb32)
+    source = regular_file(source, "data check")
     if source.suffix in (".yaml", ".yml"):
         from mugstan.config import load_config
 

@@ -13,7 +13,9 @@ from typing import Optional, Sequence
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from mugstan.backbones.clip import CLIP_MEAN, CLIP_STD
+# The pixel statistics every CLIP (OpenAI's, open_clip's, CoCa) was trained with: ``normalize`` applies them.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def resize_short(frames: torch.Tensor, size: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ import numpy as np
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="experiment YAML (its data section says which videos / captions)")
+    parser.add_argument("config", help="experiment YAML or packaged config name (its data section says which videos / captions)")
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder, a `mugstan convert` .safetensors, or hf-hub:org/name")
     parser.add_argument("--what", choices=["videos", "texts"], default="videos",
                         help="embed the split's videos or its captions (default: videos)")

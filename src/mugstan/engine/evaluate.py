@@ -183,7 +183,7 @@ def zero_shot_model(cfg: ExperimentConfig, split: str = "test"):
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="experiment YAML (its data and eval sections are used)")
+    parser.add_argument("config", help="experiment YAML or packaged config name (its data and eval sections are used)")
     parser.add_argument("--checkpoint", help="checkpoint folder, a `mugstan convert` .safetensors, or hf-hub:org/name; "
                         "model.* overrides apply to it (model.head=mug scores a converted Mug-STAN checkpoint with Mug). "
                         "Without it the model is built from the config's model section: zero-shot evaluation of "

@@ -304,7 +304,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="experiment YAML (see configs/)")
+    parser.add_argument("config", help="experiment YAML, or a packaged config by name (msrvtt/stan_vitb32; `mugstan config list`)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-6 data.root=/videos")
     parser.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/last")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")

@@ -126,7 +126,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("index_dir", help="an index folder written by `mugstan index`")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port, 1-65535 (default 8000)")
-    parser.add_argument("--chat", help="a video chat checkpoint folder or chat config (configs/chat/): the page then has "
+    parser.add_argument("--chat", help="a video chat checkpoint folder or chat config (chat/msvd_qa_llava15_7b_stan: `mugstan config list`): the page then has "
                         "an Ask box per result (mugstan.chat; see docs/chat.md)")
     add_backend_arguments(parser)
 

@@ -44,7 +44,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from mugstan.config import DataConfig
-from mugstan.data.datasets import Annotations, Clip, _Base
+from mugstan.data.datasets.base import Annotations, Clip, _Base
+from mugstan.data.datasets.formats import _ann_file, _Finder
 from mugstan.data.transforms import normalize
 from mugstan.data.video import read_frames_at
 from mugstan.metrics import BoxSet
@@ -193,8 +194,6 @@ def _extra_file(cfg: DataConfig, key: str) -> Optional[Path]:
 
 def ava(cfg: DataConfig, split: str) -> DetectionAnnotations:
     """The AVA adapter (``data.dataset: ava``): see the module docstring."""
-    from mugstan.data.datasets.formats import _Finder, _ann_file
-
     path = _ann_file(cfg, split)
     label_map = _extra_file(cfg, "label_map")
     if label_map is None:

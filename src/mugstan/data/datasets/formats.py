@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from mugstan.config import DataConfig
-from mugstan.data.datasets import Annotations, Clip
+from mugstan.data.datasets.base import Annotations, Clip
 from mugstan.errors import AnnotationError
 from mugstan.files import regular_file
 
@@ -430,11 +430,8 @@ def jsonl(cfg: DataConfig, split: str) -> Annotations:
     return Annotations(clips, captions, links, labels if has_labels else None, names, str(path))
 
 
-from mugstan.data.datasets.ava import ava  # noqa: E402  (AVA v2.2 detection: its own module)
-
 FORMATS: dict[str, Callable[[DataConfig, str], Annotations]] = {
     "msrvtt": msrvtt, "msrvtt_json": msrvtt_json, "didemo": didemo, "lsmdc": lsmdc, "msvd": msvd,
     "vatex": vatex, "activitynet": activitynet, "video_list": video_list, "ucf101": ucf101, "hmdb51": hmdb51,
     "kinetics_csv": kinetics_csv, "ssv2": ssv2, "webvid": webvid, "cc3m": cc3m, "jsonl": jsonl,
-    "ava": ava,
 }

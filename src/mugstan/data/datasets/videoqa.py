@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from mugstan.config import DataConfig
-from mugstan.data.datasets import Annotations, Clip, _Base
+from mugstan.data.datasets.base import Annotations, Clip, _Base
 from mugstan.data.datasets.formats import _ann_file, _extra, _Finder
 
 
