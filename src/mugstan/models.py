@@ -191,6 +191,8 @@ def build_model(cfg: ModelConfig, class_names: Sequence[str] = ()) -> Union[Vide
 
         return build_chat_model(cfg)
     backbone = build_clip(cfg.backbone, cfg.pretrained, cfg.weights, config=cfg.backbone_config)
+    if cfg.backbone is None and cfg.backbone_config is None:  # the weights file's architecture, recorded in the
+        cfg.backbone_config = dict(backbone.architecture)  # config so that the run's checkpoints rebuild it without the file
     branch = build_branch(cfg, backbone)
     head = build_head(cfg, backbone)
     if cfg.head == Head.mug:  # Mug scores per-token text features: what only the pooled one reads (CoCa's CLS) gets an

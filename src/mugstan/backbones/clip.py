@@ -116,6 +116,7 @@ class CLIPBackbone(nn.Module):
         self.check_towers(clip)
         self.clip = clip
         self.grad_checkpointing = False
+        self.architecture: dict = {}  # the open_clip config it was built from (build_clip sets it)
 
     @staticmethod
     def check_towers(clip: nn.Module) -> None:
@@ -318,6 +319,18 @@ def list_models() -> list[str]:
     return [m for m in open_clip.list_models() if m.startswith(("ViT", "mugstan", "coca_ViT"))]
 
 
+def named_config(name: str, pretrained: Optional[str] = None, quick_gelu: bool = False) -> dict:
+    """The open_clip config of a named backbone as ``build_clip`` builds it: with QuickGELU where
+    ``quick_gelu`` or the pretrained tag (OpenAI's) asks for it."""
+    import open_clip
+
+    _register_configs()
+    config = {k: v for k, v in (open_clip.get_model_config(name) or {}).items() if k != "custom_text"}
+    if quick_gelu or (pretrained and open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu")):
+        config["quick_gelu"] = True
+    return config
+
+
 def model_from_config(config: dict) -> nn.Module:
     """An open_clip model from a model config dict: ``CoCa`` when it has a ``multimodal_cfg``
     (a caption decoder), ``CLIP`` otherwise."""
@@ -358,6 +371,11 @@ def build_clip(
         ``mugstan.backbones.convert``). Loaded strictly: every tensor must match.
     config: an open_clip model config for an unnamed architecture (``model.backbone_config``);
         takes the place of ``name``.
+
+    The open_clip config the model was built from is ``backbone.architecture``: what every weights
+    file mugstan writes records. ``name`` None with a file that records no architecture and has
+    shapes of no named one is a ``ConfigError`` naming model.backbone (its head counts would be a
+    guess).
     """
     import open_clip
 
@@ -376,7 +394,11 @@ def build_clip(
     elif name is None:
         if loaded is None:
             raise ConfigError("build_clip needs a model name or a weights file to infer the architecture from")
-        clip = model_from_config(loaded.config)
+        if loaded.config is None:  # never a model with guessed head counts
+            raise ConfigError(f"model.backbone is null but {loaded.unknown}: set model.backbone to the architecture it was "
+                              "trained as (e.g. model.backbone=mugstan-tiny or ViT-B-32) or give model.backbone_config")
+        config = loaded.config
+        clip = model_from_config(config)
     else:
         if name not in open_clip.list_models():
             raise ConfigError(
@@ -387,8 +409,9 @@ def build_clip(
         # say so in their pretrained config, and open_clip alone would only warn) and local files.
         tag = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
         kwargs = {}
-        if (loaded is not None and loaded.config.get("quick_gelu")) or tag.get("quick_gelu"):
+        if (loaded is not None and loaded.config and loaded.config.get("quick_gelu")) or tag.get("quick_gelu"):
             kwargs["force_quick_gelu"] = True
+        config = named_config(name, quick_gelu=bool(kwargs))
         try:
             # open_clip warns "initialized randomly" whenever no tag is given: here weights follow (a
             # file, a checkpoint) or random initialisation is what the config asks for (training says so)
@@ -410,4 +433,6 @@ def build_clip(
     if loaded is not None:
         loaded.load_into(clip)
     clip.eval()
-    return wrap(clip)
+    backbone = wrap(clip)
+    backbone.architecture = {k: v for k, v in config.items() if k != "custom_text"}  # what weights files record
+    return backbone
