@@ -7,7 +7,7 @@ import torch
 from mugstan.config import DataConfig, ModelConfig, STANConfig
 from mugstan.data.datasets.formats import hmdb51, ucf101
 from mugstan.engine.optim import param_groups
-from mugstan.models import build_model, prompt_name
+from mugstan.models import build_model, class_prompts, prompt_name
 
 # ucfTrainTestlist/classInd.txt of UCF101TrainTestSplits-RecognitionTask.zip ("1 ApplyEyeMakeup" ... "101 YoYo")
 UCF101_CLASSES = """ApplyEyeMakeup ApplyLipstick Archery BabyCrawling BalanceBeam BandMarching BaseballPitch Basketball
@@ -59,6 +59,12 @@ def test_official_class_files_give_the_prompt_lists_names(tmp_path):
 
     assert sorted(hmdb) == sorted(HMDB51_CLASSES)
     assert [prompt_name(n) for n in HMDB51_CLASSES] == HMDB51_AUTHORS
+
+
+def test_zero_shot_and_classifier_prompts_write_the_names_as_words():
+    """class_prompts: what zero-shot evaluation and the text classifier both read."""
+    assert class_prompts(["ApplyEyeMakeup", "brush_hair"], ["a video of a person {}.", "{}"]) == [
+        ["a video of a person apply eye makeup.", "a video of a person brush hair."], ["apply eye makeup", "brush hair"]]
 
 
 def test_names_with_spaces_are_kept():

@@ -70,6 +70,11 @@ def prompt_name(name: str) -> str:
     return " ".join(words.split()).lower()
 
 
+def class_prompts(class_names: Sequence[str], templates: Sequence[str]) -> list[list[str]]:
+    """[template][class] prompt texts, each name written by ``prompt_name``."""
+    return [[tpl.format(prompt_name(name)) for name in class_names] for tpl in templates]
+
+
 class VideoTextModel(nn.Module):
     """A video encoder (backbone x branch x head) and the backbone's text tower scored by the head."""
 
@@ -116,7 +121,7 @@ class VideoTextModel(nn.Module):
         Each name goes into the templates as ``prompt_name`` writes it."""
         if not class_names:
             raise ConfigError("class names are needed (model.class_names or the dataset's class-name file)")
-        prompts = [tpl.format(prompt_name(name)) for name in class_names for tpl in templates]
+        prompts = [text for per_class in zip(*class_prompts(class_names, templates)) for text in per_class]  # class-major
         device = self.logit_scale.log_scale.device
         ids, mask = self.tokenize(prompts)
         x = self.head.text_vector(self.backbone.encode_text(ids.to(device), mask.to(device)))

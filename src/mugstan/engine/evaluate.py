@@ -121,6 +121,8 @@ def evaluate(model, cfg: ExperimentConfig, split: str = "test", dist: Optional[D
         result["protocol"] = "multi-caption" if ann.multi_caption else "1:1"
         result["counts"] = {"videos": len(kept), "captions": len(caps)}
     elif ann.labels is not None:
+        from mugstan.models import class_prompts
+
         names = ann.class_names or cfg.model.class_names
         if not names:
             raise ValueError(f"zero-shot recognition on {split} needs class names (data.extra.class_names or model.class_names)")
@@ -130,8 +132,8 @@ def evaluate(model, cfg: ExperimentConfig, split: str = "test", dist: Optional[D
         per_view = []
         for v in range(views):
             video = stack_clips([videos[i] for i in kept], view=v).to(dist.device)
-            per_template = [inner.similarity(embed_texts(model, [t.format(n) for n in names], dist.device), video, cfg.eval.sim_chunk)
-                            for t in cfg.model.prompt_templates]
+            per_template = [inner.similarity(embed_texts(model, texts, dist.device), video, cfg.eval.sim_chunk)
+                            for texts in class_prompts(names, cfg.model.prompt_templates)]
             per_view.append(torch.stack(per_template).mean(0).t().float().cpu())  # [N, C]
         result["recognition"] = recognition_metrics(torch.stack(per_view, 1), torch.tensor([ann.labels[i] for i in kept]))
         result["zero_shot"] = True
