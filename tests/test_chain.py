@@ -126,3 +126,35 @@ def test_zero_shot_evaluation_needs_no_checkpoint_and_no_training_files(tmp_path
     assert cli(["eval", str(path), "--json", str(tmp_path / "z.json")]) == 0
     result = json.loads((tmp_path / "z.json").read_text())
     assert result["zero_shot"] and 0 <= result["recognition"]["top1"] <= 100
+
+
+def test_eval_reads_videos_as_the_checkpoint_was_trained(tmp_path, data, capsys):
+    """`mugstan eval --checkpoint` takes the checkpoint's frames / image size / resize / sampler over
+    the given config's, says which, and the command line still decides: a model trained on 4 frames
+    is scored on 4, not on the config's 8."""
+    from mugstan.engine.checkpoint import save_checkpoint
+
+    synth = data / "synth"
+    trained = load_config(write_config(tmp_path / "t.yaml", synth, tmp_path / "t"), ["data.resize_short=40"])
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "ckpt", build_model(trained.model), trained)  # trained on 4 frames, short side 40
+    config = write_config(tmp_path / "e.yaml", synth, tmp_path / "e")
+    raw = yaml.safe_load(config.read_text())
+    raw["data"].update(num_frames=8, sampler="dense", dense_stride=1)
+    config.write_text(yaml.safe_dump(raw))
+
+    def run(name, *overrides):
+        capsys.readouterr()
+        assert cli(["eval", str(config), "--checkpoint", str(tmp_path / "ckpt"), "--json", str(tmp_path / f"{name}.json"),
+                    f"data.test_ann={synth / 'test.jsonl'}", *overrides]) == 0
+        return json.loads((tmp_path / f"{name}.json").read_text()), capsys.readouterr().out
+
+    result, out = run("default")
+    assert result["data_from_checkpoint"] == {"num_frames": 4, "sampler": "segment", "dense_stride": 4, "resize_short": 40}
+    assert "data.num_frames: 4 from the checkpoint (the config says 8; data.num_frames=8 on the command line" in out
+    assert "data.image_size" not in out  # the same in both: not mentioned
+    same, _ = run("as_trained", "data.num_frames=4", "data.sampler=segment", "data.dense_stride=4", "data.resize_short=40")
+    assert same["data_from_checkpoint"] == {} and same["retrieval"] == result["retrieval"]
+    mine, out = run("overridden", "data.num_frames=8")
+    assert "num_frames" not in mine["data_from_checkpoint"] and "data.num_frames" not in out
+    assert mine["retrieval"] != result["retrieval"]

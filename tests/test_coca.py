@@ -17,12 +17,12 @@ import torch
 import yaml
 from data_fixtures import hf_cache_snapshot, write_config
 
-from mugstan.backbones.build import build_clip, model_from_config
+from mugstan.backbones.build import build_clip, model_from_config, named_config
 from mugstan.backbones.clip import Tokenizer
 from mugstan.backbones.coca import CoCaBackbone
 from mugstan.backbones.convert import coca_config_from_state_dict, save_safetensors
 from mugstan.caption import caption, generate, visual_tokens
-from mugstan.config import ModelConfig, STANConfig, load_config
+from mugstan.config import ConfigError, ModelConfig, STANConfig, load_config
 from mugstan.engine.gradcache import gradcache_backward
 from mugstan.losses import build_loss
 from mugstan.models import build_model
@@ -309,32 +309,40 @@ def test_caption_needs_a_coca_backbone():
         caption(model, frames(1, 2), torch.ones(1, 2, dtype=torch.bool))
 
 
-def test_convert_open_clip_coca_checkpoint(tmp_path):
-    """An open_clip CoCa checkpoint without metadata (``open_clip_pytorch_model.bin``): the
-    architecture is inferred from the shapes, written into the safetensors, and rebuilt exactly."""
+def test_convert_open_clip_coca_checkpoint(tmp_path, capsys):
+    """An open_clip CoCa checkpoint without metadata (``open_clip_pytorch_model.bin``): shapes of a
+    named architecture give its head counts (mugstan-coca-tiny: 3 vision heads of width 32, a pooler
+    of 2), written into the safetensors and rebuilt exactly; shapes of no named one are refused."""
     from mugstan.cli import main
 
-    config = {"embed_dim": 64, "quick_gelu": False,
-              "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16, "attentional_pool": True,
-                             "attn_pooler_queries": 5, "attn_pooler_heads": 8, "output_tokens": True},
-              "text_cfg": {"context_length": 76, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1, "embed_cls": True, "output_tokens": True},
-              "multimodal_cfg": {"context_length": 76, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}
     torch.manual_seed(0)
-    coca = open_clip.CoCa(**config)
+    coca = model_from_config(named_config(TINY))
     perturb(coca)
     torch.save(coca.state_dict(), tmp_path / "open_clip_pytorch_model.bin")
     out = tmp_path / "coca.safetensors"
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert main(["convert", str(tmp_path / "open_clip_pytorch_model.bin"), str(out)]) == 0
-    assert "CoCa ViT" in buf.getvalue()
+    assert main(["convert", str(tmp_path / "open_clip_pytorch_model.bin"), str(out)]) == 0
+    assert "CoCa ViT" in capsys.readouterr().out
     backbone = build_clip(None, weights=out)
     assert isinstance(backbone, CoCaBackbone)
+    assert (backbone.vision_heads, backbone.clip.visual.attn_pool.attn.num_heads, backbone.text_heads) == (3, 2, 2)
     x = torch.randn(2, 3, 32, 32)
     ids, mask = Tokenizer(16)(CAPTIONS[:2])
     with torch.no_grad():
         assert (backbone.encode_frames(x).embeds - coca.encode_image(x, normalize=False)).abs().max() < 1e-5
         assert (backbone.encode_text(ids, mask).pooled - coca.encode_text(open_clip.tokenize(CAPTIONS[:2], 76), normalize=False)).abs().max() < 1e-5
+
+    # shapes of no named architecture: the head counts would be a guess
+    config = {"embed_dim": 64, "quick_gelu": False,
+              "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16, "attentional_pool": True,
+                             "attn_pooler_queries": 5, "attn_pooler_heads": 8, "output_tokens": True},
+              "text_cfg": {"context_length": 76, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1, "embed_cls": True, "output_tokens": True},
+              "multimodal_cfg": {"context_length": 76, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}
+    torch.save(open_clip.CoCa(**config).state_dict(), tmp_path / "unnamed.bin")
+    assert main(["convert", str(tmp_path / "unnamed.bin"), str(tmp_path / "unnamed.safetensors")]) == 2
+    assert "head counts cannot be known" in capsys.readouterr().err and not (tmp_path / "unnamed.safetensors").exists()
+    with pytest.raises(ConfigError, match="model.backbone"):
+        build_clip(None, weights=tmp_path / "unnamed.bin")
+
     # metadata round trip: a config with other head counts survives as written
     tiny = build_clip(TINY)
     save_safetensors(tiny.clip.state_dict(), tmp_path / "tiny.safetensors", {"config": json.dumps(open_clip.get_model_config(TINY))})

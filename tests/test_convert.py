@@ -169,3 +169,129 @@ def test_bad_inputs_name_the_file_and_problem(tmp_path):
     with pytest.raises(WeightsError, match="not a CLIPModel config"):
         load_clip_weights(bad_cfg)
     assert cli(["convert", str(tmp_path / "extra.pt"), str(tmp_path / "out.pt")]) == 2
+
+
+# ---- no model with guessed head counts ----------------------------------------------------------------
+PACKAGED = __import__("mugstan.demo", fromlist=["PACKAGED_CLIP"]).PACKAGED_CLIP
+
+
+def unnamed_clip_file(path):
+    """An open_clip-layout file without metadata whose shapes are no named architecture's (3 heads
+    of width 32: a head-width-64 guess would build 1 head of width 96)."""
+    from mugstan.backbones.convert import save_safetensors
+
+    torch.manual_seed(3)
+    config = {"embed_dim": 32, "quick_gelu": True, "vision_cfg": {"image_size": 32, "layers": 1, "width": 96, "head_width": 32, "patch_size": 8},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 96, "heads": 3, "layers": 1}}
+    save_safetensors(open_clip.CLIP(**config).state_dict(), path)
+    return path
+
+
+def test_weights_without_architecture_build_only_with_known_heads(tmp_path, capsys):
+    from mugstan.backbones.convert import save_safetensors
+    from mugstan.config import ConfigError
+
+    # the packaged CLIP records mugstan-tiny's architecture: 2 heads in each tower, as mugstan-tiny
+    packaged = build_clip(None, weights=PACKAGED)
+    assert (packaged.vision_heads, packaged.text_heads) == (2, 2)
+    named = build_clip("mugstan-tiny", weights=PACKAGED)
+    ids, mask = Tokenizer(16)(["a red circle moves left"])
+    with torch.no_grad():
+        assert torch.equal(packaged.encode_text(ids, mask).pooled, named.encode_text(ids, mask).pooled)
+
+    # no metadata, shapes of a named architecture: that architecture's head counts
+    bare = tmp_path / "bare.safetensors"
+    save_safetensors(named.clip.state_dict(), bare)
+    weights = load_clip_weights(bare)
+    assert weights.config["vision_cfg"]["head_width"] == 32 and weights.config["text_cfg"]["heads"] == 2
+    assert (build_clip(None, weights=bare).vision_heads, build_clip(None, weights=bare).text_heads) == (2, 2)
+
+    # no metadata, shapes of no named architecture: refused, one line naming model.backbone
+    unnamed = unnamed_clip_file(tmp_path / "unnamed.safetensors")
+    assert load_clip_weights(unnamed).config is None
+    with pytest.raises(ConfigError, match="model.backbone is null but .*unnamed.safetensors.* head counts cannot be known") as err:
+        build_clip(None, weights=unnamed)
+    assert "\n" not in str(err.value) and "model.backbone_config" in str(err.value)
+    assert cli(["convert", str(unnamed), str(tmp_path / "out.safetensors")]) == 2
+    assert "head counts cannot be known" in capsys.readouterr().err and not (tmp_path / "out.safetensors").exists()
+    # the architecture given, the same file loads
+    config = {"embed_dim": 32, "quick_gelu": True, "vision_cfg": {"image_size": 32, "layers": 1, "width": 96, "head_width": 32, "patch_size": 8},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 96, "heads": 3, "layers": 1}}
+    assert build_clip(None, weights=unnamed, config=config).text_heads == 3
+
+
+def test_a_run_on_a_weights_file_records_the_architecture(tmp_path):
+    """model.backbone null + weights: the built model's config holds the file's architecture, so its
+    checkpoints rebuild (eval, index, embed) without the file; the demo's CLIP export records it too."""
+    import shutil
+
+    from safetensors import safe_open
+
+    from mugstan.config import ExperimentConfig, ModelConfig
+    from mugstan.demo import export_clip
+    from mugstan.engine.checkpoint import load_model, save_checkpoint
+    from mugstan.models import build_model
+
+    weights = shutil.copy(PACKAGED, tmp_path / "clip.safetensors")
+    cfg = ExperimentConfig(model=ModelConfig(backbone=None, weights=str(weights), branch="none", head="meanP", context_length=16))
+    model = build_model(cfg.model)
+    assert cfg.model.backbone_config["text_cfg"]["heads"] == 2 and model.backbone.text_heads == 2
+    save_checkpoint(tmp_path / "ckpt", model, cfg)
+    (tmp_path / "clip.safetensors").unlink()
+    again, _ = load_model(tmp_path / "ckpt")
+    assert again.backbone.text_heads == 2 and again.backbone.vision_heads == 2
+    for (k, v), w in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(v, w), k
+
+    out = export_clip(tmp_path / "ckpt", tmp_path / "exported.safetensors")
+    with safe_open(str(out), "pt") as f:
+        assert json.loads(f.metadata()["config"])["vision_cfg"]["head_width"] == 32
+    assert build_clip(None, weights=out).text_heads == 2
+
+
+def test_convert_stan_assumes_head_width_64_only_for_openai_shapes(tmp_path, capsys):
+    from mugstan.backbones.build import model_from_config, named_config
+    from mugstan.config import ModelConfig, STANConfig
+    from mugstan.models import build_model
+    from mugstan.released import backbone_fields, match_backbone, to_stan_state_dict
+
+    for name in ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336"):  # the released OpenAI shapes (meta device: no memory)
+        with torch.device("meta"):
+            sd = model_from_config(named_config(name)).state_dict()
+        assert match_backbone(sd, name) == f"{name}-quickgelu"
+    with torch.device("meta"):
+        sd = model_from_config(named_config("ViT-H-14")).state_dict()  # heads of width 80
+    with pytest.raises(WeightsError, match="ViT-H-14: its CLIP .* none of the released OpenAI ones .*--clip-config"):
+        backbone_fields(sd, "ViT-H-14")
+
+    config = {"embed_dim": 32, "quick_gelu": True, "vision_cfg": {"image_size": 32, "layers": 1, "width": 96, "head_width": 32, "patch_size": 8},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 96, "heads": 3, "layers": 1}}
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone=None, backbone_config=config, branch="stan", head="mean", stan=STANConfig(depth=1),
+                                    temperature=0.01, loss_reduction="sum"))
+    torch.save(to_stan_state_dict(model), tmp_path / "stan.pth")
+    assert cli(["convert", str(tmp_path / "stan.pth"), str(tmp_path / "stan.safetensors"), "--format", "stan"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--clip-config" in err and err.count("\n") == 1
+    assert not (tmp_path / "stan.safetensors").exists()
+
+
+def test_an_older_checkpoint_without_its_architecture_names_the_fix(tmp_path):
+    """A checkpoint whose config.yaml has model.backbone null and no backbone_config (written before
+    runs recorded it) is refused in one line naming the overrides, and loads with them."""
+    import yaml
+
+    from mugstan.config import ExperimentConfig, ModelConfig
+    from mugstan.engine.checkpoint import load_model, save_checkpoint
+    from mugstan.errors import UserError
+    from mugstan.models import build_model
+
+    cfg = ExperimentConfig(model=ModelConfig(backbone="mugstan-tiny", branch="none", head="meanP", context_length=16))
+    save_checkpoint(tmp_path / "ckpt", build_model(cfg.model), cfg)
+    raw = yaml.safe_load((tmp_path / "ckpt" / "config.yaml").read_text())
+    raw["model"].update(backbone=None, weights="old/clip.safetensors")
+    (tmp_path / "ckpt" / "config.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match=r"model.backbone is null .* model.backbone=NAME, or model.backbone_config") as err:
+        load_model(tmp_path / "ckpt")
+    assert "\n" not in str(err.value)
+    assert load_model(tmp_path / "ckpt", overrides=["model.backbone=mugstan-tiny"])[0].backbone.text_heads == 2

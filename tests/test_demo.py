@@ -63,6 +63,7 @@ def test_export_clip_pretrains_and_writes_a_packaged_style_file(tmp_path):
     assert json.loads((tmp_path / "run" / "pretrain_clip" / "results.json").read_text())["steps"] == 4
     info = demo.clip_metadata(dest)
     assert info["format"] == "open_clip" and info["seed"] == "3" and info["dtype"] == "float16"
+    assert json.loads(info["config"])["text_cfg"]["heads"] == 2  # it records its architecture (mugstan-tiny)
     tensors, packaged = load_file(str(dest)), load_file(str(demo.PACKAGED_CLIP))
     assert tensors.keys() == packaged.keys() and all(t.dtype == torch.float16 for t in tensors.values())
     full = load_file(str(tmp_path / "run" / "pretrain_clip" / "clip.safetensors"))  # the fp32 one --pretrain uses

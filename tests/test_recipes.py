@@ -164,6 +164,25 @@ def test_select_on_test_chooses_on_the_test_split_and_says_so(tmp_path):
     assert saved["selection"] == results["selection"]
 
 
+def test_a_validation_file_that_is_the_test_file_selects_nothing(tmp_path):
+    """Kinetics-400 / SSv2 report on their validation file: with data.val_ann == data.test_ann and
+    eval.select_on=val no epoch is chosen on it, the last is kept, and results.json says so."""
+    from mugstan.engine.train import train
+
+    data = tmp_path / "synth"
+    generate(data, SynthParams(videos=16, frames=4, size=32, seed=0), progress=False)
+    path = write_config(tmp_path / "c.yaml", data, tmp_path / "run", batch_size=8, epochs=1, warmup=0)
+    raw = yaml.safe_load(path.read_text())
+    raw["data"]["val_ann"] = str(data / "test.jsonl")
+    raw["data"]["test_ann"] = str(data / ".." / "synth" / "test.jsonl")  # the same file, written another way
+    path.write_text(yaml.safe_dump(raw))
+    results = train(load_config(path), progress=False)
+    assert results["best"]["selected_on"] == "last" and results["best"]["epoch"] == 1
+    assert "data.val_ann is the test file" in results["selection"] and "test" in results
+    events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert not [e for e in events if e.get("event") == "validation"]
+
+
 # ---- data check takes overrides -------------------------------------------------------------------
 def test_data_check_takes_overrides(tmp_path, capsys):
     from mugstan.cli import main

@@ -14,17 +14,18 @@ from mugstan.models import build_model
 from mugstan.released import convert_clip2video, convert_stan, load_converted, to_clip2video_state_dict, to_stan_state_dict
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "stan_official_tiny"
-# The fixture's CLIP has 4 heads of width 16 (vision) and 12 (text); shapes cannot tell heads apart.
-FIXTURE_HEADS = ["model.backbone_config.vision_cfg.head_width=16", "model.backbone_config.text_cfg.heads=4", "model.context_length=16"]
+# The fixture's CLIP has 4 heads of width 16 (vision) and 12 (text); shapes cannot tell heads apart:
+# its HuggingFace config (FIXTURE / "hf") gives them.
 
 
 @pytest.mark.skipif(not (FIXTURE / "official.pth").is_file(), reason="needs ../shared/fixtures/stan_official_tiny")
 def test_authors_stan_checkpoint_gives_the_authors_outputs(tmp_path):
     """official.pth (254 tensors in the released mmengine layout) converts with every tensor used,
     and the converted model reproduces the outputs the authors' module computed (reference.pt)."""
-    state, cfg = convert_stan(FIXTURE / "official.pth")
+    state, cfg = convert_stan(FIXTURE / "official.pth", clip_config=FIXTURE / "hf")
     assert cfg["branch"] == "stan" and cfg["head"] == "mean" and cfg["stan"]["depth"] == 4 and cfg["backbone"] is None
-    model = build_model(model_config(cfg, FIXTURE_HEADS)).eval()
+    assert (cfg["backbone_config"]["vision_cfg"]["head_width"], cfg["backbone_config"]["text_cfg"]["heads"]) == (16, 4)
+    model = build_model(model_config(cfg, ["model.context_length=16"])).eval()
     missing, unexpected = model.load_state_dict(state, strict=True)
     assert not missing and not unexpected
     ref = torch.load(FIXTURE / "reference.pt")

@@ -60,7 +60,10 @@ class Task(Choice):
 
 
 class Classifier(Choice):
-    text = "text"  # cosine classifier initialised from class-name prompts
+    # cosine scores against the class-name prompts' text features, computed once (no_grad) and kept
+    # fixed: the STAN recognition recipe (its text features are cached at the first step)
+    text = "text"
+    text_trainable = "text_trainable"  # the same cosine classifier, its class vectors trained from there
     linear = "linear"
 
 

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from mugstan import released
-from mugstan.backbones.convert import FORMATS, load_clip_weights, save_safetensors
+from mugstan.backbones.convert import FORMATS, WeightsError, load_clip_weights, save_safetensors
 from mugstan.errors import ArgumentError
 from mugstan.hub import resolve_weights
 
@@ -29,7 +29,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "pytorch_model.bin.N) -> a mugstan model checkpoint",
     )
     parser.add_argument("--clip-config", help="with --format stan: the HuggingFace CLIPModel config (folder or config.json) the checkpoint "
-                        "was trained from; it fixes the attention head counts (default: heads of width 64, as every OpenAI CLIP)")
+                        "was trained from; it fixes the attention head counts. Needed unless the CLIP has the shapes of a released "
+                        "OpenAI one (ViT-B/32, B/16, L/14, L/14-336: heads of width 64)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -45,6 +46,9 @@ def main(args: argparse.Namespace) -> int:
         desc = f"mugstan model (branch {model_config['branch']}, head {model_config['head']})"
     else:
         weights = load_clip_weights(resolve_weights(args.src), args.format)
+        if weights.config is None:  # the file written must record the architecture: never a guessed one
+            raise WeightsError(f"{weights.unknown}; mugstan convert writes only files that record their architecture: load this "
+                               "one with model.backbone (the name of its architecture) or model.backbone_config")
         state_dict = weights.state_dict
         save_safetensors(state_dict, out, {"format": "open_clip", "config": json.dumps(weights.config)})
         v, t = weights.config["vision_cfg"], weights.config["text_cfg"]

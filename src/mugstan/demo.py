@@ -74,17 +74,21 @@ def video_paths(data: Path, clip: Optional[Path] = None, test_ann: str = "test.j
 
 
 def export_clip(checkpoint: Path, dest: Path, info: Optional[dict] = None) -> Path:
-    """The CLIP of a trained meanP checkpoint as an open_clip-layout file (with its learned scale);
-    ``info`` goes into the file's metadata."""
+    """The CLIP of a trained meanP checkpoint as an open_clip-layout file (with its learned scale)
+    that records its architecture; ``info`` goes into the file's metadata too."""
     from safetensors.torch import load_file
 
+    from mugstan.backbones.build import named_config
     from mugstan.backbones.convert import save_safetensors
+    from mugstan.config import load_config
 
     state = load_file(str(checkpoint / "model.safetensors"))
     clip = {k[len("backbone.clip."):]: v for k, v in state.items() if k.startswith("backbone.clip.")}
     clip["logit_scale"] = state["logit_scale.log_scale"].clone()
+    model = load_config(checkpoint / "config.yaml", check_files=False).model
+    architecture = model.backbone_config or named_config(model.backbone, model.pretrained)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    save_safetensors(clip, dest, {"format": "open_clip", "source": str(checkpoint), **(info or {})})
+    save_safetensors(clip, dest, {"format": "open_clip", "config": json.dumps(architecture), "source": str(checkpoint), **(info or {})})
     return dest
 
 

@@ -17,6 +17,7 @@ head's modules), ``logit_scale.*``; a classifier's are ``encoder.*`` and ``class
 
 from __future__ import annotations
 
+import re
 from typing import Sequence, Union
 
 import torch
@@ -57,6 +58,22 @@ def build_head(cfg: ModelConfig, backbone: CLIPBackbone) -> HeadModule:
     head = build()
     head.init_from_clip(backbone)  # seqTransf, TDB+TAB start from CLIP's text tower
     return head
+
+
+def prompt_name(name: str) -> str:
+    """A class name as a prompt writes it. A name written as one identifier is turned into lower-case
+    words, as CLIP's and the STAN authors' class lists write them: HMDB-51's ``brush_hair`` -> "brush
+    hair", UCF-101's ``ApplyEyeMakeup`` -> "apply eye makeup", ``YoYo`` -> "yo yo". A name that
+    already holds spaces (Kinetics' "air drumming", an SSv2 template) is kept as written."""
+    if " " in name.strip():
+        return name
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name).replace("_", " ")
+    return " ".join(words.split()).lower()
+
+
+def class_prompts(class_names: Sequence[str], templates: Sequence[str]) -> list[list[str]]:
+    """[template][class] prompt texts, each name written by ``prompt_name``."""
+    return [[tpl.format(prompt_name(name)) for name in class_names] for tpl in templates]
 
 
 class VideoTextModel(nn.Module):
@@ -101,10 +118,11 @@ class VideoTextModel(nn.Module):
 
     @torch.no_grad()
     def class_embeddings(self, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-        """Prompt vectors per class, averaged over templates: [C, E'] unit vectors (``head.text_vector``)."""
+        """Prompt vectors per class, averaged over templates: [C, E'] unit vectors (``head.text_vector``).
+        Each name goes into the templates as ``prompt_name`` writes it."""
         if not class_names:
             raise ConfigError("class names are needed (model.class_names or the dataset's class-name file)")
-        prompts = [tpl.format(name) for name in class_names for tpl in templates]
+        prompts = [text for per_class in zip(*class_prompts(class_names, templates)) for text in per_class]  # class-major
         device = self.logit_scale.log_scale.device
         ids, mask = self.tokenize(prompts)
         x = self.head.text_vector(self.backbone.encode_text(ids.to(device), mask.to(device)))
@@ -131,8 +149,9 @@ class VideoTextModel(nn.Module):
 class VideoClassifier(nn.Module):
     """Recognition: a ``VideoTextModel`` as the video encoder and a classifier on its video vector.
 
-    classifier "text": cosine classifier initialised from class-name prompt vectors; "linear": a
-    plain linear layer. The text tower only initialises the classifier and is frozen.
+    classifier "text": cosine scores against the class-name prompt vectors, fixed (the STAN recipe);
+    "text_trainable": the same, its class vectors trained; "linear": a plain linear layer. The text
+    tower only computes the class vectors and is frozen.
     """
 
     input_names = ("frames", "frame_mask")
@@ -160,10 +179,11 @@ def build_classifier(cfg: ModelConfig, encoder: VideoTextModel, class_names: Seq
         raise ConfigError("recognition needs model.num_classes or class names (model.class_names / the dataset)")
     if names and len(names) != num_classes:
         raise ConfigError(f"model.num_classes={num_classes} but {len(names)} class names were given")
-    if cfg.classifier == Classifier.text:
+    if cfg.classifier in (Classifier.text, Classifier.text_trainable):
         if not names:
-            raise ConfigError("model.classifier=text needs class names; use model.classifier=linear without them")
-        return TextInitClassifier(encoder.class_embeddings(names, cfg.prompt_templates))
+            raise ConfigError(f"model.classifier={cfg.classifier} needs class names; use model.classifier=linear without them")
+        return TextInitClassifier(encoder.class_embeddings(names, cfg.prompt_templates),
+                                  trainable=cfg.classifier == Classifier.text_trainable)
     return LinearClassifier(encoder.head.vector_dim(encoder.backbone.embed_dim), num_classes)
 
 
@@ -177,6 +197,8 @@ def build_model(cfg: ModelConfig, class_names: Sequence[str] = ()) -> Union[Vide
 
         return build_chat_model(cfg, lambda tower: build_branch(cfg, tower))
     backbone = build_clip(cfg.backbone, cfg.pretrained, cfg.weights, config=cfg.backbone_config)
+    if cfg.backbone is None and cfg.backbone_config is None:  # the weights file's architecture, recorded in the
+        cfg.backbone_config = dict(backbone.architecture)  # config so that the run's checkpoints rebuild it without the file
     branch = build_branch(cfg, backbone)
     head = build_head(cfg, backbone)
     if cfg.head == Head.mug:  # Mug scores per-token text features: what only the pooled one reads (CoCa's CLS) gets an
@@ -188,7 +210,7 @@ def build_model(cfg: ModelConfig, class_names: Sequence[str] = ()) -> Union[Vide
     if cfg.eot_compat:  # the STAN authors' CLIPTokenize: long captions lose their EOT
         model.tokenizer = Tokenizer(cfg.context_length, keep_eot=False)
     if cfg.task == Task.recognition:
-        backbone.freeze_text()  # the text tower only initialises the classifier
+        backbone.freeze_text()  # the text tower only computes the class vectors
         model = VideoClassifier(model, build_classifier(cfg, model, class_names))
     elif cfg.task == Task.detection:  # an RoI head on the encoder's patch tokens (mugstan.detection)
         from mugstan.detection.model import build_detector

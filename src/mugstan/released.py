@@ -12,7 +12,7 @@
 ``convert_stan`` / ``convert_clip2video`` return ``(state_dict, model_config)``: the state dict of
 the mugstan model (``build_model(ModelConfig(**model_config))``) with no missing or unexpected
 keys, and the config fields that rebuild it (backbone found by matching the tensor shapes
-against open_clip's QuickGELU configs). This module sits above ``mugstan.models`` (it builds
+against the released OpenAI CLIPs and mugstan's configs; other shapes need the CLIP's config). This module sits above ``mugstan.models`` (it builds
 models from converted files); the HF key map it shares with CLIPModel folders is
 ``mugstan.backbones.convert.hf_to_open_clip``. ``to_stan_state_dict`` / ``to_clip2video_state_dict``
 write a mugstan model in the released layouts (used by the round-trip tests).
@@ -32,36 +32,49 @@ from mugstan.backbones.convert import (
 )
 
 
-def backbone_fields(clip_sd: dict, source: str) -> dict:
-    """Model config fields of the backbone these CLIP tensors need: an open_clip name when a
-    registered QuickGELU config fits them, else ``backbone_config`` inferred from the shapes (head
-    width 64, as every OpenAI CLIP; other head counts are overrides:
-    ``model.backbone_config.vision_cfg.head_width=16``)."""
-    try:
-        return {"backbone": match_backbone(clip_sd, source)}
-    except WeightsError:
+# The released OpenAI CLIPs every STAN / CLIP4Clip / CLIP2Video checkpoint starts from: heads of width
+# 64 (OpenAI's rule) are known for these shapes only. mugstan's own configs record their heads.
+RELEASED_OPENAI = ("ViT-B-32-quickgelu", "ViT-B-16-quickgelu", "ViT-L-14-quickgelu", "ViT-L-14-336-quickgelu")
+
+
+def backbone_fields(clip_sd: dict, source: str, openai_rule: bool = False) -> dict:
+    """Model config fields of the backbone these CLIP tensors need: the open_clip name of the
+    released OpenAI CLIP (B/32, B/16, L/14, L/14-336) or mugstan config whose shapes they have.
+    Other shapes: with ``openai_rule`` (CLIP4Clip / CLIP2Video build their CLIP with OpenAI's
+    ``build_model``, heads = width / 64) a ``backbone_config`` by that rule; without it (STAN's HF
+    CLIPs record their heads in a config the checkpoint lacks) a ``WeightsError`` asking for
+    --clip-config: their head counts cannot be known from the tensors."""
+    name = match_backbone(clip_sd, source)
+    if name is None and openai_rule:
         return {"backbone": None, "backbone_config": config_from_state_dict(clip_sd, source)}
+    if name is None:
+        v, t = (config_from_state_dict(clip_sd, source)[k] for k in ("vision_cfg", "text_cfg"))
+        raise WeightsError(f"{source}: its CLIP (vision {v['layers']}x{v['width']}, text {t['layers']}x{t['width']}) is none of the "
+                           "released OpenAI ones (ViT-B/32, B/16, L/14, L/14-336), so its attention head counts cannot be "
+                           "known from the tensors: give --clip-config with the HuggingFace CLIPModel config it was trained from")
+    return {"backbone": name}
 
 
-def match_backbone(clip_sd: dict, source: str) -> str:
-    """The open_clip model name whose architecture (with QuickGELU) fits these CLIP tensors."""
+def match_backbone(clip_sd: dict, source: str):
+    """The released OpenAI CLIP (``RELEASED_OPENAI``) or mugstan config whose architecture (with
+    QuickGELU) fits these CLIP tensors, or None."""
     import open_clip
 
-    from mugstan.backbones.build import register_configs
+    from mugstan.backbones import register_configs
 
     register_configs()
     want = config_from_state_dict(clip_sd, source)
-    for name in open_clip.list_models():
+    for name in [*RELEASED_OPENAI, *(m for m in open_clip.list_models() if m.startswith("mugstan-"))]:
         cfg = open_clip.get_model_config(name) or {}
         v, t = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
-        if not (cfg.get("quick_gelu") and isinstance(v.get("patch_size"), int)) or v.get("timm_model_name") or t.get("hf_model_name"):
+        if not cfg.get("quick_gelu") or "multimodal_cfg" in cfg:
             continue
         if (cfg.get("embed_dim"), v.get("width"), v.get("layers"), v.get("patch_size"), v.get("image_size"), t.get("width"), t.get("layers")) == (
             want["embed_dim"], want["vision_cfg"]["width"], want["vision_cfg"]["layers"], want["vision_cfg"]["patch_size"],
             want["vision_cfg"]["image_size"], want["text_cfg"]["width"], want["text_cfg"]["layers"],
         ):
             return name
-    raise WeightsError(f"{source}: no open_clip QuickGELU ViT config matches the CLIP tensors ({want})")
+    return None
 
 
 def _load(path: Union[str, Path]) -> dict:
@@ -86,7 +99,8 @@ def convert_stan(path: Union[str, Path], temperature: float = 0.01, clip_config:
     self_attn.*, temporal_fc}``) and the first release's 3D convolution (``STAN_T_layers.k.{layers,
     temporal_fc}``). clip_config: the HuggingFace ``CLIPModel`` config (folder or config.json) the
     checkpoint was trained from; it fixes the head counts, which tensor shapes cannot tell (without
-    it: heads of width 64, as every OpenAI CLIP).
+    it the shapes must be those of a released OpenAI CLIP, whose heads have width 64, or of a
+    mugstan config; anything else is a ``WeightsError`` asking for it).
     """
     src = _load(path)
     source = str(path)
@@ -201,7 +215,7 @@ def convert_clip2video(path: Union[str, Path]) -> tuple[dict, dict]:
         head, extra = "meanP", {}
         if rest:
             raise WeightsError(f"{path}: unexpected tensors {sorted(rest)[:6]} for a meanP checkpoint")
-    cfg = {**backbone_fields(clip_sd, str(path)), "branch": "none", "head": head, "loss_reduction": "mean", **extra}
+    cfg = {**backbone_fields(clip_sd, str(path), openai_rule=True), "branch": "none", "head": head, "loss_reduction": "mean", **extra}
     return _finish(model_sd, cfg, clip_sd["logit_scale"])
 
 

@@ -14,11 +14,10 @@ from typing import Optional, Union
 
 import torch.nn as nn
 
+from mugstan.backbones import register_configs
 from mugstan.backbones.clip import CLIPBackbone
 from mugstan.backbones.coca import CoCaBackbone, init_decoder_projection
 from mugstan.config import ConfigError
-
-CONFIG_DIR = Path(__file__).parent / "model_configs"
 
 
 @contextlib.contextmanager
@@ -33,19 +32,24 @@ def _quiet_root_logger(quiet: bool):
         root.setLevel(level)
 
 
-def register_configs() -> None:
-    import open_clip
-
-    if "mugstan-tiny" not in open_clip.list_models():
-        open_clip.add_model_config(CONFIG_DIR)
-
-
 def list_models() -> list[str]:
     """Every backbone name ``build_clip`` accepts: open_clip's ViT configs and mugstan's tiny ones."""
     import open_clip
 
     register_configs()
     return [m for m in open_clip.list_models() if m.startswith(("ViT", "mugstan", "coca_ViT"))]
+
+
+def named_config(name: str, pretrained: Optional[str] = None, quick_gelu: bool = False) -> dict:
+    """The open_clip config of a named backbone as ``build_clip`` builds it: with QuickGELU where
+    ``quick_gelu`` or the pretrained tag (OpenAI's) asks for it."""
+    import open_clip
+
+    register_configs()
+    config = {k: v for k, v in (open_clip.get_model_config(name) or {}).items() if k != "custom_text"}
+    if quick_gelu or (pretrained and open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu")):
+        config["quick_gelu"] = True
+    return config
 
 
 def model_from_config(config: dict) -> nn.Module:
@@ -86,6 +90,11 @@ def build_clip(
         ``mugstan.backbones.convert``). Loaded strictly: every tensor must match.
     config: an open_clip model config for an unnamed architecture (``model.backbone_config``);
         takes the place of ``name``.
+
+    The open_clip config the model was built from is ``backbone.architecture``: what every weights
+    file mugstan writes records. ``name`` None with a file that records no architecture and has
+    shapes of no named one is a ``ConfigError`` naming model.backbone (its head counts would be a
+    guess).
     """
     import open_clip
 
@@ -104,7 +113,11 @@ def build_clip(
     elif name is None:
         if loaded is None:
             raise ConfigError("build_clip needs a model name or a weights file to infer the architecture from")
-        clip = model_from_config(loaded.config)
+        if loaded.config is None:  # never a model with guessed head counts
+            raise ConfigError(f"model.backbone is null but {loaded.unknown}: set model.backbone to the architecture it was "
+                              "trained as (e.g. model.backbone=mugstan-tiny or ViT-B-32) or give model.backbone_config")
+        config = loaded.config
+        clip = model_from_config(config)
     else:
         if name not in open_clip.list_models():
             raise ConfigError(
@@ -115,8 +128,9 @@ def build_clip(
         # say so in their pretrained config, and open_clip alone would only warn) and local files.
         tag = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
         kwargs = {}
-        if (loaded is not None and loaded.config.get("quick_gelu")) or tag.get("quick_gelu"):
+        if (loaded is not None and loaded.config and loaded.config.get("quick_gelu")) or tag.get("quick_gelu"):
             kwargs["force_quick_gelu"] = True
+        config = named_config(name, quick_gelu=bool(kwargs))
         try:
             # open_clip warns "initialized randomly" whenever no tag is given: here weights follow (a
             # file, a checkpoint) or random initialisation is what the config asks for (training says so)
@@ -136,4 +150,6 @@ def build_clip(
     if loaded is not None:
         loaded.load_into(clip)
     clip.eval()
-    return wrap(clip)
+    backbone = wrap(clip)
+    backbone.architecture = {k: v for k, v in config.items() if k != "custom_text"}  # what weights files record
+    return backbone

@@ -108,6 +108,7 @@ class CLIPBackbone(nn.Module):
         self.check_towers(clip)
         self.clip = clip
         self.grad_checkpointing = False
+        self.architecture: dict = {}  # the open_clip config it was built from (build_clip sets it)
 
     @staticmethod
     def check_towers(clip: nn.Module) -> None:

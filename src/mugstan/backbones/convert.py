@@ -8,16 +8,23 @@ Sources (methods.md section 7):
 
 - ``openai``: an OpenAI CLIP ``.pt``, either a TorchScript archive or a plain state dict. The
   key layout is open_clip's; ``input_resolution``, ``context_length`` and ``vocab_size`` are
-  dropped, and the architecture is inferred from the tensor shapes (heads = width / 64, as in
-  OpenAI's ``build_model``).
+  dropped, and the architecture is inferred from the tensor shapes (heads = width / 64: OpenAI's
+  ``build_model`` rule, which fixes the head counts of every OpenAI file).
 - ``hf``: a HuggingFace ``CLIPModel`` directory (``config.json`` plus ``model.safetensors`` or
   ``pytorch_model.bin``). q, k and v projections are concatenated into ``in_proj``; the Linear
   projections are transposed. ``transformers`` is not needed to read it.
 - ``open_clip``: a ``.safetensors`` or ``.pt`` in open_clip's layout, e.g. what ``mugstan
   convert`` writes (its architecture is stored in the safetensors metadata). CoCa checkpoints
   (``visual.attn_pool.*``, ``text.*``, ``text_decoder.*``) are recognised by their keys; their
-  config (with ``multimodal_cfg``) is read from the metadata or inferred from the shapes, and
-  ``build_clip`` then returns a ``CoCaBackbone``.
+  config (with ``multimodal_cfg``) is read from the metadata, and ``build_clip`` then returns a
+  ``CoCaBackbone``.
+
+Tensor shapes fix every size of an architecture but not its attention head counts. A file that
+records no architecture (no metadata, not OpenAI's) gets the head counts of the named
+architecture (open_clip's configs and mugstan's own) whose sizes its shapes have; when there is
+none, or named ones disagree, ``ClipWeights.config`` is None and ``unknown`` says why: such a file
+loads only into a named backbone (``model.backbone``) or ``model.backbone_config``, never into a
+guessed one.
 
 ``mugstan convert`` (``mugstan.convert``) writes them as open_clip-layout safetensors; the released
 whole-model checkpoints are ``mugstan.released``'s.
@@ -49,14 +56,16 @@ class ClipWeights:
     """CLIP weights in open_clip layout.
 
     state_dict: {open_clip key: tensor}
-    config: open_clip model config ({"embed_dim", "vision_cfg", "text_cfg", "quick_gelu"})
+    config: open_clip model config ({"embed_dim", "vision_cfg", "text_cfg", "quick_gelu"}), or None
+        when the file does not record its architecture and its shapes are no named one's
     source: the file or folder it came from; format: "openai" | "hf" | "open_clip"
     """
 
     state_dict: dict[str, torch.Tensor]
-    config: dict
+    config: Optional[dict]  # None: the head counts cannot be known (``unknown`` says why)
     source: str
     format: str
+    unknown: str = ""
 
     def load_into(self, clip: torch.nn.Module) -> None:
         """Strictly load into an ``open_clip.CLIP``; every tensor must exist and match in shape."""
@@ -92,10 +101,10 @@ def _count(sd: dict, root: str) -> int:
 def coca_config_from_state_dict(sd: dict[str, torch.Tensor], source: str) -> dict:
     """Infer the open_clip config of a CoCa from its open_clip-layout tensors.
 
-    Shapes fix every size; head counts do not: heads are width / 64 (as in coca_ViT-B-32 and
-    coca_ViT-L-14) and the attentional pooler has 8 heads (both released models). Another head
-    count is an override, e.g. ``model.backbone_config.vision_cfg.attn_pooler_heads=2``. CoCa uses
-    GELU (quick_gelu false).
+    Shapes fix every size; head counts do not: here heads are width / 64 (as in coca_ViT-B-32 and
+    coca_ViT-L-14) and the attentional pooler has 8 heads (both released models). Loaders use it
+    only through ``named_heads``, which takes the head counts of the named architecture of these
+    sizes. CoCa uses GELU (quick_gelu false).
     """
     try:
         width = sd["visual.conv1.weight"].shape[0]
@@ -171,6 +180,62 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], source: str, quick_gelu:
     }
 
 
+HEAD_FIELDS = {"vision_cfg": ("head_width", "attn_pooler_heads"), "text_cfg": ("heads",), "multimodal_cfg": ("heads", "attn_pooler_heads")}
+
+
+def _towers(config: dict) -> dict:
+    """An open_clip config's towers as open_clip's config dataclasses (its defaults filled in)."""
+    from open_clip.coca_model import MultimodalCfg
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    classes = {"vision_cfg": CLIPVisionCfg, "text_cfg": CLIPTextCfg, "multimodal_cfg": MultimodalCfg}
+    return {tower: cls(**{k: v for k, v in config.get(tower, {}).items() if k in cls.__dataclass_fields__})
+            for tower, cls in classes.items() if tower in config or tower != "multimodal_cfg"}
+
+
+def _sizes(config: dict) -> tuple:
+    """Every size of an open_clip config that tensor shapes fix."""
+    towers = _towers(config)
+    v = towers["vision_cfg"]
+    image = v.image_size if isinstance(v.image_size, int) else tuple(v.image_size)
+    vision = (v.layers, v.width, round(v.mlp_ratio, 4), v.patch_size, image, v.attentional_pool,
+              v.attn_pooler_queries if v.attentional_pool else None)
+    text = [(t.context_length, t.vocab_size, t.width, t.layers, round(t.mlp_ratio, 4))
+            for name, t in towers.items() if name != "vision_cfg"]
+    return (config.get("embed_dim"), vision, *text)
+
+
+def named_heads(config: dict) -> Optional[dict]:
+    """``config`` (sizes inferred from shapes) with the head counts of the named architectures
+    (open_clip's configs, mugstan's own) that have exactly these sizes; None when there is no such
+    architecture or two of them disagree on the head counts."""
+    import open_clip
+
+    from mugstan.backbones import register_configs
+
+    register_configs()
+    want, found = _sizes(config), set()
+    for name in open_clip.list_models():
+        named = open_clip.get_model_config(name) or {}
+        if named.get("vision_cfg", {}).get("timm_model_name") or named.get("text_cfg", {}).get("hf_model_name"):
+            continue
+        if ("multimodal_cfg" in named) != ("multimodal_cfg" in config) or _sizes(named) != want:
+            continue
+        towers = _towers(named)
+        found.add(tuple((tower, f, getattr(towers[tower], f)) for tower, fields in HEAD_FIELDS.items() if tower in towers for f in fields))
+    if len(found) != 1:
+        return None
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
+    for tower, field, value in found.pop():
+        out[tower][field] = value
+    return out
+
+
+def unknown_heads(source: str) -> str:
+    return (f"{source} records no architecture and its tensor shapes are those of no named backbone, so its attention "
+            "head counts cannot be known")
+
+
 # ---- loaders -------------------------------------------------------------------------------
 def _torch_load(path: Path) -> dict:
     try:
@@ -211,17 +276,19 @@ def load_openai(path: Union[str, Path]) -> ClipWeights:
     path = Path(path)
     sd = {k: v for k, v in _torch_load(path).items() if k not in OPENAI_EXTRA_KEYS}
     sd = {k: v.float() for k, v in sd.items()}  # released OpenAI weights are fp16
-    return ClipWeights(sd, config_from_state_dict(sd, str(path)), str(path), "open_clip" if is_coca(sd) else "openai")
+    if not is_coca(sd):  # OpenAI's layout: OpenAI's head rule holds
+        return ClipWeights(sd, config_from_state_dict(sd, str(path)), str(path), "openai")
+    config = named_heads(config_from_state_dict(sd, str(path)))  # open_clip's CoCa .bin: no rule of its own
+    return ClipWeights(sd, config, str(path), "open_clip", "" if config else unknown_heads(str(path)))
 
 
 def load_open_clip(path: Union[str, Path]) -> ClipWeights:
+    """An open_clip-layout file: the architecture from its metadata, else that of the named one of
+    its shapes (``named_heads``), else unknown (``config`` None)."""
     path = Path(path)
     sd, meta = _read_tensors(path)
-    if "config" in meta:
-        config = json.loads(meta["config"])
-    else:
-        config = config_from_state_dict(sd, str(path))
-    return ClipWeights({k: v.float() for k, v in sd.items()}, config, str(path), "open_clip")
+    config = json.loads(meta["config"]) if "config" in meta else named_heads(config_from_state_dict(sd, str(path)))
+    return ClipWeights({k: v.float() for k, v in sd.items()}, config, str(path), "open_clip", "" if config else unknown_heads(str(path)))
 
 
 # transformers' CLIPVisionConfig / CLIPTextConfig / CLIPConfig defaults: a config.json written by

@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from mugstan.config import ExperimentConfig, load_config, save_config
+from mugstan.config import ExperimentConfig, Task, load_config, save_config
 from mugstan.engine.distributed import unwrap
 from mugstan.errors import CorruptFileError, MismatchError, MissingFileError, UserError, one_line
 from mugstan.files import atomic_folder, readable_folder, regular_file
@@ -198,6 +198,11 @@ def load_model(path, device="cpu", overrides=()):
     if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
         raise UserError(f"{path}: not a mugstan checkpoint (expected {WEIGHTS} and {CONFIG} in it, or a .safetensors file)")
     cfg = load_config(path / CONFIG, overrides, check_files=False)
+    if cfg.model.backbone is None and cfg.model.backbone_config is None and cfg.model.task != Task.chat:
+        raise UserError(f"{path / CONFIG}: model.backbone is null and no model.backbone_config records the architecture the "
+                        f"model was built with (it was read from model.weights={cfg.model.weights}, by an older mugstan); give it "
+                        "as an override: model.backbone=NAME, or model.backbone_config={...} (its open_clip config, with the head "
+                        "counts it was trained with)")
     cfg.model.pretrained, cfg.model.weights = None, None  # the checkpoint holds every weight
     if path.parent.name == "checkpoints":  # RUN/checkpoints/NAME: the run folder is where it is now, moved or not
         cfg.train.output_dir = os.path.abspath(path.parent.parent)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -121,6 +121,8 @@ def evaluate(model, cfg: ExperimentConfig, split: str = "test", dist: Optional[D
         result["protocol"] = "multi-caption" if ann.multi_caption else "1:1"
         result["counts"] = {"videos": len(kept), "captions": len(caps)}
     elif ann.labels is not None:
+        from mugstan.models import class_prompts
+
         names = ann.class_names or cfg.model.class_names
         if not names:
             raise ValueError(f"zero-shot recognition on {split} needs class names (data.extra.class_names or model.class_names)")
@@ -130,8 +132,8 @@ def evaluate(model, cfg: ExperimentConfig, split: str = "test", dist: Optional[D
         per_view = []
         for v in range(views):
             video = stack_clips([videos[i] for i in kept], view=v).to(dist.device)
-            per_template = [inner.similarity(embed_texts(model, [t.format(n) for n in names], dist.device), video, cfg.eval.sim_chunk)
-                            for t in cfg.model.prompt_templates]
+            per_template = [inner.similarity(embed_texts(model, texts, dist.device), video, cfg.eval.sim_chunk)
+                            for texts in class_prompts(names, cfg.model.prompt_templates)]
             per_view.append(torch.stack(per_template).mean(0).t().float().cpu())  # [N, C]
         result["recognition"] = recognition_metrics(torch.stack(per_view, 1), torch.tensor([ann.labels[i] for i in kept]))
         result["zero_shot"] = True
@@ -182,10 +184,35 @@ def zero_shot_model(cfg: ExperimentConfig, split: str = "test"):
     return build_model(cfg.model, class_names=names or ()).eval()
 
 
+# How a checkpoint's model sees a video: evaluation reads videos as its training did unless told otherwise.
+CHECKPOINT_DATA_KEYS = ("num_frames", "test_num_frames", "sampler", "dense_stride", "sample_fps", "image_size", "resize_short",
+                        "test_resize_short")
+FOLLOWS = {"test_num_frames": "num_frames", "test_resize_short": "resize_short"}  # defaults to the other one
+
+
+def take_checkpoint_data(cfg: ExperimentConfig, saved: ExperimentConfig, overrides: Sequence[str]) -> dict:
+    """Set ``cfg.data``'s ``CHECKPOINT_DATA_KEYS`` (frames, sampler, image size, resize) to the
+    checkpoint's, except those the command line sets (a test key also stays when its base is set:
+    ``data.num_frames=12`` alone evaluates 12 frames). Returns {key: (config's value, checkpoint's)}
+    for every key taken that differs from the config."""
+    given = {o.split("=", 1)[0].strip().lstrip("+") for o in overrides if "=" in o}
+    taken = {}
+    for key in CHECKPOINT_DATA_KEYS:
+        if f"data.{key}" in given or (key in FOLLOWS and f"data.{FOLLOWS[key]}" in given):
+            continue
+        ours, theirs = getattr(cfg.data, key), getattr(saved.data, key)
+        if ours != theirs:
+            setattr(cfg.data, key, theirs)
+            taken[key] = (ours, theirs)
+    return taken
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="experiment YAML or packaged config name (its data and eval sections are used)")
     parser.add_argument("--checkpoint", help="checkpoint folder, a `mugstan convert` .safetensors, or hf-hub:org/name; "
                         "model.* overrides apply to it (model.head=mug scores a converted Mug-STAN checkpoint with Mug). "
+                        "A checkpoint folder's data settings (frames, sampler, image size, resize) replace the config's "
+                        "unless given on the command line; the keys that differ are printed. "
                         "Without it the model is built from the config's model section: zero-shot evaluation of "
                         "pretrained weights (e.g. model.pretrained=openai), no training needed")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"],
@@ -204,12 +231,19 @@ def main(args: argparse.Namespace) -> int:
     if args.checkpoint:
         model, saved = load_model(args.checkpoint, dist.device, [o for o in args.overrides if o.startswith("model.")])
         if saved is not None:
-            cfg.model = saved.model  # the model evaluated is the checkpoint's
+            cfg.model = saved.model  # the model evaluated is the checkpoint's, and it sees videos as it was trained to
+            taken = take_checkpoint_data(cfg, saved, args.overrides)
+            if dist.main:
+                for key, (ours, theirs) in taken.items():
+                    print(f"data.{key}: {theirs} from the checkpoint (the config says {ours}; data.{key}={ours} on the "
+                          "command line evaluates with that)")
     else:
         model = zero_shot_model(cfg, args.split).to(dist.device)
     result = evaluate(model, cfg, args.split, dist)
     if not args.checkpoint:
         result["zero_shot"] = True
+    elif saved is not None:
+        result["data_from_checkpoint"] = {key: theirs for key, (ours, theirs) in taken.items()}
     if dist.main:
         print(format_result(result))
         if args.json:

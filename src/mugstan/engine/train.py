@@ -14,7 +14,8 @@ processed by gradient caching (``engine/gradcache.py``) in chunks of that many c
 once per step). Every ``save_every`` steps and at each epoch's end the loop state goes to
 ``output_dir/checkpoints/last`` (atomic), so ``--resume`` continues from the exact batch; after each
 validation the best model (validation split; the test split only with ``eval.select_on: test``, the
-authors' protocol, labelled in ``results.json``) is kept in ``checkpoints/best``. At the
+authors' protocol, labelled in ``results.json``; a data.val_ann that is the test file picks nothing:
+the last model is kept, and results.json says so) is kept in ``checkpoints/best``. At the
 end the best model is evaluated on the test split when the config names one.
 
 Outputs in ``output_dir``: ``metrics.jsonl``, TensorBoard scalars (``tb/``), ``curves.png``,
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -193,12 +195,20 @@ def save_best(run: Run) -> None:
     barrier()
 
 
+def val_is_test(cfg: ExperimentConfig) -> bool:
+    """data.val_ann names the file data.test_ann names (Kinetics-400 and SSv2 report on their
+    validation files): choosing on it would be choosing on the reported split."""
+    d = cfg.data
+    return bool(d.val_ann and d.test_ann) and os.path.realpath(d.resolve(d.val_ann)) == os.path.realpath(d.resolve(d.test_ann))
+
+
 def selection_split(cfg: ExperimentConfig) -> Optional[str]:
     """The split that picks checkpoints/best: "val" (data.val_ann), "test" with eval.select_on=test
-    (the authors' protocol), or None (no validation split: the last model is kept)."""
+    (the authors' protocol), or None (no validation split, or one that is the test file: the last
+    model is kept)."""
     if cfg.eval.select_on == SelectOn.test:
         return "test"
-    return "val" if cfg.data.val_ann else None
+    return "val" if cfg.data.val_ann and not val_is_test(cfg) else None
 
 
 def validate(run: Run, pos: dict, logger: MetricsLogger, progress: bool) -> None:
@@ -290,6 +300,11 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     if cfg.eval.select_on == SelectOn.test:  # say it wherever the numbers go
         results["selection"] = ("best checkpoint chosen on the TEST split (eval.select_on=test, the authors' protocol): "
                                 "the test figures below are optimistic; eval.select_on=val chooses on data.val_ann")
+        if dist.main:
+            print(results["selection"])
+    elif val_is_test(cfg):
+        results["selection"] = ("no checkpoint chosen: data.val_ann is the test file data.test_ann, so the last epoch is kept "
+                                "(eval.select_on=test would choose on it, labelled)")
         if dist.main:
             print(results["selection"])
     if cfg.data.test_ann:

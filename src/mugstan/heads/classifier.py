@@ -8,15 +8,16 @@ import torch.nn.functional as F
 
 
 class TextInitClassifier(nn.Module):
-    """Cosine classifier whose class weights start as the text embeddings of class-name prompts.
+    """Cosine classifier whose class weights are the text embeddings of class-name prompts.
 
     weights [C, E]: normalised text embeddings (averaged over prompt templates). Logits =
-    scale * cos(video, class weight); the weights are trained from there.
+    scale * cos(video, class weight). ``trainable=False`` keeps the weights fixed (the STAN recipe
+    caches the class-name features once, under no_grad); ``True`` trains them from there.
     """
 
-    def __init__(self, weights: torch.Tensor, scale: float = 100.0):
+    def __init__(self, weights: torch.Tensor, scale: float = 100.0, trainable: bool = False):
         super().__init__()
-        self.weight = nn.Parameter(F.normalize(weights.detach().float(), dim=-1))
+        self.weight = nn.Parameter(F.normalize(weights.detach().float(), dim=-1), requires_grad=trainable)
         self.scale = scale
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
