@@ -4,6 +4,7 @@ resize, selection on the test split, the EOT-losing tokenizer, and `data check` 
 import copy
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from mugstan.data.datasets import Annotations, Clip, ClipDataset
 from mugstan.data.synthetic import SynthParams, generate
 from mugstan.data.video import fps_indices, probe, read_clip
 from mugstan.engine.optim import bert_warmup_cosine, build_scheduler, linear_then_cosine
+
+REPO_CONFIGS = Path(__file__).parent.parent / "configs"
 
 
 # ---- schedules --------------------------------------------------------------------------------
@@ -199,6 +202,68 @@ def test_no_decay_kinds_follow_each_recipe():
     opt = build_optimizer(model, TrainConfig(weight_decay=0.05, no_decay=["norm", "bias"]))
     decayed = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
     assert "branch.time_embed.weight" in decayed and "backbone.clip.visual.ln_post.weight" not in decayed
+
+
+# The STAN authors' parameter groups, derived by hand from `configs/exp/stan/stan_msrvtt_b32_hf.py` /
+# `mugstan_msrvt_b32_hf.py` (paramwise_cfg: norm_decay_mult=0, bias_decay_mult=0, custom_keys={'STAN':
+# lr_mult=10}) and their model (HF CLIPModel parts + VITCLIPPretrained_STAN). mmengine's
+# DefaultOptimWrapperConstructor.add_params: a parameter whose name contains a custom key gets
+# lr x lr_mult and weight decay x decay_mult (default 1) and no other rule; else a parameter of a
+# LayerNorm gets norm_decay_mult, else one named `bias` gets bias_decay_mult, else the base values.
+# mugstan name (open_clip layout) -> (lr multiplier, decays), with the authors' parameter it plays.
+AUTHORS_GROUPS = [
+    (r"backbone\.clip\.visual\.class_embedding", 1, True),  # vision embeddings.class_embedding: a bare Parameter
+    (r"backbone\.clip\.visual\.positional_embedding", 1, True),  # position_embedding: nn.Embedding weight
+    (r"backbone\.clip\.visual\.conv1\.weight", 1, True),  # patch_embedding: Conv2d, bias=False
+    (r"backbone\.clip\.visual\.proj", 1, True),  # visual_projection: Linear, bias=False
+    (r"backbone\.clip\.visual\.ln_(pre|post)\.(weight|bias)", 1, False),  # pre_layrnorm / post_layernorm: LayerNorm
+    (r"backbone\.clip\.(visual\.)?transformer\.resblocks\.\d+\.ln_[12]\.(weight|bias)", 1, False),  # layer_norm1/2
+    (r"backbone\.clip\.(visual\.)?transformer\.resblocks\.\d+\.attn\.in_proj_weight", 1, True),  # q/k/v_proj.weight
+    (r"backbone\.clip\.(visual\.)?transformer\.resblocks\.\d+\.attn\.in_proj_bias", 1, False),  # q/k/v_proj.bias
+    (r"backbone\.clip\.(visual\.)?transformer\.resblocks\.\d+\.(attn\.out_proj|mlp\.c_fc|mlp\.c_proj)\.weight", 1, True),
+    (r"backbone\.clip\.(visual\.)?transformer\.resblocks\.\d+\.(attn\.out_proj|mlp\.c_fc|mlp\.c_proj)\.bias", 1, False),
+    (r"backbone\.clip\.token_embedding\.weight", 1, True),  # text token_embedding: nn.Embedding
+    (r"backbone\.clip\.positional_embedding", 1, True),  # text position_embedding: nn.Embedding
+    (r"backbone\.clip\.ln_final\.(weight|bias)", 1, False),  # final_layer_norm: LayerNorm
+    (r"backbone\.clip\.text_projection", 1, True),  # text_projection: Linear, bias=False
+    (r"branch\..+", 10, True),  # STAN_S_layers / STAN_T_layers / STAN_time_embed: custom key 'STAN', norms and biases too
+]
+
+
+@pytest.mark.parametrize("config", ["msrvtt/stan_vitb32.yaml", "msrvtt/mugstan_vitb32.yaml"])
+def test_stan_parameter_groups_are_mmengines(config):
+    """Every trainable parameter's (lr, weight decay) equals the authors' mmengine grouping; the
+    mugstan default for new modules (train.no_decay_new=null) would exempt the branch's norms."""
+    import re
+
+    from mugstan.engine.optim import build_optimizer
+    from mugstan.models import build_model
+
+    cfg = load_config(REPO_CONFIGS / config, ["model.backbone=mugstan-tiny", "model.pretrained=null"], check_files=False)  # ViT-B/32's names
+    model = build_model(cfg.model)
+    t = cfg.train
+
+    def groups(train_cfg):
+        got = {}
+        for g in build_optimizer(model, train_cfg).param_groups:
+            for p in g["params"]:
+                got[id(p)] = (round(g["lr"] / t.lr, 6), g["weight_decay"])
+        return got
+
+    got = groups(t)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert len(got) == len(trainable)
+    for name, p in trainable:
+        rows = [(mult, decays) for pattern, mult, decays in AUTHORS_GROUPS if re.fullmatch(pattern, name)]
+        assert len(rows) == 1, f"{name}: matched by {len(rows)} rows of the authors' table"
+        mult, decays = rows[0]
+        assert got[id(p)] == (mult, t.weight_decay if decays else 0.0), f"{name}: {got[id(p)]}, authors {(mult, decays)}"
+    assert any(n.startswith("branch.") and n.endswith("ln_1.weight") for n, _ in trainable)
+    from dataclasses import replace
+
+    exempt = groups(replace(t, no_decay_new=None))
+    branch_norm = dict(trainable)["branch.spatial.0.ln_1.weight"]
+    assert exempt[id(branch_norm)] == (10.0, 0.0) and got[id(branch_norm)] == (10.0, t.weight_decay)
 
 
 # ---- BertAdam ------------------------------------------------------------------------------------------

@@ -323,6 +323,11 @@ class TrainConfig:
     # Parameter kinds without weight decay (any of norm, bias, embedding, logit_scale; see
     # mugstan.engine.optim.parameter_kind). STAN authors: [norm, bias]; CLIP4Clip: [bias].
     no_decay: list[str] = field(default_factory=lambda: ["norm", "bias", "embedding", "logit_scale"])
+    # The same for the new modules (branch, head, logit scale); null: train.no_decay. STAN authors:
+    # [] -- mmengine's DefaultOptimWrapperConstructor gives a parameter that matches a custom key
+    # (custom_keys={'STAN': lr_mult=10}) that key's settings and skips norm_decay_mult and
+    # bias_decay_mult, so the STAN branch's norms, biases and temporal embedding decay.
+    no_decay_new: Optional[list[str]] = None
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     warmup: float = 0.1  # fraction of the total steps (<1) or a number of steps (>=1)
@@ -613,9 +618,10 @@ def validate_recipe_keys(cfg: ExperimentConfig) -> None:
         if begin < t.warmup_epochs or (t.cosine_end is not None and t.cosine_end < begin):
             raise ConfigError(f"the schedule needs train.warmup_epochs <= train.cosine_begin <= train.cosine_end, got "
                               f"{t.warmup_epochs}, {t.cosine_begin}, {t.cosine_end}")
-    unknown = sorted(set(t.no_decay) - {"norm", "bias", "embedding", "logit_scale"})
-    if unknown:
-        raise ConfigError(f"train.no_decay: {', '.join(unknown)} not among norm, bias, embedding, logit_scale")
+    for name, kinds in (("no_decay", t.no_decay), ("no_decay_new", t.no_decay_new or [])):
+        unknown = sorted(set(kinds) - {"norm", "bias", "embedding", "logit_scale"})
+        if unknown:
+            raise ConfigError(f"train.{name}: {', '.join(unknown)} not among norm, bias, embedding, logit_scale")
     if cfg.eval.select_on == SelectOn.test and not d.test_ann:
         raise ConfigError("eval.select_on=test picks the best checkpoint on data.test_ann, which is not set")
 
