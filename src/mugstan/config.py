@@ -346,6 +346,13 @@ class TrainConfig:
     cosine_t_max: float = 4.5  # CosineAnnealingLR T_max (the cosine is periodic past it, as mmengine's)
     cosine_end: Optional[float] = None  # CosineAnnealingLR end (None: the end of the run); the factor holds after it
     grad_clip: Optional[float] = 5.0
+    # The authors' gradient scale (STAN's GatherLayer, CLIP4Clip's AllGather): their all_gather's
+    # backward keeps only each process's rows, and DDP averages, so every gradient that reaches the
+    # gathered features is 1/W of the full-batch one on W GPUs, and grad_clip bounds W x grad_clip
+    # of mugstan's (full) gradient. W > 1: every gradient but a learned logit scale's (which the
+    # authors apply after the gather, on every process alike) is divided by W before clipping and
+    # the optimiser step, whatever the number of processes of this run. 1: the full gradient.
+    gather_grad_world: int = 1
     # "auto" | "fp32" | "bf16" | "fp16" (autocast, fp32 master weights). auto: bf16 on GPUs that
     # support it, else fp16; on a CPU bf16 only where a bf16 matrix product measures >= 1.25x
     # faster than fp32 (mugstan.engine.precision; CPU flags do not tell: a Xeon reporting
@@ -510,7 +517,8 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
                     "data.test_clips": d.test_clips, "model.stan.depth": m.stan.depth, "model.stan.max_frames": m.stan.max_frames,
                     "model.seq_layers": m.seq_layers, "model.tab_centers": m.tab_centers, "eval.batch_size": e.batch_size,
                     "eval.sim_chunk": e.sim_chunk, "train.log_every": t.log_every, "train.eval_every": t.eval_every,
-                    "train.batch_size": t.batch_size, "train.accum_steps": t.accum_steps, "train.epochs": t.epochs}
+                    "train.batch_size": t.batch_size, "train.accum_steps": t.accum_steps, "train.epochs": t.epochs,
+                    "train.gather_grad_world": t.gather_grad_world}
     for name, value in at_least_one.items():
         if value < 1:
             raise ConfigError(f"{name}={value} must be at least 1")
@@ -653,6 +661,10 @@ def validate_gradcache(cfg: ExperimentConfig) -> None:
                else f"model.task={cfg.model.task!r} trains no text tower")
         raise ConfigError(f"train.freeze_text_for={t.freeze_text_for} freezes the text tower for the first steps of "
                           f"video-text retrieval training, but {why}: remove train.freeze_text_for")
+    if cfg.model.task != "retrieval" and t.gather_grad_world > 1:
+        raise ConfigError(f"train.gather_grad_world={t.gather_grad_world} reproduces the gradient scale of the authors' "
+                          f"all_gather in contrastive training, model.task=retrieval; model.task={cfg.model.task!r} "
+                          "gathers nothing: remove train.gather_grad_world")
     if cfg.model.task != "retrieval":
         for name in ("contrastive_batch", "chunk_size"):
             if getattr(t, name) is not None:

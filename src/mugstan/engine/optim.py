@@ -128,6 +128,20 @@ def param_groups(model: torch.nn.Module, no_decay=NO_DECAY_KINDS, no_decay_new=N
     ]
 
 
+def authors_gradient_scale(model: torch.nn.Module, world: int) -> None:
+    """``train.gather_grad_world`` = W: the gradients the authors' code stepped with (STAN's
+    ``GatherLayer``, CLIP4Clip's ``AllGather``: the all_gather's backward keeps each process's
+    rows only, and DDP averages over W GPUs). Every parameter that produces the gathered
+    embeddings (backbone, branch, head) then gets 1/W of the full-batch gradient, which is what
+    mugstan's gather and DDP give; a learned logit scale, applied after the gather on every process
+    alike, keeps its full gradient. Call after the backward, before clipping."""
+    if world <= 1:
+        return
+    for name, p in model.named_parameters():
+        if p.grad is not None and "logit_scale" not in name:
+            p.grad.div_(world)
+
+
 def steps_of(value: float, total_steps: int) -> int:
     """A length in steps given as a fraction of the total (< 1) or as steps (>= 1): train.warmup,
     train.freeze_text_for."""
