@@ -4,6 +4,7 @@ resize, selection on the test split, the EOT-losing tokenizer, and `data check` 
 import copy
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,62 @@ def test_test_resize_short_applies_to_testing_only(tmp_path):
     assert test(Clip(str(video)), 0).shape == (2, 3, 32, 32) and raw.shape[-2:] == (32, 48)
 
 
+# ---- interpolation (data.interpolation) ------------------------------------------------------------
+def _frames(seed=0, shape=(2, 3, 61, 83)):
+    return torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("size", [40, 100])  # down and up
+def test_bilinear_is_opencvs_and_bicubic_is_pils(size):
+    """data.interpolation bilinear = cv2.resize INTER_LINEAR at mmcv's Resize(scale=(-1, size)) size
+    (the STAN fork); bicubic = torchvision's Resize(size, BICUBIC) on a PIL image (CLIP4Clip,
+    CLIP2Video): every pixel within one grey level (fixed-point rounding); the two differ from each other."""
+    cv2 = pytest.importorskip("cv2")
+    import torchvision.transforms as T
+    from PIL import Image
+
+    from mugstan.data.transforms import resize_short
+
+    x = _frames()
+    h, w = x.shape[-2:]
+    opencv = torch.stack([torch.from_numpy(cv2.resize(f.permute(1, 2, 0).numpy(), (int(w * size / h + 0.5), size),
+                                                      interpolation=cv2.INTER_LINEAR)).permute(2, 0, 1) for f in x])
+    pil = torch.stack([T.functional.pil_to_tensor(T.Resize(size, interpolation=T.InterpolationMode.BICUBIC)(
+        Image.fromarray(f.permute(1, 2, 0).numpy()))) for f in x])
+    bilinear, bicubic = resize_short(x, size, "bilinear"), resize_short(x, size, "bicubic")
+    assert bilinear.shape == opencv.shape and bicubic.shape == pil.shape
+    assert (bilinear.int() - opencv.int()).abs().max() <= 1 and (bicubic.int() - pil.int()).abs().max() <= 1
+    assert (bilinear.int() - bicubic.int()).abs().float().mean() > 5  # the choice matters
+
+
+def test_clip_reader_decodes_full_frames_and_resizes_as_the_recipe(tmp_path):
+    """With data.interpolation: bilinear a test clip is the STAN pipeline on the full decoded frames
+    (cv2 Resize(-1, 32) + CenterCrop(32)); "fast" lets the decoder scale and differs."""
+    cv2 = pytest.importorskip("cv2")
+    from mugstan.data.video import decode_frames, probe, segment_indices
+
+    video = write_video(tmp_path / "v.mp4", frames=8, size=(96, 64))
+    cfg = DataConfig(num_frames=2, image_size=32, resize_short=48, test_resize_short=40, interpolation="bilinear")
+    reader = ClipDataset(Annotations([Clip(str(video))]), cfg, train=False, uint8=True).reader
+    got = reader(Clip(str(video)), 0)
+    info = probe(video)
+    full = decode_frames(video, segment_indices(0, info.num_frames, 2, train=False))
+    want = torch.stack([torch.from_numpy(cv2.resize(f.permute(1, 2, 0).numpy(), (60, 40), interpolation=cv2.INTER_LINEAR))
+                        .permute(2, 0, 1) for f in full])[..., 4:36, 14:46]
+    assert got.shape == want.shape == (2, 3, 32, 32)
+    assert (got.int() - want.int()).abs().max() <= 1
+    fast = ClipDataset(Annotations([Clip(str(video))]), replace(cfg, interpolation="fast"), train=False, uint8=True).reader
+    assert (fast(Clip(str(video)), 0).int() - want.int()).abs().max() > 1
+
+
+def test_interpolation_is_set_per_recipe():
+    def value(config):
+        return str(load_config(REPO_CONFIGS / config, check_files=False).data.interpolation)
+
+    assert value("msrvtt/stan_vitb32.yaml") == value("didemo/mugstan_vitb32.yaml") == "bilinear"
+    assert value("msrvtt/clip4clip_meanP_vitb32.yaml") == value("vatex/clip2video_vitb32.yaml") == "bicubic"
+
+
 # ---- tokenizer --------------------------------------------------------------------------------
 def test_eot_compat_loses_the_eot_of_long_captions_as_the_authors_tokenizer():
     long = " ".join(["dog"] * 20)
@@ -259,8 +316,6 @@ def test_stan_parameter_groups_are_mmengines(config):
         mult, decays = rows[0]
         assert got[id(p)] == (mult, t.weight_decay if decays else 0.0), f"{name}: {got[id(p)]}, authors {(mult, decays)}"
     assert any(n.startswith("branch.") and n.endswith("ln_1.weight") for n, _ in trainable)
-    from dataclasses import replace
-
     exempt = groups(replace(t, no_decay_new=None))
     branch_norm = dict(trainable)["branch.spatial.0.ln_1.weight"]
     assert exempt[id(branch_norm)] == (10.0, 0.0) and got[id(branch_norm)] == (10.0, t.weight_decay)

@@ -93,6 +93,20 @@ class SamplerKind(Choice):
     fps = "fps"
 
 
+class Interpolation(Choice):
+    """How frames are resized (``mugstan.data.transforms``)."""
+
+    # mugstan's default: the decoder scales the short side while converting (FFmpeg's bilinear),
+    # crops are resized bicubic with antialiasing
+    fast = "fast"
+    # frames decoded at full size, every resize bicubic with antialiasing: PIL's BICUBIC, as
+    # CLIP4Clip's and CLIP2Video's torchvision transforms on PIL images
+    bicubic = "bicubic"
+    # frames decoded at full size, every resize OpenCV's INTER_LINEAR (no antialiasing): mmcv's
+    # imresize in the STAN / Mug-STAN fork of mmaction2
+    bilinear = "bilinear"
+
+
 class Schedule(Choice):
     """Learning-rate schedule, per optimiser step (``mugstan.engine.optim``)."""
 
@@ -281,6 +295,7 @@ class DataConfig:
     # STAN trains from short side 256 and tests from 224 (DiDeMo: 256).
     test_resize_short: Optional[int] = None
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # random resized crop; [1, 1] disables
+    interpolation: Interpolation = Interpolation.fast  # fast | bicubic (CLIP4Clip, CLIP2Video) | bilinear (STAN)
     hflip: bool = False  # off by default: flipping swaps left/right motion
     test_clips: int = 1  # recognition multi-view testing: clips x crops
     test_crops: int = 1
