@@ -270,7 +270,7 @@ class AVAConfig:
 class DataConfig:
     """Where the data is and how clips are sampled and transformed (data.md)."""
 
-    # Format name (see mugstan.data.datasets): "msrvtt", "msrvtt_json", "didemo", "lsmdc",
+    # Format name (see mugstan.data.datasets): "msrvtt", "msrvtt_json", "didemo", "didemo_json", "lsmdc", "lsmdc_json",
     # "msvd", "vatex", "activitynet", "video_list", "ucf101", "hmdb51", "kinetics_csv", "ssv2", "webvid", "cc3m",
     # "jsonl", "ava" (detection)
     dataset: str = "jsonl"
