@@ -103,6 +103,14 @@ def test_schedule_keys_are_validated(tmp_path):
         load_config(cfg, ["eval.select_on=test"])
     with pytest.raises(ConfigError, match="data.sample_fps"):
         load_config(cfg, ["data.sample_fps=0"])
+    with pytest.raises(ConfigError, match="train.no_decay_new: bias_typo not among"):
+        load_config(cfg, ["train.no_decay_new=[bias_typo]"])
+    with pytest.raises(ConfigError, match="train.gather_grad_world=0 must be at least 1"):
+        load_config(cfg, ["train.gather_grad_world=0"])
+    with pytest.raises(ConfigError, match="gathers nothing: remove train.gather_grad_world"):
+        load_config(cfg, ["train.gather_grad_world=8", "model.task=recognition"])
+    with pytest.raises(ConfigError, match="data.interpolation"):
+        load_config(cfg, ["data.interpolation=lanczos"])
 
 
 # ---- fps sampler ------------------------------------------------------------------------------
