@@ -39,7 +39,9 @@ def test_there_is_a_config_per_published_experiment():
                      "msrvtt/clip2video_full_vitb32.yaml", "msrvtt/mugstan_vitb16.yaml", "msrvtt/mugstan_vitl14.yaml",
                      "pretrain/mugstan_webvid_cc3m_vitb32.yaml", "msrvtt/mugstan_vitb32_postpretrained.yaml",
                      *(f"{d}/{m}_coca_{v}.yaml" for d in ("msrvtt", "didemo") for m in ("stan", "mugstan") for v in ("vitb32", "vitl14")),
-                     "kinetics400/zeroshot_coca_vitb32.yaml", "kinetics400/zeroshot_coca_vitl14.yaml"):
+                     "kinetics400/zeroshot_coca_vitb32.yaml", "kinetics400/zeroshot_coca_vitl14.yaml",
+                     "msrvtt/clip_vitb32.yaml", "pretrain/stan_webvid_vitb32.yaml", "msrvtt/stan_vitb32_postpretrained.yaml",
+                     "vatex/clip2video_1k5_vitb32.yaml"):
         assert expected in names
     for p in CONFIGS:
         assert p.read_text().startswith("#"), f"{p} must start with a comment citing its source"

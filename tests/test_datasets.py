@@ -3,13 +3,14 @@
 import csv
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 
 from data_fixtures import write_video
 from mugstan.backbones.clip import Tokenizer
 from mugstan.config import DataConfig
-from mugstan.data.datasets import build_dataset, collate, load_annotations
+from mugstan.data.datasets import AnnotationError, build_dataset, collate, load_annotations
 
 IDS = ["video0", "video1", "video2"]
 
@@ -55,6 +56,23 @@ def test_didemo_paragraphs(root, tmp_path):
         {"video": "video1.mp4", "description": "a car.", "times": [[0, 0]]}]))
     a = load_annotations(cfg(root, "didemo", test_ann=ann), "test")
     assert a.captions == ["a dog runs. it jumps.", "a car."] and len(a.clips) == 2
+
+
+def test_stan_authors_json_layouts(root, tmp_path):
+    """The STAN authors' files as their dataset classes read them: DidemoDataset joins a video's
+    sentences with spaces, LsmdcDataset and WeividDataset_filtered take one caption per key."""
+    didemo = write(tmp_path / "test.json", json.dumps({"video0.mp4": ["a dog runs.", "it jumps."], "video1.mp4": ["a car."]}))
+    a = load_annotations(cfg(root, "didemo_json", test_ann=didemo), "test")
+    assert a.captions == ["a dog runs. it jumps.", "a car."] and [Path(c.path).name for c in a.clips] == ["video0.mp4", "video1.mp4"]
+    lsmdc = write(tmp_path / "lsmdc_test.json", json.dumps({"video0.mp4": "SOMEONE opens a door.", "video1.mp4": "He sits."}))
+    a = load_annotations(cfg(root, "lsmdc_json", test_ann=lsmdc), "test")
+    assert a.captions == ["SOMEONE opens a door.", "He sits."] and a.caption_clip == [0, 1] and a.clips[1].path.endswith("video1.mp4")
+    webvid = write(tmp_path / "webvid_filtered.json", json.dumps({"000/1.mp4": "a cat", "001/2.mp4": "the sea"}))
+    a = load_annotations(cfg(root, "webvid", train_ann=webvid), "train")
+    assert a.captions == ["a cat", "the sea"] and a.clips[0].path == str(Path(root) / "000/1.mp4")
+    bad = write(tmp_path / "bad.json", json.dumps({"video0.mp4": ["a list"]}))
+    with pytest.raises(AnnotationError, match="not the layout data.dataset=lsmdc_json expects"):
+        load_annotations(cfg(root, "lsmdc_json", test_ann=bad), "test")
 
 
 def test_lsmdc_found_by_stem(root, tmp_path):

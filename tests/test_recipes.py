@@ -4,6 +4,8 @@ resize, selection on the test split, the EOT-losing tokenizer, and `data check` 
 import copy
 import json
 import math
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,8 @@ from mugstan.data.datasets import Annotations, Clip, ClipDataset
 from mugstan.data.synthetic import SynthParams, generate
 from mugstan.data.video import fps_indices, probe, read_clip
 from mugstan.engine.optim import bert_warmup_cosine, build_scheduler, linear_then_cosine
+
+REPO_CONFIGS = Path(__file__).parent.parent / "configs"
 
 
 # ---- schedules --------------------------------------------------------------------------------
@@ -99,6 +103,14 @@ def test_schedule_keys_are_validated(tmp_path):
         load_config(cfg, ["eval.select_on=test"])
     with pytest.raises(ConfigError, match="data.sample_fps"):
         load_config(cfg, ["data.sample_fps=0"])
+    with pytest.raises(ConfigError, match="train.no_decay_new: bias_typo not among"):
+        load_config(cfg, ["train.no_decay_new=[bias_typo]"])
+    with pytest.raises(ConfigError, match="train.gather_grad_world=0 must be at least 1"):
+        load_config(cfg, ["train.gather_grad_world=0"])
+    with pytest.raises(ConfigError, match="gathers nothing: remove train.gather_grad_world"):
+        load_config(cfg, ["train.gather_grad_world=8", "model.task=recognition"])
+    with pytest.raises(ConfigError, match="data.interpolation"):
+        load_config(cfg, ["data.interpolation=lanczos"])
 
 
 # ---- fps sampler ------------------------------------------------------------------------------
@@ -132,6 +144,62 @@ def test_test_resize_short_applies_to_testing_only(tmp_path):
     # centre crop 32 of short side 32 keeps the whole height; of short side 64, only the middle half
     raw = read_clip(video, 2, short_side=32)
     assert test(Clip(str(video)), 0).shape == (2, 3, 32, 32) and raw.shape[-2:] == (32, 48)
+
+
+# ---- interpolation (data.interpolation) ------------------------------------------------------------
+def _frames(seed=0, shape=(2, 3, 61, 83)):
+    return torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("size", [40, 100])  # down and up
+def test_bilinear_is_opencvs_and_bicubic_is_pils(size):
+    """data.interpolation bilinear = cv2.resize INTER_LINEAR at mmcv's Resize(scale=(-1, size)) size
+    (the STAN fork); bicubic = torchvision's Resize(size, BICUBIC) on a PIL image (CLIP4Clip,
+    CLIP2Video): every pixel within one grey level (fixed-point rounding); the two differ from each other."""
+    cv2 = pytest.importorskip("cv2")
+    import torchvision.transforms as T
+    from PIL import Image
+
+    from mugstan.data.transforms import resize_short
+
+    x = _frames()
+    h, w = x.shape[-2:]
+    opencv = torch.stack([torch.from_numpy(cv2.resize(f.permute(1, 2, 0).numpy(), (int(w * size / h + 0.5), size),
+                                                      interpolation=cv2.INTER_LINEAR)).permute(2, 0, 1) for f in x])
+    pil = torch.stack([T.functional.pil_to_tensor(T.Resize(size, interpolation=T.InterpolationMode.BICUBIC)(
+        Image.fromarray(f.permute(1, 2, 0).numpy()))) for f in x])
+    bilinear, bicubic = resize_short(x, size, "bilinear"), resize_short(x, size, "bicubic")
+    assert bilinear.shape == opencv.shape and bicubic.shape == pil.shape
+    assert (bilinear.int() - opencv.int()).abs().max() <= 1 and (bicubic.int() - pil.int()).abs().max() <= 1
+    assert (bilinear.int() - bicubic.int()).abs().float().mean() > 5  # the choice matters
+
+
+def test_clip_reader_decodes_full_frames_and_resizes_as_the_recipe(tmp_path):
+    """With data.interpolation: bilinear a test clip is the STAN pipeline on the full decoded frames
+    (cv2 Resize(-1, 32) + CenterCrop(32)); "fast" lets the decoder scale and differs."""
+    cv2 = pytest.importorskip("cv2")
+    from mugstan.data.video import decode_frames, probe, segment_indices
+
+    video = write_video(tmp_path / "v.mp4", frames=8, size=(96, 64))
+    cfg = DataConfig(num_frames=2, image_size=32, resize_short=48, test_resize_short=40, interpolation="bilinear")
+    reader = ClipDataset(Annotations([Clip(str(video))]), cfg, train=False, uint8=True).reader
+    got = reader(Clip(str(video)), 0)
+    info = probe(video)
+    full = decode_frames(video, segment_indices(0, info.num_frames, 2, train=False))
+    want = torch.stack([torch.from_numpy(cv2.resize(f.permute(1, 2, 0).numpy(), (60, 40), interpolation=cv2.INTER_LINEAR))
+                        .permute(2, 0, 1) for f in full])[..., 4:36, 14:46]
+    assert got.shape == want.shape == (2, 3, 32, 32)
+    assert (got.int() - want.int()).abs().max() <= 1
+    fast = ClipDataset(Annotations([Clip(str(video))]), replace(cfg, interpolation="fast"), train=False, uint8=True).reader
+    assert (fast(Clip(str(video)), 0).int() - want.int()).abs().max() > 1
+
+
+def test_interpolation_is_set_per_recipe():
+    def value(config):
+        return str(load_config(REPO_CONFIGS / config, check_files=False).data.interpolation)
+
+    assert value("msrvtt/stan_vitb32.yaml") == value("didemo/mugstan_vitb32.yaml") == "bilinear"
+    assert value("msrvtt/clip4clip_meanP_vitb32.yaml") == value("vatex/clip2video_vitb32.yaml") == "bicubic"
 
 
 # ---- tokenizer --------------------------------------------------------------------------------
@@ -218,6 +286,66 @@ def test_no_decay_kinds_follow_each_recipe():
     opt = build_optimizer(model, TrainConfig(weight_decay=0.05, no_decay=["norm", "bias"]))
     decayed = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
     assert "branch.time_embed.weight" in decayed and "backbone.clip.visual.ln_post.weight" not in decayed
+
+
+# The STAN authors' parameter groups, derived by hand from `configs/exp/stan/stan_msrvtt_b32_hf.py` /
+# `mugstan_msrvt_b32_hf.py` (paramwise_cfg: norm_decay_mult=0, bias_decay_mult=0, custom_keys={'STAN':
+# lr_mult=10}) and their model (HF CLIPModel parts + VITCLIPPretrained_STAN). mmengine's
+# DefaultOptimWrapperConstructor.add_params: a parameter whose name contains a custom key gets
+# lr x lr_mult and weight decay x decay_mult (default 1) and no other rule; else a parameter of a
+# LayerNorm gets norm_decay_mult, else one named `bias` gets bias_decay_mult, else the base values.
+# mugstan name (open_clip layout) -> (lr multiplier, decays), with the authors' parameter it plays.
+AUTHORS_GROUPS = [
+    (r"backbone\.clip\.visual\.class_embedding", 1, True),  # vision embeddings.class_embedding: a bare Parameter
+    (r"backbone\.clip\.visual\.positional_embedding", 1, True),  # position_embedding: nn.Embedding weight
+    (r"backbone\.clip\.visual\.conv1\.weight", 1, True),  # patch_embedding: Conv2d, bias=False
+    (r"backbone\.clip\.visual\.proj", 1, True),  # visual_projection: Linear, bias=False
+    (r"backbone\.clip\.visual\.ln_(pre|post)\.(weight|bias)", 1, False),  # pre_layrnorm / post_layernorm: LayerNorm
+    (r"backbone\.clip\.(visual\.)?transformer\.resblocks\.\d+\.ln_[12]\.(weight|bias)", 1, False),  # layer_norm1/2
+    (r"backbone\.clip\.(visual\.)?transformer\.resblocks\.\d+\.attn\.in_proj_weight", 1, True),  # q/k/v_proj.weight
+    (r"backbone\.clip\.(visual\.)?transformer\.resblocks\.\d+\.attn\.in_proj_bias", 1, False),  # q/k/v_proj.bias
+    (r"backbone\.clip\.(visual\.)?transformer\.resblocks\.\d+\.(attn\.out_proj|mlp\.c_fc|mlp\.c_proj)\.weight", 1, True),
+    (r"backbone\.clip\.(visual\.)?transformer\.resblocks\.\d+\.(attn\.out_proj|mlp\.c_fc|mlp\.c_proj)\.bias", 1, False),
+    (r"backbone\.clip\.token_embedding\.weight", 1, True),  # text token_embedding: nn.Embedding
+    (r"backbone\.clip\.positional_embedding", 1, True),  # text position_embedding: nn.Embedding
+    (r"backbone\.clip\.ln_final\.(weight|bias)", 1, False),  # final_layer_norm: LayerNorm
+    (r"backbone\.clip\.text_projection", 1, True),  # text_projection: Linear, bias=False
+    (r"branch\..+", 10, True),  # STAN_S_layers / STAN_T_layers / STAN_time_embed: custom key 'STAN', norms and biases too
+]
+
+
+@pytest.mark.parametrize("config", ["msrvtt/stan_vitb32.yaml", "msrvtt/mugstan_vitb32.yaml"])
+def test_stan_parameter_groups_are_mmengines(config):
+    """Every trainable parameter's (lr, weight decay) equals the authors' mmengine grouping; the
+    mugstan default for new modules (train.no_decay_new=null) would exempt the branch's norms."""
+    import re
+
+    from mugstan.engine.optim import build_optimizer
+    from mugstan.models import build_model
+
+    cfg = load_config(REPO_CONFIGS / config, ["model.backbone=mugstan-tiny", "model.pretrained=null"], check_files=False)  # ViT-B/32's names
+    model = build_model(cfg.model)
+    t = cfg.train
+
+    def groups(train_cfg):
+        got = {}
+        for g in build_optimizer(model, train_cfg).param_groups:
+            for p in g["params"]:
+                got[id(p)] = (round(g["lr"] / t.lr, 6), g["weight_decay"])
+        return got
+
+    got = groups(t)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert len(got) == len(trainable)
+    for name, p in trainable:
+        rows = [(mult, decays) for pattern, mult, decays in AUTHORS_GROUPS if re.fullmatch(pattern, name)]
+        assert len(rows) == 1, f"{name}: matched by {len(rows)} rows of the authors' table"
+        mult, decays = rows[0]
+        assert got[id(p)] == (mult, t.weight_decay if decays else 0.0), f"{name}: {got[id(p)]}, authors {(mult, decays)}"
+    assert any(n.startswith("branch.") and n.endswith("ln_1.weight") for n, _ in trainable)
+    exempt = groups(replace(t, no_decay_new=None))
+    branch_norm = dict(trainable)["branch.spatial.0.ln_1.weight"]
+    assert exempt[id(branch_norm)] == (10.0, 0.0) and got[id(branch_norm)] == (10.0, t.weight_decay)
 
 
 # ---- BertAdam ------------------------------------------------------------------------------------------

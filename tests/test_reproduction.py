@@ -150,3 +150,10 @@ def test_key_recipe_values_are_the_authors():
     assert value("msrvtt/clip4clip_meanP_vitb32.yaml", "train.optimizer") == "bertadam" and value("msrvtt/stan_vitb32.yaml", "train.optimizer") == "adamw"
     assert value("msrvtt/clip4clip_meanP_vitb32.yaml", "train.schedule") == "bert_warmup_cosine"
     assert value("msrvtt/stan_vitb32.yaml", "train.no_decay") == ["norm", "bias"] and value("msrvtt/clip4clip_meanP_vitb32.yaml", "train.no_decay") == ["bias"]
+    # the authors' CLIP baseline (clip_msrvtt_b32_hf.py), STAN post-pretraining and its fine-tuning, CLIP2Video's VATEX 1k5
+    assert value("msrvtt/clip_vitb32.yaml", "train.weight_decay") == 0.2 and value("msrvtt/clip_vitb32.yaml", "model.branch") == "none"
+    assert value("pretrain/stan_webvid_vitb32.yaml", "train.lr") == 4e-6 and value("pretrain/stan_webvid_vitb32.yaml", "data.num_frames") == 8
+    assert value("pretrain/stan_webvid_vitb32.yaml", "model.head") == "mean" and value("pretrain/stan_webvid_vitb32.yaml", "train.cosine_end") == 4
+    assert value("msrvtt/stan_vitb32_postpretrained.yaml", "model.init_from") == "runs/pretrain_stan_webvid_vitb32/checkpoints/best"
+    assert value("vatex/clip2video_1k5_vitb32.yaml", "data.test_ann").endswith("test1k5_sec_list.txt")
+    assert value("vatex/clip2video_1k5_vitb32.yaml", "data.val_ann") is None

@@ -97,6 +97,20 @@ class SamplerKind(Choice):
     fps = "fps"
 
 
+class Interpolation(Choice):
+    """How frames are resized (``mugstan.data.transforms``)."""
+
+    # mugstan's default: the decoder scales the short side while converting (FFmpeg's bilinear),
+    # crops are resized bicubic with antialiasing
+    fast = "fast"
+    # frames decoded at full size, every resize bicubic with antialiasing: PIL's BICUBIC, as
+    # CLIP4Clip's and CLIP2Video's torchvision transforms on PIL images
+    bicubic = "bicubic"
+    # frames decoded at full size, every resize OpenCV's INTER_LINEAR (no antialiasing): mmcv's
+    # imresize in the STAN / Mug-STAN fork of mmaction2
+    bilinear = "bilinear"
+
+
 class Schedule(Choice):
     """Learning-rate schedule, per optimiser step (``mugstan.engine.optim``)."""
 
@@ -260,7 +274,7 @@ class AVAConfig:
 class DataConfig:
     """Where the data is and how clips are sampled and transformed (data.md)."""
 
-    # Format name (see mugstan.data.datasets): "msrvtt", "msrvtt_json", "didemo", "lsmdc",
+    # Format name (see mugstan.data.datasets): "msrvtt", "msrvtt_json", "didemo", "didemo_json", "lsmdc", "lsmdc_json",
     # "msvd", "vatex", "activitynet", "video_list", "ucf101", "hmdb51", "kinetics_csv", "ssv2", "webvid", "cc3m",
     # "jsonl", "ava" (detection)
     dataset: str = "jsonl"
@@ -285,6 +299,7 @@ class DataConfig:
     # STAN trains from short side 256 and tests from 224 (DiDeMo: 256).
     test_resize_short: Optional[int] = None
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # random resized crop; [1, 1] disables
+    interpolation: Interpolation = Interpolation.fast  # fast | bicubic (CLIP4Clip, CLIP2Video) | bilinear (STAN)
     hflip: bool = False  # off by default: flipping swaps left/right motion
     test_clips: int = 1  # recognition multi-view testing: clips x crops
     test_crops: int = 1
@@ -327,6 +342,11 @@ class TrainConfig:
     # Parameter kinds without weight decay (any of norm, bias, embedding, logit_scale; see
     # mugstan.engine.optim.parameter_kind). STAN authors: [norm, bias]; CLIP4Clip: [bias].
     no_decay: list[str] = field(default_factory=lambda: ["norm", "bias", "embedding", "logit_scale"])
+    # The same for the new modules (branch, head, logit scale); null: train.no_decay. STAN authors:
+    # [] -- mmengine's DefaultOptimWrapperConstructor gives a parameter that matches a custom key
+    # (custom_keys={'STAN': lr_mult=10}) that key's settings and skips norm_decay_mult and
+    # bias_decay_mult, so the STAN branch's norms, biases and temporal embedding decay.
+    no_decay_new: Optional[list[str]] = None
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     warmup: float = 0.1  # fraction of the total steps (<1) or a number of steps (>=1)
@@ -345,6 +365,13 @@ class TrainConfig:
     cosine_t_max: float = 4.5  # CosineAnnealingLR T_max (the cosine is periodic past it, as mmengine's)
     cosine_end: Optional[float] = None  # CosineAnnealingLR end (None: the end of the run); the factor holds after it
     grad_clip: Optional[float] = 5.0
+    # The authors' gradient scale (STAN's GatherLayer, CLIP4Clip's AllGather): their all_gather's
+    # backward keeps only each process's rows, and DDP averages, so every gradient that reaches the
+    # gathered features is 1/W of the full-batch one on W GPUs, and grad_clip bounds W x grad_clip
+    # of mugstan's (full) gradient. W > 1: every gradient but a learned logit scale's (which the
+    # authors apply after the gather, on every process alike) is divided by W before clipping and
+    # the optimiser step, whatever the number of processes of this run. 1: the full gradient.
+    gather_grad_world: int = 1
     # "auto" | "fp32" | "bf16" | "fp16" (autocast, fp32 master weights). auto: bf16 on GPUs that
     # support it, else fp16; on a CPU bf16 only where a bf16 matrix product measures >= 1.25x
     # faster than fp32 (mugstan.engine.precision; CPU flags do not tell: a Xeon reporting
@@ -579,7 +606,8 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
                     "data.test_clips": d.test_clips, "model.stan.depth": m.stan.depth, "model.stan.max_frames": m.stan.max_frames,
                     "model.seq_layers": m.seq_layers, "model.tab_centers": m.tab_centers, "eval.batch_size": e.batch_size,
                     "eval.sim_chunk": e.sim_chunk, "train.log_every": t.log_every, "train.eval_every": t.eval_every,
-                    "train.batch_size": t.batch_size, "train.accum_steps": t.accum_steps, "train.epochs": t.epochs}
+                    "train.batch_size": t.batch_size, "train.accum_steps": t.accum_steps, "train.epochs": t.epochs,
+                    "train.gather_grad_world": t.gather_grad_world}
     for name, value in at_least_one.items():
         if value < 1:
             raise ConfigError(f"{name}={value} must be at least 1")
@@ -682,9 +710,10 @@ def validate_recipe_keys(cfg: ExperimentConfig) -> None:
         if begin < t.warmup_epochs or (t.cosine_end is not None and t.cosine_end < begin):
             raise ConfigError(f"the schedule needs train.warmup_epochs <= train.cosine_begin <= train.cosine_end, got "
                               f"{t.warmup_epochs}, {t.cosine_begin}, {t.cosine_end}")
-    unknown = sorted(set(t.no_decay) - {"norm", "bias", "embedding", "logit_scale"})
-    if unknown:
-        raise ConfigError(f"train.no_decay: {', '.join(unknown)} not among norm, bias, embedding, logit_scale")
+    for name, kinds in (("no_decay", t.no_decay), ("no_decay_new", t.no_decay_new or [])):
+        unknown = sorted(set(kinds) - {"norm", "bias", "embedding", "logit_scale"})
+        if unknown:
+            raise ConfigError(f"train.{name}: {', '.join(unknown)} not among norm, bias, embedding, logit_scale")
     if cfg.eval.select_on == SelectOn.test and not d.test_ann:
         raise ConfigError("eval.select_on=test picks the best checkpoint on data.test_ann, which is not set")
 
@@ -731,6 +760,10 @@ def validate_gradcache(cfg: ExperimentConfig) -> None:
                else f"model.task={cfg.model.task!r} trains no text tower")
         raise ConfigError(f"train.freeze_text_for={t.freeze_text_for} freezes the text tower for the first steps of "
                           f"video-text retrieval training, but {why}: remove train.freeze_text_for")
+    if cfg.model.task != "retrieval" and t.gather_grad_world > 1:
+        raise ConfigError(f"train.gather_grad_world={t.gather_grad_world} reproduces the gradient scale of the authors' "
+                          f"all_gather in contrastive training, model.task=retrieval; model.task={cfg.model.task!r} "
+                          "gathers nothing: remove train.gather_grad_world")
     if cfg.model.task != "retrieval":
         for name in ("contrastive_batch", "chunk_size"):
             if getattr(t, name) is not None:

@@ -65,9 +65,10 @@ class BertAdam(torch.optim.Optimizer):
 
 def build_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     """New modules (branch, head, classifier) at ``new_module_lr_mult`` x the CLIP learning rate; no
-    weight decay on norms, biases, embeddings and the logit scale (``param_groups``)."""
+    weight decay on the kinds of ``train.no_decay`` (``train.no_decay_new`` in the new modules:
+    ``param_groups``)."""
     groups = []
-    for g in param_groups(model, cfg.no_decay):
+    for g in param_groups(model, cfg.no_decay, cfg.no_decay_new):
         groups.append({
             "params": g["params"], "name": g["name"],
             "lr": cfg.lr * (cfg.new_module_lr_mult if g["new"] else 1.0),
@@ -101,25 +102,44 @@ def parameter_kind(name: str, p: torch.Tensor) -> str:
     return "bias" if name.endswith("bias") else "norm"
 
 
-def param_groups(model: torch.nn.Module, no_decay=NO_DECAY_KINDS) -> list[dict]:
+def param_groups(model: torch.nn.Module, no_decay=NO_DECAY_KINDS, no_decay_new=None) -> list[dict]:
     """Trainable parameters split into pretrained CLIP vs new modules and decay vs no decay.
 
     A parameter is CLIP's when its name passes through a module called ``backbone``. Each group:
     {"name", "params", "new": bool, "decay": bool}. No weight decay on the ``parameter_kind``s in
     ``no_decay`` (``train.no_decay``; default: norms, biases, embeddings and the logit scale; the
-    STAN authors exempt norms and biases only, CLIP4Clip biases only).
+    STAN authors exempt norms and biases only, CLIP4Clip biases only), in the new modules on those
+    in ``no_decay_new`` (``train.no_decay_new``; None: ``no_decay``). The STAN authors' mmengine
+    grouping is ``no_decay=[norm, bias], no_decay_new=[]``: their ``custom_keys={'STAN': ...}``
+    matches every branch parameter (``STAN_S_layers``, ``STAN_T_layers``, ``STAN_time_embed``) and
+    mmengine then skips the norm and bias rules for it.
     """
+    no_decay_new = no_decay if no_decay_new is None else no_decay_new
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         new = "backbone" not in name.split(".")
-        decay = parameter_kind(name, p) not in no_decay
+        decay = parameter_kind(name, p) not in (no_decay_new if new else no_decay)
         groups.setdefault((new, decay), []).append(p)
     return [
         {"name": f"{'new' if new else 'clip'}_{'decay' if decay else 'no_decay'}", "params": params, "new": new, "decay": decay}
         for (new, decay), params in sorted(groups.items())
     ]
+
+
+def authors_gradient_scale(model: torch.nn.Module, world: int) -> None:
+    """``train.gather_grad_world`` = W: the gradients the authors' code stepped with (STAN's
+    ``GatherLayer``, CLIP4Clip's ``AllGather``: the all_gather's backward keeps each process's
+    rows only, and DDP averages over W GPUs). Every parameter that produces the gathered
+    embeddings (backbone, branch, head) then gets 1/W of the full-batch gradient, which is what
+    mugstan's gather and DDP give; a learned logit scale, applied after the gather on every process
+    alike, keeps its full gradient. Call after the backward, before clipping."""
+    if world <= 1:
+        return
+    for name, p in model.named_parameters():
+        if p.grad is not None and "logit_scale" not in name:
+            p.grad.div_(world)
 
 
 def steps_of(value: float, total_steps: int) -> int:

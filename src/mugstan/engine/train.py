@@ -46,7 +46,7 @@ from mugstan.engine.distributed import DistInfo, TrainSampler, all_gather_object
 from mugstan.engine.evaluate import evaluate, format_result, headline
 from mugstan.engine.gradcache import average_gradients, broadcast_parameters, gradcache_backward
 from mugstan.engine.logging import MetricsLogger
-from mugstan.engine.optim import build_optimizer, build_scheduler, steps_of
+from mugstan.engine.optim import authors_gradient_scale, build_optimizer, build_scheduler, steps_of
 from mugstan.engine.precision import autocast_for, resolve_precision
 from mugstan.files import recover_folder
 from mugstan.losses import build_loss
@@ -152,7 +152,8 @@ def backward_micro_batch(run: Run, batch: dict, last_micro: bool) -> torch.Tenso
 
 
 def optimizer_step(run: Run, step: int) -> float:
-    """Average (gradient caching under torchrun), clip, step, schedule, clamp. Returns the gradient norm.
+    """Average (gradient caching under torchrun), the authors' gradient scale (``train.gather_grad_world``),
+    clip, step, schedule, clamp. Returns the gradient norm (of the scaled gradient).
 
     Before ``run.text_frozen_steps`` the text tower's gradients are dropped (set to None, after any
     averaging, so every process agrees): AdamW then neither moves nor decays those weights.
@@ -164,6 +165,7 @@ def optimizer_step(run: Run, step: int) -> float:
             p.grad = None
     if run.scaler:
         run.scaler.unscale_(run.optimizer)
+    authors_gradient_scale(run.model, run.cfg.train.gather_grad_world)  # 1: mugstan's full gradient, unchanged
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.train.grad_clip or float("inf"))
     if run.scaler:
         run.scaler.step(run.optimizer)

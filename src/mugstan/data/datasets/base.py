@@ -69,7 +69,9 @@ class ClipReader:
         # Testing resizes the short side to data.test_resize_short (default: data.resize_short).
         self.short = (cfg.resize_short if train else (cfg.test_resize_short or cfg.resize_short)) or cfg.image_size
         self.transform = ClipTransform(cfg.image_size, train, cfg.crop_scale, cfg.hflip,
-                                       1 if train else cfg.test_crops, self.short, uint8)
+                                       1 if train else cfg.test_crops, self.short, uint8, str(cfg.interpolation))
+        # data.interpolation "fast": the decoder scales the short side; the others decode full frames
+        self.decode_short = self.short if cfg.interpolation == "fast" else None
         self.epoch = 0
         self.cache = FrameCache(cfg.frame_cache_mb) if cfg.frame_cache_mb > 0 else None
 
@@ -85,7 +87,7 @@ class ClipReader:
         gen = torch.Generator().manual_seed(int(rng.integers(2**62))) if self.train else None
         views = []
         for v in range(self.views):
-            frames, mask = read_clip(clip.path, self.num_frames, self.train, self.short, clip.start, clip.end,
+            frames, mask = read_clip(clip.path, self.num_frames, self.train, self.decode_short, clip.start, clip.end,
                                      self.cfg.sampler, self.cfg.dense_stride, rng, v, self.views,
                                      sample_fps=self.cfg.sample_fps, return_mask=True, cache=self.cache)
             out = self.transform(frames, gen)  # [T, 3, S, S] or [crops, T, 3, S, S]

@@ -108,6 +108,27 @@ def msrvtt_json(cfg: DataConfig, split: str) -> Annotations:
     return _retrieval(groups, _Finder(cfg.video_root), str(path))
 
 
+def didemo_json(cfg: DataConfig, split: str) -> Annotations:
+    """STAN layout (``DidemoDataset``: train.json, test.json): {"video.mp4": ["sentence", ...]};
+    a video's sentences joined by spaces into one paragraph, as the authors join them."""
+    path = _ann_file(cfg, split)
+    groups = OrderedDict((name, [" ".join(texts)]) for name, texts in _load_json(path).items())
+    return _retrieval(groups, _Finder(cfg.video_root), str(path))
+
+
+def lsmdc_json(cfg: DataConfig, split: str) -> Annotations:
+    """STAN layout (``LsmdcDataset``: lsmdc_train.json, lsmdc_test.json): {"clip path": "sentence"},
+    one clip and caption per entry; the authors open the key as it is, mugstan inside data.videos
+    (an absolute key stays where it is)."""
+    path = _ann_file(cfg, split)
+    pairs = [(name, text) for name, text in _load_json(path).items()]
+    if any(not isinstance(text, str) for _, text in pairs):
+        raise TypeError("every value must be one caption (a string)")
+    root = cfg.video_root
+    return Annotations([Clip(str(root / name)) for name, _ in pairs], [t for _, t in pairs], list(range(len(pairs))),
+                       source=str(path))
+
+
 def didemo(cfg: DataConfig, split: str) -> Annotations:
     """{split}_data.json: [{"video", "description", "times"}]; a video's descriptions form one paragraph."""
     path = _ann_file(cfg, split)
@@ -431,7 +452,8 @@ def jsonl(cfg: DataConfig, split: str) -> Annotations:
 
 
 FORMATS: dict[str, Callable[[DataConfig, str], Annotations]] = {
-    "msrvtt": msrvtt, "msrvtt_json": msrvtt_json, "didemo": didemo, "lsmdc": lsmdc, "msvd": msvd,
+    "msrvtt": msrvtt, "msrvtt_json": msrvtt_json, "didemo": didemo, "didemo_json": didemo_json, "lsmdc": lsmdc,
+    "lsmdc_json": lsmdc_json, "msvd": msvd,
     "vatex": vatex, "activitynet": activitynet, "video_list": video_list, "ucf101": ucf101, "hmdb51": hmdb51,
     "kinetics_csv": kinetics_csv, "ssv2": ssv2, "webvid": webvid, "cc3m": cc3m, "jsonl": jsonl,
 }
