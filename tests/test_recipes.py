@@ -20,7 +20,7 @@ from mugstan.data.synthetic import SynthParams, generate
 from mugstan.data.video import fps_indices, probe, read_clip
 from mugstan.engine.optim import bert_warmup_cosine, build_scheduler, linear_then_cosine
 
-REPO_CONFIGS = Path(__file__).parent.parent / "configs"
+REPO_CONFIGS = Path(__file__).parent.parent / "src" / "mugstan" / "configs"  # the packaged configs
 
 
 # ---- schedules --------------------------------------------------------------------------------
