@@ -431,10 +431,11 @@ def jsonl(cfg: DataConfig, split: str) -> Annotations:
 
 
 from mugstan.data.datasets.ava import ava  # noqa: E402  (AVA v2.2 detection: its own module)
+from mugstan.data.shards import shard_annotations  # noqa: E402  (WebDataset tar shards: their own module)
 
 FORMATS: dict[str, Callable[[DataConfig, str], Annotations]] = {
     "msrvtt": msrvtt, "msrvtt_json": msrvtt_json, "didemo": didemo, "lsmdc": lsmdc, "msvd": msvd,
     "vatex": vatex, "activitynet": activitynet, "video_list": video_list, "ucf101": ucf101, "hmdb51": hmdb51,
     "kinetics_csv": kinetics_csv, "ssv2": ssv2, "webvid": webvid, "cc3m": cc3m, "jsonl": jsonl,
-    "ava": ava,
+    "ava": ava, "webdataset": shard_annotations,
 }
