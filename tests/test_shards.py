@@ -93,3 +93,54 @@ def test_a_missing_shard_or_an_unreachable_url_is_one_error_line(tmp_path, data,
     assert err.startswith("error: data.shards: shard pipe:cat /nowhere/00000.tar") and "\n" not in err
     with pytest.raises(ShardError, match="data.epoch_samples is not set"):
         train(load_config(pipe, ["data.shards=" + str(tmp_path / "shards" / "00000.tar"), "data.epoch_samples=null"]), progress=False)
+
+
+def test_data_shard_writes_shards_that_tar_and_webdataset_read_and_resumes(tmp_path, data, capsys):
+    import subprocess
+
+    import webdataset as wds
+
+    from mugstan.cli import main
+
+    videos = data / "videos" / "train"
+    (videos / "00001.txt").write_text("a caption beside its video")
+    out = tmp_path / "out"
+    assert main(["data", "shard", str(videos), str(out), "--shard-size", "5", "--workers", "1"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    names = sorted(p.name for p in out.glob("*.tar"))
+    assert names == [s["name"] for s in manifest["shards"]] == [f"{i:05d}.tar" for i in range(5)]
+    assert [s["samples"] for s in manifest["shards"]] == [5, 5, 5, 5, 4] and manifest["samples"] == 24
+    listing = subprocess.run(["tar", "-tf", str(out / "00000.tar")], capture_output=True, text=True, check=True).stdout.split()
+    assert listing[:4] == ["000000000.mp4", "000000000.json", "000000001.mp4", "000000001.json"] and "000000001.txt" in listing
+    samples = list(wds.WebDataset(str(out / "{00000..00004}.tar"), shardshuffle=False))
+    assert len(samples) == 24 and samples[1]["txt"] == b"a caption beside its video"
+    assert samples[3]["mp4"] == (videos / "00003.mp4").read_bytes()
+    assert json.loads(samples[3]["json"]) == {"source": "00003.mp4"}
+    first = {n: (out / n).read_bytes() for n in names}
+
+    # an interrupted run: the last shard never got its name, the manifest lists three, a temporary file is left
+    (out / "00004.tar").rename(out / ".00004.tar.x1y2.tmp")
+    manifest["shards"], manifest["samples"] = manifest["shards"][:4], 20
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    stamp = (out / "00000.tar").stat().st_mtime_ns
+    assert main(["data", "shard", str(videos), str(out), "--shard-size", "5", "--workers", "1"]) == 0
+    assert {n: (out / n).read_bytes() for n in names} == first and not list(out.glob(".*.tmp"))
+    assert (out / "00000.tar").stat().st_mtime_ns == stamp  # finished shards are kept, not rewritten
+    assert json.loads((out / "manifest.json").read_text())["samples"] == 24
+    assert main(["data", "shard", str(videos), str(out), "--shard-size", "4"]) == 2
+    assert "--shard-size 5" in capsys.readouterr().err
+
+    # a dataset split from a config, re-encoded on the way in: captions, labels and all-intra frames
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run")
+    assert main(["data", "shard", str(cfg), str(tmp_path / "cfg"), "--shard-size", "100", "--compress", "--fps", "4",
+                 "--short-side", "32", "--workers", "1"]) == 0
+    rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
+    [sample, *_] = list(wds.WebDataset(str(tmp_path / "cfg" / "00000.tar"), shardshuffle=False))
+    meta = json.loads(sample["json"])
+    assert sample["txt"].decode() == rows[0]["caption"][0] and meta["captions"] == rows[0]["caption"]
+    assert int(sample["cls"]) == rows[0]["label"] == meta["label"]
+    import av
+
+    with av.open(io.BytesIO(sample["mp4"])) as container:
+        stream = container.streams.video[0]
+        assert float(stream.average_rate) == 4 and all(p.is_keyframe for p in container.demux(stream) if p.size)
