@@ -3,13 +3,19 @@ broken samples skipped and counted, missing shards as one error line."""
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from data_fixtures import write_config, write_shards, write_video
+from safetensors.torch import load_file
 
 from mugstan.config import DataConfig, load_config
 from mugstan.data.datasets import Clip, ClipReader
@@ -144,3 +150,93 @@ def test_data_shard_writes_shards_that_tar_and_webdataset_read_and_resumes(tmp_p
     with av.open(io.BytesIO(sample["mp4"])) as container:
         stream = container.streams.video[0]
         assert float(stream.average_rate) == 4 and all(p.is_keyframe for p in container.demux(stream) if p.size)
+
+
+def test_processes_and_workers_read_disjoint_shards_and_uneven_shards_give_every_process_its_steps(tmp_path, data):
+    from mugstan.data.shards import ShardStream
+
+    shards = write_shards(data, tmp_path / "shards", per_shard=5)  # 24 samples: 5, 5, 5, 5 and 4
+    cfg = DataConfig(dataset="webdataset", shards=str(tmp_path / "shards" / "{00000..00004}.tar"), epoch_samples=20,
+                     shuffle_buffer=3, num_frames=2, image_size=16)
+    streams = [ShardStream(cfg, batch_size=4, world=2, rank=r, seed=1) for r in range(2)]
+    for epoch in (0, 1):
+        for s in streams:
+            s.set_epoch(epoch)
+        # 2 processes x 2 loader workers: 4 readers, 5 shards; every shard read by exactly one
+        dealt = [streams[r].shards_of(r * 2 + w, 4) for r in range(2) for w in range(2)]
+        assert sorted(sum(dealt, [])) == sorted(map(str, shards)) and all(dealt)
+    assert streams[0].shards_of(0, 4) != ShardStream(cfg, batch_size=4, world=2, rank=0, seed=1).shards_of(0, 4)  # dealt anew each epoch
+    # one loader worker each: rank 0 reads 3 shards (14 or 15 samples), rank 1 two (9 or 10): both make 5 steps of 2
+    for s in streams:
+        s.set_epoch(0)
+    batches = [list(s) for s in streams]
+    assert [len(b) for b in batches] == [5, 5] and all(x["frames"].shape[0] == 2 for b in batches for x in b)
+    keys = [[int(i) for x in b for i in x["index"]] for b in batches]
+    assert len(set(keys[0] + keys[1])) == 20  # positions in the streams: distinct
+    assert [int(b[-1]["stream"][1]) for b in batches] == [10, 10]  # samples taken by each reader
+    resumed = ShardStream(cfg, batch_size=4, world=2, rank=1, seed=1)
+    resumed.set_epoch(0, skip_steps=3)
+    resumed.consumed = {0: 6}
+    again = list(resumed)
+    assert len(again) == 2 and all(torch.equal(a["frames"], b["frames"]) for a, b in zip(again, batches[1][3:]))
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+
+
+def cli(args, **kw):
+    return subprocess.run([sys.executable, "-m", "mugstan.cli", *args], env=ENV, capture_output=True, text=True, **kw)
+
+
+def losses(out: Path) -> list[float]:
+    return [r["train/loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r]
+
+
+def test_sigkill_then_resume_on_shards_ends_with_the_same_weights(tmp_path, data):
+    """The folder datasets' test (test_engine.py) on shards, with 2 loader workers and a broken sample:
+    each reader's stream position is in the checkpoint and the resumed run replays to it."""
+    shards = write_shards(data, tmp_path / "shards", per_shard=5)
+    with tarfile.open(shards[0], "a") as tar:
+        info = tarfile.TarInfo("zz.mp4")
+        info.size = 9
+        tar.addfile(info, io.BytesIO(b"not video"))
+    pattern = str(tmp_path / "shards" / "{00000..00004}.tar")
+    configs = {}
+    for name in ("full", "killed"):
+        path = shard_config(tmp_path / f"{name}.yaml", pattern, tmp_path / name, epoch_samples=12, num_workers=2)
+        text = yaml.safe_load(path.read_text())
+        text["train"].update(save_every=1, epochs=2)
+        path.write_text(yaml.safe_dump(text))
+        configs[name] = path
+    full = cli(["train", str(configs["full"]), "--no-progress"])
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    proc = subprocess.Popen([sys.executable, "-m", "mugstan.cli", "train", str(configs["killed"]), "--no-progress"], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "killed" / "checkpoints" / "last" / "state.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if state.exists():
+            try:
+                if torch.load(state, weights_only=False)["step"] >= 4:  # in the second epoch
+                    break
+            except Exception:  # being replaced right now
+                pass
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = torch.load(state, weights_only=False)
+    total = len(losses(tmp_path / "full"))
+    assert 4 <= killed["step"] < total == 6, "the run must be killed mid-epoch"
+    assert killed["stream"][0], "the readers' positions are in the training state"
+
+    resumed = cli(["train", str(configs["killed"]), "--resume", "--no-progress"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = load_file(str(tmp_path / "full" / "checkpoints" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "checkpoints" / "last" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert losses(tmp_path / "killed") == losses(tmp_path / "full")
+    full_results = json.loads((tmp_path / "full" / "results.json").read_text())
+    assert full_results["skipped_videos"] == json.loads((tmp_path / "killed" / "results.json").read_text())["skipped_videos"] >= 1

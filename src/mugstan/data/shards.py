@@ -216,9 +216,13 @@ class ShardStream(IterableDataset):
     def loader(self, num_workers: int, pin_memory: bool = False) -> DataLoader:
         return DataLoader(self, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
 
-    def _stream(self, slot: int, slots: int, failures: list) -> Iterator[dict]:
+    def shards_of(self, slot: int, slots: int) -> list[str]:
+        """This epoch's shards of reader ``slot`` of ``slots``: every slots-th of a permutation seeded by (seed, epoch)."""
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.urls))
-        mine = [self.urls[i] for i in order[slot::slots]] or [self.urls[order[slot % len(self.urls)]]]
+        return [self.urls[i] for i in order[slot::slots]] or [self.urls[order[slot % len(self.urls)]]]
+
+    def _stream(self, slot: int, slots: int, failures: list) -> Iterator[dict]:
+        mine = self.shards_of(slot, slots)
         rng = np.random.default_rng([self.seed, self.epoch, slot])
 
         def passes():
