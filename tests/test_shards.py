@@ -240,3 +240,37 @@ def test_sigkill_then_resume_on_shards_ends_with_the_same_weights(tmp_path, data
     assert losses(tmp_path / "killed") == losses(tmp_path / "full")
     full_results = json.loads((tmp_path / "full" / "results.json").read_text())
     assert full_results["skipped_videos"] == json.loads((tmp_path / "killed" / "results.json").read_text())["skipped_videos"] >= 1
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_loopback_train_to_the_weights_of_one_node_with_two_processes(tmp_path, data):
+    """torchrun --nnodes 2 (c10d rendezvous on 127.0.0.1, one gloo process per node) against
+    --nproc_per_node 2, on uneven shards (5, 5, 5, 5, 4 samples: 3 shards for one rank, 2 for the other)."""
+    write_shards(data, tmp_path / "shards", per_shard=5)
+    pattern = str(tmp_path / "shards" / "{00000..00004}.tar")
+    one = shard_config(tmp_path / "one.yaml", pattern, tmp_path / "one", epoch_samples=12)
+    two = shard_config(tmp_path / "two.yaml", pattern, tmp_path / "two", epoch_samples=12)
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]
+    single = subprocess.run([*torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+                             "-m", "mugstan.cli", "train", str(one), "--no-progress"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    port = free_port()
+    nodes = [subprocess.Popen([*torchrun, "--nnodes", "2", "--node_rank", str(n), "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+                               "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "mugstan-test", "-m", "mugstan.cli", "train",
+                               str(two), "--no-progress"], env={**ENV, "GLOO_SOCKET_IFNAME": "lo"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for n in (0, 1)]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-3000:] for _, err in outputs]
+    assert any("on 2 process(es)" in out for out, _ in outputs)
+    a = load_file(str(tmp_path / "one" / "checkpoints" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "checkpoints" / "last" / "model.safetensors"))
+    assert a.keys() == b.keys() and len(losses(tmp_path / "two")) == 3
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -157,15 +157,20 @@ def sample_parts(sample: dict, captions: bool, labels: bool) -> tuple[Clip, Opti
 
 
 def manifest_samples(urls: list[str]) -> Optional[int]:
-    """Samples in ``urls`` by their folders' manifest.json (``mugstan data shard`` writes it); None
-    when a shard is remote or not listed."""
+    """Samples in ``urls`` by their folders' manifest.json (``mugstan data shard`` writes it) or each
+    shard's SHARD_stats.json ("successes": video2dataset and img2dataset write it); None when a
+    shard is remote or counted by neither."""
     counts: dict[str, int] = {}
     for folder in {Path(u).parent for u in urls if not is_remote(u)}:
         path = folder / MANIFEST
         if path.is_file():
             for shard in json.loads(path.read_text()).get("shards", []):
                 counts[str(folder / shard["name"])] = shard["samples"]
-    if any(is_remote(u) or u not in counts for u in urls):
+    for url in urls:
+        stats = Path(url).with_name(Path(url).stem + "_stats.json")
+        if url not in counts and not is_remote(url) and stats.is_file():
+            counts[url] = json.loads(stats.read_text()).get("successes")
+    if any(counts.get(u) is None for u in urls):
         return None
     return sum(counts[u] for u in urls)
 
