@@ -274,3 +274,27 @@ def test_two_nodes_on_loopback_train_to_the_weights_of_one_node_with_two_process
     assert a.keys() == b.keys() and len(losses(tmp_path / "two")) == 3
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_evaluation_from_test_shards_equals_the_folder_and_epoch_samples_come_from_stats_files(tmp_path, data):
+    from mugstan.data.shards import ShardStream
+    from mugstan.engine.evaluate import evaluate
+    from mugstan.models import build_model
+
+    rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
+    first = [r["caption"] if isinstance(r["caption"], str) else r["caption"][0] for r in rows]  # a shard holds one caption
+    (tmp_path / "test1.jsonl").write_text("".join(json.dumps({**r, "caption": c}) + "\n" for r, c in zip(rows, first)))
+    shards = write_shards(data, tmp_path / "test_shards", per_shard=3, ann="test.jsonl")
+    folder = load_config(write_config(tmp_path / "f.yaml", data, tmp_path / "run"), [f"data.test_ann={tmp_path / 'test1.jsonl'}"])
+    torch.manual_seed(0)
+    model = build_model(folder.model).eval()
+    streamed = load_config(shard_config(tmp_path / "s.yaml", str(tmp_path / "test_shards" / "00000.tar"), tmp_path / "run",
+                                        test_shards=str(tmp_path / "test_shards" / f"{{00000..{len(shards) - 1:05d}}}.tar")))
+    a, b = evaluate(model, folder, "test", progress=False), evaluate(model, streamed, "test", progress=False)
+    assert a["counts"] == b["counts"] and a["counts"]["videos"] == len(rows)
+    assert a["retrieval"] == b["retrieval"]
+
+    for shard in shards:  # video2dataset / img2dataset count each shard's samples in SHARD_stats.json
+        shard.with_name(shard.stem + "_stats.json").write_text(json.dumps({"count": 3, "successes": 2}))
+    cfg = DataConfig(dataset="webdataset", shards=str(tmp_path / "test_shards" / f"{{00000..{len(shards) - 1:05d}}}.tar"))
+    assert ShardStream(cfg, batch_size=2).epoch_samples == 2 * len(shards)
