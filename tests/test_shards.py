@@ -298,3 +298,22 @@ def test_evaluation_from_test_shards_equals_the_folder_and_epoch_samples_come_fr
         shard.with_name(shard.stem + "_stats.json").write_text(json.dumps({"count": 3, "successes": 2}))
     cfg = DataConfig(dataset="webdataset", shards=str(tmp_path / "test_shards" / f"{{00000..{len(shards) - 1:05d}}}.tar"))
     assert ShardStream(cfg, batch_size=2).epoch_samples == 2 * len(shards)
+
+
+def test_recognition_trains_from_labelled_shards(tmp_path, data):
+    """Labels from KEY.json ("label"; KEY.cls works alike); a sample without one is skipped and logged."""
+    shards = write_shards(data, tmp_path / "shards", per_shard=3, label=True)
+    for shard in shards:  # each shard ends with a sample without label
+        with tarfile.open(shard, "a") as tar:
+            payload = (data / "videos/train/00000.mp4").read_bytes()
+            info = tarfile.TarInfo("zz_nolabel.mp4")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    cfg = load_config(shard_config(tmp_path / "c.yaml", str(tmp_path / "shards" / f"{{00000..{len(shards) - 1:05d}}}.tar"),
+                                   tmp_path / "run", epoch_samples=12, shuffle_buffer=1),
+                      ["model.task=recognition", "model.classifier=linear", "model.num_classes=10", "train.max_steps=3"])
+    results = train(cfg, progress=False)
+    assert results["steps"] == 3
+    errors = [e["error"] for e in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+              if e.get("event") == "skipped_video"]
+    assert errors and all(".tar/zz_nolabel" in e and "no class label" in e for e in errors)

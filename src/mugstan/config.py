@@ -564,6 +564,8 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
     if d.dataset == "webdataset":
         if not d.shards:
             raise ConfigError("data.dataset=webdataset needs data.shards: the training shards, e.g. /data/webvid/{00000..01023}.tar")
+        if m.task not in (Task.retrieval, Task.recognition):
+            raise ConfigError(f"data.dataset=webdataset serves retrieval (captions) and recognition (labels), not model.task={m.task.value}")
         if d.mix:
             raise ConfigError("data.mix does not apply to data.dataset=webdataset: list the image shards (img2dataset) in "
                               "data.shards next to the video shards; they are mixed in proportion to their shards")

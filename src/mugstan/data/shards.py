@@ -143,6 +143,7 @@ def sample_parts(sample: dict, captions: bool, labels: bool) -> tuple[Clip, Opti
             meta = json.loads(sample["json"])
         except (json.JSONDecodeError, UnicodeDecodeError):
             meta = {}
+        meta = meta if isinstance(meta, dict) else {}
     caption = label = None
     if captions:
         caption = sample["txt"].decode("utf-8", "replace").strip() if "txt" in sample else meta.get("caption")

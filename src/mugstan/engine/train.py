@@ -222,11 +222,11 @@ def save_best(run: Run) -> None:
 
 
 def selection_split(cfg: ExperimentConfig) -> Optional[str]:
-    """The split that picks checkpoints/best: "val" (data.val_ann), "test" with eval.select_on=test
+    """The split that picks checkpoints/best: "val" (data.val_ann or data.val_shards), "test" with eval.select_on=test
     (the authors' protocol), or None (no validation split: the last model is kept)."""
     if cfg.eval.select_on == SelectOn.test:
         return "test"
-    return "val" if cfg.data.val_ann else None
+    return "val" if cfg.data.val_ann or cfg.data.val_shards else None
 
 
 def validate(run: Run, pos: dict, logger: MetricsLogger, progress: bool) -> None:
@@ -321,7 +321,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
                                 "the test figures below are optimistic; eval.select_on=val chooses on data.val_ann")
         if dist.main:
             print(results["selection"])
-    if cfg.data.test_ann:
+    if cfg.data.test_ann or cfg.data.test_shards:
         ckpt.load_weights(run.model, run.out / "checkpoints" / "best")
         results["test"] = evaluate(run.model, cfg, "test", dist, progress)
         if dist.main:
