@@ -135,6 +135,10 @@ def test_data_shard_writes_shards_that_tar_and_webdataset_read_and_resumes(tmp_p
     assert json.loads((out / "manifest.json").read_text())["samples"] == 24
     assert main(["data", "shard", str(videos), str(out), "--shard-size", "4"]) == 2
     assert "--shard-size 5" in capsys.readouterr().err
+    assert main(["data", "shard", str(videos), str(tmp_path / "x"), "--shard-size", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --shard-size must be at least 1, got 0"
+    assert main(["data", "shard", str(tmp_path / "nowhere"), str(tmp_path / "x")]) == 2
+    assert "nowhere: not a folder of videos nor an experiment config" in capsys.readouterr().err
 
     # a dataset split from a config, re-encoded on the way in: captions, labels and all-intra frames
     cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run")
