@@ -45,10 +45,10 @@ from typing import Iterator, Optional
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import group_by_keys, tar_file_iterator
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mugstan.config import DataConfig
 from mugstan.data.datasets import MAX_REPLACEMENTS, Annotations, Clip, ClipReader, collate

@@ -260,7 +260,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         run.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.out / "config.yaml")
         n_train = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-        items = f"{run.dataset.epoch_samples} samples/epoch from {len(run.dataset.urls)} shards" if hasattr(run.dataset, "urls") else f"{len(run.dataset)} items"
+        streaming = cfg.data.dataset == "webdataset"
+        items = f"{run.dataset.epoch_samples} samples/epoch from {len(run.dataset.urls)} shards" if streaming else f"{len(run.dataset)} items"
         print(f"training {cfg.name}: {items}, {sampler.steps_per_epoch} steps/epoch x {t.epochs} epochs "
               f"({run.total_steps} steps), global batch {t.batch_size} on {dist.world} process(es), {n_train / 1e6:.1f} M trainable "
               f"parameters, {run.precision} on {dist.device.type}"
