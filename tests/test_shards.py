@@ -293,7 +293,7 @@ def test_evaluation_from_test_shards_equals_the_folder_and_epoch_samples_come_fr
     torch.manual_seed(0)
     model = build_model(folder.model).eval()
     streamed = load_config(shard_config(tmp_path / "s.yaml", str(tmp_path / "test_shards" / "00000.tar"), tmp_path / "run",
-                                        test_shards=str(tmp_path / "test_shards" / f"{{00000..{len(shards) - 1:05d}}}.tar")))
+                                        test_shards=f"pipe:cat {tmp_path / 'test_shards'}/{{00000..{len(shards) - 1:05d}}}.tar"))
     a, b = evaluate(model, folder, "test", progress=False), evaluate(model, streamed, "test", progress=False)
     assert a["counts"] == b["counts"] and a["counts"]["videos"] == len(rows)
     assert a["retrieval"] == b["retrieval"]
@@ -321,3 +321,26 @@ def test_recognition_trains_from_labelled_shards(tmp_path, data):
     errors = [e["error"] for e in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
               if e.get("event") == "skipped_video"]
     assert errors and all(".tar/zz_nolabel" in e and "no class label" in e for e in errors)
+
+
+def test_shards_stream_over_http_as_from_disk(tmp_path, data):
+    import functools
+    import http.server
+    import threading
+
+    shards = write_shards(data, tmp_path / "shards", per_shard=6)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "shards"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/00001.tar"
+        failures = []
+        remote, local = list(read_shard(url, failures)), list(read_shard(str(shards[1]), []))
+        assert not failures and len(remote) == len(local) == 6
+        assert [(r["__key__"], r["mp4"], r["txt"]) for r in remote] == [(r["__key__"], r["mp4"], r["txt"]) for r in local]
+        from mugstan.data.shards import check_shards
+
+        with pytest.raises(ShardError, match="data.shards: shard http://127.0.0.1:.*/00009.tar"):
+            check_shards([f"http://127.0.0.1:{server.server_address[1]}/00009.tar"])
+    finally:
+        server.shutdown()

@@ -97,6 +97,8 @@ def check_shards(urls: list[str], field: str = "data.shards") -> None:
         if len(head) < 512:
             raise ShardError(f"{field}: shard {remote[0]} is unreachable or empty (got {len(head)} bytes; "
                              "check the URL, the command and the network)")
+        if head[257:262] != b"ustar" and head[:2] != b"\x1f\x8b":  # a tar header, or gzip (.tar.gz)
+            raise ShardError(f"{field}: shard {remote[0]} is not a tar file (an error page? its first bytes: {head[:40]!r})")
 
 
 def _close(stream) -> None:
