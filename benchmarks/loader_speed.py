@@ -12,6 +12,10 @@ normalise, collate, and the transfer of the batch to the main process. Worker st
 batches queued at start (2 per worker) are not timed; a measurement lasts at most ``--seconds``. Batches are small
 (4 clips) so that the slow layouts warm up quickly; the cost per clip does not depend on it.
 
+``train_shards`` times the training stream from tar shards of the same files (``mugstan data
+shard``, 4 samples per shard, ``ShardStream`` as ``data.dataset: webdataset`` builds it): reading
+the tar, shuffle buffer, decoding from memory, the same transforms.
+
 Videos are rendered here with PyAV, shaped like MSR-VTT: 320x240 and 1280x720 (separately),
 30 fps, 10-30 s, H.264 as x264 writes it by default (keyframe every 250 frames, B-frames), with
 a textured background panning under moving objects. Each is measured raw and after
@@ -33,6 +37,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -44,6 +49,8 @@ from torch.utils.data import DataLoader
 from mugstan.backbones.clip import Tokenizer
 from mugstan.config import DataConfig
 from mugstan.data.datasets import build_dataset, collate
+from mugstan.data.shard_writer import source_samples, write_shards
+from mugstan.data.datasets.shards import ShardStream
 from mugstan.data.transforms import ClipTransform, normalize
 from mugstan.data.video import read_clip
 
@@ -61,6 +68,7 @@ MODES = {
     "train": "training loader as today (random frame per segment, random resized crop, normalised float out)",
     "train_uint8": "training loader with uint8 out (build_dataset(..., uint8=True); normalised on the GPU)",
     "eval": "evaluation loader (middle frame per segment, centre crop, normalised float out)",
+    "train_shards": "training loader reading the same files from tar shards (data.dataset: webdataset; `mugstan data shard`)",
 }
 PREFETCH = 2  # batches queued per worker (DataLoader's prefetch_factor)
 CAPTIONS = ["a man is talking about a car in a garage", "people dance on a stage while the crowd cheers",
@@ -124,21 +132,36 @@ def write_annotations(folder: Path, videos: list[Path], path: Path) -> Path:
     return path
 
 
+def shard_folder(folder: Path, videos: list[Path], out: Path) -> str:
+    """The folder's videos as tar shards of 4 samples (`mugstan data shard`, each video's first caption
+    as VIDEO.txt beside it); returns the data.shards pattern."""
+    for i, v in enumerate(videos):
+        v.with_suffix(".txt").write_text(CAPTIONS[i % 4])
+    manifest = write_shards(source_samples(str(folder), [], "train"), out, 4, progress=False)
+    return str(out / f"{{00000..{len(manifest['shards']) - 1:05d}}}.tar")
+
+
 def loader_rate(cfg: DataConfig, train: bool, workers: int, clips: int, batch_size: int, tokenizer, uint8: bool = False,
-                seconds: float = 4.0) -> float:
+                seconds: float = 4.0, shards: str = "") -> float:
     """Clips/s of the DataLoader with ``workers`` processes, after each worker's first batch, over
     ``clips`` clips or ``seconds`` (whichever ends first). ``uint8``: the clips leave the workers
-    cropped but not normalised (normalised on the GPU instead)."""
-    if train:
+    cropped but not normalised (normalised on the GPU instead). ``shards``: the training stream
+    of these shards (``ShardStream``, as `mugstan train` builds it; shuffle buffer of 8 samples)."""
+    if shards:
+        stream = ShardStream(replace(cfg, dataset="webdataset", shards=shards, epoch_samples=10**6, shuffle_buffer=8),
+                             tokenizer, batch_size=batch_size)
+        loader = stream.loader(workers)
+    elif train:
         dataset = build_dataset(cfg, "train", tokenizer, train=True, pairs=True, uint8=uint8)
     else:
         dataset = build_dataset(cfg, "test", train=False, pairs=False, uint8=uint8)
     # Warm-up: every batch the workers were given at start (PREFETCH per worker) is taken before
     # the clock starts, so none of the timed batches was built while the workers started up or
     # while the queue was filling: the window sees the steady state only.
-    index = [i % len(dataset) for i in range(clips + batch_size * (PREFETCH * workers + 1))]
-    loader = DataLoader(torch.utils.data.Subset(dataset, index), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=collate, prefetch_factor=PREFETCH if workers else None)
+    if not shards:
+        index = [i % len(dataset) for i in range(clips + batch_size * (PREFETCH * workers + 1))]
+        loader = DataLoader(torch.utils.data.Subset(dataset, index), batch_size=batch_size, shuffle=False,
+                            num_workers=workers, collate_fn=collate, prefetch_factor=PREFETCH if workers else None)
     it = iter(loader)
     for _ in range(PREFETCH * max(1, workers)):
         next(it)
@@ -191,8 +214,11 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
     parser.add_argument("--gpu-clips", type=float, default=870.0, help="clips/s one GPU consumes (issue 20: STAN B/32 on an H100)")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES),
+                        help="loaders to time (train_shards: the same videos from tar shards)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
+    modes = args.modes
 
     cores = len(os.sched_getaffinity(0))
     workers = args.workers or sorted({1, *[2 ** k for k in range(1, 8) if 2 ** k <= cores], cores})
@@ -215,17 +241,20 @@ def main() -> None:
                 ann = write_annotations(folder, videos, tmp / shape / f"{folder.name}.jsonl")
                 cfg = DataConfig(dataset="jsonl", root=str(folder), train_ann=str(ann), test_ann=str(ann), num_frames=12, image_size=224)
                 row = {"shape": shape, "layout": name, "mb": folder_mb(folder), "videos": len(videos),
-                       "ms": breakdown(cfg, videos, 1 if args.quick else 2), "train": {}, "train_uint8": {}, "eval": {}}
+                       "ms": breakdown(cfg, videos, 1 if args.quick else 2), **{mode: {} for mode in modes}}
+                shards = shard_folder(folder, videos, tmp / shape / f"{folder.name}_shards") if "train_shards" in modes else ""
+                row["shard_mb"] = sum(p.stat().st_size for p in (tmp / shape / f"{folder.name}_shards").glob("*.tar")) / 1e6 if shards else None
                 for w in workers:
                     clips = args.clips or (16 if args.quick else 48 * w)
-                    for mode in MODES:
-                        row[mode][w] = loader_rate(cfg, mode != "eval", w, clips, args.batch, tokenizer, mode == "train_uint8", args.seconds)
+                    for mode in modes:
+                        row[mode][w] = loader_rate(cfg, mode != "eval", w, clips, args.batch, tokenizer, mode == "train_uint8", args.seconds,
+                                                   shards if mode == "train_shards" else "")
                 results.append(row)
                 print(f"  {shape} {name}: {row['mb']:.1f} MB; clips/s by workers: " + "; ".join(
-                    f"{mode} " + ", ".join(f"{w}w {r:.1f}" for w, r in row[mode].items()) for mode in MODES), flush=True)
+                    f"{mode} " + ", ".join(f"{w}w {r:.1f}" for w, r in row[mode].items()) for mode in modes), flush=True)
                 if args.json:
                     write_json(args.json, cores, workers, count, durations, args.gpu_clips, results)
-    print_tables(results, workers, cores, args.gpu_clips, count, durations, args.batch)
+    print_tables(results, workers, cores, args.gpu_clips, count, durations, args.batch, modes)
 
 
 def write_json(path: str, cores: int, workers: list[int], count: int, durations, gpu_clips: float, results: list[dict]) -> None:
@@ -233,13 +262,14 @@ def write_json(path: str, cores: int, workers: list[int], count: int, durations,
                                       "gpu_clips": gpu_clips, "results": results}, indent=1))
 
 
-def print_tables(results: list[dict], workers: list[int], cores: int, gpu_clips: float, count: int, durations, batch: int) -> None:
+def print_tables(results: list[dict], workers: list[int], cores: int, gpu_clips: float, count: int, durations, batch: int,
+                 modes: list[str]) -> None:
     wmax = max(workers)
     print(f"\n{count} videos per shape, {durations[0]:.0f}-{durations[1]:.0f} s at 30 fps; 12 frames at 224 px, batches of {batch}; "
           f"{cores} cores present; per worker = clips/s / workers\n")
     head = " | ".join(f"{w} w" for w in workers)
-    for mode, title in MODES.items():
-        print(f"{title}: clips/s\n")
+    for mode in modes:
+        print(f"{MODES[mode]}: clips/s\n")
         print(f"| video | layout | MB on disk | {head} | per worker at {wmax} w | cores per GPU at {gpu_clips:.0f} clips/s |")
         print("|---|---|---:|" + "---:|" * len(workers) + "---:|---:|")
         for r in results:

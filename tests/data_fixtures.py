@@ -183,3 +183,33 @@ def hf_cache_snapshot(cache: Path, repo_id: str, commit: str = "0" * 40) -> Path
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return snapshot
+
+
+def write_shards(data: Path, out: Path, per_shard: int, ann: str = "train.jsonl", label: bool = False) -> list[Path]:
+    """Tar shards in video2dataset's layout, written with Python's tarfile (not by mugstan): per
+    sample KEY.mp4, KEY.txt (the first caption), KEY.json (metadata, with "label" when ``label``),
+    from a dataset folder's JSONL annotations; ``per_shard`` samples per shard."""
+    import io
+    import json
+    import tarfile
+
+    def add(tar, name, payload: bytes):
+        info = tarfile.TarInfo(name)
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+
+    rows = [json.loads(line) for line in (Path(data) / ann).read_text().splitlines() if line.strip()]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for s in range(0, len(rows), per_shard):
+        shards.append(out / f"{s // per_shard:05d}.tar")
+        with tarfile.open(shards[-1], "w") as tar:
+            for i, row in enumerate(rows[s:s + per_shard], s):
+                key = f"{i:09d}"
+                caption = row["caption"] if isinstance(row["caption"], str) else row["caption"][0]
+                meta = {"url": row["video"], "key": key, "status": "success", **({"label": row["label"]} if label else {})}
+                add(tar, f"{key}.mp4", (Path(data) / row["video"]).read_bytes())
+                add(tar, f"{key}.txt", caption.encode())
+                add(tar, f"{key}.json", json.dumps(meta).encode())
+    return shards

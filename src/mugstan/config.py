@@ -310,6 +310,14 @@ class DataConfig:
     # than training. DataLoader workers start empty every epoch: use it with data.num_workers: 0.
     frame_cache_mb: float = 0.0
     mix: list[MixSource] = field(default_factory=list)  # extra training sources, sampled with the main one
+    # data.dataset: webdataset (mugstan.data.datasets.shards, data.md): tar shards in video2dataset /
+    # img2dataset layout. shards: a brace pattern ("/data/webvid/{00000..01023}.tar"), patterns
+    # joined by "::", or a list of them; local paths, "pipe:COMMAND" or http(s) URLs.
+    shards: Any = None
+    val_shards: Any = None  # evaluation splits from shards (read once into memory); or data.val_ann / test_ann (jsonl)
+    test_shards: Any = None
+    epoch_samples: Optional[int] = None  # samples per epoch, all processes (default: the shards' manifest.json)
+    shuffle_buffer: int = 500  # samples per reader (process x loader worker) shuffled in memory
 
     @property
     def video_root(self) -> Path:
@@ -650,6 +658,17 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
     if not m.prompt_templates or any("{}" not in p for p in m.prompt_templates):
         raise ConfigError(f"model.prompt_templates={list(m.prompt_templates)} must be a non-empty list of texts with "
                           "{} where the class name goes, e.g. ['a video of {}.']")
+    if d.dataset == "webdataset":
+        if not d.shards:
+            raise ConfigError("data.dataset=webdataset needs data.shards: the training shards, e.g. /data/webvid/{00000..01023}.tar")
+        if m.task not in (Task.retrieval, Task.recognition):
+            raise ConfigError(f"data.dataset=webdataset serves retrieval (captions) and recognition (labels), not model.task={m.task.value}")
+        if d.mix:
+            raise ConfigError("data.mix does not apply to data.dataset=webdataset: list the image shards (img2dataset) in "
+                              "data.shards next to the video shards; they are mixed in proportion to their shards")
+        if (d.epoch_samples is not None and d.epoch_samples < 1) or d.shuffle_buffer < 1:
+            raise ConfigError(f"data.epoch_samples={d.epoch_samples} and data.shuffle_buffer={d.shuffle_buffer} must be at least 1 "
+                              "(data.epoch_samples null: the shards' manifest.json)")
     if m.branch == Branch.stan:
         for name, frames in (("data.num_frames", d.num_frames), ("data.test_num_frames", d.test_num_frames)):
             if frames is not None and frames > m.stan.max_frames:

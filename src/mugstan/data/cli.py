@@ -3,6 +3,7 @@
     mugstan data check CONFIG [key=value ...] [--split train val test]   # every split the config names (file or name)
     mugstan data check ANNOTATIONS --format jsonl --root VIDEOS    # one annotation file
     mugstan data compress SRC DST --fps 3 --short-side 224 --workers 4   # all-intra, fast-decode
+    mugstan data shard SOURCE OUT_DIR [--shard-size N --compress ...]   # WebDataset tar shards + manifest.json
     mugstan data synth OUT_DIR [--videos N --frames T --size S --seed K]
 """
 
@@ -12,21 +13,16 @@ import argparse
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from fractions import Fraction
 from pathlib import Path
 
 import av
-from av.video.frame import PictureType
 from tqdm import tqdm
 
-from mugstan.data.video import VideoError, output_size, probe
+from mugstan.data.compress import GOP_DEFAULT, compress_video
+from mugstan.data.video import VideoError, probe
 from mugstan.errors import ArgumentError, UserError
-from mugstan.files import atomic_file, regular_file
+from mugstan.files import regular_file
 
-# All-intra by default: on an H200 host's 16 cores the training loader gave 2.5-3.1x the clips/s of
-# x264's usual 250-frame GOP, for 1.8-3x the disk (benchmarks/results/loader_speed.md).
-GOP_DEFAULT = 1
-SHORT_GOP = 30
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +56,23 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                       help="x264 --tune fastdecode: no CABAC, no deblocking; ~10%% larger files, ~15%% faster loading (default: on)")
     comp.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encoding processes (default: the CPU count)")
     comp.add_argument("--crf", type=int, default=23, help="x264 quality, 0-51 (lower is better; default 23)")
+
+    shard = sub.add_parser("shard", help="write WebDataset tar shards from a folder of videos or a dataset split (resumable)",
+                           description="Write SOURCE (a folder of videos, or an experiment config's split) as tar shards in "
+                                       "video2dataset's layout (KEY.mp4, KEY.txt caption, KEY.json metadata, KEY.cls label) "
+                                       "under OUT_DIR, with OUT_DIR/manifest.json listing the samples per shard. Shards "
+                                       "appear whole (written under a temporary name, then renamed); run again to resume.")
+    shard.add_argument("source", help="folder of videos (searched recursively; VIDEO.txt next to a video is its caption) or experiment YAML")
+    shard.add_argument("out_dir", help="output folder (created)")
+    shard.add_argument("overrides", nargs="*", help="dotted key=value overrides of the config, e.g. data.root=/data/msrvtt")
+    shard.add_argument("--split", default="train", choices=["train", "val", "test"], help="the config's split to write (default train)")
+    shard.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    shard.add_argument("--compress", action="store_true", help="re-encode each video as `data compress` does (--fps, --short-side, --gop, --crf)")
+    shard.add_argument("--fps", type=float, default=3.0, help="with --compress: output frame rate (default 3)")
+    shard.add_argument("--short-side", type=int, default=224, help="with --compress: output short side (default 224)")
+    shard.add_argument("--gop", type=int, default=GOP_DEFAULT, help=f"with --compress: keyframe interval (default {GOP_DEFAULT}, all-intra)")
+    shard.add_argument("--crf", type=int, default=23, help="with --compress: x264 quality (default 23)")
+    shard.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes reading and encoding (default: the CPU count)")
 
     from mugstan.data import synthetic
 
@@ -133,49 +146,6 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 # ---- compress -----------------------------------------------------------------------------
-def x264_options(crf: int, gop: int, fast_decode: bool = False) -> dict[str, str]:
-    """libx264 options: a keyframe exactly every ``gop`` frames (no scene-cut keyframes). Short
-    GOPs (up to ``SHORT_GOP``) are for sampling and get no B-frames, so that frame k of a GOP
-    costs k + 1 decodes; ``gop`` 1 is all-intra: every frame decodes alone."""
-    options = {"crf": str(crf), "preset": "veryfast", "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
-    if gop <= SHORT_GOP:
-        options["bf"] = "0"
-    if fast_decode:
-        options["tune"] = "fastdecode"
-    return options
-
-
-def compress_video(src: str, dst: str, fps: float, short_side: int, crf: int = 23, gop: int = GOP_DEFAULT,
-                   fast_decode: bool = True) -> None:
-    """Re-encode ``src`` as H.264 at ``fps`` with the short side ``short_side`` and a keyframe
-    every ``gop`` frames; atomic write."""
-    info = probe(src)
-    width, height = output_size(info.width, info.height, short_side if min(info.width, info.height) > short_side else None)
-    rate = Fraction(fps).limit_denominator(1000)
-    with atomic_file(dst) as tmp:
-        with av.open(src) as inp, av.open(str(tmp), "w", format="mp4") as out:
-            stream = out.add_stream("libx264", rate=rate)
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.options = x264_options(crf, gop, fast_decode)
-            vin = inp.streams.video[0]
-            tb = float(vin.time_base)
-            next_t, written = 0.0, 0
-            for frame in inp.decode(vin):
-                t = (frame.pts * tb - info.start) if frame.pts is not None else written / fps
-                if t + 1e-6 < next_t:
-                    continue
-                img = frame.reformat(width=width, height=height, format="yuv420p")
-                img.pict_type = PictureType.NONE  # else x264 makes every source keyframe a keyframe: the GOP is ours
-                img.pts = written
-                img.time_base = Fraction(1, 1) / rate
-                out.mux(stream.encode(img))
-                written += 1
-                next_t = written / fps
-            out.mux(stream.encode(None))
-        if written == 0:
-            raise VideoError(src, "no frames decoded")
-
-
 def _compress_job(job: tuple) -> tuple[str, str | None]:
     src, dst, *options = job
     try:
@@ -220,7 +190,34 @@ def _run_compress(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _run_shard(args: argparse.Namespace) -> int:
+    from mugstan.data.shard_writer import source_samples, write_shards
+
+    bad = [f"{flag} must be {rule}, got {value:g}" for flag, value, ok, rule in (
+        ("--shard-size", args.shard_size, args.shard_size >= 1, "at least 1"),
+        ("--fps", args.fps, args.fps > 0, "a positive frame rate"),
+        ("--short-side", args.short_side, args.short_side >= 2, "at least 2 pixels"),
+        ("--gop", args.gop, args.gop >= 1, "at least 1 frame (1 = all-intra)"),
+        ("--crf", args.crf, 0 <= args.crf <= 51, "in 0..51"),
+        ("--workers", args.workers, args.workers >= 1, "at least 1")) if not ok]
+    if bad:
+        raise ArgumentError(bad[0])
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; OUT_DIR must be a folder (it is created when missing)")
+    samples = source_samples(args.source, args.overrides, args.split)
+    compress = (args.fps, args.short_side, args.crf, args.gop, True) if args.compress else None
+    manifest = write_shards(samples, out, args.shard_size, compress, args.workers)
+    for failed in manifest["failed"]:
+        print(f"failed: {failed['source']}: {failed['reason']}")
+    print(f"{manifest['samples']} samples in {len(manifest['shards'])} shards under {out} (manifest: {out / 'manifest.json'}); "
+          f"data.shards: {out}/{{00000..{len(manifest['shards']) - 1:05d}}}.tar")
+    return 1 if manifest["failed"] else 0
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.data_command == "shard":
+        return _run_shard(args)
     if args.data_command == "check":
         return _run_check(args)
     if args.data_command == "compress":

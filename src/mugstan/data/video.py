@@ -28,6 +28,7 @@ so DataLoader workers each open their own containers.
 
 from __future__ import annotations
 
+import io
 import math
 import stat
 from dataclasses import dataclass
@@ -79,7 +80,17 @@ class VideoInfo:
         return self.num_frames / self.fps
 
 
-def _open(path: PathLike) -> av.container.InputContainer:
+def _open(path: PathLike, data: Optional[bytes] = None) -> av.container.InputContainer:
+    """The container of ``path``, or of ``data`` (the file's bytes, from a tar shard; ``path`` then
+    only names it in errors)."""
+    if data is not None:
+        if not data:
+            raise VideoError(path, "empty file (0 bytes)")
+        try:
+            container = av.open(io.BytesIO(data))
+        except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
+            raise VideoError(path, f"cannot be opened as a media file ({err})") from None
+        return _with_video(container, path)
     p = Path(path)
     try:
         st = p.stat()
@@ -97,6 +108,10 @@ def _open(path: PathLike) -> av.container.InputContainer:
         container = av.open(str(p))
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
         raise VideoError(path, f"cannot be opened as a media file ({err})") from None
+    return _with_video(container, path)
+
+
+def _with_video(container: av.container.InputContainer, path: PathLike) -> av.container.InputContainer:
     if not container.streams.video:
         container.close()
         raise VideoError(path, "has no video stream (audio-only or data file)")
@@ -445,7 +460,8 @@ def decode_all(path: PathLike, short_side: Optional[int] = None) -> torch.Tensor
 def read_clip(path: PathLike, num_frames: int, train: bool = False, short_side: Optional[int] = None,
               start: Optional[float] = None, end: Optional[float] = None, sampler: str = "segment",
               stride: int = 4, rng: Optional[np.random.Generator] = None, clip: int = 0,
-              num_clips: int = 1, sample_fps: float = 1.0, return_mask: bool = False, cache: Optional["FrameCache"] = None):
+              num_clips: int = 1, sample_fps: float = 1.0, return_mask: bool = False, cache: Optional["FrameCache"] = None,
+              data: Optional[bytes] = None):
     """Sample and decode one clip: uint8 [num_frames, 3, H, W] (with ``return_mask``, also the
     bool [num_frames] mask of real frames).
 
@@ -456,9 +472,11 @@ def read_clip(path: PathLike, num_frames: int, train: bool = False, short_side: 
     other samplers fill every position with a real frame: the mask is all True). An image file
     (image-text data) is a one-frame video: its frame repeated, every position real. ``cache``
     (a ``FrameCache``): keep every frame of the video on first read and sample it from memory.
+    ``data``: the file's bytes (a tar shard's member); decoded from memory, sampled alike, with
+    ``path`` (its name, whose extension says video or image) in errors.
     """
     if Path(path).suffix.lower() in IMAGE_EXTENSIONS:
-        frames = read_image(path, short_side).expand(num_frames, -1, -1, -1).contiguous()
+        frames = read_image(path, short_side, data).expand(num_frames, -1, -1, -1).contiguous()
         return (frames, torch.ones(num_frames, dtype=torch.bool)) if return_mask else frames
 
     def indices(info: VideoInfo) -> tuple[np.ndarray, Optional[np.ndarray]]:
@@ -476,7 +494,7 @@ def read_clip(path: PathLike, num_frames: int, train: bool = False, short_side: 
 
     info, every = cache.get(path, short_side) if cache is not None else (None, None)
     if every is None:
-        with _open(path) as container:  # one open for the metadata and the frames
+        with _open(path, data) as container:  # one open for the metadata and the frames
             info = _info(container, path)
             idx, mask = indices(info)
             if cache is None or not cache.fits(info, short_side):
@@ -518,12 +536,12 @@ class FrameCache:
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
-def read_image(path: PathLike, short_side: Optional[int] = None) -> torch.Tensor:
-    """An image file -> uint8 [1, 3, H, W], resized so its short side is ``short_side``."""
+def read_image(path: PathLike, short_side: Optional[int] = None, data: Optional[bytes] = None) -> torch.Tensor:
+    """An image file (or its bytes ``data``) -> uint8 [1, 3, H, W], resized so its short side is ``short_side``."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with Image.open(path if data is None else io.BytesIO(data)) as img:
             img = img.convert("RGB")
             if short_side is not None:
                 width, height = output_size(img.width, img.height, short_side)

@@ -123,7 +123,7 @@ def init_from(model, spec) -> dict:
 def load_training_state(path, model, optimizer, scheduler, scaler=None, rank: int = 0) -> dict:
     """Restore weights, optimiser, scheduler, scaler and this process's RNG from ``path`` (a
     ``checkpoints/last`` folder). Returns the loop position: {"step", "epoch", "step_in_epoch", "best",
-    "skipped" (this process's count of skipped videos)}. A save interrupted between its renames must
+    "skipped" (this process's count of skipped videos), "stream" (this process's shard stream positions)}. A save interrupted between its renames must
     have been recovered first (``mugstan.files.recover_folder``; ``train`` does it on the main process)."""
     path = Path(path)
     if not (path / STATE).is_file():
@@ -147,8 +147,9 @@ def load_training_state(path, model, optimizer, scheduler, scaler=None, rank: in
         scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
     skipped = state.get("skipped") or 0  # per process
+    stream = state.get("stream") or [{}] * (rank + 1)  # per process: {loader worker role: samples taken} (shards)
     position = {k: state.get(k) for k in ("step", "epoch", "step_in_epoch", "best")}
-    return {**position, "skipped": skipped[rank] if isinstance(skipped, list) else skipped}
+    return {**position, "skipped": skipped[rank] if isinstance(skipped, list) else skipped, "stream": dict(stream[rank])}
 
 
 def _numpy_arrays() -> list:

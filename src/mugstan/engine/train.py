@@ -72,7 +72,7 @@ class Run:
     wrapped: torch.nn.Module  # what the forward pass goes through: DDP(model) or the model
     loss_fn: Callable[[dict, dict], torch.Tensor]
     dataset: object
-    sampler: TrainSampler
+    sampler: object  # TrainSampler over the dataset's items, or the ShardStream itself (data.dataset: webdataset)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: Optional[torch.amp.GradScaler]
@@ -95,9 +95,11 @@ def setup_run(cfg: ExperimentConfig) -> Run:
         # used token embeddings decay into them, and x86 CPUs compute them many times slower. The
         # demo's steps ran 1.47x faster with the same losses (benchmarks/results/synthetic_demo.md).
         torch.set_flush_denormal(True)
-    ann = load_annotations(cfg.data, "train")
-    if cfg.model.task in (Task.recognition, Task.detection) and not cfg.model.class_names and ann.class_names:
-        cfg.model.class_names = list(ann.class_names)
+    streaming = cfg.data.dataset == "webdataset"  # tar shards, streamed (mugstan.data.datasets.shards)
+    ann = None if streaming else load_annotations(cfg.data, "train")
+    names = _shard_class_names(cfg) if streaming else ann.class_names
+    if cfg.model.task in (Task.recognition, Task.detection) and not cfg.model.class_names and names:
+        cfg.model.class_names = list(names)
     model = build_model(cfg.model)
     if dist.main and not (cfg.model.pretrained or cfg.model.weights or cfg.model.init_from):
         print(f"model.backbone {cfg.model.backbone or 'from model.backbone_config'} starts from random weights "
@@ -112,9 +114,15 @@ def setup_run(cfg: ExperimentConfig) -> Run:
     tokenizer = model.tokenizer if text_items else None
     # on a GPU the workers hand over uint8 clips and normalisation runs there (models.model_inputs):
     # measured 1.2x the loader's clips/s at 16 workers (benchmarks/results/loader_speed.md)
-    dataset = build_train_dataset(cfg.data, tokenizer, pairs=text_items, seed=t.seed, ann=ann,
-                                  uint8=dist.device.type == "cuda")
-    sampler = TrainSampler(len(dataset), t.batch_size, dist.world, dist.rank, t.accum_steps, t.seed)
+    if streaming:
+        from mugstan.data.datasets.shards import ShardStream
+
+        dataset = sampler = ShardStream(cfg.data, tokenizer, cfg.model.task == Task.recognition, t.seed, t.batch_size,
+                                        dist.world, dist.rank, t.accum_steps, uint8=dist.device.type == "cuda")
+    else:
+        dataset = build_train_dataset(cfg.data, tokenizer, pairs=text_items, seed=t.seed, ann=ann,
+                                      uint8=dist.device.type == "cuda")
+        sampler = TrainSampler(len(dataset), t.batch_size, dist.world, dist.rank, t.accum_steps, t.seed)
     local_batch = t.batch_size // (dist.world * t.accum_steps)  # clips of one micro-batch on this process
     gradcache = t.chunk_size is not None and t.chunk_size < local_batch
     if t.chunk_size is not None and not gradcache and dist.main:
@@ -131,6 +139,23 @@ def setup_run(cfg: ExperimentConfig) -> Run:
     return Run(cfg, dist, Path(t.output_dir), model, wrapped, build_loss(cfg.model, model), dataset, sampler, optimizer,
                build_scheduler(optimizer, total_steps, t.warmup, t, sampler.steps_per_epoch), torch.amp.GradScaler(dist.device.type) if precision == "fp16" else None,
                precision, gradcache, total_steps, steps_of(t.freeze_text_for, total_steps))
+
+
+def _shard_class_names(cfg: ExperimentConfig) -> Optional[list[str]]:
+    """Class names of a recognition run on shards: data.extra.class_names (one per line), if given."""
+    path = cfg.data.extra.get("class_names")
+    return [n for n in Path(path).read_text().splitlines() if n.strip()] if path else None
+
+
+def make_loader(run: Run, epoch: int, pos: dict):
+    """This epoch's micro-batches, from ``pos["step_in_epoch"]`` on (shards: from each reader's position ``pos["stream"]``)."""
+    cfg, dist = run.cfg, run.dist
+    pin = dist.device.type == "cuda"
+    if cfg.data.dataset == "webdataset":
+        run.sampler.consumed = dict(pos["stream"])
+        return run.sampler.loader(cfg.data.num_workers, pin)
+    return DataLoader(run.dataset, batch_sampler=run.sampler, num_workers=cfg.data.num_workers, collate_fn=collate,
+                      pin_memory=pin, generator=torch.Generator().manual_seed(cfg.train.seed + epoch))  # not the global RNG: resumes stay exact
 
 
 def _names(names: list[str], most: int = 6) -> str:
@@ -180,13 +205,16 @@ def optimizer_step(run: Run, step: int) -> float:
 
 
 def save_last(run: Run, position: dict) -> None:
-    """checkpoints/last with the loop position and every process's RNG state and skipped-video count."""
+    """checkpoints/last with the loop position and every process's RNG state, skipped-video count and
+    stream positions (shards)."""
     rngs = all_gather_objects(ckpt.rng_state())
     skipped = all_gather_objects(position["skipped"])
+    stream = all_gather_objects(position["stream"])
     if run.dist.main:
         ckpt.save_checkpoint(run.out / "checkpoints" / "last", run.model, run.cfg, {
             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict() if run.scaler else None, "rng": rngs, **position, "skipped": skipped,
+            "stream": stream,
         })
     barrier()
 
@@ -205,12 +233,12 @@ def val_is_test(cfg: ExperimentConfig) -> bool:
 
 
 def selection_split(cfg: ExperimentConfig) -> Optional[str]:
-    """The split that picks checkpoints/best: "val" (data.val_ann), "test" with eval.select_on=test
+    """The split that picks checkpoints/best: "val" (data.val_ann or data.val_shards), "test" with eval.select_on=test
     (the authors' protocol), or None (no validation split, or one that is the test file: the last
     model is kept)."""
     if cfg.eval.select_on == SelectOn.test:
         return "test"
-    return "val" if cfg.data.val_ann and not val_is_test(cfg) else None
+    return "val" if (cfg.data.val_ann and not val_is_test(cfg)) or cfg.data.val_shards else None
 
 
 def validate(run: Run, pos: dict, logger: MetricsLogger, progress: bool) -> None:
@@ -232,7 +260,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     validate_config(cfg, check_files=False)  # configs built in Python, not only load_config's
     run = setup_run(cfg)
     t, dist, sampler = cfg.train, run.dist, run.sampler
-    pos = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best": None, "skipped": 0}
+    pos = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best": None, "skipped": 0, "stream": {}}
     if resume:  # the loop position, and this process's count of skipped videos
         if dist.main:  # a save interrupted between its renames: finish or undo it, once
             recover_folder(run.out / "checkpoints" / "last")
@@ -244,7 +272,9 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         run.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.out / "config.yaml")
         n_train = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-        print(f"training {cfg.name}: {len(run.dataset)} items, {sampler.steps_per_epoch} steps/epoch x {t.epochs} epochs "
+        streaming = cfg.data.dataset == "webdataset"
+        items = f"{run.dataset.epoch_samples} samples/epoch from {len(run.dataset.urls)} shards" if streaming else f"{len(run.dataset)} items"
+        print(f"training {cfg.name}: {items}, {sampler.steps_per_epoch} steps/epoch x {t.epochs} epochs "
               f"({run.total_steps} steps), global batch {t.batch_size} on {dist.world} process(es), {n_train / 1e6:.1f} M trainable "
               f"parameters, {run.precision} on {dist.device.type}"
               + (f"; text tower frozen for the first {run.text_frozen_steps} steps" if run.text_frozen_steps else ""))
@@ -253,9 +283,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         epoch = pos["epoch"]
         run.dataset.set_epoch(epoch)
         sampler.set_epoch(epoch, pos["step_in_epoch"])
-        loader = DataLoader(run.dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate,
-                            pin_memory=dist.device.type == "cuda",
-                            generator=torch.Generator().manual_seed(t.seed + epoch))  # not the global RNG: resumes stay exact
+        loader = make_loader(run, epoch, pos)
         run.model.train()
         bar = tqdm(total=sampler.steps_per_epoch, initial=pos["step_in_epoch"], desc=f"epoch {epoch + 1}/{t.epochs}", unit="step",
                    disable=not (progress and dist.main), dynamic_ncols=True)
@@ -264,6 +292,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
             for index, error in batch["failed"]:
                 pos["skipped"] += 1
                 logger.event("skipped_video", step=pos["step"] + 1, index=index, error=error)  # the step this batch is part of
+            if "stream" in batch:  # shards: samples this batch's reader has taken this epoch
+                pos["stream"][int(batch["stream"][0])] = int(batch["stream"][1])
             last_micro = (micro + 1) % t.accum_steps == 0
             losses.append(backward_micro_batch(run, batch, last_micro))
             clips += batch["frames"].shape[0]
@@ -289,7 +319,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
                 break
         bar.close()
         if pos["step_in_epoch"] >= sampler.steps_per_epoch:  # the epoch is complete
-            pos["epoch"], pos["step_in_epoch"] = epoch + 1, 0
+            pos["epoch"], pos["step_in_epoch"], pos["stream"] = epoch + 1, 0, {}
         if selection_split(cfg) and (pos["epoch"] % t.eval_every == 0 or pos["step"] >= run.total_steps):
             validate(run, pos, logger, progress)
         save_last(run, pos)
@@ -309,7 +339,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
                                 "(eval.select_on=test would choose on it, labelled)")
         if dist.main:
             print(results["selection"])
-    if cfg.data.test_ann:
+    if cfg.data.test_ann or cfg.data.test_shards:
         ckpt.load_weights(run.model, run.out / "checkpoints" / "best")
         results["test"] = evaluate(run.model, cfg, "test", dist, progress)
         if dist.main:

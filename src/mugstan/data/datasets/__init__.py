@@ -37,13 +37,16 @@ from mugstan.data.datasets.ava import DetectionDataset, ava
 from mugstan.data.datasets.base import Annotations, Clip, ClipDataset, ClipReader, MixedDataset, PairDataset, collate
 from mugstan.data.datasets.formats import FORMATS as _ANNOTATION_FORMATS
 from mugstan.data.datasets.videoqa import QA_FORMATS, ConversationDataset
+from mugstan.data.datasets.shards import shard_annotations
 from mugstan.errors import AnnotationError, one_line
 
 __all__ = ["Annotations", "Clip", "ClipDataset", "ClipReader", "FORMATS", "MixedDataset", "PairDataset",
            "build_dataset", "build_train_dataset", "collate", "load_annotations"]
 
-# Every value of data.dataset: the benchmarks' formats, AVA (detection) and the Video QA formats (chat).
-FORMATS: dict[str, Callable[[DataConfig, str], Annotations]] = {**_ANNOTATION_FORMATS, "ava": ava, **QA_FORMATS}
+# Every value of data.dataset: the benchmarks' formats, AVA (detection), the Video QA formats (chat)
+# and WebDataset tar shards (evaluation splits read from shards; training streams them).
+FORMATS: dict[str, Callable[[DataConfig, str], Annotations]] = {**_ANNOTATION_FORMATS, "ava": ava, **QA_FORMATS,
+                                                                 "webdataset": shard_annotations}
 
 
 def build_train_dataset(cfg: DataConfig, tokenizer=None, pairs: bool = True, seed: int = 0, ann: Optional[Annotations] = None,
