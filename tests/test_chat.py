@@ -506,3 +506,85 @@ def test_search_page_answers_questions_about_a_result(llava_dir, tmp_path):
     without = TestClient(create_app(Searcher(tmp_path / "index")))
     assert without.get("/api/search", params={"q": "red"}).json()["ask"] is False
     assert without.get("/api/ask", params=params).status_code == 400
+
+
+# ---- what is refused, and what is honoured (issue 34) ------------------------------------------
+def test_incomplete_or_text_only_checkpoints_are_refused(llava_dir, tmp_path, capsys):
+    """A LLaVA folder without its tower's tensors would get a random tower (different answers every run), and a
+    text-only language model is not a LLaVA: both stop with one error line naming model.chat.llava."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mugstan.backbones.convert import WeightsError
+    from mugstan.cli import main
+
+    towerless = shutil.copytree(llava_dir, tmp_path / "towerless")
+    tensors = load_file(str(towerless / "model.safetensors"))
+    save_file({k: v for k, v in tensors.items() if "vision_tower." not in k}, str(towerless / "model.safetensors"),
+              metadata={"format": "pt"})
+    with pytest.raises(WeightsError, match=r"model.chat.llava=.*towerless.*vision_tower.*initialised at random"):
+        build(towerless)
+    text_only = tmp_path / "text_only"
+    LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2)).save_pretrained(text_only)
+    shutil.copy(llava_dir / "tokenizer.json", text_only)
+    with pytest.raises(WeightsError, match="model_type 'llama', not 'llava'"):
+        build(text_only)
+    left, _ = render_pair(tmp_path, "red", 0, frames=4)
+    capsys.readouterr()
+    assert main(["chat", str(tmp_path / left), "q?", "--llava", str(text_only)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "not 'llava'" in err
+
+
+def test_chat_command_checks_its_own_inputs_first(llava_dir, tmp_path, capsys, monkeypatch):
+    """A blank question is an error (interactive mode is for no question at all); the video is checked before any
+    model loads; a chat config needs none of its dataset files to chat about one video (the README's line)."""
+    from mugstan.cli import main
+
+    left, _ = render_pair(tmp_path, "red", 0, frames=4)
+    video = str(tmp_path / left)
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("what colour is it?\n"))  # interactive mode would read it
+    for blank in ("", "   "):
+        assert main(["chat", video, blank, "--llava", str(llava_dir)]) == 2
+        out = capsys.readouterr()
+        assert "the question is blank" in out.err and "model>" not in out.out
+    # the video is looked at first: a missing one is reported even though the LLaVA folder is missing too
+    assert main(["chat", str(tmp_path / "gone.mp4"), "q?", "--llava", str(tmp_path / "no_llava")]) == 2
+    assert "gone.mp4" in capsys.readouterr().err
+    config = Path(__file__).parent.parent / "configs" / "chat" / "msvd_qa_llava15_7b_stan.yaml"
+    monkeypatch.chdir(tmp_path)  # data/msvd_qa/test_qa.json does not exist here
+    assert main(["chat", video, "what colour is it?", "--config", str(config), "--frames", "4", "--max-new-tokens", "2",
+                 f"model.chat.llava={llava_dir}", "model.chat.branch_weights=null", "model.stan.depth=2"]) == 0
+    assert "4 frames -> 20 video tokens" in capsys.readouterr().err
+
+
+def test_full_select_strategy_keeps_the_class_token(tmp_path):
+    """vision_feature_select_strategy: full (the class token stays): one frame as frame_mean tokens is still LLaVA's own
+    image, now 1 + P tokens, and temporal_spatial tokens are T + 1 + P with the frames' mean class token first."""
+    from transformers import LlavaForConditionalGeneration
+
+    from mugstan.chat.tiny import make_tiny_llava
+
+    full = make_tiny_llava(tmp_path / "full", VOCAB, select_strategy="full")
+    llava = LlavaForConditionalGeneration.from_pretrained(full).eval()
+    model = build(full, branch="none", video_tokens="frame_mean").eval()
+    assert model.num_video_tokens(1) == 17 == llava.config.image_seq_length
+    torch.manual_seed(1)
+    frames = torch.randn(1, 1, 3, 32, 32)
+    ids = torch.tensor([model.tokenizer.prompt_ids([(QUESTION.format("red"), None)], 1)])
+    ones = torch.ones_like(ids)
+    with torch.no_grad():
+        reference = llava(input_ids=ids, pixel_values=frames[:, 0], attention_mask=ones).logits
+        embeds, mask = model.embed(ids, ones, frames, torch.ones(1, 1, dtype=torch.bool))
+        ours = model.llm(inputs_embeds=embeds, attention_mask=mask).logits
+    torch.testing.assert_close(ours, reference, atol=2e-4, rtol=1e-4)
+    stan = build(full).eval()
+    frames, fmask = torch.randn(1, 4, 3, 32, 32), torch.tensor([[True, True, True, False]])
+    with torch.no_grad():
+        tokens, token_mask = stan.video_tokens(frames, fmask)
+        last = stan.backbone.encode_frames(frames[0]).last
+    assert tokens.shape[1] == stan.num_video_tokens(4) == 4 + 1 + 16 and token_mask[0].tolist() == [True] * 3 + [False] + [True] * 17
+    torch.testing.assert_close(tokens[0, 4], last[:3, 0].mean(0))

@@ -46,7 +46,7 @@ def load_chat_model(args, device):
             raise ValueError(f"--checkpoint {args.checkpoint}: not a chat checkpoint (model.task: chat); use --config or --llava")
         return model, cfg
     if args.config:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, check_files=False)  # one video: no dataset file is read
         if cfg.model.task != Task.chat:
             raise ValueError(f"--config {args.config}: model.task is {cfg.model.task}, not chat (see configs/chat/)")
     else:
@@ -76,10 +76,15 @@ def main(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
     from mugstan.config import ConfigError
-    from mugstan.data.video import VideoError
+    from mugstan.data.video import VideoError, probe
+    from mugstan.errors import ArgumentError
 
     if args.question and OVERRIDE.match(args.question):  # `mugstan chat v.mp4 key=value` (no question)
         args.overrides, args.question = [args.question, *args.overrides], None
+    if args.question is not None and not args.question.strip():
+        raise ArgumentError("mugstan chat: the question is blank; ask something, or leave the question out for an "
+                            "interactive session")
+    probe(args.video)  # a missing or unreadable video stops here, before a 7B model loads
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         model, cfg = load_chat_model(args, device)

@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from mugstan.backbones.clip import CLIPBackbone
+from mugstan.backbones.convert import WeightsError
 from mugstan.chat.prompt import ChatPrompt
 from mugstan.config import Branch, ChatConfig, ModelConfig, VideoTokens
 from mugstan.heads.base import masked_mean
@@ -48,10 +49,10 @@ class VideoChatModel(nn.Module):
     input_names = ("frames", "frame_mask", "input_ids", "attention_mask", "labels")
 
     def __init__(self, backbone: CLIPBackbone, branch: nn.Module, projector: nn.Module, llm: nn.Module, tokenizer,
-                 cfg: ChatConfig, image_token_id: int):
+                 cfg: ChatConfig, image_token_id: int, keep_cls: bool = False):
         super().__init__()
         self.backbone, self.branch, self.projector, self.llm = backbone, branch, projector, llm
-        self.cfg, self.image_token_id = cfg, image_token_id
+        self.cfg, self.image_token_id, self.keep_cls = cfg, image_token_id, keep_cls
         self.tuned = tuple(cfg.tune)
         self.tokenizer = ChatPrompt(tokenizer, image_token_id, self.num_video_tokens, cfg.system, cfg.user,
                                     cfg.assistant, cfg.max_length)
@@ -61,11 +62,16 @@ class VideoChatModel(nn.Module):
     def num_patches(self) -> int:
         return self.backbone.num_patches
 
+    @property
+    def num_spatial(self) -> int:
+        """Spatial tokens per video: P, or 1 + P when LLaVA keeps the class token (``vision_feature_select_strategy: full``)."""
+        return self.num_patches + int(self.keep_cls)
+
     def num_video_tokens(self, num_frames: int) -> int:
         """N, the tokens one video of ``num_frames`` frames becomes."""
         if self.cfg.video_tokens == VideoTokens.frame_mean:
-            return self.num_patches
-        return num_frames + self.num_patches
+            return self.num_spatial
+        return num_frames + self.num_spatial
 
     def video_tokens(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames [B, T, 3, H, W], frame_mask [B, T] bool -> (tokens [B, N, D], token mask [B, N] bool)."""
@@ -76,13 +82,16 @@ class VideoChatModel(nn.Module):
             raise ValueError(f"frame_mask must be [B, T] = {(b, t)} with a real frame in every row, got {tuple(frame_mask.shape)}")
         spatial_only = self.cfg.video_tokens == VideoTokens.frame_mean
         vision = self.backbone.encode_frames(frames.flatten(0, 1), taps=() if spatial_only else self.branch.taps)
+        last = vision.last.view(b, t, *vision.last.shape[1:])  # [B, T, 1+P, D]
+        spatial_mask = frame_mask.new_ones(b, self.num_spatial)
         if spatial_only:
-            last = vision.last[:, 1:]
-            return masked_mean(last.view(b, t, *last.shape[1:]), frame_mask), frame_mask.new_ones(b, self.num_patches)
+            return masked_mean(last if self.keep_cls else last[:, :, 1:], frame_mask), spatial_mask
         patches = self.branch(vision, self.backbone, frame_mask).patches  # [B, T, P, D]
         temporal = patches.mean(2)  # [B, T, D]
         spatial = masked_mean(patches, frame_mask)  # [B, P, D]
-        return torch.cat([temporal, spatial], 1), torch.cat([frame_mask, frame_mask.new_ones(b, self.num_patches)], 1)
+        if self.keep_cls:  # "full": the tower's class token (averaged over the real frames) leads, as in LLaVA's image
+            spatial = torch.cat([masked_mean(last[:, :, :1], frame_mask), spatial], 1)
+        return torch.cat([temporal, spatial], 1), torch.cat([frame_mask, spatial_mask], 1)
 
     # ---- language model inputs ----------------------------------------------------------
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, frames: torch.Tensor,
@@ -228,6 +237,29 @@ def load_branch_weights(branch: nn.Module, spec: str, tower_layers: int) -> None
                          f"unexpected {unexpected[:5]}")
 
 
+def check_llava_config(source: str, name: str) -> str:
+    """Read ``config.json`` of ``source`` (nothing else is loaded) and refuse what is not a LLaVA-1.5-style
+    checkpoint; returns its ``vision_feature_select_strategy`` (``default``: class token dropped, ``full``: kept)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"model.chat.llava={name!r}: cannot read its config.json ({str(err).splitlines()[0]}); "
+                                "give a LLaVA checkpoint folder or hub name") from None
+    if config.model_type != "llava":
+        raise WeightsError(f"model.chat.llava={name!r}: config.json has model_type {config.model_type!r}, not 'llava'; "
+                           "give a LlavaForConditionalGeneration checkpoint (e.g. llava-hf/llava-1.5-7b-hf), not a text-only model")
+    vision = getattr(config.vision_config, "model_type", None)
+    if vision != "clip_vision_model":
+        raise WeightsError(f"model.chat.llava={name!r}: the vision tower is {vision!r}; mugstan's branch needs a CLIP ViT tower "
+                           "(clip_vision_model), as in LLaVA-1.5")
+    strategy = config.vision_feature_select_strategy
+    if strategy not in ("default", "full"):
+        raise WeightsError(f"model.chat.llava={name!r}: vision_feature_select_strategy={strategy!r}; expected default or full")
+    return strategy
+
+
 def build_chat_model(cfg: ModelConfig) -> VideoChatModel:
     """LLaVA from ``cfg.chat.llava``; its CLIP tower cut at the feature layer + ``cfg.branch``; frozen but for ``cfg.chat.tune``."""
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
@@ -238,12 +270,19 @@ def build_chat_model(cfg: ModelConfig) -> VideoChatModel:
     c = cfg.chat
     source = _llava_source(c.llava)
     dtype = resolve_dtype(c.dtype)
+    strategy = check_llava_config(source, c.llava)  # before anything is allocated
     try:
-        llava = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype, use_safetensors=True)
+        llava, loading = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype, use_safetensors=True,
+                                                                       output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as err:
         raise FileNotFoundError(f"model.chat.llava={c.llava!r}: cannot load a LLaVA checkpoint with safetensors weights and a "
                                 f"tokenizer from it ({str(err).splitlines()[0]}); give a local folder or a hub name") from None
+    missing = sorted(loading["missing_keys"])
+    if missing:  # transformers would initialise them at random: a different model (and answers) every run
+        parts = sorted({k.split(".")[1] if k.startswith("model.") else k.split(".")[0] for k in missing})
+        raise WeightsError(f"model.chat.llava={c.llava!r}: the checkpoint lacks {len(missing)} tensors ({', '.join(parts)}; "
+                           f"e.g. {missing[0]}), which would be initialised at random; give a complete LLaVA checkpoint")
     layer = llava.config.vision_feature_layer if c.feature_layer is None else c.feature_layer
     if not isinstance(layer, int):
         raise ValueError(f"{c.llava}: vision_feature_layer={layer} selects several layers; set model.chat.feature_layer to one")
@@ -256,7 +295,7 @@ def build_chat_model(cfg: ModelConfig) -> VideoChatModel:
     elif cfg.branch == Branch.stan and "branch" not in c.tune:
         warnings.warn("model.branch=stan without model.chat.branch_weights: the STAN branch is freshly initialised and frozen; "
                       "zero-shot chat wants a trained one (a STAN / Mug-STAN checkpoint trained on this tower)", stacklevel=2)
-    model = VideoChatModel(backbone, branch, projector, llava, tokenizer, c, llava.config.image_token_id)
+    model = VideoChatModel(backbone, branch, projector, llava, tokenizer, c, llava.config.image_token_id, strategy == "full")
     model.requires_grad_(False)
     for name in ("backbone", "branch", "projector", "llm"):
         part = getattr(model, name)
