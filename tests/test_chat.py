@@ -588,3 +588,51 @@ def test_full_select_strategy_keeps_the_class_token(tmp_path):
         last = stan.backbone.encode_frames(frames[0]).last
     assert tokens.shape[1] == stan.num_video_tokens(4) == 4 + 1 + 16 and token_mask[0].tolist() == [True] * 3 + [False] + [True] * 17
     torch.testing.assert_close(tokens[0, 4], last[:3, 0].mean(0))
+
+
+def test_zero_shot_configs_read_llavas_feature_layer_and_their_branch_is_trained_by_a_shipped_config(llava_dir, tmp_path):
+    """LLaVA-1.5's projector was trained on the tower's layer -2: every shipped chat config leaves
+    model.chat.feature_layer to LLaVA's vision_feature_layer, and the branch_weights each one names is the best
+    checkpoint of a shipped config that trains that branch over the same tower (videochatgpt_branch). Running that
+    config (the tiny LLaVA in place of the 7B one, 2 steps) gives a checkpoint the zero-shot configs load."""
+    import yaml
+
+    from mugstan.config import load_config
+    from mugstan.engine.train import train
+    from mugstan.models import build_model
+
+    folder = Path(__file__).parent.parent / "configs" / "chat"
+    raw = {p.name: yaml.safe_load(p.read_text()) for p in folder.glob("*.yaml")}
+    producers = {f"{c['train']['output_dir']}/checkpoints/best": name for name, c in raw.items()
+                 if "branch" in c["model"]["chat"].get("tune", [])}
+    named = {name: c["model"]["chat"]["branch_weights"] for name, c in raw.items() if c["model"]["chat"].get("branch_weights")}
+    assert len(named) == 4 and set(named.values()) <= set(producers)
+    for name, c in raw.items():
+        assert c["model"]["chat"].get("feature_layer") is None, name  # LLaVA's own layer
+        if name in named:
+            maker = raw[producers[named[name]]]["model"]
+            assert (maker["branch"], maker["stan"], maker["chat"]["llava"]) == (c["model"]["branch"], c["model"]["stan"], c["model"]["chat"]["llava"])
+
+    left, right = render_pair(tmp_path, "red", 0, frames=4)
+    (tmp_path / "instruct.json").write_text(json.dumps([{"video_id": v, "q": QUESTION.format("red"), "a": m}
+                                                        for v, m in ((left, "left"), (right, "right"))]))
+    small = {"model.chat.llava": str(llava_dir), "model.stan.depth": 2, "data.image_size": 32, "data.num_frames": 4,
+             "data.num_workers": 0, "model.chat.max_length": 64}
+    cfg = load_config(folder / "videochatgpt_branch_llava15_7b_stan.yaml",
+                      {**small, "data.root": str(tmp_path), "data.train_ann": str(tmp_path / "instruct.json"), "data.videos": "",
+                       "train.output_dir": str(tmp_path / "run"), "train.max_steps": 2, "train.batch_size": 2,
+                       "train.precision": "fp32", "train.lr": 1e-2})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(cfg, progress=False)
+    best = tmp_path / "run" / "checkpoints" / "best"
+    zero_shot = load_config(folder / "msvd_qa_llava15_7b_stan.yaml", {**small, "model.chat.branch_weights": str(best)},
+                            check_files=False)
+    model = build_model(zero_shot.model)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(best / "model.safetensors"))
+    fresh = build(llava_dir).branch.state_dict()
+    assert model.backbone.vision_layers == 3  # the tiny tower's 4 blocks cut at layer -2
+    assert all(torch.equal(v, saved[f"branch.{k}"]) for k, v in model.branch.state_dict().items())
+    assert any(not torch.equal(v, fresh[k]) for k, v in model.branch.state_dict().items())  # the branch did train
