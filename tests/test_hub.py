@@ -242,3 +242,40 @@ def test_method_names(model, name):
 def test_unknown_method():
     with pytest.raises(HubError, match="x.yaml: unknown model.branch 'none' / model.head 'cosine'"):
         method_name({"head": "cosine"}, "x.yaml")
+
+
+def test_corrupt_repos_and_missing_paths_are_one_line_user_errors(run, tmp_path, monkeypatch):
+    """model.init_from and model.chat.branch_weights naming a corrupt hf-hub: / local-dir: repository or a missing
+    path: a UserError naming the key and the spec (one `error:` line, exit 2), never a traceback."""
+    from huggingface_hub import constants
+
+    from mugstan.chat.model import load_branch_weights
+    from mugstan.engine.checkpoint import init_from
+    from mugstan.errors import CorruptFileError, MissingFileError, UserError
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copyfile(run["checkpoint"] / "config.yaml", repo / "config.yaml")
+    (repo / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
+    cache = tmp_path / "hf" / "hub"
+    add_to_cache(cache, "org/broken", COMMIT, repo, "main")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    model = run["model"]
+    for spec in (f"local-dir:{repo}", "hf-hub:org/broken"):
+        with pytest.raises(CorruptFileError, match=f"model.init_from: {spec} is damaged"):
+            init_from(model, spec)
+        with pytest.raises(CorruptFileError, match=f"model.chat.branch_weights: {spec} is damaged"):
+            load_branch_weights(model.branch, spec, 2)
+    with pytest.raises(MissingFileError, match="model.init_from: .*nowhere is neither a checkpoint folder"):
+        init_from(model, str(tmp_path / "nowhere"))
+    with pytest.raises(MissingFileError, match="model.chat.branch_weights: .*nowhere does not exist"):
+        load_branch_weights(model.branch, str(tmp_path / "nowhere"), 2)
+    with pytest.raises(UserError, match="is not a folder"):
+        init_from(model, f"local-dir:{tmp_path / 'nowhere'}")
+    # the command line: `mugstan train` with a missing init_from stops with one line, exit 2
+    from data_fixtures import write_config
+
+    config = write_config(tmp_path / "t.yaml", tmp_path, tmp_path / "out")
+    (tmp_path / "train.jsonl").write_text("")
+    assert cli.main(["train", str(config), f"model.init_from=local-dir:{repo}"]) == 2

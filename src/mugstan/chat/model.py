@@ -212,28 +212,28 @@ def load_branch_weights(branch: nn.Module, spec: str, tower_layers: int) -> None
     The branch must have been trained over a tower of the same depth: its spatial blocks are copies of
     the tower's last K blocks and its inputs those blocks' outputs.
     """
-    from safetensors.torch import load_file
-
+    from mugstan.engine.checkpoint import read_safetensors
+    from mugstan.errors import MismatchError, MissingFileError
     from mugstan.hub import resolve_checkpoint
 
     path = resolve_checkpoint(spec)
     file = path / "model.safetensors" if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(f"model.chat.branch_weights: {file} does not exist (give a mugstan checkpoint folder or a "
-                                "`mugstan convert --format stan` .safetensors)")
-    tensors = load_file(str(file))
+        raise MissingFileError(f"model.chat.branch_weights: {file} does not exist (give a mugstan checkpoint folder or a "
+                               "`mugstan convert --format stan` .safetensors)")
+    tensors = read_safetensors(file, f"model.chat.branch_weights: {spec} is damaged; train it again or download it again")
     own = {k[len("branch."):]: v for k, v in tensors.items() if k.startswith("branch.")}
     if not own:
-        raise ValueError(f"model.chat.branch_weights: {file} holds no branch.* tensors (is it a STAN / Mug-STAN checkpoint?)")
+        raise MismatchError(f"model.chat.branch_weights: {file} holds no branch.* tensors (is it a STAN / Mug-STAN checkpoint?)")
     blocks = {k.split(".")[5] for k in tensors if k.startswith("backbone.clip.visual.transformer.resblocks.")}
     if blocks and len(blocks) != tower_layers:
-        raise ValueError(
+        raise MismatchError(
             f"model.chat.branch_weights: {file} was trained over a {len(blocks)}-block CLIP tower, but the chat model's tower "
             f"has {tower_layers} blocks (LLaVA's feature layer): train the branch on the tower cut at that layer, or set "
             f"model.chat.feature_layer so that {len(blocks)} blocks are kept")
     missing, unexpected = branch.load_state_dict(own, strict=False)
     if missing or unexpected:
-        raise ValueError(f"model.chat.branch_weights: {file} does not fit model.branch/model.stan: missing {missing[:5]}, "
+        raise MismatchError(f"model.chat.branch_weights: {file} does not fit model.branch/model.stan: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
 
 
