@@ -279,3 +279,33 @@ def test_corrupt_repos_and_missing_paths_are_one_line_user_errors(run, tmp_path,
     config = write_config(tmp_path / "t.yaml", tmp_path, tmp_path / "out")
     (tmp_path / "train.jsonl").write_text("")
     assert cli.main(["train", str(config), f"model.init_from=local-dir:{repo}"]) == 2
+
+
+def test_index_built_from_a_spec_records_the_spec(run, tmp_path, monkeypatch, capsys):
+    """`mugstan index --checkpoint hf-hub:...` records hf-hub:org/name@<commit> (not the cache's blob path) and
+    local-dir: its folder, so `mugstan search INDEX` finds the model again without --checkpoint."""
+    import numpy as np
+    from huggingface_hub import constants
+
+    from mugstan.data.synthetic import SynthParams, render_clip, write_video
+    from mugstan.search.index import build_index
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    clip, _ = render_clip("red", "circle", ("left", "right"), SynthParams(videos=2, frames=8, size=32), np.random.default_rng(0))
+    write_video(videos / "a.mp4", clip)
+    stage(run["checkpoint"], "org/trained", tmp_path / "trained")
+    stage(run["converted"], "org/converted", tmp_path / "converted")
+    cache = tmp_path / "hf" / "hub"
+    add_to_cache(cache, "org/trained", COMMIT, tmp_path / "trained", "main")
+    add_to_cache(cache, "org/converted", OLD_COMMIT, tmp_path / "converted", "v1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    for spec, recorded in (("hf-hub:org/trained", f"hf-hub:org/trained@{COMMIT}"), ("hf-hub:org/converted@v1", "hf-hub:org/converted@v1"),
+                           (f"local-dir:{tmp_path / 'trained'}", f"local-dir:{tmp_path / 'trained'}")):
+        out = tmp_path / f"index_{len(recorded)}"
+        build_index(videos, spec, out, window=2.0, stride=2.0, progress=False)
+        meta = json.loads((out / "index.json").read_text())
+        assert meta["model"]["checkpoint"] == recorded
+        assert cli.main(["search", str(out), "a red circle", "-k", "1", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)[0]["path"] == "a.mp4"
