@@ -636,3 +636,44 @@ def test_zero_shot_configs_read_llavas_feature_layer_and_their_branch_is_trained
     assert model.backbone.vision_layers == 3  # the tiny tower's 4 blocks cut at layer -2
     assert all(torch.equal(v, saved[f"branch.{k}"]) for k, v in model.branch.state_dict().items())
     assert any(not torch.equal(v, fresh[k]) for k, v in model.branch.state_dict().items())  # the branch did train
+
+
+# a processor-style chat template in the manner of llava-hf's LLaVA-1.5 checkpoints: content lists, the image first
+LLAVA_STYLE_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] != 'system' %}{{ m['role'].upper() + ': ' }}{% endif %}"
+    "{% for c in m['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}"
+    "{% for c in m['content'] | selectattr('type', 'equalto', 'text') %}{{ c['text'] + ' ' }}{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
+
+
+def test_prompts_follow_the_checkpoints_chat_template(tmp_path):
+    """With a chat template (here the processor's chat_template.json) the prompt is apply_chat_template's text with the
+    image placeholder expanded to the N video tokens: one question gives the same ids as LLaVA-1.5's fallback prompt;
+    multi-turn follows the template (no </s> between turns, as it renders none); a training item's answer ends with
+    </s>; model.chat.chat_template=false restores the fallback."""
+    from mugstan.chat.tiny import make_tiny_llava
+
+    folder = make_tiny_llava(tmp_path / "templated", VOCAB)
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": LLAVA_STYLE_TEMPLATE}))
+    model = build(folder, branch="none")
+    fallback = build(folder, branch="none", chat_template=False)
+    prompt, tok = model.tokenizer, model.tokenizer.tokenizer
+    assert prompt.template and prompt.structured and not fallback.tokenizer.template
+    n = model.num_video_tokens(4)
+    q1, q2 = QUESTION.format("red"), "what colour is it?"
+
+    def expected(messages, generation=True):
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+        return [tok.bos_token_id] + tok(text.replace("<image>", "<image> " * n), add_special_tokens=False)["input_ids"]
+
+    one = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q1}]}]
+    assert prompt.prompt_ids([(q1, None)], 4) == expected(one) == fallback.tokenizer.prompt_ids([(q1, None)], 4)
+    two = [*one, {"role": "assistant", "content": [{"type": "text", "text": "left"}]},
+           {"role": "user", "content": [{"type": "text", "text": q2}]}]
+    ids = prompt.prompt_ids([(q1, "left"), (q2, None)], 4)
+    assert ids == expected(two) and tok.eos_token_id not in ids
+    assert ids != fallback.tokenizer.prompt_ids([(q1, "left"), (q2, None)], 4)  # the fallback puts </s> after "left"
+    item = prompt([(q1, "left"), (q2, "red")], 4)
+    labels = item["labels"][item["labels"] != -100].tolist()
+    assert labels == tok("left red", add_special_tokens=False)["input_ids"][:1] + [tok.eos_token_id] + \
+        tok("red", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]

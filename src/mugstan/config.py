@@ -161,7 +161,8 @@ class ChatConfig:
     video_tokens: VideoTokens = VideoTokens.temporal_spatial
     tune: list[str] = field(default_factory=lambda: ["projector"])  # trained parts: projector, branch, llm
     dtype: ChatDtype = ChatDtype.auto  # frozen parts' dtype: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
-    system: str = ""  # prompt: {system}{user}<video>\n{question}{assistant} {answer}</s>
+    chat_template: bool = True  # prompts from the checkpoint's chat template when it has one; false: system/user/assistant below
+    system: str = ""  # fallback prompt: {system}{user}<video>\n{question}{assistant} {answer}</s> (system: also the template's)
     user: str = "USER: "
     assistant: str = " ASSISTANT:"
     max_length: int = 1024  # tokens of a training item (video tokens included); longer answers are cut

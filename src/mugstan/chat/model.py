@@ -55,7 +55,7 @@ class VideoChatModel(nn.Module):
         self.cfg, self.image_token_id, self.keep_cls = cfg, image_token_id, keep_cls
         self.tuned = tuple(cfg.tune)
         self.tokenizer = ChatPrompt(tokenizer, image_token_id, self.num_video_tokens, cfg.system, cfg.user,
-                                    cfg.assistant, cfg.max_length)
+                                    cfg.assistant, cfg.max_length, cfg.chat_template)
 
     # ---- video tokens -------------------------------------------------------------------
     @property
@@ -237,6 +237,21 @@ def load_branch_weights(branch: nn.Module, spec: str, tower_layers: int) -> None
                          f"unexpected {unexpected[:5]}")
 
 
+def processor_chat_template(source: str) -> Optional[str]:
+    """The chat template a LLaVA checkpoint keeps with its processor (``chat_template.jinja``, or ``chat_template.json``'s
+    ``chat_template``) when its tokenizer has none; None when there is none."""
+    import json
+
+    from transformers.utils import cached_file
+
+    for name in ("chat_template.jinja", "chat_template.json"):
+        path = cached_file(source, name, _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
+        if path:
+            text = open(path, encoding="utf-8").read()
+            return text if name.endswith(".jinja") else json.loads(text).get("chat_template")
+    return None
+
+
 def check_llava_config(source: str, name: str) -> str:
     """Read ``config.json`` of ``source`` (nothing else is loaded) and refuse what is not a LLaVA-1.5-style
     checkpoint; returns its ``vision_feature_select_strategy`` (``default``: class token dropped, ``full``: kept)."""
@@ -275,6 +290,8 @@ def build_chat_model(cfg: ModelConfig) -> VideoChatModel:
         llava, loading = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype, use_safetensors=True,
                                                                        output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(source)
+        if tokenizer.chat_template is None:
+            tokenizer.chat_template = processor_chat_template(source)
     except OSError as err:
         raise FileNotFoundError(f"model.chat.llava={c.llava!r}: cannot load a LLaVA checkpoint with safetensors weights and a "
                                 f"tokenizer from it ({str(err).splitlines()[0]}); give a local folder or a hub name") from None
