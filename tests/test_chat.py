@@ -501,6 +501,9 @@ def test_search_page_answers_questions_about_a_result(llava_dir, tmp_path):
     first, second = (client.get("/api/ask", params=params).json() for _ in range(2))
     frames, mask = read_video(chat_model, chat_cfg, videos / left, 8, hit["start"], hit["end"])
     assert first == second and first["answer"] == chat_model.answer(frames, mask, [[(params["q"], None)]])[0]
+    streamed = client.get("/api/ask/stream", params=params)
+    assert streamed.headers["content-type"].startswith("text/plain") and streamed.text.strip() == first["answer"]
+    assert client.get("/api/ask/stream", params={**params, "q": "   "}).status_code == 422
     assert client.get("/api/ask", params={**params, "path": "../escape.mp4"}).status_code == 404
     assert client.get("/api/ask", params={**params, "q": "   "}).status_code == 422
     without = TestClient(create_app(Searcher(tmp_path / "index")))
@@ -677,3 +680,99 @@ def test_prompts_follow_the_checkpoints_chat_template(tmp_path):
     labels = item["labels"][item["labels"] != -100].tolist()
     assert labels == tok("left red", add_special_tokens=False)["input_ids"][:1] + [tok.eos_token_id] + \
         tok("red", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+
+def test_sampling_beside_greedy(llava_dir, tmp_path, capsys):
+    """model.chat.temperature > 0 samples (top-p nucleus): repeatable under one seed, varied across seeds at a high
+    temperature, and the greedy answer when the nucleus keeps only the top token; bad values are one error line."""
+    from mugstan.cli import main
+
+    model = build(llava_dir, max_new_tokens=6).eval()
+    torch.manual_seed(3)
+    frames, fmask = torch.randn(1, 4, 3, 32, 32), torch.ones(1, 4, dtype=torch.bool)
+    conv = [[(QUESTION.format("red"), None)]]
+    greedy = model.answer(frames, fmask, conv)
+    assert model.answer(frames, fmask, conv, temperature=1.0, top_p=1e-6) == greedy  # only the top token survives
+
+    def sampled(seed, **kw):
+        torch.manual_seed(seed)
+        return model.answer(frames, fmask, conv, temperature=5.0, **kw)[0]
+
+    assert sampled(0) == sampled(0) and len({sampled(s) for s in range(6)}) > 1
+    with pytest.raises(ValueError, match="temperature=-1"):
+        model.answer(frames, fmask, conv, temperature=-1)
+    with pytest.raises(ConfigError, match="model.chat.top_p=0"):
+        validate_config(ExperimentConfig(model=chat_config(llava_dir, top_p=0.0)), check_files=False)
+    left, _ = render_pair(tmp_path, "red", 0, frames=4)
+    args = ["chat", str(tmp_path / left), QUESTION.format("red"), "--llava", str(llava_dir), "--frames", "4", "--no-stream",
+            "--max-new-tokens", "6", "--temperature", "5", "--seed", "7"]
+    assert main(args) == 0 and main(args) == 0
+    first, second = capsys.readouterr().out.splitlines()
+    assert first == second
+    assert main([*args[:-4], "--temperature", "-1"]) == 2 and "--temperature -1.0 must be >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.browser
+def test_search_page_streams_an_answer_in_chromium(llava_dir, tmp_path):
+    """In headless Chromium: search, type a question into a result's Ask box, click Ask; the answer streamed by
+    /api/ask/stream appears in the card, and it is the chat model's answer about that result's window."""
+    import shutil
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    playwright = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+    from test_search import live_server
+
+    from mugstan.chat.cli import read_video
+    from mugstan.engine.checkpoint import save_checkpoint
+    from mugstan.models import build_model
+    from mugstan.search.index import build_index
+    from mugstan.search.query import Searcher
+    from mugstan.search.server import create_app
+
+    videos = tmp_path / "videos"
+    render_pair(videos, "red", seed=1)
+    torch.manual_seed(0)
+    retrieval = ExperimentConfig(model=ModelConfig(backbone="mugstan-tiny", context_length=16), data=DataConfig(num_frames=4, image_size=32))
+    save_checkpoint(tmp_path / "ckpt", build_model(retrieval.model), retrieval)
+    build_index(videos, tmp_path / "ckpt", tmp_path / "index", window=2.0, stride=2.0, progress=False)
+    chat_model = build(llava_dir, max_new_tokens=12).eval()
+    chat_cfg = ExperimentConfig(model=chat_config(llava_dir, max_new_tokens=12), data=DataConfig(num_frames=8))
+    question = QUESTION.format("red")
+    with live_server(create_app(Searcher(tmp_path / "index"), (chat_model, chat_cfg))) as port, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu",
+                                                                    "--disable-background-networking"])
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.fill("#q", "a red circle")
+            page.press("#q", "Enter")
+            page.wait_for_selector(".result .ask-input", timeout=20_000)
+            card = page.query_selector(".result")
+            path, start, end = card.eval_on_selector("a.path", "e => e.textContent"), card.get_attribute("data-start"), card.get_attribute("data-end")
+            card.query_selector(".ask-input").type(question)
+            card.eval_on_selector(".answer", """el => { window.seen = [];
+                new MutationObserver(() => window.seen.push(el.textContent)).observe(el, {childList: true, characterData: true}); }""")
+            card.query_selector(".ask-button").click()
+            page.wait_for_function("b => !b.disabled", arg=card.query_selector(".ask-button"), timeout=60_000)
+            shown = card.query_selector(".answer").inner_text()
+            seen = page.evaluate("window.seen")
+            assert not errors, errors
+            import http.client
+            from urllib.parse import urlencode
+
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)  # sent in chunks as generated, no length up front
+            conn.request("GET", "/api/ask/stream?" + urlencode({"path": path, "start": start, "end": end, "q": question}))
+            response = conn.getresponse()
+            assert response.getheader("Transfer-Encoding") == "chunked" and response.getheader("Content-Length") is None
+            raw = response.read().decode().strip()
+            conn.close()
+        finally:
+            browser.close()
+    frames, mask = read_video(chat_model, chat_cfg, videos / path, 8, float(start), float(end))
+    expected = chat_model.answer(frames, mask, [[(question, None)]])[0]
+    assert expected and shown == expected == raw
+    assert seen[0] == "Thinking\u2026" and all(expected.startswith(state.strip()) for state in seen[1:])  # it only grew

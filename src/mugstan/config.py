@@ -167,6 +167,8 @@ class ChatConfig:
     assistant: str = " ASSISTANT:"
     max_length: int = 1024  # tokens of a training item (video tokens included); longer answers are cut
     max_new_tokens: int = 128
+    temperature: float = 0.0  # 0: greedy (deterministic); above 0: sampling at this temperature
+    top_p: float = 1.0  # sampling: nucleus (top-p) cut; 1 keeps every token
     answers_file: Optional[str] = None  # Video QA answers (JSON for LLM-judge scripts); null: output_dir/answers_SPLIT.json
 
 
@@ -675,6 +677,8 @@ def validate_chat(cfg: ExperimentConfig) -> None:
     for name in ("max_length", "max_new_tokens"):
         if getattr(c, name) < 1:
             raise ConfigError(f"model.chat.{name}={getattr(c, name)} must be at least 1")
+    if c.temperature < 0 or not 0 < c.top_p <= 1:
+        raise ConfigError(f"model.chat.temperature={c.temperature} must be >= 0 (0: greedy) and model.chat.top_p={c.top_p} in (0, 1]")
 
 
 def save_config(cfg: ExperimentConfig, path) -> None:

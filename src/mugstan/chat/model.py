@@ -131,13 +131,22 @@ class VideoChatModel(nn.Module):
     # ---- answers ------------------------------------------------------------------------
     @torch.no_grad()
     def answer(self, frames: torch.Tensor, frame_mask: torch.Tensor, conversations: Sequence[Turns],
-               max_new_tokens: Optional[int] = None, streamer=None, video_of: Optional[Sequence[int]] = None) -> list[str]:
-        """Greedy answers to the last question of each conversation about its video.
+               max_new_tokens: Optional[int] = None, streamer=None, video_of: Optional[Sequence[int]] = None,
+               temperature: Optional[float] = None, top_p: Optional[float] = None) -> list[str]:
+        """Answers to the last question of each conversation about its video: greedy, or sampled when the
+        temperature (default ``model.chat.temperature``) is above 0, from the top-p nucleus (``model.chat.top_p``).
 
         frames [V, T, 3, H, W], frame_mask [V, T]; conversations[b]: [(question, answer), ..., (question, None)]
         about video ``video_of[b]`` (default: b, V = B; several questions can share one video, encoded once).
         Prompts are padded on the left; ``streamer`` (e.g. transformers' TextStreamer, B = 1) gets the tokens as they come.
+        Sampling draws from torch's global generator (``torch.manual_seed`` makes it repeatable).
         """
+        temperature = self.cfg.temperature if temperature is None else temperature
+        top_p = self.cfg.top_p if top_p is None else top_p
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"temperature={temperature} must be >= 0 (0: greedy) and top_p={top_p} in (0, 1]")
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": None} if temperature > 0 else \
+            {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         if video_of is None and len(conversations) != frames.shape[0]:
             raise ValueError(f"{len(conversations)} conversations for {frames.shape[0]} videos: pass video_of")
         prompts = [self.tokenizer.prompt_ids(turns, frames.shape[1]) for turns in conversations]
@@ -149,7 +158,7 @@ class VideoChatModel(nn.Module):
         embeds, mask = self.embed(ids, mask, frames, frame_mask, rows)
         tok = self.tokenizer.tokenizer
         out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
-                                do_sample=False, num_beams=1, streamer=streamer, pad_token_id=pad, eos_token_id=tok.eos_token_id)
+                                num_beams=1, streamer=streamer, pad_token_id=pad, eos_token_id=tok.eos_token_id, **sampling)
         return [tok.decode(row, skip_special_tokens=True).strip() for row in out]
 
     # ---- training -----------------------------------------------------------------------
