@@ -349,7 +349,7 @@ def test_open_clip_loads_the_clip_part_from_a_local_folder_and_the_hub_cache(run
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(SRC)}
     env.pop("HF_HUB_CACHE", None)
     done = subprocess.run([sys.executable, "-c", code, f"local-dir:{tmp_path / 'repo'}", "hf-hub:org/clip"], env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     clip = run["model"].backbone.clip.eval()
     torch.manual_seed(0)

@@ -329,8 +329,8 @@ def model_card(repo_id: str, config: Optional[dict], model: dict, results: Optio
                          ("feature layer", chat.get("feature_layer", "LLaVA's vision_feature_layer")),
                          ("trained parts", ", ".join(chat.get("tune") or ["projector"])),
                          ("branch weights it started from", chat.get("branch_weights"))])
-        lines += ["", "The checkpoint holds the trained parts (and the branch) only: the language model, its tower and "
-                  f"tokenizer come from {chat['llava']} when it is loaded."]
+        lines += ["", ("The checkpoint holds the trained parts (and the branch) only: the language model, its tower and "
+                       f"tokenizer come from {chat['llava']} when it is loaded.")]
     else:
         weights = model.get("pretrained") or (Path(model["weights"]).name if model.get("weights") else None)
         lines += _table([("method", method), ("backbone", backbone), ("CLIP weights it started from", weights),
@@ -338,8 +338,8 @@ def model_card(repo_id: str, config: Optional[dict], model: dict, results: Optio
                          ("classes", model.get("num_classes") if task in ("recognition", "detection") else None),
                          ("temperature", model.get("temperature") if task == "retrieval" else None)])
     if config is None:
-        lines += ["", "Converted from the authors' released checkpoint with `mugstan convert`; "
-                  "the training recipe and data are those of the original release."]
+        lines += ["", ("Converted from the authors' released checkpoint with `mugstan convert`; "
+                       "the training recipe and data are those of the original release.")]
     else:
         train = config.get("train") or {}
         lines += ["", "## Recipe", ""]
@@ -369,8 +369,8 @@ def model_card(repo_id: str, config: Optional[dict], model: dict, results: Optio
     if task != "chat":
         lines += ["The CLIP part alone is also in open_clip's layout (`open_clip_config.json` + `open_clip_model.safetensors`):", "",
                   "```python", "import open_clip", "", f'clip = open_clip.create_model("hf-hub:{repo_id}")', "```", ""]
-    lines += [f"Add `@REVISION` (a branch, tag or commit) to pin a version: `hf-hub:{repo_id}@main`. "
-              "Downloads are cached; with `HF_HUB_OFFLINE=1` only the cache is used.", ""]
+    lines += [(f"Add `@REVISION` (a branch, tag or commit) to pin a version: `hf-hub:{repo_id}@main`. "
+               "Downloads are cached; with `HF_HUB_OFFLINE=1` only the cache is used."), ""]
     return "\n".join(lines)
 
 

@@ -29,6 +29,7 @@ A chat checkpoint holds the branch, the projector and whatever else ``model.chat
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -256,7 +257,7 @@ def processor_chat_template(source: str) -> Optional[str]:
     for name in ("chat_template.jinja", "chat_template.json"):
         path = cached_file(source, name, _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
         if path:
-            text = open(path, encoding="utf-8").read()
+            text = Path(path).read_text(encoding="utf-8")
             return text if name.endswith(".jinja") else json.loads(text).get("chat_template")
     return None
 

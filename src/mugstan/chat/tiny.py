@@ -10,7 +10,7 @@ punctuation split, so every word of the prompts and answers it will see is one t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 
@@ -30,7 +30,7 @@ def make_tokenizer(texts: Iterable[str]):
 
 def make_tiny_llava(folder, texts: Iterable[str], seed: int = 0, image_size: int = 32, patch_size: int = 8,
                     vision_layers: int = 4, width: int = 64, llm_layers: int = 2, vision_init: float = 1.0,
-                    select_strategy: str = "default", chat_template: str = None) -> Path:
+                    select_strategy: str = "default", chat_template: Optional[str] = None) -> Path:
     """Write a random tiny LLaVA checkpoint (weights + tokenizer) to ``folder``; returns it.
 
     vision_init: CLIP's ``initializer_factor`` for the tower; at 1 (CLIP's) a random tower's blocks are
