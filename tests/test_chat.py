@@ -639,6 +639,12 @@ def test_zero_shot_configs_read_llavas_feature_layer_and_their_branch_is_trained
     assert model.backbone.vision_layers == 3  # the tiny tower's 4 blocks cut at layer -2
     assert all(torch.equal(v, saved[f"branch.{k}"]) for k, v in model.branch.state_dict().items())
     assert any(not torch.equal(v, fresh[k]) for k, v in model.branch.state_dict().items())  # the branch did train
+    from mugstan.errors import MismatchError
+
+    deeper = load_config(folder / "msvd_qa_llava15_7b_stan.yaml", {**small, "model.chat.branch_weights": str(best),
+                                                                     "model.chat.feature_layer": -1}, check_files=False)
+    with pytest.raises(MismatchError, match=r"trained at model.chat.feature_layer=None .* set model.chat.feature_layer=null"):
+        build_model(deeper.model)  # same shapes, one block deeper: refused rather than loaded silently
 
 
 # a processor-style chat template in the manner of llava-hf's LLaVA-1.5 checkpoints: content lists, the image first

@@ -216,11 +216,13 @@ def _llava_source(spec: str) -> str:
     return spec
 
 
-def load_branch_weights(branch: nn.Module, spec: str, tower_layers: int) -> None:
+def load_branch_weights(branch: nn.Module, spec: str, tower_layers: int, chat: Optional[ChatConfig] = None) -> None:
     """Put the ``branch.*`` tensors of a mugstan checkpoint (folder, ``mugstan convert`` file or hub spec) into ``branch``.
 
     The branch must have been trained over a tower of the same depth: its spatial blocks are copies of
-    the tower's last K blocks and its inputs those blocks' outputs.
+    the tower's last K blocks and its inputs those blocks' outputs. A retrieval checkpoint's tower
+    blocks say its depth; a chat checkpoint (``config.yaml`` with ``model.task: chat``) over the same
+    LLaVA checkpoint as ``chat`` must name the same ``feature_layer``.
     """
     from mugstan.engine.checkpoint import read_safetensors
     from mugstan.errors import MismatchError, MissingFileError
@@ -241,10 +243,29 @@ def load_branch_weights(branch: nn.Module, spec: str, tower_layers: int) -> None
             f"model.chat.branch_weights: {file} was trained over a {len(blocks)}-block CLIP tower, but the chat model's tower "
             f"has {tower_layers} blocks (LLaVA's feature layer): train the branch on the tower cut at that layer, or set "
             f"model.chat.feature_layer so that {len(blocks)} blocks are kept")
+    trained = _chat_section(path / "config.yaml") if path.is_dir() else None
+    if chat is not None and trained is not None and trained.get("llava") == chat.llava and trained.get("feature_layer") != chat.feature_layer:
+        raise MismatchError(
+            f"model.chat.branch_weights: {spec} was trained at model.chat.feature_layer={trained.get('feature_layer')} of "
+            f"{chat.llava}, but this model reads feature_layer={chat.feature_layer}: its tower depth differs; set "
+            f"model.chat.feature_layer={'null' if trained.get('feature_layer') is None else trained.get('feature_layer')}")
     missing, unexpected = branch.load_state_dict(own, strict=False)
     if missing or unexpected:
         raise MismatchError(f"model.chat.branch_weights: {file} does not fit model.branch/model.stan: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
+
+
+def _chat_section(config_file: Path) -> Optional[dict]:
+    """``model.chat`` of a chat checkpoint's config.yaml; None when there is none or it is not a chat model."""
+    import yaml
+
+    if not config_file.is_file():
+        return None
+    try:
+        model = (yaml.safe_load(config_file.read_text()) or {}).get("model") or {}
+    except (yaml.YAMLError, AttributeError):
+        return None  # not a readable mugstan config: the tensors alone are checked
+    return model.get("chat") or {} if model.get("task") == "chat" else None
 
 
 def processor_chat_template(source: str) -> Optional[str]:
@@ -318,7 +339,7 @@ def build_chat_model(cfg: ModelConfig) -> VideoChatModel:
     llava.model.vision_tower, llava.model.multi_modal_projector = None, None  # the chat model owns them now
     branch = build_branch(cfg, backbone)
     if c.branch_weights:
-        load_branch_weights(branch, c.branch_weights, backbone.vision_layers)
+        load_branch_weights(branch, c.branch_weights, backbone.vision_layers, c)
     elif cfg.branch == Branch.stan and "branch" not in c.tune:
         warnings.warn("model.branch=stan without model.chat.branch_weights: the STAN branch is freshly initialised and frozen; "
                       "zero-shot chat wants a trained one (a STAN / Mug-STAN checkpoint trained on this tower)", stacklevel=2)
