@@ -501,8 +501,284 @@ def test_search_page_answers_questions_about_a_result(llava_dir, tmp_path):
     first, second = (client.get("/api/ask", params=params).json() for _ in range(2))
     frames, mask = read_video(chat_model, chat_cfg, videos / left, 8, hit["start"], hit["end"])
     assert first == second and first["answer"] == chat_model.answer(frames, mask, [[(params["q"], None)]])[0]
+    streamed = client.get("/api/ask/stream", params=params)
+    assert streamed.headers["content-type"].startswith("text/plain") and streamed.text.strip() == first["answer"]
+    assert client.get("/api/ask/stream", params={**params, "q": "   "}).status_code == 422
     assert client.get("/api/ask", params={**params, "path": "../escape.mp4"}).status_code == 404
     assert client.get("/api/ask", params={**params, "q": "   "}).status_code == 422
     without = TestClient(create_app(Searcher(tmp_path / "index")))
     assert without.get("/api/search", params={"q": "red"}).json()["ask"] is False
     assert without.get("/api/ask", params=params).status_code == 400
+
+
+# ---- what is refused, and what is honoured (issue 34) ------------------------------------------
+def test_incomplete_or_text_only_checkpoints_are_refused(llava_dir, tmp_path, capsys):
+    """A LLaVA folder without its tower's tensors would get a random tower (different answers every run), and a
+    text-only language model is not a LLaVA: both stop with one error line naming model.chat.llava."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mugstan.backbones.convert import WeightsError
+    from mugstan.cli import main
+
+    towerless = shutil.copytree(llava_dir, tmp_path / "towerless")
+    tensors = load_file(str(towerless / "model.safetensors"))
+    save_file({k: v for k, v in tensors.items() if "vision_tower." not in k}, str(towerless / "model.safetensors"),
+              metadata={"format": "pt"})
+    with pytest.raises(WeightsError, match=r"model.chat.llava=.*towerless.*vision_tower.*initialised at random"):
+        build(towerless)
+    text_only = tmp_path / "text_only"
+    LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2)).save_pretrained(text_only)
+    shutil.copy(llava_dir / "tokenizer.json", text_only)
+    with pytest.raises(WeightsError, match="model_type 'llama', not 'llava'"):
+        build(text_only)
+    left, _ = render_pair(tmp_path, "red", 0, frames=4)
+    capsys.readouterr()
+    assert main(["chat", str(tmp_path / left), "q?", "--llava", str(text_only)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "not 'llava'" in err
+
+
+def test_chat_command_checks_its_own_inputs_first(llava_dir, tmp_path, capsys, monkeypatch):
+    """A blank question is an error (interactive mode is for no question at all); the video is checked before any
+    model loads; a chat config needs none of its dataset files to chat about one video (the README's line)."""
+    from mugstan.cli import main
+
+    left, _ = render_pair(tmp_path, "red", 0, frames=4)
+    video = str(tmp_path / left)
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("what colour is it?\n"))  # interactive mode would read it
+    for blank in ("", "   "):
+        assert main(["chat", video, blank, "--llava", str(llava_dir)]) == 2
+        out = capsys.readouterr()
+        assert "the question is blank" in out.err and "model>" not in out.out
+    # the video is looked at first: a missing one is reported even though the LLaVA folder is missing too
+    assert main(["chat", str(tmp_path / "gone.mp4"), "q?", "--llava", str(tmp_path / "no_llava")]) == 2
+    assert "gone.mp4" in capsys.readouterr().err
+    config = Path(__file__).parent.parent / "src" / "mugstan" / "configs" / "chat" / "msvd_qa_llava15_7b_stan.yaml"
+    monkeypatch.chdir(tmp_path)  # data/msvd_qa/test_qa.json does not exist here
+    assert main(["chat", video, "what colour is it?", "--config", str(config), "--frames", "4", "--max-new-tokens", "2",
+                 f"model.chat.llava={llava_dir}", "model.chat.branch_weights=null", "model.stan.depth=2"]) == 0
+    assert "4 frames -> 20 video tokens" in capsys.readouterr().err
+
+
+def test_full_select_strategy_keeps_the_class_token(tmp_path):
+    """vision_feature_select_strategy: full (the class token stays): one frame as frame_mean tokens is still LLaVA's own
+    image, now 1 + P tokens, and temporal_spatial tokens are T + 1 + P with the frames' mean class token first."""
+    from transformers import LlavaForConditionalGeneration
+
+    from mugstan.chat.tiny import make_tiny_llava
+
+    full = make_tiny_llava(tmp_path / "full", VOCAB, select_strategy="full")
+    llava = LlavaForConditionalGeneration.from_pretrained(full).eval()
+    model = build(full, branch="none", video_tokens="frame_mean").eval()
+    assert model.num_video_tokens(1) == 17 == llava.config.image_seq_length
+    torch.manual_seed(1)
+    frames = torch.randn(1, 1, 3, 32, 32)
+    ids = torch.tensor([model.tokenizer.prompt_ids([(QUESTION.format("red"), None)], 1)])
+    ones = torch.ones_like(ids)
+    with torch.no_grad():
+        reference = llava(input_ids=ids, pixel_values=frames[:, 0], attention_mask=ones).logits
+        embeds, mask = model.embed(ids, ones, frames, torch.ones(1, 1, dtype=torch.bool))
+        ours = model.llm(inputs_embeds=embeds, attention_mask=mask).logits
+    torch.testing.assert_close(ours, reference, atol=2e-4, rtol=1e-4)
+    stan = build(full).eval()
+    frames, fmask = torch.randn(1, 4, 3, 32, 32), torch.tensor([[True, True, True, False]])
+    with torch.no_grad():
+        tokens, token_mask = stan.video_tokens(frames, fmask)
+        last = stan.backbone.encode_frames(frames[0]).last
+    assert tokens.shape[1] == stan.num_video_tokens(4) == 4 + 1 + 16 and token_mask[0].tolist() == [True] * 3 + [False] + [True] * 17
+    torch.testing.assert_close(tokens[0, 4], last[:3, 0].mean(0))
+
+
+def test_zero_shot_configs_read_llavas_feature_layer_and_their_branch_is_trained_by_a_shipped_config(llava_dir, tmp_path):
+    """LLaVA-1.5's projector was trained on the tower's layer -2: every shipped chat config leaves
+    model.chat.feature_layer to LLaVA's vision_feature_layer, and the branch_weights each one names is the best
+    checkpoint of a shipped config that trains that branch over the same tower (videochatgpt_branch). Running that
+    config (the tiny LLaVA in place of the 7B one, 2 steps) gives a checkpoint the zero-shot configs load."""
+    import yaml
+
+    from mugstan.config import load_config
+    from mugstan.engine.train import train
+    from mugstan.models import build_model
+
+    folder = Path(__file__).parent.parent / "src" / "mugstan" / "configs" / "chat"
+    raw = {p.name: yaml.safe_load(p.read_text()) for p in folder.glob("*.yaml")}
+    producers = {f"{c['train']['output_dir']}/checkpoints/best": name for name, c in raw.items()
+                 if "branch" in c["model"]["chat"].get("tune", [])}
+    named = {name: c["model"]["chat"]["branch_weights"] for name, c in raw.items() if c["model"]["chat"].get("branch_weights")}
+    assert len(named) == 4 and set(named.values()) <= set(producers)
+    for name, c in raw.items():
+        assert c["model"]["chat"].get("feature_layer") is None, name  # LLaVA's own layer
+        if name in named:
+            maker = raw[producers[named[name]]]["model"]
+            assert (maker["branch"], maker["stan"], maker["chat"]["llava"]) == (c["model"]["branch"], c["model"]["stan"], c["model"]["chat"]["llava"])
+
+    left, right = render_pair(tmp_path, "red", 0, frames=4)
+    (tmp_path / "instruct.json").write_text(json.dumps([{"video_id": v, "q": QUESTION.format("red"), "a": m}
+                                                        for v, m in ((left, "left"), (right, "right"))]))
+    small = {"model.chat.llava": str(llava_dir), "model.stan.depth": 2, "data.image_size": 32, "data.num_frames": 4,
+             "data.num_workers": 0, "model.chat.max_length": 64}
+    cfg = load_config(folder / "videochatgpt_branch_llava15_7b_stan.yaml",
+                      {**small, "data.root": str(tmp_path), "data.train_ann": str(tmp_path / "instruct.json"), "data.videos": "",
+                       "train.output_dir": str(tmp_path / "run"), "train.max_steps": 2, "train.batch_size": 2,
+                       "train.precision": "fp32", "train.lr": 1e-2})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(cfg, progress=False)
+    best = tmp_path / "run" / "checkpoints" / "best"
+    zero_shot = load_config(folder / "msvd_qa_llava15_7b_stan.yaml", {**small, "model.chat.branch_weights": str(best)},
+                            check_files=False)
+    model = build_model(zero_shot.model)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(best / "model.safetensors"))
+    fresh = build(llava_dir).branch.state_dict()
+    assert model.backbone.vision_layers == 3  # the tiny tower's 4 blocks cut at layer -2
+    assert all(torch.equal(v, saved[f"branch.{k}"]) for k, v in model.branch.state_dict().items())
+    assert any(not torch.equal(v, fresh[k]) for k, v in model.branch.state_dict().items())  # the branch did train
+    from mugstan.errors import MismatchError
+
+    deeper = load_config(folder / "msvd_qa_llava15_7b_stan.yaml", {**small, "model.chat.branch_weights": str(best),
+                                                                     "model.chat.feature_layer": -1}, check_files=False)
+    with pytest.raises(MismatchError, match=r"trained at model.chat.feature_layer=None .* set model.chat.feature_layer=null"):
+        build_model(deeper.model)  # same shapes, one block deeper: refused rather than loaded silently
+
+
+# a processor-style chat template in the manner of llava-hf's LLaVA-1.5 checkpoints: content lists, the image first
+LLAVA_STYLE_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] != 'system' %}{{ m['role'].upper() + ': ' }}{% endif %}"
+    "{% for c in m['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}"
+    "{% for c in m['content'] | selectattr('type', 'equalto', 'text') %}{{ c['text'] + ' ' }}{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
+
+
+def test_prompts_follow_the_checkpoints_chat_template(tmp_path):
+    """With a chat template (here the processor's chat_template.json) the prompt is apply_chat_template's text with the
+    image placeholder expanded to the N video tokens: one question gives the same ids as LLaVA-1.5's fallback prompt;
+    multi-turn follows the template (no </s> between turns, as it renders none); a training item's answer ends with
+    </s>; model.chat.chat_template=false restores the fallback."""
+    from mugstan.chat.tiny import make_tiny_llava
+
+    folder = make_tiny_llava(tmp_path / "templated", VOCAB)
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": LLAVA_STYLE_TEMPLATE}))
+    model = build(folder, branch="none")
+    fallback = build(folder, branch="none", chat_template=False)
+    prompt, tok = model.tokenizer, model.tokenizer.tokenizer
+    assert prompt.template and prompt.structured and not fallback.tokenizer.template
+    n = model.num_video_tokens(4)
+    q1, q2 = QUESTION.format("red"), "what colour is it?"
+
+    def expected(messages, generation=True):
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+        return [tok.bos_token_id] + tok(text.replace("<image>", "<image> " * n), add_special_tokens=False)["input_ids"]
+
+    one = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q1}]}]
+    assert prompt.prompt_ids([(q1, None)], 4) == expected(one) == fallback.tokenizer.prompt_ids([(q1, None)], 4)
+    two = [*one, {"role": "assistant", "content": [{"type": "text", "text": "left"}]},
+           {"role": "user", "content": [{"type": "text", "text": q2}]}]
+    ids = prompt.prompt_ids([(q1, "left"), (q2, None)], 4)
+    assert ids == expected(two) and tok.eos_token_id not in ids
+    assert ids != fallback.tokenizer.prompt_ids([(q1, "left"), (q2, None)], 4)  # the fallback puts </s> after "left"
+    item = prompt([(q1, "left"), (q2, "red")], 4)
+    labels = item["labels"][item["labels"] != -100].tolist()
+    assert labels == tok("left red", add_special_tokens=False)["input_ids"][:1] + [tok.eos_token_id] + \
+        tok("red", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+
+def test_sampling_beside_greedy(llava_dir, tmp_path, capsys):
+    """model.chat.temperature > 0 samples (top-p nucleus): repeatable under one seed, varied across seeds at a high
+    temperature, and the greedy answer when the nucleus keeps only the top token; bad values are one error line."""
+    from mugstan.cli import main
+
+    model = build(llava_dir, max_new_tokens=6).eval()
+    torch.manual_seed(3)
+    frames, fmask = torch.randn(1, 4, 3, 32, 32), torch.ones(1, 4, dtype=torch.bool)
+    conv = [[(QUESTION.format("red"), None)]]
+    greedy = model.answer(frames, fmask, conv)
+    assert model.answer(frames, fmask, conv, temperature=1.0, top_p=1e-6) == greedy  # only the top token survives
+
+    def sampled(seed, **kw):
+        torch.manual_seed(seed)
+        return model.answer(frames, fmask, conv, temperature=5.0, **kw)[0]
+
+    assert sampled(0) == sampled(0) and len({sampled(s) for s in range(6)}) > 1
+    with pytest.raises(ValueError, match="temperature=-1"):
+        model.answer(frames, fmask, conv, temperature=-1)
+    with pytest.raises(ConfigError, match="model.chat.top_p=0"):
+        validate_config(ExperimentConfig(model=chat_config(llava_dir, top_p=0.0)), check_files=False)
+    left, _ = render_pair(tmp_path, "red", 0, frames=4)
+    args = ["chat", str(tmp_path / left), QUESTION.format("red"), "--llava", str(llava_dir), "--frames", "4", "--no-stream",
+            "--max-new-tokens", "6", "--temperature", "5", "--seed", "7"]
+    assert main(args) == 0 and main(args) == 0
+    first, second = capsys.readouterr().out.splitlines()
+    assert first == second
+    assert main([*args[:-4], "--temperature", "-1"]) == 2 and "--temperature -1.0 must be >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.browser
+def test_search_page_streams_an_answer_in_chromium(llava_dir, tmp_path):
+    """In headless Chromium: search, type a question into a result's Ask box, click Ask; the answer streamed by
+    /api/ask/stream appears in the card, and it is the chat model's answer about that result's window."""
+    import shutil
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    playwright = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+    from test_search import live_server
+
+    from mugstan.chat.cli import read_video
+    from mugstan.engine.checkpoint import save_checkpoint
+    from mugstan.models import build_model
+    from mugstan.search.index import build_index
+    from mugstan.search.query import Searcher
+    from mugstan.search.server import create_app
+
+    videos = tmp_path / "videos"
+    render_pair(videos, "red", seed=1)
+    torch.manual_seed(0)
+    retrieval = ExperimentConfig(model=ModelConfig(backbone="mugstan-tiny", context_length=16), data=DataConfig(num_frames=4, image_size=32))
+    save_checkpoint(tmp_path / "ckpt", build_model(retrieval.model), retrieval)
+    build_index(videos, tmp_path / "ckpt", tmp_path / "index", window=2.0, stride=2.0, progress=False)
+    chat_model = build(llava_dir, max_new_tokens=12).eval()
+    chat_cfg = ExperimentConfig(model=chat_config(llava_dir, max_new_tokens=12), data=DataConfig(num_frames=8))
+    question = QUESTION.format("red")
+    with live_server(create_app(Searcher(tmp_path / "index"), (chat_model, chat_cfg))) as port, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu",
+                                                                    "--disable-background-networking"])
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.fill("#q", "a red circle")
+            page.press("#q", "Enter")
+            page.wait_for_selector(".result .ask-input", timeout=20_000)
+            card = page.query_selector(".result")
+            path, start, end = card.eval_on_selector("a.path", "e => e.textContent"), card.get_attribute("data-start"), card.get_attribute("data-end")
+            card.query_selector(".ask-input").type(question)
+            card.eval_on_selector(".answer", """el => { window.seen = [];
+                new MutationObserver(() => window.seen.push(el.textContent)).observe(el, {childList: true, characterData: true}); }""")
+            card.query_selector(".ask-button").click()
+            page.wait_for_function("b => !b.disabled", arg=card.query_selector(".ask-button"), timeout=60_000)
+            shown = card.query_selector(".answer").inner_text()
+            seen = page.evaluate("window.seen")
+            assert not errors, errors
+            import http.client
+            from urllib.parse import urlencode
+
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)  # sent in chunks as generated, no length up front
+            conn.request("GET", "/api/ask/stream?" + urlencode({"path": path, "start": start, "end": end, "q": question}))
+            response = conn.getresponse()
+            assert response.getheader("Transfer-Encoding") == "chunked" and response.getheader("Content-Length") is None
+            raw = response.read().decode().strip()
+            conn.close()
+        finally:
+            browser.close()
+    frames, mask = read_video(chat_model, chat_cfg, videos / path, 8, float(start), float(end))
+    expected = chat_model.answer(frames, mask, [[(question, None)]])[0]
+    assert expected and shown == expected == raw
+    assert seen[0] == "Thinking\u2026" and all(expected.startswith(state.strip()) for state in seen[1:])  # it only grew

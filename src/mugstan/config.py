@@ -179,11 +179,14 @@ class ChatConfig:
     video_tokens: VideoTokens = VideoTokens.temporal_spatial
     tune: list[str] = field(default_factory=lambda: ["projector"])  # trained parts: projector, branch, llm
     dtype: ChatDtype = ChatDtype.auto  # frozen parts' dtype: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
-    system: str = ""  # prompt: {system}{user}<video>\n{question}{assistant} {answer}</s>
+    chat_template: bool = True  # prompts from the checkpoint's chat template when it has one; false: system/user/assistant below
+    system: str = ""  # fallback prompt: {system}{user}<video>\n{question}{assistant} {answer}</s> (system: also the template's)
     user: str = "USER: "
     assistant: str = " ASSISTANT:"
     max_length: int = 1024  # tokens of a training item (video tokens included); longer answers are cut
     max_new_tokens: int = 128
+    temperature: float = 0.0  # 0: greedy (deterministic); above 0: sampling at this temperature
+    top_p: float = 1.0  # sampling: nucleus (top-p) cut; 1 keeps every token
     answers_file: Optional[str] = None  # Video QA answers (JSON for LLM-judge scripts); null: output_dir/answers_SPLIT.json
 
 
@@ -810,6 +813,8 @@ def validate_chat(cfg: ExperimentConfig) -> None:
     for name in ("max_length", "max_new_tokens"):
         if getattr(c, name) < 1:
             raise ConfigError(f"model.chat.{name}={getattr(c, name)} must be at least 1")
+    if c.temperature < 0 or not 0 < c.top_p <= 1:
+        raise ConfigError(f"model.chat.temperature={c.temperature} must be >= 0 (0: greedy) and model.chat.top_p={c.top_p} in (0, 1]")
 
 
 def save_config(cfg: ExperimentConfig, path) -> None:

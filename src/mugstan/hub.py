@@ -245,6 +245,12 @@ def _metrics_lines(results: dict, source: str) -> list[str]:
             r = result["recognition"]
             kind = "zero-shot " if result.get("zero_shot") else ""
             lines += ["| metric | value |", "|---|---:|", f"| {kind}top-1 | {r['top1']:.1f} |", f"| {kind}top-5 | {r['top5']:.1f} |"]
+        if "detection" in result:
+            lines += ["| metric | value |", "|---|---:|", f"| frame-mAP@0.5 | {result['detection']['mAP']:.2f} |"]
+        if "qa" in result:
+            q = result["qa"]
+            lines += ["| metric | value |", "|---|---:|", f"| QA exact-match accuracy | {q['accuracy']:.1f} |",
+                      f"| questions | {q['questions']} |"]
         if result.get("dropped"):
             lines += ["", f"{len(result['dropped'])} videos of the split could not be decoded and were left out."]
     if not lines:
@@ -256,43 +262,92 @@ def _table(rows: list[tuple[str, object]]) -> list[str]:
     return ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows if v not in (None, "", []))]
 
 
+# the task's words, Hub tags, pipeline tag and metric ids of a card (model.task)
+TASKS = {
+    "retrieval": ("video-text retrieval", ["video-text-retrieval"], None, ["recall"]),
+    "recognition": ("video recognition", ["video-classification"], "video-classification", ["accuracy"]),
+    "detection": ("spatio-temporal action detection", ["action-detection", "ava"], None, ["mean_average_precision"]),
+    "chat": ("video chat and video question answering", ["video-question-answering", "llava"], "video-text-to-text", ["exact_match"]),
+}
+# data.dataset values that name a file format rather than a dataset (left out of the card's datasets)
+FORMATS = {"jsonl", "video_list", "kinetics_csv", "webdataset"}
+
+
+def _hub_name(value: Optional[str]) -> Optional[str]:
+    """A Hub repository id from a weights source (``hf-hub:org/name[@rev]`` or a bare ``org/name`` that is not a
+    local path), else None: base_model names repositories only."""
+    if not value:
+        return None
+    if value.startswith(HF_PREFIX):
+        return parse_hf_spec(value)[0]
+    return value if REPO_ID.fullmatch(value) and not Path(value).expanduser().exists() else None
+
+
 def model_card(repo_id: str, config: Optional[dict], model: dict, results: Optional[dict] = None,
-               results_source: str = "results.json", source: str = "config") -> str:
-    """The README.md of a pushed model.
+               results_source: str = "results.json", source: str = "config", license: str = "mit") -> str:
+    """The README.md of a pushed model, written for its task (``model.task``: retrieval, recognition, detection, chat).
 
     ``config``: the experiment config (None for a converted file), ``model``: its model section
     (or a converted file's model_config), ``results``: results.json / an eval --json result.
+    Front matter: library_name, license, tags, pipeline_tag, base_model (a Hub repository it started
+    from: the LLaVA checkpoint of a chat model, ``hf-hub:`` CLIP weights), datasets and metrics.
     """
     from huggingface_hub import ModelCardData
 
-    method = method_name(model, source)
-    if "backbone" not in model:
-        raise HubError(f"{source}: model.backbone is missing")
     task = model.get("task", "retrieval")
-    tags = ["mugstan", "video", "clip", f"video-{'text-retrieval' if task == 'retrieval' else 'classification'}"]
+    if task not in TASKS:
+        raise HubError(f"{source}: unknown model.task {task!r} (expected {', '.join(TASKS)})")
+    words, task_tags, pipeline, metrics = TASKS[task]
+    method = method_name(model, source)
+    if task == "detection":  # the head is the RoI head, whatever model.head says
+        method = (method.split(" + ")[0] if model.get("branch") == "stan" else "CLIP") + " + RoI head (mmaction2's BBoxHeadAVA)"
+    chat = model.get("chat") or {}
+    if task == "chat":
+        if not chat.get("llava"):
+            raise HubError(f"{source}: model.chat.llava is missing")
+        branch = "STAN-" + (model.get("stan") or {}).get("time_module", "self") if model.get("branch") == "stan" else None
+        method = f"LLaVA ({chat['llava']})" + (f" + {branch} video tokens" if branch else " with CLIP frame tokens")
+        base = _hub_name(chat["llava"])
+    elif "backbone" not in model and not model.get("backbone_config"):
+        raise HubError(f"{source}: model.backbone is missing")
+    else:
+        base = _hub_name(model.get("weights")) or _hub_name(model.get("init_from"))
+    tags = ["mugstan", "video", *([] if task == "chat" else ["clip"]), *task_tags]
     tags += [t for t, present in (("stan", "STAN" in method), ("clip4clip", "CLIP4Clip" in method),
                                   ("clip2video", "CLIP2Video" in method)) if present]
-    meta = ModelCardData(library_name="mugstan", tags=tags,
-                         pipeline_tag="video-classification" if task == "recognition" else None)
-    weights = model.get("pretrained") or (Path(model["weights"]).name if model.get("weights") else None)
+    data = (config or {}).get("data") or {}
+    dataset = data.get("dataset")
+    meta = ModelCardData(library_name="mugstan", license=license, tags=tags, pipeline_tag=pipeline, base_model=base,
+                         datasets=[dataset] if dataset and dataset not in FORMATS else None, metrics=metrics)
+    backbone = model.get("backbone") or "a custom open_clip architecture"
+    on = f"LLaVA checkpoint {chat.get('llava')}" if task == "chat" else f"{backbone} CLIP backbone"
     lines = ["---", meta.to_yaml(), "---", "", f"# {repo_id}", "",
-             f"A {method} video model on the {model['backbone']} CLIP backbone for video {'recognition' if task == 'recognition' else 'text retrieval'}, "
-             "made with mugstan.", "", "## Model", ""]
-    lines += _table([("method", method), ("backbone", model["backbone"]), ("CLIP weights it started from", weights),
-                     ("task", task), ("classifier", model.get("classifier") if task == "recognition" else None),
-                     ("classes", model.get("num_classes") if task == "recognition" else None),
-                     ("temperature", model.get("temperature"))])
-    if config is None:
-        lines += ["", "Converted from the authors' released checkpoint with `mugstan convert`; "
-                  "the training recipe and data are those of the original release."]
+             f"A {method} model for {words} on the {on}, made with mugstan.", "", "## Model", ""]
+    if task == "chat":
+        lines += _table([("language model and projector", chat.get("llava")), ("branch", model.get("branch")),
+                         ("video tokens", chat.get("video_tokens", "temporal_spatial")),
+                         ("feature layer", chat.get("feature_layer", "LLaVA's vision_feature_layer")),
+                         ("trained parts", ", ".join(chat.get("tune") or ["projector"])),
+                         ("branch weights it started from", chat.get("branch_weights"))])
+        lines += ["", ("The checkpoint holds the trained parts (and the branch) only: the language model, its tower and "
+                       f"tokenizer come from {chat['llava']} when it is loaded.")]
     else:
-        data, train = config.get("data") or {}, config.get("train") or {}
+        weights = model.get("pretrained") or (Path(model["weights"]).name if model.get("weights") else None)
+        lines += _table([("method", method), ("backbone", backbone), ("CLIP weights it started from", weights),
+                         ("task", task), ("classifier", model.get("classifier") if task == "recognition" else None),
+                         ("classes", model.get("num_classes") if task in ("recognition", "detection") else None),
+                         ("temperature", model.get("temperature") if task == "retrieval" else None)])
+    if config is None:
+        lines += ["", ("Converted from the authors' released checkpoint with `mugstan convert`; "
+                       "the training recipe and data are those of the original release.")]
+    else:
+        train = config.get("train") or {}
         lines += ["", "## Recipe", ""]
         lines += _table([("epochs", train.get("epochs")), ("batch size", train.get("batch_size")), ("learning rate", train.get("lr")),
                          ("weight decay", train.get("weight_decay")), ("warmup", train.get("warmup")),
                          ("precision", train.get("precision")), ("gradient-cache chunk", train.get("chunk_size"))])
         lines += ["", "## Data", ""]
-        lines += _table([("dataset format", data.get("dataset")),
+        lines += _table([("dataset format", dataset),
                          ("training annotations", Path(data["train_ann"]).name if data.get("train_ann") else None),
                          ("frames per clip", data.get("num_frames")), ("frame size", f"{data['image_size']} px" if data.get("image_size") else None)])
         lines += ["", f"The full experiment config is `{CONFIG_FILE}` in this repository."]
@@ -302,24 +357,84 @@ def model_card(repo_id: str, config: Optional[dict], model: dict, results: Optio
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise HubError(f"{results_source}: unexpected results layout ({type(err).__name__}: {err}); expected "
                        "`mugstan train`'s results.json or an `eval --json` result") from None
-    lines += ["", "## How to use it", "", "```bash", "pip install mugstan",
-              f"mugstan eval CONFIG.yaml --checkpoint hf-hub:{repo_id}      # CONFIG: your data and eval settings",
-              *([f"mugstan index ~/videos --checkpoint hf-hub:{repo_id} --out videos.index"] if task == "retrieval" else []),
+    use = {"retrieval": [f"mugstan eval CONFIG.yaml --checkpoint hf-hub:{repo_id}      # CONFIG: your data and eval settings",
+                         f"mugstan index ~/videos --checkpoint hf-hub:{repo_id} --out videos.index"],
+           "recognition": [f"mugstan eval CONFIG.yaml --checkpoint hf-hub:{repo_id}      # CONFIG: your data and eval settings"],
+           "detection": [f"mugstan eval CONFIG.yaml --checkpoint hf-hub:{repo_id}      # CONFIG: your AVA-format data"],
+           "chat": [f'mugstan chat VIDEO.mp4 "what happens?" --checkpoint hf-hub:{repo_id}',
+                    f"mugstan eval CONFIG.yaml --checkpoint hf-hub:{repo_id}      # CONFIG: a Video QA split"]}[task]
+    lines += ["", "## How to use it", "", "```bash", "pip install mugstan", *use,
               "```", "", "```python", "from mugstan.engine.checkpoint import load_model", "from mugstan.hub import resolve_checkpoint", "",
-              f'model, config = load_model(resolve_checkpoint("hf-hub:{repo_id}"))', "```", "",
-              f"Add `@REVISION` (a branch, tag or commit) to pin a version: `hf-hub:{repo_id}@main`. "
-              "Downloads are cached; with `HF_HUB_OFFLINE=1` only the cache is used.", ""]
+              f'model, config = load_model(resolve_checkpoint("hf-hub:{repo_id}"))', "```", ""]
+    if task != "chat":
+        lines += ["The CLIP part alone is also in open_clip's layout (`open_clip_config.json` + `open_clip_model.safetensors`):", "",
+                  "```python", "import open_clip", "", f'clip = open_clip.create_model("hf-hub:{repo_id}")', "```", ""]
+    lines += [(f"Add `@REVISION` (a branch, tag or commit) to pin a version: `hf-hub:{repo_id}@main`. "
+               "Downloads are cached; with `HF_HUB_OFFLINE=1` only the cache is used."), ""]
     return "\n".join(lines)
 
 
-def stage(checkpoint: Union[str, Path], repo_id: str, folder: Union[str, Path], results: Union[str, Path, None] = None) -> list[str]:
+OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS = "open_clip_config.json", "open_clip_model.safetensors"
+
+
+def open_clip_layout(model: dict, weights_file: Path, source: str) -> Optional[tuple[dict, dict]]:
+    """The CLIP part of a checkpoint in open_clip's Hub layout: (``open_clip_config.json`` content, the CLIP
+    tensors without their prefix), what ``open_clip.create_model("hf-hub:org/name")`` loads. None for a chat
+    model (its tower is LLaVA's, in the LLaVA checkpoint). The activation is the one the weights were trained
+    with: QuickGELU when the config or the open_clip pretrained tag says so (OpenAI's weights)."""
+    import open_clip
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    from safetensors import safe_open
+
+    from mugstan.backbones.clip import _register_configs
+
+    if model.get("task") == "chat":
+        return None
+    if model.get("backbone_config"):
+        config = dict(model["backbone_config"])
+    else:
+        _register_configs()
+        config = open_clip.get_model_config(model.get("backbone") or "")
+        if config is None:
+            raise HubError(f"{source}: model.backbone {model.get('backbone')!r} is not an open_clip model name")
+        if model.get("pretrained") and (open_clip.get_pretrained_cfg(model["backbone"], model["pretrained"]) or {}).get("quick_gelu"):
+            config["quick_gelu"] = True
+        elif model.get("weights"):
+            from mugstan.backbones.convert import load_clip_weights
+
+            try:
+                config["quick_gelu"] = bool(load_clip_weights(resolve_weights(model["weights"])).config.get("quick_gelu"))
+            except (OSError, UserError) as err:
+                raise HubError(f"{source}: the CLIP weights it started from ({model['weights']}) say which activation it uses, "
+                               f"and cannot be read ({_one_line(err)}); make them available or pass --no-open-clip") from None
+    try:
+        with safe_open(str(weights_file), framework="pt") as f:
+            key = next((k for k in f.keys() if k.endswith("clip.visual.conv1.weight")), None)
+            if key is None:
+                raise HubError(f"{weights_file}: holds no CLIP tensors (*clip.visual.*); pass --no-open-clip")
+            prefix = key[: -len("visual.conv1.weight")]
+            tensors = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+    except HubError:
+        raise
+    except Exception as err:  # safetensors raises its own error types for a damaged file
+        raise HubError(f"{weights_file}: cannot be read as safetensors ({_one_line(err)})") from None
+    preprocess = {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD), "interpolation": "bicubic",
+                  "resize_mode": "shortest"}
+    return {"model_cfg": config, "preprocess_cfg": preprocess}, tensors
+
+
+def stage(checkpoint: Union[str, Path], repo_id: str, folder: Union[str, Path], results: Union[str, Path, None] = None,
+          license: str = "mit", open_clip: bool = True) -> list[str]:
     """Write the files ``push`` uploads for ``checkpoint`` into ``folder``; returns their names.
 
     ``checkpoint``: a checkpoint folder (model.safetensors + config.yaml; state.pt is left out)
     or a ``mugstan convert --format stan|clip2video`` file (copied unchanged as
     model.safetensors). ``results``: a results.json or ``eval --json`` file for the card; by
-    default the run's results.json when there is one (``find_results``).
+    default the run's results.json when there is one (``find_results``). ``open_clip``: also write
+    the CLIP part in open_clip's layout (``open_clip_layout``; not for chat models).
     """
+    from safetensors.torch import save_file
+
     parse_hf_spec(repo_id)
     checkpoint, folder = Path(checkpoint), Path(folder)
     if checkpoint.is_dir():
@@ -345,35 +460,49 @@ def stage(checkpoint: Union[str, Path], repo_id: str, folder: Union[str, Path], 
             results_data = json.loads(results_path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise HubError(f"{results_path}: cannot read the results ({_one_line(err)})") from None
-    card = model_card(repo_id, config, model, results_data, results_path.name if results_path else "", card_source)
+    card = model_card(repo_id, config, model, results_data, results_path.name if results_path else "", card_source, license)
+    clip = open_clip_layout(model, files[MODEL_FILE], card_source) if open_clip else None
     if folder.resolve() in (checkpoint.resolve(), checkpoint.resolve().parent):
         raise HubError(f"{folder}: holds the checkpoint itself; write the repository folder somewhere else")
     folder.mkdir(parents=True, exist_ok=True)
     for name, src in files.items():
         shutil.copyfile(src, folder / name)
     (folder / CARD_FILE).write_text(card)
-    return sorted([*files, CARD_FILE])
+    names = [*files, CARD_FILE]
+    if clip is not None:
+        (folder / OPEN_CLIP_CONFIG).write_text(json.dumps(clip[0], indent=2) + "\n")
+        save_file({k: v.contiguous() for k, v in clip[1].items()}, str(folder / OPEN_CLIP_WEIGHTS), metadata={"format": "pt"})
+        names += [OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS]
+    return sorted(names)
 
 
 def push(checkpoint: Union[str, Path], repo_id: str, results: Union[str, Path, None] = None, private: bool = False,
-         commit_message: Optional[str] = None) -> str:
+         commit_message: Optional[str] = None, token: Optional[str] = None, revision: Optional[str] = None,
+         create_pr: bool = False, license: str = "mit", open_clip: bool = True) -> str:
     """Upload ``checkpoint`` to ``repo_id`` (created if missing) in the layout ``hf-hub:`` loads,
-    with a generated model card; returns the commit URL. Log in first (``hf auth login`` or HF_TOKEN)."""
+    with a generated model card; returns the commit URL (the pull request's with ``create_pr``).
+    ``token``: a Hub token (default: the login, ``hf auth login`` or HF_TOKEN); ``revision``: the branch
+    to commit to (created from main if missing; with ``create_pr``, the pull request's base)."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
     with tempfile.TemporaryDirectory(prefix="mugstan-push-") as tmp:
-        names = stage(checkpoint, repo_id, tmp, results)
-        api = HfApi()
+        names = stage(checkpoint, repo_id, tmp, results, license, open_clip)
+        api = HfApi(token=token)
         try:
             api.create_repo(repo_id, private=private or None, exist_ok=True)
-            # a converted file replacing a trained checkpoint must not leave the old config.yaml behind
-            info = api.upload_folder(repo_id=repo_id, folder_path=tmp, delete_patterns=[CONFIG_FILE],
-                                     commit_message=commit_message or f"mugstan push: {', '.join(names)}")
+            if revision and not create_pr:
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            # a converted file replacing a trained checkpoint must not leave the old config.yaml behind,
+            # nor a chat model an open_clip layout of an earlier push
+            stale = [CONFIG_FILE, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS]
+            info = api.upload_folder(repo_id=repo_id, folder_path=tmp, delete_patterns=[n for n in stale if n not in names],
+                                     commit_message=commit_message or f"mugstan push: {', '.join(names)}",
+                                     revision=revision, create_pr=create_pr)
         except (HfHubHTTPError, OSError) as err:  # not logged in, no write access, no connection
-            raise HubError(f"{repo_id}: upload failed ({_one_line(err)}); log in with `hf auth login` or set HF_TOKEN "
-                           "to a token with write access") from None
-    return str(info.commit_url)
+            raise HubError(f"{repo_id}: upload failed ({_one_line(err)}); log in with `hf auth login`, set HF_TOKEN or pass "
+                           "--token, with write access") from None
+    return str(info.pr_url if create_pr and info.pr_url else info.commit_url)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -385,14 +514,24 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--message", help="commit message")
     parser.add_argument("--local-dir", help="write the repository folder here instead of uploading (load it with local-dir:PATH)")
+    parser.add_argument("--token", help="a Hugging Face token with write access (default: the login, `hf auth login` or HF_TOKEN)")
+    parser.add_argument("--revision", help="the branch to commit to (created from main if missing); with --create-pr, the PR's base")
+    parser.add_argument("--create-pr", action="store_true", help="open a pull request with the files instead of committing")
+    parser.add_argument("--license", default="mit", help="the card's license (Hub license id; default mit, mugstan's; the "
+                        "weights may inherit their base model's, e.g. llama2 for LLaVA-1.5)")
+    parser.add_argument("--no-open-clip", action="store_true", help="leave out open_clip_config.json + open_clip_model.safetensors")
 
 
 def main(args: argparse.Namespace) -> int:
     checkpoint = resolve_checkpoint(args.checkpoint)
     if args.local_dir:
-        names = stage(checkpoint, args.repo_id, args.local_dir, args.results)
+        if args.token or args.revision or args.create_pr:
+            raise HubError("--token, --revision and --create-pr are for uploading; leave them out with --local-dir")
+        names = stage(checkpoint, args.repo_id, args.local_dir, args.results, args.license, not args.no_open_clip)
         print(f"wrote {', '.join(names)} to {args.local_dir}; load it with --checkpoint local-dir:{args.local_dir}")
     else:
-        url = push(checkpoint, args.repo_id, args.results, args.private, args.message)
-        print(f"pushed to {url}; load it with --checkpoint hf-hub:{args.repo_id}")
+        url = push(checkpoint, args.repo_id, args.results, args.private, args.message, args.token, args.revision,
+                   args.create_pr, args.license, not args.no_open_clip)
+        at = f"@{args.revision}" if args.revision and not args.create_pr else ""
+        print(f"pushed to {url}; load it with --checkpoint hf-hub:{args.repo_id}{at}")
     return 0

@@ -29,6 +29,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--llava", help="a LLaVA folder or hub name, used with CLIP frames and no branch (model.branch: none)")
     parser.add_argument("--frames", type=int, help="frames sampled from the video (default: the config's data.num_frames)")
     parser.add_argument("--max-new-tokens", type=int, help="answer length limit (default: model.chat.max_new_tokens)")
+    parser.add_argument("--temperature", type=float, help="0: greedy (default: model.chat.temperature, 0); above 0: sampling")
+    parser.add_argument("--top-p", type=float, help="sampling: the top-p nucleus (default: model.chat.top_p, 1)")
+    parser.add_argument("--seed", type=int, help="seed of the sampling (repeatable answers at a temperature above 0)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
     parser.add_argument("--no-stream", action="store_true", help="print each answer when it is complete")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model.chat.video_tokens=frame_mean")
@@ -46,7 +49,7 @@ def load_chat_model(args, device):
             raise ValueError(f"--checkpoint {args.checkpoint}: not a chat checkpoint (model.task: chat); use --config or --llava")
         return model, cfg
     if args.config:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, check_files=False)  # one video: no dataset file is read
         if cfg.model.task != Task.chat:
             raise ValueError(f"--config {args.config}: model.task is {cfg.model.task}, not chat (the chat/ configs of `mugstan config list` are)")
     else:
@@ -76,10 +79,17 @@ def main(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
     from mugstan.config import ConfigError
-    from mugstan.data.video import VideoError
+    from mugstan.data.video import VideoError, probe
+    from mugstan.errors import ArgumentError
 
     if args.question and OVERRIDE.match(args.question):  # `mugstan chat v.mp4 key=value` (no question)
         args.overrides, args.question = [args.question, *args.overrides], None
+    if args.question is not None and not args.question.strip():
+        raise ArgumentError("mugstan chat: the question is blank; ask something, or leave the question out for an "
+                            "interactive session")
+    if (args.temperature is not None and args.temperature < 0) or (args.top_p is not None and not 0 < args.top_p <= 1):
+        raise ArgumentError(f"mugstan chat: --temperature {args.temperature} must be >= 0 (0: greedy) and --top-p {args.top_p} in (0, 1]")
+    probe(args.video)  # a missing or unreadable video stops here, before a 7B model loads
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         model, cfg = load_chat_model(args, device)
@@ -96,7 +106,10 @@ def main(args: argparse.Namespace) -> int:
     def ask(turns) -> str:
         streamer = None if args.no_stream else TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
         start = time.time()
-        answer = model.answer(frames, mask, [turns], args.max_new_tokens, streamer=streamer)[0]
+        if args.seed is not None:
+            torch.manual_seed(args.seed)
+        answer = model.answer(frames, mask, [turns], args.max_new_tokens, streamer=streamer, temperature=args.temperature,
+                              top_p=args.top_p)[0]
         if args.no_stream:
             print(answer)
         print(f"({time.time() - start:.2f} s)", file=sys.stderr)

@@ -29,12 +29,14 @@ A chat checkpoint holds the branch, the projector and whatever else ``model.chat
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from mugstan.backbones.clip import CLIPBackbone
+from mugstan.backbones.convert import WeightsError
 from mugstan.chat.prompt import ChatPrompt
 from mugstan.config import Branch, ChatConfig, ModelConfig, VideoTokens
 from mugstan.heads.base import masked_mean
@@ -48,24 +50,29 @@ class VideoChatModel(nn.Module):
     input_names = ("frames", "frame_mask", "input_ids", "attention_mask", "labels")
 
     def __init__(self, backbone: CLIPBackbone, branch: nn.Module, projector: nn.Module, llm: nn.Module, tokenizer,
-                 cfg: ChatConfig, image_token_id: int):
+                 cfg: ChatConfig, image_token_id: int, keep_cls: bool = False):
         super().__init__()
         self.backbone, self.branch, self.projector, self.llm = backbone, branch, projector, llm
-        self.cfg, self.image_token_id = cfg, image_token_id
+        self.cfg, self.image_token_id, self.keep_cls = cfg, image_token_id, keep_cls
         self.tuned = tuple(cfg.tune)
         self.tokenizer = ChatPrompt(tokenizer, image_token_id, self.num_video_tokens, cfg.system, cfg.user,
-                                    cfg.assistant, cfg.max_length)
+                                    cfg.assistant, cfg.max_length, cfg.chat_template)
 
     # ---- video tokens -------------------------------------------------------------------
     @property
     def num_patches(self) -> int:
         return self.backbone.num_patches
 
+    @property
+    def num_spatial(self) -> int:
+        """Spatial tokens per video: P, or 1 + P when LLaVA keeps the class token (``vision_feature_select_strategy: full``)."""
+        return self.num_patches + int(self.keep_cls)
+
     def num_video_tokens(self, num_frames: int) -> int:
         """N, the tokens one video of ``num_frames`` frames becomes."""
         if self.cfg.video_tokens == VideoTokens.frame_mean:
-            return self.num_patches
-        return num_frames + self.num_patches
+            return self.num_spatial
+        return num_frames + self.num_spatial
 
     def video_tokens(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames [B, T, 3, H, W], frame_mask [B, T] bool -> (tokens [B, N, D], token mask [B, N] bool)."""
@@ -76,13 +83,16 @@ class VideoChatModel(nn.Module):
             raise ValueError(f"frame_mask must be [B, T] = {(b, t)} with a real frame in every row, got {tuple(frame_mask.shape)}")
         spatial_only = self.cfg.video_tokens == VideoTokens.frame_mean
         vision = self.backbone.encode_frames(frames.flatten(0, 1), taps=() if spatial_only else self.branch.taps)
+        last = vision.last.view(b, t, *vision.last.shape[1:])  # [B, T, 1+P, D]
+        spatial_mask = frame_mask.new_ones(b, self.num_spatial)
         if spatial_only:
-            last = vision.last[:, 1:]
-            return masked_mean(last.view(b, t, *last.shape[1:]), frame_mask), frame_mask.new_ones(b, self.num_patches)
+            return masked_mean(last if self.keep_cls else last[:, :, 1:], frame_mask), spatial_mask
         patches = self.branch(vision, self.backbone, frame_mask).patches  # [B, T, P, D]
         temporal = patches.mean(2)  # [B, T, D]
         spatial = masked_mean(patches, frame_mask)  # [B, P, D]
-        return torch.cat([temporal, spatial], 1), torch.cat([frame_mask, frame_mask.new_ones(b, self.num_patches)], 1)
+        if self.keep_cls:  # "full": the tower's class token (averaged over the real frames) leads, as in LLaVA's image
+            spatial = torch.cat([masked_mean(last[:, :, :1], frame_mask), spatial], 1)
+        return torch.cat([temporal, spatial], 1), torch.cat([frame_mask, spatial_mask], 1)
 
     # ---- language model inputs ----------------------------------------------------------
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, frames: torch.Tensor,
@@ -122,13 +132,22 @@ class VideoChatModel(nn.Module):
     # ---- answers ------------------------------------------------------------------------
     @torch.no_grad()
     def answer(self, frames: torch.Tensor, frame_mask: torch.Tensor, conversations: Sequence[Turns],
-               max_new_tokens: Optional[int] = None, streamer=None, video_of: Optional[Sequence[int]] = None) -> list[str]:
-        """Greedy answers to the last question of each conversation about its video.
+               max_new_tokens: Optional[int] = None, streamer=None, video_of: Optional[Sequence[int]] = None,
+               temperature: Optional[float] = None, top_p: Optional[float] = None) -> list[str]:
+        """Answers to the last question of each conversation about its video: greedy, or sampled when the
+        temperature (default ``model.chat.temperature``) is above 0, from the top-p nucleus (``model.chat.top_p``).
 
         frames [V, T, 3, H, W], frame_mask [V, T]; conversations[b]: [(question, answer), ..., (question, None)]
         about video ``video_of[b]`` (default: b, V = B; several questions can share one video, encoded once).
         Prompts are padded on the left; ``streamer`` (e.g. transformers' TextStreamer, B = 1) gets the tokens as they come.
+        Sampling draws from torch's global generator (``torch.manual_seed`` makes it repeatable).
         """
+        temperature = self.cfg.temperature if temperature is None else temperature
+        top_p = self.cfg.top_p if top_p is None else top_p
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"temperature={temperature} must be >= 0 (0: greedy) and top_p={top_p} in (0, 1]")
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": None} if temperature > 0 else \
+            {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         if video_of is None and len(conversations) != frames.shape[0]:
             raise ValueError(f"{len(conversations)} conversations for {frames.shape[0]} videos: pass video_of")
         prompts = [self.tokenizer.prompt_ids(turns, frames.shape[1]) for turns in conversations]
@@ -140,7 +159,7 @@ class VideoChatModel(nn.Module):
         embeds, mask = self.embed(ids, mask, frames, frame_mask, rows)
         tok = self.tokenizer.tokenizer
         out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
-                                do_sample=False, num_beams=1, streamer=streamer, pad_token_id=pad, eos_token_id=tok.eos_token_id)
+                                num_beams=1, streamer=streamer, pad_token_id=pad, eos_token_id=tok.eos_token_id, **sampling)
         return [tok.decode(row, skip_special_tokens=True).strip() for row in out]
 
     # ---- training -----------------------------------------------------------------------
@@ -197,35 +216,94 @@ def _llava_source(spec: str) -> str:
     return spec
 
 
-def load_branch_weights(branch: nn.Module, spec: str, tower_layers: int) -> None:
+def load_branch_weights(branch: nn.Module, spec: str, tower_layers: int, chat: Optional[ChatConfig] = None) -> None:
     """Put the ``branch.*`` tensors of a mugstan checkpoint (folder, ``mugstan convert`` file or hub spec) into ``branch``.
 
     The branch must have been trained over a tower of the same depth: its spatial blocks are copies of
-    the tower's last K blocks and its inputs those blocks' outputs.
+    the tower's last K blocks and its inputs those blocks' outputs. A retrieval checkpoint's tower
+    blocks say its depth; a chat checkpoint (``config.yaml`` with ``model.task: chat``) over the same
+    LLaVA checkpoint as ``chat`` must name the same ``feature_layer``.
     """
-    from safetensors.torch import load_file
-
+    from mugstan.engine.checkpoint import read_safetensors
+    from mugstan.errors import MismatchError, MissingFileError
     from mugstan.hub import resolve_checkpoint
 
     path = resolve_checkpoint(spec)
     file = path / "model.safetensors" if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(f"model.chat.branch_weights: {file} does not exist (give a mugstan checkpoint folder or a "
-                                "`mugstan convert --format stan` .safetensors)")
-    tensors = load_file(str(file))
+        raise MissingFileError(f"model.chat.branch_weights: {file} does not exist (give a mugstan checkpoint folder or a "
+                               "`mugstan convert --format stan` .safetensors)")
+    tensors = read_safetensors(file, f"model.chat.branch_weights: {spec} is damaged; train it again or download it again")
     own = {k[len("branch."):]: v for k, v in tensors.items() if k.startswith("branch.")}
     if not own:
-        raise ValueError(f"model.chat.branch_weights: {file} holds no branch.* tensors (is it a STAN / Mug-STAN checkpoint?)")
+        raise MismatchError(f"model.chat.branch_weights: {file} holds no branch.* tensors (is it a STAN / Mug-STAN checkpoint?)")
     blocks = {k.split(".")[5] for k in tensors if k.startswith("backbone.clip.visual.transformer.resblocks.")}
     if blocks and len(blocks) != tower_layers:
-        raise ValueError(
+        raise MismatchError(
             f"model.chat.branch_weights: {file} was trained over a {len(blocks)}-block CLIP tower, but the chat model's tower "
             f"has {tower_layers} blocks (LLaVA's feature layer): train the branch on the tower cut at that layer, or set "
             f"model.chat.feature_layer so that {len(blocks)} blocks are kept")
+    trained = _chat_section(path / "config.yaml") if path.is_dir() else None
+    if chat is not None and trained is not None and trained.get("llava") == chat.llava and trained.get("feature_layer") != chat.feature_layer:
+        raise MismatchError(
+            f"model.chat.branch_weights: {spec} was trained at model.chat.feature_layer={trained.get('feature_layer')} of "
+            f"{chat.llava}, but this model reads feature_layer={chat.feature_layer}: its tower depth differs; set "
+            f"model.chat.feature_layer={'null' if trained.get('feature_layer') is None else trained.get('feature_layer')}")
     missing, unexpected = branch.load_state_dict(own, strict=False)
     if missing or unexpected:
-        raise ValueError(f"model.chat.branch_weights: {file} does not fit model.branch/model.stan: missing {missing[:5]}, "
+        raise MismatchError(f"model.chat.branch_weights: {file} does not fit model.branch/model.stan: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
+
+
+def _chat_section(config_file: Path) -> Optional[dict]:
+    """``model.chat`` of a chat checkpoint's config.yaml; None when there is none or it is not a chat model."""
+    import yaml
+
+    if not config_file.is_file():
+        return None
+    try:
+        model = (yaml.safe_load(config_file.read_text()) or {}).get("model") or {}
+    except (yaml.YAMLError, AttributeError):
+        return None  # not a readable mugstan config: the tensors alone are checked
+    return model.get("chat") or {} if model.get("task") == "chat" else None
+
+
+def processor_chat_template(source: str) -> Optional[str]:
+    """The chat template a LLaVA checkpoint keeps with its processor (``chat_template.jinja``, or ``chat_template.json``'s
+    ``chat_template``) when its tokenizer has none; None when there is none."""
+    import json
+
+    from transformers.utils import cached_file
+
+    for name in ("chat_template.jinja", "chat_template.json"):
+        path = cached_file(source, name, _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
+        if path:
+            text = Path(path).read_text(encoding="utf-8")
+            return text if name.endswith(".jinja") else json.loads(text).get("chat_template")
+    return None
+
+
+def check_llava_config(source: str, name: str) -> str:
+    """Read ``config.json`` of ``source`` (nothing else is loaded) and refuse what is not a LLaVA-1.5-style
+    checkpoint; returns its ``vision_feature_select_strategy`` (``default``: class token dropped, ``full``: kept)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"model.chat.llava={name!r}: cannot read its config.json ({str(err).splitlines()[0]}); "
+                                "give a LLaVA checkpoint folder or hub name") from None
+    if config.model_type != "llava":
+        raise WeightsError(f"model.chat.llava={name!r}: config.json has model_type {config.model_type!r}, not 'llava'; "
+                           "give a LlavaForConditionalGeneration checkpoint (e.g. llava-hf/llava-1.5-7b-hf), not a text-only model")
+    vision = getattr(config.vision_config, "model_type", None)
+    if vision != "clip_vision_model":
+        raise WeightsError(f"model.chat.llava={name!r}: the vision tower is {vision!r}; mugstan's branch needs a CLIP ViT tower "
+                           "(clip_vision_model), as in LLaVA-1.5")
+    strategy = config.vision_feature_select_strategy
+    if strategy not in ("default", "full"):
+        raise WeightsError(f"model.chat.llava={name!r}: vision_feature_select_strategy={strategy!r}; expected default or full")
+    return strategy
 
 
 def build_chat_model(cfg: ModelConfig, build_branch: Callable[[CLIPBackbone], nn.Module]) -> VideoChatModel:
@@ -239,12 +317,21 @@ def build_chat_model(cfg: ModelConfig, build_branch: Callable[[CLIPBackbone], nn
     c = cfg.chat
     source = _llava_source(c.llava)
     dtype = resolve_dtype(c.dtype)
+    strategy = check_llava_config(source, c.llava)  # before anything is allocated
     try:
-        llava = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype, use_safetensors=True)
+        llava, loading = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype, use_safetensors=True,
+                                                                       output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(source)
+        if tokenizer.chat_template is None:
+            tokenizer.chat_template = processor_chat_template(source)
     except OSError as err:
         raise FileNotFoundError(f"model.chat.llava={c.llava!r}: cannot load a LLaVA checkpoint with safetensors weights and a "
                                 f"tokenizer from it ({str(err).splitlines()[0]}); give a local folder or a hub name") from None
+    missing = sorted(loading["missing_keys"])
+    if missing:  # transformers would initialise them at random: a different model (and answers) every run
+        parts = sorted({k.split(".")[1] if k.startswith("model.") else k.split(".")[0] for k in missing})
+        raise WeightsError(f"model.chat.llava={c.llava!r}: the checkpoint lacks {len(missing)} tensors ({', '.join(parts)}; "
+                           f"e.g. {missing[0]}), which would be initialised at random; give a complete LLaVA checkpoint")
     layer = llava.config.vision_feature_layer if c.feature_layer is None else c.feature_layer
     if not isinstance(layer, int):
         raise ValueError(f"{c.llava}: vision_feature_layer={layer} selects several layers; set model.chat.feature_layer to one")
@@ -253,11 +340,11 @@ def build_chat_model(cfg: ModelConfig, build_branch: Callable[[CLIPBackbone], nn
     llava.model.vision_tower, llava.model.multi_modal_projector = None, None  # the chat model owns them now
     branch = build_branch(backbone)
     if c.branch_weights:
-        load_branch_weights(branch, c.branch_weights, backbone.vision_layers)
+        load_branch_weights(branch, c.branch_weights, backbone.vision_layers, c)
     elif cfg.branch == Branch.stan and "branch" not in c.tune:
         warnings.warn("model.branch=stan without model.chat.branch_weights: the STAN branch is freshly initialised and frozen; "
                       "zero-shot chat wants a trained one (a STAN / Mug-STAN checkpoint trained on this tower)", stacklevel=2)
-    model = VideoChatModel(backbone, branch, projector, llava, tokenizer, c, llava.config.image_token_id)
+    model = VideoChatModel(backbone, branch, projector, llava, tokenizer, c, llava.config.image_token_id, strategy == "full")
     model.requires_grad_(False)
     for name in ("backbone", "branch", "projector", "llm"):
         part = getattr(model, name)

@@ -10,7 +10,7 @@ punctuation split, so every word of the prompts and answers it will see is one t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 
@@ -29,16 +29,20 @@ def make_tokenizer(texts: Iterable[str]):
 
 
 def make_tiny_llava(folder, texts: Iterable[str], seed: int = 0, image_size: int = 32, patch_size: int = 8,
-                    vision_layers: int = 4, width: int = 64, llm_layers: int = 2, vision_init: float = 1.0) -> Path:
+                    vision_layers: int = 4, width: int = 64, llm_layers: int = 2, vision_init: float = 1.0,
+                    select_strategy: str = "default", chat_template: Optional[str] = None) -> Path:
     """Write a random tiny LLaVA checkpoint (weights + tokenizer) to ``folder``; returns it.
 
     vision_init: CLIP's ``initializer_factor`` for the tower; at 1 (CLIP's) a random tower's blocks are
-    nearly the identity, larger values give it the non-linear features a trained tower has."""
+    nearly the identity, larger values give it the non-linear features a trained tower has.
+    select_strategy: LLaVA's ``vision_feature_select_strategy`` (default: class token dropped; full: kept).
+    chat_template: a Jinja chat template saved with the tokenizer (none by default: the fallback prompt)."""
     import torch
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     folder = Path(folder)
     tokenizer = make_tokenizer(texts)
+    tokenizer.chat_template = chat_template
     vision = CLIPVisionConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=vision_layers,
                               num_attention_heads=4, image_size=image_size, patch_size=patch_size, hidden_act="quick_gelu",
                               projection_dim=width, initializer_factor=vision_init)
@@ -46,7 +50,8 @@ def make_tiny_llava(folder, texts: Iterable[str], seed: int = 0, image_size: int
                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                         image_seq_length=(image_size // patch_size) ** 2, vision_feature_layer=-2)
+                         image_seq_length=(image_size // patch_size) ** 2 + (select_strategy == "full"), vision_feature_layer=-2,
+                         vision_feature_select_strategy=select_strategy)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -79,15 +79,14 @@ def load_weights(model, path) -> None:
 
 def read_weights(spec) -> dict:
     """The tensors of a checkpoint folder, a ``mugstan convert`` file or a Hub spec of either."""
-    from safetensors.torch import load_file
-
     from mugstan.hub import resolve_checkpoint
 
     path = resolve_checkpoint(spec)
     file = path if path.is_file() else path / WEIGHTS
     if not file.is_file():
-        raise FileNotFoundError(f"model.init_from: {spec} is neither a checkpoint folder ({WEIGHTS} + {CONFIG}) nor a converted .safetensors file")
-    return load_file(str(file))
+        raise MissingFileError(f"model.init_from: {spec} is neither a checkpoint folder ({WEIGHTS} + {CONFIG}) nor a converted "
+                               ".safetensors file; name a run's checkpoints/best, a `mugstan convert` file or hf-hub:ORG/NAME")
+    return read_safetensors(file, f"model.init_from: {spec} is damaged; train it again or download it again")
 
 
 def init_from(model, spec) -> dict:
@@ -112,10 +111,10 @@ def init_from(model, spec) -> dict:
             loaded[name] = state[source]
             used.add(source)
     if wrong:
-        raise ValueError(f"model.init_from: {spec} has tensors of other shapes than this model ({'; '.join(wrong[:4])}); "
+        raise MismatchError(f"model.init_from: {spec} has tensors of other shapes than this model ({'; '.join(wrong[:4])}); "
                          "the two configs describe different architectures (backbone, stan.max_frames, ...)")
     if not loaded:
-        raise ValueError(f"model.init_from: no tensor of {spec} fits this model (is it a mugstan checkpoint of the same backbone?)")
+        raise MismatchError(f"model.init_from: no tensor of {spec} fits this model (is it a mugstan checkpoint of the same backbone?)")
     model.load_state_dict(loaded, strict=False)
     return {"loaded": len(loaded), "new": new, "unused": sorted(set(state) - used)}
 

@@ -15,8 +15,8 @@ The index folder is readable without mugstan (numpy + json)::
     mask.npy         bool [N, T] real frames (Mug models only)
     items.json       [{"path": "sub/clip.mp4", "start": 0.0, "end": 8.0}, ...], one per row;
                      paths are relative to the video folder, with "/" separators
-    index.json       format, the video folder ("root"), the model's identity (checkpoint path
-                     and sha256 of its files), similarity ("dot" | "mug"), shape, window,
+    index.json       format, the video folder ("root"), the model's identity (checkpoint path or
+                     hf-hub:/local-dir: spec, and sha256 of its files), similarity ("dot" | "mug"), shape, window,
                      stride, frames, and per file: size, mtime_ns, rows
     report.json      the files that were not indexed, each with the reason, and the files that
                      were indexed with a note ("indexed": true; e.g. windows capped)
@@ -78,11 +78,23 @@ def frame_limit(model) -> Optional[int]:
 
 
 def model_identity(checkpoint) -> dict:
-    """What makes embeddings comparable: {"checkpoint": absolute path, "sha256": of its weights
-    and config (a checkpoint folder) or of the file (a converted .safetensors)}."""
-    from mugstan.hub import resolve_checkpoint
+    """What makes embeddings comparable: {"checkpoint": how to load it again, "sha256": of its weights
+    and config (a checkpoint folder) or of the file (a converted .safetensors)}.
 
-    path = resolve_checkpoint(checkpoint).resolve()
+    "checkpoint" is a path's absolute path, or the spec itself: ``local-dir:`` with the folder made
+    absolute, ``hf-hub:org/name`` pinned to the commit it resolved to (``@<commit>`` unless it names a
+    revision), never the Hugging Face cache's blob path, so ``mugstan search INDEX`` loads it again."""
+    from mugstan.hub import HF_PREFIX, LOCAL_PREFIX, parse_hf_spec, resolve_checkpoint
+
+    resolved = resolve_checkpoint(checkpoint)  # for hf-hub: .../snapshots/<commit>[/model.safetensors]
+    path = resolved.resolve()
+    source = str(path)
+    if str(checkpoint).startswith(LOCAL_PREFIX):
+        source = LOCAL_PREFIX + str(Path(str(checkpoint)[len(LOCAL_PREFIX):]).expanduser().resolve())
+    elif str(checkpoint).startswith(HF_PREFIX):
+        repo_id, revision = parse_hf_spec(str(checkpoint))
+        commit = (resolved if resolved.is_dir() else resolved.parent).name
+        source = f"{HF_PREFIX}{repo_id}@{revision or commit}"
     files = [path] if path.is_file() else [path / "model.safetensors", path / "config.yaml"]
     digest = hashlib.sha256()
     for f in files:
@@ -92,7 +104,7 @@ def model_identity(checkpoint) -> dict:
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
-    return {"checkpoint": str(path), "sha256": digest.hexdigest()}
+    return {"checkpoint": source, "sha256": digest.hexdigest()}
 
 
 def windows(duration: float, window: float, stride: float) -> list[tuple[float, float]]:

@@ -10,7 +10,10 @@ Routes (nothing else is served, there is no directory listing):
   the index's model can caption (a CoCa backbone), and the page then shows a Caption button;
 - ``/api/ask?path=...&start=...&end=...&q=...``: ``{"path", "start", "end", "question", "answer"}``:
   a video chat model (``mugstan serve INDEX --chat CHECKPOINT_OR_CONFIG``, ``mugstan.chat``) answers
-  the question about the result's window (greedy); without ``--chat`` the page has no Ask box;
+  the question about the result's window (greedy unless the chat config sets ``model.chat.temperature``);
+  without ``--chat`` the page has no Ask box;
+- ``/api/ask/stream`` (same parameters): the answer as plain text, streamed as it is generated; the
+  page's Ask box shows it growing;
 - ``/api/caption?path=...&start=...&end=...``: ``{"path", "start", "end", "caption"}``, the window
   captioned by the model's decoder (``mugstan.caption``, greedy, cached); ``path`` as for ``/media``
   (404 otherwise), 400 for a model without a decoder;
@@ -45,7 +48,7 @@ def create_app(searcher, chat=None):
     """The FastAPI app for a ``mugstan.search.query.Searcher``; ``chat``: (video chat model, its
     ExperimentConfig) to answer questions about results, or None."""
     from fastapi import FastAPI, HTTPException, Query
-    from fastapi.responses import FileResponse, Response
+    from fastapi.responses import FileResponse, Response, StreamingResponse
 
     app = FastAPI(title="mugstan search", docs_url=None, redoc_url=None, openapi_url=None)
     from mugstan.caption import can_caption, caption_file
@@ -78,10 +81,8 @@ def create_app(searcher, chat=None):
             raise HTTPException(422, "the query is blank")
         return {"query": q, "results": searcher.search(q, k), "captions": captions, "ask": chat is not None}
 
-    @app.get("/api/ask")
-    def ask(path: str, start: float = Query(..., ge=0), end: float = Query(..., gt=0),
-            q: str = Query(..., min_length=1, max_length=MAX_QUERY)) -> dict:
-        """A question about one result's window, answered by the video chat model."""
+    def window_frames(path: str, start: float, end: float, q: str):
+        """The chat model's frames [1, T, 3, S, S] and mask [1, T] of one result's window, on the model's device."""
         if chat is None:
             raise HTTPException(400, "no video chat model: start `mugstan serve INDEX --chat CHECKPOINT_OR_CONFIG`")
         if not q.strip():
@@ -95,8 +96,37 @@ def create_app(searcher, chat=None):
         except VideoError as err:
             raise HTTPException(422, str(err)) from None
         device = next(model.parameters()).device
-        answer = model.answer(frames.to(device), mask.to(device), [[(q, None)]])[0]
+        return frames.to(device), mask.to(device)
+
+    @app.get("/api/ask")
+    def ask(path: str, start: float = Query(..., ge=0), end: float = Query(..., gt=0),
+            q: str = Query(..., min_length=1, max_length=MAX_QUERY)) -> dict:
+        """A question about one result's window, answered by the video chat model."""
+        frames, mask = window_frames(path, start, end, q)
+        answer = chat[0].answer(frames, mask, [[(q, None)]])[0]
         return {"path": path, "start": start, "end": end, "question": q, "answer": answer}
+
+    @app.get("/api/ask/stream")
+    def ask_stream(path: str, start: float = Query(..., ge=0), end: float = Query(..., gt=0),
+                   q: str = Query(..., min_length=1, max_length=MAX_QUERY)) -> StreamingResponse:
+        """The same answer as ``/api/ask``, as plain text streamed while it is generated (what the page shows)."""
+        import threading
+
+        from transformers import TextIteratorStreamer
+
+        frames, mask = window_frames(path, start, end, q)
+        model = chat[0]
+        streamer = TextIteratorStreamer(model.tokenizer.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+
+        def generate():
+            try:
+                model.answer(frames, mask, [[(q, None)]], streamer=streamer)
+            except Exception:
+                streamer.end()  # the response ends instead of waiting for tokens that will not come
+                raise
+
+        threading.Thread(target=generate, daemon=True).start()
+        return StreamingResponse(streamer, media_type="text/plain; charset=utf-8", headers={"X-Content-Type-Options": "nosniff"})
 
     @app.get("/api/caption")
     def caption(path: str, start: float = Query(..., ge=0), end: float = Query(..., gt=0)) -> dict:

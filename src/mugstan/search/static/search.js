@@ -55,9 +55,22 @@ function askControls(r) {  // a question about this window, answered by the vide
     if (!q) return;
     button.disabled = true;
     text.textContent = "Thinking\u2026";
-    try {
-      const res = await fetch("/api/ask?" + new URLSearchParams({ path: r.path, start: r.start, end: r.end, q }));
-      text.textContent = res.ok ? (await res.json()).answer : "Error " + res.status;
+    try {  // the answer is streamed: shown as it is generated
+      const res = await fetch("/api/ask/stream?" + new URLSearchParams({ path: r.path, start: r.start, end: r.end, q }));
+      if (!res.ok) {
+        text.textContent = "Error " + res.status;
+      } else {
+        const reader = res.body.getReader();
+        const decoder = new TextDecoder();
+        let answer = "";
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          answer += decoder.decode(value, { stream: true });
+          text.textContent = answer;
+        }
+        text.textContent = (answer + decoder.decode()).trim();
+      }
     } catch (err) {
       text.textContent = "The server cannot be reached (" + err.message + ").";
     }
