@@ -136,3 +136,20 @@ def regular_file(path: Union[str, Path], what: str) -> Path:
         kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device or socket"
         raise UserError(f"{what}: {path} is {kind}, not a regular file")
     return path
+
+
+def read_safetensors(file, rebuild: str) -> dict:
+    """The tensors of a .safetensors file; a missing, empty, truncated or corrupt file is a one-line
+    error naming it and ``rebuild`` (how to get a good one)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from mugstan.errors import CorruptFileError, one_line
+
+    file = regular_file(file, "weights")
+    if file.stat().st_size == 0:
+        raise CorruptFileError(f"{file}: empty file (0 bytes); {rebuild}")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CorruptFileError(f"{file}: not a readable safetensors file, corrupt or truncated ({one_line(err)}); {rebuild}") from None

@@ -386,14 +386,14 @@ def open_clip_layout(model: dict, weights_file: Path, source: str) -> Optional[t
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
     from safetensors import safe_open
 
-    from mugstan.backbones.clip import _register_configs
+    from mugstan.backbones import register_configs
 
     if model.get("task") == "chat":
         return None
     if model.get("backbone_config"):
         config = dict(model["backbone_config"])
     else:
-        _register_configs()
+        register_configs()
         config = open_clip.get_model_config(model.get("backbone") or "")
         if config is None:
             raise HubError(f"{source}: model.backbone {model.get('backbone')!r} is not an open_clip model name")

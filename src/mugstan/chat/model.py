@@ -224,8 +224,8 @@ def load_branch_weights(branch: nn.Module, spec: str, tower_layers: int, chat: O
     blocks say its depth; a chat checkpoint (``config.yaml`` with ``model.task: chat``) over the same
     LLaVA checkpoint as ``chat`` must name the same ``feature_layer``.
     """
-    from mugstan.engine.checkpoint import read_safetensors
     from mugstan.errors import MismatchError, MissingFileError
+    from mugstan.files import read_safetensors
     from mugstan.hub import resolve_checkpoint
 
     path = resolve_checkpoint(spec)

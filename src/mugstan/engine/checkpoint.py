@@ -31,7 +31,7 @@ import torch
 from mugstan.config import ExperimentConfig, Task, load_config, save_config
 from mugstan.engine.distributed import unwrap
 from mugstan.errors import CorruptFileError, MismatchError, MissingFileError, UserError, one_line
-from mugstan.files import atomic_folder, readable_folder, regular_file
+from mugstan.files import atomic_folder, read_safetensors, readable_folder
 
 WEIGHTS, CONFIG, STATE = "model.safetensors", "config.yaml", "state.pt"
 
@@ -48,21 +48,6 @@ def save_checkpoint(path, model, cfg: ExperimentConfig, state: Optional[dict] = 
         if state is not None:
             torch.save(state, tmp / STATE)
     return path
-
-
-def read_safetensors(file, rebuild: str) -> dict:
-    """The tensors of a .safetensors file; a missing, empty, truncated or corrupt file is a one-line
-    error naming it and ``rebuild`` (how to get a good one)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    file = regular_file(file, "weights")
-    if file.stat().st_size == 0:
-        raise CorruptFileError(f"{file}: empty file (0 bytes); {rebuild}")
-    try:
-        return load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CorruptFileError(f"{file}: not a readable safetensors file, corrupt or truncated ({one_line(err)}); {rebuild}") from None
 
 
 def load_weights(model, path) -> None:
