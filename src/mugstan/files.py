@@ -1,9 +1,12 @@
-"""Atomic writes: a reader sees the old file or folder or the new one, never half of one.
+"""Files: atomic writes, and reading the files a user names without hanging or unpickling.
 
 ``atomic_file(dest)`` yields a temporary path beside ``dest``; when the block ends without an
 error the file is moved over ``dest`` in one rename, otherwise it is removed. ``atomic_folder``
 does the same for a folder (written whole, then swapped in by renames); an interrupted swap is
 finished by ``recover_folder`` on the next write.
+
+Reading: ``regular_file(path, what)`` checks a file the user named without opening it (a FIFO
+would block), and ``read_safetensors`` reads tensors, a damaged file being a one-line error.
 """
 
 from __future__ import annotations
@@ -136,3 +139,20 @@ def regular_file(path: Union[str, Path], what: str) -> Path:
         kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device or socket"
         raise UserError(f"{what}: {path} is {kind}, not a regular file")
     return path
+
+
+def read_safetensors(file, rebuild: str) -> dict:
+    """The tensors of a .safetensors file; a missing, empty, truncated or corrupt file is a one-line
+    error naming it and ``rebuild`` (how to get a good one)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from mugstan.errors import CorruptFileError, one_line
+
+    file = regular_file(file, "weights")
+    if file.stat().st_size == 0:
+        raise CorruptFileError(f"{file}: empty file (0 bytes); {rebuild}")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CorruptFileError(f"{file}: not a readable safetensors file, corrupt or truncated ({one_line(err)}); {rebuild}") from None

@@ -21,6 +21,8 @@ OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from mugstan.engine.distributed import device_arg
+
     parser.add_argument("video", help="a video file")
     parser.add_argument("question", nargs="?", help="the question; without it, an interactive session")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -29,7 +31,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--llava", help="a LLaVA folder or hub name, used with CLIP frames and no branch (model.branch: none)")
     parser.add_argument("--frames", type=int, help="frames sampled from the video (default: the config's data.num_frames)")
     parser.add_argument("--max-new-tokens", type=int, help="answer length limit (default: model.chat.max_new_tokens)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
+    parser.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
     parser.add_argument("--no-stream", action="store_true", help="print each answer when it is complete")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model.chat.video_tokens=frame_mean")
 
@@ -38,17 +40,18 @@ def load_chat_model(args, device):
     """(VideoChatModel in eval mode, ExperimentConfig) from --checkpoint, --config or --llava (+ overrides)."""
     from mugstan.config import ExperimentConfig, Task, load_config, model_config
     from mugstan.engine.checkpoint import load_model
+    from mugstan.errors import ArgumentError
     from mugstan.models import build_model
 
     if args.checkpoint:
         model, cfg = load_model(args.checkpoint, device, args.overrides)
         if cfg is None or cfg.model.task != Task.chat:
-            raise ValueError(f"--checkpoint {args.checkpoint}: not a chat checkpoint (model.task: chat); use --config or --llava")
+            raise ArgumentError(f"--checkpoint {args.checkpoint}: not a chat checkpoint (model.task: chat); use --config or --llava")
         return model, cfg
     if args.config:
         cfg = load_config(args.config, args.overrides)
         if cfg.model.task != Task.chat:
-            raise ValueError(f"--config {args.config}: model.task is {cfg.model.task}, not chat (the chat/ configs of `mugstan config list` are)")
+            raise ArgumentError(f"--config {args.config}: model.task is {cfg.model.task}, not chat (the chat/ configs of `mugstan config list` are)")
     else:
         overrides = [o if o.startswith("model.") else f"model.{o}" for o in args.overrides]
         cfg = ExperimentConfig(name="chat", model=model_config({"task": "chat", "branch": "none", "chat": {"llava": args.llava}},

@@ -36,7 +36,8 @@ import torch.nn as nn
 
 from mugstan.backbones.clip import CLIPBackbone
 from mugstan.chat.prompt import ChatPrompt
-from mugstan.config import Branch, ChatConfig, ModelConfig, VideoTokens
+from mugstan.config import Branch, ChatConfig, ConfigError, ModelConfig, VideoTokens
+from mugstan.errors import MismatchError, MissingFileError
 from mugstan.heads.base import masked_mean
 
 Turns = Sequence[tuple[str, Optional[str]]]
@@ -173,7 +174,7 @@ class VideoChatModel(nn.Module):
         expected = set(self.state_dict())
         missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
         if strict and (missing or unexpected):
-            raise RuntimeError(f"chat checkpoint does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise MismatchError(f"chat checkpoint does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
         for name in self.saved_parts():
             part = {k[len(name) + 1:]: v for k, v in state_dict.items() if k.startswith(name + ".")}
             getattr(self, name).load_state_dict(part, strict=False, assign=assign)
@@ -203,28 +204,27 @@ def load_branch_weights(branch: nn.Module, spec: str, tower_layers: int) -> None
     The branch must have been trained over a tower of the same depth: its spatial blocks are copies of
     the tower's last K blocks and its inputs those blocks' outputs.
     """
-    from safetensors.torch import load_file
-
+    from mugstan.files import read_safetensors
     from mugstan.hub import resolve_checkpoint
 
     path = resolve_checkpoint(spec)
     file = path / "model.safetensors" if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(f"model.chat.branch_weights: {file} does not exist (give a mugstan checkpoint folder or a "
+        raise MissingFileError(f"model.chat.branch_weights: {file} does not exist (give a mugstan checkpoint folder or a "
                                 "`mugstan convert --format stan` .safetensors)")
-    tensors = load_file(str(file))
+    tensors = read_safetensors(file, "model.chat.branch_weights takes a mugstan checkpoint folder or a `mugstan convert` file")
     own = {k[len("branch."):]: v for k, v in tensors.items() if k.startswith("branch.")}
     if not own:
-        raise ValueError(f"model.chat.branch_weights: {file} holds no branch.* tensors (is it a STAN / Mug-STAN checkpoint?)")
+        raise MismatchError(f"model.chat.branch_weights: {file} holds no branch.* tensors (is it a STAN / Mug-STAN checkpoint?)")
     blocks = {k.split(".")[5] for k in tensors if k.startswith("backbone.clip.visual.transformer.resblocks.")}
     if blocks and len(blocks) != tower_layers:
-        raise ValueError(
+        raise MismatchError(
             f"model.chat.branch_weights: {file} was trained over a {len(blocks)}-block CLIP tower, but the chat model's tower "
             f"has {tower_layers} blocks (LLaVA's feature layer): train the branch on the tower cut at that layer, or set "
             f"model.chat.feature_layer so that {len(blocks)} blocks are kept")
     missing, unexpected = branch.load_state_dict(own, strict=False)
     if missing or unexpected:
-        raise ValueError(f"model.chat.branch_weights: {file} does not fit model.branch/model.stan: missing {missing[:5]}, "
+        raise MismatchError(f"model.chat.branch_weights: {file} does not fit model.branch/model.stan: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
 
 
@@ -243,11 +243,11 @@ def build_chat_model(cfg: ModelConfig, build_branch: Callable[[CLIPBackbone], nn
         llava = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as err:
-        raise FileNotFoundError(f"model.chat.llava={c.llava!r}: cannot load a LLaVA checkpoint with safetensors weights and a "
+        raise MissingFileError(f"model.chat.llava={c.llava!r}: cannot load a LLaVA checkpoint with safetensors weights and a "
                                 f"tokenizer from it ({str(err).splitlines()[0]}); give a local folder or a hub name") from None
     layer = llava.config.vision_feature_layer if c.feature_layer is None else c.feature_layer
     if not isinstance(layer, int):
-        raise ValueError(f"{c.llava}: vision_feature_layer={layer} selects several layers; set model.chat.feature_layer to one")
+        raise ConfigError(f"{c.llava}: vision_feature_layer={layer} selects several layers; set model.chat.feature_layer to one")
     backbone = backbone_from_hf_tower(llava.model.vision_tower, layer, str(c.llava))
     projector = llava.model.multi_modal_projector
     llava.model.vision_tower, llava.model.multi_modal_projector = None, None  # the chat model owns them now

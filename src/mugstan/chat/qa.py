@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mugstan.config import ExperimentConfig
+from mugstan.config import ConfigError, ExperimentConfig
 from mugstan.data.datasets import build_dataset, collate, load_annotations
 from mugstan.data.datasets.videoqa import first_turns
 from mugstan.engine.distributed import DistInfo, ShardSampler, all_gather_objects, unwrap
@@ -59,8 +59,8 @@ def evaluate_qa(model, cfg: ExperimentConfig, split: str = "test", dist: DistInf
     start = time.time()
     ann = load_annotations(cfg.data, split)
     if ann.conversations is None:
-        raise ValueError(f"data.dataset={cfg.data.dataset!r} has no questions: Video QA needs msvd_qa, msrvtt_qa, activitynet_qa "
-                         "or videochatgpt")
+        raise ConfigError(f"data.dataset={cfg.data.dataset!r} has no questions: Video QA needs msvd_qa, msrvtt_qa, activitynet_qa "
+                          "or videochatgpt")
     inner = unwrap(model)
     was_training = inner.training
     inner.eval()

@@ -30,7 +30,7 @@ import torch
 from mugstan.config import ExperimentConfig, load_config, save_config
 from mugstan.engine.distributed import unwrap
 from mugstan.errors import CorruptFileError, MismatchError, MissingFileError, UserError, one_line
-from mugstan.files import atomic_folder, readable_folder, regular_file
+from mugstan.files import atomic_folder, read_safetensors, readable_folder
 
 WEIGHTS, CONFIG, STATE = "model.safetensors", "config.yaml", "state.pt"
 
@@ -49,21 +49,6 @@ def save_checkpoint(path, model, cfg: ExperimentConfig, state: Optional[dict] = 
     return path
 
 
-def read_safetensors(file, rebuild: str) -> dict:
-    """The tensors of a .safetensors file; a missing, empty, truncated or corrupt file is a one-line
-    error naming it and ``rebuild`` (how to get a good one)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    file = regular_file(file, "weights")
-    if file.stat().st_size == 0:
-        raise CorruptFileError(f"{file}: empty file (0 bytes); {rebuild}")
-    try:
-        return load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CorruptFileError(f"{file}: not a readable safetensors file, corrupt or truncated ({one_line(err)}); {rebuild}") from None
-
-
 def load_weights(model, path) -> None:
     """Load ``path/model.safetensors`` into ``model`` (built from the same config); every tensor must fit."""
     file = readable_folder(path) / WEIGHTS
@@ -78,15 +63,13 @@ def load_weights(model, path) -> None:
 
 def read_weights(spec) -> dict:
     """The tensors of a checkpoint folder, a ``mugstan convert`` file or a Hub spec of either."""
-    from safetensors.torch import load_file
-
     from mugstan.hub import resolve_checkpoint
 
     path = resolve_checkpoint(spec)
     file = path if path.is_file() else path / WEIGHTS
     if not file.is_file():
-        raise FileNotFoundError(f"model.init_from: {spec} is neither a checkpoint folder ({WEIGHTS} + {CONFIG}) nor a converted .safetensors file")
-    return load_file(str(file))
+        raise MissingFileError(f"model.init_from: {spec} is neither a checkpoint folder ({WEIGHTS} + {CONFIG}) nor a converted .safetensors file")
+    return read_safetensors(file, "model.init_from takes a checkpoint folder or a `mugstan convert` .safetensors file")
 
 
 def init_from(model, spec) -> dict:
@@ -111,10 +94,10 @@ def init_from(model, spec) -> dict:
             loaded[name] = state[source]
             used.add(source)
     if wrong:
-        raise ValueError(f"model.init_from: {spec} has tensors of other shapes than this model ({'; '.join(wrong[:4])}); "
+        raise MismatchError(f"model.init_from: {spec} has tensors of other shapes than this model ({'; '.join(wrong[:4])}); "
                          "the two configs describe different architectures (backbone, stan.max_frames, ...)")
     if not loaded:
-        raise ValueError(f"model.init_from: no tensor of {spec} fits this model (is it a mugstan checkpoint of the same backbone?)")
+        raise MismatchError(f"model.init_from: no tensor of {spec} fits this model (is it a mugstan checkpoint of the same backbone?)")
     model.load_state_dict(loaded, strict=False)
     return {"loaded": len(loaded), "new": new, "unused": sorted(set(state) - used)}
 

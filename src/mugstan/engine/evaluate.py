@@ -19,10 +19,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mugstan.config import ExperimentConfig, Task
+from mugstan.config import ConfigError, ExperimentConfig, Task
 from mugstan.data.datasets import Annotations, build_dataset, collate, load_annotations
 from mugstan.engine.distributed import DistInfo, ShardSampler, all_gather_objects, unwrap
 from mugstan.engine.precision import autocast_for
+from mugstan.errors import AnnotationError
 from mugstan.heads.base import Embeddings
 from mugstan.metrics import recognition_metrics, retrieval_metrics
 
@@ -107,6 +108,10 @@ def evaluate(model, cfg: ExperimentConfig, split: str = "test", dist: Optional[D
         kept = sorted(logits)
         result["recognition"] = recognition_metrics(torch.stack([logits[i][0] for i in kept]), torch.tensor([ann.labels[i] for i in kept]))
     elif ann.captions:
+        uncaptioned = len(ann.clips) - len(set(ann.caption_clip))
+        if uncaptioned:  # video-to-text retrieval ranks each video's own captions
+            raise AnnotationError(f"{ann.source}: {uncaptioned} of the {len(ann.clips)} videos of the {split} split have no caption; "
+                                  "retrieval needs one or more per video: add captions or leave those videos out")
         videos, dropped = embed_clips(model, cfg, ann, dist, split, progress=progress)
         kept = sorted(videos)
         position = {clip: j for j, clip in enumerate(kept)}
@@ -123,7 +128,7 @@ def evaluate(model, cfg: ExperimentConfig, split: str = "test", dist: Optional[D
     elif ann.labels is not None:
         names = ann.class_names or cfg.model.class_names
         if not names:
-            raise ValueError(f"zero-shot recognition on {split} needs class names (data.extra.class_names or model.class_names)")
+            raise ConfigError(f"zero-shot recognition on {split} needs class names (data.extra.class_names or model.class_names)")
         videos, dropped = embed_clips(model, cfg, ann, dist, split, progress=progress)
         kept = sorted(videos)
         views = videos[kept[0]][0].shape[0]
@@ -136,7 +141,7 @@ def evaluate(model, cfg: ExperimentConfig, split: str = "test", dist: Optional[D
         result["recognition"] = recognition_metrics(torch.stack(per_view, 1), torch.tensor([ann.labels[i] for i in kept]))
         result["zero_shot"] = True
     else:
-        raise ValueError(f"{split} split of {cfg.data.dataset} has neither captions nor labels")
+        raise AnnotationError(f"{ann.source}: the {split} split of {cfg.data.dataset} has neither captions nor labels: nothing to evaluate")
     result["dropped"] = [{"index": i, "error": e} for i, e in dropped]
     result["seconds"] = round(time.time() - start, 1)
     return result

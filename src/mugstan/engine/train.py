@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mugstan.config import ExperimentConfig, SelectOn, Task, load_config, save_config, validate_config
+from mugstan.config import ConfigError, ExperimentConfig, SelectOn, Task, load_config, save_config, validate_config
 from mugstan.data.datasets import build_train_dataset, collate, load_annotations
 from mugstan.engine import checkpoint as ckpt
 from mugstan.engine.distributed import DistInfo, TrainSampler, all_gather_objects, barrier, setup
@@ -94,6 +94,7 @@ def setup_run(cfg: ExperimentConfig) -> Run:
         # demo's steps ran 1.47x faster with the same losses (benchmarks/results/synthetic_demo.md).
         torch.set_flush_denormal(True)
     ann = load_annotations(cfg.data, "train")
+    check_videos_exist(ann, cfg)
     if cfg.model.task in (Task.recognition, Task.detection) and not cfg.model.class_names and ann.class_names:
         cfg.model.class_names = list(ann.class_names)
     model = build_model(cfg.model)
@@ -112,6 +113,7 @@ def setup_run(cfg: ExperimentConfig) -> Run:
     # measured 1.2x the loader's clips/s at 16 workers (benchmarks/results/loader_speed.md)
     dataset = build_train_dataset(cfg.data, tokenizer, pairs=text_items, seed=t.seed, ann=ann,
                                   uint8=dist.device.type == "cuda")
+    check_one_batch(cfg, ann, len(dataset), dist.world)
     sampler = TrainSampler(len(dataset), t.batch_size, dist.world, dist.rank, t.accum_steps, t.seed)
     local_batch = t.batch_size // (dist.world * t.accum_steps)  # clips of one micro-batch on this process
     gradcache = t.chunk_size is not None and t.chunk_size < local_batch
@@ -129,6 +131,42 @@ def setup_run(cfg: ExperimentConfig) -> Run:
     return Run(cfg, dist, Path(t.output_dir), model, wrapped, build_loss(cfg.model, model), dataset, sampler, optimizer,
                build_scheduler(optimizer, total_steps, t.warmup, t, sampler.steps_per_epoch), torch.amp.GradScaler(dist.device.type) if precision == "fp16" else None,
                precision, gradcache, total_steps, steps_of(t.freeze_text_for, total_steps))
+
+
+def check_videos_exist(ann, cfg: ExperimentConfig, sample: int = 64) -> None:
+    """Up to ``sample`` of the training videos, spread over the list: when none of them exists, a
+    ``ConfigError`` naming the first and the folders (a wrong data.root), before the model is built."""
+    step = max(1, len(ann.clips) // sample)
+    checked = ann.clips[::step][:sample]
+    if checked and not any(Path(c.path).is_file() for c in checked):
+        raise ConfigError(f"none of the {len(checked)} training videos checked (of {len(ann.clips)}) exists, e.g. {checked[0].path}: "
+                          f"check data.root={cfg.data.root!r} and data.videos={cfg.data.videos!r} "
+                          "(`mugstan data check` lists every missing video)")
+
+
+def check_one_batch(cfg: ExperimentConfig, ann, items: int, world: int) -> None:
+    """A training set of fewer ``items`` than one global batch: a ``ConfigError`` saying how many
+    items there are, how many of the annotations' videos were left out or are missing and why, and
+    the batch size that fits."""
+    t = cfg.train
+    if items >= t.batch_size:
+        return
+    kind = {Task.retrieval: "caption-video pairs", Task.chat: "conversations"}.get(cfg.model.task, "videos")
+    clips = ann.clips
+    why = []
+    if cfg.model.task == Task.retrieval and len(set(ann.caption_clip)) < len(clips):
+        why.append(f"{len(clips) - len(set(ann.caption_clip))} of its {len(clips)} videos have no caption and are left out")
+    missing = [c.path for c in clips if not Path(c.path).is_file()]
+    if missing:
+        why.append(f"{len(missing)} of its {len(clips)} video files {'is' if len(missing) == 1 else 'are'} missing and would be "
+                   f"skipped (first: {missing[0]}; "
+                   "check data.root and data.videos; `mugstan data check` lists them)")
+    step = world * t.accum_steps  # the batch is split over processes and accumulation steps
+    fits = items // step * step
+    fix = (f"set train.batch_size={fits} or less, or add data" if fits >= 1 and len(missing) < len(clips)
+           else "fix the annotations or the video folder")
+    raise ConfigError(f"the training set has {items} {kind}, fewer than one batch of train.batch_size={t.batch_size}"
+                      f"{': ' + '; '.join(why) if why else ''} (data.train_ann: {cfg.data.train_ann}): {fix}")
 
 
 def _names(names: list[str], most: int = 6) -> str:
