@@ -6,9 +6,9 @@
 A packaged config is accepted by name wherever a config file is (``mugstan train
 msrvtt/stan_vitb32 data.root=/data/msrvtt``), from any folder; a local YAML file keeps working.
 
-``show`` prints YAML that loads back (``mugstan config show NAME > mine.yaml``): every key of the
-schema with its value after the overrides, and a one-line comment taken from the comment that
-documents the field in ``mugstan/config.py`` (``field_docs``), so the two cannot drift apart.
+``show`` prints the loaded config as YAML: every key of the schema with its value after the
+overrides, and a one-line comment taken from the comment that documents the field in
+``mugstan/config.py`` (``field_docs``), so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                    "mugstan; give a name where a config file goes: mugstan train msrvtt/stan_vitb32 data.root=...")
     show = sub.add_parser("show", help="the resolved config, every key with its one-line doc",
                           description="Print a config (a file or a packaged name) after the overrides, every key with a "
-                                      "one-line comment saying what it means; the output loads back as a config.")
+                                      "one-line comment saying what it means.")
     show.add_argument("config", help="experiment YAML or packaged config name (msrvtt/stan_vitb32)")
     show.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-6")
 
@@ -89,7 +89,9 @@ def key_docs() -> dict[str, str]:
                 doc = doc or one_sentence(kind.__doc__ or "")
                 walk(kind, f"{prefix}{f.name}.")
             elif isinstance(kind, type) and issubclass(kind, Enum):
-                doc = f"{doc or one_sentence(kind.__doc__ or '')} ({' | '.join(m.value for m in kind)})".lstrip()
+                doc = doc or one_sentence(kind.__doc__ or "")
+                if not all(m.value in doc for m in kind):  # the values, unless the comment names them all
+                    doc = f"{doc} ({' | '.join(m.value for m in kind)})".lstrip()
             out[prefix + f.name] = doc
 
     walk(ExperimentConfig, "")
@@ -121,7 +123,8 @@ def show(cfg) -> str:
 
     walk(data, "", 0)
     width = min(60, max(len(text) for text, _ in rows)) + 2
-    return "\n".join(f"{text:<{width}}# {doc}" if doc else text for text, doc in rows) + "\n"
+    return "\n".join(f"{text:<{width}}# {doc}" if doc and len(text) < width else f"{text}  # {doc}" if doc else text
+                     for text, doc in rows) + "\n"
 
 
 def main(args: argparse.Namespace) -> int:

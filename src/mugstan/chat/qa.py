@@ -67,7 +67,7 @@ def evaluate_qa(model, cfg: ExperimentConfig, split: str = "test", dist: DistInf
     by_clip = first_turns(ann)
     dataset = build_dataset(cfg.data, split, train=False, on_error="drop", pairs=False, ann=ann)
     loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, sampler=ShardSampler(len(dataset), dist.world, dist.rank),
-                        num_workers=cfg.data.num_workers, collate_fn=collate)
+                        num_workers=cfg.data.loader_workers, collate_fn=collate)
     records, dropped = [], []
     for batch in tqdm(loader, desc=f"answering {split} questions", unit="batch", disable=not (progress and dist.main)):
         dropped.extend(batch["failed"])

@@ -39,7 +39,7 @@ def embed_clips(model, cfg: ExperimentConfig, ann: Annotations, dist: DistInfo, 
     model = unwrap(model)
     dataset = build_dataset(cfg.data, split, train=False, on_error="drop", pairs=False, ann=ann)
     loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, sampler=ShardSampler(len(dataset), dist.world, dist.rank),
-                        num_workers=cfg.data.num_workers, collate_fn=collate)
+                        num_workers=cfg.data.loader_workers, collate_fn=collate)
     outputs, dropped = {}, []
     bar = tqdm(loader, desc=f"embedding {split} videos", unit="batch", disable=not (progress and dist.main))
     for batch in bar:

@@ -279,7 +279,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         epoch = pos["epoch"]
         run.dataset.set_epoch(epoch)
         sampler.set_epoch(epoch, pos["step_in_epoch"])
-        loader = DataLoader(run.dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate,
+        loader = DataLoader(run.dataset, batch_sampler=sampler, num_workers=cfg.data.loader_workers, collate_fn=collate,
                             pin_memory=dist.device.type == "cuda",
                             generator=torch.Generator().manual_seed(t.seed + epoch))  # not the global RNG: resumes stay exact
         run.model.train()
