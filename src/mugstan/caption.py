@@ -129,11 +129,11 @@ def caption_file(model, cfg, path, start: Optional[float] = None, end: Optional[
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("videos", nargs="+", help="video files")
     parser.add_argument("--checkpoint", required=True, help="checkpoint of a model with a CoCa backbone (folder, .safetensors or hf-hub:org/name)")
-    parser.add_argument("--beam", type=int, default=1, help="beam width; 1 = greedy (deterministic)")
-    parser.add_argument("--max-tokens", type=int, default=30, help="longest caption in tokens, EOT included")
-    parser.add_argument("--min-tokens", type=int, default=0, help="no EOT before this many tokens")
+    parser.add_argument("--beam", type=int, default=1, help="beam width; 1 = greedy, deterministic (default: %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=30, help="longest caption in tokens, EOT included (default: %(default)s)")
+    parser.add_argument("--min-tokens", type=int, default=0, help="no EOT before this many tokens (default: %(default)s)")
     parser.add_argument("--frames", type=int, default=None, help="frames per video (default: the checkpoint's test frames)")
-    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu", help="where the model runs (default: cuda if there is one)")
+    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu", help="where the model runs: cpu, cuda, cuda:1, ... (default here: %(default)s; cuda wherever there is one)")
 
 
 def main(args: argparse.Namespace) -> int:

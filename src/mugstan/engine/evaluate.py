@@ -196,6 +196,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", choices=["train", "val", "test"],
                         help="which annotation file of the config: data.train_ann, val_ann or test_ann (default: test)")
     parser.add_argument("--json", help="also write the result to this JSON file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (the result only)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.dsl=true model.head=mug")
 
 
@@ -212,7 +213,7 @@ def main(args: argparse.Namespace) -> int:
             cfg.model = saved.model  # the model evaluated is the checkpoint's
     else:
         model = zero_shot_model(cfg, args.split).to(dist.device)
-    result = evaluate(model, cfg, args.split, dist)
+    result = evaluate(model, cfg, args.split, dist, progress=not args.no_progress)
     if not args.checkpoint:
         result["zero_shot"] = True
     if dist.main:

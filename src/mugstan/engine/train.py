@@ -330,13 +330,18 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
                                 "the test figures below are optimistic; eval.select_on=val chooses on data.val_ann")
         if dist.main:
             print(results["selection"])
+    best = pos["best"]
+    kept = (f"the best {best['metric']} on the {best['selected_on']} split ({best['value']:.2f} after epoch {best['epoch']}, "
+            f"step {best['step']})" if best["metric"] else "the last epoch's model (no validation split, data.val_ann is null)")
     if cfg.data.test_ann:
         ckpt.load_weights(run.model, run.out / "checkpoints" / "best")
         results["test"] = evaluate(run.model, cfg, "test", dist, progress)
         if dist.main:
-            print("best checkpoint on the test split:\n" + format_result(results["test"]))
+            print(f"{'best' if best['metric'] else 'last-epoch'} checkpoint on the test split:\n" + format_result(results["test"]))
     if dist.main:
         (run.out / "results.json").write_text(json.dumps(results, indent=2))
+        print(f"saved {run.out / 'checkpoints' / 'best'}: {kept}; {run.out / 'checkpoints' / 'last'} resumes the run (--resume); "
+              f"results in {run.out / 'results.json'}, curves in {run.out / 'curves.png'}")
     logger.close()
     return results
 

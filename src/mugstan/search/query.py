@@ -208,7 +208,9 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
+    print(f"{len(results)} best matches for {args.query!r}; paths are relative to {searcher.root}")
+    print(f"{'rank':>4}  {'score':>8}  {'window':>17}  path")
     for r in results:
         window = f"{r['start']:.2f}-{r['end']:.2f} s"
-        print(f"{r['rank']:3d}  {r['score']:8.4f}  {window:>17}  {searcher.root / r['path']}")
+        print(f"{r['rank']:4d}  {r['score']:8.4f}  {window:>17}  {r['path']}")
     return 0
