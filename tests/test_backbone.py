@@ -97,3 +97,23 @@ def test_openai_tag_builds_quickgelu_blocks(tmp_path, name):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "QuickGELU", proc.stdout  # open_clip's own QuickGELU, in every block of both towers
     assert torch.equal(torch.load(tmp_path / "w.pt"), probe)  # the file's weights were loaded
+
+
+def test_an_unreachable_hub_fails_at_once(tmp_path):
+    """Offline, a pretrained tag that is not cached is an error without huggingface_hub's retries
+    (5 per file, about 70 s for an open_clip tag) and without open_clip's own log line. The endpoint
+    is a closed local port, so the test never downloads, online or not."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9", "OMP_NUM_THREADS": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    code = ("from mugstan.backbones.build import build_clip\n"
+            "from mugstan.config import ConfigError\n"
+            "try:\n    build_clip('ViT-B-32', pretrained='openai')\n"
+            "except ConfigError as err:\n    print(err)\n")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert "Retrying" not in done.stderr and "ERROR" not in done.stderr, done.stderr
+    assert "could not fetch open_clip weights 'ViT-B-32' / 'openai' (the Hugging Face Hub cannot be reached" in done.stdout
+    assert "model.weights=/path/to/ViT-B-32.pt" in done.stdout

@@ -107,3 +107,49 @@ def test_packaged_configs_load_by_name_from_any_folder(tmp_path, monkeypatch, ca
     assert "msrvtt/stan_vitb32" in packaged_configs() and len(packaged_configs()) == len(list(CONFIG_DIR.glob("*/*.yaml")))
     assert cli.main(["config", "list"]) == 0
     assert capsys.readouterr().out.split() == packaged_configs()
+
+
+def test_config_show_gives_every_key_its_value_and_a_one_line_doc(capsys):
+    from mugstan import cli
+    from mugstan.config import config_keys
+    from mugstan.config_cli import key_docs
+
+    docs = key_docs()
+    assert set(config_keys()) <= set(docs) and all(docs.values()), [k for k, v in docs.items() if not v]
+    assert docs["train.lr"] == "CLIP (backbone) learning rate"  # the comment in config.py, as written there
+    assert "(segment | dense | fps)" in docs["data.sampler"]  # a choice lists its values
+    assert cli.main(["config", "show", "msrvtt/stan_vitb32", "train.lr=3e-6", "model.stan.depth=2"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split(":")[0].strip(): line for line in out.splitlines()}
+    assert "lr: 3.0e-06" in lines["lr"] and "# CLIP (backbone) learning rate" in lines["lr"]
+    assert "depth: 2" in lines["depth"] and lines["depth"].startswith("    ")  # model.stan.depth, nested twice
+    assert "num_workers: auto" in lines["num_workers"]
+    assert len(out.splitlines()) == len(docs) and all("  # " in line for line in out.splitlines())
+    # what it prints is YAML of the loaded config
+    shown = yaml.safe_load(out)
+    assert shown["model"]["stan"]["depth"] == 2 and shown["data"]["crop_scale"] == [0.08, 1.0] and shown["train"]["lr"] == 3e-6
+
+
+def test_models_lists_backbones_with_their_tags_branches_heads_and_tasks(capsys):
+    from mugstan import cli
+    from mugstan.catalog import backbones
+
+    names = dict(backbones())
+    assert {"ViT-B-32", "ViT-B-16", "ViT-L-14", "coca_ViT-B-32", "mugstan-tiny", "mugstan-small", "mugstan-coca-tiny"} <= set(names)
+    assert "openai" in names["ViT-B-32"] and names["mugstan-tiny"] == []
+    assert not any("SigLIP" in n or "CLIPA" in n for n in names)  # towers mugstan does not read are not offered
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    for text in ("mugstan-tiny", "random initialisation", "ViT-B-32", "openai", "branches (model.branch)", "stan ",
+                 "STAN's spatial-temporal auxiliary branch", "heads (model.head)", "seqTransf", "Mug-STAN", "tasks (model.task)"):
+        assert text in out, text
+
+
+def test_num_workers_auto_fits_the_machine():
+    import os
+
+    from mugstan.config import DataConfig
+
+    assert DataConfig().num_workers == "auto"
+    assert DataConfig().loader_workers == min(4, len(os.sched_getaffinity(0)))
+    assert DataConfig(num_workers=0).loader_workers == 0 and DataConfig(num_workers=7).loader_workers == 7

@@ -236,7 +236,8 @@ CONFIG_CASES = [
     ("data.dense_stride=0", "data.dense_stride=0 must be at least 1"),
     ("data.test_clips=0", "data.test_clips=0 must be at least 1"),
     ("data.test_crops=2", "data.test_crops=2 must be 1 (centre) or 3"),
-    ("data.num_workers=-1", "data.num_workers=-1 must be 0 or more"),
+    ("data.num_workers=-1", "data.num_workers=-1 must be auto (min(4, usable cores)), 0 (the main process) or more"),
+    ("data.num_workers=many", "data.num_workers='many' must be auto"),
     ("data.crop_scale=[0.8,0.5]", "data.crop_scale=[0.8, 0.5] must be two numbers in (0, 1], the smaller first"),
     ("data.crop_scale=[0,1]", "data.crop_scale=[0.0, 1.0] must be two numbers in (0, 1]"),
     ("data.crop_scale=[0.5,1.5]", "data.crop_scale=[0.5, 1.5]"),
@@ -267,7 +268,10 @@ CONFIG_CASES = [
     ("train.precision=fp8", "train.precision"),
     ("train.chunk_size=0", "train.chunk_size=0 must be at least 1"),
     ("train.epochs=many", "key 'train.epochs'"),
-    ("train.learning_rate=1", "unknown key 'train.learning_rate'"),
+    ("train.learning_rate=1", "unknown key 'train.learning_rate'; (`mugstan config show CONFIG` lists every key"),
+    ("train.lrr=1", "unknown key 'train.lrr'; did you mean train.lr or"),
+    ("data.lr=1", "did you mean train.lr or"),
+    ("model.depth=2", "did you mean model.stan.depth or"),
     ("model.branch=lstm", "model.branch"),
     ("model.backbone=ViT-X", "unknown backbone 'ViT-X'"),
     ("model.stan.drop_path=1.5", "model.stan.drop_path=1.5 must be in [0, 1)"),
@@ -324,6 +328,72 @@ def test_unknown_config_names_list_the_nearest(tmp_path, monkeypatch, capsys):
               "nearest: msrvtt/stan_vitb32", "mugstan config list")
     fails(capsys, ["train", "msrvt/stan_vitb32.yaml"], "nearest: msrvtt/stan_vitb32")
     fails(capsys, ["train", "nothing_like_it"], "no packaged config of that name (`mugstan config list`")
+
+
+# ------------------------------------------------------------------------------------ data and model together
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_training_set_smaller_than_one_batch_says_how_many_and_why(good, tmp_path, capsys):
+    fails(capsys, ["train", good, "train.batch_size=128"],
+          "the training set has 2 caption-video pairs, fewer than one batch of train.batch_size=128", "set train.batch_size=2 or less")
+    nocap = write_jsonl(tmp_path / "nocap.jsonl", [{"video": "a.mp4"}, {"video": "b.mp4"}])
+    fails(capsys, ["train", good, f"data.train_ann={nocap}"], "the training set has 0 caption-video pairs",
+          "2 of its 2 videos have no caption and are left out", "nocap.jsonl")
+    some = write_jsonl(tmp_path / "some.jsonl", [{"video": v, "caption": v} for v in ("a.mp4", "b.mp4", "gone.mp4")])
+    fails(capsys, ["train", good, f"data.train_ann={some}", "train.batch_size=8"], "the training set has 3 caption-video pairs",
+          "1 of its 3 video files is missing and would be skipped", "gone.mp4", "set train.batch_size=3 or less")
+    # every video missing (a wrong data.root): said before the model is built, whatever the batch size
+    gone = write_jsonl(tmp_path / "gone.jsonl", [{"video": f"v{i}.mp4", "caption": "c"} for i in range(5)])
+    for batch in (2, 128):
+        fails(capsys, ["train", good, f"data.train_ann={gone}", f"train.batch_size={batch}"],
+              "none of the 5 training videos checked (of 5) exists", "v0.mp4", "check data.root=")
+    # mostly missing, more than a batch: the run stops with the reason of the last failure, not a count alone
+    mostly = write_jsonl(tmp_path / "mostly.jsonl", [{"video": "a.mp4", "caption": "a"}] + [{"video": f"v{i}.mp4", "caption": "c"}
+                                                                                           for i in range(200)])
+    fails(capsys, ["train", good, f"data.train_ann={mostly}", "train.batch_size=100", "--no-progress"], "file not found",
+          "the last of 10 videos in a row that failed", "mugstan data check")
+
+
+def test_sizes_the_backbone_cannot_hold(good, capsys):
+    fails(capsys, ["train", good, "model.stan.depth=9"], "model.stan.depth=9 must be in 1..4", "4 vision layers")
+    fails(capsys, ["train", good, "model.context_length=100"], "model.context_length=100 exceeds the text tower's 77 positions",
+          "model.context_length=77 or less")
+    fails(capsys, ["train", good, "model.branch=none", "model.head=seqTransf", "data.num_frames=78", "--no-progress"],
+          "seqTransf has 77 frame positions", "got 78 frames", "data.num_frames")
+    fails(capsys, ["train", good, "model.branch=none", "model.head=meanP", "model.freeze_backbone=true", "model.temperature=0.01"],
+          "the model has no trainable parameters")
+    fails(capsys, ["train", good, f"model.init_from={good}"], "not a readable safetensors file", "model.init_from takes")
+
+
+def test_captions_that_are_not_text_and_videos_without_one(good, tmp_path, capsys):
+    numbers = write_jsonl(tmp_path / "numbers.jsonl", [{"video": "a.mp4", "caption": [1, 2]}, {"video": "b.mp4", "caption": "b"}])
+    fails(capsys, ["train", good, f"data.train_ann={numbers}"], "numbers.jsonl: caption 1 is of type int, not a text")
+    half = write_jsonl(tmp_path / "half.jsonl", [{"video": "a.mp4", "caption": "a"}, {"video": "b.mp4"}])
+    fails(capsys, ["eval", good, f"data.test_ann={half}"], "half.jsonl: 1 of the 2 videos of the test split have no caption")
+
+
+def test_every_device_option_is_checked(data, checkpoint, index, tmp_path, capsys):
+    from mugstan.engine.distributed import device_arg
+
+    options = []
+    for name in cli.COMMANDS:
+        sub = cli.build_parser(name)._subparsers._group_actions[0].choices[name]
+        options += [(name, a) for a in sub._actions if "--device" in a.option_strings]
+    assert sorted(n for n, _ in options) == ["caption", "chat", "index", "search", "serve"]
+    assert all(action.type is device_arg for _, action in options)
+    video = data / "a.mp4"
+    argvs = [["search", index, "a clip"], ["serve", index], ["index", data, "--checkpoint", checkpoint, "--out", tmp_path / "i"],
+             ["caption", video, "--checkpoint", checkpoint], ["chat", video, "--llava", tmp_path / "nowhere"]]
+    devices = {"bogus": "'bogus' is not a device", "cuda:99": "cuda:99: this machine has"}
+    if not torch.cuda.is_available():
+        devices["cuda"] = "cuda: this machine has no cuda device"
+    for argv in argvs:
+        for device, message in devices.items():
+            fails(capsys, [*argv, "--device", device], "argument --device", message)
+    assert not (tmp_path / "i").exists()
 
 
 # ------------------------------------------------------------------------------------ annotations
@@ -531,7 +601,8 @@ def test_bad_arguments_of_the_other_commands(data, tmp_path, capsys):
 
 def test_every_subcommand_argument_has_help(capsys):
     """Each argument of each command says what it is (argparse prints nothing for those without)."""
-    commands = [[c] for c in cli.COMMANDS if c not in ("data", "bench")] + [["data", s] for s in ("check", "compress", "synth")]
+    commands = ([[c] for c in cli.COMMANDS if c not in ("data", "bench", "config")] + [["data", s] for s in ("check", "compress", "synth")]
+                + [["config", s] for s in ("list", "show")])
     for command in commands:
         parser = cli.build_parser(command[0])
         sub = parser._subparsers._group_actions[0].choices[command[0]]

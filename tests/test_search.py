@@ -278,7 +278,10 @@ def test_search_cli(trained, test_index, capsys):
     assert set(results[0]) == {"rank", "path", "start", "end", "score"} and results[0]["end"] == 1.0
     assert cli(["search", str(test_index), trained.captions[3], "-k", "2", "--backend", "exact"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2 and lines[0].split()[-1] == str(trained.videos / results[0]["path"])
+    # a header naming the folder, then the same relative paths as --json
+    assert lines[0] == f"2 best matches for {trained.captions[3]!r}; paths are relative to {trained.videos}"
+    assert lines[1].split() == ["rank", "score", "window", "path"]
+    assert len(lines) == 4 and lines[2].split()[-1] == results[0]["path"] and lines[2].split()[0] == "1"
     assert cli(["search", str(test_index), "a red circle", "-k", "0"]) == 2
     assert capsys.readouterr().err == "error: -k must be at least 1, got 0\n"
 

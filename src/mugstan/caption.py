@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from mugstan.backbones.clip import EOT_TOKEN, SOT_TOKEN
 from mugstan.backbones.coca import CoCaBackbone
 from mugstan.branches.stan import STAN
+from mugstan.engine.distributed import device_arg
+from mugstan.errors import ArgumentError, MismatchError
 
 
 def video_encoder(model):
@@ -41,7 +43,7 @@ def visual_tokens(model, frames: torch.Tensor, frame_mask: torch.Tensor) -> torc
     model = video_encoder(model)
     backbone = model.backbone
     if not isinstance(backbone, CoCaBackbone):
-        raise ValueError(f"captions need a CoCa backbone (model.backbone: coca_ViT-B-32, coca_ViT-L-14); this model's "
+        raise MismatchError(f"captions need a CoCa backbone (model.backbone: coca_ViT-B-32, coca_ViT-L-14); this model's "
                          f"backbone is {type(backbone).__name__}, which has no caption decoder")
     b, t = frame_mask.shape
     vision = backbone.encode_frames(frames.flatten(0, 1), taps=model.branch.taps)
@@ -60,9 +62,9 @@ def generate(backbone: CoCaBackbone, visual: torch.Tensor, beams: int = 1, max_t
     """
     limit = backbone.clip.text_decoder.context_length - 1
     if not 1 <= max_tokens <= limit:
-        raise ValueError(f"--max-tokens must be in 1..{limit} (CoCa's decoder context), got {max_tokens}")
+        raise ArgumentError(f"--max-tokens must be in 1..{limit} (CoCa's decoder context), got {max_tokens}")
     if beams < 1:
-        raise ValueError(f"--beam must be at least 1, got {beams}")
+        raise ArgumentError(f"--beam must be at least 1, got {beams}")
     b, k, device = visual.shape[0], beams, visual.device
     vis = visual.repeat_interleave(k, dim=0)  # [B*K, Q-1, E], beam-minor
     ids = torch.full((b * k, 1), SOT_TOKEN, dtype=torch.long, device=device)
@@ -127,11 +129,11 @@ def caption_file(model, cfg, path, start: Optional[float] = None, end: Optional[
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("videos", nargs="+", help="video files")
     parser.add_argument("--checkpoint", required=True, help="checkpoint of a model with a CoCa backbone (folder, .safetensors or hf-hub:org/name)")
-    parser.add_argument("--beam", type=int, default=1, help="beam width; 1 = greedy (deterministic)")
-    parser.add_argument("--max-tokens", type=int, default=30, help="longest caption in tokens, EOT included")
-    parser.add_argument("--min-tokens", type=int, default=0, help="no EOT before this many tokens")
+    parser.add_argument("--beam", type=int, default=1, help="beam width; 1 = greedy, deterministic (default: %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=30, help="longest caption in tokens, EOT included (default: %(default)s)")
+    parser.add_argument("--min-tokens", type=int, default=0, help="no EOT before this many tokens (default: %(default)s)")
     parser.add_argument("--frames", type=int, default=None, help="frames per video (default: the checkpoint's test frames)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where the model runs (default: cuda if there is one)")
+    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu", help="where the model runs: cpu, cuda, cuda:1, ... (default here: %(default)s; cuda wherever there is one)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -33,7 +33,8 @@ if "OMP_WAIT_POLICY" not in os.environ:
 COMMANDS = {
     "demo": ("mugstan.demo", "run the built-in synthetic benchmark end to end (no downloads)"),
     "train": ("mugstan.engine.train", "train a model from a YAML config"),
-    "config": ("mugstan.config_cli", "the configs that ship with mugstan: list them"),
+    "config": ("mugstan.config_cli", "the configs that ship with mugstan: list them, show one with every key explained"),
+    "models": ("mugstan.catalog", "the backbones (with their pretrained tags), branches, heads and tasks a config can name"),
     "eval": ("mugstan.engine.evaluate", "evaluate a checkpoint on a config's test split"),
     "embed": ("mugstan.engine.embed", "write video or text embeddings to a file"),
     "convert": ("mugstan.convert", "convert CLIP / STAN / CLIP2Video weights to mugstan's layout"),
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"error: {one_line(err)}", file=sys.stderr)
+    except BrokenPipeError:  # the reader of our output went away (`mugstan config list | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports it
     except OSError as err:  # the system refused a named file: permissions, a folder where a file was meant, a full disk
         if debug or err.filename is None:
             raise

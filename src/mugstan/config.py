@@ -53,8 +53,8 @@ class Head(Choice):
 
 
 class Task(Choice):
-    retrieval = "retrieval"
-    recognition = "recognition"
+    retrieval = "retrieval"  # video-text retrieval: contrastive training, R@K both ways
+    recognition = "recognition"  # action recognition: a classifier on the video embedding, top-1 / top-5
     detection = "detection"  # AVA-style spatio-temporal action detection (mugstan.detection)
     chat = "chat"  # video chat: the video encoder as the eyes of a LLaVA language model (mugstan.chat)
 
@@ -148,7 +148,7 @@ class STANConfig:
     """The spatial-temporal auxiliary branch (methods.md section 4)."""
 
     depth: int = 4  # K: branch levels, fed by the last K CLIP vision layers
-    time_module: TimeModule = TimeModule.self
+    time_module: TimeModule = TimeModule.self  # the temporal module of each level: self-attention or 3D convolution
     drop_path: float = 0.1  # drop-path rates are linspace(0, drop_path, depth)
     max_frames: int = 64  # size of the learned temporal embedding; caps T
 
@@ -181,10 +181,10 @@ class ChatConfig:
     dtype: ChatDtype = ChatDtype.auto  # frozen parts' dtype: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     chat_template: bool = True  # prompts from the checkpoint's chat template when it has one; false: system/user/assistant below
     system: str = ""  # fallback prompt: {system}{user}<video>\n{question}{assistant} {answer}</s> (system: also the template's)
-    user: str = "USER: "
-    assistant: str = " ASSISTANT:"
+    user: str = "USER: "  # fallback prompt: the user turn's prefix (LLaVA-1.5's template)
+    assistant: str = " ASSISTANT:"  # fallback prompt: the assistant turn's prefix
     max_length: int = 1024  # tokens of a training item (video tokens included); longer answers are cut
-    max_new_tokens: int = 128
+    max_new_tokens: int = 128  # longest generated answer, in tokens
     temperature: float = 0.0  # 0: greedy (deterministic); above 0: sampling at this temperature
     top_p: float = 1.0  # sampling: nucleus (top-p) cut; 1 keeps every token
     answers_file: Optional[str] = None  # Video QA answers (JSON for LLM-judge scripts); null: output_dir/answers_SPLIT.json
@@ -207,8 +207,8 @@ class ModelConfig:
     # tag ("openai", "laion2b_s34b_b79k", downloaded and cached by open_clip) and/or a local
     # file (OpenAI .pt, HuggingFace CLIPModel directory, open_clip-layout safetensors).
     backbone: Optional[str] = "ViT-B-32"
-    pretrained: Optional[str] = None
-    weights: Optional[str] = None
+    pretrained: Optional[str] = None  # open_clip pretrained tag (openai, laion2b_s34b_b79k: `mugstan models`), downloaded once
+    weights: Optional[str] = None  # local weights instead: OpenAI .pt, HF CLIPModel folder, open_clip .safetensors, hf-hub:org/name
     # An open_clip model config ({embed_dim, quick_gelu, vision_cfg, text_cfg}) for an architecture
     # open_clip does not name; used instead of model.backbone (converters write it; null otherwise).
     backbone_config: Optional[dict[str, Any]] = None
@@ -219,32 +219,32 @@ class ModelConfig:
     # Frame-level branch (none | stan) and video-level head (mean | meanP | seqTransf | tdb_tab |
     # mug). STAN = branch stan + head mean; Mug-STAN = branch stan + head mug.
     branch: Branch = Branch.none
-    head: Head = Head.meanP
-    task: Task = Task.retrieval
+    head: Head = Head.meanP  # the video-level head (`mugstan models` lists them)
+    task: Task = Task.retrieval  # what is trained and evaluated
     stan: STANConfig = field(default_factory=STANConfig)
     seq_layers: int = 4  # seqTransf / TDB temporal transformer depth
     tab_centers: int = 5  # CLIP2Video TAB centres K (7 for VATEX)
     tab_weight: float = 0.5  # w in S = w * S_global + (1 - w) * S_tab
     clip2video_compat: bool = False  # reproduce CLIP2Video's head-major mask expansion
-    mug_mode: MugMode = MugMode.simple
+    mug_mode: MugMode = MugMode.simple  # Mug-STAN's alignment: simple (released configs) or full
     mug_compat: bool = False  # reproduce the reference's padded-word leak in "full" mode
-    mug_lambda: float = 100.0
+    mug_lambda: float = 100.0  # Mug's softmax sharpness over frames and words
     # Temperature: None -> learned logit scale (CLIP's, clamped to <= 100); a number tau ->
     # fixed scale 1 / tau (STAN: 0.01 MSR-VTT B/32, 0.02 B/16, 0.05 DiDeMo).
     temperature: Optional[float] = None
     loss_reduction: Reduction = Reduction.mean  # symmetric InfoNCE: mean or sum of the two directions
     # Recognition: a classifier on the head's video embedding
     classifier: Classifier = Classifier.text
-    num_classes: int = 0
-    class_names: list[str] = field(default_factory=list)
-    prompt_templates: list[str] = field(default_factory=lambda: ["a video of {}."])
+    num_classes: int = 0  # recognition / detection classes; 0: the number of class names
+    class_names: list[str] = field(default_factory=list)  # index -> name; empty: the dataset's class-name file
+    prompt_templates: list[str] = field(default_factory=lambda: ["a video of {}."])  # class-name prompts, {} = the name
     context_length: int = 32  # text tokens L, EOT always kept
     # Reproduce the STAN authors' CLIPTokenize(length=L): SOT + BPE + EOT cut to L afterwards, so
     # long captions lose their EOT (pooling then takes the largest id). Default: EOT always kept.
     eot_compat: bool = False
     detection: DetectionConfig = field(default_factory=DetectionConfig)  # model.task: detection
-    grad_checkpointing: bool = False
-    freeze_backbone: bool = False
+    grad_checkpointing: bool = False  # recompute activations in the backward pass: less memory, about 1.3x the time
+    freeze_backbone: bool = False  # keep the whole CLIP as loaded (only the branch and head train)
     freeze_text: bool = False  # keep the text tower as loaded (only the video side trains)
     chat: ChatConfig = field(default_factory=ChatConfig)  # model.task: chat only
 
@@ -285,18 +285,18 @@ class DataConfig:
     # `data.root=/data/msrvtt` moves the whole dataset; absolute paths stay as they are.
     root: str = ""
     videos: str = ""  # the folder of the videos, relative to data.root ("" = data.root itself)
-    train_ann: Optional[str] = None
-    val_ann: Optional[str] = None
-    test_ann: Optional[str] = None
+    train_ann: Optional[str] = None  # the training split's annotation file (relative: inside data.root)
+    val_ann: Optional[str] = None  # the validation split's (picks checkpoints/best; null: the last epoch is kept)
+    test_ann: Optional[str] = None  # the test split's (`mugstan eval`)
     # Format-specific extra files, e.g. {"data_json": "MSRVTT_data.json"},
     # {"class_names": "classInd.txt"}, {"captions": "raw-captions.pkl"}.
     extra: dict[str, str] = field(default_factory=dict)
-    num_frames: int = 12
+    num_frames: int = 12  # T: frames sampled per clip
     test_num_frames: Optional[int] = None  # defaults to num_frames
-    sampler: SamplerKind = SamplerKind.segment
-    dense_stride: int = 4
+    sampler: SamplerKind = SamplerKind.segment  # how the T frames are chosen
+    dense_stride: int = 4  # sampler dense: source frames between sampled ones
     sample_fps: float = 1.0  # sampler fps: frames per second of video (num_frames is the cap)
-    image_size: int = 224
+    image_size: int = 224  # crop size S in pixels (the backbone's input)
     resize_short: Optional[int] = None  # defaults to image_size
     # Testing resizes the short side to this before the centre crop (defaults to resize_short):
     # STAN trains from short side 256 and tests from 224 (DiDeMo: 256).
@@ -305,8 +305,10 @@ class DataConfig:
     interpolation: Interpolation = Interpolation.fast  # fast | bicubic (CLIP4Clip, CLIP2Video) | bilinear (STAN)
     hflip: bool = False  # off by default: flipping swaps left/right motion
     test_clips: int = 1  # recognition multi-view testing: clips x crops
-    test_crops: int = 1
-    num_workers: int = 4
+    test_crops: int = 1  # 1: centre crop; 3: left, centre, right
+    # DataLoader processes per training / evaluation process; "auto": min(4, the cores this process
+    # may use); 0: load in the main process
+    num_workers: Union[int, str] = "auto"
     # Keep every decoded frame (at the resized short side) of the videos read, up to this many MB
     # per reading process, and sample later epochs from memory; 0: off. For datasets that fit in
     # memory, read many times: the synthetic demo (600 videos, 15 MB) spent more CPU decoding
@@ -321,6 +323,16 @@ class DataConfig:
     test_shards: Any = None
     epoch_samples: Optional[int] = None  # samples per epoch, all processes (default: the shards' manifest.json)
     shuffle_buffer: int = 500  # samples per reader (process x loader worker) shuffled in memory
+
+    @property
+    def loader_workers(self) -> int:
+        """data.num_workers as a number: "auto" is min(4, the CPU cores this process may use)."""
+        if self.num_workers != "auto":
+            return int(self.num_workers)
+        import os
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return min(4, cores)
 
     @property
     def video_root(self) -> Path:
@@ -340,15 +352,15 @@ class DataConfig:
 class TrainConfig:
     """Optimisation and the training loop (methods.md section 4 defaults)."""
 
-    output_dir: str = "runs/default"
-    seed: int = 42
-    epochs: int = 5
+    output_dir: str = "runs/default"  # the run folder: checkpoints, metrics.jsonl, curves.png, results.json
+    seed: int = 42  # seeds initialisation, shuffling and frame sampling (a rerun draws the same batches)
+    epochs: int = 5  # passes over the training set
     max_steps: Optional[int] = None  # stop early after this many optimiser steps
     batch_size: int = 128  # global batch (all processes, after accumulation)
-    accum_steps: int = 1
+    accum_steps: int = 1  # micro-batches per optimiser step (batch_size / accum_steps clips each)
     lr: float = 1e-7  # CLIP (backbone) learning rate
     new_module_lr_mult: float = 10.0  # temporal modules and heads
-    weight_decay: float = 0.2
+    weight_decay: float = 0.2  # AdamW / BertAdam decoupled weight decay
     optimizer: OptimizerKind = OptimizerKind.adamw  # adamw | bertadam (CLIP4Clip, CLIP2Video)
     # Parameter kinds without weight decay (any of norm, bias, embedding, logit_scale; see
     # mugstan.engine.optim.parameter_kind). STAN authors: [norm, bias]; CLIP4Clip: [bias].
@@ -358,8 +370,8 @@ class TrainConfig:
     # (custom_keys={'STAN': lr_mult=10}) that key's settings and skips norm_decay_mult and
     # bias_decay_mult, so the STAN branch's norms, biases and temporal embedding decay.
     no_decay_new: Optional[list[str]] = None
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-6
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # Adam's moment decay rates
+    eps: float = 1e-6  # Adam's epsilon
     warmup: float = 0.1  # fraction of the total steps (<1) or a number of steps (>=1)
     # Retrieval: the text tower stays as loaded for this fraction of the total steps (<1) or number
     # of steps (>=1), then trains (0: from the start; model.freeze_text: never). Both towers start
@@ -375,7 +387,7 @@ class TrainConfig:
     cosine_begin: Optional[float] = None  # CosineAnnealingLR begin (None: warmup_epochs); factor 1 in between
     cosine_t_max: float = 4.5  # CosineAnnealingLR T_max (the cosine is periodic past it, as mmengine's)
     cosine_end: Optional[float] = None  # CosineAnnealingLR end (None: the end of the run); the factor holds after it
-    grad_clip: Optional[float] = 5.0
+    grad_clip: Optional[float] = 5.0  # clip the gradient norm to this; null: no clipping
     # The authors' gradient scale (STAN's GatherLayer, CLIP4Clip's AllGather): their all_gather's
     # backward keeps only each process's rows, and DDP averages, so every gradient that reaches the
     # gathered features is 1/W of the full-batch one on W GPUs, and grad_clip bounds W x grad_clip
@@ -388,7 +400,7 @@ class TrainConfig:
     # faster than fp32 (mugstan.engine.precision; CPU flags do not tell: a Xeon reporting
     # AVX512-BF16 ran bf16 2x slower), else fp32.
     precision: Precision = Precision.auto
-    log_every: int = 10
+    log_every: int = 10  # optimiser steps between metrics.jsonl lines
     eval_every: int = 1  # epochs between validations
     save_every: Optional[int] = None  # optimiser steps between mid-epoch checkpoints
     # Gradient caching (retrieval only): the loss sees each micro-batch of batch_size / accum_steps
@@ -396,8 +408,8 @@ class TrainConfig:
     # with the graph, at the cost of one extra forward pass. contrastive_batch, when set, must
     # equal batch_size / accum_steps: a guard against shrinking the negatives by accumulation.
     contrastive_batch: Optional[int] = None
-    chunk_size: Optional[int] = None
-    deterministic: bool = False
+    chunk_size: Optional[int] = None  # clips per process encoded at once with gradient caching; null: off
+    deterministic: bool = False  # deterministic kernels (torch.use_deterministic_algorithms): bitwise reruns, slower
 
 
 @dataclass
@@ -405,7 +417,7 @@ class EvalConfig:
     """Evaluation protocol (methods.md section 6)."""
 
     split: str = "test"  # "val" during training; "test" only for the final report
-    batch_size: int = 16
+    batch_size: int = 16  # clips per evaluation forward pass
     dsl: bool = False  # dual-softmax re-ranking, labelled in the output
     v2t: V2T = V2T.lenient  # multi-caption video-to-text convention
     sim_chunk: int = 256  # texts x videos chunk for Mug similarity
@@ -418,7 +430,7 @@ class EvalConfig:
 
 @dataclass
 class ExperimentConfig:
-    name: str = "experiment"
+    name: str = "experiment"  # the run's name (logs, model cards)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -601,8 +613,32 @@ def _describe(err) -> str:
     key = getattr(err, "full_key", None)
     msg = str(err).splitlines()[0]
     if "not in struct" in msg or "Key '" in msg and "not" in msg:
-        return f"unknown key {key!r} (check the spelling; see mugstan/config.py for every field)"
+        import difflib
+
+        keys, key = config_keys(), str(key)
+        last = key.rpartition(".")[2]
+        names = {k.rpartition(".")[2] for k in keys}
+        near = [k for k in keys if k.rpartition(".")[2] == last]  # the right name in another section
+        near += difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+        near += [k for k in keys if k.rpartition(".")[2] in difflib.get_close_matches(last, names, n=2, cutoff=0.75)]
+        near = list(dict.fromkeys(near))[:3]
+        hint = f"did you mean {' or '.join(near)}? " if near else ""
+        return f"unknown key {key!r}; {hint}(`mugstan config show CONFIG` lists every key with what it means)"
     return f"key {key!r}: {msg}" if key else msg
+
+
+def config_keys() -> list[str]:
+    """Every dotted key of an experiment config that holds a value: name, model.backbone, model.stan.depth, ..."""
+    import dataclasses
+    import typing
+
+    def walk(cls, prefix: str) -> list[str]:
+        keys = []
+        for f, kind in zip(dataclasses.fields(cls), typing.get_type_hints(cls).values()):
+            keys += walk(kind, f"{prefix}{f.name}.") if dataclasses.is_dataclass(kind) else [prefix + f.name]
+        return keys
+
+    return walk(ExperimentConfig, "")
 
 
 class ConfigError(UserError, ValueError):
@@ -627,7 +663,9 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
     for name, value in optional_at_least_one.items():
         if value is not None and value < 1:
             raise ConfigError(f"{name}={value} must be at least 1, or null (the default)")
-    at_least_zero = {"data.num_workers": d.num_workers, "train.seed": t.seed, "model.num_classes": m.num_classes}
+    if d.num_workers != "auto" and (isinstance(d.num_workers, str) or d.num_workers < 0):
+        raise ConfigError(f"data.num_workers={d.num_workers!r} must be auto (min(4, usable cores)), 0 (the main process) or more")
+    at_least_zero = {"train.seed": t.seed, "model.num_classes": m.num_classes}
     for name, value in at_least_zero.items():
         if value < 0:
             raise ConfigError(f"{name}={value} must be 0 or more")

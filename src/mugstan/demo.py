@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from mugstan.config import ExperimentConfig, load_config
+from mugstan.errors import CorruptFileError
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "synthetic"  # package data: works from a wheel
 PACKAGED_CLIP = CONFIG_DIR / "clip.safetensors"  # `mugstan demo --export-clip` on seed 0, stored in fp16
@@ -127,7 +128,7 @@ def pair_accuracy(model, cfg: ExperimentConfig, data: Path) -> tuple[float, dict
     ann = load_annotations(cfg.data, "test")
     videos, dropped = embed_clips(model, cfg, ann, DistInfo(), "test", progress=False)
     if dropped:
-        raise RuntimeError(f"synthetic test videos failed to decode: {dropped[:3]}; render the data again (--overwrite)")
+        raise CorruptFileError(f"synthetic test videos failed to decode: {dropped[:3]}; render the data again (--overwrite)")
     video = stack_clips([videos[i] for i in range(len(ann.clips))])
     text = embed_texts(model, ann.captions, torch.device("cpu"))
     scores = model.similarity(text, video).float()

@@ -1,9 +1,12 @@
-"""Atomic writes: a reader sees the old file or folder or the new one, never half of one.
+"""Files: atomic writes, and reading the files a user names without hanging or unpickling.
 
 ``atomic_file(dest)`` yields a temporary path beside ``dest``; when the block ends without an
 error the file is moved over ``dest`` in one rename, otherwise it is removed. ``atomic_folder``
 does the same for a folder (written whole, then swapped in by renames); an interrupted swap is
 finished by ``recover_folder`` on the next write.
+
+Reading: ``regular_file(path, what)`` checks a file the user named without opening it (a FIFO
+would block), and ``read_safetensors`` reads tensors, a damaged file being a one-line error.
 """
 
 from __future__ import annotations

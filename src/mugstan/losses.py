@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from mugstan.config import ModelConfig, Task
+from mugstan.config import ConfigError, ModelConfig, Task
 from mugstan.engine.distributed import is_distributed, unwrap
 from mugstan.heads.base import Embeddings, Head
 
@@ -128,7 +128,8 @@ class LanguageModelLoss:
     def __call__(self, outputs: dict, batch: dict = None) -> torch.Tensor:
         logits, labels = outputs["logits"][:, :-1], outputs["labels"][:, 1:].to(outputs["logits"].device)
         if not (labels != -100).any():
-            raise ValueError("no answer tokens in this batch (every label is -100): raise model.chat.max_length")
+            raise ConfigError("no answer tokens in this batch (every label is -100: the prompts fill model.chat.max_length): "
+                              "raise model.chat.max_length")
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
 
 

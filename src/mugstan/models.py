@@ -197,6 +197,9 @@ def build_model(cfg: ModelConfig, class_names: Sequence[str] = ()) -> Union[Vide
 
         return build_chat_model(cfg, lambda tower: build_branch(cfg, tower))
     backbone = build_clip(cfg.backbone, cfg.pretrained, cfg.weights, config=cfg.backbone_config)
+    if cfg.context_length > backbone.context_length:
+        raise ConfigError(f"model.context_length={cfg.context_length} exceeds the text tower's {backbone.context_length} positions "
+                          f"({cfg.backbone or 'this backbone'}): set model.context_length={backbone.context_length} or less")
     if cfg.backbone is None and cfg.backbone_config is None:  # the weights file's architecture, recorded in the
         cfg.backbone_config = dict(backbone.architecture)  # config so that the run's checkpoints rebuild it without the file
     branch = build_branch(cfg, backbone)

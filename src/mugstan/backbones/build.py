@@ -21,11 +21,11 @@ from mugstan.config import ConfigError
 
 
 @contextlib.contextmanager
-def _quiet_root_logger(quiet: bool):
+def _quiet_root_logger():
+    """open_clip logs to the root logger; what matters of it mugstan says itself."""
     root = logging.getLogger()
     level = root.level
-    if quiet:
-        root.setLevel(logging.ERROR)
+    root.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
@@ -99,7 +99,7 @@ def build_clip(
     import open_clip
 
     from mugstan.backbones.convert import load_clip_weights
-    from mugstan.hub import resolve_weights
+    from mugstan.hub import hub_reachable, offline_unless_reachable, resolve_weights
 
     register_configs()
     if weights is not None and pretrained is not None:
@@ -133,14 +133,17 @@ def build_clip(
         config = named_config(name, quick_gelu=bool(kwargs))
         try:
             # open_clip warns "initialized randomly" whenever no tag is given: here weights follow (a
-            # file, a checkpoint) or random initialisation is what the config asks for (training says so)
-            with _quiet_root_logger(pretrained is None):
+            # file, a checkpoint) or random initialisation is what the config asks for (training says so);
+            # a failed download is logged by open_clip and then reported below, once
+            with _quiet_root_logger(), offline_unless_reachable():
                 clip = open_clip.create_model(name, pretrained=pretrained, **kwargs)
         except Exception as err:  # open_clip raises RuntimeError / OSError / HF hub errors
             if pretrained is None:
                 raise
+            why = "the Hugging Face Hub cannot be reached and they are not in its cache" if not hub_reachable() else \
+                f"{type(err).__name__}: {err}"
             raise ConfigError(
-                f"could not fetch open_clip weights {name!r} / {pretrained!r} ({type(err).__name__}: {err}). "
+                f"could not fetch open_clip weights {name!r} / {pretrained!r} ({why}). "
                 "On a machine without internet, download the checkpoint elsewhere and pass its local "
                 "path instead: model.weights=/path/to/ViT-B-32.pt (OpenAI .pt, HuggingFace CLIPModel "
                 "folder or open_clip .safetensors) and model.pretrained=null"

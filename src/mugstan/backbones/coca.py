@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mugstan.backbones.clip import CLIPBackbone, TextOutput
+from mugstan.config import ConfigError
 
 
 def init_decoder_projection(coca: nn.Module) -> None:
@@ -60,14 +61,14 @@ class CoCaBackbone(CLIPBackbone):
     def check_towers(coca: nn.Module) -> None:
         visual = coca.visual
         if getattr(visual, "attn_pool", None) is None or getattr(visual, "attn_pool_contrastive", None) is not None:
-            raise ValueError("CoCaBackbone reads open_clip's original CoCa pooling (one attentional pooler, "
+            raise ConfigError("CoCaBackbone reads open_clip's original CoCa pooling (one attentional pooler, "
                              "vision_cfg.attentional_pool: true); 'parallel' / 'cascade' pools are not supported")
         if visual.pool_type != "tok" or visual.proj is None:
-            raise ValueError(f"CoCaBackbone needs vision_cfg.pool_type 'tok' and a projection, got {visual.pool_type!r}")
+            raise ConfigError(f"CoCaBackbone needs vision_cfg.pool_type 'tok' and a projection, got {visual.pool_type!r}")
         if coca.text.cls_emb is None or coca.text.pool_type == "none" or coca.text.text_projection is None:
-            raise ValueError("CoCaBackbone needs CoCa's text tower (text_cfg.embed_cls: true, with a projection)")
+            raise ConfigError("CoCaBackbone needs CoCa's text tower (text_cfg.embed_cls: true, with a projection)")
         if isinstance(coca.text.text_projection, nn.Linear):
-            raise ValueError("CoCaBackbone expects text_projection as a matrix (text_cfg.proj_type 'linear' without bias)")
+            raise ConfigError("CoCaBackbone expects text_projection as a matrix (text_cfg.proj_type 'linear' without bias)")
 
     # ---- shapes -------------------------------------------------------------------------
     @property

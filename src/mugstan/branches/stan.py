@@ -33,6 +33,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from mugstan.backbones.clip import CLIPBackbone, VisionOutput
+from mugstan.config import ConfigError
 from mugstan.branches.frames import FrameFeatures
 from mugstan.heads.base import masked_mean
 from mugstan.heads.blocks import Attention, DropPath
@@ -119,9 +120,10 @@ class STAN(nn.Module):
         super().__init__()
         n_layers, width, heads = backbone.vision_layers, backbone.vision_width, backbone.vision_heads
         if not 1 <= depth <= n_layers:
-            raise ValueError(f"stan.depth must be in 1..{n_layers} for this backbone, got {depth}")
+            raise ConfigError(f"model.stan.depth={depth} must be in 1..{n_layers}: the backbone has {n_layers} vision layers and each "
+                              "STAN level reads one of them")
         if time_module not in ("self", "conv"):
-            raise ValueError(f"stan.time_module must be 'self' or 'conv', got {time_module!r}")
+            raise ConfigError(f"model.stan.time_module must be 'self' or 'conv', got {time_module!r}")
         self.first = n_layers - depth
         self.grad_checkpointing = False
         rates = torch.linspace(0, drop_path, depth).tolist()
@@ -157,7 +159,8 @@ class STAN(nn.Module):
         """The branch's final state: video class token [B, 1, D] and patch tokens [B, P, T, D]."""
         b, t = mask.shape
         if t > self.time_embed.num_embeddings:
-            raise ValueError(f"STAN's temporal embedding covers {self.time_embed.num_embeddings} frames, got {t}; raise model.stan.max_frames")
+            raise ConfigError(f"STAN's temporal embedding covers model.stan.max_frames={self.time_embed.num_embeddings} frames, "
+                              f"got {t}: raise model.stan.max_frames or lower data.num_frames / data.test_num_frames")
         visual = backbone.visual
         pos = visual.positional_embedding
         d = vision.last.shape[-1]

@@ -21,6 +21,8 @@ OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from mugstan.engine.distributed import device_arg
+
     parser.add_argument("video", help="a video file")
     parser.add_argument("question", nargs="?", help="the question; without it, an interactive session")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -32,7 +34,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, help="0: greedy (default: model.chat.temperature, 0); above 0: sampling")
     parser.add_argument("--top-p", type=float, help="sampling: the top-p nucleus (default: model.chat.top_p, 1)")
     parser.add_argument("--seed", type=int, help="seed of the sampling (repeatable answers at a temperature above 0)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
+    parser.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
     parser.add_argument("--no-stream", action="store_true", help="print each answer when it is complete")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model.chat.video_tokens=frame_mean")
 
@@ -41,17 +43,18 @@ def load_chat_model(args, device):
     """(VideoChatModel in eval mode, ExperimentConfig) from --checkpoint, --config or --llava (+ overrides)."""
     from mugstan.config import ExperimentConfig, Task, load_config, model_config
     from mugstan.engine.checkpoint import load_model
+    from mugstan.errors import ArgumentError
     from mugstan.models import build_model
 
     if args.checkpoint:
         model, cfg = load_model(args.checkpoint, device, args.overrides)
         if cfg is None or cfg.model.task != Task.chat:
-            raise ValueError(f"--checkpoint {args.checkpoint}: not a chat checkpoint (model.task: chat); use --config or --llava")
+            raise ArgumentError(f"--checkpoint {args.checkpoint}: not a chat checkpoint (model.task: chat); use --config or --llava")
         return model, cfg
     if args.config:
         cfg = load_config(args.config, args.overrides, check_files=False)  # one video: no dataset file is read
         if cfg.model.task != Task.chat:
-            raise ValueError(f"--config {args.config}: model.task is {cfg.model.task}, not chat (the chat/ configs of `mugstan config list` are)")
+            raise ArgumentError(f"--config {args.config}: model.task is {cfg.model.task}, not chat (the chat/ configs of `mugstan config list` are)")
     else:
         overrides = [o if o.startswith("model.") else f"model.{o}" for o in args.overrides]
         cfg = ExperimentConfig(name="chat", model=model_config({"task": "chat", "branch": "none", "chat": {"llava": args.llava}},

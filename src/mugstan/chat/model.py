@@ -38,7 +38,8 @@ import torch.nn as nn
 from mugstan.backbones.clip import CLIPBackbone
 from mugstan.backbones.convert import WeightsError
 from mugstan.chat.prompt import ChatPrompt
-from mugstan.config import Branch, ChatConfig, ModelConfig, VideoTokens
+from mugstan.config import Branch, ChatConfig, ConfigError, ModelConfig, VideoTokens
+from mugstan.errors import MismatchError, MissingFileError
 from mugstan.heads.base import masked_mean
 
 Turns = Sequence[tuple[str, Optional[str]]]
@@ -192,7 +193,7 @@ class VideoChatModel(nn.Module):
         expected = set(self.state_dict())
         missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
         if strict and (missing or unexpected):
-            raise RuntimeError(f"chat checkpoint does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise MismatchError(f"chat checkpoint does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
         for name in self.saved_parts():
             part = {k[len(name) + 1:]: v for k, v in state_dict.items() if k.startswith(name + ".")}
             getattr(self, name).load_state_dict(part, strict=False, assign=assign)
@@ -325,7 +326,7 @@ def build_chat_model(cfg: ModelConfig, build_branch: Callable[[CLIPBackbone], nn
         if tokenizer.chat_template is None:
             tokenizer.chat_template = processor_chat_template(source)
     except OSError as err:
-        raise FileNotFoundError(f"model.chat.llava={c.llava!r}: cannot load a LLaVA checkpoint with safetensors weights and a "
+        raise MissingFileError(f"model.chat.llava={c.llava!r}: cannot load a LLaVA checkpoint with safetensors weights and a "
                                 f"tokenizer from it ({str(err).splitlines()[0]}); give a local folder or a hub name") from None
     missing = sorted(loading["missing_keys"])
     if missing:  # transformers would initialise them at random: a different model (and answers) every run
@@ -334,7 +335,7 @@ def build_chat_model(cfg: ModelConfig, build_branch: Callable[[CLIPBackbone], nn
                            f"e.g. {missing[0]}), which would be initialised at random; give a complete LLaVA checkpoint")
     layer = llava.config.vision_feature_layer if c.feature_layer is None else c.feature_layer
     if not isinstance(layer, int):
-        raise ValueError(f"{c.llava}: vision_feature_layer={layer} selects several layers; set model.chat.feature_layer to one")
+        raise ConfigError(f"{c.llava}: vision_feature_layer={layer} selects several layers; set model.chat.feature_layer to one")
     backbone = backbone_from_hf_tower(llava.model.vision_tower, layer, str(c.llava))
     projector = llava.model.multi_modal_projector
     llava.model.vision_tower, llava.model.multi_modal_projector = None, None  # the chat model owns them now

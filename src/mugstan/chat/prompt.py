@@ -24,6 +24,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from mugstan.config import ConfigError
+from mugstan.errors import AnnotationError, MismatchError
+
 IGNORE = -100
 
 
@@ -38,7 +41,7 @@ class ChatPrompt:
     def __init__(self, tokenizer, image_token_id: int, video_tokens: Callable[[int], int], system: str = "",
                  user: str = "USER: ", assistant: str = " ASSISTANT:", max_length: int = 1024, use_template: bool = True):
         if tokenizer.eos_token_id is None:
-            raise ValueError("the LLaVA tokenizer has no eos_token: answers could not end (check tokenizer_config.json)")
+            raise MismatchError("the LLaVA tokenizer has no eos_token: answers could not end (check tokenizer_config.json)")
         self.tokenizer, self.image_token_id, self.video_tokens = tokenizer, image_token_id, video_tokens
         self.system, self.user, self.assistant, self.max_length = system, user, assistant, max_length
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -112,9 +115,9 @@ class ChatPrompt:
         """[(ids, is_answer)] of a conversation about a ``num_frames``-frame video; the last answer may be
         None (a prompt to answer). ``train``: a training item (every answer ends with the eos token)."""
         if not turns:
-            raise ValueError("a conversation needs at least one question")
+            raise AnnotationError("a conversation needs at least one question")
         if any(answer is None for _, answer in turns[:-1]):
-            raise ValueError("only the last turn of a conversation may be unanswered")
+            raise AnnotationError("only the last turn of a conversation may be unanswered")
         if self.template:
             return self._template_pieces(turns, num_frames, train)
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
@@ -124,7 +127,7 @@ class ChatPrompt:
             out.append((self._text(head), False))
             if answer is None:
                 if i != len(turns) - 1:
-                    raise ValueError("only the last turn of a conversation may be unanswered")
+                    raise AnnotationError("only the last turn of a conversation may be unanswered")
                 break
             out.append((self._text(" " + answer) + [self.tokenizer.eos_token_id], True))
         return out
@@ -143,8 +146,8 @@ class ChatPrompt:
             labels += piece if is_answer else [IGNORE] * len(piece)
         if len(ids) > self.max_length:
             if sum(label != IGNORE for label in labels[: self.max_length]) == 0:
-                raise ValueError(f"the prompt alone takes more than model.chat.max_length={self.max_length} tokens "
-                                 f"({self.video_tokens(num_frames)} of them the video's): raise model.chat.max_length")
+                raise ConfigError(f"the prompt alone takes more than model.chat.max_length={self.max_length} tokens "
+                                  f"({self.video_tokens(num_frames)} of them the video's): raise model.chat.max_length")
             ids, labels = ids[: self.max_length], labels[: self.max_length]
         n = len(ids)
         pad = self.max_length - n

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mugstan.config import ExperimentConfig
+from mugstan.config import ConfigError, ExperimentConfig
 from mugstan.data.datasets import build_dataset, collate, load_annotations
 from mugstan.data.datasets.videoqa import first_turns
 from mugstan.engine.distributed import DistInfo, ShardSampler, all_gather_objects, unwrap
@@ -59,15 +59,15 @@ def evaluate_qa(model, cfg: ExperimentConfig, split: str = "test", dist: DistInf
     start = time.time()
     ann = load_annotations(cfg.data, split)
     if ann.conversations is None:
-        raise ValueError(f"data.dataset={cfg.data.dataset!r} has no questions: Video QA needs msvd_qa, msrvtt_qa, activitynet_qa "
-                         "or videochatgpt")
+        raise ConfigError(f"data.dataset={cfg.data.dataset!r} has no questions: Video QA needs msvd_qa, msrvtt_qa, activitynet_qa "
+                          "or videochatgpt")
     inner = unwrap(model)
     was_training = inner.training
     inner.eval()
     by_clip = first_turns(ann)
     dataset = build_dataset(cfg.data, split, train=False, on_error="drop", pairs=False, ann=ann)
     loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, sampler=ShardSampler(len(dataset), dist.world, dist.rank),
-                        num_workers=cfg.data.num_workers, collate_fn=collate)
+                        num_workers=cfg.data.loader_workers, collate_fn=collate)
     records, dropped = [], []
     for batch in tqdm(loader, desc=f"answering {split} questions", unit="batch", disable=not (progress and dist.main)):
         dropped.extend(batch["failed"])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from mugstan.backbones.clip import CLIPBackbone
+from mugstan.config import ConfigError
 from mugstan.backbones.convert import WeightsError, hf_block
 
 # The open_clip CLIP needs a text tower; the chat model never uses it.
@@ -33,7 +34,7 @@ def tower_layers(num_layers: int, feature_layer: int) -> int:
     """
     keep = feature_layer + 1 + num_layers if feature_layer < 0 else feature_layer
     if not 1 <= keep <= num_layers:
-        raise ValueError(f"model.chat.feature_layer={feature_layer} is outside the {num_layers}-block vision tower "
+        raise ConfigError(f"model.chat.feature_layer={feature_layer} is outside the {num_layers}-block vision tower "
                          f"(use -1 .. -{num_layers} or 1 .. {num_layers})")
     return keep
 

@@ -464,9 +464,9 @@ class DetectionParams:
     def __post_init__(self):
         for name, low in (("videos", 1), ("test_videos", 1), ("shapes", 1), ("keyframes", 1), ("size", 16)):
             if getattr(self, name) < low:
-                raise ValueError(f"synthetic detection data: {name} must be at least {low}, got {getattr(self, name)}")
+                raise ArgumentError(f"synthetic detection data: {name} must be at least {low}, got {getattr(self, name)}")
         if self.size % 2:
-            raise ValueError(f"synthetic detection data: size must be even (H.264 uses 4:2:0 chroma), got {self.size}")
+            raise ArgumentError(f"synthetic detection data: size must be even (H.264 uses 4:2:0 chroma), got {self.size}")
 
     @property
     def frames(self) -> int:

@@ -38,7 +38,7 @@ def detect(model, cfg: ExperimentConfig, ann: DetectionAnnotations, dist: DistIn
     model = unwrap(model)
     dataset = build_dataset(cfg.data, split, train=False, on_error="drop", ann=ann)
     loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, sampler=ShardSampler(len(dataset), dist.world, dist.rank),
-                        num_workers=cfg.data.num_workers, collate_fn=collate)
+                        num_workers=cfg.data.loader_workers, collate_fn=collate)
     scores, dropped = {}, []
     for batch in tqdm(loader, desc=f"detecting on {split} keyframes", unit="batch", disable=not (progress and dist.main)):
         dropped.extend(batch["failed"])

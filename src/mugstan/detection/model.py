@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 from torchvision.ops import roi_align
 
+from mugstan.config import ConfigError
 from mugstan.heads.base import masked_mean
 
 
@@ -82,7 +83,7 @@ def build_detector(encoder: nn.Module, num_classes: int, roi_size: int, dropout:
     """Freeze what detection does not use (text tower, retrieval head, logit scale, CLIP's ln_post and
     projection: no gradient reaches them, which DDP would otherwise report) and add the RoI head."""
     if num_classes <= 0:
-        raise ValueError("detection needs the classes: model.class_names (from the dataset's label map) or model.num_classes")
+        raise ConfigError("detection needs the classes: model.class_names (from the dataset's label map) or model.num_classes")
     for name, p in encoder.backbone.clip.named_parameters():
         if not name.startswith("visual.") or name.startswith(("visual.ln_post", "visual.proj")):
             p.requires_grad_(False)

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from mugstan.config import ConfigError
+
 
 @dataclass
 class DistInfo:
@@ -43,6 +45,31 @@ def setup() -> DistInfo:
     else:
         device = torch.device("cpu")
     return DistInfo(rank, world, local_rank, device)
+
+
+def device_arg(text: str) -> str:
+    """A ``--device`` value, checked (argparse ``type=``): the name parses and that device is on this
+    machine; else an ``argparse.ArgumentTypeError`` (``mugstan`` prints it as one ``error:`` line)."""
+    import argparse
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: give cpu, cuda, cuda:1, ...") from None
+    if device.type == "cpu":
+        return text
+    if device.type == "mps":
+        count = int(torch.backends.mps.is_available())
+    else:  # cuda, xpu, ...: torch.cuda / torch.xpu say how many there are
+        backend = getattr(torch, device.type, None)
+        count = backend.device_count() if hasattr(backend, "is_available") and backend.is_available() else 0
+    if count == 0:
+        raise argparse.ArgumentTypeError(f"{text}: this machine has no {device.type} device (or its driver is missing): "
+                                         "use --device cpu")
+    if device.index is not None and device.index >= count:
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {count} {device.type} device{'s' if count > 1 else ''} "
+                                         f"({device.type}:0{f' to {device.type}:{count - 1}' if count > 1 else ''})")
+    return text
 
 
 def is_distributed() -> bool:
@@ -82,9 +109,10 @@ class TrainSampler(Sampler[list[int]]):
 
     def __init__(self, n: int, global_batch: int, world: int, rank: int, accum: int = 1, seed: int = 0):
         if global_batch % (world * accum):
-            raise ValueError(f"train.batch_size={global_batch} must be divisible by processes x accum_steps = {world * accum}")
+            raise ConfigError(f"train.batch_size={global_batch} must be divisible by processes x train.accum_steps = "
+                              f"{world} x {accum} = {world * accum}: set train.batch_size to a multiple of {world * accum}")
         if n < global_batch:
-            raise ValueError(f"the training set has {n} items, fewer than one batch of train.batch_size={global_batch}")
+            raise ConfigError(f"the training set has {n} items, fewer than one batch of train.batch_size={global_batch}")
         self.n, self.global_batch, self.world, self.rank, self.accum, self.seed = n, global_batch, world, rank, accum, seed
         self.epoch, self.skip_steps = 0, 0
 

@@ -19,10 +19,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mugstan.config import ExperimentConfig, Task
+from mugstan.config import ConfigError, ExperimentConfig, Task
 from mugstan.data.datasets import Annotations, build_dataset, collate, load_annotations
 from mugstan.engine.distributed import DistInfo, ShardSampler, all_gather_objects, unwrap
 from mugstan.engine.precision import autocast_for
+from mugstan.errors import AnnotationError
 from mugstan.heads.base import Embeddings
 from mugstan.metrics import recognition_metrics, retrieval_metrics
 
@@ -38,7 +39,7 @@ def embed_clips(model, cfg: ExperimentConfig, ann: Annotations, dist: DistInfo, 
     model = unwrap(model)
     dataset = build_dataset(cfg.data, split, train=False, on_error="drop", pairs=False, ann=ann)
     loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, sampler=ShardSampler(len(dataset), dist.world, dist.rank),
-                        num_workers=cfg.data.num_workers, collate_fn=collate)
+                        num_workers=cfg.data.loader_workers, collate_fn=collate)
     outputs, dropped = {}, []
     bar = tqdm(loader, desc=f"embedding {split} videos", unit="batch", disable=not (progress and dist.main))
     for batch in bar:
@@ -107,6 +108,10 @@ def evaluate(model, cfg: ExperimentConfig, split: str = "test", dist: Optional[D
         kept = sorted(logits)
         result["recognition"] = recognition_metrics(torch.stack([logits[i][0] for i in kept]), torch.tensor([ann.labels[i] for i in kept]))
     elif ann.captions:
+        uncaptioned = len(ann.clips) - len(set(ann.caption_clip))
+        if uncaptioned:  # video-to-text retrieval ranks each video's own captions
+            raise AnnotationError(f"{ann.source}: {uncaptioned} of the {len(ann.clips)} videos of the {split} split have no caption; "
+                                  "retrieval needs one or more per video: add captions or leave those videos out")
         videos, dropped = embed_clips(model, cfg, ann, dist, split, progress=progress)
         kept = sorted(videos)
         position = {clip: j for j, clip in enumerate(kept)}
@@ -125,7 +130,7 @@ def evaluate(model, cfg: ExperimentConfig, split: str = "test", dist: Optional[D
 
         names = ann.class_names or cfg.model.class_names
         if not names:
-            raise ValueError(f"zero-shot recognition on {split} needs class names (data.extra.class_names or model.class_names)")
+            raise ConfigError(f"zero-shot recognition on {split} needs class names (data.extra.class_names or model.class_names)")
         videos, dropped = embed_clips(model, cfg, ann, dist, split, progress=progress)
         kept = sorted(videos)
         views = videos[kept[0]][0].shape[0]
@@ -138,7 +143,7 @@ def evaluate(model, cfg: ExperimentConfig, split: str = "test", dist: Optional[D
         result["recognition"] = recognition_metrics(torch.stack(per_view, 1), torch.tensor([ann.labels[i] for i in kept]))
         result["zero_shot"] = True
     else:
-        raise ValueError(f"{split} split of {cfg.data.dataset} has neither captions nor labels")
+        raise AnnotationError(f"{ann.source}: the {split} split of {cfg.data.dataset} has neither captions nor labels: nothing to evaluate")
     result["dropped"] = [{"index": i, "error": e} for i, e in dropped]
     result["seconds"] = round(time.time() - start, 1)
     return result
@@ -218,6 +223,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", choices=["train", "val", "test"],
                         help="which annotation file of the config: data.train_ann, val_ann or test_ann (default: test)")
     parser.add_argument("--json", help="also write the result to this JSON file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (the result only)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.dsl=true model.head=mug")
 
 
@@ -239,7 +245,7 @@ def main(args: argparse.Namespace) -> int:
                           "command line evaluates with that)")
     else:
         model = zero_shot_model(cfg, args.split).to(dist.device)
-    result = evaluate(model, cfg, args.split, dist)
+    result = evaluate(model, cfg, args.split, dist, progress=not args.no_progress)
     if not args.checkpoint:
         result["zero_shot"] = True
     elif saved is not None:

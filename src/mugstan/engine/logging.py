@@ -87,8 +87,8 @@ def plot_curves(metrics_path, png_path) -> None:
             elif k.startswith("test/"):  # eval.select_on=test validates on the test split
                 val.setdefault(k + " (selection on test)", []).append((r["step"], v))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    if loss:
-        axes[0].plot(*zip(*loss), color="tab:blue")
+    if loss:  # a short run's few points get markers: a line through one point draws nothing
+        axes[0].plot(*zip(*loss), color="tab:blue", marker="o" if len(loss) <= 50 else None, markersize=4)
     axes[0].set(title="training loss", xlabel="step")
     for name, points in val.items():
         axes[1].plot(*zip(*points), marker="o", label=name)

@@ -18,7 +18,7 @@ import torch
 
 from typing import Callable, Optional
 
-from mugstan.config import OptimizerKind, Schedule, TrainConfig
+from mugstan.config import ConfigError, OptimizerKind, Schedule, TrainConfig
 
 
 class BertAdam(torch.optim.Optimizer):
@@ -75,7 +75,8 @@ def build_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
             "weight_decay": cfg.weight_decay if g["decay"] else 0.0,
         })
     if not groups:
-        raise ValueError("the model has no trainable parameters (is everything frozen?)")
+        raise ConfigError("the model has no trainable parameters: model.freeze_backbone / model.freeze_text leave nothing to train "
+                          "with this branch and head (model.branch=none, model.head=mean or meanP have no weights of their own)")
     if cfg.optimizer == OptimizerKind.bertadam:
         return BertAdam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, max_grad_norm=cfg.grad_clip or -1.0)
     # On GPUs, foreach (one batched kernel per tensor list), as PyTorch runs AdamW there by default: the

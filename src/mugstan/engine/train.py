@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mugstan.config import ExperimentConfig, SelectOn, Task, load_config, save_config, validate_config
+from mugstan.config import ConfigError, ExperimentConfig, SelectOn, Task, load_config, save_config, validate_config
 from mugstan.data.datasets import build_train_dataset, collate, load_annotations
 from mugstan.engine import checkpoint as ckpt
 from mugstan.engine.distributed import DistInfo, TrainSampler, all_gather_objects, barrier, setup
@@ -97,6 +97,8 @@ def setup_run(cfg: ExperimentConfig) -> Run:
         torch.set_flush_denormal(True)
     streaming = cfg.data.dataset == "webdataset"  # tar shards, streamed (mugstan.data.datasets.shards)
     ann = None if streaming else load_annotations(cfg.data, "train")
+    if not streaming:
+        check_videos_exist(ann, cfg)
     names = _shard_class_names(cfg) if streaming else ann.class_names
     if cfg.model.task in (Task.recognition, Task.detection) and not cfg.model.class_names and names:
         cfg.model.class_names = list(names)
@@ -122,6 +124,7 @@ def setup_run(cfg: ExperimentConfig) -> Run:
     else:
         dataset = build_train_dataset(cfg.data, tokenizer, pairs=text_items, seed=t.seed, ann=ann,
                                       uint8=dist.device.type == "cuda")
+        check_one_batch(cfg, ann, len(dataset), dist.world)
         sampler = TrainSampler(len(dataset), t.batch_size, dist.world, dist.rank, t.accum_steps, t.seed)
     local_batch = t.batch_size // (dist.world * t.accum_steps)  # clips of one micro-batch on this process
     gradcache = t.chunk_size is not None and t.chunk_size < local_batch
@@ -153,9 +156,45 @@ def make_loader(run: Run, epoch: int, pos: dict):
     pin = dist.device.type == "cuda"
     if cfg.data.dataset == "webdataset":
         run.sampler.consumed = dict(pos["stream"])
-        return run.sampler.loader(cfg.data.num_workers, pin)
-    return DataLoader(run.dataset, batch_sampler=run.sampler, num_workers=cfg.data.num_workers, collate_fn=collate,
+        return run.sampler.loader(cfg.data.loader_workers, pin)
+    return DataLoader(run.dataset, batch_sampler=run.sampler, num_workers=cfg.data.loader_workers, collate_fn=collate,
                       pin_memory=pin, generator=torch.Generator().manual_seed(cfg.train.seed + epoch))  # not the global RNG: resumes stay exact
+
+
+def check_videos_exist(ann, cfg: ExperimentConfig, sample: int = 64) -> None:
+    """Up to ``sample`` of the training videos, spread over the list: when none of them exists, a
+    ``ConfigError`` naming the first and the folders (a wrong data.root), before the model is built."""
+    step = max(1, len(ann.clips) // sample)
+    checked = ann.clips[::step][:sample]
+    if checked and not any(Path(c.path).is_file() for c in checked):
+        raise ConfigError(f"none of the {len(checked)} training videos checked (of {len(ann.clips)}) exists, e.g. {checked[0].path}: "
+                          f"check data.root={cfg.data.root!r} and data.videos={cfg.data.videos!r} "
+                          "(`mugstan data check` lists every missing video)")
+
+
+def check_one_batch(cfg: ExperimentConfig, ann, items: int, world: int) -> None:
+    """A training set of fewer ``items`` than one global batch: a ``ConfigError`` saying how many
+    items there are, how many of the annotations' videos were left out or are missing and why, and
+    the batch size that fits."""
+    t = cfg.train
+    if items >= t.batch_size:
+        return
+    kind = {Task.retrieval: "caption-video pairs", Task.chat: "conversations"}.get(cfg.model.task, "videos")
+    clips = ann.clips
+    why = []
+    if cfg.model.task == Task.retrieval and len(set(ann.caption_clip)) < len(clips):
+        why.append(f"{len(clips) - len(set(ann.caption_clip))} of its {len(clips)} videos have no caption and are left out")
+    missing = [c.path for c in clips if not Path(c.path).is_file()]
+    if missing:
+        why.append(f"{len(missing)} of its {len(clips)} video files {'is' if len(missing) == 1 else 'are'} missing and would be "
+                   f"skipped (first: {missing[0]}; "
+                   "check data.root and data.videos; `mugstan data check` lists them)")
+    step = world * t.accum_steps  # the batch is split over processes and accumulation steps
+    fits = items // step * step
+    fix = (f"set train.batch_size={fits} or less, or add data" if fits >= 1 and len(missing) < len(clips)
+           else "fix the annotations or the video folder")
+    raise ConfigError(f"the training set has {items} {kind}, fewer than one batch of train.batch_size={t.batch_size}"
+                      f"{': ' + '; '.join(why) if why else ''} (data.train_ann: {cfg.data.train_ann}): {fix}")
 
 
 def _names(names: list[str], most: int = 6) -> str:
@@ -339,13 +378,20 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
                                 "(eval.select_on=test would choose on it, labelled)")
         if dist.main:
             print(results["selection"])
+    best = pos["best"]
+    kept = (f"the best {best['metric']} on the {best['selected_on']} split ({best['value']:.2f} after epoch {best['epoch']}, "
+            f"step {best['step']})" if best["metric"] else
+            "the last epoch's model (data.val_ann is the test file: nothing is chosen on it)" if val_is_test(cfg) else
+            "the last epoch's model (no validation split, data.val_ann is null)")
     if cfg.data.test_ann or cfg.data.test_shards:
         ckpt.load_weights(run.model, run.out / "checkpoints" / "best")
         results["test"] = evaluate(run.model, cfg, "test", dist, progress)
         if dist.main:
-            print("best checkpoint on the test split:\n" + format_result(results["test"]))
+            print(f"{'best' if best['metric'] else 'last-epoch'} checkpoint on the test split:\n" + format_result(results["test"]))
     if dist.main:
         (run.out / "results.json").write_text(json.dumps(results, indent=2))
+        print(f"saved {run.out / 'checkpoints' / 'best'}: {kept}; {run.out / 'checkpoints' / 'last'} resumes the run (--resume); "
+              f"results in {run.out / 'results.json'}, curves in {run.out / 'curves.png'}")
     logger.close()
     return results
 

@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mugstan.backbones.clip import TextOutput
+from mugstan.config import ConfigError
 from mugstan.heads.base import Embeddings, Head
 from mugstan.heads.blocks import TemporalTransformer
 from mugstan.heads.mean import mean_pool
@@ -79,7 +80,8 @@ class CLIP2VideoHead(Head):
         """TDB steps 1-3: frames [B, T, E], mask [B, T] -> tokens [B, 2T-1, E], mask [B, 2T-1]."""
         b, t, e = frames.shape
         if t > self.frame_position_embeddings.num_embeddings:
-            raise ValueError(f"CLIP2Video handles at most {self.frame_position_embeddings.num_embeddings} frames, got {t}")
+            raise ConfigError(f"CLIP2Video has {self.frame_position_embeddings.num_embeddings} frame positions (CLIP4Clip's), got "
+                              f"{t} frames: set data.num_frames / data.test_num_frames to at most {self.frame_position_embeddings.num_embeddings}")
         pos = self.frame_position_embeddings.weight
         diff_mask = mask[:, :-1] if self.compat else mask[:, :-1] & mask[:, 1:]
         if t > 1:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from mugstan.config import ConfigError
 from mugstan.heads.base import Embeddings, Head
 from mugstan.heads.blocks import TemporalTransformer
 from mugstan.heads.mean import mean_pool
@@ -41,7 +42,8 @@ class SeqTransf(Head):
         """frames [B, T, E] (per-frame embeddings), mask [B, T] bool -> Embeddings(x [B, E] unit)."""
         t = frames.shape[1]
         if t > self.frame_position_embeddings.num_embeddings:
-            raise ValueError(f"seqTransf handles at most {self.frame_position_embeddings.num_embeddings} frames, got {t}")
+            raise ConfigError(f"seqTransf has {self.frame_position_embeddings.num_embeddings} frame positions (CLIP4Clip's), got "
+                              f"{t} frames: set data.num_frames / data.test_num_frames to at most {self.frame_position_embeddings.num_embeddings}")
         x = frames + self.frame_position_embeddings.weight[:t]
         x = self.transformer(x, mask) + frames
         return Embeddings(mean_pool(x, mask))

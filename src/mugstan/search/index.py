@@ -61,6 +61,7 @@ from mugstan.config import DataConfig
 from mugstan.data.datasets import Clip, ClipReader
 from mugstan.data.datasets.formats import VIDEO_EXTENSIONS
 from mugstan.data.video import VideoError, VideoInfo, near_frames, probe
+from mugstan.engine.distributed import device_arg
 from mugstan.errors import ArgumentError, CorruptFileError, MismatchError, MissingFileError, UserError
 from mugstan.files import atomic_folder, readable_folder, recover_folder
 
@@ -430,7 +431,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stride", type=float, default=4.0, help="seconds between window starts, at most --window (default 4)")
     parser.add_argument("--frames", type=int, default=None, help="frames per window (default: the model's config, 12 without one)")
     parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default 16)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the model runs: cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -35,6 +35,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from mugstan.engine.distributed import device_arg
 from mugstan.errors import ArgumentError, MismatchError, UserError
 from mugstan.search.index import IndexFolder, model_identity
 
@@ -179,7 +180,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                              "faiss-ivf: approximate, faster for large indexes")
     parser.add_argument("--nprobe", type=int, default=None, help="faiss-ivf: lists searched per query (default 1/8 of them)")
     parser.add_argument("--checkpoint", default=None, help="the model (default: the one recorded in the index)")
-    parser.add_argument("--device", default="cpu", help="where the text encoder runs: cpu, cuda, cuda:1, ... (default cpu)")
+    parser.add_argument("--device", type=device_arg, default="cpu", help="where the text encoder runs: cpu, cuda, cuda:1, ... (default cpu)")
 
 
 def open_searcher(args: argparse.Namespace) -> Searcher:
@@ -207,7 +208,9 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
+    print(f"{len(results)} best matches for {args.query!r}; paths are relative to {searcher.root}")
+    print(f"{'rank':>4}  {'score':>8}  {'window':>17}  path")
     for r in results:
         window = f"{r['start']:.2f}-{r['end']:.2f} s"
-        print(f"{r['rank']:3d}  {r['score']:8.4f}  {window:>17}  {searcher.root / r['path']}")
+        print(f"{r['rank']:4d}  {r['score']:8.4f}  {window:>17}  {r['path']}")
     return 0

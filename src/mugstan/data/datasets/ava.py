@@ -43,11 +43,12 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from mugstan.config import DataConfig
+from mugstan.config import ConfigError, DataConfig
 from mugstan.data.datasets.base import Annotations, Clip, _Base
 from mugstan.data.datasets.formats import _ann_file, _Finder
 from mugstan.data.transforms import normalize
 from mugstan.data.video import read_frames_at
+from mugstan.errors import AnnotationError, MissingFileError
 from mugstan.metrics import BoxSet
 
 Key = tuple[str, int]  # (video_id, timestamp)
@@ -66,13 +67,13 @@ def read_label_map(path) -> tuple[list[int], list[str]]:
         name = re.search(r'\bname:\s*"([^"]*)"', body)
         number = re.search(r"\b(?:label_id|id):\s*(-?\d+)", body)
         if not name or not number:
-            raise ValueError(f"{path}:{line}: a label block needs name: \"...\" and label_id: N (or id: N), got {body.strip()!r}")
+            raise AnnotationError(f"{path}:{line}: a label block needs name: \"...\" and label_id: N (or id: N), got {body.strip()!r}")
         if int(number.group(1)) in ids:
-            raise ValueError(f"{path}:{line}: class id {number.group(1)} appears twice")
+            raise AnnotationError(f"{path}:{line}: class id {number.group(1)} appears twice")
         ids.append(int(number.group(1)))
         names.append(name.group(1))
     if not ids:
-        raise ValueError(f"{path}: no label blocks; expected the AVA label map (label {{ name: \"...\" label_id: N }})")
+        raise AnnotationError(f"{path}: no label blocks; expected the AVA label map (label {{ name: \"...\" label_id: N }})")
     return ids, names
 
 
@@ -88,7 +89,7 @@ def _number(path: Path, n: int, row: list, column: int, name: str, kind=float):
     try:
         return kind(row[column])
     except (ValueError, IndexError):
-        raise ValueError(f"{path}:{n}: column {column + 1} ({name}) must be a number, got "
+        raise AnnotationError(f"{path}:{n}: column {column + 1} ({name}) must be a number, got "
                          f"{row[column] if column < len(row) else 'nothing'!r}") from None
 
 
@@ -100,10 +101,10 @@ def read_ava_csv(path, scores: bool = False) -> tuple[BoxSet, np.ndarray]:
     keys, boxes, labels, extra = [], [], [], []
     for n, row in _rows(path, "AVA"):
         if len(row) != 8:
-            raise ValueError(f"{path}:{n}: expected 8 columns video_id,timestamp,x1,y1,x2,y2,action_id,{last}, got {len(row)}")
+            raise AnnotationError(f"{path}:{n}: expected 8 columns video_id,timestamp,x1,y1,x2,y2,action_id,{last}, got {len(row)}")
         box = [_number(path, n, row, c, name) for c, name in zip(range(2, 6), ("x1", "y1", "x2", "y2"))]
         if not (0.0 <= box[0] <= box[2] <= 1.0 and 0.0 <= box[1] <= box[3] <= 1.0):
-            raise ValueError(f"{path}:{n}: box {box} must be normalised corners with 0 <= x1 <= x2 <= 1 and 0 <= y1 <= y2 <= 1")
+            raise AnnotationError(f"{path}:{n}: box {box} must be normalised corners with 0 <= x1 <= x2 <= 1 and 0 <= y1 <= y2 <= 1")
         keys.append((row[0], _number(path, n, row, 1, "timestamp", int)))
         boxes.append(box)
         labels.append(_number(path, n, row, 6, "action_id", int))
@@ -119,7 +120,7 @@ def read_exclusions(path) -> set[Key]:
     out = set()
     for n, row in _rows(path, "exclusions"):
         if len(row) != 2:
-            raise ValueError(f"{path}:{n}: expected 2 columns video_id,timestamp, got {len(row)}")
+            raise AnnotationError(f"{path}:{n}: expected 2 columns video_id,timestamp, got {len(row)}")
         out.add((row[0], _number(path, n, row, 1, "timestamp", int)))
     return out
 
@@ -132,28 +133,28 @@ def read_proposals(path) -> dict[Key, np.ndarray]:
     """
     path = Path(path)
     if path.suffix in (".pkl", ".pickle"):
-        raise ValueError(f"{path}: mugstan does not unpickle files (a pickle can run code); convert the proposals of a "
+        raise AnnotationError(f"{path}: mugstan does not unpickle files (a pickle can run code); convert the proposals of a "
                          "source you trust to CSV or JSON as docs/detection.md shows, and name that file instead")
     groups: dict[Key, list] = {}
     if path.suffix == ".json":
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: invalid JSON ({err})") from None
+            raise AnnotationError(f"{path}: invalid JSON ({err})") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected {{\"video_id,timestamp\": [[x1, y1, x2, y2, score], ...]}}")
+            raise AnnotationError(f"{path}: expected {{\"video_id,timestamp\": [[x1, y1, x2, y2, score], ...]}}")
         for key, boxes in data.items():
             video, _, ts = key.rpartition(",")
             if not video or not ts.strip().lstrip("-").isdigit():
-                raise ValueError(f"{path}: key {key!r} must be \"video_id,timestamp\" (e.g. \"1j20qq1JyX4,0902\")")
+                raise AnnotationError(f"{path}: key {key!r} must be \"video_id,timestamp\" (e.g. \"1j20qq1JyX4,0902\")")
             array = np.asarray(boxes, dtype=np.float64)
             if array.size and (array.ndim != 2 or array.shape[1] != 5):
-                raise ValueError(f"{path}: entry {key!r} must be a list of [x1, y1, x2, y2, score], got shape {array.shape}")
+                raise AnnotationError(f"{path}: entry {key!r} must be a list of [x1, y1, x2, y2, score], got shape {array.shape}")
             groups[(video, int(ts))] = list(array.reshape(-1, 5))
     else:
         for n, row in _rows(path, "proposals"):
             if len(row) != 7:
-                raise ValueError(f"{path}:{n}: expected 7 columns video_id,timestamp,x1,y1,x2,y2,score, got {len(row)}")
+                raise AnnotationError(f"{path}:{n}: expected 7 columns video_id,timestamp,x1,y1,x2,y2,score, got {len(row)}")
             values = [_number(path, n, row, c, name) for c, name in zip(range(2, 7), ("x1", "y1", "x2", "y2", "score"))]
             groups.setdefault((row[0], _number(path, n, row, 1, "timestamp", int)), []).append(values)
     return {k: np.asarray(v, dtype=np.float64).reshape(-1, 5) for k, v in groups.items()}
@@ -188,7 +189,7 @@ def _extra_file(cfg: DataConfig, key: str) -> Optional[Path]:
         return None
     path = Path(value).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"data.extra.{key}: {path} does not exist")
+        raise MissingFileError(f"data.extra.{key}: {path} does not exist")
     return path
 
 
@@ -197,7 +198,7 @@ def ava(cfg: DataConfig, split: str) -> DetectionAnnotations:
     path = _ann_file(cfg, split)
     label_map = _extra_file(cfg, "label_map")
     if label_map is None:
-        raise ValueError("data.extra.label_map is not set: give the AVA label map, e.g. ava_action_list_v2.2_for_activitynet_2019.pbtxt")
+        raise ConfigError("data.extra.label_map is not set: give the AVA label map, e.g. ava_action_list_v2.2_for_activitynet_2019.pbtxt")
     class_ids, names = read_label_map(label_map)
     column = {c: k for k, c in enumerate(class_ids)}
     rows, persons = read_ava_csv(path)
@@ -237,7 +238,7 @@ def ava(cfg: DataConfig, split: str) -> DetectionAnnotations:
     times = [ts - cfg.ava.timestamp_start for _, ts in keyframes]
     clips = [Clip(videos[v], t, t) for (v, _), t in zip(keyframes, times)]
     if not clips:
-        raise ValueError(f"{path}: no keyframes left (every row excluded or of an action outside {label_map})")
+        raise AnnotationError(f"{path}: no keyframes left (every row excluded or of an action outside {label_map})")
     return DetectionAnnotations(clips, class_names=names, source=str(path), keyframes=keyframes, boxes=boxes, box_labels=labels,
                                 class_ids=class_ids, gt=gt, excluded=excluded,
                                 box_source="ground truth" if proposals is None else "proposals",

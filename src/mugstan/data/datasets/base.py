@@ -52,6 +52,9 @@ class Annotations:
             raise AnnotationError(f"{self.source}: {len(self.labels)} labels for {len(self.clips)} clips")
         if not self.clips:
             raise AnnotationError(f"{self.source}: no videos in this split")
+        bad = next((c for c in self.captions if not isinstance(c, str)), None)
+        if bad is not None:
+            raise AnnotationError(f"{self.source}: caption {bad!r} is of type {type(bad).__name__}, not a text: write captions as strings")
 
     @property
     def multi_caption(self) -> bool:
@@ -130,7 +133,9 @@ class _Base(Dataset):
             item["failed"] = failed
             return item
         if self.on_error == "replace":
-            raise VideoError(failed[-1][1].split(": ")[0], f"{MAX_REPLACEMENTS} videos in a row failed to decode; run `mugstan data check`")
+            path, _, reason = failed[-1][1].partition(": ")
+            raise VideoError(path, f"{reason} (the last of {MAX_REPLACEMENTS} videos in a row that failed; `mugstan data check` "
+                                   "lists every missing or broken one)")
         return {"index": index, "error": failed[0][1], "failed": failed}
 
 

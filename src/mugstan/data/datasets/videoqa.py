@@ -31,6 +31,7 @@ from typing import Callable
 from mugstan.config import DataConfig
 from mugstan.data.datasets.base import Annotations, Clip, _Base
 from mugstan.data.datasets.formats import _ann_file, _extra, _Finder
+from mugstan.errors import AnnotationError
 
 
 @dataclass
@@ -55,11 +56,11 @@ def _read_list(path: Path, key: str = "") -> list:
                 try:
                     data.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{n}: neither a JSON list nor JSON lines ({err.msg})") from None
+                    raise AnnotationError(f"{path}:{n}: neither a JSON list nor JSON lines ({err.msg})") from None
     if isinstance(data, dict) and key in data:
         data = data[key]
     if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
-        raise ValueError(f"{path}: expected a JSON list of objects")
+        raise AnnotationError(f"{path}: expected a JSON list of objects")
     return data
 
 
@@ -67,13 +68,13 @@ def _field(row: dict, names: tuple[str, ...], path: Path, n: int):
     for name in names:
         if name in row and row[name] is not None:
             return row[name]
-    raise ValueError(f"{path}: entry {n} has no {' / '.join(repr(x) for x in names)} field")
+    raise AnnotationError(f"{path}: entry {n} has no {' / '.join(repr(x) for x in names)} field")
 
 
 def _collect(rows: list[tuple[str, list[tuple[str, str]], str]], finder: Callable[[str], str], source: str) -> Annotations:
     """[(video name, turns, id)] -> Annotations with one clip per distinct video file, in first-seen order."""
     if not rows:
-        raise ValueError(f"{source}: no questions in this file")
+        raise AnnotationError(f"{source}: no questions in this file")
     index: dict[str, int] = {}
     clips, conversations = [], []
     for video, turns, qid in rows:
@@ -99,11 +100,11 @@ def videochatgpt(cfg: DataConfig, split: str) -> Annotations:
         if "conversations" in row:
             messages = row["conversations"]
             if len(messages) < 2 or len(messages) % 2:
-                raise ValueError(f"{path}: entry {n} needs human/gpt message pairs in \"conversations\"")
+                raise AnnotationError(f"{path}: entry {n} needs human/gpt message pairs in \"conversations\"")
             turns = []
             for q, a in zip(messages[::2], messages[1::2]):
                 if q.get("from") != "human" or a.get("from") != "gpt":
-                    raise ValueError(f"{path}: entry {n}: messages must alternate from \"human\" and \"gpt\"")
+                    raise AnnotationError(f"{path}: entry {n}: messages must alternate from \"human\" and \"gpt\"")
                 turns.append((_strip_placeholders(q["value"]), a["value"].strip()))
         else:
             turns = [(_strip_placeholders(str(_field(row, ("q", "question"), path, n))), str(_field(row, ("a", "answer"), path, n)).strip())]
@@ -134,7 +135,7 @@ def msvd_qa(cfg: DataConfig, split: str) -> Annotations:
             if len(parts) == 2:
                 mapping[parts[1]] = parts[0]
             elif parts:
-                raise ValueError(f"{mapping_file}:{n}: expected 'YOUTUBE_NAME vidN'")
+                raise AnnotationError(f"{mapping_file}:{n}: expected 'YOUTUBE_NAME vidN'")
 
     def name_of(v) -> str:
         vid = f"vid{v}" if isinstance(v, int) or str(v).isdigit() else str(v)
@@ -153,7 +154,7 @@ def activitynet_qa(cfg: DataConfig, split: str) -> Annotations:
     for n, row in enumerate(_read_list(path)):
         qid = str(_field(row, ("question_id",), path, n))
         if qid not in answers:
-            raise ValueError(f"{path}: question {qid} has no answer in {answers_file} (data.extra.answers)")
+            raise AnnotationError(f"{path}: question {qid} has no answer in {answers_file} (data.extra.answers)")
         name = str(_field(row, ("video_name", "video"), path, n))
         rows.append((name, [(str(_field(row, ("question",), path, n)), answers[qid])], qid))
 

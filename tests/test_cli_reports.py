@@ -1,0 +1,70 @@
+"""What the commands tell the user happened: where training saved what and why it was kept, quiet
+evaluation, the defaults in --help, a curves.png that shows a short run."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from data_fixtures import write_config, write_video
+
+from mugstan import cli
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    for i, name in enumerate(["a.mp4", "b.mp4"]):
+        write_video(root / name, frames=12, size=(32, 32), seed=i)
+    (root / "train.jsonl").write_text("".join(json.dumps({"video": v, "caption": f"clip {v}"}) + "\n" for v in ["a.mp4", "b.mp4"]))
+    return root
+
+
+def blue_pixels(png: Path, left_half: bool = True) -> int:
+    """Pixels of matplotlib's tab:blue (#1f77b4), where the training loss is drawn."""
+    import matplotlib.image
+
+    image = matplotlib.image.imread(png)[..., :3]
+    if left_half:
+        image = image[:, : image.shape[1] // 2]
+    return int((np.abs(image - np.array([0x1F, 0x77, 0xB4]) / 255).max(-1) < 0.08).sum())
+
+
+def test_train_says_where_it_saved_and_whether_best_means_best(data, tmp_path, capsys):
+    config = write_config(tmp_path / "cfg.yaml", data, tmp_path / "run", batch_size=2)
+    assert cli.main(["train", str(config), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "run"
+    assert f"saved {run / 'checkpoints' / 'best'}: the last epoch's model (no validation split, data.val_ann is null)" in out
+    assert f"{run / 'checkpoints' / 'last'} resumes the run (--resume)" in out and str(run / "results.json") in out
+    assert "the best" not in out
+    # a one-step run still draws its loss: a marker, not a line through a single point
+    assert json.loads((run / "results.json").read_text())["steps"] == 1 and blue_pixels(run / "curves.png") > 10
+
+    config = write_config(tmp_path / "val.yaml", data, tmp_path / "val", batch_size=2)
+    assert cli.main(["train", str(config), f"data.val_ann={data / 'train.jsonl'}", f"data.test_ann={data / 'train.jsonl'}",
+                     "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"saved {tmp_path / 'val' / 'checkpoints' / 'best'}: the best " in out and "on the val split (" in out
+    assert "best checkpoint on the test split" in out
+
+
+def test_eval_without_progress_bars(data, tmp_path, capsys):
+    config = write_config(tmp_path / "cfg.yaml", data, tmp_path / "run", batch_size=2)
+    assert cli.main(["eval", str(config), f"data.test_ann={data / 'train.jsonl'}", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "t2v" in captured.out and "embedding" not in captured.err and "%|" not in captured.err
+
+
+def test_caption_help_shows_its_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["caption", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 1)", "(default: 30)", "(default: 0)", "(default here: cpu" if not _cuda() else "(default here: cuda"):
+        assert default in text, default
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
