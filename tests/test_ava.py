@@ -15,7 +15,7 @@ from data_fixtures import AVA_LABEL_MAP, write_ava_fixtures, write_video
 
 from mugstan.config import DataConfig, ModelConfig
 from mugstan.data.datasets import build_dataset, collate, load_annotations
-from mugstan.data.datasets.ava import keyframe_times, read_ava_csv, read_label_map, read_proposals
+from mugstan.data.datasets.ava import keyframe_times, read_ava_csv, read_label_map, read_proposals, select_proposals
 from mugstan.losses import DetectionLoss, build_loss
 from mugstan.metrics import BoxSet, average_precision, frame_map, match_detections
 from mugstan.models import build_model, model_inputs
@@ -105,6 +105,135 @@ def test_rows_of_actions_outside_the_label_map_are_ignored():
     assert m["per_class"] == {1: pytest.approx(100.0)} and m["counts"]["detections"] == 1
 
 
+def test_detections_without_area_are_dropped_before_matching():
+    """As the official ``_remove_invalid_boxes``: a zero-width or zero-height detection is neither a
+    true nor a false positive; a box with an area at the same place and score is a false positive."""
+    gt = boxset([(A, BOX, 1), (B, BOX, 1)])
+    flat = [(A, [0.2, 0.1, 0.2, 0.4], 1, 0.99), (B, [0.1, 0.3, 0.4, 0.3], 1, 0.98)]  # zero width, zero height
+    det = boxset(flat + [(A, BOX, 1, 0.9), (B, BOX, 1, 0.8)], scores=True)
+    m = frame_map(gt, det, [1])
+    assert m["mAP"] == pytest.approx(100.0) and m["counts"]["detections_without_area"] == 2 and m["counts"]["detections"] == 2
+    thin = boxset([(A, [0.2, 0.1, 0.21, 0.4], 1, 0.99), (A, BOX, 1, 0.9), (B, BOX, 1, 0.8)], scores=True)
+    assert frame_map(gt, thin, [1])["mAP"] == pytest.approx(100 * 2 / 3)  # FP, TP, TP: precision 2/3 at both recalls
+
+
+def test_the_activitynet_script_keeps_the_top_detections_of_each_keyframe():
+    """``max_per_keyframe`` (eval.detections_per_keyframe): only the N highest-scored rows of a keyframe
+    count, over all its classes (get_ava_performance.py reads 50); 0 keeps all (mmaction2)."""
+    gt = boxset([(A, BOX, 1), (A, FAR, 3), (B, BOX, 1)])
+    det = boxset([(A, BOX, 1, 0.9), (A, FAR, 1, 0.8), (A, FAR, 3, 0.3), (B, BOX, 1, 0.2), (B, FAR, 3, 0.1)], scores=True)
+    every = frame_map(gt, det, [1, 3])
+    assert every["per_class"] == {1: pytest.approx(100 * (0.5 + 0.5 * 2 / 3)), 3: pytest.approx(100.0)}
+    top2 = frame_map(gt, det, [1, 3], max_per_keyframe=2)  # A keeps 0.9 and 0.8 (its class-3 hit goes), B keeps both
+    assert top2["per_class"] == {1: pytest.approx(100 * (0.5 + 0.5 * 2 / 3)), 3: 0.0}
+    assert top2["counts"]["detections_over_the_keyframe_limit"] == 1
+    top1 = frame_map(gt, det, [1, 3], max_per_keyframe=1)  # A: 0.9 (TP); B: 0.2 (TP)
+    assert top1["per_class"] == {1: pytest.approx(100.0), 3: 0.0}
+
+
+def test_result_rows_without_score_and_coordinates_off_by_rounding(tmp_path):
+    """The official reader: a 7-column result row scores 1.0; coordinates are used as written. A
+    rounding error outside [0, 1] is accepted; a box clearly outside is refused (file and line)."""
+    (tmp_path / "r.csv").write_text("v,0902,-0.004,0.2,1.003,0.4,1\nv,0902,0.1,0.2,0.3,0.4,1,0.25\n")
+    rows, scores = read_ava_csv(tmp_path / "r.csv", scores=True)
+    assert scores.tolist() == [1.0, 0.25] and rows.boxes[0].tolist() == [-0.004, 0.2, 1.003, 0.4]
+    (tmp_path / "far.csv").write_text("v,0902,0.1,0.2,1.2,0.4,1,0.5\n")
+    with pytest.raises(ValueError, match=r"far.csv:1: box .* in \[0, 1\]"):
+        read_ava_csv(tmp_path / "far.csv", scores=True)
+    (tmp_path / "ann7.csv").write_text("v,0902,0.1,0.2,0.3,0.4,1\n")  # annotations need the person id
+    with pytest.raises(ValueError, match=r"ann7.csv:1: expected 8 columns .*person_id, got 7"):
+        read_ava_csv(tmp_path / "ann7.csv")
+
+
+def reference_frame_map(gt_rows, det_rows, class_ids, excluded=(), capacity=0):
+    """The official evaluation written out per keyframe, as get_ava_performance.py and the TF object
+    detection API's per_image_evaluation run it (rows: (key, box, label[, score]); no score ties)."""
+    import heapq
+
+    wanted, excluded = set(class_ids), set(excluded)
+    kept: dict = {}
+    for key, box, label, score in det_rows:  # read_csv: whitelist, then a heap of `capacity` per keyframe
+        if label not in wanted:
+            continue
+        heap = kept.setdefault(key, [])
+        if capacity < 1 or len(heap) < capacity:
+            heapq.heappush(heap, (score, label, *box))
+        elif score > heap[0][0]:
+            heapq.heapreplace(heap, (score, label, *box))
+    truth: dict = {}
+    for key, box, label in gt_rows:
+        if label in wanted and key not in excluded:
+            truth.setdefault(key, []).append((label, box))
+    scores = {c: [] for c in class_ids}
+    hits = {c: [] for c in class_ids}
+    for key, entries in kept.items():
+        if key in excluded:
+            continue
+        for c in class_ids:
+            dets = sorted([(e[0], e[2:]) for e in entries if e[1] == c and e[2] < e[4] and e[3] < e[5]], key=lambda d: -d[0])
+            gts = [b for label, b in truth.get(key, []) if label == c]
+            taken = [False] * len(gts)
+            for score, box in dets:
+                tp = False
+                if gts:
+                    g = np.array(gts)
+                    inter = (np.clip(np.minimum(box[2], g[:, 2]) - np.maximum(box[0], g[:, 0]), 0, None)
+                             * np.clip(np.minimum(box[3], g[:, 3]) - np.maximum(box[1], g[:, 1]), 0, None))
+                    ious = inter / ((box[2] - box[0]) * (box[3] - box[1]) + (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1]) - inter)
+                    j = int(np.argmax(ious))
+                    if ious[j] >= 0.5 and not taken[j]:
+                        tp = taken[j] = True
+                scores[c].append(score)
+                hits[c].append(tp)
+    aps = []
+    for c in class_ids:
+        n = sum(label == c for rows in truth.values() for label, _ in rows)
+        if n == 0:
+            continue
+        order = np.argsort(-np.array(scores[c]))
+        tp = np.array(hits[c], dtype=float)[order]
+        if len(tp) == 0:
+            aps.append(0.0)
+            continue
+        precision = np.cumsum(tp) / np.arange(1, len(tp) + 1)
+        recall = np.cumsum(tp) / n
+        precision = np.concatenate([[0.0], precision, [0.0]])
+        recall = np.concatenate([[0.0], recall, [1.0]])
+        for i in range(len(precision) - 2, -1, -1):
+            precision[i] = max(precision[i], precision[i + 1])
+        steps = np.where(recall[1:] != recall[:-1])[0] + 1
+        aps.append(float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps])))
+    return 100.0 * float(np.mean(aps))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_frame_map_equals_the_official_computation_on_random_fixtures(seed):
+    """Random keyframes, boxes, classes and scores, with zero-area detections, rows of actions
+    outside the label map and excluded keyframes; all rows and the script's top 50 per keyframe."""
+    rng = np.random.default_rng(seed)
+    keys = [(f"v{v}", 900 + t) for v in range(4) for t in range(5)]
+
+    def box(near=None):
+        corners = np.clip(np.asarray(near) + rng.normal(0, 0.05, 4), 0, 1) if near is not None else rng.random(4)
+        (x1, x2), (y1, y2) = np.sort(corners[[0, 2]]), np.sort(corners[[1, 3]])
+        return [float(x1), float(y1), float(x2), float(y2)]
+
+    gt_rows, det_rows = [], []
+    for key in keys:
+        people = [box() for _ in range(int(rng.integers(0, 4)))]
+        gt_rows += [(key, p, int(c)) for p in people for c in rng.choice([1, 2, 3, 4, 9], int(rng.integers(1, 3)), replace=False)]
+        for found in [box(p) for p in people] + [box() for _ in range(3)]:
+            if rng.random() < 0.1:
+                found[2] = found[0]  # zero width
+            det_rows += [(key, found, c, float(rng.random())) for c in (1, 2, 3, 4, 9)]
+    excluded = {keys[int(rng.integers(len(keys)))]}
+    gt = boxset(gt_rows)
+    det = boxset(det_rows, scores=True)
+    for capacity in (0, 50, 7):
+        ours = frame_map(gt, det, [1, 2, 3, 4], excluded, max_per_keyframe=capacity)["mAP"]
+        assert abs(ours - reference_frame_map(gt_rows, det_rows, [1, 2, 3, 4], excluded, capacity)) < 1e-10
+
+
 # ---- the adapter on the official formats --------------------------------------------------------
 @pytest.fixture(scope="module")
 def ava_files(tmp_path_factory):
@@ -116,10 +245,11 @@ def ava_files(tmp_path_factory):
 
 
 def ava_data(root, files, **kw) -> DataConfig:
-    """The data config of the fixtures: 4 frames 2 apart at 8 fps, files starting at timestamp 900."""
+    """The data config of the fixtures: 4 frames 2 apart at 8 fps, files starting at timestamp 900;
+    the model's outputs are the label map's actions unless ``ava={"num_actions": N}``."""
     from mugstan.config import AVAConfig
 
-    ava = {"timestamp_start": 900.0, "source_fps": 8.0, "frame_interval": 2, **kw.pop("ava", {})}
+    ava = {"timestamp_start": 900.0, "source_fps": 8.0, "frame_interval": 2, "num_actions": 0, **kw.pop("ava", {})}
     extra = {k: files[k] for k in ("label_map", "train_exclusions", "val_exclusions", "val_proposals")}
     return DataConfig(dataset="ava", root=str(root), train_ann=files["train"], val_ann=files["val"], test_ann=files["val"],
                       extra={**extra, **kw.pop("extra", {})}, num_frames=4, image_size=32, num_workers=0, ava=AVAConfig(**ava), **kw)
@@ -160,6 +290,66 @@ def test_evaluation_keyframes_use_proposals_above_the_score_threshold(ava_files)
     assert gt_boxes.box_source == "ground truth" and [len(b) for b in gt_boxes.boxes] == [1, 1, 1]
 
 
+def test_proposals_as_mmaction2_picks_them(ava_files, tmp_path):
+    """A keyframe whose proposals all score below the threshold keeps its best one(s); a keyframe
+    without proposals is classified as one whole-frame box (mmaction2's AVADataset)."""
+    root, files = ava_files
+    (tmp_path / "p.csv").write_text("video0,0900,0.1,0.2,0.4,0.9,0.5\nvideo0,0900,0.5,0.1,0.9,0.8,0.7\n"
+                                    "video1,0900,0.2,0.2,0.6,0.7,0.95\nvideo1,0900,0.1,0.1,0.3,0.3,0.92\n")
+    ann = load_annotations(ava_data(root, files, extra={"val_proposals": str(tmp_path / "p.csv")}), "val")
+    assert ann.keyframes == [("video0", 900), ("video0", 901), ("video1", 900)]
+    np.testing.assert_allclose(ann.boxes[0], [[0.5, 0.1, 0.9, 0.8]])  # none >= 0.9: the best (0.7)
+    np.testing.assert_allclose(ann.boxes[1], [[0.0, 0.0, 1.0, 1.0]])  # no proposal: the whole frame
+    np.testing.assert_allclose(ann.boxes[2], [[0.2, 0.2, 0.6, 0.7], [0.1, 0.1, 0.3, 0.3]])  # both >= 0.9
+    assert [b.shape for b in ann.box_labels] == [(1, 3), (1, 3), (2, 3)]
+    assert select_proposals(np.array([[0, 0, 0.5, 0.5, 0.8], [0.5, 0.5, 1, 1, 0.8]]), 0.9).shape == (2, 4)  # ties at the best
+
+
+def test_the_documented_pickle_conversion_keeps_scores_exact(tmp_path):
+    """The conversion snippet of docs/detection.md, run on a pickle made here (a trusted one): a score
+    of 0.89996 stays below the 0.9 threshold, the proposals read back equal the pickle's."""
+    import pickle
+    import re
+
+    doc = (Path(__file__).parents[1] / "docs" / "detection.md").read_text()
+    snippet = next(block for block in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "pickle.load" in block)
+    name = "ava_dense_proposals_val.FAIR.recall_93.9"
+    proposals = {"v,0902": np.array([[0.1, 0.2, 0.3, 0.4, 0.89996], [0.5, 0.5, 0.6, 0.7, 0.95]], dtype=np.float32)}
+    (tmp_path / f"{name}.pkl").write_bytes(pickle.dumps(proposals))
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        exec(snippet, {})
+    finally:
+        os.chdir(cwd)
+    written = [p for p in tmp_path.iterdir() if p.name.startswith(name) and p.suffix != ".pkl"]
+    assert len(written) == 1
+    read = read_proposals(written[0])[("v", 902)]
+    np.testing.assert_array_equal(read, proposals["v,0902"].astype(np.float64))
+    np.testing.assert_array_equal(select_proposals(read, 0.9), proposals["v,0902"][1:, :4])  # the 0.89996 box is dropped
+
+
+def test_all_actions_are_trained_and_the_label_map_ones_evaluated(ava_files, tmp_path):
+    """data.ava.num_actions = N: one output per action id 1..N, trained on every row of them (the
+    fixtures' action 2 is not in the label map); the result CSV and the mAP cover the label map's."""
+    root, files = ava_files
+    ann = load_annotations(ava_data(root, files, ava={"num_actions": 8}), "train")
+    assert ann.class_ids == list(range(1, 9)) and ann.evaluated_ids == [1, 3, 8] and ann.dropped_rows == 0
+    assert ann.class_names[:3] == ["bend/bow (at the waist)", "action 2", "crawl"]
+    np.testing.assert_array_equal(ann.box_labels[1], [[0, 1, 0, 0, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0, 0, 1]])  # action 2 is a target
+    val = load_annotations(ava_data(root, files, ava={"num_actions": 8}), "val")
+    assert val.gt.labels.tolist() == [1, 8, 3]
+    from mugstan.detection.evaluate import write_results
+
+    scores = {i: np.tile(np.arange(1, 9) / 10, (len(b), 1)) for i, b in enumerate(val.boxes)}
+    rows = write_results(tmp_path / "d.csv", val, scores)
+    table = [line.split(",") for line in (tmp_path / "d.csv").read_text().splitlines()]
+    assert rows == len(table) == 3 * 3 and {r[6] for r in table} == {"1", "3", "8"}
+    assert all(float(r[7]) == int(r[6]) / 10 for r in table)  # each action's own output
+    with pytest.raises(ValueError, match=r"action ids \[8\] are outside 1..5 \(data.ava.num_actions=5\)"):
+        load_annotations(ava_data(root, files, ava={"num_actions": 5}), "train")
+
+
 def test_proposals_csv_and_json_agree_and_pickles_are_refused(tmp_path):
     (tmp_path / "p.csv").write_text("v,0902,0.1,0.2,0.3,0.4,0.95\nv,0902,0.5,0.5,0.6,0.7,0.5\nw,0903,0,0,1,1,1.0\n")
     (tmp_path / "p.json").write_text(json.dumps({"v,0902": [[0.1, 0.2, 0.3, 0.4, 0.95], [0.5, 0.5, 0.6, 0.7, 0.5]], "w,0903": [[0, 0, 1, 1, 1.0]]}))
@@ -170,9 +360,17 @@ def test_proposals_csv_and_json_agree_and_pickles_are_refused(tmp_path):
     (tmp_path / "p.pkl").write_bytes(b"\x80\x04N.")
     with pytest.raises(ValueError, match="does not unpickle"):
         read_proposals(tmp_path / "p.pkl")
-    (tmp_path / "short.csv").write_text("v,0902,0.1,0.2,0.3,0.4\n")
+    (tmp_path / "short.csv").write_text("v,0902,0.1,0.2,0.3\n")
     with pytest.raises(ValueError, match=r"short.csv:1: expected 7 columns"):
         read_proposals(tmp_path / "short.csv")
+    # proposals without scores (mmaction2 takes [N, 4] arrays whole): score 1.0
+    (tmp_path / "four.csv").write_text("v,0902,0.1,0.2,0.3,0.4\n")
+    (tmp_path / "four.json").write_text(json.dumps({"v,0902": [[0.1, 0.2, 0.3, 0.4]]}))
+    for name in ("four.csv", "four.json"):
+        np.testing.assert_allclose(read_proposals(tmp_path / name)[("v", 902)], [[0.1, 0.2, 0.3, 0.4, 1.0]])
+    (tmp_path / "ragged.json").write_text(json.dumps({"v,0902": [[0.1, 0.2, 0.3, 0.4, 0.9], [0.1]]}))
+    with pytest.raises(ValueError, match=r"ragged.json: entry 'v,0902' must be a list of \[x1, y1, x2, y2, score\]"):
+        read_proposals(tmp_path / "ragged.json")
 
 
 def test_malformed_annotation_rows_name_file_line_and_field(tmp_path):
@@ -188,8 +386,12 @@ def test_keyframe_clip_samples_frames_around_the_keyframe(ava_files):
     root, files = ava_files
     # T = 4, 2 source frames apart at 8 fps: frame T // 2 is the keyframe (second 1 -> frame 8)
     assert keyframe_times(1.0, 4, 2, 8.0).tolist() == [0.5, 0.75, 1.0, 1.25]
-    jittered = keyframe_times(1.0, 4, 2, 8.0, np.random.default_rng(0))
-    assert np.all((jittered - keyframe_times(1.0, 4, 2, 8.0)) * 8 >= 0) and np.all((jittered - keyframe_times(1.0, 4, 2, 8.0)) * 8 < 2)
+    # training jitter: each frame moves by its own randint(-interval // 2, (interval + 1) // 2) source
+    # frames, as mmaction2's SampleAVAFrames: -2..1 for interval 4, -1..0 for 2, -2..1 for 3
+    for interval, expected in ((4, {-2, -1, 0, 1}), (2, {-1, 0}), (3, {-2, -1, 0, 1})):
+        rng = np.random.default_rng(0)
+        moved = np.concatenate([keyframe_times(1.0, 4, interval, 8.0, rng) - keyframe_times(1.0, 4, interval, 8.0) for _ in range(50)])
+        assert set(np.round(moved * 8).astype(int).tolist()) == expected
     cfg = ava_data(root, files)
     ds = build_dataset(cfg, "val", train=False)
     item = ds[1]  # video0, 0901: second 1 of the file
@@ -324,3 +526,46 @@ def test_train_and_eval_through_the_cli(tmp_path):
     assert len(lines) == 6 * 2 * 10 == again["detection"]["counts"]["rows_written"]  # keyframes x proposals x classes
     video, ts, *box, action, score = lines[0].split(",")
     assert video == "det_test_00000" and ts == "0001" and len(box) == 4 and 1 <= int(action) <= 10 and 0 <= float(score) <= 1
+
+
+# ---- bad files through `mugstan data check` -----------------------------------------------------
+@pytest.mark.parametrize("case", ["pickle_proposals", "seven_column_annotation", "text_action_id", "empty_label_map"])
+def test_bad_ava_files_end_in_one_error_line(ava_files, tmp_path, capsys, case):
+    """Each of these ended in a traceback: now one line `error: FILE...` with the fix, exit 2."""
+    from mugstan import cli
+
+    root, files = ava_files
+    files = dict(files)
+    if case == "pickle_proposals":
+        (tmp_path / "p.pkl").write_bytes(b"\x80\x04N.")
+        files["val_proposals"], expected = str(tmp_path / "p.pkl"), ("p.pkl", "does not unpickle", "docs/detection.md")
+    elif case == "seven_column_annotation":
+        (tmp_path / "v.csv").write_text("video0,0900,0.1,0.2,0.4,0.9,1,0\nvideo0,0901,0.1,0.2,0.4,0.9,1\n")
+        files["val"], expected = str(tmp_path / "v.csv"), ("v.csv:2", "expected 8 columns", "person_id")
+    elif case == "text_action_id":
+        (tmp_path / "v.csv").write_text("video0,0900,0.1,0.2,0.4,0.9,stand,0\n")
+        files["val"], expected = str(tmp_path / "v.csv"), ("v.csv:1", "column 7 (action_id) must be a number", "'stand'")
+    else:
+        (tmp_path / "m.pbtxt").write_text("# no items\n")
+        files["label_map"], expected = str(tmp_path / "m.pbtxt"), ("m.pbtxt", "no label blocks", "label_id")
+    config = {"data": {"dataset": "ava", "root": str(root), "test_ann": files["val"],
+                       "extra": {"label_map": files["label_map"], "test_proposals": files["val_proposals"]}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    rc = cli.main(["data", "check", str(tmp_path / "c.yaml")])
+    out, err = capsys.readouterr()
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, (rc, out, err)
+    assert all(text in err for text in expected), err
+
+
+def test_evaluation_refuses_a_model_with_other_outputs(ava_files):
+    """A checkpoint trained with the label map's 3 actions, evaluated with data.ava.num_actions=8:
+    a one-line mismatch naming the setting, before anything runs."""
+    from mugstan.config import ExperimentConfig
+    from mugstan.detection.evaluate import evaluate_detection
+    from mugstan.errors import MismatchError
+
+    root, files = ava_files
+    data = ava_data(root, files, ava={"num_actions": 8})
+    model, _ = tiny_detector(classes=3)
+    with pytest.raises(MismatchError, match=r"3 action outputs, the data config 8 \(data.ava.num_actions=8\)"):
+        evaluate_detection(model, ExperimentConfig(data=data), load_annotations(data, "val"), "val", dist=None)

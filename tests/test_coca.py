@@ -7,7 +7,7 @@ perturbed so that no comparison passes because a LayerNorm is the identity.
 """
 
 import contextlib
-import io
+import dataclasses
 import json
 import math
 
@@ -21,7 +21,7 @@ from mugstan.backbones.build import build_clip, model_from_config, named_config
 from mugstan.backbones.clip import Tokenizer
 from mugstan.backbones.coca import CoCaBackbone
 from mugstan.backbones.convert import coca_config_from_state_dict, save_safetensors
-from mugstan.caption import caption, generate, visual_tokens
+from mugstan.caption import Decoding, caption, generate, process_logits, sample, visual_tokens
 from mugstan.config import ConfigError, ModelConfig, STANConfig, load_config
 from mugstan.engine.gradcache import gradcache_backward
 from mugstan.losses import build_loss
@@ -221,46 +221,63 @@ def test_training_step_and_evaluation_on_synthetic_data(trained):
     assert "backbone.clip.text_decoder.text_projection" in weights and "backbone.clip.visual.attn_pool.query" in weights
 
 
-def test_caption_command_on_a_trained_checkpoint(trained, synthetic):
+def test_caption_command_on_a_trained_checkpoint(trained, synthetic, tmp_path, capsys):
+    """Captions on stdout (path, tab, caption); greedy and beam search deterministic. One rule for
+    bad input: every video is opened and the options checked before the model loads, and a bad
+    video, option or a checkpoint without a caption decoder is one `error:` line, exit 2."""
     from mugstan.cli import main
 
     run, _ = trained
+    best = str(run / "checkpoints" / "best")
     video = str(sorted(synthetic.rglob("*.mp4"))[0])
     outputs = []
-    for args in (["--max-tokens", "6"], ["--max-tokens", "6"], ["--beam", "3", "--max-tokens", "6"]):
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            assert main(["caption", video, "--checkpoint", str(run / "checkpoints" / "best"), *args]) == 0
-        path, text = buf.getvalue().strip().split("\t")
+    for args in (["--seq-len", "7"], ["--seq-len", "7"], ["--generation", "top_k", "--seq-len", "7"],
+                 ["--generation", "top_k", "--seq-len", "7"], ["--generation", "top_p", "--top-p", "0.9", "--seed", "1"]):
+        assert main(["caption", video, "--checkpoint", best, *args]) == 0
+        path, text = capsys.readouterr().out.strip().split("\t")
         assert path == video and text
         outputs.append(text)
-    assert outputs[0] == outputs[1]  # greedy is deterministic
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert main(["caption", str(synthetic / "missing.mp4"), "--checkpoint", str(run / "checkpoints" / "best")]) == 1
-    assert "error" in buf.getvalue()
+    assert outputs[0] == outputs[1] and outputs[2] == outputs[3]
+
+    def fails(*argv, expected):
+        rc = main(["caption", *map(str, argv)])
+        out, err = capsys.readouterr()
+        assert rc == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, (rc, out, err)
+        assert expected in err, err
+
+    fails(video, synthetic / "missing.mp4", "--checkpoint", tmp_path / "no_checkpoint", expected="missing.mp4: file not found")
+    fails(video, "--checkpoint", best, "--seq-len", "4", "--min-seq-len", "5", expected="--seq-len 4 and --min-seq-len 5")
+    fails(video, "--checkpoint", best, "--num-beams", "6", "--num-beam-groups", "4", expected="--num-beams 6 --num-beam-groups 4")
+    from mugstan.config import ExperimentConfig
+    from mugstan.engine.checkpoint import save_checkpoint
+
+    clip_cfg = ModelConfig(backbone="mugstan-tiny", branch="stan", head="mean", stan=STANConfig(depth=2))
+    plain = save_checkpoint(tmp_path / "clip_ckpt", build_model(clip_cfg), ExperimentConfig(model=clip_cfg))
+    fails(video, "--checkpoint", plain, expected="has no caption decoder")
 
 
 def test_greedy_caption_follows_coca_and_is_deterministic():
     """One frame, no branch: the decoder reads exactly CoCa's image tokens, and each greedy token
-    is the argmax of open_clip's CoCa logits (teacher forcing) after the tokens before it."""
+    (top_k sampling with top_k 1) is the argmax of open_clip's CoCa logits (teacher forcing) after
+    the tokens before it."""
     model = coca_model("meanP", branch="none").eval()
     coca = model.backbone.clip
     x = frames(2, 1)
     mask = torch.ones(2, 1, dtype=torch.bool)
+    greedy = Decoding(generation="top_k", top_k=1, seq_len=9)
     with torch.no_grad():
         visual = visual_tokens(model, x, mask)
         _, image_embs = coca._encode_image(x[:, 0])
         assert (visual - image_embs).abs().max() < 1e-5
-        ids = generate(model.backbone, visual, beams=1, max_tokens=8)
-        assert ids == generate(model.backbone, visual, beams=1, max_tokens=8)
-        assert [generate(model.backbone, visual[i:i + 1], max_tokens=8)[0] for i in range(2)] == ids  # batching changes nothing
+        ids = generate(model.backbone, visual, greedy)
+        assert ids == generate(model.backbone, visual, greedy)
+        assert [generate(model.backbone, visual[i:i + 1], greedy)[0] for i in range(2)] == ids  # batching changes nothing
         for i, seq in enumerate(ids):
             prefix = torch.tensor([[49406, *seq]])
             logits = coca(x[i:i + 1, 0], prefix, output_labels=False)["logits"][0]  # [1 + len, V]
             assert logits[:-1].argmax(-1).tolist() == seq
-        texts = caption(model, x, mask, max_tokens=8)
-        assert texts == caption(model, x, mask, max_tokens=8) and all(texts)
+        texts = caption(model, x, mask, greedy)
+        assert texts == caption(model, x, mask, greedy) and all(texts)
 
 
 def test_caption_tokens_read_all_real_frames_and_no_padded_one():
@@ -279,28 +296,148 @@ def test_caption_tokens_read_all_real_frames_and_no_padded_one():
         assert (visual_tokens(model, x[:1, :3], mask[:1, :3]) - tokens[:1]).abs().max() > 1e-3
 
 
-def test_beam_search_keeps_the_best_two_token_captions():
-    """Two steps of width-K beam search = the best first token among the top K times any second
-    token, by summed log-probability (open_clip's logits, teacher forcing)."""
-    model = coca_model("meanP", branch="stan").eval()
-    coca, k = model.backbone.clip, 3
-    x, mask = frames(2, 4), torch.ones(2, 4, dtype=torch.bool)
+def rigged_coca(seed: int):
+    """A tiny random CoCa (no branch) whose decoder often ends captions early: the EOT column of its
+    output projection is a slightly scaled copy of a token greedy decoding picks often, and column 0
+    (open_clip's pad id) another, so that beams close at different lengths and sampling meets 0."""
+    model = coca_model("meanP", branch="none").eval()
+    x = frames(3, 1, seed=seed)
     with torch.no_grad():
-        visual = visual_tokens(model, x, mask)
-        got = generate(model.backbone, visual, beams=k, max_tokens=2, min_tokens=2)
-        for i in range(2):
-            sot = torch.tensor([[49406]])
-            first = torch.log_softmax(coca.text_decoder(visual[i:i + 1], coca.text(sot)[1][:, :1]), -1)[0, -1]
-            first[49407] = float("-inf")
-            top, cand = first.topk(k)
-            prefixes = torch.cat([sot.expand(k, 1), cand[:, None]], 1)
-            second = torch.log_softmax(coca.text_decoder(visual[i:i + 1].expand(k, -1, -1), coca.text(prefixes)[1]), -1)[:, -1]
-            second[:, 49407] = float("-inf")
-            total = top[:, None] + second  # [K, V]
-            best = total.flatten().argmax()
-            assert got[i] == [cand[best // total.shape[1]].item(), (best % total.shape[1]).item()]
-        wider = generate(model.backbone, visual, beams=4, max_tokens=5)
-        assert all(1 <= len(seq) <= 5 for seq in wider)
+        proj = model.backbone.clip.text_decoder.text_projection
+        picked = sum(generate(model.backbone, visual_tokens(model, x, torch.ones(3, 1, dtype=torch.bool)),
+                              Decoding(generation="top_k", seq_len=12)), [])
+        common = sorted(set(picked), key=lambda t: (-picked.count(t), t))
+        g = torch.Generator().manual_seed(seed)
+        proj[:, 49407] = proj[:, common[0]] * (1 + 0.05 * seed) + torch.randn(proj.shape[0], generator=g) * 0.02
+        proj[:, 0] = proj[:, common[1]] * 1.02 + torch.randn(proj.shape[0], generator=g) * 0.02
+    return model, x
+
+
+def open_clip_ids(coca, image, opts: Decoding) -> list[list[int]]:
+    """``open_clip.CoCa.generate`` with the same options, as caption token ids (mugstan's rule)."""
+    kw = dict(seq_len=opts.seq_len, min_seq_len=opts.min_seq_len, num_beams=opts.num_beams, num_beam_groups=opts.num_beam_groups,
+              top_k=opts.top_k, top_p=opts.top_p, temperature=opts.temperature, repetition_penalty=opts.repetition_penalty)
+    torch.manual_seed(opts.seed)
+    out = []
+    for seq in coca.generate(image, generation_type=opts.generation, **kw).tolist():
+        ends = [i for i, t in enumerate(seq[1:]) if t == 49407 or (t == 0 and opts.generation != "beam_search")]
+        out.append(seq[1:][: ends[0]] if ends else seq[1:])
+    return out
+
+
+def open_clip_beam_search_runs() -> bool:
+    """open_clip's beam search needs transformers' BeamSearchScorer (transformers < 4.57)."""
+    import open_clip.coca_model as ocm
+
+    return ocm._has_transformers
+
+
+SAMPLING = [Decoding(generation="top_k", top_k=1, seq_len=12), Decoding(generation="top_k", top_k=5, temperature=0.7, seq_len=16, seed=1),
+            Decoding(generation="top_p", top_p=0.5, seq_len=16, seed=2), Decoding(generation="top_p", repetition_penalty=1.5, seq_len=12, seed=3)]
+BEAMS = [Decoding(), Decoding(num_beams=4, num_beam_groups=1, seq_len=12), Decoding(num_beams=6, num_beam_groups=2, seq_len=14, min_seq_len=3),
+         Decoding(num_beams=3, num_beam_groups=1, seq_len=10, repetition_penalty=1.3)]
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_sampling_equals_open_clip_generate(seed, monkeypatch):
+    """open_clip's own CoCa.generate (top_k / top_p, its logit processors and warpers from the
+    installed transformers, the same seed) gives the same tokens, token for token, as mugstan."""
+    import open_clip.coca_model as ocm
+    from transformers import TopKLogitsWarper, TopPLogitsWarper
+
+    if not ocm._has_transformers:  # transformers >= 4.57 lacks only BeamSearchScorer, which sampling does not use
+        monkeypatch.setattr(ocm, "_has_transformers", True)
+        monkeypatch.setattr(ocm, "GENERATION_TYPES", {"top_k": TopKLogitsWarper, "top_p": TopPLogitsWarper, "beam_search": "beam_search"})
+    model, x = rigged_coca(seed)
+    coca = model.backbone.clip
+    with torch.no_grad():
+        visual = coca._encode_image(x[:, 0])[1]
+        lengths = set()
+        for opts in SAMPLING:
+            opts = dataclasses.replace(opts, seed=opts.seed + seed)
+            ours = generate(model.backbone, visual, opts)
+            assert ours == open_clip_ids(coca, x[:, 0], opts), opts
+            lengths |= {len(c) for c in ours}
+    assert min(lengths) < 10  # some captions ended early (EOT or 0)
+
+
+@pytest.mark.skipif(not open_clip_beam_search_runs(), reason="open_clip's beam search needs transformers' BeamSearchScorer "
+                    "(removed in transformers 4.57); test_beam_search_follows_the_scorer runs its rules instead")
+@pytest.mark.parametrize("seed", [0, 2])
+def test_beam_search_equals_open_clip_generate(seed):
+    model, x = rigged_coca(seed)
+    coca = model.backbone.clip
+    with torch.no_grad():
+        visual = coca._encode_image(x[:, 0])[1]
+        for opts in BEAMS:
+            assert generate(model.backbone, visual, opts) == open_clip_ids(coca, x[:, 0], opts), opts
+
+
+def scorer_reference(coca, image, opts: Decoding) -> list[int]:
+    """transformers' BeamSearchScorer as open_clip's _generate_beamsearch drives it, for one image,
+    written as a plain loop over open_clip's CoCa logits: raw logits summed; the 2G best (beam,
+    token) pairs; an EOT among the first G closes a hypothesis scored sum / (length + 1); at most G
+    hypotheses, the worst dropped; done when G are held and none can be beaten; open beams join at
+    seq_len scored sum / length."""
+    g = opts.num_beams // opts.num_beam_groups
+    beams = [([49406], 0.0)] + [([49406], -1e9)] * (g - 1)
+    hyps = []
+    while True:
+        length = len(beams[0][0])
+        prefixes = torch.tensor([b for b, _ in beams])
+        logits = coca(image.expand(g, -1, -1, -1), prefixes, output_labels=False)["logits"][:, -1].float()
+        logits = process_logits(logits, prefixes, opts)
+        total = (logits + torch.tensor([s for _, s in beams])[:, None]).flatten()
+        top, index = total.topk(2 * g)
+        nxt = []
+        for rank, (value, i) in enumerate(zip(top.tolist(), index.tolist())):
+            beam, token = divmod(i, logits.shape[1])
+            if token == 49407:
+                if rank < g:
+                    hyps = sorted(hyps + [(value / (length + 1), beams[beam][0])], key=lambda h: -h[0])[:g]
+            elif len(nxt) < g:
+                nxt.append((beams[beam][0] + [token], value))
+        beams = nxt
+        if len(hyps) == g and hyps[-1][0] >= top[0].item() / (length + 1):
+            break
+        if len(beams[0][0]) >= opts.seq_len:
+            hyps = sorted(hyps + [(s / len(b), b) for b, s in beams], key=lambda h: -h[0])
+            break
+    best = hyps[0][1][1:]
+    return best[: best.index(49407)] if 49407 in best else best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_beam_search_follows_the_scorer(seed):
+    """mugstan's batched beam search against the scorer's rules written per image over open_clip's
+    own logits, token for token; the rigged decoder closes beams at different lengths."""
+    model, x = rigged_coca(seed)
+    coca = model.backbone.clip
+    with torch.no_grad():
+        visual = coca._encode_image(x[:, 0])[1]
+        lengths = set()
+        for opts in BEAMS[1:]:
+            ours = generate(model.backbone, visual, opts)
+            assert ours == [scorer_reference(coca, x[i:i + 1, 0], opts) for i in range(3)], opts
+            lengths |= {len(c) for c in ours}
+    assert len(lengths) > 1
+
+
+def test_sampling_stops_at_token_zero():
+    """open_clip's sampling loop ends a caption at its pad id 0 as at EOT: greedy decoding of the
+    rigged decoder meets 0 and stops there."""
+    model, x = rigged_coca(0)
+    coca = model.backbone.clip
+    opts = Decoding(generation="top_k", top_k=1, seq_len=16)
+    with torch.no_grad():
+        visual = coca._encode_image(x[:, 0])[1]
+        ids = sample(model.backbone, visual, opts)
+        captions = generate(model.backbone, visual, opts)
+    stopped = [row.index(0) for row in ids.tolist() if 0 in row]
+    assert stopped, "the rig should make greedy decoding meet token 0"
+    for row, cap in zip(ids.tolist(), captions):
+        if 0 in row and 49407 not in row[: row.index(0)]:
+            assert cap == row[1: row.index(0)] and all(t == 0 for t in row[row.index(0):])
 
 
 def test_caption_needs_a_coca_backbone():

@@ -270,7 +270,11 @@ class AVAConfig:
     timestamp_start: float = 900.0
     source_fps: float = 30.0  # the frame rate frame_interval counts in (AVA: 30 fps)
     frame_interval: int = 4  # source frames between the data.num_frames sampled around a keyframe
-    proposal_score: float = 0.9  # person proposals scoring below this are dropped
+    # person proposals scoring below this are dropped (a keyframe keeps its best-scored ones when none reaches it)
+    proposal_score: float = 0.9
+    # The model's outputs: action ids 1..num_actions, trained on every row of them (AVA: 80, mmaction2's
+    # num_classes=81 less its background column); 0: the label map's (evaluated) actions only.
+    num_actions: int = 80
 
 
 @dataclass
@@ -426,6 +430,9 @@ class EvalConfig:
     select_on: SelectOn = SelectOn.val
     # Detection: where the AVA-format result CSV goes (default OUTPUT_DIR/detections_SPLIT.csv).
     detections: Optional[str] = None
+    # Detection: score only the N highest-scored rows of each keyframe, as ActivityNet's
+    # get_ava_performance.py does (50); 0: every row, as mmaction2's AVA evaluation.
+    detections_per_keyframe: int = 0
 
 
 @dataclass
@@ -723,6 +730,9 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
         if d.ava.frame_interval < 1 or d.ava.source_fps <= 0:
             raise ConfigError(f"data.ava.frame_interval={d.ava.frame_interval} must be at least 1 and data.ava.source_fps="
                               f"{d.ava.source_fps} positive")
+        if d.ava.num_actions < 0 or cfg.eval.detections_per_keyframe < 0:
+            raise ConfigError(f"data.ava.num_actions={d.ava.num_actions} and eval.detections_per_keyframe="
+                              f"{cfg.eval.detections_per_keyframe} must be 0 or more (0: the label map's actions; all detections)")
     if t.batch_size % t.accum_steps:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.accum_steps={t.accum_steps}")
     validate_gradcache(cfg)

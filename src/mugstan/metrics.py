@@ -182,14 +182,30 @@ def average_precision(scores: np.ndarray, tp: np.ndarray, num_gt: int) -> float:
     return float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps]))
 
 
-def frame_map(gt: BoxSet, detections: BoxSet, class_ids: Sequence[int], excluded=(), iou_threshold: float = 0.5) -> dict:
+def top_per_keyframe(frame: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """bool [D]: the ``k`` highest-scored rows of each keyframe (``frame`` [D] keyframe index; on
+    equal scores the earlier row)."""
+    order = np.lexsort((np.arange(len(frame)), -scores, frame))  # by keyframe, score descending, row order
+    counts = np.bincount(frame[order], minlength=int(frame.max()) + 1 if len(frame) else 0)
+    rank = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
+    keep = np.zeros(len(frame), dtype=bool)
+    keep[order[rank < k]] = True
+    return keep
+
+
+def frame_map(gt: BoxSet, detections: BoxSet, class_ids: Sequence[int], excluded=(), iou_threshold: float = 0.5,
+              max_per_keyframe: int = 0) -> dict:
     """AVA frame-level mAP@``iou_threshold`` (the official ``get_ava_performance``), in percent.
 
     gt, detections: ``BoxSet``s (a person with several actions is one row per action); class_ids:
     the evaluated actions (the label map; rows of other actions are ignored); excluded: keyframes
     ``(video_id, timestamp)`` left out of both sides. Detections on keyframes without ground truth
-    are false positives. Returns {"mAP": mean over classes with ground truth, "per_class": {id: AP
-    or None when the class has no ground truth}, "counts": {...}}.
+    are false positives. As in the official code, ``max_per_keyframe`` > 0 keeps only that many
+    highest-scored detection rows of each keyframe (the ActivityNet script reads 50; mmaction2's
+    evaluation, 0: all), and then detections with zero or negative width or height are dropped
+    (``per_image_evaluation._remove_invalid_boxes``: neither true nor false positives). Returns
+    {"mAP": mean over classes with ground truth, "per_class": {id: AP or None when the class has no
+    ground truth}, "counts": {...}}.
     """
     if detections.scores is None:
         raise ValueError("detections need scores")
@@ -212,6 +228,13 @@ def frame_map(gt: BoxSet, detections: BoxSet, class_ids: Sequence[int], excluded
     gt_boxes = np.asarray(gt.boxes, dtype=np.float64).reshape(-1, 4)[gk]
     det_boxes = np.asarray(detections.boxes, dtype=np.float64).reshape(-1, 4)[dk]
     det_scores = np.asarray(detections.scores, dtype=np.float64)[dk]
+    kept = np.ones(len(det_frame), dtype=bool)
+    if max_per_keyframe > 0:
+        kept = top_per_keyframe(det_frame, det_scores, max_per_keyframe)
+    valid = (det_boxes[:, 0] < det_boxes[:, 2]) & (det_boxes[:, 1] < det_boxes[:, 3])
+    dropped = {"detections_over_the_keyframe_limit": int((~kept).sum()), "detections_without_area": int((kept & ~valid).sum())}
+    kept &= valid
+    det_frame, det_class, det_boxes, det_scores = det_frame[kept], det_class[kept], det_boxes[kept], det_scores[kept]
     n = len(classes)
     tp = match_detections(det_frame * n + det_class, det_boxes, det_scores, gt_frame * n + gt_class, gt_boxes, iou_threshold)
     num_gt = np.bincount(gt_class, minlength=n)
@@ -223,4 +246,4 @@ def frame_map(gt: BoxSet, detections: BoxSet, class_ids: Sequence[int], excluded
     return {"mAP": 100.0 * float(np.mean(aps)) if aps else float("nan"),
             "per_class": {c: (None if np.isnan(ap) else 100.0 * ap) for c, ap in per_class.items()},
             "counts": {"keyframes_with_gt": int(len(np.unique(gt_frame))), "gt_boxes": int(len(gt_frame)),
-                       "detections": int(len(det_frame)), "true_positives": int(tp.sum())}}
+                       "detections": int(len(det_frame)), "true_positives": int(tp.sum()), **dropped}}

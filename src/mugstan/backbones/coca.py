@@ -194,17 +194,19 @@ class CoCaBackbone(CLIPBackbone):
 
     # ---- captions -----------------------------------------------------------------------
     def next_token_logits(self, visual: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """One decoder step: visual tokens [N, Q-1, E] and caption prefixes ids [N, l] (SOT first, no
-        padding) -> next-token logits [N, V], as ``open_clip.CoCa(image, ids)["logits"][:, -1]``.
+        """One decoder step: visual tokens [N, Q-1, E] and caption prefixes ids [N, l] (SOT first) ->
+        next-token logits [N, V], as ``open_clip.CoCa(image, ids)["logits"][:, -1]``.
 
-        The text tower runs causally over the prefix (its CLS, appended after the last position, is
-        seen by no prefix token), and the decoder reads its features before ``ln_final``."""
-        length = ids.shape[1]
+        The text tower runs over the prefix and its CLS, with open_clip's mask: causal, and a token 0
+        in the prefix is padding to the tokens after it (open_clip's pad id; the legacy mask shifted
+        by one, as ``encode_text``); the decoder reads the prefix's features before ``ln_final``."""
+        n, length = ids.shape
         if length > self.clip.text_decoder.context_length:
             raise ValueError(f"caption prefix of {length} tokens exceeds the decoder's context {self.clip.text_decoder.context_length}")
         text = self.text
-        x = text.token_embedding(ids) + text.positional_embedding[:length].to(visual.dtype)
-        causal = torch.full((length, length), float("-inf"), device=ids.device, dtype=x.dtype).triu_(1)
+        x = text.token_embedding(ids)
+        x = torch.cat([x, text.cls_emb.to(x.dtype).expand(n, 1, -1)], dim=1) + text.positional_embedding[:length + 1].to(x.dtype)
+        attn_mask = self._text_mask(ids != 0, x.dtype)
         for block in text.transformer.resblocks:
-            x = block(x, attn_mask=causal)
-        return self.clip.text_decoder(visual, x)[:, -1]
+            x = block(x, attn_mask=attn_mask)
+        return self.clip.text_decoder(visual, x[:, :length])[:, -1]

@@ -2,7 +2,7 @@
 
 ``evaluate_detection`` is what ``mugstan eval`` (``engine/evaluate.py``) runs for ``model.task:
 detection``: each process classifies a contiguous shard of the keyframes; the sigmoid scores of every
-(box, action) are written, in keyframe order, as the AVA result format
+(box, evaluated action) are written, in keyframe order, as the AVA result format
 
     video_id,timestamp,x1,y1,x2,y2,action_id,score        (no header; timestamp as 4 digits)
 
@@ -27,6 +27,7 @@ from mugstan.data.datasets import build_dataset, collate
 from mugstan.data.datasets.ava import DetectionAnnotations, read_ava_csv
 from mugstan.engine.distributed import DistInfo, ShardSampler, all_gather_objects, unwrap
 from mugstan.engine.precision import autocast_for
+from mugstan.errors import MismatchError
 from mugstan.metrics import frame_map
 from mugstan.models import model_inputs
 
@@ -57,13 +58,16 @@ def detect(model, cfg: ExperimentConfig, ann: DetectionAnnotations, dist: DistIn
 
 
 def write_results(path: Path, ann: DetectionAnnotations, scores: dict[int, np.ndarray]) -> int:
-    """The AVA result CSV: every (box, action) of every scored keyframe, keyframe order. Returns the rows."""
+    """The AVA result CSV: every (box, evaluated action) of every scored keyframe, keyframe order
+    (outputs for actions outside the label map are not written: the evaluation ignores them).
+    Returns the rows."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    ids = np.asarray(ann.class_ids, dtype=np.float64)
+    columns = [ann.class_ids.index(c) for c in ann.evaluated_ids]
+    ids = np.asarray(ann.evaluated_ids, dtype=np.float64)
     rows = 0
     with path.open("w") as f:
         for i in sorted(scores):
-            boxes, probs = ann.boxes[i], scores[i]
+            boxes, probs = ann.boxes[i], scores[i][:, columns]
             if len(boxes) == 0:
                 continue
             c = len(ids)
@@ -77,13 +81,17 @@ def write_results(path: Path, ann: DetectionAnnotations, scores: dict[int, np.nd
 def evaluate_detection(model, cfg: ExperimentConfig, ann: DetectionAnnotations, split: str, dist: DistInfo,
                        progress: bool = True, out: Optional[Path] = None) -> tuple[dict, list]:
     """Detect, write the result CSV (main process), score it. Returns (result entries, dropped)."""
+    outputs = unwrap(model).classifier.out_features
+    if outputs != len(ann.class_ids):
+        raise MismatchError(f"the model has {outputs} action outputs, the data config {len(ann.class_ids)} (data.ava.num_actions="
+                            f"{cfg.data.ava.num_actions}): evaluate with the data.ava.num_actions the model was trained with")
     scores, dropped = detect(model, cfg, ann, dist, split, progress)
     out = Path(out or cfg.eval.detections or Path(cfg.train.output_dir) / f"detections_{split}.csv")
     result: dict = {}
     if dist.main:
         rows = write_results(out, ann, scores)
         detections, _ = read_ava_csv(out, scores=True)
-        metrics = frame_map(ann.gt, detections, ann.class_ids, ann.excluded)
+        metrics = frame_map(ann.gt, detections, ann.evaluated_ids, ann.excluded, max_per_keyframe=cfg.eval.detections_per_keyframe)
         names = dict(zip(ann.class_ids, ann.class_names))
         metrics["per_class"] = {f"{c} {names[c]}": ap for c, ap in metrics["per_class"].items()}
         metrics["counts"].update(keyframes=len(ann.keyframes), keyframes_scored=len(scores), rows_written=rows)

@@ -15,7 +15,7 @@ Routes (nothing else is served, there is no directory listing):
 - ``/api/ask/stream`` (same parameters): the answer as plain text, streamed as it is generated; the
   page's Ask box shows it growing;
 - ``/api/caption?path=...&start=...&end=...``: ``{"path", "start", "end", "caption"}``, the window
-  captioned by the model's decoder (``mugstan.caption``, greedy, cached); ``path`` as for ``/media``
+  captioned by the model's decoder (``mugstan.caption``, open_clip's default decoding, cached); ``path`` as for ``/media``
   (404 otherwise), 400 for a model without a decoder;
 - ``/media/{path}``: a video of the index. ``path`` must be one of the relative paths listed in
   the index's ``index.json`` (compared as a string, after URL decoding, before the file system is

@@ -6,22 +6,25 @@ Files (``data.*`` keys), as the AVA v2.2 release and mmaction2's AVA recipes nam
   ``video_id, timestamp, x1, y1, x2, y2, action_id, person_id`` (box corners normalised to 0-1;
   a person doing several actions has one row per action);
 - ``data.extra.label_map``: ``ava_action_list_v2.2_for_activitynet_2019.pbtxt``, blocks
-  ``label { name: "..." label_id: N }`` (or ``item { name: "..." id: N }``); its 60 classes are the
-  evaluated ones, rows of other actions are ignored (as the official evaluation ignores them);
+  ``label { name: "..." label_id: N }`` (or ``item { name: "..." id: N }``): the evaluated actions
+  (60). The model has one output per action id 1..``data.ava.num_actions`` (80, all AVA actions,
+  as mmaction2's ``num_classes=81`` trains them) and learns from every row of those; with
+  ``num_actions: 0`` it has one output per label-map action and rows of other actions are ignored;
 - ``data.extra.{train,val,test}_exclusions`` (optional): ``ava_{train,val}_excluded_timestamps_v2.2.csv``,
   rows ``video_id, timestamp``: keyframes left out of training and of the evaluation;
 - ``data.extra.{val,test}_proposals`` (optional): person boxes from a detector, as CSV rows
   ``video_id, timestamp, x1, y1, x2, y2, score`` or JSON ``{"video_id,timestamp": [[x1, y1, x2, y2,
   score], ...]}``. The official proposals are Python pickles; mugstan never unpickles a file (a
-  pickle can run code): convert one you trust yourself (docs/detection.md shows the three lines).
-  Proposals scoring below ``data.ava.proposal_score`` (0.9) are dropped. Without proposals the
-  evaluation classifies the ground-truth boxes (labelled as such in the result).
+  pickle can run code): convert one you trust yourself (docs/detection.md shows the lines).
+  As in mmaction2, a keyframe's proposals scoring at least ``data.ava.proposal_score`` (0.9) are
+  classified, its best-scored ones when none reaches it, and the whole frame when it has none.
+  Without a proposals file the evaluation classifies the ground-truth boxes (labelled as such).
 - ``data.root``: the videos, found by file stem (``<video_id>.mp4``, ``.mkv``, ...).
 
 A keyframe clip is ``data.num_frames`` frames ``data.ava.frame_interval`` source frames apart
 (``data.ava.source_fps``, 30 for AVA) centred on the keyframe, frame ``T // 2`` being the keyframe
-(mmaction2's ``SampleAVAFrames``); training adds a random offset below the interval to each
-frame. The keyframe of timestamp ``ts`` is at second ``ts - data.ava.timestamp_start`` of the file.
+(mmaction2's ``SampleAVAFrames``); training moves each frame by a random -interval/2 ..
+interval/2 - 1 source frames, as ``SampleAVAFrames`` does. The keyframe of timestamp ``ts`` is at second ``ts - data.ava.timestamp_start`` of the file.
 Frames are resized to ``data.image_size`` squared (whole frame, no crop: the boxes are normalised,
 so they stay valid); training flips horizontally when ``data.hflip``.
 
@@ -52,6 +55,7 @@ from mugstan.errors import AnnotationError, MissingFileError
 from mugstan.metrics import BoxSet
 
 Key = tuple[str, int]  # (video_id, timestamp)
+COORD_SLACK = 0.01  # box coordinates this far outside [0, 1] are rounding, accepted as written
 
 
 # ---- the files ----------------------------------------------------------------------------------
@@ -95,20 +99,32 @@ def _number(path: Path, n: int, row: list, column: int, name: str, kind=float):
 
 def read_ava_csv(path, scores: bool = False) -> tuple[BoxSet, np.ndarray]:
     """AVA rows ``video_id, timestamp, x1, y1, x2, y2, action_id, person_id`` (annotations) or
-    ``..., action_id, score`` (results, ``scores=True``) -> (BoxSet, the last column [N])."""
+    ``..., action_id, score`` (results, ``scores=True``) -> (BoxSet, the last column [N]).
+
+    As the official reader: a result row without its score (7 columns) has score 1.0, and the
+    coordinates are kept as written (a result box with x2 <= x1 or y2 <= y1 is read, and dropped by
+    the evaluation). Coordinates up to ``COORD_SLACK`` outside [0, 1] (rounding) are accepted; an
+    annotation box must have x1 <= x2 and y1 <= y2.
+    """
     path = Path(path)
-    last = "score" if scores else "person_id"
+    columns, layout = ((7, 8), "video_id,timestamp,x1,y1,x2,y2,action_id[,score]") if scores else \
+        ((8,), "video_id,timestamp,x1,y1,x2,y2,action_id,person_id")
     keys, boxes, labels, extra = [], [], [], []
     for n, row in _rows(path, "AVA"):
-        if len(row) != 8:
-            raise AnnotationError(f"{path}:{n}: expected 8 columns video_id,timestamp,x1,y1,x2,y2,action_id,{last}, got {len(row)}")
+        if len(row) not in columns:
+            raise AnnotationError(f"{path}:{n}: expected {' or '.join(map(str, columns))} columns {layout}, got {len(row)}")
         box = [_number(path, n, row, c, name) for c, name in zip(range(2, 6), ("x1", "y1", "x2", "y2"))]
-        if not (0.0 <= box[0] <= box[2] <= 1.0 and 0.0 <= box[1] <= box[3] <= 1.0):
-            raise AnnotationError(f"{path}:{n}: box {box} must be normalised corners with 0 <= x1 <= x2 <= 1 and 0 <= y1 <= y2 <= 1")
+        inside = all(-COORD_SLACK <= v <= 1.0 + COORD_SLACK for v in box)
+        if not inside or (not scores and (box[0] > box[2] or box[1] > box[3])):
+            raise AnnotationError(f"{path}:{n}: box {box} must be normalised corners x1, y1, x2, y2 in [0, 1]"
+                                  f"{'' if scores else ' with x1 <= x2 and y1 <= y2'} (divide pixel coordinates by the frame size)")
         keys.append((row[0], _number(path, n, row, 1, "timestamp", int)))
         boxes.append(box)
         labels.append(_number(path, n, row, 6, "action_id", int))
-        extra.append(_number(path, n, row, 7, last, float if scores else int))
+        if scores:
+            extra.append(_number(path, n, row, 7, "score") if len(row) == 8 else 1.0)
+        else:
+            extra.append(_number(path, n, row, 7, "person_id", int))
     box_array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     last_column = np.asarray(extra, dtype=np.float64 if scores else np.int64)
     return BoxSet(keys, box_array, np.asarray(labels, dtype=np.int64), last_column if scores else None), last_column
@@ -128,13 +144,14 @@ def read_exclusions(path) -> set[Key]:
 def read_proposals(path) -> dict[Key, np.ndarray]:
     """Person proposals -> {(video_id, timestamp): float [N, 5] x1, y1, x2, y2, score}.
 
-    CSV rows ``video_id, timestamp, x1, y1, x2, y2, score`` or JSON ``{"video_id,timestamp":
-    [[x1, y1, x2, y2, score], ...]}``. Pickles are refused (see the module docstring).
+    CSV rows ``video_id, timestamp, x1, y1, x2, y2[, score]`` or JSON ``{"video_id,timestamp":
+    [[x1, y1, x2, y2[, score]], ...]}``; a proposal without a score has score 1.0 (mmaction2 takes
+    [N, 4] proposals whole). Pickles are refused (see the module docstring).
     """
     path = Path(path)
     if path.suffix in (".pkl", ".pickle"):
         raise AnnotationError(f"{path}: mugstan does not unpickle files (a pickle can run code); convert the proposals of a "
-                         "source you trust to CSV or JSON as docs/detection.md shows, and name that file instead")
+                              "source you trust to CSV or JSON as docs/detection.md shows, and name that file instead")
     groups: dict[Key, list] = {}
     if path.suffix == ".json":
         try:
@@ -147,17 +164,35 @@ def read_proposals(path) -> dict[Key, np.ndarray]:
             video, _, ts = key.rpartition(",")
             if not video or not ts.strip().lstrip("-").isdigit():
                 raise AnnotationError(f"{path}: key {key!r} must be \"video_id,timestamp\" (e.g. \"1j20qq1JyX4,0902\")")
-            array = np.asarray(boxes, dtype=np.float64)
-            if array.size and (array.ndim != 2 or array.shape[1] != 5):
-                raise AnnotationError(f"{path}: entry {key!r} must be a list of [x1, y1, x2, y2, score], got shape {array.shape}")
+            try:
+                array = np.asarray(boxes, dtype=np.float64)
+                ok = array.size == 0 or (array.ndim == 2 and array.shape[1] in (4, 5))
+            except (TypeError, ValueError):  # ragged lists, strings
+                ok = False
+            if not ok:
+                raise AnnotationError(f"{path}: entry {key!r} must be a list of [x1, y1, x2, y2, score] (or [x1, y1, x2, y2]), "
+                                      f"got {json.dumps(boxes)[:80]}")
+            if array.size and array.shape[1] == 4:
+                array = np.concatenate([array, np.ones((len(array), 1))], axis=1)
             groups[(video, int(ts))] = list(array.reshape(-1, 5))
     else:
         for n, row in _rows(path, "proposals"):
-            if len(row) != 7:
-                raise AnnotationError(f"{path}:{n}: expected 7 columns video_id,timestamp,x1,y1,x2,y2,score, got {len(row)}")
-            values = [_number(path, n, row, c, name) for c, name in zip(range(2, 7), ("x1", "y1", "x2", "y2", "score"))]
-            groups.setdefault((row[0], _number(path, n, row, 1, "timestamp", int)), []).append(values)
+            if len(row) not in (6, 7):
+                raise AnnotationError(f"{path}:{n}: expected 7 columns video_id,timestamp,x1,y1,x2,y2,score (or 6, without the "
+                                      f"score), got {len(row)}")
+            values = [_number(path, n, row, c, name) for c, name in zip(range(2, len(row)), ("x1", "y1", "x2", "y2", "score"))]
+            groups.setdefault((row[0], _number(path, n, row, 1, "timestamp", int)), []).append(values + [1.0] * (7 - len(row)))
     return {k: np.asarray(v, dtype=np.float64).reshape(-1, 5) for k, v in groups.items()}
+
+
+def select_proposals(found: Optional[np.ndarray], threshold: float) -> np.ndarray:
+    """The boxes to classify on a keyframe, as mmaction2's ``AVADataset`` picks them: the proposals
+    [N, 5] scoring at least ``threshold``, or, when none does, those at the best score; the whole
+    frame when the keyframe has none. -> float [M, 4] corners clipped to [0, 1]."""
+    if found is None or len(found) == 0:
+        return np.array([[0.0, 0.0, 1.0, 1.0]], dtype=np.float32)
+    found = found[found[:, 4] >= min(threshold, found[:, 4].max())]
+    return np.clip(found[:, :4], 0.0, 1.0).astype(np.float32)
 
 
 # ---- annotations --------------------------------------------------------------------------------
@@ -167,20 +202,23 @@ class DetectionAnnotations(Annotations):
 
     keyframes[i]: (video_id, timestamp) of clips[i]; boxes[i]: float [N_i, 4] the boxes to
     classify (training: ground-truth persons; evaluation: proposals or ground truth);
-    box_labels[i]: float [N_i, C] multi-hot over ``class_ids`` (zeros for proposals); gt: every
-    ground-truth row of the split's kept keyframes (for the evaluator); excluded: the excluded
-    keyframes; box_source: "ground truth" or "proposals".
+    box_labels[i]: float [N_i, C] multi-hot over ``class_ids`` (zeros for proposals); class_ids:
+    the action id of each of the model's C outputs (``class_names`` their names); evaluated_ids:
+    the label map's actions, those the evaluation scores; gt: every ground-truth row of the
+    evaluated actions on the split's kept keyframes; excluded: the excluded keyframes; box_source:
+    "ground truth" or "proposals".
     """
 
     keyframes: list = field(default_factory=list)
     boxes: list = field(default_factory=list)
     box_labels: list = field(default_factory=list)
     class_ids: list = field(default_factory=list)
+    evaluated_ids: list = field(default_factory=list)
     gt: Optional[BoxSet] = None
     excluded: set = field(default_factory=set)
     box_source: str = "ground truth"
     times: list = field(default_factory=list)  # second of the keyframe in its video file
-    dropped_rows: int = 0  # annotation rows of actions outside the label map
+    dropped_rows: int = 0  # annotation rows of actions the model has no output for
 
 
 def _extra_file(cfg: DataConfig, key: str) -> Optional[Path]:
@@ -199,20 +237,30 @@ def ava(cfg: DataConfig, split: str) -> DetectionAnnotations:
     label_map = _extra_file(cfg, "label_map")
     if label_map is None:
         raise ConfigError("data.extra.label_map is not set: give the AVA label map, e.g. ava_action_list_v2.2_for_activitynet_2019.pbtxt")
-    class_ids, names = read_label_map(label_map)
+    evaluated, evaluated_names = read_label_map(label_map)
+    n = cfg.ava.num_actions
+    if n and not all(1 <= c <= n for c in evaluated):
+        raise AnnotationError(f"{label_map}: action ids {[c for c in evaluated if not 1 <= c <= n]} are outside 1..{n} "
+                              f"(data.ava.num_actions={n}); set data.ava.num_actions to the largest action id, or 0 to "
+                              "train on the label map's actions only")
+    named = dict(zip(evaluated, evaluated_names))
+    class_ids = list(range(1, n + 1)) if n else evaluated
+    names = [named.get(c, f"action {c}") for c in class_ids]
     column = {c: k for k, c in enumerate(class_ids)}
-    rows, persons = read_ava_csv(path)
+    rows, _ = read_ava_csv(path)
     exclusions = _extra_file(cfg, f"{split}_exclusions")
     excluded = read_exclusions(exclusions) if exclusions else set()
-    known = np.isin(rows.labels, class_ids)
-    kept = known & np.array([k not in excluded for k in rows.keys], dtype=bool)
-    gt = BoxSet([k for k, ok in zip(rows.keys, kept) if ok], rows.boxes[kept], rows.labels[kept])
+    not_excluded = np.array([k not in excluded for k in rows.keys], dtype=bool)
+    scored = np.isin(rows.labels, evaluated) & not_excluded
+    gt = BoxSet([k for k, ok in zip(rows.keys, scored) if ok], rows.boxes[scored], rows.labels[scored])
 
-    # one entry per person box of a keyframe, its actions multi-hot
+    # training targets: one entry per person box of a keyframe, its actions multi-hot
+    known = np.isin(rows.labels, class_ids)
     frames: dict[Key, dict] = {}
-    for key, box, label in zip(gt.keys, gt.boxes, gt.labels):
-        people = frames.setdefault(key, {})
-        people.setdefault(tuple(np.round(box, 6)), np.zeros(len(class_ids), dtype=np.float32))[column[int(label)]] = 1.0
+    for i in np.flatnonzero(known & not_excluded):
+        people = frames.setdefault(rows.keys[i], {})
+        box = tuple(np.round(np.clip(rows.boxes[i], 0.0, 1.0), 6))
+        people.setdefault(box, np.zeros(len(class_ids), dtype=np.float32))[column[int(rows.labels[i])]] = 1.0
     # evaluation covers every annotated keyframe that is not excluded (including those whose rows
     # are all of other actions: their detections are false positives there, as in the official code)
     if split != "train":
@@ -229,18 +277,16 @@ def ava(cfg: DataConfig, split: str) -> DetectionAnnotations:
             boxes.append(np.asarray(list(people), dtype=np.float32).reshape(-1, 4))
             labels.append(np.stack(list(people.values())) if people else np.zeros((0, len(class_ids)), np.float32))
         else:
-            found = proposals.get(key, np.zeros((0, 5)))
-            found = found[found[:, 4] >= cfg.ava.proposal_score]
-            boxes.append(np.clip(found[:, :4], 0.0, 1.0).astype(np.float32))
-            labels.append(np.zeros((len(found), len(class_ids)), np.float32))
+            boxes.append(select_proposals(proposals.get(key), cfg.ava.proposal_score))
+            labels.append(np.zeros((len(boxes[-1]), len(class_ids)), np.float32))
     finder = _Finder(cfg.root)
     videos = {v: finder(v) for v in sorted({v for v, _ in keyframes})}
     times = [ts - cfg.ava.timestamp_start for _, ts in keyframes]
     clips = [Clip(videos[v], t, t) for (v, _), t in zip(keyframes, times)]
     if not clips:
-        raise AnnotationError(f"{path}: no keyframes left (every row excluded or of an action outside {label_map})")
+        raise AnnotationError(f"{path}: no keyframes left (every row excluded or of an action the model has no output for)")
     return DetectionAnnotations(clips, class_names=names, source=str(path), keyframes=keyframes, boxes=boxes, box_labels=labels,
-                                class_ids=class_ids, gt=gt, excluded=excluded,
+                                class_ids=class_ids, evaluated_ids=evaluated, gt=gt, excluded=excluded,
                                 box_source="ground truth" if proposals is None else "proposals",
                                 times=times, dropped_rows=int((~known).sum()))
 
@@ -249,11 +295,12 @@ def ava(cfg: DataConfig, split: str) -> DetectionAnnotations:
 def keyframe_times(center: float, num_frames: int, interval: int, source_fps: float,
                    rng: Optional[np.random.Generator] = None) -> np.ndarray:
     """Seconds of the ``num_frames`` frames of a keyframe clip (frame ``T // 2`` at ``center``),
-    ``interval`` source frames apart; with ``rng`` each frame moves by a random 0..interval-1
-    source frames (training)."""
+    ``interval`` source frames apart; with ``rng`` each frame moves by its own random offset of
+    ``floor(-interval / 2)`` .. ``ceil(interval / 2) - 1`` source frames (-2..1 for 4; training), as
+    mmaction2's ``SampleAVAFrames`` draws ``randint(-interval // 2, (interval + 1) // 2)``."""
     steps = (np.arange(num_frames) - num_frames // 2) * interval
     if rng is not None:
-        steps = steps + rng.integers(0, interval, num_frames)
+        steps = steps + rng.integers(-interval // 2, (interval + 1) // 2, num_frames)
     return center + steps / source_fps
 
 
