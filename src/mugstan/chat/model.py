@@ -234,7 +234,8 @@ def load_branch_weights(branch: nn.Module, spec: str, tower_layers: int, chat: O
     if not file.is_file():
         raise MissingFileError(f"model.chat.branch_weights: {file} does not exist (give a mugstan checkpoint folder or a "
                                "`mugstan convert --format stan` .safetensors)")
-    tensors = read_safetensors(file, f"model.chat.branch_weights: {spec} is damaged; train it again or download it again")
+    tensors = read_safetensors(file, f"model.chat.branch_weights: {spec} is damaged or not weights; model.chat.branch_weights takes "
+                               "a mugstan checkpoint folder or a `mugstan convert` file (a damaged one: train it again or download it again)")
     own = {k[len("branch."):]: v for k, v in tensors.items() if k.startswith("branch.")}
     if not own:
         raise MismatchError(f"model.chat.branch_weights: {file} holds no branch.* tensors (is it a STAN / Mug-STAN checkpoint?)")

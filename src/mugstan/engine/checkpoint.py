@@ -71,7 +71,8 @@ def read_weights(spec) -> dict:
     if not file.is_file():
         raise MissingFileError(f"model.init_from: {spec} is neither a checkpoint folder ({WEIGHTS} + {CONFIG}) nor a converted "
                                ".safetensors file; name a run's checkpoints/best, a `mugstan convert` file or hf-hub:ORG/NAME")
-    return read_safetensors(file, f"model.init_from: {spec} is damaged; train it again or download it again")
+    return read_safetensors(file, f"model.init_from: {spec} is damaged or not weights; model.init_from takes a checkpoint "
+                            "folder or a `mugstan convert` .safetensors file (a damaged one: train it again or download it again)")
 
 
 def init_from(model, spec) -> dict:
