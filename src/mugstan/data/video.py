@@ -445,7 +445,8 @@ def decode_all(path: PathLike, short_side: Optional[int] = None) -> torch.Tensor
 def read_clip(path: PathLike, num_frames: int, train: bool = False, short_side: Optional[int] = None,
               start: Optional[float] = None, end: Optional[float] = None, sampler: str = "segment",
               stride: int = 4, rng: Optional[np.random.Generator] = None, clip: int = 0,
-              num_clips: int = 1, sample_fps: float = 1.0, return_mask: bool = False, cache: Optional["FrameCache"] = None):
+              num_clips: int = 1, sample_fps: float = 1.0, return_mask: bool = False, cache: Optional["FrameCache"] = None,
+              decoder: str = "pyav", device: Union[str, torch.device] = "cpu"):
     """Sample and decode one clip: uint8 [num_frames, 3, H, W] (with ``return_mask``, also the
     bool [num_frames] mask of real frames).
 
@@ -456,6 +457,8 @@ def read_clip(path: PathLike, num_frames: int, train: bool = False, short_side: 
     other samplers fill every position with a real frame: the mask is all True). An image file
     (image-text data) is a one-frame video: its frame repeated, every position real. ``cache``
     (a ``FrameCache``): keep every frame of the video on first read and sample it from memory.
+    ``decoder`` "torchcodec" decodes the same sampled frames with torchcodec on ``device``
+    (``mugstan.data.codec``; the frames are then on that device); "pyav" decodes on the CPU.
     """
     if Path(path).suffix.lower() in IMAGE_EXTENSIONS:
         frames = read_image(path, short_side).expand(num_frames, -1, -1, -1).contiguous()
@@ -479,7 +482,11 @@ def read_clip(path: PathLike, num_frames: int, train: bool = False, short_side: 
         with _open(path) as container:  # one open for the metadata and the frames
             info = _info(container, path)
             idx, mask = indices(info)
-            if cache is None or not cache.fits(info, short_side):
+            if decoder == "torchcodec":  # the same indices, decoded by torchcodec (mugstan.data.codec)
+                from mugstan.data.codec import decode_frames as codec_frames
+
+                frames = codec_frames(path, idx, short_side, device)
+            elif cache is None or not cache.fits(info, short_side):
                 frames = _decode(container, path, info, idx, short_side)
             else:  # decode every frame once and keep them
                 every = _decode(container, path, info, np.arange(info.num_frames), short_side)

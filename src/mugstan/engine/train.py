@@ -40,6 +40,7 @@ from tqdm import tqdm
 from mugstan.config import ExperimentConfig, SelectOn, Task, load_config, save_config, validate_config
 from mugstan.data.datasets import build_train_dataset, collate, load_annotations
 from mugstan.engine import checkpoint as ckpt
+from mugstan.engine.compile import compile_model, resolve_compile
 from mugstan.engine.distributed import DistInfo, TrainSampler, all_gather_objects, barrier, setup
 from mugstan.engine.evaluate import evaluate, format_result, headline
 from mugstan.engine.gradcache import average_gradients, broadcast_parameters, gradcache_backward
@@ -106,6 +107,8 @@ def setup_run(cfg: ExperimentConfig) -> Run:
             print(f"model.init_from: {report['loaded']} tensors from {cfg.model.init_from}; kept at initialisation: "
                   f"{_names(report['new'])}; not used: {_names(report['unused'])}")
     model = model.to(dist.device)
+    if resolve_compile(t.compile, dist.device) and cfg.model.task in (Task.retrieval, Task.recognition):
+        compile_model(model)
     text_items = cfg.model.task in (Task.retrieval, Task.chat)  # captions / conversations, tokenised by the model's tokenizer
     tokenizer = model.tokenizer if text_items else None
     # on a GPU the workers hand over uint8 clips and normalisation runs there (models.model_inputs):
@@ -242,7 +245,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         run.dataset.set_epoch(epoch)
         sampler.set_epoch(epoch, pos["step_in_epoch"])
         loader = DataLoader(run.dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate,
-                            pin_memory=dist.device.type == "cuda",
+                            pin_memory=dist.device.type == "cuda" and cfg.data.decode_device == "cpu",  # else already on the GPU
                             generator=torch.Generator().manual_seed(t.seed + epoch))  # not the global RNG: resumes stay exact
         run.model.train()
         bar = tqdm(total=sampler.steps_per_epoch, initial=pos["step_in_epoch"], desc=f"epoch {epoch + 1}/{t.epochs}", unit="step",
