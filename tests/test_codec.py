@@ -63,3 +63,17 @@ def test_cuda_decoding_needs_torchcodec_in_the_training_process():
         validate_config(cfg, check_files=False)
     cfg.data.num_workers = 0
     validate_config(cfg, check_files=False)
+
+
+def test_clip_reader_with_torchcodec_gives_the_training_crops_of_pyav(tmp_path):
+    """data.decoder reaches the datasets: at the coded size (data.resize_short = the frame height)
+    both decoders give identical frames, so the seeded random crops are identical too."""
+    from mugstan.data.datasets import Clip, ClipReader
+
+    path = write_video(tmp_path / "v.mp4", frames=40, size=(64, 48), fps=8, gop=6)
+    crops = []
+    for decoder in ("pyav", "torchcodec"):
+        cfg = DataConfig(num_frames=6, image_size=32, resize_short=48, decoder=decoder)
+        frames, mask = ClipReader(cfg, train=True, seed=5, uint8=True).read(Clip(str(path)), index=3)
+        crops.append(frames)
+    assert crops[0].shape == (6, 3, 32, 32) and torch.equal(crops[0], crops[1])
