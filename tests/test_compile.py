@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 from mugstan.backbones.clip import Tokenizer
-from mugstan.config import ExperimentConfig, ModelConfig, STANConfig
+from mugstan.config import ConfigError, ExperimentConfig, ModelConfig, STANConfig, validate_config
 from mugstan.engine.compile import compile_model, resolve_compile
 from mugstan.engine.gradcache import gradcache_backward
 from mugstan.losses import build_loss
@@ -128,6 +128,10 @@ def test_compiled_encoder_still_checks_frames(models):
 
 
 def test_compile_default_is_on_for_cuda_only():
-    assert ExperimentConfig().train.compile is None
+    cfg = ExperimentConfig()
+    assert cfg.train.compile is None
     assert resolve_compile(None, torch.device("cuda")) and not resolve_compile(None, torch.device("cpu"))
     assert resolve_compile(True, torch.device("cpu")) and not resolve_compile(False, torch.device("cuda"))
+    cfg.train.compile, cfg.model.task = True, "detection"
+    with pytest.raises(ConfigError, match="train.compile=true covers retrieval and recognition"):
+        validate_config(cfg, check_files=False)

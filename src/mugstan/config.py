@@ -541,6 +541,9 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
     for name, value in at_least_zero.items():
         if value < 0:
             raise ConfigError(f"{name}={value} must be 0 or more")
+    if t.compile and m.task not in (Task.retrieval, Task.recognition):
+        raise ConfigError(f"train.compile=true covers retrieval and recognition models, not model.task={m.task}; "
+                          "set train.compile=null (the default) or false")
     if d.decode_device == DecodeDevice.cuda and (d.decoder != Decoder.torchcodec or d.num_workers):
         raise ConfigError(f"data.decode_device=cuda needs data.decoder=torchcodec and data.num_workers=0 (CUDA decodes in the "
                           f"training process); got data.decoder={d.decoder}, data.num_workers={d.num_workers}")

@@ -107,7 +107,7 @@ def setup_run(cfg: ExperimentConfig) -> Run:
             print(f"model.init_from: {report['loaded']} tensors from {cfg.model.init_from}; kept at initialisation: "
                   f"{_names(report['new'])}; not used: {_names(report['unused'])}")
     model = model.to(dist.device)
-    if resolve_compile(t.compile, dist.device) and cfg.model.task in (Task.retrieval, Task.recognition):
+    if resolve_compile(t.compile, dist.device) and cfg.model.task in (Task.retrieval, Task.recognition):  # chat, detection: eager
         compile_model(model)
     text_items = cfg.model.task in (Task.retrieval, Task.chat)  # captions / conversations, tokenised by the model's tokenizer
     tokenizer = model.tokenizer if text_items else None
