@@ -193,9 +193,9 @@ def with_loader(trainer: Trainer, cfg: DataConfig, batch: int, workers: int, ste
     return {"clips_s": batch * steps / total, "step_s": total / steps, "wait_share": wait / total}
 
 
-def measure_levers(args, backbone: str, batch: int, device: torch.device, flops: float) -> list[dict]:
-    """One row per lever in ``args.levers``: the model alone, the batch on the device."""
-    rows = []
+def measure_levers(args, results: dict, backbone: str, batch: int, device: torch.device, flops: float) -> None:
+    """One row per lever in ``args.levers`` added to ``results`` (and to ``--json`` at once, so a run cut
+    short keeps what it measured): the model alone, the batch on the device."""
     for lever in args.levers:
         opts = dict(LEVERS[lever])
         b = batch * opts.pop("batch_mult", 1)
@@ -214,11 +214,12 @@ def measure_levers(args, backbone: str, batch: int, device: torch.device, flops:
         if device.type == "cuda":
             torch.cuda.empty_cache()
         row.update(backbone=backbone, feed=lever, batch=b, flops_per_clip=flops, mfu=flops * row["clips_s"] / args.peak)
-        rows.append(row)
+        results["rows"].append(row)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
         peak = f", peak {row['peak_gib']:.1f} GiB" if row["peak_gib"] is not None else ""
         print(f"{backbone} {lever}: {row['clips_s']:.1f} clips/s, MFU {100 * row['mfu']:.1f}%{peak} "
               f"(warm-up {row['warmup_s']:.0f} s, {time.perf_counter() - t0:.0f} s)", flush=True)
-    return rows
 
 
 def measure_loader(args, results: dict, batches: dict, device: torch.device) -> None:
@@ -274,9 +275,7 @@ def main() -> None:
 
     for backbone in args.backbones:
         flops = flops_per_clip(backbone, min(batches[backbone], 4), args.frames, args.size, device)
-        results["rows"] += measure_levers(args, backbone, batches[backbone], device, flops)
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1))
+        measure_levers(args, results, backbone, batches[backbone], device, flops)
     if args.loader:
         measure_loader(args, results, batches, device)
 
