@@ -39,7 +39,7 @@ from mugstan.data.transforms import normalize
 from mugstan.data.video import read_clip
 
 sys.path.insert(0, str(Path(__file__).parent))
-from loader_speed import compress, make_videos, write_annotations  # noqa: E402
+from loader_speed import compress, make_videos, write_annotations
 
 
 def decode_rate(paths: list[Path], clips: int, decoder: str, device: str, frames: int, short: int) -> float:

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from data_fixtures import write_video
+
 from mugstan.config import ConfigError, DataConfig, ExperimentConfig, validate_config
 from mugstan.data import codec
 from mugstan.data.video import read_clip
@@ -74,6 +74,6 @@ def test_clip_reader_with_torchcodec_gives_the_training_crops_of_pyav(tmp_path):
     crops = []
     for decoder in ("pyav", "torchcodec"):
         cfg = DataConfig(num_frames=6, image_size=32, resize_short=48, decoder=decoder)
-        frames, mask = ClipReader(cfg, train=True, seed=5, uint8=True).read(Clip(str(path)), index=3)
+        frames, _ = ClipReader(cfg, train=True, seed=5, uint8=True).read(Clip(str(path)), index=3)
         crops.append(frames)
     assert crops[0].shape == (6, 3, 32, 32) and torch.equal(crops[0], crops[1])

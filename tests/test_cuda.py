@@ -111,6 +111,7 @@ def test_inductor_compiled_step_equals_eager():
 def test_torchcodec_decodes_on_the_gpu_into_the_crop(tmp_path):
     pytest.importorskip("torchcodec")
     from data_fixtures import write_video
+
     from mugstan.data.transforms import ClipTransform
     from mugstan.data.video import read_clip
 

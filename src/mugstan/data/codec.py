@@ -17,8 +17,8 @@ libraries (Debian / Ubuntu: ``apt-get install ffmpeg``); either missing is a one
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -29,7 +29,7 @@ FIX = ("data.decoder=torchcodec needs the torchcodec package and FFmpeg's shared
        "pip install 'mugstan[torchcodec]' and apt-get install ffmpeg (Debian/Ubuntu), or use data.decoder=pyav")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def video_decoder_class():
     """torchcodec's ``VideoDecoder``, or UserError naming what is missing and the fix."""
     try:
@@ -42,8 +42,8 @@ def video_decoder_class():
     return VideoDecoder
 
 
-def decode_frames(path: Union[str, Path], indices: Sequence[int], short_side: int | None = None,
-                  device: Union[str, torch.device] = "cpu") -> torch.Tensor:
+def decode_frames(path: str | Path, indices: Sequence[int], short_side: int | None = None,
+                  device: str | torch.device = "cpu") -> torch.Tensor:
     """Frames ``indices`` of ``path`` (repeats allowed) -> uint8 [len(indices), 3, H', W'] on
     ``device``, the short side resized to ``short_side`` (None: as coded)."""
     from mugstan.data.video import VideoError, output_size

@@ -22,10 +22,10 @@ compiled ``encode_video`` runs them eagerly before entering the graph (``check_f
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from mugstan.models import VideoClassifier, VideoTextModel, check_frames
 
