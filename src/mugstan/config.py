@@ -111,6 +111,18 @@ class Interpolation(Choice):
     bilinear = "bilinear"
 
 
+class Decoder(Choice):
+    """Which library decodes the sampled frames (the sampled indices are the same either way)."""
+
+    pyav = "pyav"  # PyAV (FFmpeg bundled in its wheel), on the CPU: the default
+    torchcodec = "torchcodec"  # torchcodec (the torchcodec extra + system FFmpeg), on data.decode_device
+
+
+class DecodeDevice(Choice):
+    cpu = "cpu"
+    cuda = "cuda"  # torchcodec with NVDEC in the training process (data.num_workers: 0); frames stay on the GPU
+
+
 class Schedule(Choice):
     """Learning-rate schedule, per optimiser step (``mugstan.engine.optim``)."""
 
@@ -327,6 +339,11 @@ class DataConfig:
     test_shards: Any = None
     epoch_samples: Optional[int] = None  # samples per epoch, all processes (default: the shards' manifest.json)
     shuffle_buffer: int = 500  # samples per reader (process x loader worker) shuffled in memory
+    # pyav | torchcodec (mugstan.data.codec). torchcodec was slower than PyAV on a CPU
+    # (benchmarks/results/decode_speed.md): it pays with data.decode_device: cuda, where the uint8
+    # frames go from NVDEC straight to the crop and normalisation on the GPU.
+    decoder: Decoder = Decoder.pyav
+    decode_device: DecodeDevice = DecodeDevice.cpu
 
     @property
     def loader_workers(self) -> int:
@@ -414,6 +431,12 @@ class TrainConfig:
     contrastive_batch: Optional[int] = None
     chunk_size: Optional[int] = None  # clips per process encoded at once with gradient caching; null: off
     deterministic: bool = False  # deterministic kernels (torch.use_deterministic_algorithms): bitwise reruns, slower
+    # torch.compile of the video encoder and the text tower (mugstan.engine.compile); null: on for
+    # CUDA, off on a CPU (compiling took minutes there before a millisecond step could win it back)
+    compile: Optional[bool] = None
+    # AdamW's fused kernel on CUDA (one pass over all tensors) instead of foreach, PyTorch's CUDA default and
+    # the authors' optimiser; not bitwise the same updates. On a CPU the fused kernel is always used.
+    fused_adamw: bool = False
 
 
 @dataclass
@@ -676,6 +699,12 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
     for name, value in at_least_zero.items():
         if value < 0:
             raise ConfigError(f"{name}={value} must be 0 or more")
+    if t.compile and m.task not in (Task.retrieval, Task.recognition):
+        raise ConfigError(f"train.compile=true covers retrieval and recognition models, not model.task={m.task}; "
+                          "set train.compile=null (the default) or false")
+    if d.decode_device == DecodeDevice.cuda and (d.decoder != Decoder.torchcodec or d.num_workers):
+        raise ConfigError(f"data.decode_device=cuda needs data.decoder=torchcodec and data.num_workers=0 (CUDA decodes in the "
+                          f"training process); got data.decoder={d.decoder}, data.num_workers={d.num_workers}")
     floats = {"train.lr": (t.lr, "positive"), "train.new_module_lr_mult": (t.new_module_lr_mult, "positive"),
               "train.eps": (t.eps, "positive"), "model.mug_lambda": (m.mug_lambda, "positive"),
               "train.weight_decay": (t.weight_decay, "0 or more"), "train.warmup": (t.warmup, "0 or more"),

@@ -76,6 +76,17 @@ def class_prompts(class_names: Sequence[str], templates: Sequence[str]) -> list[
     return [[tpl.format(prompt_name(name)) for name in class_names] for tpl in templates]
 
 
+def check_frames(frames: torch.Tensor, frame_mask: torch.Tensor) -> None:
+    """frames [B, T, 3, H, W] and frame_mask [B, T] bool with at least one real frame per video, or ValueError."""
+    if frames.dim() != 5 or frames.shape[2] != 3:
+        raise ValueError(f"frames must be [B, T, 3, H, W], got {tuple(frames.shape)}")
+    b, t = frames.shape[:2]
+    if frame_mask.shape != (b, t):
+        raise ValueError(f"frame_mask must be [B, T] = {(b, t)}, got {tuple(frame_mask.shape)}")
+    if not frame_mask.any(1).all():
+        raise ValueError("every video needs at least one real frame (frame_mask all False in a row)")
+
+
 class VideoTextModel(nn.Module):
     """A video encoder (backbone x branch x head) and the backbone's text tower scored by the head."""
 
@@ -89,13 +100,8 @@ class VideoTextModel(nn.Module):
     # ---- video ------------------------------------------------------------------------------
     def frame_features(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> FrameFeatures:
         """frames [B, T, 3, H, W], frame_mask [B, T] bool -> FrameFeatures (embeds [B, T, E], patches [B, T, P, D])."""
-        if frames.dim() != 5 or frames.shape[2] != 3:
-            raise ValueError(f"frames must be [B, T, 3, H, W], got {tuple(frames.shape)}")
-        b, t = frames.shape[:2]
-        if frame_mask.shape != (b, t):
-            raise ValueError(f"frame_mask must be [B, T] = {(b, t)}, got {tuple(frame_mask.shape)}")
-        if not frame_mask.any(1).all():
-            raise ValueError("every video needs at least one real frame (frame_mask all False in a row)")
+        if not torch.compiler.is_compiling():  # compiled (train.compile): checked before the graph
+            check_frames(frames, frame_mask)
         vision = self.backbone.encode_frames(frames.flatten(0, 1), taps=self.branch.taps)
         return self.branch(vision, self.backbone, frame_mask)
 

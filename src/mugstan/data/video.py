@@ -457,11 +457,29 @@ def decode_all(path: PathLike, short_side: Optional[int] = None) -> torch.Tensor
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
 
 
+def _decode_torchcodec(source, path: str, idx: np.ndarray, short_side: Optional[int], device) -> torch.Tensor:
+    """``data.decoder: torchcodec``: frames ``idx`` of ``source`` (a file or its bytes) decoded by
+    torchcodec on ``device`` (``mugstan.data.codec``), the short side resized there (bilinear,
+    antialiased) -> uint8 [T, 3, H', W'] on ``device``."""
+    import torchvision.transforms.v2.functional as TF
+
+    from mugstan.data.codec import decode_frames
+
+    try:
+        frames = decode_frames(source, idx, device)
+    except (RuntimeError, ValueError, IndexError) as err:
+        raise VideoError(path, f"torchcodec could not decode frames {list(idx)} ({str(err).splitlines()[0]})") from None
+    width, height = output_size(frames.shape[-1], frames.shape[-2], short_side)
+    if (height, width) != tuple(frames.shape[-2:]):
+        frames = TF.resize(frames, [height, width], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    return frames
+
+
 def read_clip(path: PathLike, num_frames: int, train: bool = False, short_side: Optional[int] = None,
               start: Optional[float] = None, end: Optional[float] = None, sampler: str = "segment",
               stride: int = 4, rng: Optional[np.random.Generator] = None, clip: int = 0,
               num_clips: int = 1, sample_fps: float = 1.0, return_mask: bool = False, cache: Optional["FrameCache"] = None,
-              data: Optional[bytes] = None):
+              data: Optional[bytes] = None, decoder: str = "pyav", device: Union[str, torch.device] = "cpu"):
     """Sample and decode one clip: uint8 [num_frames, 3, H, W] (with ``return_mask``, also the
     bool [num_frames] mask of real frames).
 
@@ -474,6 +492,8 @@ def read_clip(path: PathLike, num_frames: int, train: bool = False, short_side: 
     (a ``FrameCache``): keep every frame of the video on first read and sample it from memory.
     ``data``: the file's bytes (a tar shard's member); decoded from memory, sampled alike, with
     ``path`` (its name, whose extension says video or image) in errors.
+    ``decoder`` "torchcodec" decodes the same sampled frames with torchcodec on ``device``
+    (``mugstan.data.codec``; the frames are then on that device); "pyav" decodes on the CPU.
     """
     if Path(path).suffix.lower() in IMAGE_EXTENSIONS:
         frames = read_image(path, short_side, data).expand(num_frames, -1, -1, -1).contiguous()
@@ -497,7 +517,9 @@ def read_clip(path: PathLike, num_frames: int, train: bool = False, short_side: 
         with _open(path, data) as container:  # one open for the metadata and the frames
             info = _info(container, path)
             idx, mask = indices(info)
-            if cache is None or not cache.fits(info, short_side):
+            if decoder == "torchcodec":  # the same indices, decoded by torchcodec (mugstan.data.codec)
+                frames = _decode_torchcodec(data if data is not None else path, path, idx, short_side, device)
+            elif cache is None or not cache.fits(info, short_side):
                 frames = _decode(container, path, info, idx, short_side)
             else:  # decode every frame once and keep them
                 every = _decode(container, path, info, np.arange(info.num_frames), short_side)

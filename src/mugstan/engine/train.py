@@ -42,6 +42,7 @@ from tqdm import tqdm
 from mugstan.config import ConfigError, ExperimentConfig, SelectOn, Task, load_config, save_config, validate_config
 from mugstan.data.datasets import build_train_dataset, collate, load_annotations
 from mugstan.engine import checkpoint as ckpt
+from mugstan.engine.compile import compile_model, resolve_compile
 from mugstan.engine.distributed import DistInfo, TrainSampler, all_gather_objects, barrier, setup
 from mugstan.engine.evaluate import evaluate, format_result, headline
 from mugstan.engine.gradcache import average_gradients, broadcast_parameters, gradcache_backward
@@ -112,6 +113,8 @@ def setup_run(cfg: ExperimentConfig) -> Run:
             print(f"model.init_from: {report['loaded']} tensors from {cfg.model.init_from}; kept at initialisation: "
                   f"{_names(report['new'])}; not used: {_names(report['unused'])}")
     model = model.to(dist.device)
+    if resolve_compile(t.compile, dist.device) and cfg.model.task in (Task.retrieval, Task.recognition):  # chat, detection: eager
+        compile_model(model)
     text_items = cfg.model.task in (Task.retrieval, Task.chat)  # captions / conversations, tokenised by the model's tokenizer
     tokenizer = model.tokenizer if text_items else None
     # on a GPU the workers hand over uint8 clips and normalisation runs there (models.model_inputs):
@@ -153,7 +156,7 @@ def _shard_class_names(cfg: ExperimentConfig) -> Optional[list[str]]:
 def make_loader(run: Run, epoch: int, pos: dict):
     """This epoch's micro-batches, from ``pos["step_in_epoch"]`` on (shards: from each reader's position ``pos["stream"]``)."""
     cfg, dist = run.cfg, run.dist
-    pin = dist.device.type == "cuda"
+    pin = dist.device.type == "cuda" and cfg.data.decode_device == "cpu"  # frames decoded on the GPU are there already
     if cfg.data.dataset == "webdataset":
         run.sampler.consumed = dict(pos["stream"])
         return run.sampler.loader(cfg.data.loader_workers, pin)

@@ -93,7 +93,8 @@ class ClipReader:
         for v in range(self.views):
             frames, mask = read_clip(clip.path, self.num_frames, self.train, self.decode_short, clip.start, clip.end,
                                      self.cfg.sampler, self.cfg.dense_stride, rng, v, self.views,
-                                     sample_fps=self.cfg.sample_fps, return_mask=True, cache=self.cache, data=clip.data)
+                                     sample_fps=self.cfg.sample_fps, return_mask=True, cache=self.cache, data=clip.data,
+                                     decoder=str(self.cfg.decoder), device=str(self.cfg.decode_device))
             out = self.transform(frames, gen)  # [T, 3, S, S] or [crops, T, 3, S, S]
             views.extend(out.unbind(0) if out.dim() == 5 else [out])
         return (views[0] if len(views) == 1 else torch.stack(views)), mask
