@@ -43,6 +43,18 @@ def test_ap_by_hand_with_a_false_positive_between_two_hits():
     assert m["counts"]["true_positives"] == 2 and m["counts"]["gt_boxes"] == 2
 
 
+def test_precision_is_made_monotone_before_summing():
+    """A false positive then two hits: precision 0, 1/2, 2/3 at recall 0, 1/2, 1. The official AP
+    takes, at each recall step, the best precision at that recall or beyond: 1/2 * 2/3 + 1/2 * 2/3
+    = 2/3; summing the raw precisions would give 1/2 * 1/2 + 1/2 * 2/3 = 7/12."""
+    ap = average_precision(np.array([0.9, 0.8, 0.7]), np.array([False, True, True]), 2)
+    assert ap == pytest.approx(2 / 3, abs=1e-12)
+    # and through frame_map: the same ranking as boxes
+    gt = boxset([(A, BOX, 1), (B, BOX, 1)])
+    det = boxset([(A, FAR, 1, 0.9), (A, BOX, 1, 0.8), (B, BOX, 1, 0.7)], scores=True)
+    assert frame_map(gt, det, [1])["mAP"] == pytest.approx(200 / 3, abs=1e-9)
+
+
 def test_ties_count_against_the_model():
     gt = boxset([(A, BOX, 1), (B, BOX, 1)])
     det = boxset([(A, BOX, 1, 0.5), (B, FAR, 1, 0.5)], scores=True)
