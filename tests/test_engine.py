@@ -79,7 +79,9 @@ def test_two_gloo_processes_follow_the_one_process_loss_curve(tmp_path, data):
     l1, l2 = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(l1) == len(l2) >= 5
     assert l1[0] == pytest.approx(l2[0], rel=1e-5)
-    assert l1 == pytest.approx(l2, rel=1e-3)  # same data, same seed, same global batch
+    # same data, same seed, same global batch: the curves agree to 2e-7 (measured; the all-reduce
+    # sums the two halves' gradients in another order than one process does)
+    assert l1 == pytest.approx(l2, rel=2e-6)
 
 
 def test_bad_configs_fail_before_training(tmp_path, data):
@@ -107,7 +109,8 @@ def test_eval_command_on_a_trained_checkpoint(tmp_path, data):
     assert results["test"]["protocol"] == "1:1" and results["test"]["counts"]["videos"] == 60
     out = run(["eval", str(cfg), "--checkpoint", str(tmp_path / "run" / "checkpoints" / "best"), "--json", str(tmp_path / "r.json")])
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "t2v" in out.stdout and json.loads((tmp_path / "r.json").read_text())["retrieval"]["t2v"]["R@1"] >= 0
+    # the best checkpoint evaluated again: the numbers the training run reported for its test split
+    assert "t2v" in out.stdout and json.loads((tmp_path / "r.json").read_text())["retrieval"] == results["test"]["retrieval"]
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000 and (tmp_path / "run" / "tb").is_dir()
     emb = run(["embed", str(cfg), "--checkpoint", str(tmp_path / "run" / "checkpoints" / "best"), "--out", str(tmp_path / "v.npz")])
     assert emb.returncode == 0, emb.stderr[-2000:]
