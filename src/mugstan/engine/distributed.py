@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -43,6 +44,31 @@ def setup() -> DistInfo:
     else:
         device = torch.device("cpu")
     return DistInfo(rank, world, local_rank, device)
+
+
+def device_generators() -> tuple[torch.Generator, ...]:
+    """The default random generators of the accelerators present: CUDA's, one per device; none on
+    a CPU-only machine. Checkpoints and gradient caching save and restore them with the CPU's."""
+    if not torch.cuda.is_available():
+        return ()
+    torch.cuda.init()  # CUDA's default generators are created on first use
+    return tuple(torch.cuda.default_generators)
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """What training does differently on a GPU: the loader's workers hand over uint8 clips
+    (normalised on the device, ``models.model_inputs``) into pinned memory, and DDP is told the
+    process's device."""
+
+    uint8_clips: bool
+    pin_memory: bool
+    ddp_device_ids: Optional[list[int]]
+
+
+def device_settings(device: torch.device) -> DeviceSettings:
+    gpu = device.type == "cuda"
+    return DeviceSettings(uint8_clips=gpu, pin_memory=gpu, ddp_device_ids=[device.index or 0] if gpu else None)
 
 
 def is_distributed() -> bool:

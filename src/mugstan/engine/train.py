@@ -40,7 +40,7 @@ from tqdm import tqdm
 from mugstan.config import ExperimentConfig, SelectOn, Task, load_config, save_config, validate_config
 from mugstan.data.datasets import build_train_dataset, collate, load_annotations
 from mugstan.engine import checkpoint as ckpt
-from mugstan.engine.distributed import DistInfo, TrainSampler, all_gather_objects, barrier, setup
+from mugstan.engine.distributed import DistInfo, TrainSampler, all_gather_objects, barrier, device_settings, setup
 from mugstan.engine.evaluate import evaluate, format_result, headline
 from mugstan.engine.gradcache import average_gradients, broadcast_parameters, gradcache_backward
 from mugstan.engine.logging import MetricsLogger
@@ -111,7 +111,7 @@ def setup_run(cfg: ExperimentConfig) -> Run:
     # on a GPU the workers hand over uint8 clips and normalisation runs there (models.model_inputs):
     # measured 1.2x the loader's clips/s at 16 workers (benchmarks/results/loader_speed.md)
     dataset = build_train_dataset(cfg.data, tokenizer, pairs=text_items, seed=t.seed, ann=ann,
-                                  uint8=dist.device.type == "cuda")
+                                  uint8=device_settings(dist.device).uint8_clips)
     sampler = TrainSampler(len(dataset), t.batch_size, dist.world, dist.rank, t.accum_steps, t.seed)
     local_batch = t.batch_size // (dist.world * t.accum_steps)  # clips of one micro-batch on this process
     gradcache = t.chunk_size is not None and t.chunk_size < local_batch
@@ -125,7 +125,7 @@ def setup_run(cfg: ExperimentConfig) -> Run:
     if dist.world > 1 and gradcache:  # no DDP wrapper: start from rank 0's weights, average gradients per step
         broadcast_parameters(model)
     elif dist.world > 1:
-        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_settings(dist.device).ddp_device_ids)
     return Run(cfg, dist, Path(t.output_dir), model, wrapped, build_loss(cfg.model, model), dataset, sampler, optimizer,
                build_scheduler(optimizer, total_steps, t.warmup, t, sampler.steps_per_epoch), torch.amp.GradScaler(dist.device.type) if precision == "fp16" else None,
                precision, gradcache, total_steps, steps_of(t.freeze_text_for, total_steps))
@@ -242,7 +242,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         run.dataset.set_epoch(epoch)
         sampler.set_epoch(epoch, pos["step_in_epoch"])
         loader = DataLoader(run.dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate,
-                            pin_memory=dist.device.type == "cuda",
+                            pin_memory=device_settings(dist.device).pin_memory,
                             generator=torch.Generator().manual_seed(t.seed + epoch))  # not the global RNG: resumes stay exact
         run.model.train()
         bar = tqdm(total=sampler.steps_per_epoch, initial=pos["step_in_epoch"], desc=f"epoch {epoch + 1}/{t.epochs}", unit="step",
