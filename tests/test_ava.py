@@ -309,7 +309,7 @@ def test_collated_batch_trains_the_detector(ava_files):
 
 # ---- the CLI end to end -------------------------------------------------------------------------
 def test_train_and_eval_through_the_cli(tmp_path):
-    from mugstan.data.synthetic import DetectionParams, detection_paths, generate_detection
+    from mugstan.data.synthetic_detection import DetectionParams, detection_paths, generate_detection
 
     meta = generate_detection(tmp_path / "data", DetectionParams(videos=6, test_videos=3, seed=1), progress=False)
     assert meta["counts"]["test"] == {"videos": 3, "keyframes": 6, "boxes": 12}
