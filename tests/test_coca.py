@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from data_fixtures import hf_cache_snapshot, write_config
+from gradients import assert_gradients_are_derivatives
 
 from mugstan.backbones.build import build_clip, model_from_config, named_config
 from mugstan.backbones.clip import Tokenizer
@@ -144,14 +145,16 @@ def test_every_head_on_coca(branch, head):
     loss.backward()
     assert torch.isfinite(loss)
     named = dict(model.named_parameters())
-    assert named["backbone.clip.visual.attn_pool.query"].grad[0].abs().sum() > 0
-    assert named["backbone.clip.visual.transformer.resblocks.3.mlp.c_fc.weight"].grad.abs().sum() > 0
     cls_emb = named["backbone.clip.text.cls_emb"]  # Mug reads text tokens only: the CLS is frozen, not left unused
-    assert cls_emb.grad.abs().sum() > 0 if head != "mug" else (not cls_emb.requires_grad and cls_emb.grad is None)
-    assert named["backbone.clip.text.transformer.resblocks.1.mlp.c_fc.weight"].grad.abs().sum() > 0
+    assert cls_emb.requires_grad if head != "mug" else (not cls_emb.requires_grad and cls_emb.grad is None)
     assert all(p.grad is None for n, p in named.items() if "text_decoder" in n)
-    if branch == "stan":
-        assert named["branch.spatial.1.mlp.c_fc.weight"].grad.abs().sum() > 0
+    # the gradients of the attentional pooler, both towers, the text CLS and the branch are the loss's derivative
+    names = ["backbone.clip.visual.attn_pool.query", "backbone.clip.visual.transformer.resblocks.3.mlp.c_fc.weight",
+             "backbone.clip.text.transformer.resblocks.1.mlp.c_fc.weight"]
+    names += ["backbone.clip.text.cls_emb"] if head != "mug" else []
+    names += ["branch.spatial.1.mlp.c_fc.weight"] if branch == "stan" else []
+    loss_of = lambda m: build_loss(coca_config(head, branch), m)(m(**{**batch, "frames": x.double()}), batch)  # noqa: E731
+    assert_gradients_are_derivatives(model, loss_of, names)
     model.eval()
     with torch.no_grad():  # the padded frame of video 2 is garbage: same embedding as the 3-frame clip
         padded = model.encode_video(x[2:], mask[2:])
@@ -214,7 +217,11 @@ def test_training_step_and_evaluation_on_synthetic_data(trained):
     assert len(losses) == 3 and all(math.isfinite(loss) and loss > 0 for loss in losses)
     test = results["test"]
     assert test["protocol"] == "1:1" and test["counts"]["videos"] > 0
-    assert 0 <= test["retrieval"]["t2v"]["R@1"] <= 100
+    from mugstan.engine.checkpoint import load_model
+    from mugstan.engine.evaluate import evaluate
+
+    model, saved = load_model(run / "checkpoints" / "best")  # the reported test numbers are the best checkpoint's
+    assert evaluate(model, saved, progress=False)["retrieval"] == test["retrieval"]
     from safetensors.torch import load_file
 
     weights = load_file(run / "checkpoints" / "best" / "model.safetensors")

@@ -35,11 +35,20 @@ def losses(out: Path) -> list[float]:
     return [r["train/loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r]
 
 
-def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path, data):
-    full = write_config(tmp_path / "full.yaml", data, tmp_path / "full", save_every=1)
-    assert run(["train", str(full), "--no-progress"]).returncode == 0
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data) -> Path:
+    """One uninterrupted one-process run (batch 8, a checkpoint every step): the baseline of the
+    SIGKILL resume and of the two-process run."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    cfg = write_config(out / "full.yaml", data, out / "full", batch_size=8, save_every=1)
+    done = run(["train", str(cfg), "--no-progress"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out / "full"
 
-    cfg = write_config(tmp_path / "killed.yaml", data, tmp_path / "killed", save_every=1)
+
+def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path, data, uninterrupted):
+    full = uninterrupted
+    cfg = write_config(tmp_path / "killed.yaml", data, tmp_path / "killed", batch_size=8, save_every=1)
     proc = subprocess.Popen([sys.executable, "-m", "mugstan.cli", "train", str(cfg), "--no-progress"], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "killed" / "checkpoints" / "last" / "state.pt"
@@ -55,31 +64,31 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path, data):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = torch.load(state, weights_only=False)["step"]
-    total = len(losses(tmp_path / "full"))
+    total = len(losses(full))
     assert 3 <= killed_at < total, "the run must be killed mid-epoch"
 
     resumed = run(["train", str(cfg), "--resume", "--no-progress"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a = load_file(str(tmp_path / "full" / "checkpoints" / "last" / "model.safetensors"))
+    a = load_file(str(full / "checkpoints" / "last" / "model.safetensors"))
     b = load_file(str(tmp_path / "killed" / "checkpoints" / "last" / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert losses(tmp_path / "killed") == losses(tmp_path / "full")  # every step logged once, none repeated after the resume
+    assert losses(tmp_path / "killed") == losses(full)  # every step logged once, none repeated after the resume
 
 
-def test_two_gloo_processes_follow_the_one_process_loss_curve(tmp_path, data):
-    one = write_config(tmp_path / "one.yaml", data, tmp_path / "one", batch_size=8)
+def test_two_gloo_processes_follow_the_one_process_loss_curve(tmp_path, data, uninterrupted):
     two = write_config(tmp_path / "two.yaml", data, tmp_path / "two", batch_size=8)
-    assert run(["train", str(one), "--no-progress"]).returncode == 0
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "mugstan.cli", "train", str(two), "--no-progress"], env=ENV, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on 2 process(es)" in proc.stdout
-    l1, l2 = losses(tmp_path / "one"), losses(tmp_path / "two")
+    l1, l2 = losses(uninterrupted), losses(tmp_path / "two")
     assert len(l1) == len(l2) >= 5
     assert l1[0] == pytest.approx(l2[0], rel=1e-5)
-    assert l1 == pytest.approx(l2, rel=1e-3)  # same data, same seed, same global batch
+    # same data, same seed, same global batch: the curves agree to 2e-7 (measured; the all-reduce
+    # sums the two halves' gradients in another order than one process does)
+    assert l1 == pytest.approx(l2, rel=2e-6)
 
 
 def test_bad_configs_fail_before_training(tmp_path, data):
@@ -107,7 +116,8 @@ def test_eval_command_on_a_trained_checkpoint(tmp_path, data):
     assert results["test"]["protocol"] == "1:1" and results["test"]["counts"]["videos"] == 60
     out = run(["eval", str(cfg), "--checkpoint", str(tmp_path / "run" / "checkpoints" / "best"), "--json", str(tmp_path / "r.json")])
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "t2v" in out.stdout and json.loads((tmp_path / "r.json").read_text())["retrieval"]["t2v"]["R@1"] >= 0
+    # the best checkpoint evaluated again: the numbers the training run reported for its test split
+    assert "t2v" in out.stdout and json.loads((tmp_path / "r.json").read_text())["retrieval"] == results["test"]["retrieval"]
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000 and (tmp_path / "run" / "tb").is_dir()
     emb = run(["embed", str(cfg), "--checkpoint", str(tmp_path / "run" / "checkpoints" / "best"), "--out", str(tmp_path / "v.npz")])
     assert emb.returncode == 0, emb.stderr[-2000:]

@@ -721,7 +721,9 @@ def test_index_update_survives_a_crash_at_every_rename(data, checkpoint, tmp_pat
     meta, items, emb, _ = IndexFolder(out).load()  # what search and serve read: one whole index, old or new
     assert len(items) == len(emb) == meta["shape"][0] and {i["path"] for i in items} in ({"a.mp4"}, {"a.mp4", "b.mp4"})
     assert cli.main(["search", str(out), "a clip", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)
+    found = json.loads(capsys.readouterr().out)  # every row of the index it left, ranked
+    assert [r["rank"] for r in found] == list(range(1, len(items) + 1))
+    assert sorted(r["path"] for r in found) == sorted(i["path"] for i in items)
     counts = build_index(videos, checkpoint, out, progress=False)  # the next run finishes the job
     assert counts["rows"] == 2 and {i["path"] for i in IndexFolder(out).load()[1]} == {"a.mp4", "b.mp4"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["videos", "videos.index"]

@@ -1,7 +1,8 @@
 """The README's real-data commands, verbatim, on a fake MSR-VTT laid out as distributed under a
 custom root, run in a scratch folder (the configs are named, packaged ones). Two substitutions
 only: `/data/msrvtt` -> the fake dataset's folder, and `mugstan` / `torchrun` -> this
-interpreter's `-m mugstan.cli` / `-m torch.distributed.run` (the same programs, from this checkout).
+interpreter's `-m mugstan.cli` / `-m torch.distributed.run` (the same programs, from this checkout;
+torchrun on a free port).
 Nothing can be downloaded, so training and evaluation get a tiny random backbone and tiny sizes as
 extra overrides appended to the line."""
 
@@ -9,6 +10,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -52,9 +54,17 @@ def tiny_openai_pt(path: Path) -> Path:
     return path
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now: torchrun's default 29500 is shared by every suite on the machine."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def as_argv(line: str, root: Path) -> list[str]:
     argv = shlex.split(line.replace("/data/msrvtt", str(root)))
-    program = {"mugstan": [sys.executable, "-m", "mugstan.cli"], "torchrun": [sys.executable, "-m", "torch.distributed.run"]}[argv[0]]
+    program = {"mugstan": [sys.executable, "-m", "mugstan.cli"],
+               "torchrun": [sys.executable, "-m", "torch.distributed.run", "--master_port", str(free_port())]}[argv[0]]
     extra = TINY if ("train" in argv or "eval" in argv) else []
     return program + argv[1:] + extra
 

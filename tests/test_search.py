@@ -151,9 +151,10 @@ def test_search_finds_the_right_test_video(trained, test_index):
     print(f"right video in the top {k}: {recall:.1%} of {len(found)} test captions; top-5 results of the caption's colour: {color_precision:.1%}")
     # Chance: the right video in the top 10 of 60 for 10 / 60 = 17% of the captions; a result of
     # the caption's colour 9 / 59 = 15% of the time (10 videos per colour, one per motion). This
-    # model learns colour in its 60 steps (shape and motion take far longer): 73% and 85% when written.
-    assert recall >= 0.3, recall
-    assert color_precision >= 0.6, color_precision
+    # model learns colour in its 80 steps (shape and motion take far longer): measured 81.7% (49 of
+    # 60) and 93.7% on 2 CPU cores; the bounds leave a few captions for another CPU's arithmetic.
+    assert recall >= 0.75, recall
+    assert color_precision >= 0.9, color_precision
 
 
 def test_incremental_update_and_report(trained, tmp_path):

@@ -108,7 +108,7 @@ def synthetic(out: Path, models: list[str], seeds: list[int], videos=None, quick
 
 def detection(out: Path, seeds: list[int], videos=None, quick: bool = False, progress: bool = True) -> list[dict]:
     """STAN vs the order-blind baseline on the synthetic detection set, several seeds."""
-    from mugstan.data.synthetic import DetectionParams, generate_detection
+    from mugstan.data.synthetic_detection import DetectionParams, generate_detection
     from mugstan.detection.synthetic import DETECTION_LABELS, DETECTION_MODELS, finetune_detection, markdown
 
     out.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,8 @@ def symmetric_infonce(logits: torch.Tensor, reduction: str = "mean") -> torch.Te
     if logits.dim() != 2 or logits.shape[0] != logits.shape[1]:
         raise ValueError(f"contrastive logits must be square [N, N], got {tuple(logits.shape)}")
     target = torch.arange(logits.shape[0], device=logits.device)
-    loss = F.cross_entropy(logits.float(), target) + F.cross_entropy(logits.float().t(), target)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half precision up to fp32; fp64 stays
+    loss = F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)
     if reduction == "mean":
         return 0.5 * loss
     if reduction == "sum":

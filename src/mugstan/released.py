@@ -1,4 +1,4 @@
-"""Converters for the released whole-model checkpoints (methods.md §7), both directions.
+"""Converters for the released whole-model checkpoints (methods.md §7) to mugstan models.
 
 - STAN / Mug-STAN (mmengine): HuggingFace-style vision keys under ``backbone.``, the branch as
   ``backbone.STAN_S_layers`` / ``STAN_T_layers`` / ``STAN_time_embed``, the text tower under
@@ -14,8 +14,8 @@ the mugstan model (``build_model(ModelConfig(**model_config))``) with no missing
 keys, and the config fields that rebuild it (backbone found by matching the tensor shapes
 against the released OpenAI CLIPs and mugstan's configs; other shapes need the CLIP's config). This module sits above ``mugstan.models`` (it builds
 models from converted files); the HF key map it shares with CLIPModel folders is
-``mugstan.backbones.convert.hf_to_open_clip``. ``to_stan_state_dict`` / ``to_clip2video_state_dict``
-write a mugstan model in the released layouts (used by the round-trip tests).
+``mugstan.backbones.convert.hf_to_open_clip``. The tests write checkpoints in the authors' own key
+names (tests/reference_layouts.py) and convert them.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Union
 import torch
 
 from mugstan.backbones.convert import (
-    WeightsError, _read_tensors, config_from_state_dict, hf_block, hf_to_open_clip, open_clip_to_hf, to_hf_block,
+    WeightsError, _read_tensors, config_from_state_dict, hf_block, hf_to_open_clip,
 )
 
 
@@ -160,32 +160,6 @@ def _clip_config(path: Union[str, Path]) -> dict:
     return hf_open_clip_config(read_hf_config(path if path.is_dir() else path.parent))
 
 
-def to_stan_state_dict(model) -> dict:
-    """A mugstan STAN model's weights in the released mmengine layout."""
-    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    clip = {k[len("backbone.clip."):]: v for k, v in sd.items() if k.startswith("backbone.clip.")}
-    vision, text, visual_projection, text_projection = open_clip_to_hf(clip)
-    embeddings = ("class_embedding", "patch_embedding.weight", "position_embedding.weight")
-    out = {}
-    for k, v in vision.items():
-        name = k.removeprefix("embeddings.") if k.removeprefix("embeddings.") in embeddings else k.removeprefix("encoder.")
-        out[f"backbone.{name}"] = v
-    out["backbone.visual_projection.weight"] = visual_projection
-    out.update({f"text_backbone.text_model.{k}": v for k, v in text.items()})
-    out["text_backbone.text_projection.weight"] = text_projection
-    out["backbone.STAN_time_embed.weight"] = sd["branch.time_embed.weight"]
-    for k in range(len(model.branch.spatial)):
-        out.update(to_hf_block(sd, f"branch.spatial.{k}.", f"backbone.STAN_S_layers.{k}.", "attn.in_proj_"))
-        if f"branch.temporal.{k}.conv.weight" in sd:  # the first release's Conv3d, named "layers"
-            for part in ("weight", "bias"):
-                out[f"backbone.STAN_T_layers.{k}.layers.{part}"] = sd[f"branch.temporal.{k}.conv.{part}"]
-        else:
-            out.update(to_hf_block(sd, f"branch.temporal.{k}.", f"backbone.STAN_T_layers.{k}.", "attn.in_proj."))
-        for part in ("weight", "bias"):
-            out[f"backbone.STAN_T_layers.{k}.temporal_fc.{part}"] = sd[f"branch.temporal.{k}.temporal_fc.{part}"]
-    return {"state_dict": out, "meta": {"mmengine_version": "converted-by-mugstan"}}
-
-
 # ---- CLIP4Clip / CLIP2Video ------------------------------------------------------------------
 def _block_key(key: str) -> str:
     return key.replace(".attn.in_proj_weight", ".attn.in_proj.weight").replace(".attn.in_proj_bias", ".attn.in_proj.bias")
@@ -217,20 +191,6 @@ def convert_clip2video(path: Union[str, Path]) -> tuple[dict, dict]:
             raise WeightsError(f"{path}: unexpected tensors {sorted(rest)[:6]} for a meanP checkpoint")
     cfg = {**backbone_fields(clip_sd, str(path), openai_rule=True), "branch": "none", "head": head, "loss_reduction": "mean", **extra}
     return _finish(model_sd, cfg, clip_sd["logit_scale"])
-
-
-def to_clip2video_state_dict(model) -> dict:
-    """A mugstan meanP / seqTransf / tdb_tab model's weights in the CLIP4Clip / CLIP2Video layout."""
-    out = {}
-    for k, v in model.state_dict().items():
-        v = v.detach().clone()
-        if k.startswith("backbone.clip."):
-            out["clip." + k[len("backbone.clip."):]] = v
-        elif k.startswith("head."):
-            key = k[len("head."):].replace(".attn.in_proj.weight", ".attn.in_proj_weight").replace(".attn.in_proj.bias", ".attn.in_proj_bias")
-            out[key.replace("transformer.resblocks", "transformerClip.resblocks") if key.startswith("transformer.") else key] = v
-    out["clip.logit_scale"] = model.logit_scale.log_scale.detach().clone()  # the scale the model scores with
-    return out
 
 
 def load_converted(path: Union[str, Path], overrides=()):

@@ -361,19 +361,6 @@ def hf_block(src: dict, prefix: str, dst_prefix: str, in_proj: str, source: str)
     return out
 
 
-def to_hf_block(sd: dict, prefix: str, dst_prefix: str, in_proj: str) -> dict:
-    """The inverse of ``hf_block``: open_clip-layout block tensors -> HF names."""
-    out = {}
-    for part in ("weight", "bias"):
-        for name, chunk in zip("qkv", sd[f"{prefix}{in_proj}{part}"].chunk(3)):
-            out[f"{dst_prefix}self_attn.{name}_proj.{part}"] = chunk
-        for hf, oc in HF_BLOCK.items():
-            key = f"{prefix}{oc}.{part}"
-            if key in sd:
-                out[f"{dst_prefix}{hf}.{part}"] = sd[key]
-    return out
-
-
 def _layers(tower: dict, root: str) -> list[int]:
     return sorted({int(k[len(root):].split(".")[0]) for k in tower if k.startswith(root)})
 
@@ -408,27 +395,6 @@ def hf_to_open_clip(vision: dict, text: dict, visual_projection: torch.Tensor, t
         for i in _layers(tower, "encoder.layers."):
             sd.update(hf_block(tower, f"encoder.layers.{i}.", f"{dst}{i}.", "attn.in_proj_", source))
     return sd
-
-
-def open_clip_to_hf(clip: dict) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
-    """The inverse of ``hf_to_open_clip``: (vision, text, visual_projection, text_projection)."""
-    vision = {
-        "embeddings.class_embedding": clip["visual.class_embedding"],
-        "embeddings.patch_embedding.weight": clip["visual.conv1.weight"],
-        "embeddings.position_embedding.weight": clip["visual.positional_embedding"],
-    }
-    text = {
-        "embeddings.token_embedding.weight": clip["token_embedding.weight"],
-        "embeddings.position_embedding.weight": clip["positional_embedding"],
-    }
-    for part in ("weight", "bias"):
-        vision[f"pre_layrnorm.{part}"] = clip[f"visual.ln_pre.{part}"]
-        vision[f"post_layernorm.{part}"] = clip[f"visual.ln_post.{part}"]
-        text[f"final_layer_norm.{part}"] = clip[f"ln_final.{part}"]
-    for tower, root in ((vision, "visual.transformer.resblocks."), (text, "transformer.resblocks.")):
-        for i in _layers(clip, root):
-            tower.update(to_hf_block(clip, f"{root}{i}.", f"encoder.layers.{i}.", "attn.in_proj_"))
-    return vision, text, clip["visual.proj"].t().contiguous(), clip["text_projection"].t().contiguous()
 
 
 def load_hf(folder: Union[str, Path]) -> ClipWeights:

@@ -1,6 +1,6 @@
 """The detection comparison of ``mugstan bench synthetic --detection``: STAN vs the order-blind baseline.
 
-For one seed: render the synthetic AVA-format detection set (``mugstan.data.synthetic.generate_detection``:
+For one seed: render the synthetic AVA-format detection set (``mugstan.data.synthetic_detection.generate_detection``:
 several shapes per video, a box per shape and keyframe, the shape's motion as its action), then
 fine-tune ``configs/synthetic/det_stan.yaml`` (STAN's patch tokens) and ``det_none.yaml`` (CLIP per
 frame, time-pooled: order-blind) from the same pretrained CLIP through ``mugstan train``'s engine,
@@ -24,7 +24,7 @@ QUICK = ["train.epochs=1", "train.max_steps=4"]
 def finetune_detection(name: str, data: Path, clip: Optional[Path], out: Path, seed: int = 0, quick: bool = False,
                        progress: bool = True, overrides=()) -> dict:
     """Train configs/synthetic/NAME.yaml on the detection set in ``data`` from ``clip``; test its best checkpoint."""
-    from mugstan.data.synthetic import detection_paths
+    from mugstan.data.synthetic_detection import detection_paths
     from mugstan.engine.train import train
 
     paths = detection_paths(data)

@@ -23,13 +23,13 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from mugstan.config import ExperimentConfig, Task, load_config, save_config
-from mugstan.engine.distributed import unwrap
+from mugstan.engine.distributed import device_generators, unwrap
 from mugstan.errors import CorruptFileError, MismatchError, MissingFileError, UserError, one_line
 from mugstan.files import atomic_folder, read_safetensors, readable_folder
 
@@ -144,23 +144,26 @@ def _numpy_arrays() -> list:
     return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
-def rng_state() -> dict:
-    """Every RNG's state as tensors, numbers and tuples (what ``torch.load(weights_only=True)`` reads)."""
+def rng_state(generators: Optional[Sequence[torch.Generator]] = None) -> dict:
+    """Every RNG's state as tensors, numbers and tuples (what ``torch.load(weights_only=True)`` reads);
+    generators: the accelerators' (default ``device_generators()``: CUDA's), stored under "cuda"."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
     state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    generators = device_generators() if generators is None else generators
+    if generators:
+        state["cuda"] = [g.get_state() for g in generators]
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, generators: Optional[Sequence[torch.Generator]] = None) -> None:
     torch.set_rng_state(state["torch"])
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    generators = device_generators() if generators is None else generators
+    for g, device_state in zip(generators, state.get("cuda", ())):  # a state saved on another machine's GPUs: as many as both have
+        g.set_state(device_state)
 
 
 def load_model(path, device="cpu", overrides=()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -70,6 +71,31 @@ def device_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text}: this machine has {count} {device.type} device{'s' if count > 1 else ''} "
                                          f"({device.type}:0{f' to {device.type}:{count - 1}' if count > 1 else ''})")
     return text
+
+
+def device_generators() -> tuple[torch.Generator, ...]:
+    """The default random generators of the accelerators present: CUDA's, one per device; none on
+    a CPU-only machine. Checkpoints and gradient caching save and restore them with the CPU's."""
+    if not torch.cuda.is_available():
+        return ()
+    torch.cuda.init()  # CUDA's default generators are created on first use
+    return tuple(torch.cuda.default_generators)
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """What training does differently on a GPU: the loader's workers hand over uint8 clips
+    (normalised on the device, ``models.model_inputs``) into pinned memory, and DDP is told the
+    process's device."""
+
+    uint8_clips: bool
+    pin_memory: bool
+    ddp_device_ids: Optional[list[int]]
+
+
+def device_settings(device: torch.device) -> DeviceSettings:
+    gpu = device.type == "cuda"
+    return DeviceSettings(uint8_clips=gpu, pin_memory=gpu, ddp_device_ids=[device.index or 0] if gpu else None)
 
 
 def is_distributed() -> bool:

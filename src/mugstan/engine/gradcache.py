@@ -26,35 +26,37 @@ all-reduce per step is what DDP would do anyway.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
-from mugstan.engine.distributed import is_distributed
+from mugstan.engine.distributed import device_generators, is_distributed
 from mugstan.heads.base import Embeddings
 from mugstan.models import model_inputs
 
 
 class RandomState:
-    """Snapshot of the CPU and CUDA generators, to replay a chunk's dropout exactly."""
+    """Snapshot of the CPU generator and the accelerators' (``device_generators``), to replay a
+    chunk's dropout exactly. generators: which device generators (default: every CUDA device's)."""
 
-    def __init__(self):
+    def __init__(self, generators: Optional[Sequence[torch.Generator]] = None):
+        self.generators = tuple(device_generators() if generators is None else generators)
         self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        self.devices = [g.get_state() for g in self.generators]
 
     @contextlib.contextmanager
     def replay(self):
-        cpu, cuda = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        cpu, devices = torch.get_rng_state(), [g.get_state() for g in self.generators]
         torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state_all(self.cuda)
+        for g, state in zip(self.generators, self.devices):
+            g.set_state(state)
         try:
             yield
-        finally:  # continue the stream where the first pass left it
+        finally:  # continue the streams where the first pass left them
             torch.set_rng_state(cpu)
-            if cuda is not None:
-                torch.cuda.set_rng_state_all(cuda)
+            for g, state in zip(self.generators, devices):
+                g.set_state(state)
 
 
 def _as_leaf(x: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+from typing import Optional
 
 import torch
 
@@ -47,12 +48,13 @@ def fast_bf16(device: torch.device) -> bool:
     return False
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """train.precision -> what runs: "auto" is bf16 where it pays (``fast_bf16``), else fp16 on
-    CUDA (with loss scaling) and fp32 on a CPU; "fp32", "bf16" and "fp16" are taken as given."""
+def resolve_precision(precision: str, device: torch.device, bf16_pays: Optional[bool] = None) -> str:
+    """train.precision -> what runs: "auto" is bf16 where it pays (bf16_pays, measured by
+    ``fast_bf16(device)`` unless given), else fp16 on CUDA (with loss scaling) and fp32 on a CPU;
+    "fp32", "bf16" and "fp16" are taken as given."""
     if precision != "auto":
         return str(precision)
-    if fast_bf16(device):
+    if fast_bf16(device) if bf16_pays is None else bf16_pays:
         return "bf16"
     return "fp16" if device.type == "cuda" else "fp32"
 

@@ -43,7 +43,7 @@ from mugstan.config import ConfigError, ExperimentConfig, SelectOn, Task, load_c
 from mugstan.data.datasets import build_train_dataset, collate, load_annotations
 from mugstan.engine import checkpoint as ckpt
 from mugstan.engine.compile import compile_model, resolve_compile
-from mugstan.engine.distributed import DistInfo, TrainSampler, all_gather_objects, barrier, setup
+from mugstan.engine.distributed import DistInfo, TrainSampler, all_gather_objects, barrier, device_settings, setup
 from mugstan.engine.evaluate import evaluate, format_result, headline
 from mugstan.engine.gradcache import average_gradients, broadcast_parameters, gradcache_backward
 from mugstan.engine.logging import MetricsLogger
@@ -123,10 +123,10 @@ def setup_run(cfg: ExperimentConfig) -> Run:
         from mugstan.data.datasets.shards import ShardStream
 
         dataset = sampler = ShardStream(cfg.data, tokenizer, cfg.model.task == Task.recognition, t.seed, t.batch_size,
-                                        dist.world, dist.rank, t.accum_steps, uint8=dist.device.type == "cuda")
+                                        dist.world, dist.rank, t.accum_steps, uint8=device_settings(dist.device).uint8_clips)
     else:
         dataset = build_train_dataset(cfg.data, tokenizer, pairs=text_items, seed=t.seed, ann=ann,
-                                      uint8=dist.device.type == "cuda")
+                                      uint8=device_settings(dist.device).uint8_clips)
         check_one_batch(cfg, ann, len(dataset), dist.world)
         sampler = TrainSampler(len(dataset), t.batch_size, dist.world, dist.rank, t.accum_steps, t.seed)
     local_batch = t.batch_size // (dist.world * t.accum_steps)  # clips of one micro-batch on this process
@@ -141,7 +141,7 @@ def setup_run(cfg: ExperimentConfig) -> Run:
     if dist.world > 1 and gradcache:  # no DDP wrapper: start from rank 0's weights, average gradients per step
         broadcast_parameters(model)
     elif dist.world > 1:
-        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_settings(dist.device).ddp_device_ids)
     return Run(cfg, dist, Path(t.output_dir), model, wrapped, build_loss(cfg.model, model), dataset, sampler, optimizer,
                build_scheduler(optimizer, total_steps, t.warmup, t, sampler.steps_per_epoch), torch.amp.GradScaler(dist.device.type) if precision == "fp16" else None,
                precision, gradcache, total_steps, steps_of(t.freeze_text_for, total_steps))
@@ -156,7 +156,7 @@ def _shard_class_names(cfg: ExperimentConfig) -> Optional[list[str]]:
 def make_loader(run: Run, epoch: int, pos: dict):
     """This epoch's micro-batches, from ``pos["step_in_epoch"]`` on (shards: from each reader's position ``pos["stream"]``)."""
     cfg, dist = run.cfg, run.dist
-    pin = dist.device.type == "cuda" and cfg.data.decode_device == "cpu"  # frames decoded on the GPU are there already
+    pin = device_settings(dist.device).pin_memory and cfg.data.decode_device == "cpu"  # frames decoded on the GPU are there already
     if cfg.data.dataset == "webdataset":
         run.sampler.consumed = dict(pos["stream"])
         return run.sampler.loader(cfg.data.loader_workers, pin)

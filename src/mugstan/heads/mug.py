@@ -41,7 +41,8 @@ def _masked_softmax(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tens
 def mug_scores(t: torch.Tensor, tm: torch.Tensor, v: torch.Tensor, vm: torch.Tensor,
                lam: float = 100.0, mode: str = "simple", compat: bool = False) -> torch.Tensor:
     """Dense Mug scores for one chunk: t [A, L, E], tm [A, L], v [B, T, E], vm [B, T] -> [A, B]."""
-    r = torch.einsum("ale,bte->ablt", t, v).float()  # [A, B, L, T]
+    r = torch.einsum("ale,bte->ablt", t, v)
+    r = r.to(torch.promote_types(r.dtype, torch.float32))  # [A, B, L, T]; half precision up to fp32, fp64 stays
     words = tm[:, None, :, None]  # [A, 1, L, 1]
     frames = vm[None, :, None, :]  # [1, B, 1, T]
     s = r * words
