@@ -243,7 +243,8 @@ def bar_chart_figure(rows: list[dict], title: str, chance: Optional[dict] = None
             ax.hlines([level] * len(at), at - 0.135, at + 0.135, colors="black", linestyles="--", lw=1.2, zorder=3)
     ax.set_xticks(x, labels)
     ax.set_xlim(-0.6, len(labels) - 0.1)
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 128)  # the legend above the 100% line, clear of the bars
+    ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel("%")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left")
