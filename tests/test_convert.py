@@ -251,9 +251,9 @@ def test_a_run_on_a_weights_file_records_the_architecture(tmp_path):
 
 def test_convert_stan_assumes_head_width_64_only_for_openai_shapes(tmp_path, capsys):
     from mugstan.backbones.build import model_from_config, named_config
-    from mugstan.config import ModelConfig, STANConfig
-    from mugstan.models import build_model
-    from mugstan.released import backbone_fields, match_backbone, to_stan_state_dict
+    from mugstan.released import backbone_fields, match_backbone
+
+    from reference_layouts import stan_reference_layout
 
     for name in ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336"):  # the released OpenAI shapes (meta device: no memory)
         with torch.device("meta"):
@@ -264,12 +264,8 @@ def test_convert_stan_assumes_head_width_64_only_for_openai_shapes(tmp_path, cap
     with pytest.raises(WeightsError, match="ViT-H-14: its CLIP .* none of the released OpenAI ones .*--clip-config"):
         backbone_fields(sd, "ViT-H-14")
 
-    config = {"embed_dim": 32, "quick_gelu": True, "vision_cfg": {"image_size": 32, "layers": 1, "width": 96, "head_width": 32, "patch_size": 8},
-              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 96, "heads": 3, "layers": 1}}
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone=None, backbone_config=config, branch="stan", head="mean", stan=STANConfig(depth=1),
-                                    temperature=0.01, loss_reduction="sum"))
-    torch.save(to_stan_state_dict(model), tmp_path / "stan.pth")
+    # a STAN checkpoint in the authors' layout whose CLIP has heads of width 32 (96 wide, 3 heads): no released OpenAI shape
+    torch.save(stan_reference_layout(depth=1, width=96, heads=3), tmp_path / "stan.pth")
     assert cli(["convert", str(tmp_path / "stan.pth"), str(tmp_path / "stan.safetensors"), "--format", "stan"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--clip-config" in err and err.count("\n") == 1

@@ -336,7 +336,7 @@ class DataConfig:
     # joined by "::", or a list of them; local paths, "pipe:COMMAND" or http(s) URLs.
     shards: Any = None
     val_shards: Any = None  # evaluation splits from shards (read once into memory); or data.val_ann / test_ann (jsonl)
-    test_shards: Any = None
+    test_shards: Any = None  # the test split from shards; or data.test_ann (jsonl)
     epoch_samples: Optional[int] = None  # samples per epoch, all processes (default: the shards' manifest.json)
     shuffle_buffer: int = 500  # samples per reader (process x loader worker) shuffled in memory
     # pyav | torchcodec (mugstan.data.codec). torchcodec was slower than PyAV on a CPU
