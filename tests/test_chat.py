@@ -197,7 +197,9 @@ def test_save_and_load_round_trip(llava_dir, tmp_path):
         a = model.llm(inputs_embeds=model.embed(ids, torch.ones_like(ids), frames, fmask)[0]).logits
         b = loaded.llm(inputs_embeds=loaded.embed(ids, torch.ones_like(ids), frames, fmask)[0]).logits
     torch.testing.assert_close(a, b, atol=0, rtol=0)
-    with pytest.raises(RuntimeError, match="missing"):
+    from mugstan.errors import MismatchError
+
+    with pytest.raises(MismatchError, match="missing"):  # a user error: one line on the command line
         loaded.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("branch.")})
 
 

@@ -42,7 +42,9 @@ def test_train_says_where_it_saved_and_whether_best_means_best(data, tmp_path, c
     assert json.loads((run / "results.json").read_text())["steps"] == 1 and blue_pixels(run / "curves.png") > 10
 
     config = write_config(tmp_path / "val.yaml", data, tmp_path / "val", batch_size=2)
-    assert cli.main(["train", str(config), f"data.val_ann={data / 'train.jsonl'}", f"data.test_ann={data / 'train.jsonl'}",
+    val = data / "val.jsonl"  # the same clips as another file: a file that is data.test_ann would choose nothing
+    val.write_text((data / "train.jsonl").read_text())
+    assert cli.main(["train", str(config), f"data.val_ann={val}", f"data.test_ann={data / 'train.jsonl'}",
                      "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert f"saved {tmp_path / 'val' / 'checkpoints' / 'best'}: the best " in out and "on the val split (" in out
@@ -60,7 +62,7 @@ def test_caption_help_shows_its_defaults(capsys):
     with pytest.raises(SystemExit):
         cli.main(["caption", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for default in ("(default: 1)", "(default: 30)", "(default: 0)", "(default here: cpu" if not _cuda() else "(default here: cuda"):
+    for default in ("(default 6)", "(default 30)", "(default 5)", "(default 0)", "(default here: cpu" if not _cuda() else "(default here: cuda"):
         assert default in text, default
 
 
