@@ -8,10 +8,10 @@ import torch
 import torch.nn as nn
 
 
-def stan_reference_layout(time_module: str = "self", depth: int = 4, seed: int = 4) -> dict:
+def stan_reference_layout(time_module: str = "self", depth: int = 4, seed: int = 4, width: int = 64, heads: int = 2) -> dict:
     """A STAN / Mug-STAN mmengine checkpoint ``{"meta", "state_dict"}`` for mugstan-tiny's CLIP
     (vision: 4 layers, width 64, 2 heads, 32 px, patch 8; text: 2 layers, width 64, 2 heads;
-    projection 64), as the authors' ``VITCLIPPretrained_STAN`` + ``CLIPTextPretrained`` hold it:
+    projection 64; ``width`` / ``heads`` give another shape), as the authors' ``VITCLIPPretrained_STAN`` + ``CLIPTextPretrained`` hold it:
     the HF vision modules re-rooted at ``backbone.``, ``backbone.STAN_S_layers.k`` (a
     ``CLIPEncoderLayer``), ``backbone.STAN_T_layers.k`` (``layer_norm1``, ``self_attn``
     (``CLIPAttention``), ``temporal_fc``; or, time_module "conv", the first release's Conv3d
@@ -21,9 +21,10 @@ def stan_reference_layout(time_module: str = "self", depth: int = 4, seed: int =
     from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
 
     torch.manual_seed(seed)
-    common = {"hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 256, "hidden_act": "quick_gelu"}
+    common = {"hidden_size": width, "num_attention_heads": heads, "intermediate_size": 4 * width, "hidden_act": "quick_gelu"}
     cfg = CLIPConfig(text_config={**common, "num_hidden_layers": 2, "vocab_size": 49408, "max_position_embeddings": 77},
-                     vision_config={**common, "num_hidden_layers": 4, "image_size": 32, "patch_size": 8}, projection_dim=64)
+                     vision_config={**common, "num_hidden_layers": 4, "image_size": 32, "patch_size": 8},
+                     projection_dim=width)
     clip = CLIPModel(cfg)
     vision = cfg.vision_config
     embeddings = clip.vision_model.embeddings
@@ -32,12 +33,12 @@ def stan_reference_layout(time_module: str = "self", depth: int = 4, seed: int =
                 "post_layernorm": clip.vision_model.post_layernorm, "layers": clip.vision_model.encoder.layers,
                 "visual_projection": clip.visual_projection,
                 "STAN_S_layers": nn.ModuleList([CLIPEncoderLayer(vision) for _ in range(depth)]),
-                "STAN_time_embed": nn.Embedding(64, 64)}
+                "STAN_time_embed": nn.Embedding(64, width)}
     if time_module == "self":
-        backbone["STAN_T_layers"] = nn.ModuleList([nn.ModuleDict({"layer_norm1": nn.LayerNorm(64), "self_attn": CLIPAttention(vision),
-                                                                   "temporal_fc": nn.Linear(64, 64)}) for _ in range(depth)])
+        backbone["STAN_T_layers"] = nn.ModuleList([nn.ModuleDict({"layer_norm1": nn.LayerNorm(width), "self_attn": CLIPAttention(vision),
+                                                                   "temporal_fc": nn.Linear(width, width)}) for _ in range(depth)])
     else:
-        backbone["STAN_T_layers"] = nn.ModuleList([nn.ModuleDict({"layers": nn.Conv3d(64, 64, 3, padding=1), "temporal_fc": nn.Linear(64, 64)})
+        backbone["STAN_T_layers"] = nn.ModuleList([nn.ModuleDict({"layers": nn.Conv3d(width, width, 3, padding=1), "temporal_fc": nn.Linear(width, width)})
                                                    for _ in range(depth)])
     backbone = nn.ModuleDict({k: v for k, v in backbone.items() if isinstance(v, nn.Module)})
     state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
