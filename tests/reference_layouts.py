@@ -22,26 +22,50 @@ def stan_reference_layout(time_module: str = "self", depth: int = 4, seed: int =
 
     torch.manual_seed(seed)
     common = {"hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 256, "hidden_act": "quick_gelu"}
-    cfg = CLIPConfig(text_config={**common, "num_hidden_layers": 2, "vocab_size": 49408, "max_position_embeddings": 77},
-                     vision_config={**common, "num_hidden_layers": 4, "image_size": 32, "patch_size": 8}, projection_dim=64)
+    cfg = CLIPConfig(
+        text_config={**common, "num_hidden_layers": 2, "vocab_size": 49408, "max_position_embeddings": 77},
+        vision_config={**common, "num_hidden_layers": 4, "image_size": 32, "patch_size": 8},
+        projection_dim=64,
+    )
     clip = CLIPModel(cfg)
     vision = cfg.vision_config
     embeddings = clip.vision_model.embeddings
-    backbone = {"class_embedding": embeddings.class_embedding, "patch_embedding": embeddings.patch_embedding,
-                "position_embedding": embeddings.position_embedding, "pre_layrnorm": clip.vision_model.pre_layrnorm,
-                "post_layernorm": clip.vision_model.post_layernorm, "layers": clip.vision_model.encoder.layers,
-                "visual_projection": clip.visual_projection,
-                "STAN_S_layers": nn.ModuleList([CLIPEncoderLayer(vision) for _ in range(depth)]),
-                "STAN_time_embed": nn.Embedding(64, 64)}
+    backbone = {
+        "class_embedding": embeddings.class_embedding,
+        "patch_embedding": embeddings.patch_embedding,
+        "position_embedding": embeddings.position_embedding,
+        "pre_layrnorm": clip.vision_model.pre_layrnorm,
+        "post_layernorm": clip.vision_model.post_layernorm,
+        "layers": clip.vision_model.encoder.layers,
+        "visual_projection": clip.visual_projection,
+        "STAN_S_layers": nn.ModuleList([CLIPEncoderLayer(vision) for _ in range(depth)]),
+        "STAN_time_embed": nn.Embedding(64, 64),
+    }
     if time_module == "self":
-        backbone["STAN_T_layers"] = nn.ModuleList([nn.ModuleDict({"layer_norm1": nn.LayerNorm(64), "self_attn": CLIPAttention(vision),
-                                                                   "temporal_fc": nn.Linear(64, 64)}) for _ in range(depth)])
+        backbone["STAN_T_layers"] = nn.ModuleList(
+            [
+                nn.ModuleDict(
+                    {
+                        "layer_norm1": nn.LayerNorm(64),
+                        "self_attn": CLIPAttention(vision),
+                        "temporal_fc": nn.Linear(64, 64),
+                    }
+                )
+                for _ in range(depth)
+            ]
+        )
     else:
-        backbone["STAN_T_layers"] = nn.ModuleList([nn.ModuleDict({"layers": nn.Conv3d(64, 64, 3, padding=1), "temporal_fc": nn.Linear(64, 64)})
-                                                   for _ in range(depth)])
+        backbone["STAN_T_layers"] = nn.ModuleList(
+            [
+                nn.ModuleDict({"layers": nn.Conv3d(64, 64, 3, padding=1), "temporal_fc": nn.Linear(64, 64)})
+                for _ in range(depth)
+            ]
+        )
     backbone = nn.ModuleDict({k: v for k, v in backbone.items() if isinstance(v, nn.Module)})
     state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
-    state["backbone.class_embedding"] = embeddings.class_embedding.detach()  # a bare nn.Parameter on the authors' module
+    state["backbone.class_embedding"] = (
+        embeddings.class_embedding.detach()
+    )  # a bare nn.Parameter on the authors' module
     state.update({f"text_backbone.text_model.{k}": v for k, v in clip.text_model.state_dict().items()})
     state["text_backbone.text_projection.weight"] = clip.text_projection.weight
     state = {k: v.detach().clone() for k, v in state.items() if "position_ids" not in k}  # buffers, not weights
@@ -58,18 +82,35 @@ def clip2video_reference_layout(centers: int = 5, seq_layers: int = 4, head: str
     import open_clip
 
     torch.manual_seed(5)
-    arch = {"embed_dim": 32, "quick_gelu": True, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 32, "patch_size": 8},
-            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 4}}
-    sd = {f"clip.{k}": v.normal_(0, 0.05) for k, v in open_clip.CLIP(**arch).state_dict().items()}  # OpenAI's key layout
+    arch = {
+        "embed_dim": 32,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 32, "patch_size": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 4},
+    }
+    sd = {
+        f"clip.{k}": v.normal_(0, 0.05) for k, v in open_clip.CLIP(**arch).state_dict().items()
+    }  # OpenAI's key layout
     sd["clip.logit_scale"] = torch.tensor(4.6052)
     if head == "meanP":
         return sd
     e = 32
 
     def block(prefix: str) -> None:  # the reference's ResidualAttentionBlock (nn.MultiheadAttention inside)
-        shapes = {"attn.in_proj_weight": (3 * e, e), "attn.in_proj_bias": (3 * e,), "attn.out_proj.weight": (e, e), "attn.out_proj.bias": (e,),
-                  "ln_1.weight": (e,), "ln_1.bias": (e,), "mlp.c_fc.weight": (4 * e, e), "mlp.c_fc.bias": (4 * e,),
-                  "mlp.c_proj.weight": (e, 4 * e), "mlp.c_proj.bias": (e,), "ln_2.weight": (e,), "ln_2.bias": (e,)}
+        shapes = {
+            "attn.in_proj_weight": (3 * e, e),
+            "attn.in_proj_bias": (3 * e,),
+            "attn.out_proj.weight": (e, e),
+            "attn.out_proj.bias": (e,),
+            "ln_1.weight": (e,),
+            "ln_1.bias": (e,),
+            "mlp.c_fc.weight": (4 * e, e),
+            "mlp.c_fc.bias": (4 * e,),
+            "mlp.c_proj.weight": (e, 4 * e),
+            "mlp.c_proj.bias": (e,),
+            "ln_2.weight": (e,),
+            "ln_2.bias": (e,),
+        }
         sd.update({f"{prefix}.{name}": torch.randn(shape) * 0.05 for name, shape in shapes.items()})
 
     sd["frame_position_embeddings.weight"] = torch.randn(77, e)

@@ -155,4 +155,6 @@ def read_safetensors(file, rebuild: str) -> dict:
     try:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CorruptFileError(f"{file}: not a readable safetensors file, corrupt or truncated ({one_line(err)}); {rebuild}") from None
+        raise CorruptFileError(
+            f"{file}: not a readable safetensors file, corrupt or truncated ({one_line(err)}); {rebuild}"
+        ) from None

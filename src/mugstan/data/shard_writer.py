@@ -100,13 +100,21 @@ def write_shards(samples: list[dict], out: Path, shard_size: int, compress: Opti
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("shard_size") != shard_size:
-            raise UserError(f"{manifest_path}: these shards were written with --shard-size {manifest.get('shard_size')}; "
-                            f"continue with that size, or write into another folder")
+            raise UserError(
+                f"{manifest_path}: these shards were written with --shard-size {manifest.get('shard_size')}; "
+                f"continue with that size, or write into another folder"
+            )
     done = len(manifest["shards"])
     jobs = [(i, samples[i], compress) for i in range(done * shard_size, len(samples))]
-    shards = [jobs[i:i + shard_size] for i in range(0, len(jobs), shard_size)]
-    bar = tqdm(total=len(samples), initial=min(len(samples), done * shard_size), unit="sample", desc="sharding",
-               disable=not progress, dynamic_ncols=True)
+    shards = [jobs[i : i + shard_size] for i in range(0, len(jobs), shard_size)]
+    bar = tqdm(
+        total=len(samples),
+        initial=min(len(samples), done * shard_size),
+        unit="sample",
+        desc="sharding",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for k, shard_jobs in enumerate(shards, done):
             name = f"{k:05d}.tar"

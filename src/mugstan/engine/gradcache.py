@@ -97,9 +97,16 @@ def _surrogate(outputs: dict, cached: dict, rows: slice, first_chunk: bool) -> t
     return total
 
 
-def gradcache_backward(model: torch.nn.Module, loss_fn: Callable[[dict, dict], torch.Tensor], batch: dict, chunk_size: int,
-                       device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                       scale: float = 1.0, scaler: Optional[torch.amp.GradScaler] = None) -> torch.Tensor:
+def gradcache_backward(
+    model: torch.nn.Module,
+    loss_fn: Callable[[dict, dict], torch.Tensor],
+    batch: dict,
+    chunk_size: int,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    scale: float = 1.0,
+    scaler: Optional[torch.amp.GradScaler] = None,
+) -> torch.Tensor:
     """Drop-in for ``loss = loss_fn(model(**inputs), batch); (loss * scale).backward()`` with the
     batch encoded in chunks.
 
@@ -164,8 +171,8 @@ def average_gradients(model: torch.nn.Module) -> None:
     dist.all_reduce(flat)
     flat /= world
     offset = 0
-    for p, g, seen in zip(params, grads, flat[-len(params):].tolist()):
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+    for p, g, seen in zip(params, grads, flat[-len(params) :].tolist()):
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
         if seen == 0:
             p.grad = None

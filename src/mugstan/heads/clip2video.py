@@ -80,8 +80,10 @@ class CLIP2VideoHead(Head):
         """TDB steps 1-3: frames [B, T, E], mask [B, T] -> tokens [B, 2T-1, E], mask [B, 2T-1]."""
         b, t, e = frames.shape
         if t > self.frame_position_embeddings.num_embeddings:
-            raise ConfigError(f"CLIP2Video has {self.frame_position_embeddings.num_embeddings} frame positions (CLIP4Clip's), got "
-                              f"{t} frames: set data.num_frames / data.test_num_frames to at most {self.frame_position_embeddings.num_embeddings}")
+            raise ConfigError(
+                f"CLIP2Video has {self.frame_position_embeddings.num_embeddings} frame positions (CLIP4Clip's), got "
+                f"{t} frames: set data.num_frames / data.test_num_frames to at most {self.frame_position_embeddings.num_embeddings}"
+            )
         pos = self.frame_position_embeddings.weight
         diff_mask = mask[:, :-1] if self.compat else mask[:, :-1] & mask[:, 1:]
         if t > 1:
