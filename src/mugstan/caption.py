@@ -219,7 +219,7 @@ def beam_search(backbone: CoCaBackbone, visual: torch.Tensor, opts: Decoding) ->
     best = torch.cat([hyp_score, open_score], 1).argmax(dim=1)  # [B]
     chosen = torch.cat([hyp_ids, open_ids], 1)[torch.arange(b, device=device), best]
     lengths = F.pad(hyp_len, (0, g), value=length).gather(1, best[:, None])[:, 0]
-    return [seq[:n] for seq, n in zip(chosen.tolist(), lengths.tolist())]
+    return [seq[:n] for seq, n in zip(chosen.tolist(), lengths.tolist(), strict=True)]
 
 
 @torch.no_grad()

@@ -694,7 +694,7 @@ def config_keys() -> list[str]:
 
     def walk(cls, prefix: str) -> list[str]:
         keys = []
-        for f, kind in zip(dataclasses.fields(cls), typing.get_type_hints(cls).values()):
+        for f, kind in zip(dataclasses.fields(cls), typing.get_type_hints(cls).values(), strict=True):
             keys += walk(kind, f"{prefix}{f.name}.") if dataclasses.is_dataclass(kind) else [prefix + f.name]
         return keys
 

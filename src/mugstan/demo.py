@@ -222,7 +222,7 @@ def contact_sheet_figure(
         len(ranked), frames, figsize=(width, 1.25 * len(ranked) + 1.6), squeeze=False, layout="constrained"
     )
     tags = {truth: ("the query's video", OWN_COLOUR), twin: ("its reversed twin", TWIN_COLOUR)}
-    for rank, (row, idx, score) in enumerate(zip(axes, ranked, scores), 1):
+    for rank, (row, idx, score) in enumerate(zip(axes, ranked, scores, strict=True), 1):
         clip = read_clip(video_paths[idx], frames).permute(0, 2, 3, 1).numpy()  # [T, H, W, 3]
         tag, colour = tags.get(idx, ("", "lightgrey"))
         for t, ax in enumerate(row):

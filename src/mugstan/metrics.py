@@ -112,7 +112,10 @@ def box_iou_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
     ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
     inter = iw * ih
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+
+    def area(x: np.ndarray) -> np.ndarray:
+        return (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+
     union = area(a) + area(b) - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
@@ -239,10 +242,10 @@ def frame_map(
     gk, dk = keep(gt), keep(detections)
     frames: dict = {}
     gt_frame = np.array(
-        [frames.setdefault((str(v), int(t)), len(frames)) for (v, t), k in zip(gt.keys, gk) if k], dtype=np.int64
+        [frames.setdefault((str(v), int(t)), len(frames)) for (v, t), k in zip(gt.keys, gk, strict=True) if k], dtype=np.int64
     )
     det_frame = np.array(
-        [frames.setdefault((str(v), int(t)), len(frames)) for (v, t), k in zip(detections.keys, dk) if k],
+        [frames.setdefault((str(v), int(t)), len(frames)) for (v, t), k in zip(detections.keys, dk, strict=True) if k],
         dtype=np.int64,
     )
     lookup = np.vectorize(classes.get, otypes=[np.int64])

@@ -135,7 +135,7 @@ class VideoTextModel(nn.Module):
         if not class_names:
             raise ConfigError("class names are needed (model.class_names or the dataset's class-name file)")
         prompts = [
-            text for per_class in zip(*class_prompts(class_names, templates)) for text in per_class
+            text for per_class in zip(*class_prompts(class_names, templates), strict=True) for text in per_class
         ]  # class-major
         device = self.logit_scale.log_scale.device
         ids, mask = self.tokenize(prompts)

@@ -92,7 +92,7 @@ def evaluate_qa(
                 [[(conv.turns[0][0], None)] for _, conv in chunk],
                 video_of=[row for row, _ in chunk],
             )
-            for (_, conv), pred in zip(chunk, preds):
+            for (_, conv), pred in zip(chunk, preds, strict=True):
                 question, answer = conv.turns[0]
                 records.append(
                     {

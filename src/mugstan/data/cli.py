@@ -257,7 +257,7 @@ def _run_compress(args: argparse.Namespace) -> int:
             path, error = fut.result()
             if error:
                 failed.append((path, error))
-    for path, error in failed:
+    for _path, error in failed:
         print(f"failed: {error}")
     return 1 if failed else 0
 

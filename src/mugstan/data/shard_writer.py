@@ -37,7 +37,7 @@ def source_samples(source: str, overrides: list[str], split: str) -> list[dict]:
 
     ann = load_annotations(load_config(path, overrides).data, split)
     captions: list[list[str]] = [[] for _ in ann.clips]
-    for caption, clip in zip(ann.captions, ann.caption_clip):
+    for caption, clip in zip(ann.captions, ann.caption_clip, strict=True):
         captions[clip].append(caption)
     return [{"path": c.path, "name": c.path, "start": c.start, "end": c.end, "captions": captions[j],
              "label": ann.labels[j] if ann.labels is not None else None} for j, c in enumerate(ann.clips)]

@@ -91,6 +91,16 @@ def plan_detection_video(
     return out
 
 
+def _first(m: np.ndarray) -> np.ndarray:
+    """Index of the first True of each row of ``m`` [F, N]."""
+    return m.argmax(1)
+
+
+def _last(m: np.ndarray) -> np.ndarray:
+    """Index of the last True of each row of ``m`` [F, N]."""
+    return m.shape[1] - 1 - m[:, ::-1].argmax(1)
+
+
 def render_detection_video(
     plan: list, params: DetectionParams, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -115,9 +125,7 @@ def render_detection_video(
         )
         inside = coverage > 0.5
         cols, rows = inside.any(1), inside.any(2)  # [F, W], [F, H]
-        first = lambda m: m.argmax(1)
-        last = lambda m: m.shape[1] - 1 - m[:, ::-1].argmax(1)
-        boxes[s] = np.stack([first(cols), first(rows), last(cols) + 1, last(rows) + 1], axis=1) / size
+        boxes[s] = np.stack([_first(cols), _first(rows), _last(cols) + 1, _last(rows) + 1], axis=1) / size
     return np.clip(np.rint(video), 0, 255).astype(np.uint8), boxes
 
 

@@ -56,7 +56,7 @@ def detect(model, cfg: ExperimentConfig, ann: DetectionAnnotations, dist: DistIn
             logits = model(**model_inputs(model, batch, dist.device))["logits"]
         probs = torch.sigmoid(logits.float()).cpu()
         counts = torch.bincount(batch["box_batch_index"], minlength=len(batch["index"])).tolist()
-        scores.update(zip(batch["index"].tolist(), (p.numpy() for p in probs.split(counts))))
+        scores.update(zip(batch["index"].tolist(), (p.numpy() for p in probs.split(counts)), strict=True))
     merged, all_dropped = {}, []
     for part, part_dropped in all_gather_objects((scores, dropped)):
         merged.update(part)
@@ -112,7 +112,7 @@ def evaluate_detection(
         metrics = frame_map(
             ann.gt, detections, ann.evaluated_ids, ann.excluded, max_per_keyframe=cfg.eval.detections_per_keyframe
         )
-        names = dict(zip(ann.class_ids, ann.class_names))
+        names = dict(zip(ann.class_ids, ann.class_names, strict=True))
         metrics["per_class"] = {f"{c} {names[c]}": ap for c, ap in metrics["per_class"].items()}
         metrics["counts"].update(keyframes=len(ann.keyframes), keyframes_scored=len(scores), rows_written=rows)
         result = {"detection": metrics, "boxes": ann.box_source, "detections_csv": str(out)}

@@ -183,9 +183,8 @@ def set_rng_state(state: dict, generators: Optional[Sequence[torch.Generator]] =
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     generators = device_generators() if generators is None else generators
-    for g, device_state in zip(
-        generators, state.get("cuda", ())
-    ):  # a state saved on another machine's GPUs: as many as both have
+    # a state saved on another machine's GPUs: as many as both have
+    for g, device_state in zip(generators, state.get("cuda", ()), strict=False):
         g.set_state(device_state)
 
 

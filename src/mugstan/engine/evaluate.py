@@ -67,7 +67,7 @@ def embed_clips(model, cfg: ExperimentConfig, ann: Annotations, dist: DistInfo, 
                     (x[i * views : (i + 1) * views], None if m is None else m[i * views : (i + 1) * views])
                     for i in range(len(batch["index"]))
                 ]
-        outputs.update(zip(batch["index"].tolist(), rows))
+        outputs.update(zip(batch["index"].tolist(), rows, strict=True))
     merged, all_dropped = {}, []
     for part_out, part_dropped in all_gather_objects((outputs, dropped)):
         merged.update(part_out)
@@ -129,7 +129,7 @@ def evaluate(
         videos, dropped = embed_clips(model, cfg, ann, dist, split, progress=progress)
         kept = sorted(videos)
         position = {clip: j for j, clip in enumerate(kept)}
-        caps = [(c, position[v]) for c, v in zip(ann.captions, ann.caption_clip) if v in position]
+        caps = [(c, position[v]) for c, v in zip(ann.captions, ann.caption_clip, strict=True) if v in position]
         text = embed_texts(model, [c for c, _ in caps], dist.device)
         video = stack_clips([videos[i] for i in kept])
         scores = inner.similarity(text.to(dist.device), video.to(dist.device), chunk=cfg.eval.sim_chunk).float().cpu()

@@ -185,7 +185,7 @@ class Searcher:
                 values, indices = values[0], indices[0]
         return [
             {"rank": r + 1, **self.items[i], "score": round(float(v), 4)}
-            for r, (v, i) in enumerate(zip(values, indices))
+            for r, (v, i) in enumerate(zip(values, indices, strict=True))
         ]
 
 

@@ -124,7 +124,7 @@ def read_ava_csv(path, scores: bool = False) -> tuple[BoxSet, np.ndarray]:
             raise AnnotationError(
                 f"{path}:{n}: expected {' or '.join(map(str, columns))} columns {layout}, got {len(row)}"
             )
-        box = [_number(path, n, row, c, name) for c, name in zip(range(2, 6), ("x1", "y1", "x2", "y2"))]
+        box = [_number(path, n, row, c, name) for c, name in zip(range(2, 6), ("x1", "y1", "x2", "y2"), strict=True)]
         inside = all(-COORD_SLACK <= v <= 1.0 + COORD_SLACK for v in box)
         if not inside or (not scores and (box[0] > box[2] or box[1] > box[3])):
             raise AnnotationError(
@@ -200,7 +200,7 @@ def read_proposals(path) -> dict[Key, np.ndarray]:
                     f"score), got {len(row)}"
                 )
             values = [
-                _number(path, n, row, c, name) for c, name in zip(range(2, len(row)), ("x1", "y1", "x2", "y2", "score"))
+                _number(path, n, row, c, name) for c, name in zip(range(2, len(row)), ("x1", "y1", "x2", "y2", "score"), strict=False)
             ]
             groups.setdefault((row[0], _number(path, n, row, 1, "timestamp", int)), []).append(
                 values + [1.0] * (7 - len(row))
@@ -270,7 +270,7 @@ def ava(cfg: DataConfig, split: str) -> DetectionAnnotations:
             f"(data.ava.num_actions={n}); set data.ava.num_actions to the largest action id, or 0 to "
             "train on the label map's actions only"
         )
-    named = dict(zip(evaluated, evaluated_names))
+    named = dict(zip(evaluated, evaluated_names, strict=True))
     class_ids = list(range(1, n + 1)) if n else evaluated
     names = [named.get(c, f"action {c}") for c in class_ids]
     column = {c: k for k, c in enumerate(class_ids)}
@@ -279,7 +279,7 @@ def ava(cfg: DataConfig, split: str) -> DetectionAnnotations:
     excluded = read_exclusions(exclusions) if exclusions else set()
     not_excluded = np.array([k not in excluded for k in rows.keys], dtype=bool)
     scored = np.isin(rows.labels, evaluated) & not_excluded
-    gt = BoxSet([k for k, ok in zip(rows.keys, scored) if ok], rows.boxes[scored], rows.labels[scored])
+    gt = BoxSet([k for k, ok in zip(rows.keys, scored, strict=True) if ok], rows.boxes[scored], rows.labels[scored])
 
     # training targets: one entry per person box of a keyframe, its actions multi-hot
     known = np.isin(rows.labels, class_ids)
@@ -309,7 +309,7 @@ def ava(cfg: DataConfig, split: str) -> DetectionAnnotations:
     finder = _Finder(cfg.root)
     videos = {v: finder(v) for v in sorted({v for v, _ in keyframes})}
     times = [ts - cfg.ava.timestamp_start for _, ts in keyframes]
-    clips = [Clip(videos[v], t, t) for (v, _), t in zip(keyframes, times)]
+    clips = [Clip(videos[v], t, t) for (v, _), t in zip(keyframes, times, strict=True)]
     if not clips:
         raise AnnotationError(
             f"{path}: no keyframes left (every row excluded or of an action the model has no output for)"

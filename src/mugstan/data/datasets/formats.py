@@ -181,7 +181,7 @@ def vatex(cfg: DataConfig, split: str) -> Annotations:
     path = _ann_file(cfg, split)
     data = _load_json(_extra(cfg, "data_json"))
     groups = OrderedDict(
-        (vid, list(data[vid]["enCap"])) for vid in (l.strip() for l in path.read_text().splitlines()) if vid
+        (vid, list(data[vid]["enCap"])) for vid in (line.strip() for line in path.read_text().splitlines()) if vid
     )
     return _retrieval(groups, _Finder(cfg.video_root), str(path))
 
@@ -334,7 +334,7 @@ def hmdb51(cfg: DataConfig, split: str) -> Annotations:
         )
     root = cfg.video_root
     clips, labels = [], []
-    for label, (name, file) in enumerate(zip(names, files)):
+    for label, (name, file) in enumerate(zip(names, files, strict=True)):
         for n, line in enumerate(file.read_text().splitlines(), 1):
             if not line.strip():
                 continue

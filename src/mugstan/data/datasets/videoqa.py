@@ -104,7 +104,7 @@ def videochatgpt(cfg: DataConfig, split: str) -> Annotations:
             if len(messages) < 2 or len(messages) % 2:
                 raise AnnotationError(f"{path}: entry {n} needs human/gpt message pairs in \"conversations\"")
             turns = []
-            for q, a in zip(messages[::2], messages[1::2]):
+            for q, a in zip(messages[::2], messages[1::2], strict=True):
                 if q.get("from") != "human" or a.get("from") != "gpt":
                     raise AnnotationError(f"{path}: entry {n}: messages must alternate from \"human\" and \"gpt\"")
                 turns.append((_strip_placeholders(q["value"]), a["value"].strip()))
