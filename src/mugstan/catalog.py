@@ -58,7 +58,8 @@ def main(args: argparse.Namespace) -> int:
     names = backbones()
     width = max(len(n) for n, _ in names) + 2
     print(
-        "backbones (model.backbone; model.pretrained: one of its open_clip tags, downloaded once; or model.weights: a file)"
+        "backbones (model.backbone; model.pretrained: one of its open_clip tags, downloaded once; "
+        "or model.weights: a file)"
     )
     for name, tags in names:
         shown = tags if args.all_tags or len(tags) <= 4 else [*tags[:4], f"... ({len(tags)} tags; --all-tags)"]

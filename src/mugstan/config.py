@@ -805,7 +805,8 @@ def validate_config(
             )
         if m.task not in (Task.retrieval, Task.recognition):
             raise ConfigError(
-                f"data.dataset=webdataset serves retrieval (captions) and recognition (labels), not model.task={m.task.value}"
+                "data.dataset=webdataset serves retrieval (captions) and recognition (labels), not "
+                f"model.task={m.task.value}"
             )
         if d.mix:
             raise ConfigError(
@@ -821,7 +822,8 @@ def validate_config(
         for name, frames in (("data.num_frames", d.num_frames), ("data.test_num_frames", d.test_num_frames)):
             if frames is not None and frames > m.stan.max_frames:
                 raise ConfigError(
-                    f"{name}={frames} exceeds STAN's temporal embedding: raise model.stan.max_frames to at least {frames}"
+                    f"{name}={frames} exceeds STAN's temporal embedding: raise model.stan.max_frames to at least "
+                    f"{frames}"
                 )
     if m.task == Task.detection:
         if m.detection.roi_size < 1 or not 0.0 <= m.detection.dropout < 1.0:
@@ -942,9 +944,9 @@ def validate_gradcache(cfg: ExperimentConfig) -> None:
     if t.contrastive_batch is not None and t.contrastive_batch != micro:
         raise ConfigError(
             f"train.contrastive_batch={t.contrastive_batch} but the loss sees train.batch_size / train.accum_steps = "
-            f"{t.batch_size} / {t.accum_steps} = {micro} clips: accumulation shrinks the negatives. Set train.batch_size="
-            f"{t.contrastive_batch * t.accum_steps} (or train.accum_steps=1 and train.batch_size={t.contrastive_batch}), "
-            "and train.chunk_size to the clips per process that fit in memory"
+            f"{t.batch_size} / {t.accum_steps} = {micro} clips: accumulation shrinks the negatives. Set "
+            f"train.batch_size={t.contrastive_batch * t.accum_steps} (or train.accum_steps=1 and "
+            f"train.batch_size={t.contrastive_batch}), and train.chunk_size to the clips per process that fit in memory"
         )
     if t.freeze_text_for > 0 and (cfg.model.task != "retrieval" or cfg.model.freeze_text):
         why = (
@@ -982,7 +984,8 @@ def validate_chat(cfg: ExperimentConfig) -> None:
         return
     if not c.llava:
         raise ConfigError(
-            "model.task=chat needs model.chat.llava: a LLaVA checkpoint folder or hub name, e.g. llava-hf/llava-1.5-7b-hf"
+            "model.task=chat needs model.chat.llava: a LLaVA checkpoint folder or hub name, e.g. "
+            "llava-hf/llava-1.5-7b-hf"
         )
     bad = [p for p in c.tune if p not in CHAT_PARTS]
     if bad or not c.tune:

@@ -372,7 +372,8 @@ def prepare(
             )
         info = clip_metadata(PACKAGED_CLIP)
         log(
-            f"2/4 the packaged small CLIP ({PACKAGED_CLIP.name}: pretrained on the stills of seed {info.get('seed', '?')}; "
+            f"2/4 the packaged small CLIP ({PACKAGED_CLIP.name}: pretrained on the stills of seed "
+            f"{info.get('seed', '?')}; "
             "--pretrain trains one on this seed's)"
         )
         return Prepared(data, meta, PACKAGED_CLIP, {"packaged": str(PACKAGED_CLIP), **info})
@@ -558,7 +559,8 @@ def main(args: argparse.Namespace) -> int:
         raise ArgumentError(f"--out {args.out} is a file; name a folder for the demo's outputs")
     if args.export_clip and Path(args.export_clip).is_dir():
         raise ArgumentError(
-            f"--export-clip {args.export_clip} is a folder; name the file to write, e.g. {Path(args.export_clip) / 'clip.safetensors'}"
+            f"--export-clip {args.export_clip} is a folder; name the file to write, e.g. "
+            f"{Path(args.export_clip) / 'clip.safetensors'}"
         )
     if args.export_clip:
         from mugstan.backbones.convert import _read_tensors, save_safetensors

@@ -298,7 +298,8 @@ def _metrics_lines(results: dict, source: str) -> list[str]:
     best = results.get("best") or {}
     if best.get("metric"):
         lines.append(
-            f"Best validation {best['metric']}: {best['value']:.1f} (step {best.get('step')}, epoch {best.get('epoch')})."
+            f"Best validation {best['metric']}: {best['value']:.1f} (step {best.get('step')}, epoch "
+            f"{best.get('epoch')})."
         )
     result = results if "split" in results else results.get("test")
     if result:
@@ -551,7 +552,8 @@ def model_card(
     ]
     if task != "chat":
         lines += [
-            "The CLIP part alone is also in open_clip's layout (`open_clip_config.json` + `open_clip_model.safetensors`):",
+            "The CLIP part alone is also in open_clip's layout (`open_clip_config.json` + "
+            "`open_clip_model.safetensors`):",
             "",
             "```python",
             "import open_clip",

@@ -213,7 +213,8 @@ class CoCaBackbone(CLIPBackbone):
         n, length = ids.shape
         if length > self.clip.text_decoder.context_length:
             raise ValueError(
-                f"caption prefix of {length} tokens exceeds the decoder's context {self.clip.text_decoder.context_length}"
+                f"caption prefix of {length} tokens exceeds the decoder's context "
+                f"{self.clip.text_decoder.context_length}"
             )
         text = self.text
         x = text.token_embedding(ids)

@@ -129,8 +129,8 @@ class STAN(nn.Module):
         n_layers, width, heads = backbone.vision_layers, backbone.vision_width, backbone.vision_heads
         if not 1 <= depth <= n_layers:
             raise ConfigError(
-                f"model.stan.depth={depth} must be in 1..{n_layers}: the backbone has {n_layers} vision layers and each "
-                "STAN level reads one of them"
+                f"model.stan.depth={depth} must be in 1..{n_layers}: the backbone has {n_layers} vision layers and "
+                "each STAN level reads one of them"
             )
         if time_module not in ("self", "conv"):
             raise ConfigError(f"model.stan.time_module must be 'self' or 'conv', got {time_module!r}")

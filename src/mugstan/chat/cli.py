@@ -70,7 +70,8 @@ def load_chat_model(args, device):
         cfg = load_config(args.config, args.overrides, check_files=False)  # one video: no dataset file is read
         if cfg.model.task != Task.chat:
             raise ArgumentError(
-                f"--config {args.config}: model.task is {cfg.model.task}, not chat (the chat/ configs of `mugstan config list` are)"
+                f"--config {args.config}: model.task is {cfg.model.task}, not chat "
+                "(the chat/ configs of `mugstan config list` are)"
             )
     else:
         overrides = [o if o.startswith("model.") else f"model.{o}" for o in args.overrides]
@@ -114,7 +115,8 @@ def main(args: argparse.Namespace) -> int:
         )
     if (args.temperature is not None and args.temperature < 0) or (args.top_p is not None and not 0 < args.top_p <= 1):
         raise ArgumentError(
-            f"mugstan chat: --temperature {args.temperature} must be >= 0 (0: greedy) and --top-p {args.top_p} in (0, 1]"
+            f"mugstan chat: --temperature {args.temperature} must be >= 0 (0: greedy) "
+            f"and --top-p {args.top_p} in (0, 1]"
         )
     probe(args.video)  # a missing or unreadable video stops here, before a 7B model loads
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -128,8 +130,8 @@ def main(args: argparse.Namespace) -> int:
     tok = model.tokenizer.tokenizer
     n = model.num_video_tokens(frames.shape[1])
     print(
-        f"{args.video}: {frames.shape[1]} frames -> {n} video tokens ({cfg.model.chat.video_tokens}, branch {cfg.model.branch}) "
-        f"on {device}",
+        f"{args.video}: {frames.shape[1]} frames -> {n} video tokens ({cfg.model.chat.video_tokens}, branch "
+        f"{cfg.model.branch}) on {device}",
         file=sys.stderr,
     )
 

@@ -284,9 +284,9 @@ def load_branch_weights(branch: nn.Module, spec: str, tower_layers: int, chat: O
     blocks = {k.split(".")[5] for k in tensors if k.startswith("backbone.clip.visual.transformer.resblocks.")}
     if blocks and len(blocks) != tower_layers:
         raise MismatchError(
-            f"model.chat.branch_weights: {file} was trained over a {len(blocks)}-block CLIP tower, but the chat model's tower "
-            f"has {tower_layers} blocks (LLaVA's feature layer): train the branch on the tower cut at that layer, or set "
-            f"model.chat.feature_layer so that {len(blocks)} blocks are kept"
+            f"model.chat.branch_weights: {file} was trained over a {len(blocks)}-block CLIP tower, but the chat "
+            f"model's tower has {tower_layers} blocks (LLaVA's feature layer): train the branch on the tower cut at "
+            f"that layer, or set model.chat.feature_layer so that {len(blocks)} blocks are kept"
         )
     trained = _chat_section(path / "config.yaml") if path.is_dir() else None
     if (
@@ -296,8 +296,8 @@ def load_branch_weights(branch: nn.Module, spec: str, tower_layers: int, chat: O
         and trained.get("feature_layer") != chat.feature_layer
     ):
         raise MismatchError(
-            f"model.chat.branch_weights: {spec} was trained at model.chat.feature_layer={trained.get('feature_layer')} of "
-            f"{chat.llava}, but this model reads feature_layer={chat.feature_layer}: its tower depth differs; set "
+            f"model.chat.branch_weights: {spec} was trained at model.chat.feature_layer={trained.get('feature_layer')} "
+            f"of {chat.llava}, but this model reads feature_layer={chat.feature_layer}: its tower depth differs; set "
             f"model.chat.feature_layer={'null' if trained.get('feature_layer') is None else trained.get('feature_layer')}"
         )
     missing, unexpected = branch.load_state_dict(own, strict=False)

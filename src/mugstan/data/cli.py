@@ -79,7 +79,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--gop",
         type=int,
         default=GOP_DEFAULT,
-        help=f"a keyframe every GOP frames; 1 = all-intra, every frame decodable alone, the fastest to sample (default {GOP_DEFAULT})",
+        help="a keyframe every GOP frames; 1 = all-intra, every frame decodable alone, the fastest to sample "
+        f"(default {GOP_DEFAULT})",
     )
     comp.add_argument(
         "--fast-decode",
@@ -248,7 +249,8 @@ def _run_compress(args: argparse.Namespace) -> int:
         if not out.exists():  # finished files are skipped: rerun to resume
             jobs.append((str(p), str(out), args.fps, args.short_side, args.crf, args.gop, args.fast_decode))
     print(
-        f"{len(files)} videos in {src}; {len(files) - len(jobs)} already done; encoding {len(jobs)} with {args.workers} workers"
+        f"{len(files)} videos in {src}; {len(files) - len(jobs)} already done; encoding {len(jobs)} with "
+        f"{args.workers} workers"
     )
     failed = []
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
@@ -288,7 +290,8 @@ def _run_shard(args: argparse.Namespace) -> int:
     for failed in manifest["failed"]:
         print(f"failed: {failed['source']}: {failed['reason']}")
     print(
-        f"{manifest['samples']} samples in {len(manifest['shards'])} shards under {out} (manifest: {out / 'manifest.json'}); "
+        f"{manifest['samples']} samples in {len(manifest['shards'])} shards under {out} (manifest: "
+        f"{out / 'manifest.json'}); "
         f"data.shards: {out}/{{00000..{len(manifest['shards']) - 1:05d}}}.tar"
     )
     return 1 if manifest["failed"] else 0

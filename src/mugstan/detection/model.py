@@ -62,7 +62,8 @@ class ActionDetector(nn.Module):
         maximum over the bins. Computed in fp32 (RoIAlign has no bf16 CPU kernel)."""
         if boxes.dim() != 2 or boxes.shape[-1] != 4 or box_batch_index.shape != boxes.shape[:1]:
             raise ValueError(
-                f"boxes must be [N, 4] and box_batch_index [N], got {tuple(boxes.shape)} and {tuple(box_batch_index.shape)}"
+                f"boxes must be [N, 4] and box_batch_index [N], got {tuple(boxes.shape)} and "
+                f"{tuple(box_batch_index.shape)}"
             )
         rois = torch.cat([box_batch_index.to(boxes.dtype)[:, None], boxes], dim=1).float()
         pooled = roi_align(

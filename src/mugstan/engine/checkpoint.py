@@ -62,7 +62,8 @@ def load_weights(model, path) -> None:
         ) from None
     if missing or unexpected:
         raise MismatchError(
-            f"{file} does not fit the model built from its config.yaml: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"{file} does not fit the model built from its config.yaml: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}"
         )
 
 

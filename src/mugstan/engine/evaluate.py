@@ -164,7 +164,8 @@ def evaluate(
         result["zero_shot"] = True
     else:
         raise AnnotationError(
-            f"{ann.source}: the {split} split of {cfg.data.dataset} has neither captions nor labels: nothing to evaluate"
+            f"{ann.source}: the {split} split of {cfg.data.dataset} has neither captions nor labels: "
+            "nothing to evaluate"
         )
     result["dropped"] = [{"index": i, "error": e} for i, e in dropped]
     result["seconds"] = round(time.time() - start, 1)
@@ -186,7 +187,8 @@ def format_result(result: dict) -> str:
     lines = [f"{result['split']} split"]
     for name, m in result.get("retrieval", {}).items():
         lines.append(
-            f"  {name:16s} R@1 {m['R@1']:5.1f}  R@5 {m['R@5']:5.1f}  R@10 {m['R@10']:5.1f}  MdR {m['MdR']:.1f}  MnR {m['MnR']:.1f}"
+            f"  {name:16s} R@1 {m['R@1']:5.1f}  R@5 {m['R@5']:5.1f}  R@10 {m['R@10']:5.1f}  MdR {m['MdR']:.1f}  MnR "
+            f"{m['MnR']:.1f}"
         )
     if "recognition" in result:
         r = result["recognition"]
@@ -200,7 +202,8 @@ def format_result(result: dict) -> str:
     if "qa" in result:
         q = result["qa"]
         lines.append(
-            f"  QA exact-match accuracy {q['accuracy']:.1f} ({q['correct']}/{q['questions']}); answers in {q['answers_file']}"
+            f"  QA exact-match accuracy {q['accuracy']:.1f} ({q['correct']}/{q['questions']}); answers in "
+            f"{q['answers_file']}"
         )
     if result.get("dropped"):
         lines.append(f"  dropped {len(result['dropped'])} videos that could not be decoded:")

@@ -237,8 +237,8 @@ def check_one_batch(cfg: ExperimentConfig, ann, items: int, world: int) -> None:
     missing = [c.path for c in clips if not Path(c.path).is_file()]
     if missing:
         why.append(
-            f"{len(missing)} of its {len(clips)} video files {'is' if len(missing) == 1 else 'are'} missing and would be "
-            f"skipped (first: {missing[0]}; "
+            f"{len(missing)} of its {len(clips)} video files {'is' if len(missing) == 1 else 'are'} missing and would "
+            f"be skipped (first: {missing[0]}; "
             "check data.root and data.videos; `mugstan data check` lists them)"
         )
     step = world * t.accum_steps  # the batch is split over processes and accumulation steps
@@ -395,8 +395,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         )
         print(
             f"training {cfg.name}: {items}, {sampler.steps_per_epoch} steps/epoch x {t.epochs} epochs "
-            f"({run.total_steps} steps), global batch {t.batch_size} on {dist.world} process(es), {n_train / 1e6:.1f} M trainable "
-            f"parameters, {run.precision} on {dist.device.type}"
+            f"({run.total_steps} steps), global batch {t.batch_size} on {dist.world} process(es), {n_train / 1e6:.1f} "
+            f"M trainable parameters, {run.precision} on {dist.device.type}"
             + (f"; text tower frozen for the first {run.text_frozen_steps} steps" if run.text_frozen_steps else "")
         )
 
@@ -479,8 +479,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
             print(results["selection"])
     best = pos["best"]
     kept = (
-        f"the best {best['metric']} on the {best['selected_on']} split ({best['value']:.2f} after epoch {best['epoch']}, "
-        f"step {best['step']})"
+        f"the best {best['metric']} on the {best['selected_on']} split ({best['value']:.2f} after epoch "
+        f"{best['epoch']}, step {best['step']})"
         if best["metric"]
         else "the last epoch's model (data.val_ann is the test file: nothing is chosen on it)"
         if val_is_test(cfg)
@@ -497,8 +497,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     if dist.main:
         (run.out / "results.json").write_text(json.dumps(results, indent=2))
         print(
-            f"saved {run.out / 'checkpoints' / 'best'}: {kept}; {run.out / 'checkpoints' / 'last'} resumes the run (--resume); "
-            f"results in {run.out / 'results.json'}, curves in {run.out / 'curves.png'}"
+            f"saved {run.out / 'checkpoints' / 'best'}: {kept}; {run.out / 'checkpoints' / 'last'} resumes the run "
+            f"(--resume); results in {run.out / 'results.json'}, curves in {run.out / 'curves.png'}"
         )
     logger.close()
     return results

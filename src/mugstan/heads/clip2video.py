@@ -82,7 +82,8 @@ class CLIP2VideoHead(Head):
         if t > self.frame_position_embeddings.num_embeddings:
             raise ConfigError(
                 f"CLIP2Video has {self.frame_position_embeddings.num_embeddings} frame positions (CLIP4Clip's), got "
-                f"{t} frames: set data.num_frames / data.test_num_frames to at most {self.frame_position_embeddings.num_embeddings}"
+                f"{t} frames: set data.num_frames / data.test_num_frames to at most "
+                f"{self.frame_position_embeddings.num_embeddings}"
             )
         pos = self.frame_position_embeddings.weight
         diff_mask = mask[:, :-1] if self.compat else mask[:, :-1] & mask[:, 1:]

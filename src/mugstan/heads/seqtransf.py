@@ -44,7 +44,8 @@ class SeqTransf(Head):
         if t > self.frame_position_embeddings.num_embeddings:
             raise ConfigError(
                 f"seqTransf has {self.frame_position_embeddings.num_embeddings} frame positions (CLIP4Clip's), got "
-                f"{t} frames: set data.num_frames / data.test_num_frames to at most {self.frame_position_embeddings.num_embeddings}"
+                f"{t} frames: set data.num_frames / data.test_num_frames to at most "
+                f"{self.frame_position_embeddings.num_embeddings}"
             )
         x = frames + self.frame_position_embeddings.weight[:t]
         x = self.transformer(x, mask) + frames

@@ -250,7 +250,8 @@ class IndexFolder:
             others = sorted(p.name for p in self.folder.iterdir() if p.name not in ours)
             if others:
                 raise UserError(
-                    f"--out {self.folder} holds other files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}), "
+                    f"--out {self.folder} holds other files "
+                    f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}), "
                     "not only a mugstan index; the index folder is replaced whole on every update: "
                     "name a new or empty folder"
                 )

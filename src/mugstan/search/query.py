@@ -132,7 +132,8 @@ class Searcher:
             raise ArgumentError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if backend.startswith("faiss") and not have_faiss():
             raise UserError(
-                f"--backend {backend}: faiss is not installed; pip install 'mugstan[search]' (faiss-cpu), or use --backend exact"
+                f"--backend {backend}: faiss is not installed; pip install 'mugstan[search]' (faiss-cpu), or use "
+                "--backend exact"
             )
         self.meta, self.items, self.emb, self.mask = IndexFolder(index_dir).load()
         checkpoint = checkpoint or self.meta["model"]["checkpoint"]

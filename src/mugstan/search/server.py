@@ -176,8 +176,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="TCP port, 1-65535 (default 8000)")
     parser.add_argument(
         "--chat",
-        help="a video chat checkpoint folder or chat config (chat/msvd_qa_llava15_7b_stan: `mugstan config list`): the page then has "
-        "an Ask box per result (mugstan.chat; see docs/chat.md)",
+        help="a video chat checkpoint folder or chat config (chat/msvd_qa_llava15_7b_stan: `mugstan config list`): "
+        "the page then has an Ask box per result (mugstan.chat; see docs/chat.md)",
     )
     add_backend_arguments(parser)
 

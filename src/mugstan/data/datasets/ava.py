@@ -260,7 +260,8 @@ def ava(cfg: DataConfig, split: str) -> DetectionAnnotations:
     label_map = _extra_file(cfg, "label_map")
     if label_map is None:
         raise ConfigError(
-            "data.extra.label_map is not set: give the AVA label map, e.g. ava_action_list_v2.2_for_activitynet_2019.pbtxt"
+            "data.extra.label_map is not set: give the AVA label map, e.g. "
+            "ava_action_list_v2.2_for_activitynet_2019.pbtxt"
         )
     evaluated, evaluated_names = read_label_map(label_map)
     n = cfg.ava.num_actions
