@@ -11,8 +11,8 @@ callable ``loss(outputs, batch) -> scalar`` for the outputs of ``model(**inputs)
 ``gather`` all-gathers a tensor across processes so that the gradient reaches the local slice
 (``_GatherWithGrad``: all-gather forward, all-reduce of a contiguous gradient backward;
 ``torch.distributed.nn.functional.all_gather`` on gloo silently returns wrong gradients when the
-incoming gradient is not contiguous, as Mug's einsum produces). Every process then computes the same full-batch loss; the
-backward of the gather sums the W identical contributions, so each process's local embeddings
+incoming gradient is not contiguous, as Mug's einsum produces). Every process then computes the same
+full-batch loss; the backward of the gather sums the W identical contributions, so each process's local embeddings
 receive W x dL/dx. DDP averages parameter gradients over the W processes, which divides that
 factor out again: with DDP the update equals that of one process over the concatenated batch.
 (Without DDP, divide by W yourself.)

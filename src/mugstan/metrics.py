@@ -242,7 +242,8 @@ def frame_map(
     gk, dk = keep(gt), keep(detections)
     frames: dict = {}
     gt_frame = np.array(
-        [frames.setdefault((str(v), int(t)), len(frames)) for (v, t), k in zip(gt.keys, gk, strict=True) if k], dtype=np.int64
+        [frames.setdefault((str(v), int(t)), len(frames)) for (v, t), k in zip(gt.keys, gk, strict=True) if k],
+        dtype=np.int64,
     )
     det_frame = np.array(
         [frames.setdefault((str(v), int(t)), len(frames)) for (v, t), k in zip(detections.keys, dk, strict=True) if k],

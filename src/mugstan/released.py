@@ -12,10 +12,10 @@
 ``convert_stan`` / ``convert_clip2video`` return ``(state_dict, model_config)``: the state dict of
 the mugstan model (``build_model(ModelConfig(**model_config))``) with no missing or unexpected
 keys, and the config fields that rebuild it (backbone found by matching the tensor shapes
-against the released OpenAI CLIPs and mugstan's configs; other shapes need the CLIP's config). This module sits above ``mugstan.models`` (it builds
-models from converted files); the HF key map it shares with CLIPModel folders is
-``mugstan.backbones.convert.hf_to_open_clip``. The tests write checkpoints in the authors' own key
-names (tests/reference_layouts.py) and convert them.
+against the released OpenAI CLIPs and mugstan's configs; other shapes need the CLIP's config). This
+module sits above ``mugstan.models`` (it builds models from converted files); the HF key map it shares
+with CLIPModel folders is ``mugstan.backbones.convert.hf_to_open_clip``. The tests write checkpoints in
+the authors' own key names (tests/reference_layouts.py) and convert them.
 """
 
 from __future__ import annotations

@@ -66,7 +66,8 @@ class VideoChatModel(nn.Module):
 
     @property
     def num_spatial(self) -> int:
-        """Spatial tokens per video: P, or 1 + P when LLaVA keeps the class token (``vision_feature_select_strategy: full``)."""
+        """Spatial tokens per video: P, or 1 + P when LLaVA keeps the class token
+        (``vision_feature_select_strategy: full``)."""
         return self.num_patches + int(self.keep_cls)
 
     def num_video_tokens(self, num_frames: int) -> int:
@@ -139,8 +140,8 @@ class VideoChatModel(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
     ) -> dict:
-        """A batch of conversations (``model.tokenizer`` items, padded right) -> {"logits": [B, S, V], "labels": [B, S]},
-        S = the longest item of the batch (the common padding is trimmed)."""
+        """A batch of conversations (``model.tokenizer`` items, padded right) -> {"logits": [B, S, V],
+        "labels": [B, S]}, S = the longest item of the batch (the common padding is trimmed)."""
         s = int(attention_mask.sum(1).max())
         input_ids, attention_mask, labels = input_ids[:, :s], attention_mask[:, :s], labels[:, :s]
         embeds, mask = self.embed(input_ids, attention_mask, frames, frame_mask)
@@ -164,7 +165,8 @@ class VideoChatModel(nn.Module):
 
         frames [V, T, 3, H, W], frame_mask [V, T]; conversations[b]: [(question, answer), ..., (question, None)]
         about video ``video_of[b]`` (default: b, V = B; several questions can share one video, encoded once).
-        Prompts are padded on the left; ``streamer`` (e.g. transformers' TextStreamer, B = 1) gets the tokens as they come.
+        Prompts are padded on the left; ``streamer`` (e.g. transformers' TextStreamer, B = 1) gets the tokens as
+        they come.
         Sampling draws from torch's global generator (``torch.manual_seed`` makes it repeatable).
         """
         temperature = self.cfg.temperature if temperature is None else temperature
@@ -253,7 +255,8 @@ def _llava_source(spec: str) -> str:
 
 
 def load_branch_weights(branch: nn.Module, spec: str, tower_layers: int, chat: Optional[ChatConfig] = None) -> None:
-    """Put the ``branch.*`` tensors of a mugstan checkpoint (folder, ``mugstan convert`` file or hub spec) into ``branch``.
+    """Put the ``branch.*`` tensors of a mugstan checkpoint (folder, ``mugstan convert`` file or hub spec) into
+    ``branch``.
 
     The branch must have been trained over a tower of the same depth: its spatial blocks are copies of
     the tower's last K blocks and its inputs those blocks' outputs. A retrieval checkpoint's tower
@@ -298,7 +301,8 @@ def load_branch_weights(branch: nn.Module, spec: str, tower_layers: int, chat: O
         raise MismatchError(
             f"model.chat.branch_weights: {spec} was trained at model.chat.feature_layer={trained.get('feature_layer')} "
             f"of {chat.llava}, but this model reads feature_layer={chat.feature_layer}: its tower depth differs; set "
-            f"model.chat.feature_layer={'null' if trained.get('feature_layer') is None else trained.get('feature_layer')}"
+            "model.chat.feature_layer="
+            f"{'null' if trained.get('feature_layer') is None else trained.get('feature_layer')}"
         )
     missing, unexpected = branch.load_state_dict(own, strict=False)
     if missing or unexpected:
@@ -322,8 +326,8 @@ def _chat_section(config_file: Path) -> Optional[dict]:
 
 
 def processor_chat_template(source: str) -> Optional[str]:
-    """The chat template a LLaVA checkpoint keeps with its processor (``chat_template.jinja``, or ``chat_template.json``'s
-    ``chat_template``) when its tokenizer has none; None when there is none."""
+    """The chat template a LLaVA checkpoint keeps with its processor (``chat_template.jinja``, or
+    ``chat_template.json``'s ``chat_template``) when its tokenizer has none; None when there is none."""
     import json
 
     from transformers.utils import cached_file

@@ -56,7 +56,8 @@ def answers_path(cfg: ExperimentConfig, split: str) -> Path:
 def evaluate_qa(
     model, cfg: ExperimentConfig, split: str = "test", dist: DistInfo = None, progress: bool = True
 ) -> dict:
-    """{"split", "qa": {"accuracy", "correct", "questions", "answers_file"}, "dropped", "seconds"}; writes the answer file."""
+    """{"split", "qa": {"accuracy", "correct", "questions", "answers_file"}, "dropped", "seconds"}; writes the
+    answer file."""
     dist = dist or DistInfo(device=next(unwrap(model).parameters()).device)
     start = time.time()
     ann = load_annotations(cfg.data, split)

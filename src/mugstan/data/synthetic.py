@@ -311,7 +311,8 @@ def plan_split(split: str, params: SynthParams) -> list[Clip]:
     if split == IMAGES:  # every appearance once, in a random motion of a random pair
         pairs = [valid_pairs(shape)[rng.integers(len(valid_pairs(shape)))] for _, shape in appearances()]
         return [
-            Clip(color, shape, pair, (pair[rng.integers(2)],)) for (color, shape), pair in zip(appearances(), pairs, strict=True)
+            Clip(color, shape, pair, (pair[rng.integers(2)],))
+            for (color, shape), pair in zip(appearances(), pairs, strict=True)
         ]
     if split == "train":
         apps = appearances()

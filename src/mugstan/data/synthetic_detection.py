@@ -178,7 +178,8 @@ def generate_detection(
                 for person, (_, _, _, motion) in enumerate(plan):
                     box = boxes[person, ts * FPS]
                     rows.append(
-                        f"{video},{ts:04d},{box[0]:.4f},{box[1]:.4f},{box[2]:.4f},{box[3]:.4f},{MOTIONS.index(motion) + 1},{person}\n"
+                        f"{video},{ts:04d},{box[0]:.4f},{box[1]:.4f},{box[2]:.4f},{box[3]:.4f},"
+                        f"{MOTIONS.index(motion) + 1},{person}\n"
                     )
                     jittered = _jitter(box, rng)
                     proposals.append(

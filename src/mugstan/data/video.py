@@ -22,8 +22,8 @@ it (within ``near_frames``): a truncated file ("no decodable frame at t=... s or
 data in the middle ("no decodable frame near t=... s"). A frame missing by a timestamp gap of a
 frame or two takes the nearest decoded one; inside a longer gap without any decoder error (a
 variable-frame-rate recording that paused) it takes the frame before the gap, which is what a
-player shows there. ``verify_frames`` decodes every frame (``data check --full``). Nothing is opened at import or construction time,
-so DataLoader workers each open their own containers.
+player shows there. ``verify_frames`` decodes every frame (``data check --full``). Nothing is opened
+at import or construction time, so DataLoader workers each open their own containers.
 """
 
 from __future__ import annotations

@@ -122,8 +122,9 @@ def init_from(model, spec) -> dict:
 def load_training_state(path, model, optimizer, scheduler, scaler=None, rank: int = 0) -> dict:
     """Restore weights, optimiser, scheduler, scaler and this process's RNG from ``path`` (a
     ``checkpoints/last`` folder). Returns the loop position: {"step", "epoch", "step_in_epoch", "best",
-    "skipped" (this process's count of skipped videos), "stream" (this process's shard stream positions)}. A save interrupted between its renames must
-    have been recovered first (``mugstan.files.recover_folder``; ``train`` does it on the main process)."""
+    "skipped" (this process's count of skipped videos), "stream" (this process's shard stream positions)}. A
+    save interrupted between its renames must have been recovered first (``mugstan.files.recover_folder``;
+    ``train`` does it on the main process)."""
     path = Path(path)
     if not (path / STATE).is_file():
         raise MissingFileError(f"--resume: no checkpoint at {path / STATE}; train without --resume to start the run")

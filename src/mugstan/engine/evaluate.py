@@ -173,7 +173,8 @@ def evaluate(
 
 
 def headline(result: dict) -> tuple[str, float]:
-    """The number model selection uses: text-to-video R@1 (retrieval), top-1 (recognition) or frame-mAP@0.5 (detection)."""
+    """The number model selection uses: text-to-video R@1 (retrieval), top-1 (recognition) or frame-mAP@0.5
+    (detection)."""
     if "retrieval" in result:
         return "t2v R@1", result["retrieval"]["t2v"]["R@1"]
     if "detection" in result:

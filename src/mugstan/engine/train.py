@@ -113,7 +113,8 @@ def setup_run(cfg: ExperimentConfig) -> Run:
             print(f"model.init_from: {report['loaded']} tensors from {cfg.model.init_from}; kept at initialisation: "
                   f"{_names(report['new'])}; not used: {_names(report['unused'])}")
     model = model.to(dist.device)
-    if resolve_compile(t.compile, dist.device) and cfg.model.task in (Task.retrieval, Task.recognition):  # chat, detection: eager
+    # chat, detection: eager
+    if resolve_compile(t.compile, dist.device) and cfg.model.task in (Task.retrieval, Task.recognition):
         compile_model(model)
     text_items = cfg.model.task in (
         Task.retrieval,
@@ -189,7 +190,8 @@ def _shard_class_names(cfg: ExperimentConfig) -> Optional[list[str]]:
 
 
 def make_loader(run: Run, epoch: int, pos: dict):
-    """This epoch's micro-batches, from ``pos["step_in_epoch"]`` on (shards: from each reader's position ``pos["stream"]``)."""
+    """This epoch's micro-batches, from ``pos["step_in_epoch"]`` on (shards: from each reader's position
+    ``pos["stream"]``)."""
     cfg, dist = run.cfg, run.dist
     pin = (
         device_settings(dist.device).pin_memory and cfg.data.decode_device == "cpu"

@@ -54,7 +54,8 @@ class CLIP2VideoHead(Head):
         self.frame_position_embeddings = nn.Embedding(max_frames, width)
         self.type_position_embeddings = nn.Embedding(2, width)
         self.frame2t_attention = TemporalTransformer(width, heads, 1, head_major_mask=compat)
-        self.trans_layernorm = nn.LayerNorm(width)  # a plain LayerNorm in the reference: eps 1e-5, not the blocks' 1e-12
+        # a plain LayerNorm in the reference: eps 1e-5, not the blocks' 1e-12
+        self.trans_layernorm = nn.LayerNorm(width)
         self.transformerClip = TemporalTransformer(width, heads, layers, head_major_mask=compat)
         self.actionClip = TemporalTransformer(width, heads, 1, head_major_mask=compat)
         # N(0, 0.125): the reference writes 64 ** -0.5 whatever E is.

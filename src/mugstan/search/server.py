@@ -15,8 +15,8 @@ Routes (nothing else is served, there is no directory listing):
 - ``/api/ask/stream`` (same parameters): the answer as plain text, streamed as it is generated; the
   page's Ask box shows it growing;
 - ``/api/caption?path=...&start=...&end=...``: ``{"path", "start", "end", "caption"}``, the window
-  captioned by the model's decoder (``mugstan.caption``, open_clip's default decoding, cached); ``path`` as for ``/media``
-  (404 otherwise), 400 for a model without a decoder;
+  captioned by the model's decoder (``mugstan.caption``, open_clip's default decoding, cached); ``path`` as
+  for ``/media`` (404 otherwise), 400 for a model without a decoder;
 - ``/media/{path}``: a video of the index. ``path`` must be one of the relative paths listed in
   the index's ``index.json`` (compared as a string, after URL decoding, before the file system is
   touched), so ``../``, absolute paths and encoded traversal (``%2e%2e/``, ``..%2f``) are 404;
@@ -37,8 +37,9 @@ MAX_QUERY = 500
 MAX_K = 100
 STATIC = Path(__file__).parent / "static"
 PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; media-src 'self'; "
-    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "media-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }

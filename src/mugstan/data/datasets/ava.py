@@ -24,7 +24,8 @@ Files (``data.*`` keys), as the AVA v2.2 release and mmaction2's AVA recipes nam
 A keyframe clip is ``data.num_frames`` frames ``data.ava.frame_interval`` source frames apart
 (``data.ava.source_fps``, 30 for AVA) centred on the keyframe, frame ``T // 2`` being the keyframe
 (mmaction2's ``SampleAVAFrames``); training moves each frame by a random -interval/2 ..
-interval/2 - 1 source frames, as ``SampleAVAFrames`` does. The keyframe of timestamp ``ts`` is at second ``ts - data.ava.timestamp_start`` of the file.
+interval/2 - 1 source frames, as ``SampleAVAFrames`` does. The keyframe of timestamp ``ts`` is at
+second ``ts - data.ava.timestamp_start`` of the file.
 Frames are resized to ``data.image_size`` squared (whole frame, no crop: the boxes are normalised,
 so they stay valid); training flips horizontally when ``data.hflip``.
 
@@ -199,9 +200,8 @@ def read_proposals(path) -> dict[Key, np.ndarray]:
                     f"{path}:{n}: expected 7 columns video_id,timestamp,x1,y1,x2,y2,score (or 6, without the "
                     f"score), got {len(row)}"
                 )
-            values = [
-                _number(path, n, row, c, name) for c, name in zip(range(2, len(row)), ("x1", "y1", "x2", "y2", "score"), strict=False)
-            ]
+            names = ("x1", "y1", "x2", "y2", "score")  # a 6-column row has no score: zip stops at its last column
+            values = [_number(path, n, row, c, name) for c, name in zip(range(2, len(row)), names, strict=False)]
             groups.setdefault((row[0], _number(path, n, row, 1, "timestamp", int)), []).append(
                 values + [1.0] * (7 - len(row))
             )

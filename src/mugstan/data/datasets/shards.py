@@ -250,7 +250,8 @@ class ShardStream(IterableDataset):
         return DataLoader(self, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
 
     def shards_of(self, slot: int, slots: int) -> list[str]:
-        """This epoch's shards of reader ``slot`` of ``slots``: every slots-th of a permutation seeded by (seed, epoch)."""
+        """This epoch's shards of reader ``slot`` of ``slots``: every slots-th of a permutation seeded by
+        (seed, epoch)."""
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.urls))
         return [self.urls[i] for i in order[slot::slots]] or [self.urls[order[slot % len(self.urls)]]]
 

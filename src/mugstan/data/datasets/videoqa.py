@@ -183,7 +183,8 @@ QA_FORMATS: dict[str, Callable[[DataConfig, str], Annotations]] = {
 
 
 class ConversationDataset(_Base):
-    """One item per conversation: its clip's frames and ``tokenizer(turns, num_frames)`` (the chat model's prompt builder)."""
+    """One item per conversation: its clip's frames and ``tokenizer(turns, num_frames)`` (the chat model's prompt
+    builder)."""
 
     def __len__(self) -> int:
         return len(self.ann.conversations)
