@@ -186,12 +186,16 @@ class ChatConfig:
     gets the branch; the video's tokens take the image tokens' place."""
 
     llava: Optional[str] = None  # LlavaForConditionalGeneration: HF folder or hub name (llava-hf/llava-1.5-7b-hf)
+    # a mugstan checkpoint (folder, convert .safetensors, hub spec) whose branch.* is loaded
     branch_weights: Optional[str] = None
+    # the vision layer whose tokens feed the projector; null: LLaVA's vision_feature_layer
     feature_layer: Optional[int] = None
     video_tokens: VideoTokens = VideoTokens.temporal_spatial
     tune: list[str] = field(default_factory=lambda: ["projector"])  # trained parts: projector, branch, llm
     dtype: ChatDtype = ChatDtype.auto  # frozen parts' dtype: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    # prompts from the checkpoint's chat template when it has one; false: system/user/assistant below
     chat_template: bool = True
+    # fallback prompt: {system}{user}<video>\n{question}{assistant} {answer}</s> (system: also the template's)
     system: str = ""
     user: str = "USER: "  # fallback prompt: the user turn's prefix (LLaVA-1.5's template)
     assistant: str = " ASSISTANT:"  # fallback prompt: the assistant turn's prefix
@@ -199,6 +203,7 @@ class ChatConfig:
     max_new_tokens: int = 128  # longest generated answer, in tokens
     temperature: float = 0.0  # 0: greedy (deterministic); above 0: sampling at this temperature
     top_p: float = 1.0  # sampling: nucleus (top-p) cut; 1 keeps every token
+    # Video QA answers (JSON for LLM-judge scripts); null: output_dir/answers_SPLIT.json
     answers_file: Optional[str] = None
 
 
@@ -219,7 +224,9 @@ class ModelConfig:
     # tag ("openai", "laion2b_s34b_b79k", downloaded and cached by open_clip) and/or a local
     # file (OpenAI .pt, HuggingFace CLIPModel directory, open_clip-layout safetensors).
     backbone: Optional[str] = "ViT-B-32"
+    # open_clip pretrained tag (openai, laion2b_s34b_b79k: `mugstan models`), downloaded once
     pretrained: Optional[str] = None
+    # local weights instead: OpenAI .pt, HF CLIPModel folder, open_clip .safetensors, hf-hub:org/name
     weights: Optional[str] = None
     # An open_clip model config ({embed_dim, quick_gelu, vision_cfg, text_cfg}) for an architecture
     # open_clip does not name; used instead of model.backbone (converters write it; null otherwise).
