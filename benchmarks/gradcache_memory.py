@@ -118,15 +118,43 @@ def measure(args: argparse.Namespace) -> dict:
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     one = make_batch(1, 0)
-    return {"peak_bytes": peak, "timed_s": sum(times[args.warmup:]), "precision": precision, "threads": torch.get_num_threads(),
-            "image_size": one["frames"].shape[-1], "clip_bytes": sum(v.numel() * v.element_size() for v in one.values())}
+    return {
+        "peak_bytes": peak,
+        "timed_s": sum(times[args.warmup :]),
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+        "image_size": one["frames"].shape[-1],
+        "clip_bytes": sum(v.numel() * v.element_size() for v in one.values()),
+    }
 
 
 def child(args: argparse.Namespace, run: str, batch: int, steps: int, warmup: int) -> dict:
-    argv = [sys.executable, str(Path(__file__).resolve()), "--backbone", args.backbone, "--frames", str(args.frames),
-            "--batch", str(batch), "--micro", str(args.micro), "--steps", str(steps), "--warmup", str(warmup),
-            "--device", args.device, "--precision", args.precision, "--stan-depth", str(args.stan_depth),
-            "--threads", str(args.threads), "--run", run]
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--backbone",
+        args.backbone,
+        "--frames",
+        str(args.frames),
+        "--batch",
+        str(batch),
+        "--micro",
+        str(args.micro),
+        "--steps",
+        str(steps),
+        "--warmup",
+        str(warmup),
+        "--device",
+        args.device,
+        "--precision",
+        args.precision,
+        "--stan-depth",
+        str(args.stan_depth),
+        "--threads",
+        str(args.threads),
+        "--run",
+        run,
+    ]
     if args.grad_checkpointing:
         argv.append("--grad-checkpointing")
     out = subprocess.run(argv, capture_output=True, text=True)
@@ -154,15 +182,27 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, nargs="+", default=[8, 16, 32], help="gradient-caching chunk sizes")
     parser.add_argument("--steps", type=int, default=1, help="timed optimiser steps per configuration")
     parser.add_argument("--warmup", type=int, default=0, help="untimed optimiser steps before them")
-    parser.add_argument("--probe", type=int, nargs=2, default=[2, 4], metavar=("B1", "B2"),
-                        help="small plain batches whose peaks predict the others")
-    parser.add_argument("--max-gib", type=float, default=None,
-                        help="largest predicted peak to run (default: 80%% of what is available; 0: predictions only)")
+    parser.add_argument(
+        "--probe",
+        type=int,
+        nargs=2,
+        default=[2, 4],
+        metavar=("B1", "B2"),
+        help="small plain batches whose peaks predict the others",
+    )
+    parser.add_argument(
+        "--max-gib",
+        type=float,
+        default=None,
+        help="largest predicted peak to run (default: 80%% of what is available; 0: predictions only)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="auto", help="train.precision: auto | fp32 | bf16 | fp16")
     parser.add_argument("--stan-depth", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default, every core)")
-    parser.add_argument("--grad-checkpointing", action="store_true", help="model.grad_checkpointing in every configuration")
+    parser.add_argument(
+        "--grad-checkpointing", action="store_true", help="model.grad_checkpointing in every configuration"
+    )
     parser.add_argument("--run", default=None, help=argparse.SUPPRESS)  # set in the child process
     args = parser.parse_args()
     if args.run:
@@ -188,19 +228,28 @@ def main() -> None:
         per_clip = max(y2 - y1, 0) / (n2 - n1)
         return y2 + per_clip * (graph - n2) + input_clip * (held - graph)
 
-    configs = [("plain training", args.batch, args.batch, args.batch, "plain"),
-               (f"accumulation, {args.batch // args.micro} x {args.micro}", args.micro, args.micro, args.micro, "accum")]
+    configs = [
+        ("plain training", args.batch, args.batch, args.batch, "plain"),
+        (f"accumulation, {args.batch // args.micro} x {args.micro}", args.micro, args.micro, args.micro, "accum"),
+    ]
     configs += [(f"gradient caching, chunk {c}", args.batch, c, args.batch, f"chunk:{c}") for c in args.chunks]
     configs.sort(key=lambda c: predict(c[2], c[3]))  # smallest first: each prediction extrapolates from nearby
 
-    print(f"STAN (self, K={args.stan_depth}) on {args.backbone} (random weights), {args.frames} frames at {probe['image_size']} px, "
-          f"global batch {args.batch}, device {device.type}"
-          f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, torch {torch.__version__}, "
-          f"{probe['precision']}, {probe['threads']} thread(s){', activation checkpointing' if args.grad_checkpointing else ''}; "
-          f"{args.steps} timed step(s) after {args.warmup} warm-up")
-    print(f"plain-training peaks of batches {b1} and {b2}: {graph_peaks[b1] / GIB:.2f} and {graph_peaks[b2] / GIB:.2f} GiB; "
-          f"configurations predicted above {limit / GIB:.1f} GiB are not run\n", flush=True)
-    print("| configuration | negatives per loss | clips with graph | peak memory (GiB) | predicted before the run (GiB) | clips/s |")
+    print(
+        f"STAN (self, K={args.stan_depth}) on {args.backbone} (random weights), {args.frames} frames at {probe['image_size']} px, "
+        f"global batch {args.batch}, device {device.type}"
+        f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, torch {torch.__version__}, "
+        f"{probe['precision']}, {probe['threads']} thread(s){', activation checkpointing' if args.grad_checkpointing else ''}; "
+        f"{args.steps} timed step(s) after {args.warmup} warm-up"
+    )
+    print(
+        f"plain-training peaks of batches {b1} and {b2}: {graph_peaks[b1] / GIB:.2f} and {graph_peaks[b2] / GIB:.2f} GiB; "
+        f"configurations predicted above {limit / GIB:.1f} GiB are not run\n",
+        flush=True,
+    )
+    print(
+        "| configuration | negatives per loss | clips with graph | peak memory (GiB) | predicted before the run (GiB) | clips/s |"
+    )
     print("|---|---:|---:|---:|---:|---:|", flush=True)
     for label, negatives, graph, held, run in configs:
         predicted = predict(graph, held)
@@ -211,7 +260,10 @@ def main() -> None:
         r = child(args, run, args.batch, args.steps, args.warmup)
         graph_peaks[graph] = max(graph_peaks.get(graph, 0), r["peak_bytes"] - input_clip * (held - graph))
         rate = args.batch * args.steps / r["timed_s"]
-        print(f"| {label} | {negatives} | {graph} | {r['peak_bytes'] / GIB:.2f} | {predicted / GIB:.2f} | {rate:.2f} |", flush=True)
+        print(
+            f"| {label} | {negatives} | {graph} | {r['peak_bytes'] / GIB:.2f} | {predicted / GIB:.2f} | {rate:.2f} |",
+            flush=True,
+        )
     print("\nCPU peaks: whole-process maximum resident set; GPU peaks: torch.cuda.max_memory_allocated")
 
 

@@ -22,8 +22,13 @@ from mugstan.config import ModelConfig, STANConfig
 from mugstan.heads.base import LogitScale
 from mugstan.models import VideoTextModel, build_branch, build_head
 
-MODULES = [("meanP", "none", "meanP", {}), ("seqTransf", "none", "seqTransf", {}), ("TDB+TAB", "none", "tdb_tab", {}),
-           ("STAN-self", "stan", "mean", {"time_module": "self"}), ("STAN-conv", "stan", "mean", {"time_module": "conv"})]
+MODULES = [
+    ("meanP", "none", "meanP", {}),
+    ("seqTransf", "none", "seqTransf", {}),
+    ("TDB+TAB", "none", "tdb_tab", {}),
+    ("STAN-self", "stan", "mean", {"time_module": "self"}),
+    ("STAN-conv", "stan", "mean", {"time_module": "conv"}),
+]
 
 
 def clips_per_second(fn, batch: int, iters: int) -> tuple[float, float]:
@@ -63,11 +68,22 @@ def main() -> None:
     def measure_backbone(name: str, modules: list, prefix: str = "") -> list:
         backbone = build_clip(name).to(device).eval()
         kind = "CoCa" if prefix else "CLIP"
-        rows = [measure(f"{prefix}backbone only ({kind} per frame)", lambda: backbone.encode_frames(frames.flatten(0, 1)))]
+        rows = [
+            measure(f"{prefix}backbone only ({kind} per frame)", lambda: backbone.encode_frames(frames.flatten(0, 1)))
+        ]
         for label, branch, head, stan in modules:
             cfg = ModelConfig(backbone=name, branch=branch, head=head, stan=STANConfig(**stan))
-            model = VideoTextModel(backbone, build_branch(cfg, backbone), build_head(cfg, backbone),
-                                   LogitScale(backbone.logit_scale), cfg.context_length).to(device).eval()
+            model = (
+                VideoTextModel(
+                    backbone,
+                    build_branch(cfg, backbone),
+                    build_head(cfg, backbone),
+                    LogitScale(backbone.logit_scale),
+                    cfg.context_length,
+                )
+                .to(device)
+                .eval()
+            )
             rows.append(measure(prefix + label, lambda: model.encode_video(frames, mask)))
         return rows
 
@@ -76,9 +92,13 @@ def main() -> None:
         if args.coca != "none":
             rows += measure_backbone(args.coca, [m for m in MODULES if m[0] == "STAN-self"], prefix=f"{args.coca}: ")
 
-    print(f"{args.backbone}, {args.frames} frames at {args.size} px, batch {args.batch}, {args.iters} iterations, "
-          f"device {device.type} ({torch.get_num_threads()} threads), torch {torch.__version__}\n")
-    print(f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} CPUs\n")
+    print(
+        f"{args.backbone}, {args.frames} frames at {args.size} px, batch {args.batch}, {args.iters} iterations, "
+        f"device {device.type} ({torch.get_num_threads()} threads), torch {torch.__version__}\n"
+    )
+    print(
+        f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} CPUs\n"
+    )
     print("| model | fp32 clips/s | bf16 clips/s | bf16 speed-up | fp32 CPU s / clip | bf16 CPU s / clip |")
     print("|---|---:|---:|---:|---:|---:|")
     for label, (fp32, fp32_cpu), (bf16, bf16_cpu) in rows:

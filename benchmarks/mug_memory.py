@@ -64,10 +64,16 @@ def main() -> None:
     print("| mode | time (s) | peak extra memory (MiB) | under 1 GiB |")
     print("|---|---:|---:|---|")
     for mode in ("simple", "full"):
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--mode", mode], check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:], "--mode", mode], check=True, capture_output=True, text=True
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {mode} | {r['seconds']:.1f} | {r['peak_bytes'] / 2**20:.0f} | {'yes' if r['peak_bytes'] < 2**30 else 'NO'} |")
-    print(f"| dense reference, one [A, B, L, T] fp32 tensor | - | {dense / 2**20:.0f} | {'yes' if dense < 2**30 else 'NO'} |")
+        print(
+            f"| {mode} | {r['seconds']:.1f} | {r['peak_bytes'] / 2**20:.0f} | {'yes' if r['peak_bytes'] < 2**30 else 'NO'} |"
+        )
+    print(
+        f"| dense reference, one [A, B, L, T] fp32 tensor | - | {dense / 2**20:.0f} | {'yes' if dense < 2**30 else 'NO'} |"
+    )
 
 
 if __name__ == "__main__":

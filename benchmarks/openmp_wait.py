@@ -18,8 +18,12 @@ import os
 import subprocess
 import sys
 
-SETTINGS = {"OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}, "GOMP_SPINCOUNT=4000": {"GOMP_SPINCOUNT": "4000"},
-            "GOMP_SPINCOUNT=20000": {"GOMP_SPINCOUNT": "20000"}, "libgomp default": {}}
+SETTINGS = {
+    "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "GOMP_SPINCOUNT=4000": {"GOMP_SPINCOUNT": "4000"},
+    "GOMP_SPINCOUNT=20000": {"GOMP_SPINCOUNT": "20000"},
+    "libgomp default": {},
+}
 
 CHILD = """
 import sys, time, torch
@@ -49,8 +53,10 @@ print(int(sys.argv[1]) / (time.perf_counter() - start))
 
 def run(setting: dict, steps: int, copies: int) -> list[float]:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | setting
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(steps)], env=env, stdout=subprocess.PIPE, text=True)
-             for _ in range(copies)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CHILD, str(steps)], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(copies)
+    ]
     return [float(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
 
 

@@ -33,11 +33,15 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10)
     args = parser.parse_args()
     print(f"{torch.get_num_threads()} threads, torch {torch.__version__}\n")
-    print("| model | parameters | " + " | ".join(f"{k} ms" for k in KERNELS) + " | foreach max diff | fused max diff |\n"
-          "|---|---:|" + "---:|" * (len(KERNELS) + 2))
+    print(
+        "| model | parameters | " + " | ".join(f"{k} ms" for k in KERNELS) + " | foreach max diff | fused max diff |\n"
+        "|---|---:|" + "---:|" * (len(KERNELS) + 2)
+    )
     for name, backbone in (("mugstan-tiny + STAN (the demo)", "mugstan-tiny"), ("ViT-B/32 + STAN", "ViT-B-32")):
         torch.manual_seed(0)
-        base = build_model(ModelConfig(backbone=backbone, branch="stan", head="mean", stan=STANConfig(depth=4, drop_path=0.0)))
+        base = build_model(
+            ModelConfig(backbone=backbone, branch="stan", head="mean", stan=STANConfig(depth=4, drop_path=0.0))
+        )
         grads = [torch.randn_like(p) * 1e-3 for p in base.parameters()]
         times, weights = {}, {}
         for kernel, options in KERNELS.items():
@@ -55,8 +59,11 @@ def main() -> None:
         loop = weights["per-parameter loop"]
         diff = {k: max((a - b).abs().max().item() for a, b in zip(loop, weights[k])) for k in ("foreach", "fused")}
         n = sum(p.numel() for p in base.parameters())
-        print(f"| {name} | {n / 1e6:.1f} M | " + " | ".join(f"{times[k]:.1f}" for k in KERNELS)
-              + f" | {diff['foreach']:.0e} | {diff['fused']:.0e} |")
+        print(
+            f"| {name} | {n / 1e6:.1f} M | "
+            + " | ".join(f"{times[k]:.1f}" for k in KERNELS)
+            + f" | {diff['foreach']:.0e} | {diff['fused']:.0e} |"
+        )
 
 
 if __name__ == "__main__":

@@ -31,12 +31,15 @@ def best_time(fn, iters: int) -> float:
 
 def under(dtype, fn):
     def run():
-        with torch.autocast("cpu" if DEVICE.type == "cpu" else DEVICE.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        with torch.autocast(
+            "cpu" if DEVICE.type == "cpu" else DEVICE.type, dtype=torch.bfloat16, enabled=dtype == "bf16"
+        ):
             out = fn()
         if out is not None:
             out.float().sum().backward()
         if DEVICE.type == "cuda":
             torch.cuda.synchronize()
+
     return run
 
 
@@ -63,8 +66,19 @@ def main() -> None:
     from mugstan.models import build_model
 
     a = torch.randn(2048, 2048, device=DEVICE)
-    stan = build_model(ModelConfig(backbone="mugstan-tiny", branch="stan", head="mean", context_length=16,
-                                   stan=STANConfig(depth=2, drop_path=0.0))).to(DEVICE).train()
+    stan = (
+        build_model(
+            ModelConfig(
+                backbone="mugstan-tiny",
+                branch="stan",
+                head="mean",
+                context_length=16,
+                stan=STANConfig(depth=2, drop_path=0.0),
+            )
+        )
+        .to(DEVICE)
+        .train()
+    )
     frames = torch.randn(32, 8, 3, 32, 32, device=DEVICE)
     mask = torch.ones(32, 8, dtype=torch.bool, device=DEVICE)
     ids, text_mask = (t.to(DEVICE) for t in stan.tokenize(["a red circle moves left"] * 32))
@@ -75,17 +89,29 @@ def main() -> None:
         out = stan(frames, mask, ids, text_mask)
         return (out["text"].x @ out["video"].x.T).float()
 
-    rows = [("2048-square matrix product", lambda dt: (lambda: torch.mm(a.to(torch.bfloat16 if dt == "bf16" else torch.float32), a.to(torch.bfloat16 if dt == "bf16" else torch.float32)))),
-            ("STAN-self step, mugstan-tiny, 32 x 8 frames of 32 px", lambda dt: under(dt, stan_step)),
-            ("ViT-B/32 image-tower step, 16 images of 224 px", lambda dt: under(dt, lambda: vit(images)))]
+    rows = [
+        (
+            "2048-square matrix product",
+            lambda dt: (
+                lambda: torch.mm(
+                    a.to(torch.bfloat16 if dt == "bf16" else torch.float32),
+                    a.to(torch.bfloat16 if dt == "bf16" else torch.float32),
+                )
+            ),
+        ),
+        ("STAN-self step, mugstan-tiny, 32 x 8 frames of 32 px", lambda dt: under(dt, stan_step)),
+        ("ViT-B/32 image-tower step, 16 images of 224 px", lambda dt: under(dt, lambda: vit(images))),
+    ]
     print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {DEVICE}\n")
     print("| work | fp32 ms | bf16 ms | bf16 speed-up |\n|---|---:|---:|---:|")
     for name, make in rows:
         fp32, bf16 = (best_time(make(dt), args.iters) * 1000 for dt in ("fp32", "bf16"))
         print(f"| {name} | {fp32:.1f} | {bf16:.1f} | {fp32 / bf16:.2f}x |")
     if DEVICE.type == "cpu":
-        print(f"\ntrain.precision auto -> {resolve_precision('auto', DEVICE)} "
-              f"(measured bf16 speed-up of a 1024-square product: {cpu_bf16_speedup():.2f}x; bf16 needs >= 1.25x)")
+        print(
+            f"\ntrain.precision auto -> {resolve_precision('auto', DEVICE)} "
+            f"(measured bf16 speed-up of a 1024-square product: {cpu_bf16_speedup():.2f}x; bf16 needs >= 1.25x)"
+        )
     else:
         print(f"\ntrain.precision auto -> {resolve_precision('auto', DEVICE)}")
 

@@ -65,8 +65,12 @@ def reversed_caption(caption: str, motion: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="a synthetic dataset folder (mugstan data synth / demo)")
-    parser.add_argument("--clip", type=Path, required=True, help="the pretrained CLIP (demo OUT/pretrain_clip/clip.safetensors)")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="a synthetic dataset folder (mugstan data synth / demo)"
+    )
+    parser.add_argument(
+        "--clip", type=Path, required=True, help="the pretrained CLIP (demo OUT/pretrain_clip/clip.safetensors)"
+    )
     parser.add_argument("--name", default="probe")
     parser.add_argument("--cfg", default="stan", help="configs/synthetic/NAME.yaml (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=2000)
@@ -96,7 +100,9 @@ def main() -> None:
         with torch.no_grad():
             model.branch.time_embed.weight.normal_(0, args.te_std)
     loss_fn = build_loss(cfg.model, model)
-    classifier = torch.nn.Linear(model.backbone.clip.text_projection.shape[1], len(MOTIONS)).to(device) if args.sup else None
+    classifier = (
+        torch.nn.Linear(model.backbone.clip.text_projection.shape[1], len(MOTIONS)).to(device) if args.sup else None
+    )
     if classifier is not None:
         model.classifier_probe = classifier
     text = {id(p) for p in model.backbone.text_parameters()}
@@ -105,7 +111,9 @@ def main() -> None:
         for is_text in (True, False):
             params = [p for p in g["params"] if (id(p) in text) == is_text]
             if params:
-                groups.append({**g, "params": params, "lr": g["lr"] * (args.text_lr if is_text else 1.0), "text": is_text})
+                groups.append(
+                    {**g, "params": params, "lr": g["lr"] * (args.text_lr if is_text else 1.0), "text": is_text}
+                )
     optimizer = torch.optim.AdamW(groups, betas=tuple(cfg.train.betas), eps=cfg.train.eps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.steps, cfg.train.warmup))
     frozen_until = steps_of(args.unfreeze_at, args.steps)
@@ -113,9 +121,16 @@ def main() -> None:
 
     test_frames = torch.stack([normalize(c) for c in test_x]).to(device)
     test_ids, test_mask = (t.to(device) for t in model.tokenize(test_c))
-    pairs = ["a red circle moves left", "a red circle moves right", "a blue square grows", "a blue square shrinks",
-             "a green cross fades in", "a green cross fades out", "a white square rotates clockwise",
-             "a white square rotates counterclockwise"]
+    pairs = [
+        "a red circle moves left",
+        "a red circle moves right",
+        "a blue square grows",
+        "a blue square shrinks",
+        "a green cross fades in",
+        "a green cross fades out",
+        "a white square rotates clockwise",
+        "a white square rotates counterclockwise",
+    ]
     pair_ids, pair_mask = (t.to(device) for t in model.tokenize(pairs))
 
     @torch.no_grad()
@@ -123,19 +138,30 @@ def main() -> None:
         model.eval()
         with autocast():
             ones = torch.ones(test_frames.shape[:2], dtype=torch.bool, device=device)
-            scores = model.similarity(model.encode_text(test_ids, test_mask), model.encode_video(test_frames, ones)).float().cpu()
-            vectors = torch.nn.functional.normalize(model.head.text_vector(model.backbone.encode_text(pair_ids, pair_mask)).float(), dim=-1)
+            scores = (
+                model.similarity(model.encode_text(test_ids, test_mask), model.encode_video(test_frames, ones))
+                .float()
+                .cpu()
+            )
+            vectors = torch.nn.functional.normalize(
+                model.head.text_vector(model.backbone.encode_text(pair_ids, pair_mask)).float(), dim=-1
+            )
             top1 = None
             if classifier is not None:
-                top1 = (classifier(20 * model.video_vector(test_frames, ones)).argmax(1).cpu() == torch.tensor(test_l)).float().mean().item() * 100
+                top1 = (
+                    classifier(20 * model.video_vector(test_frames, ones)).argmax(1).cpu() == torch.tensor(test_l)
+                ).float().mean().item() * 100
         model.train()
         rows = torch.arange(len(test_c))
         own, other = scores[rows, rows], scores[rows, twin]
-        pair = torch.where(torch.isclose(own, other, rtol=1e-5, atol=1e-6), 0.5, (own > other).float()).mean().item() * 100
+        pair = (
+            torch.where(torch.isclose(own, other, rtol=1e-5, atol=1e-6), 0.5, (own > other).float()).mean().item() * 100
+        )
         r1 = (scores.argmax(1) == rows).float().mean().item() * 100
         cos = [round((vectors[i] @ vectors[i + 1]).item(), 2) for i in range(0, len(pairs), 2)]
         return f"pair {pair:.1f} R@1 {r1:.1f} scale {model.logit_scale().item():.1f} twincos {cos}" + (
-            f" classifier top-1 {top1:.1f}" if top1 is not None else "")
+            f" classifier top-1 {top1:.1f}" if top1 is not None else ""
+        )
 
     rng = np.random.default_rng(args.seed)
     print(f"[{args.name}] step 0 {evaluate()}", flush=True)
@@ -152,7 +178,9 @@ def main() -> None:
         x, ones = x.to(device), torch.ones(x.shape[:2], dtype=torch.bool, device=device)
         with autocast():
             if classifier is not None:
-                loss = torch.nn.functional.cross_entropy(classifier(20 * model.video_vector(x, ones)), labels.to(device))
+                loss = torch.nn.functional.cross_entropy(
+                    classifier(20 * model.video_vector(x, ones)), labels.to(device)
+                )
             else:
                 ids, mask = model.tokenize(captions)
                 loss = loss_fn(model(x, ones, ids.to(device), mask.to(device)), {})
@@ -166,7 +194,10 @@ def main() -> None:
         schedule.step()
         model.clamp_logit_scale()
         if (step + 1) % args.every == 0 or step + 1 == args.steps:
-            print(f"[{args.name}] step {step + 1} loss {loss.item():.3f} {evaluate()} {time.time() - start:.0f}s", flush=True)
+            print(
+                f"[{args.name}] step {step + 1} loss {loss.item():.3f} {evaluate()} {time.time() - start:.0f}s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -51,14 +51,18 @@ from mugstan.models import build_model
 sys.path.insert(0, str(Path(__file__).parent))
 from loader_speed import compress, make_videos, write_annotations  # noqa: E402
 
-
 # name -> what it changes against "eager": bf16 autocast over fp32 weights, foreach AdamW (as trained today)
 LEVERS = {
     "eager": {},
     "compiled": {"compile": True},  # train.compile: torch.compile of the video encoder and the text tower
     "compiled + fused AdamW": {"compile": True, "fused": True},  # train.fused_adamw
     "compiled + fused AdamW + bf16 weights": {"compile": True, "fused": True, "bf16_weights": True},  # fp32 master copy
-    "compiled + fused AdamW + checkpointing, 2x batch": {"compile": True, "fused": True, "checkpointing": True, "batch_mult": 2},
+    "compiled + fused AdamW + checkpointing, 2x batch": {
+        "compile": True,
+        "fused": True,
+        "checkpointing": True,
+        "batch_mult": 2,
+    },
     "compiled + fused AdamW, 2x batch": {"compile": True, "fused": True, "batch_mult": 2},
 }
 
@@ -75,8 +79,15 @@ class Trainer:
     """The model and its optimiser under one lever: optionally compiled, fused AdamW, bf16 weights
     with an fp32 master copy that the optimiser updates (no autocast then)."""
 
-    def __init__(self, backbone: str, device: torch.device, compile: bool = False, fused: bool = False,
-                 bf16_weights: bool = False, checkpointing: bool = False):
+    def __init__(
+        self,
+        backbone: str,
+        device: torch.device,
+        compile: bool = False,
+        fused: bool = False,
+        bf16_weights: bool = False,
+        checkpointing: bool = False,
+    ):
         torch.manual_seed(0)
         self.model = build_stan(backbone, checkpointing).to(device)
         self.device, self.bf16_weights = device, bf16_weights
@@ -141,8 +152,12 @@ def model_alone(trainer: Trainer, batch: int, frames: int, size: int, steps: int
         trainer.step(clips, fmask, ids, tmask)
     sync(device)
     seconds = (time.perf_counter() - start) / steps
-    row = {"clips_s": batch / seconds, "step_s": seconds, "warmup_s": warmup,
-           "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
+    row = {
+        "clips_s": batch / seconds,
+        "step_s": seconds,
+        "warmup_s": warmup,
+        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
     return row
 
 
@@ -154,11 +169,15 @@ def flops_per_clip(backbone: str, batch: int, frames: int, size: int, device: to
     ids, tmask = model.tokenizer(["a person is cooking something in a kitchen"] * batch)
     counter = FlopCounterMode(display=False)
     with counter:
-        trainer.loss(clips, torch.ones(batch, frames, dtype=torch.bool, device=device), ids.to(device), tmask.to(device)).backward()
+        trainer.loss(
+            clips, torch.ones(batch, frames, dtype=torch.bool, device=device), ids.to(device), tmask.to(device)
+        ).backward()
     return counter.get_total_flops() / batch
 
 
-def with_loader(trainer: Trainer, cfg: DataConfig, batch: int, workers: int, steps: int, uint8: bool, device: torch.device) -> dict:
+def with_loader(
+    trainer: Trainer, cfg: DataConfig, batch: int, workers: int, steps: int, uint8: bool, device: torch.device
+) -> dict:
     """Clips/s fed by the real DataLoader in its steady state and the share of the time spent
     waiting for batches. The batches queued while the workers start are taken untimed first (a
     run timed on them measures the GPU alone), then at least two batches per worker are timed."""
@@ -167,15 +186,27 @@ def with_loader(trainer: Trainer, cfg: DataConfig, batch: int, workers: int, ste
     drain = prefetch * max(1, workers)  # batches queued at start: built before the clock starts
     steps = max(steps, 2 * workers)  # each worker builds about two timed batches
     index = [i % len(dataset) for i in range(batch * (steps + drain + 2))]
-    loader = DataLoader(torch.utils.data.Subset(dataset, index), batch_size=batch, shuffle=False, num_workers=workers,
-                        collate_fn=collate, pin_memory=device.type == "cuda", prefetch_factor=prefetch if workers else None,
-                        persistent_workers=False, drop_last=True)
+    loader = DataLoader(
+        torch.utils.data.Subset(dataset, index),
+        batch_size=batch,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=prefetch if workers else None,
+        persistent_workers=False,
+        drop_last=True,
+    )
     it = iter(loader)
 
     def next_batch():
         b = next(it)
-        return (b["frames"].to(device, non_blocking=True), b["frame_mask"].to(device, non_blocking=True),
-                b["ids"].to(device, non_blocking=True), b["text_mask"].to(device, non_blocking=True))
+        return (
+            b["frames"].to(device, non_blocking=True),
+            b["frame_mask"].to(device, non_blocking=True),
+            b["ids"].to(device, non_blocking=True),
+            b["text_mask"].to(device, non_blocking=True),
+        )
 
     for _ in range(2):  # warm-up: kernels chosen
         trainer.step(*next_batch())
@@ -218,8 +249,11 @@ def measure_levers(args, results: dict, backbone: str, batch: int, device: torch
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
         peak = f", peak {row['peak_gib']:.1f} GiB" if row["peak_gib"] is not None else ""
-        print(f"{backbone} {lever}: {row['clips_s']:.1f} clips/s, MFU {100 * row['mfu']:.1f}%{peak} "
-              f"(warm-up {row['warmup_s']:.0f} s, {time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"{backbone} {lever}: {row['clips_s']:.1f} clips/s, MFU {100 * row['mfu']:.1f}%{peak} "
+            f"(warm-up {row['warmup_s']:.0f} s, {time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
 
 
 def measure_loader(args, results: dict, batches: dict, device: torch.device) -> None:
@@ -229,15 +263,25 @@ def measure_loader(args, results: dict, batches: dict, device: torch.device) -> 
         t0 = time.perf_counter()
         raw = tmp / "raw"
         make_videos(raw, (320, 240), args.videos, (10.0, 30.0), seed=7, workers=results["cores"])
-        compress(raw, tmp / "intra", ["--fps", "3", "--short-side", "224", "--gop", "1", "--fast-decode"], results["cores"])
+        compress(
+            raw, tmp / "intra", ["--fps", "3", "--short-side", "224", "--gop", "1", "--fast-decode"], results["cores"]
+        )
         print(f"rendered and compressed {args.videos} videos in {time.perf_counter() - t0:.0f} s", flush=True)
         cfgs = {}
         for folder in ("raw", "intra"):
             ann = write_annotations(tmp / folder, sorted((tmp / folder).glob("*.mp4")), tmp / f"{folder}.jsonl")
-            cfgs[folder] = DataConfig(dataset="jsonl", root=str(tmp / folder), train_ann=str(ann), num_frames=args.frames, image_size=args.size)
-        feeds = [("loader: compressed (3 fps, all-intra, fast-decode), uint8 + GPU normalise", "intra", True),
-                 ("loader: compressed (3 fps, all-intra, fast-decode), float as today", "intra", False),
-                 ("loader: raw 320x240 30 fps, float as today", "raw", False)]
+            cfgs[folder] = DataConfig(
+                dataset="jsonl",
+                root=str(tmp / folder),
+                train_ann=str(ann),
+                num_frames=args.frames,
+                image_size=args.size,
+            )
+        feeds = [
+            ("loader: compressed (3 fps, all-intra, fast-decode), uint8 + GPU normalise", "intra", True),
+            ("loader: compressed (3 fps, all-intra, fast-decode), float as today", "intra", False),
+            ("loader: raw 320x240 30 fps, float as today", "raw", False),
+        ]
         for backbone in args.backbones:
             trainer = Trainer(backbone, device)
             flops = next(r["flops_per_clip"] for r in results["rows"] if r["backbone"] == backbone)
@@ -245,10 +289,19 @@ def measure_loader(args, results: dict, batches: dict, device: torch.device) -> 
                 if folder == "raw" and backbone != args.backbones[0]:
                     continue  # the raw files starve the first backbone already
                 row = with_loader(trainer, cfgs[folder], batches[backbone], args.workers, args.steps, uint8, device)
-                row.update(backbone=backbone, feed=label, batch=batches[backbone], flops_per_clip=flops,
-                           mfu=flops * row["clips_s"] / args.peak, peak_gib=None)
+                row.update(
+                    backbone=backbone,
+                    feed=label,
+                    batch=batches[backbone],
+                    flops_per_clip=flops,
+                    mfu=flops * row["clips_s"] / args.peak,
+                    peak_gib=None,
+                )
                 results["rows"].append(row)
-                print(f"{backbone} {label}: {row['clips_s']:.1f} clips/s, loader wait {100 * row['wait_share']:.0f}%", flush=True)
+                print(
+                    f"{backbone} {label}: {row['clips_s']:.1f} clips/s, loader wait {100 * row['wait_share']:.0f}%",
+                    flush=True,
+                )
             del trainer
 
 
@@ -259,11 +312,15 @@ def main() -> None:
     parser.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS))
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (with a loader: at least 2 x workers)")
+    parser.add_argument(
+        "--steps", type=int, default=10, help="timed steps per measurement (with a loader: at least 2 x workers)"
+    )
     parser.add_argument("--loader", action="store_true", help="also time the eager model fed by the DataLoader")
     parser.add_argument("--videos", type=int, default=48, help="videos rendered for the loader runs")
     parser.add_argument("--workers", type=int, default=max(1, len(os.sched_getaffinity(0)) - 1))
-    parser.add_argument("--peak", type=float, default=989e12, help="dense bf16 FLOP/s of the device (H100/H200 SXM: 989e12)")
+    parser.add_argument(
+        "--peak", type=float, default=989e12, help="dense bf16 FLOP/s of the device (H100/H200 SXM: 989e12)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -271,7 +328,13 @@ def main() -> None:
     batches = dict(zip(args.backbones, args.batch + args.batch[-1:] * len(args.backbones)))
     torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    results = {"device": name, "torch": torch.__version__, "cores": len(os.sched_getaffinity(0)), "workers": args.workers, "rows": []}
+    results = {
+        "device": name,
+        "torch": torch.__version__,
+        "cores": len(os.sched_getaffinity(0)),
+        "workers": args.workers,
+        "rows": [],
+    }
 
     for backbone in args.backbones:
         flops = flops_per_clip(backbone, min(batches[backbone], 4), args.frames, args.size, device)
@@ -279,17 +342,24 @@ def main() -> None:
     if args.loader:
         measure_loader(args, results, batches, device)
 
-    print(f"\nSTAN (self) training step, {args.frames} frames at {args.size} px, AdamW, random init; "
-          f"{name}, torch {torch.__version__}, {results['cores']} cores"
-          + (f", {args.workers} loader workers" if args.loader else "") + "\n")
-    print("| backbone | batch | lever / feed | clips/s | GFLOP per clip (fwd+bwd) | MFU | peak GiB | warm-up s | blocked in next(loader) |")
+    print(
+        f"\nSTAN (self) training step, {args.frames} frames at {args.size} px, AdamW, random init; "
+        f"{name}, torch {torch.__version__}, {results['cores']} cores"
+        + (f", {args.workers} loader workers" if args.loader else "")
+        + "\n"
+    )
+    print(
+        "| backbone | batch | lever / feed | clips/s | GFLOP per clip (fwd+bwd) | MFU | peak GiB | warm-up s | blocked in next(loader) |"
+    )
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in results["rows"]:
         wait = f"{100 * r['wait_share']:.0f}%" if "wait_share" in r else "-"
         peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") is not None else "-"
         warm = f"{r['warmup_s']:.0f}" if "warmup_s" in r else "-"
-        print(f"| {r['backbone']} | {r['batch']} | {r['feed']} | {r['clips_s']:.1f} | {r['flops_per_clip'] / 1e9:.1f} | "
-              f"{100 * r['mfu']:.1f}% | {peak} | {warm} | {wait} |")
+        print(
+            f"| {r['backbone']} | {r['batch']} | {r['feed']} | {r['clips_s']:.1f} | {r['flops_per_clip'] / 1e9:.1f} | "
+            f"{100 * r['mfu']:.1f}% | {peak} | {warm} | {wait} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

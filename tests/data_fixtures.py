@@ -53,21 +53,47 @@ def write_dataset_fixtures(root: Path) -> dict:
         write_video(root / f"{v}.mp4", frames=10, seed=i)
     for i in range(4):
         write_video(root / f"{100 + i}.webm", frames=8, seed=i)
-    (root / "data.json").write_text(json.dumps({"videos": [{"video_id": v} for v in vids],
-                                                "sentences": [{"video_id": v, "caption": f"a clip {v} {j}", "sen_id": j} for v in vids for j in range(2)]}))
+    (root / "data.json").write_text(
+        json.dumps(
+            {
+                "videos": [{"video_id": v} for v in vids],
+                "sentences": [
+                    {"video_id": v, "caption": f"a clip {v} {j}", "sen_id": j} for v in vids for j in range(2)
+                ],
+            }
+        )
+    )
     (root / "train.csv").write_text("video_id\n" + "\n".join(vids) + "\n")
-    (root / "test.csv").write_text("key,vid_key,video_id,sentence\n" + "".join(f"r{i},m{i},{v},a clip of {v}\n" for i, v in enumerate(vids)))
-    (root / "didemo.json").write_text(json.dumps([{"video": f"{v}.mp4", "description": f"{v} begins.", "times": [[0, 1]]} for v in vids]))
+    (root / "test.csv").write_text(
+        "key,vid_key,video_id,sentence\n" + "".join(f"r{i},m{i},{v},a clip of {v}\n" for i, v in enumerate(vids))
+    )
+    (root / "didemo.json").write_text(
+        json.dumps([{"video": f"{v}.mp4", "description": f"{v} begins.", "times": [[0, 1]]} for v in vids])
+    )
     (root / "lsmdc.csv").write_text("".join(f"{v}\t0\t1\t0\t1\tSomeone in {v}.\n" for v in vids))
     (root / "list.txt").write_text("\n".join(vids) + "\n")
     (root / "captions.pkl").write_bytes(pickle.dumps({v: [["a", "clip", v], ["another", v]] for v in vids}))
     (root / "k400.txt").write_text("".join(f"{v}.mp4 {i % 2}\n" for i, v in enumerate(vids)))
     (root / "classes.txt").write_text("abseiling\nbowling\n")
     (root / "labels.json").write_text(json.dumps({"Holding something": "0", "Pushing something": "1"}))
-    (root / "ssv2.json").write_text(json.dumps([{"id": str(100 + i), "template": ["Holding [something]", "Pushing [something]"][i % 2], "label": "x", "placeholders": []} for i in range(4)]))
+    (root / "ssv2.json").write_text(
+        json.dumps(
+            [
+                {
+                    "id": str(100 + i),
+                    "template": ["Holding [something]", "Pushing [something]"][i % 2],
+                    "label": "x",
+                    "placeholders": [],
+                }
+                for i in range(4)
+            ]
+        )
+    )
     (root / "webvid.json").write_text(json.dumps({f"{v}.mp4": f"stock footage of {v}" for v in vids}))
     (root / "vatex.json").write_text(json.dumps({v: {"enCap": [f"{v} caption {j}" for j in range(3)]} for v in vids}))
-    (root / "activitynet.json").write_text(json.dumps({f"v_{v}": {"duration": 1.0, "timestamps": [[0, 1]], "sentences": [f"{v} happens."]} for v in vids}))
+    (root / "activitynet.json").write_text(
+        json.dumps({f"v_{v}": {"duration": 1.0, "timestamps": [[0, 1]], "sentences": [f"{v} happens."]} for v in vids})
+    )
     ucf, ucf_classes = root / "UCF-101", ["ApplyEyeMakeup", "Archery"]
     for i, name in enumerate(ucf_classes):
         write_video(ucf / name / f"v_{name}_g01_c01.avi", frames=8, seed=i)
@@ -75,7 +101,9 @@ def write_dataset_fixtures(root: Path) -> dict:
     lists = root / "ucfTrainTestlist"
     lists.mkdir(exist_ok=True)
     (lists / "classInd.txt").write_text("".join(f"{i} {n}\r\n" for i, n in enumerate(ucf_classes, 1)))
-    (lists / "trainlist01.txt").write_text("".join(f"{n}/v_{n}_g08_c01.avi {i}\r\n" for i, n in enumerate(ucf_classes, 1)))
+    (lists / "trainlist01.txt").write_text(
+        "".join(f"{n}/v_{n}_g08_c01.avi {i}\r\n" for i, n in enumerate(ucf_classes, 1))
+    )
     (lists / "testlist01.txt").write_text("".join(f"{n}/v_{n}_g01_c01.avi\r\n" for n in ucf_classes))
     hmdb, splits_dir = root / "hmdb51", root / "testTrainMulti_7030_splits"
     splits_dir.mkdir(exist_ok=True)
@@ -88,10 +116,28 @@ def write_dataset_fixtures(root: Path) -> dict:
     splits = lambda ann: {"train_ann": str(root / ann), "val_ann": str(root / ann), "test_ann": str(root / ann)}
     ava = write_ava_fixtures(root, vids)
     return {
-        "ava": {"train_ann": ava["train"], "val_ann": ava["val"], "test_ann": ava["val"],
-                "extra": {k: ava[k] for k in ("label_map", "train_exclusions", "val_exclusions", "test_exclusions",
-                                                "val_proposals", "test_proposals")}},
-        "msrvtt": {"train_ann": str(root / "train.csv"), "val_ann": str(root / "test.csv"), "test_ann": str(root / "test.csv"), "extra": {"data_json": str(root / "data.json")}},
+        "ava": {
+            "train_ann": ava["train"],
+            "val_ann": ava["val"],
+            "test_ann": ava["val"],
+            "extra": {
+                k: ava[k]
+                for k in (
+                    "label_map",
+                    "train_exclusions",
+                    "val_exclusions",
+                    "test_exclusions",
+                    "val_proposals",
+                    "test_proposals",
+                )
+            },
+        },
+        "msrvtt": {
+            "train_ann": str(root / "train.csv"),
+            "val_ann": str(root / "test.csv"),
+            "test_ann": str(root / "test.csv"),
+            "extra": {"data_json": str(root / "data.json")},
+        },
         "didemo": splits("didemo.json"),
         "lsmdc": splits("lsmdc.csv"),
         "msvd": {**splits("list.txt"), "extra": {"captions": str(root / "captions.pkl")}},
@@ -100,8 +146,12 @@ def write_dataset_fixtures(root: Path) -> dict:
         "webvid": {"train_ann": str(root / "webvid.json")},
         "vatex": {**splits("list.txt"), "extra": {"data_json": str(root / "vatex.json")}},
         "activitynet": splits("activitynet.json"),
-        "ucf101": {"videos": "UCF-101", "train_ann": str(lists / "trainlist01.txt"), "test_ann": str(lists / "testlist01.txt"),
-                   "extra": {"class_names": str(lists / "classInd.txt")}},
+        "ucf101": {
+            "videos": "UCF-101",
+            "train_ann": str(lists / "trainlist01.txt"),
+            "test_ann": str(lists / "testlist01.txt"),
+            "extra": {"class_names": str(lists / "classInd.txt")},
+        },
         "hmdb51": {"videos": "hmdb51", **splits("testTrainMulti_7030_splits/brush_hair_test_split1.txt")},
         "cc3m": {"root": str(root), "videos": "", "train_ann": str(root / "cc3m.tsv"), "extra": {}},
     }
@@ -112,11 +162,32 @@ def write_config(path: Path, data: Path, out: Path, **train) -> Path:
     dataset folder; ``train`` overrides keys of the ``train`` section."""
     cfg = {
         "name": "tiny",
-        "model": {"backbone": "mugstan-tiny", "branch": "stan", "head": "mean", "context_length": 16, "stan": {"depth": 2, "drop_path": 0.0}},
-        "data": {"dataset": "jsonl", "root": str(data), "train_ann": str(data / "train.jsonl"), "num_frames": 4,
-                 "image_size": 32, "num_workers": 0},
-        "train": {"output_dir": str(out), "epochs": 1, "batch_size": 4, "lr": 1e-4, "warmup": 2, "log_every": 1,
-                  "precision": "fp32", "deterministic": True, **train},
+        "model": {
+            "backbone": "mugstan-tiny",
+            "branch": "stan",
+            "head": "mean",
+            "context_length": 16,
+            "stan": {"depth": 2, "drop_path": 0.0},
+        },
+        "data": {
+            "dataset": "jsonl",
+            "root": str(data),
+            "train_ann": str(data / "train.jsonl"),
+            "num_frames": 4,
+            "image_size": 32,
+            "num_workers": 0,
+        },
+        "train": {
+            "output_dir": str(out),
+            "epochs": 1,
+            "batch_size": 4,
+            "lr": 1e-4,
+            "warmup": 2,
+            "log_every": 1,
+            "precision": "fp32",
+            "deterministic": True,
+            **train,
+        },
         "eval": {"batch_size": 32},
     }
     path.write_text(yaml.safe_dump(cfg))
@@ -154,15 +225,15 @@ def write_ava_fixtures(root: Path, videos=("video0", "video1")) -> dict:
         "label_map": AVA_LABEL_MAP,
         # action 2 is not in the label map (ignored); person 1 of a,0901 does two actions
         "train": f"{a},0900,0.100,0.200,0.400,0.900,1,0\n{a},0900,0.500,0.100,0.900,0.800,8,1\n{a},0901,0.100,0.200,0.450,0.900,2,0\n"
-                 f"{a},0901,0.500,0.100,0.900,0.800,3,1\n{a},0901,0.500,0.100,0.900,0.800,8,1\n{b},0900,0.200,0.200,0.600,0.700,3,0\n"
-                 f"{b},0901,0.200,0.200,0.600,0.700,1,0\n",
+        f"{a},0901,0.500,0.100,0.900,0.800,3,1\n{a},0901,0.500,0.100,0.900,0.800,8,1\n{b},0900,0.200,0.200,0.600,0.700,3,0\n"
+        f"{b},0901,0.200,0.200,0.600,0.700,1,0\n",
         "val": f"{a},0900,0.100,0.200,0.400,0.900,1,0\n{a},0901,0.500,0.100,0.900,0.800,8,1\n{b},0900,0.200,0.200,0.600,0.700,3,0\n"
-               f"{b},0901,0.200,0.200,0.600,0.700,1,0\n",
+        f"{b},0901,0.200,0.200,0.600,0.700,1,0\n",
         "train_exclusions": f"{b},0901\n",
         "val_exclusions": f"{b},0901\n",
         "test_exclusions": f"{b},0901\n",
         "val_proposals": f"{a},0900,0.110,0.210,0.410,0.880,0.98\n{a},0900,0.000,0.000,0.200,0.200,0.40\n{a},0901,0.500,0.100,0.900,0.800,0.95\n"
-                         f"{b},0900,0.200,0.200,0.600,0.700,0.99\n",
+        f"{b},0900,0.200,0.200,0.600,0.700,0.99\n",
     }
     files["test_proposals"] = files["val_proposals"]
     out = {}
@@ -205,10 +276,15 @@ def write_shards(data: Path, out: Path, per_shard: int, ann: str = "train.jsonl"
     for s in range(0, len(rows), per_shard):
         shards.append(out / f"{s // per_shard:05d}.tar")
         with tarfile.open(shards[-1], "w") as tar:
-            for i, row in enumerate(rows[s:s + per_shard], s):
+            for i, row in enumerate(rows[s : s + per_shard], s):
                 key = f"{i:09d}"
                 caption = row["caption"] if isinstance(row["caption"], str) else row["caption"][0]
-                meta = {"url": row["video"], "key": key, "status": "success", **({"label": row["label"]} if label else {})}
+                meta = {
+                    "url": row["video"],
+                    "key": key,
+                    "status": "success",
+                    **({"label": row["label"]} if label else {}),
+                }
                 add(tar, f"{key}.mp4", (Path(data) / row["video"]).read_bytes())
                 add(tar, f"{key}.txt", caption.encode())
                 add(tar, f"{key}.json", json.dumps(meta).encode())

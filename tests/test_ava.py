@@ -29,8 +29,12 @@ FAR = [0.6, 0.6, 0.9, 0.9]
 
 def boxset(rows, scores=False):
     """rows: (key, box, label[, score]) -> BoxSet."""
-    return BoxSet([r[0] for r in rows], np.array([r[1] for r in rows], dtype=float).reshape(-1, 4),
-                  np.array([r[2] for r in rows], dtype=np.int64), np.array([r[3] for r in rows], dtype=float) if scores else None)
+    return BoxSet(
+        [r[0] for r in rows],
+        np.array([r[1] for r in rows], dtype=float).reshape(-1, 4),
+        np.array([r[2] for r in rows], dtype=np.int64),
+        np.array([r[3] for r in rows], dtype=float) if scores else None,
+    )
 
 
 # ---- the evaluator, by hand ---------------------------------------------------------------------
@@ -74,7 +78,10 @@ def test_no_detections_and_classes_without_ground_truth():
     assert m["per_class"] == {1: pytest.approx(100.0), 3: 0.0, 5: None}
     assert m["mAP"] == pytest.approx(50.0)
     nothing = BoxSet([], np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0))
-    assert frame_map(gt, nothing, [1, 3])["mAP"] == 0.0 and frame_map(gt, nothing, [1, 3])["per_class"] == {1: 0.0, 3: 0.0}
+    assert frame_map(gt, nothing, [1, 3])["mAP"] == 0.0 and frame_map(gt, nothing, [1, 3])["per_class"] == {
+        1: 0.0,
+        3: 0.0,
+    }
 
 
 def test_excluded_timestamps_leave_both_sides():
@@ -103,10 +110,14 @@ def test_each_ground_truth_is_matched_once_and_by_its_best_detection():
     # GT 0 best (IoU 0.9 vs 0.72 with GT 1): GT 0 is taken, so it is a false positive (PASCAL rule),
     # although GT 1 would fit; detection 2 is a duplicate of detection 0: false positive
     det_boxes = np.array([BOX, [0.0, 0.0, 0.5, 0.45], BOX])
-    tp = match_detections(np.zeros(3, np.int64), det_boxes, np.array([0.9, 0.8, 0.7]), np.zeros(2, np.int64), np.array(gt.boxes))
+    tp = match_detections(
+        np.zeros(3, np.int64), det_boxes, np.array([0.9, 0.8, 0.7]), np.zeros(2, np.int64), np.array(gt.boxes)
+    )
     assert tp.tolist() == [True, False, False]
     # another class or another keyframe never matches
-    tp = match_detections(np.array([1, 2]), np.array([BOX, BOX]), np.array([0.9, 0.9]), np.array([0, 0]), np.array(gt.boxes))
+    tp = match_detections(
+        np.array([1, 2]), np.array([BOX, BOX]), np.array([0.9, 0.9]), np.array([0, 0]), np.array(gt.boxes)
+    )
     assert tp.tolist() == [False, False]
 
 
@@ -124,7 +135,11 @@ def test_detections_without_area_are_dropped_before_matching():
     flat = [(A, [0.2, 0.1, 0.2, 0.4], 1, 0.99), (B, [0.1, 0.3, 0.4, 0.3], 1, 0.98)]  # zero width, zero height
     det = boxset(flat + [(A, BOX, 1, 0.9), (B, BOX, 1, 0.8)], scores=True)
     m = frame_map(gt, det, [1])
-    assert m["mAP"] == pytest.approx(100.0) and m["counts"]["detections_without_area"] == 2 and m["counts"]["detections"] == 2
+    assert (
+        m["mAP"] == pytest.approx(100.0)
+        and m["counts"]["detections_without_area"] == 2
+        and m["counts"]["detections"] == 2
+    )
     thin = boxset([(A, [0.2, 0.1, 0.21, 0.4], 1, 0.99), (A, BOX, 1, 0.9), (B, BOX, 1, 0.8)], scores=True)
     assert frame_map(gt, thin, [1])["mAP"] == pytest.approx(100 * 2 / 3)  # FP, TP, TP: precision 2/3 at both recalls
 
@@ -133,7 +148,9 @@ def test_the_activitynet_script_keeps_the_top_detections_of_each_keyframe():
     """``max_per_keyframe`` (eval.detections_per_keyframe): only the N highest-scored rows of a keyframe
     count, over all its classes (get_ava_performance.py reads 50); 0 keeps all (mmaction2)."""
     gt = boxset([(A, BOX, 1), (A, FAR, 3), (B, BOX, 1)])
-    det = boxset([(A, BOX, 1, 0.9), (A, FAR, 1, 0.8), (A, FAR, 3, 0.3), (B, BOX, 1, 0.2), (B, FAR, 3, 0.1)], scores=True)
+    det = boxset(
+        [(A, BOX, 1, 0.9), (A, FAR, 1, 0.8), (A, FAR, 3, 0.3), (B, BOX, 1, 0.2), (B, FAR, 3, 0.1)], scores=True
+    )
     every = frame_map(gt, det, [1, 3])
     assert every["per_class"] == {1: pytest.approx(100 * (0.5 + 0.5 * 2 / 3)), 3: pytest.approx(100.0)}
     top2 = frame_map(gt, det, [1, 3], max_per_keyframe=2)  # A keeps 0.9 and 0.8 (its class-3 hit goes), B keeps both
@@ -182,16 +199,21 @@ def reference_frame_map(gt_rows, det_rows, class_ids, excluded=(), capacity=0):
         if key in excluded:
             continue
         for c in class_ids:
-            dets = sorted([(e[0], e[2:]) for e in entries if e[1] == c and e[2] < e[4] and e[3] < e[5]], key=lambda d: -d[0])
+            dets = sorted(
+                [(e[0], e[2:]) for e in entries if e[1] == c and e[2] < e[4] and e[3] < e[5]], key=lambda d: -d[0]
+            )
             gts = [b for label, b in truth.get(key, []) if label == c]
             taken = [False] * len(gts)
             for score, box in dets:
                 tp = False
                 if gts:
                     g = np.array(gts)
-                    inter = (np.clip(np.minimum(box[2], g[:, 2]) - np.maximum(box[0], g[:, 0]), 0, None)
-                             * np.clip(np.minimum(box[3], g[:, 3]) - np.maximum(box[1], g[:, 1]), 0, None))
-                    ious = inter / ((box[2] - box[0]) * (box[3] - box[1]) + (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1]) - inter)
+                    inter = np.clip(np.minimum(box[2], g[:, 2]) - np.maximum(box[0], g[:, 0]), 0, None) * np.clip(
+                        np.minimum(box[3], g[:, 3]) - np.maximum(box[1], g[:, 1]), 0, None
+                    )
+                    ious = inter / (
+                        (box[2] - box[0]) * (box[3] - box[1]) + (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1]) - inter
+                    )
                     j = int(np.argmax(ious))
                     if ious[j] >= 0.5 and not taken[j]:
                         tp = taken[j] = True
@@ -233,7 +255,11 @@ def test_frame_map_equals_the_official_computation_on_random_fixtures(seed):
     gt_rows, det_rows = [], []
     for key in keys:
         people = [box() for _ in range(int(rng.integers(0, 4)))]
-        gt_rows += [(key, p, int(c)) for p in people for c in rng.choice([1, 2, 3, 4, 9], int(rng.integers(1, 3)), replace=False)]
+        gt_rows += [
+            (key, p, int(c))
+            for p in people
+            for c in rng.choice([1, 2, 3, 4, 9], int(rng.integers(1, 3)), replace=False)
+        ]
         for found in [box(p) for p in people] + [box() for _ in range(3)]:
             if rng.random() < 0.1:
                 found[2] = found[0]  # zero width
@@ -263,8 +289,19 @@ def ava_data(root, files, **kw) -> DataConfig:
 
     ava = {"timestamp_start": 900.0, "source_fps": 8.0, "frame_interval": 2, "num_actions": 0, **kw.pop("ava", {})}
     extra = {k: files[k] for k in ("label_map", "train_exclusions", "val_exclusions", "val_proposals")}
-    return DataConfig(dataset="ava", root=str(root), train_ann=files["train"], val_ann=files["val"], test_ann=files["val"],
-                      extra={**extra, **kw.pop("extra", {})}, num_frames=4, image_size=32, num_workers=0, ava=AVAConfig(**ava), **kw)
+    return DataConfig(
+        dataset="ava",
+        root=str(root),
+        train_ann=files["train"],
+        val_ann=files["val"],
+        test_ann=files["val"],
+        extra={**extra, **kw.pop("extra", {})},
+        num_frames=4,
+        image_size=32,
+        num_workers=0,
+        ava=AVAConfig(**ava),
+        **kw,
+    )
 
 
 def test_label_map_both_spellings(tmp_path):
@@ -295,7 +332,11 @@ def test_evaluation_keyframes_use_proposals_above_the_score_threshold(ava_files)
     ann = load_annotations(ava_data(root, files), "val")
     assert ann.box_source == "proposals" and ann.keyframes == [("video0", 900), ("video0", 901), ("video1", 900)]
     np.testing.assert_allclose(ann.boxes[0], [[0.11, 0.21, 0.41, 0.88]], atol=1e-6)  # the 0.40 box is dropped
-    assert [len(b) for b in ann.boxes] == [1, 1, 1] and ann.gt.keys == [("video0", 900), ("video0", 901), ("video1", 900)]
+    assert [len(b) for b in ann.boxes] == [1, 1, 1] and ann.gt.keys == [
+        ("video0", 900),
+        ("video0", 901),
+        ("video1", 900),
+    ]
     lower = load_annotations(ava_data(root, files, ava={"proposal_score": 0.3}), "val")
     assert [len(b) for b in lower.boxes] == [2, 1, 1]
     gt_boxes = load_annotations(ava_data(root, files, extra={"val_proposals": ""}), "val")
@@ -306,15 +347,20 @@ def test_proposals_as_mmaction2_picks_them(ava_files, tmp_path):
     """A keyframe whose proposals all score below the threshold keeps its best one(s); a keyframe
     without proposals is classified as one whole-frame box (mmaction2's AVADataset)."""
     root, files = ava_files
-    (tmp_path / "p.csv").write_text("video0,0900,0.1,0.2,0.4,0.9,0.5\nvideo0,0900,0.5,0.1,0.9,0.8,0.7\n"
-                                    "video1,0900,0.2,0.2,0.6,0.7,0.95\nvideo1,0900,0.1,0.1,0.3,0.3,0.92\n")
+    (tmp_path / "p.csv").write_text(
+        "video0,0900,0.1,0.2,0.4,0.9,0.5\nvideo0,0900,0.5,0.1,0.9,0.8,0.7\n"
+        "video1,0900,0.2,0.2,0.6,0.7,0.95\nvideo1,0900,0.1,0.1,0.3,0.3,0.92\n"
+    )
     ann = load_annotations(ava_data(root, files, extra={"val_proposals": str(tmp_path / "p.csv")}), "val")
     assert ann.keyframes == [("video0", 900), ("video0", 901), ("video1", 900)]
     np.testing.assert_allclose(ann.boxes[0], [[0.5, 0.1, 0.9, 0.8]])  # none >= 0.9: the best (0.7)
     np.testing.assert_allclose(ann.boxes[1], [[0.0, 0.0, 1.0, 1.0]])  # no proposal: the whole frame
     np.testing.assert_allclose(ann.boxes[2], [[0.2, 0.2, 0.6, 0.7], [0.1, 0.1, 0.3, 0.3]])  # both >= 0.9
     assert [b.shape for b in ann.box_labels] == [(1, 3), (1, 3), (2, 3)]
-    assert select_proposals(np.array([[0, 0, 0.5, 0.5, 0.8], [0.5, 0.5, 1, 1, 0.8]]), 0.9).shape == (2, 4)  # ties at the best
+    assert select_proposals(np.array([[0, 0, 0.5, 0.5, 0.8], [0.5, 0.5, 1, 1, 0.8]]), 0.9).shape == (
+        2,
+        4,
+    )  # ties at the best
 
 
 def test_the_documented_pickle_conversion_keeps_scores_exact(tmp_path):
@@ -338,7 +384,9 @@ def test_the_documented_pickle_conversion_keeps_scores_exact(tmp_path):
     assert len(written) == 1
     read = read_proposals(written[0])[("v", 902)]
     np.testing.assert_array_equal(read, proposals["v,0902"].astype(np.float64))
-    np.testing.assert_array_equal(select_proposals(read, 0.9), proposals["v,0902"][1:, :4])  # the 0.89996 box is dropped
+    np.testing.assert_array_equal(
+        select_proposals(read, 0.9), proposals["v,0902"][1:, :4]
+    )  # the 0.89996 box is dropped
 
 
 def test_all_actions_are_trained_and_the_label_map_ones_evaluated(ava_files, tmp_path):
@@ -348,7 +396,9 @@ def test_all_actions_are_trained_and_the_label_map_ones_evaluated(ava_files, tmp
     ann = load_annotations(ava_data(root, files, ava={"num_actions": 8}), "train")
     assert ann.class_ids == list(range(1, 9)) and ann.evaluated_ids == [1, 3, 8] and ann.dropped_rows == 0
     assert ann.class_names[:3] == ["bend/bow (at the waist)", "action 2", "crawl"]
-    np.testing.assert_array_equal(ann.box_labels[1], [[0, 1, 0, 0, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0, 0, 1]])  # action 2 is a target
+    np.testing.assert_array_equal(
+        ann.box_labels[1], [[0, 1, 0, 0, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0, 0, 1]]
+    )  # action 2 is a target
     val = load_annotations(ava_data(root, files, ava={"num_actions": 8}), "val")
     assert val.gt.labels.tolist() == [1, 8, 3]
     from mugstan.detection.evaluate import write_results
@@ -364,7 +414,9 @@ def test_all_actions_are_trained_and_the_label_map_ones_evaluated(ava_files, tmp
 
 def test_proposals_csv_and_json_agree_and_pickles_are_refused(tmp_path):
     (tmp_path / "p.csv").write_text("v,0902,0.1,0.2,0.3,0.4,0.95\nv,0902,0.5,0.5,0.6,0.7,0.5\nw,0903,0,0,1,1,1.0\n")
-    (tmp_path / "p.json").write_text(json.dumps({"v,0902": [[0.1, 0.2, 0.3, 0.4, 0.95], [0.5, 0.5, 0.6, 0.7, 0.5]], "w,0903": [[0, 0, 1, 1, 1.0]]}))
+    (tmp_path / "p.json").write_text(
+        json.dumps({"v,0902": [[0.1, 0.2, 0.3, 0.4, 0.95], [0.5, 0.5, 0.6, 0.7, 0.5]], "w,0903": [[0, 0, 1, 1, 1.0]]})
+    )
     a, b = read_proposals(tmp_path / "p.csv"), read_proposals(tmp_path / "p.json")
     assert a.keys() == b.keys() == {("v", 902), ("w", 903)}
     for k in a:
@@ -402,12 +454,16 @@ def test_keyframe_clip_samples_frames_around_the_keyframe(ava_files):
     # frames, as mmaction2's SampleAVAFrames: -2..1 for interval 4, -1..0 for 2, -2..1 for 3
     for interval, expected in ((4, {-2, -1, 0, 1}), (2, {-1, 0}), (3, {-2, -1, 0, 1})):
         rng = np.random.default_rng(0)
-        moved = np.concatenate([keyframe_times(1.0, 4, interval, 8.0, rng) - keyframe_times(1.0, 4, interval, 8.0) for _ in range(50)])
+        moved = np.concatenate(
+            [keyframe_times(1.0, 4, interval, 8.0, rng) - keyframe_times(1.0, 4, interval, 8.0) for _ in range(50)]
+        )
         assert set(np.round(moved * 8).astype(int).tolist()) == expected
     cfg = ava_data(root, files)
     ds = build_dataset(cfg, "val", train=False)
     item = ds[1]  # video0, 0901: second 1 of the file
-    assert item["frames"].shape == (4, 3, 32, 32) and item["boxes"].shape == (1, 4) and item["box_labels"].shape == (1, 3)
+    assert (
+        item["frames"].shape == (4, 3, 32, 32) and item["boxes"].shape == (1, 4) and item["box_labels"].shape == (1, 3)
+    )
     from mugstan.data.transforms import CLIP_MEAN, CLIP_STD
 
     pixel = item["frames"][:, 0, 20:, :].mean((1, 2)) * CLIP_STD[0] + CLIP_MEAN[0]  # lower part, red channel, 0-1
@@ -431,8 +487,15 @@ def tiny_detector(branch="stan", classes=3, roi_size=2):
     from mugstan.config import DetectionConfig, STANConfig
 
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone="mugstan-tiny", branch=branch, head="mean", task="detection", class_names=["a", "b", "c"][:classes],
-                      stan=STANConfig(depth=2, drop_path=0.0), detection=DetectionConfig(roi_size=roi_size, dropout=0.0))
+    cfg = ModelConfig(
+        backbone="mugstan-tiny",
+        branch=branch,
+        head="mean",
+        task="detection",
+        class_names=["a", "b", "c"][:classes],
+        stan=STANConfig(depth=2, drop_path=0.0),
+        detection=DetectionConfig(roi_size=roi_size, dropout=0.0),
+    )
     return build_model(cfg).eval(), cfg
 
 
@@ -447,13 +510,19 @@ def test_detector_shapes_and_frozen_parts():
     assert model(frames, mask, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))["logits"].shape == (0, 3)
     trainable = {n.split(".")[0] + "." + n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad}
     assert "encoder.branch" in trainable and "classifier.weight" in trainable
-    assert not any(p.requires_grad for n, p in model.named_parameters() if n.startswith(("encoder.head", "encoder.logit_scale")))
-    assert not any(p.requires_grad for n, p in model.encoder.backbone.clip.named_parameters() if not n.startswith("visual."))
+    assert not any(
+        p.requires_grad for n, p in model.named_parameters() if n.startswith(("encoder.head", "encoder.logit_scale"))
+    )
+    assert not any(
+        p.requires_grad for n, p in model.encoder.backbone.clip.named_parameters() if not n.startswith("visual.")
+    )
 
 
 def test_roi_pooling_on_known_boxes():
     model, _ = tiny_detector(roi_size=2)
-    fmap = torch.arange(2 * 2 * 16, dtype=torch.float32).view(2, 2, 4, 4)  # [B=2, D=2, 4, 4], value = 16 * channel + 4 * row + col (+ 32 for b=1)
+    fmap = torch.arange(2 * 2 * 16, dtype=torch.float32).view(
+        2, 2, 4, 4
+    )  # [B=2, D=2, 4, 4], value = 16 * channel + 4 * row + col (+ 32 for b=1)
     # the box of cells rows 1-2, columns 2-3 of clip 1: 2 x 2 bins, one cell each, sampled at the cell centres
     box = torch.tensor([[0.5, 0.25, 1.0, 0.75]])
     feats = model.roi_features(fmap, box, torch.tensor([1]))
@@ -471,7 +540,9 @@ def test_order_blind_baseline_and_stan():
     frames, mask = torch.randn(1, 4, 3, 32, 32), torch.ones(1, 4, dtype=torch.bool)
     boxes, index = torch.tensor([[0.1, 0.1, 0.6, 0.6]]), torch.tensor([0])
     none, _ = tiny_detector("none")
-    assert torch.allclose(none(frames, mask, boxes, index)["logits"], none(frames.flip(1), mask, boxes, index)["logits"], atol=1e-5)
+    assert torch.allclose(
+        none(frames, mask, boxes, index)["logits"], none(frames.flip(1), mask, boxes, index)["logits"], atol=1e-5
+    )
     stan, _ = tiny_detector("stan")
     for fc in (m.temporal_fc for m in stan.encoder.branch.temporal):
         torch.nn.init.normal_(fc.weight, std=0.2)
@@ -482,9 +553,18 @@ def test_order_blind_baseline_and_stan():
 def test_detection_loss_is_binary_cross_entropy():
     logits = torch.tensor([[2.0, -1.0], [0.0, 3.0]])
     labels = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
-    expected = -(torch.log(torch.sigmoid(torch.tensor(2.0))) + torch.log(1 - torch.sigmoid(torch.tensor(-1.0)))
-                 + torch.log(torch.tensor(0.5)) + torch.log(torch.sigmoid(torch.tensor(3.0)))) / 4
-    assert DetectionLoss()({"logits": logits}, {"box_labels": labels}).item() == pytest.approx(expected.item(), rel=1e-6)
+    expected = (
+        -(
+            torch.log(torch.sigmoid(torch.tensor(2.0)))
+            + torch.log(1 - torch.sigmoid(torch.tensor(-1.0)))
+            + torch.log(torch.tensor(0.5))
+            + torch.log(torch.sigmoid(torch.tensor(3.0)))
+        )
+        / 4
+    )
+    assert DetectionLoss()({"logits": logits}, {"box_labels": labels}).item() == pytest.approx(
+        expected.item(), rel=1e-6
+    )
     with pytest.raises(ValueError, match="do not match"):
         DetectionLoss()({"logits": logits}, {"box_labels": labels[:1]})
 
@@ -517,8 +597,15 @@ def test_train_and_eval_through_the_cli(tmp_path):
     assert meta["counts"]["test"] == {"videos": 3, "keyframes": 6, "boxes": 12}
     paths = detection_paths(tmp_path / "data")
     config = yaml.safe_load((Path(__file__).parents[1] / "src/mugstan/configs/synthetic/det_stan.yaml").read_text())
-    config["data"].update(root=paths["data.root"], train_ann=paths["data.train_ann"], val_ann=paths["data.val_ann"],
-                          test_ann=paths["data.test_ann"], extra=paths["data.extra"], num_workers=0, num_frames=3)
+    config["data"].update(
+        root=paths["data.root"],
+        train_ann=paths["data.train_ann"],
+        val_ann=paths["data.val_ann"],
+        test_ann=paths["data.test_ann"],
+        extra=paths["data.extra"],
+        num_workers=0,
+        num_frames=3,
+    )
     config["train"].update(output_dir=str(tmp_path / "run"), epochs=1, batch_size=4)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -528,8 +615,15 @@ def test_train_and_eval_through_the_cli(tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     test = results["test"]
     assert test["boxes"] == "proposals" and results["best"]["metric"] == "mAP@0.5"
-    out = run("eval", str(tmp_path / "c.yaml"), "--checkpoint", str(tmp_path / "run" / "checkpoints" / "best"),
-              "--json", str(tmp_path / "r.json"), f"eval.detections={tmp_path / 'dets.csv'}")
+    out = run(
+        "eval",
+        str(tmp_path / "c.yaml"),
+        "--checkpoint",
+        str(tmp_path / "run" / "checkpoints" / "best"),
+        "--json",
+        str(tmp_path / "r.json"),
+        f"eval.detections={tmp_path / 'dets.csv'}",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "frame-mAP@0.5" in out.stdout
     again = json.loads((tmp_path / "r.json").read_text())
@@ -544,7 +638,13 @@ def test_train_and_eval_through_the_cli(tmp_path):
     classes, _ = read_label_map(paths["data.extra"]["label_map"])
     assert again["detection"]["mAP"] == pytest.approx(frame_map(gt, written, classes)["mAP"], abs=1e-9)
     video, ts, *box, action, score = lines[0].split(",")
-    assert video == "det_test_00000" and ts == "0001" and len(box) == 4 and 1 <= int(action) <= 10 and 0 <= float(score) <= 1
+    assert (
+        video == "det_test_00000"
+        and ts == "0001"
+        and len(box) == 4
+        and 1 <= int(action) <= 10
+        and 0 <= float(score) <= 1
+    )
 
 
 # ---- bad files through `mugstan data check` -----------------------------------------------------
@@ -563,12 +663,21 @@ def test_bad_ava_files_end_in_one_error_line(ava_files, tmp_path, capsys, case):
         files["val"], expected = str(tmp_path / "v.csv"), ("v.csv:2", "expected 8 columns", "person_id")
     elif case == "text_action_id":
         (tmp_path / "v.csv").write_text("video0,0900,0.1,0.2,0.4,0.9,stand,0\n")
-        files["val"], expected = str(tmp_path / "v.csv"), ("v.csv:1", "column 7 (action_id) must be a number", "'stand'")
+        files["val"], expected = (
+            str(tmp_path / "v.csv"),
+            ("v.csv:1", "column 7 (action_id) must be a number", "'stand'"),
+        )
     else:
         (tmp_path / "m.pbtxt").write_text("# no items\n")
         files["label_map"], expected = str(tmp_path / "m.pbtxt"), ("m.pbtxt", "no label blocks", "label_id")
-    config = {"data": {"dataset": "ava", "root": str(root), "test_ann": files["val"],
-                       "extra": {"label_map": files["label_map"], "test_proposals": files["val_proposals"]}}}
+    config = {
+        "data": {
+            "dataset": "ava",
+            "root": str(root),
+            "test_ann": files["val"],
+            "extra": {"label_map": files["label_map"], "test_proposals": files["val_proposals"]},
+        }
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     rc = cli.main(["data", "check", str(tmp_path / "c.yaml")])
     out, err = capsys.readouterr()

@@ -43,7 +43,9 @@ def test_text_features_match_open_clip(tiny_clip):
 def test_padding_does_not_change_pooled(tiny_clip):
     short, _ = Tokenizer(8)(["a red circle"])
     long, _ = Tokenizer(24)(["a red circle"])
-    torch.testing.assert_close(tiny_clip.encode_text(short).pooled, tiny_clip.encode_text(long).pooled, rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        tiny_clip.encode_text(short).pooled, tiny_clip.encode_text(long).pooled, rtol=0, atol=1e-5
+    )
 
 
 def test_tokenizer_keeps_eot_when_truncating():
@@ -81,7 +83,9 @@ def test_openai_tag_builds_quickgelu_blocks(tmp_path, name):
 
     repo_id = open_clip.get_pretrained_cfg(name, "openai")["hf_hub"].strip("/")
     torch.manual_seed(0)
-    weights = {k: v.half().contiguous() for k, v in open_clip.create_model(name).state_dict().items()}  # fp16, as OpenAI released
+    weights = {
+        k: v.half().contiguous() for k, v in open_clip.create_model(name).state_dict().items()
+    }  # fp16, as OpenAI released
     save_file(weights, str(hf_cache_snapshot(tmp_path / "hub", repo_id) / "open_clip_model.safetensors"))
     probe = weights["visual.transformer.resblocks.0.mlp.c_fc.weight"].float()
     code = (
@@ -93,7 +97,9 @@ def test_openai_tag_builds_quickgelu_blocks(tmp_path, name):
         "torch.save(b.visual.transformer.resblocks[0].mlp.c_fc.weight.detach(), sys.argv[1])\n"
     )
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.pt")], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "w.pt")], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "QuickGELU", proc.stdout  # open_clip's own QuickGELU, in every block of both towers
     assert torch.equal(torch.load(tmp_path / "w.pt"), probe)  # the file's weights were loaded
@@ -109,11 +115,15 @@ def test_an_unreachable_hub_fails_at_once(tmp_path):
 
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9", "OMP_NUM_THREADS": "1"}
     env.pop("HF_HUB_OFFLINE", None)
-    code = ("from mugstan.backbones.build import build_clip\n"
-            "from mugstan.config import ConfigError\n"
-            "try:\n    build_clip('ViT-B-32', pretrained='openai')\n"
-            "except ConfigError as err:\n    print(err)\n")
+    code = (
+        "from mugstan.backbones.build import build_clip\n"
+        "from mugstan.config import ConfigError\n"
+        "try:\n    build_clip('ViT-B-32', pretrained='openai')\n"
+        "except ConfigError as err:\n    print(err)\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert "Retrying" not in done.stderr and "ERROR" not in done.stderr, done.stderr
-    assert "could not fetch open_clip weights 'ViT-B-32' / 'openai' (the Hugging Face Hub cannot be reached" in done.stdout
+    assert (
+        "could not fetch open_clip weights 'ViT-B-32' / 'openai' (the Hugging Face Hub cannot be reached" in done.stdout
+    )
     assert "model.weights=/path/to/ViT-B-32.pt" in done.stdout

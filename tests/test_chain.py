@@ -39,20 +39,28 @@ def data(tmp_path_factory):
 
 def test_post_pretraining_on_a_mix_then_fine_tuning_from_it(tmp_path, data, capsys):
     synth = data / "synth"
-    pre = load_config(write_config(tmp_path / "pre.yaml", synth, tmp_path / "pre"),
-                      [("data.mix", [{"dataset": "cc3m", "root": str(data / "cc3m"), "train_ann": "train.tsv"}]), "model.head=mug"])
-    assert mix_data_config(pre.data, pre.data.mix[0]).train_ann == str(data / "cc3m" / "train.tsv")  # inside the source's own root
+    pre = load_config(
+        write_config(tmp_path / "pre.yaml", synth, tmp_path / "pre"),
+        [("data.mix", [{"dataset": "cc3m", "root": str(data / "cc3m"), "train_ann": "train.tsv"}]), "model.head=mug"],
+    )
+    assert mix_data_config(pre.data, pre.data.mix[0]).train_ann == str(
+        data / "cc3m" / "train.tsv"
+    )  # inside the source's own root
     mixed = build_train_dataset(pre.data, build_model(pre.model).tokenizer)
     n_video = len(mixed.parts[0])  # caption items of the video-text set
     assert len(mixed) == n_video + 8
     image_item = mixed[n_video + 2]  # a JPEG as a one-frame video: the same frame four times
-    assert image_item["frames"].shape == (4, 3, 32, 32) and torch.equal(image_item["frames"][0], image_item["frames"][3])
+    assert image_item["frames"].shape == (4, 3, 32, 32) and torch.equal(
+        image_item["frames"][0], image_item["frames"][3]
+    )
     assert image_item["index"] == n_video + 2
     train(pre, progress=False)
     pre_ckpt = tmp_path / "pre" / "checkpoints" / "best"
 
-    fine = load_config(write_config(tmp_path / "fine.yaml", synth, tmp_path / "fine"),
-                       [f"model.init_from={pre_ckpt}", "model.head=mug", f"data.test_ann={synth / 'test.jsonl'}"])
+    fine = load_config(
+        write_config(tmp_path / "fine.yaml", synth, tmp_path / "fine"),
+        [f"model.init_from={pre_ckpt}", "model.head=mug", f"data.test_ann={synth / 'test.jsonl'}"],
+    )
     torch.manual_seed(123)  # another initialisation than the pretraining run's
     model = build_model(fine.model)
     report = init_from(model, pre_ckpt)
@@ -62,8 +70,19 @@ def test_post_pretraining_on_a_mix_then_fine_tuning_from_it(tmp_path, data, caps
 
     results = train(fine, progress=False)  # the engine initialises from the checkpoint, trains, tests
     assert "model.init_from: " in capsys.readouterr().out
-    assert cli(["eval", str(tmp_path / "fine" / "config.yaml"), "--checkpoint", str(tmp_path / "fine" / "checkpoints" / "best"),
-                "--json", str(tmp_path / "eval.json")]) == 0
+    assert (
+        cli(
+            [
+                "eval",
+                str(tmp_path / "fine" / "config.yaml"),
+                "--checkpoint",
+                str(tmp_path / "fine" / "checkpoints" / "best"),
+                "--json",
+                str(tmp_path / "eval.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "eval.json").read_text())["retrieval"] == results["test"]["retrieval"]
 
 
@@ -76,8 +95,10 @@ def test_recognition_initialised_from_a_retrieval_checkpoint(tmp_path, data):
     from mugstan.engine.checkpoint import save_checkpoint
 
     save_checkpoint(cli_ckpt, retrieval, cfg)
-    rec = load_config(write_config(tmp_path / "c.yaml", synth, tmp_path / "c"),
-                      ["model.task=recognition", "model.classifier=linear", "model.num_classes=10"])
+    rec = load_config(
+        write_config(tmp_path / "c.yaml", synth, tmp_path / "c"),
+        ["model.task=recognition", "model.classifier=linear", "model.num_classes=10"],
+    )
     classifier = build_model(rec.model)
     report = init_from(classifier, cli_ckpt)
     assert sorted(report["new"]) == ["classifier.fc.bias", "classifier.fc.weight"]
@@ -96,7 +117,9 @@ def test_converted_mugstan_checkpoint_scored_with_mug_from_the_command_line(tmp_
     from mugstan.engine.evaluate import evaluate
 
     synth = data / "synth"
-    cfg = load_config(write_config(tmp_path / "m.yaml", synth, tmp_path / "m"), [f"data.test_ann={synth / 'test.jsonl'}"])
+    cfg = load_config(
+        write_config(tmp_path / "m.yaml", synth, tmp_path / "m"), [f"data.test_ann={synth / 'test.jsonl'}"]
+    )
     torch.save(stan_reference_layout("self"), tmp_path / "mugstan_released.pth")
     converted = tmp_path / "mugstan.safetensors"
     assert cli(["convert", str(tmp_path / "mugstan_released.pth"), str(converted), "--format", "stan"]) == 0
@@ -104,8 +127,21 @@ def test_converted_mugstan_checkpoint_scored_with_mug_from_the_command_line(tmp_
     results = {}
     for head in ("mean", "mug"):
         overrides = ["model.context_length=16"] + (["model.head=mug"] if head == "mug" else [])  # mean: the default
-        assert cli(["eval", str(config), "--checkpoint", str(converted), "--json", str(tmp_path / f"{head}.json"),
-                    f"data.test_ann={synth / 'test.jsonl'}", *overrides]) == 0
+        assert (
+            cli(
+                [
+                    "eval",
+                    str(config),
+                    "--checkpoint",
+                    str(converted),
+                    "--json",
+                    str(tmp_path / f"{head}.json"),
+                    f"data.test_ann={synth / 'test.jsonl'}",
+                    *overrides,
+                ]
+            )
+            == 0
+        )
         results[head] = json.loads((tmp_path / f"{head}.json").read_text())["retrieval"]
         loaded, _ = load_model(converted, overrides=overrides)
         assert type(loaded.head).__name__ == {"mean": "Mean", "mug": "Mug"}[head]
@@ -128,8 +164,10 @@ def test_zero_shot_evaluation_needs_no_checkpoint_and_no_training_files(tmp_path
     result = json.loads((tmp_path / "z.json").read_text())
     torch.manual_seed(7)
     cfg = load_config(path, splits=["test"])
-    assert result["zero_shot"] and result["recognition"] == evaluate(zero_shot_model(cfg), cfg, progress=False)["recognition"]
-
+    assert (
+        result["zero_shot"]
+        and result["recognition"] == evaluate(zero_shot_model(cfg), cfg, progress=False)["recognition"]
+    )
 
 
 def test_eval_reads_videos_as_the_checkpoint_was_trained(tmp_path, data, capsys):
@@ -149,15 +187,35 @@ def test_eval_reads_videos_as_the_checkpoint_was_trained(tmp_path, data, capsys)
 
     def run(name, *overrides):
         capsys.readouterr()
-        assert cli(["eval", str(config), "--checkpoint", str(tmp_path / "ckpt"), "--json", str(tmp_path / f"{name}.json"),
-                    f"data.test_ann={synth / 'test.jsonl'}", *overrides]) == 0
+        assert (
+            cli(
+                [
+                    "eval",
+                    str(config),
+                    "--checkpoint",
+                    str(tmp_path / "ckpt"),
+                    "--json",
+                    str(tmp_path / f"{name}.json"),
+                    f"data.test_ann={synth / 'test.jsonl'}",
+                    *overrides,
+                ]
+            )
+            == 0
+        )
         return json.loads((tmp_path / f"{name}.json").read_text()), capsys.readouterr().out
 
     result, out = run("default")
-    assert result["data_from_checkpoint"] == {"num_frames": 4, "sampler": "segment", "dense_stride": 4, "resize_short": 40}
+    assert result["data_from_checkpoint"] == {
+        "num_frames": 4,
+        "sampler": "segment",
+        "dense_stride": 4,
+        "resize_short": 40,
+    }
     assert "data.num_frames: 4 from the checkpoint (the config says 8; data.num_frames=8 on the command line" in out
     assert "data.image_size" not in out  # the same in both: not mentioned
-    same, _ = run("as_trained", "data.num_frames=4", "data.sampler=segment", "data.dense_stride=4", "data.resize_short=40")
+    same, _ = run(
+        "as_trained", "data.num_frames=4", "data.sampler=segment", "data.dense_stride=4", "data.resize_short=40"
+    )
     assert same["data_from_checkpoint"] == {} and same["retrieval"] == result["retrieval"]
     mine, out = run("overridden", "data.num_frames=8")
     assert "num_frames" not in mine["data_from_checkpoint"] and "data.num_frames" not in out

@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from mugstan.config import (CONFIG_DIR, ChatConfig, ConfigError, DataConfig, EvalConfig, ExperimentConfig, ModelConfig, TrainConfig,
-                            validate_config)
+from mugstan.config import (
+    CONFIG_DIR,
+    ChatConfig,
+    ConfigError,
+    DataConfig,
+    EvalConfig,
+    ExperimentConfig,
+    ModelConfig,
+    TrainConfig,
+    validate_config,
+)
 from mugstan.data.synthetic import COLORS, SynthParams, render_clip, write_video
 
 QUESTION = "which way does the {} circle move?"
@@ -43,7 +52,9 @@ def build(llava_dir, branch="stan", **chat):
 
 def render_pair(folder: Path, color: str, seed: int, frames: int = 8) -> tuple[str, str]:
     """The same clip moving left and (played backwards) right; relative paths of the two videos."""
-    clip, _ = render_clip(color, "circle", ("left", "right"), SynthParams(videos=2, frames=frames, size=32), np.random.default_rng(seed))
+    clip, _ = render_clip(
+        color, "circle", ("left", "right"), SynthParams(videos=2, frames=frames, size=32), np.random.default_rng(seed)
+    )
     names = []
     for motion, f in (("left", clip), ("right", clip[::-1])):
         name = f"{color}_{seed}_{motion}.mp4"
@@ -90,11 +101,13 @@ def test_stan_video_tokens_fill_exactly_the_placeholders(llava_dir):
     torch.testing.assert_close(embeds[~place], model.llm.get_input_embeddings()(ids[~place]))
     assert mask[place].view(2, -1)[:, :t].tolist() == fmask.long().tolist() and mask[~place].all()
     # temporal tokens: each frame's patches averaged; spatial: each patch averaged over the real frames
-    patches = model.branch(model.backbone.encode_frames(frames.flatten(0, 1), model.branch.taps), model.backbone, fmask).patches
+    patches = model.branch(
+        model.backbone.encode_frames(frames.flatten(0, 1), model.branch.taps), model.backbone, fmask
+    ).patches
     torch.testing.assert_close(tokens[1, :t], patches[1].mean(1))
     torch.testing.assert_close(tokens[1, t:], patches[1, :3].mean(0))
     first = int(place[0].nonzero()[0])
-    short = torch.cat([ids[:, :first], ids[:, first + 1:]], 1)  # one placeholder too few
+    short = torch.cat([ids[:, :first], ids[:, first + 1 :]], 1)  # one placeholder too few
     with pytest.raises(ValueError, match="image tokens"):
         model.embed(short, torch.ones_like(short), frames, fmask)
 
@@ -117,7 +130,11 @@ def test_projector_tuning_gives_gradients_to_the_projector_only(llava_dir):
     from mugstan.losses import build_loss
 
     model = build(llava_dir)
-    assert model.training and model.projector.training and not (model.branch.training or model.llm.training or model.backbone.training)
+    assert (
+        model.training
+        and model.projector.training
+        and not (model.branch.training or model.llm.training or model.backbone.training)
+    )
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {f"projector.{n}" for n, _ in model.projector.named_parameters()}
     optimised = {id(p) for g in build_optimizer(model, TrainConfig()).param_groups for p in g["params"]}
@@ -153,7 +170,9 @@ def test_greedy_decoding_is_deterministic_and_is_the_argmax(llava_dir):
     convs = [[(QUESTION.format("red"), None)], [("what colour is it?", "red"), (QUESTION.format("red"), None)]]
     first = model.answer(frames, fmask, convs, max_new_tokens=6)
     assert model.answer(frames, fmask, convs, max_new_tokens=6) == first
-    assert [model.answer(frames[i:i + 1], fmask[i:i + 1], [convs[i]], max_new_tokens=6)[0] for i in range(2)] == first  # left padding
+    assert [
+        model.answer(frames[i : i + 1], fmask[i : i + 1], [convs[i]], max_new_tokens=6)[0] for i in range(2)
+    ] == first  # left padding
     # the same tokens by hand: full forward passes, argmax, stop at </s>
     tok = model.tokenizer.tokenizer
     ids = torch.tensor([model.tokenizer.prompt_ids(convs[0], 4)])
@@ -225,33 +244,77 @@ def test_videoqa_formats(tmp_path):
 
     for name in ("video7010.mp4", "abc_1_5.avi", "v_xyz.mkv", "v_k1.mp4"):
         (tmp_path / name).write_bytes(b"")
-    (tmp_path / "msrvtt.json").write_text(json.dumps([{"video_id": 7010, "question": "what is he doing?", "answer": "cook", "id": 3},
-                                                       {"video_id": 7010, "question": "who?", "answer": "man", "id": 4}]))
-    ann = load_annotations(DataConfig(dataset="msrvtt_qa", root=str(tmp_path), test_ann=str(tmp_path / "msrvtt.json")), "test")
+    (tmp_path / "msrvtt.json").write_text(
+        json.dumps(
+            [
+                {"video_id": 7010, "question": "what is he doing?", "answer": "cook", "id": 3},
+                {"video_id": 7010, "question": "who?", "answer": "man", "id": 4},
+            ]
+        )
+    )
+    ann = load_annotations(
+        DataConfig(dataset="msrvtt_qa", root=str(tmp_path), test_ann=str(tmp_path / "msrvtt.json")), "test"
+    )
     assert [c.path for c in ann.clips] == [str(tmp_path / "video7010.mp4")]
-    assert [(c.clip, c.turns, c.id) for c in ann.conversations] == [(0, [("what is he doing?", "cook")], "3"), (0, [("who?", "man")], "4")]
+    assert [(c.clip, c.turns, c.id) for c in ann.conversations] == [
+        (0, [("what is he doing?", "cook")], "3"),
+        (0, [("who?", "man")], "4"),
+    ]
 
     (tmp_path / "map.txt").write_text("abc_1_5 vid1\n")
     (tmp_path / "msvd.json").write_text(json.dumps([{"video_id": 1, "question": "q?", "answer": "a", "id": 0}]))
-    ann = load_annotations(DataConfig(dataset="msvd_qa", root=str(tmp_path), test_ann=str(tmp_path / "msvd.json"),
-                                      extra={"youtube_mapping": str(tmp_path / "map.txt")}), "test")
+    ann = load_annotations(
+        DataConfig(
+            dataset="msvd_qa",
+            root=str(tmp_path),
+            test_ann=str(tmp_path / "msvd.json"),
+            extra={"youtube_mapping": str(tmp_path / "map.txt")},
+        ),
+        "test",
+    )
     assert ann.clips[0].path == str(tmp_path / "abc_1_5.avi") and ann.conversations[0].video == "abc_1_5"
 
-    (tmp_path / "q.json").write_text(json.dumps([{"video_name": "xyz", "question": "is it day?", "question_id": "xyz_0"}]))
+    (tmp_path / "q.json").write_text(
+        json.dumps([{"video_name": "xyz", "question": "is it day?", "question_id": "xyz_0"}])
+    )
     (tmp_path / "a.json").write_text(json.dumps([{"question_id": "xyz_0", "answer": "yes", "type": 3}]))
-    ann = load_annotations(DataConfig(dataset="activitynet_qa", root=str(tmp_path), test_ann=str(tmp_path / "q.json"),
-                                      extra={"answers": str(tmp_path / "a.json")}), "test")
+    ann = load_annotations(
+        DataConfig(
+            dataset="activitynet_qa",
+            root=str(tmp_path),
+            test_ann=str(tmp_path / "q.json"),
+            extra={"answers": str(tmp_path / "a.json")},
+        ),
+        "test",
+    )
     assert ann.clips[0].path == str(tmp_path / "v_xyz.mkv") and ann.conversations[0].turns == [("is it day?", "yes")]
 
-    (tmp_path / "vcg.json").write_text(json.dumps([
-        {"video_id": "v_k1", "q": "Describe it.", "a": "A man cooks."},
-        {"id": "v_k1", "video": "v_k1.mp4", "conversations": [{"from": "human", "value": "<video>\nWhat?"}, {"from": "gpt", "value": "Pasta."},
-                                                              {"from": "human", "value": "Then?"}, {"from": "gpt", "value": "He eats."}]}]))
-    ann = load_annotations(DataConfig(dataset="videochatgpt", root=str(tmp_path), train_ann=str(tmp_path / "vcg.json")), "train")
+    (tmp_path / "vcg.json").write_text(
+        json.dumps(
+            [
+                {"video_id": "v_k1", "q": "Describe it.", "a": "A man cooks."},
+                {
+                    "id": "v_k1",
+                    "video": "v_k1.mp4",
+                    "conversations": [
+                        {"from": "human", "value": "<video>\nWhat?"},
+                        {"from": "gpt", "value": "Pasta."},
+                        {"from": "human", "value": "Then?"},
+                        {"from": "gpt", "value": "He eats."},
+                    ],
+                },
+            ]
+        )
+    )
+    ann = load_annotations(
+        DataConfig(dataset="videochatgpt", root=str(tmp_path), train_ann=str(tmp_path / "vcg.json")), "train"
+    )
     assert len(ann.clips) == 1 and ann.conversations[1].turns == [("What?", "Pasta."), ("Then?", "He eats.")]
     (tmp_path / "bad.json").write_text(json.dumps([{"video_id": "v_k1", "q": "no answer"}]))
     with pytest.raises(ValueError, match="bad.json: entry 0 has no 'a' / 'answer'"):
-        load_annotations(DataConfig(dataset="videochatgpt", root=str(tmp_path), train_ann=str(tmp_path / "bad.json")), "train")
+        load_annotations(
+            DataConfig(dataset="videochatgpt", root=str(tmp_path), train_ann=str(tmp_path / "bad.json")), "train"
+        )
 
 
 def test_training_items_label_only_the_answer(llava_dir):
@@ -269,7 +332,9 @@ def test_training_items_label_only_the_answer(llava_dir):
 def test_exact_match_normalisation():
     from mugstan.chat.qa import exact_match
 
-    assert exact_match("Left.", "left") and exact_match("the Red circle", "red circle") and exact_match("  a dog ", "Dog!")
+    assert (
+        exact_match("Left.", "left") and exact_match("the Red circle", "red circle") and exact_match("  a dog ", "Dog!")
+    )
     assert not exact_match("left", "right") and not exact_match("moves left", "left")
 
 
@@ -278,17 +343,34 @@ def test_qa_evaluation_writes_the_judge_file(llava_dir, tmp_path):
     from mugstan.engine.evaluate import evaluate, headline
 
     left, right = render_pair(tmp_path, "red", 0, frames=4)
-    (tmp_path / "test_qa.json").write_text(json.dumps([
-        {"video_id": left, "question": QUESTION.format("red"), "answer": "left", "id": 0},
-        {"video_id": right, "question": QUESTION.format("red"), "answer": "right", "id": 1},
-        {"video_id": left, "question": "what colour is it?", "answer": "red", "id": 2}]))
-    cfg = ExperimentConfig(model=chat_config(llava_dir), train=TrainConfig(output_dir=str(tmp_path / "run")), eval=EvalConfig(batch_size=2),
-                           data=DataConfig(dataset="msrvtt_qa", root=str(tmp_path), test_ann=str(tmp_path / "test_qa.json"),
-                                           num_frames=4, image_size=32, num_workers=0))
+    (tmp_path / "test_qa.json").write_text(
+        json.dumps(
+            [
+                {"video_id": left, "question": QUESTION.format("red"), "answer": "left", "id": 0},
+                {"video_id": right, "question": QUESTION.format("red"), "answer": "right", "id": 1},
+                {"video_id": left, "question": "what colour is it?", "answer": "red", "id": 2},
+            ]
+        )
+    )
+    cfg = ExperimentConfig(
+        model=chat_config(llava_dir),
+        train=TrainConfig(output_dir=str(tmp_path / "run")),
+        eval=EvalConfig(batch_size=2),
+        data=DataConfig(
+            dataset="msrvtt_qa",
+            root=str(tmp_path),
+            test_ann=str(tmp_path / "test_qa.json"),
+            num_frames=4,
+            image_size=32,
+            num_workers=0,
+        ),
+    )
     model = build(llava_dir).eval()
     result = evaluate(model, cfg, "test")
     answers = json.loads((tmp_path / "run" / "answers_test.json").read_text())
-    assert [a["id"] for a in answers] == ["0", "2", "1"] and all({"video_name", "Q", "A", "pred", "question", "answer"} <= set(a) for a in answers)
+    assert [a["id"] for a in answers] == ["0", "2", "1"] and all(
+        {"video_name", "Q", "A", "pred", "question", "answer"} <= set(a) for a in answers
+    )
     assert answers[0]["video_name"] == left and answers[2]["A"] == "right"
     from mugstan.chat.qa import exact_match
 
@@ -296,6 +378,7 @@ def test_qa_evaluation_writes_the_judge_file(llava_dir, tmp_path):
     assert result["qa"]["correct"] == correct and result["qa"]["questions"] == 3
     assert headline(result) == ("QA accuracy", pytest.approx(100 * correct / 3))
     from mugstan.chat.cli import read_video  # the answers are the model's own: same video, same question
+
     frames, fmask = read_video(model, cfg, str(tmp_path / right), 4)
     assert model.answer(frames, fmask, [[(QUESTION.format("red"), None)]])[0] == answers[2]["pred"]
 
@@ -305,7 +388,22 @@ def test_chat_command(llava_dir, tmp_path, capsys):
 
     left, _ = render_pair(tmp_path, "blue", 1, frames=4)
     video = str(tmp_path / left)
-    assert main(["chat", video, QUESTION.format("blue"), "--llava", str(llava_dir), "--max-new-tokens", "3", "--frames", "4"]) == 0
+    assert (
+        main(
+            [
+                "chat",
+                video,
+                QUESTION.format("blue"),
+                "--llava",
+                str(llava_dir),
+                "--max-new-tokens",
+                "3",
+                "--frames",
+                "4",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     assert "4 frames -> 20 video tokens" in out.err
     from mugstan.chat.cli import load_chat_model, read_video
@@ -359,23 +457,48 @@ def stan_trained_on_direction(llava_dir, folder: Path, train_ann: Path, steps: i
         loss.backward()
         opt.step()
     tensors = {f"branch.{k}": v for k, v in model.branch.state_dict().items()}
-    tensors.update({f"backbone.clip.{k}": v for k, v in model.backbone.clip.state_dict().items() if k.startswith("visual.")})
+    tensors.update(
+        {f"backbone.clip.{k}": v for k, v in model.backbone.clip.state_dict().items() if k.startswith("visual.")}
+    )
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "stan_direction.safetensors"))
     return folder / "stan_direction.safetensors"
 
 
-def direction_run(llava_dir, folder: Path, train_ann: Path, test_ann: Path, tokens: str, branch_weights=None, steps: int = 150) -> dict:
+def direction_run(
+    llava_dir, folder: Path, train_ann: Path, test_ann: Path, tokens: str, branch_weights=None, steps: int = 150
+) -> dict:
     """Stage 2: LLaVA tuned through ``mugstan train`` (projector + language model; the branch frozen) -> test accuracy."""
     from mugstan.engine.train import train
 
     cfg = ExperimentConfig(
         name=f"direction_{tokens}",
-        model=chat_config(llava_dir, video_tokens=tokens, tune=["projector", "llm"], branch_weights=branch_weights, max_new_tokens=2),
-        data=DataConfig(dataset="videochatgpt", root=str(folder), train_ann=str(train_ann), test_ann=str(test_ann), num_frames=8,
-                        image_size=32, crop_scale=[1.0, 1.0], num_workers=0),
-        train=TrainConfig(output_dir=str(folder / f"run_{tokens}"), epochs=100, max_steps=steps, batch_size=16, lr=3e-3,
-                          new_module_lr_mult=1.0, weight_decay=0.0, warmup=0.05, log_every=10, precision="fp32"),
-        eval=EvalConfig(batch_size=36))
+        model=chat_config(
+            llava_dir, video_tokens=tokens, tune=["projector", "llm"], branch_weights=branch_weights, max_new_tokens=2
+        ),
+        data=DataConfig(
+            dataset="videochatgpt",
+            root=str(folder),
+            train_ann=str(train_ann),
+            test_ann=str(test_ann),
+            num_frames=8,
+            image_size=32,
+            crop_scale=[1.0, 1.0],
+            num_workers=0,
+        ),
+        train=TrainConfig(
+            output_dir=str(folder / f"run_{tokens}"),
+            epochs=100,
+            max_steps=steps,
+            batch_size=16,
+            lr=3e-3,
+            new_module_lr_mult=1.0,
+            weight_decay=0.0,
+            warmup=0.05,
+            log_every=10,
+            precision="fp32",
+        ),
+        eval=EvalConfig(batch_size=36),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = train(cfg, progress=False)
@@ -395,7 +518,9 @@ def test_short_training_run_on_the_direction_of_time(llava_dir, tmp_path):
     weights = stan_trained_on_direction(llava_dir, tmp_path, train_ann)
     stan = direction_run(llava_dir, tmp_path, train_ann, test_ann, "temporal_spatial", branch_weights=str(weights))
     blind = direction_run(llava_dir, tmp_path, train_ann, test_ann, "frame_mean")
-    print(f"direction of time, 36 held-out questions: STAN tokens {stan['accuracy']:.1f}%, frame-mean tokens {blind['accuracy']:.1f}%")
+    print(
+        f"direction of time, 36 held-out questions: STAN tokens {stan['accuracy']:.1f}%, frame-mean tokens {blind['accuracy']:.1f}%"
+    )
     for run in (stan, blind):  # both learned the answer's form: "left" or "right"
         assert run["losses"][-1] < 0.5 * run["losses"][0]
         assert {a["pred"] for a in run["answers"]} <= {"left", "right"}
@@ -418,20 +543,33 @@ def test_chat_configs_build_and_read_their_formats(path, llava_dir, tmp_path):
     from mugstan.models import build_model, model_inputs
 
     assert path.read_text().startswith("#")
-    clip, _ = render_clip("red", "circle", ("left", "right"), SynthParams(videos=2, frames=4, size=32), np.random.default_rng(0))
+    clip, _ = render_clip(
+        "red", "circle", ("left", "right"), SynthParams(videos=2, frames=4, size=32), np.random.default_rng(0)
+    )
     for name in ("video7.mp4", "abc_1_5.mp4", "v_xyz.mp4", "v_k1.mp4"):
         write_video(tmp_path / name, clip)
     files = {
         "videochatgpt": {"train_ann": [{"video_id": "v_k1", "q": QUESTION.format("red"), "a": "left"}] * 2},
         "msrvtt_qa": {"test_ann": [{"video_id": 7, "question": QUESTION.format("red"), "answer": "left", "id": 0}]},
         "msvd_qa": {"test_ann": [{"video_id": 1, "question": QUESTION.format("red"), "answer": "left", "id": 0}]},
-        "activitynet_qa": {"test_ann": [{"video_name": "xyz", "question": QUESTION.format("red"), "question_id": "q0"}],
-                           "answers": [{"question_id": "q0", "answer": "left"}]},
+        "activitynet_qa": {
+            "test_ann": [{"video_name": "xyz", "question": QUESTION.format("red"), "question_id": "q0"}],
+            "answers": [{"question_id": "q0", "answer": "left"}],
+        },
     }
     raw_data = __import__("yaml").safe_load(path.read_text())["data"]
-    overrides = {"model.chat.llava": str(llava_dir), "model.chat.branch_weights": None, "model.chat.feature_layer": None,
-                 "model.stan.depth": 2, "data.root": str(tmp_path), "data.image_size": 32, "data.num_frames": 4, "data.num_workers": 0,
-                 "train.output_dir": str(tmp_path / "run"), "model.chat.max_length": 64}
+    overrides = {
+        "model.chat.llava": str(llava_dir),
+        "model.chat.branch_weights": None,
+        "model.chat.feature_layer": None,
+        "model.stan.depth": 2,
+        "data.root": str(tmp_path),
+        "data.image_size": 32,
+        "data.num_frames": 4,
+        "data.num_workers": 0,
+        "train.output_dir": str(tmp_path / "run"),
+        "model.chat.max_length": 64,
+    }
     for key, rows in files[raw_data["dataset"]].items():
         (tmp_path / f"{key}.json").write_text(json.dumps(rows))
         overrides["data.extra.answers" if key == "answers" else f"data.{key}"] = str(tmp_path / f"{key}.json")
@@ -445,7 +583,9 @@ def test_chat_configs_build_and_read_their_formats(path, llava_dir, tmp_path):
         model = build_model(cfg.model)
     split = "train" if cfg.data.train_ann else "test"
     if split == "train":
-        batch = collate([build_dataset(cfg.data, "train", model.tokenizer, train=True, pairs=True)[i] for i in range(2)])
+        batch = collate(
+            [build_dataset(cfg.data, "train", model.tokenizer, train=True, pairs=True)[i] for i in range(2)]
+        )
         loss = build_loss(cfg.model, model)(model(**model_inputs(model, batch, torch.device("cpu"))), batch)
         assert torch.isfinite(loss)
     else:
@@ -461,11 +601,16 @@ def test_bf16_keeps_trained_parts_in_fp32(llava_dir):
 
     model = build(llava_dir, dtype="bf16")
     assert model.llm.dtype == torch.bfloat16 and next(model.backbone.parameters()).dtype == torch.bfloat16
-    assert next(model.branch.parameters()).dtype == torch.bfloat16 and next(model.projector.parameters()).dtype == torch.float32
+    assert (
+        next(model.branch.parameters()).dtype == torch.bfloat16
+        and next(model.projector.parameters()).dtype == torch.float32
+    )
     frames, fmask = torch.randn(1, 4, 3, 32, 32), torch.ones(1, 4, dtype=torch.bool)
     item = model.tokenizer([(QUESTION.format("red"), "left")], 4)
     with torch.autocast("cpu", torch.bfloat16):
-        loss = LanguageModelLoss()(model(frames, fmask, item["input_ids"][None], item["attention_mask"][None], item["labels"][None]))
+        loss = LanguageModelLoss()(
+            model(frames, fmask, item["input_ids"][None], item["attention_mask"][None], item["labels"][None])
+        )
     loss.backward()
     assert torch.isfinite(loss) and model.projector.linear_1.weight.grad.dtype == torch.float32
     answer = model.eval().answer(frames, fmask, [[(QUESTION.format("red"), None)]], max_new_tokens=3)
@@ -488,8 +633,9 @@ def test_search_page_answers_questions_about_a_result(llava_dir, tmp_path):
     videos = tmp_path / "videos"
     left, _ = render_pair(videos, "red", seed=1)
     torch.manual_seed(0)
-    retrieval = ExperimentConfig(model=ModelConfig(backbone="mugstan-tiny", context_length=16),
-                                 data=DataConfig(num_frames=4, image_size=32))
+    retrieval = ExperimentConfig(
+        model=ModelConfig(backbone="mugstan-tiny", context_length=16), data=DataConfig(num_frames=4, image_size=32)
+    )
     save_checkpoint(tmp_path / "ckpt", build_model(retrieval.model), retrieval)
     build_index(videos, tmp_path / "ckpt", tmp_path / "index", window=2.0, stride=2.0, progress=False)
     chat_model = build(llava_dir).eval()
@@ -527,13 +673,17 @@ def test_incomplete_or_text_only_checkpoints_are_refused(llava_dir, tmp_path, ca
 
     towerless = shutil.copytree(llava_dir, tmp_path / "towerless")
     tensors = load_file(str(towerless / "model.safetensors"))
-    save_file({k: v for k, v in tensors.items() if "vision_tower." not in k}, str(towerless / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in tensors.items() if "vision_tower." not in k},
+        str(towerless / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     with pytest.raises(WeightsError, match=r"model.chat.llava=.*towerless.*vision_tower.*initialised at random"):
         build(towerless)
     text_only = tmp_path / "text_only"
-    LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2)).save_pretrained(text_only)
+    LlamaForCausalLM(
+        LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    ).save_pretrained(text_only)
     shutil.copy(llava_dir / "tokenizer.json", text_only)
     with pytest.raises(WeightsError, match="model_type 'llama', not 'llava'"):
         build(text_only)
@@ -551,7 +701,9 @@ def test_chat_command_checks_its_own_inputs_first(llava_dir, tmp_path, capsys, m
 
     left, _ = render_pair(tmp_path, "red", 0, frames=4)
     video = str(tmp_path / left)
-    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("what colour is it?\n"))  # interactive mode would read it
+    monkeypatch.setattr(
+        "sys.stdin", __import__("io").StringIO("what colour is it?\n")
+    )  # interactive mode would read it
     for blank in ("", "   "):
         assert main(["chat", video, blank, "--llava", str(llava_dir)]) == 2
         out = capsys.readouterr()
@@ -561,8 +713,25 @@ def test_chat_command_checks_its_own_inputs_first(llava_dir, tmp_path, capsys, m
     assert "gone.mp4" in capsys.readouterr().err
     config = Path(__file__).parent.parent / "src" / "mugstan" / "configs" / "chat" / "msvd_qa_llava15_7b_stan.yaml"
     monkeypatch.chdir(tmp_path)  # data/msvd_qa/test_qa.json does not exist here
-    assert main(["chat", video, "what colour is it?", "--config", str(config), "--frames", "4", "--max-new-tokens", "2",
-                 f"model.chat.llava={llava_dir}", "model.chat.branch_weights=null", "model.stan.depth=2"]) == 0
+    assert (
+        main(
+            [
+                "chat",
+                video,
+                "what colour is it?",
+                "--config",
+                str(config),
+                "--frames",
+                "4",
+                "--max-new-tokens",
+                "2",
+                f"model.chat.llava={llava_dir}",
+                "model.chat.branch_weights=null",
+                "model.stan.depth=2",
+            ]
+        )
+        == 0
+    )
     assert "4 frames -> 20 video tokens" in capsys.readouterr().err
 
 
@@ -591,11 +760,16 @@ def test_full_select_strategy_keeps_the_class_token(tmp_path):
     with torch.no_grad():
         tokens, token_mask = stan.video_tokens(frames, fmask)
         last = stan.backbone.encode_frames(frames[0]).last
-    assert tokens.shape[1] == stan.num_video_tokens(4) == 4 + 1 + 16 and token_mask[0].tolist() == [True] * 3 + [False] + [True] * 17
+    assert (
+        tokens.shape[1] == stan.num_video_tokens(4) == 4 + 1 + 16
+        and token_mask[0].tolist() == [True] * 3 + [False] + [True] * 17
+    )
     torch.testing.assert_close(tokens[0, 4], last[:3, 0].mean(0))
 
 
-def test_zero_shot_configs_read_llavas_feature_layer_and_their_branch_is_trained_by_a_shipped_config(llava_dir, tmp_path):
+def test_zero_shot_configs_read_llavas_feature_layer_and_their_branch_is_trained_by_a_shipped_config(
+    llava_dir, tmp_path
+):
     """LLaVA-1.5's projector was trained on the tower's layer -2: every shipped chat config leaves
     model.chat.feature_layer to LLaVA's vision_feature_layer, and the branch_weights each one names is the best
     checkpoint of a shipped config that trains that branch over the same tower (videochatgpt_branch). Running that
@@ -608,31 +782,62 @@ def test_zero_shot_configs_read_llavas_feature_layer_and_their_branch_is_trained
 
     folder = Path(__file__).parent.parent / "src" / "mugstan" / "configs" / "chat"
     raw = {p.name: yaml.safe_load(p.read_text()) for p in folder.glob("*.yaml")}
-    producers = {f"{c['train']['output_dir']}/checkpoints/best": name for name, c in raw.items()
-                 if "branch" in c["model"]["chat"].get("tune", [])}
-    named = {name: c["model"]["chat"]["branch_weights"] for name, c in raw.items() if c["model"]["chat"].get("branch_weights")}
+    producers = {
+        f"{c['train']['output_dir']}/checkpoints/best": name
+        for name, c in raw.items()
+        if "branch" in c["model"]["chat"].get("tune", [])
+    }
+    named = {
+        name: c["model"]["chat"]["branch_weights"]
+        for name, c in raw.items()
+        if c["model"]["chat"].get("branch_weights")
+    }
     assert len(named) == 4 and set(named.values()) <= set(producers)
     for name, c in raw.items():
         assert c["model"]["chat"].get("feature_layer") is None, name  # LLaVA's own layer
         if name in named:
             maker = raw[producers[named[name]]]["model"]
-            assert (maker["branch"], maker["stan"], maker["chat"]["llava"]) == (c["model"]["branch"], c["model"]["stan"], c["model"]["chat"]["llava"])
+            assert (maker["branch"], maker["stan"], maker["chat"]["llava"]) == (
+                c["model"]["branch"],
+                c["model"]["stan"],
+                c["model"]["chat"]["llava"],
+            )
 
     left, right = render_pair(tmp_path, "red", 0, frames=4)
-    (tmp_path / "instruct.json").write_text(json.dumps([{"video_id": v, "q": QUESTION.format("red"), "a": m}
-                                                        for v, m in ((left, "left"), (right, "right"))]))
-    small = {"model.chat.llava": str(llava_dir), "model.stan.depth": 2, "data.image_size": 32, "data.num_frames": 4,
-             "data.num_workers": 0, "model.chat.max_length": 64}
-    cfg = load_config(folder / "videochatgpt_branch_llava15_7b_stan.yaml",
-                      {**small, "data.root": str(tmp_path), "data.train_ann": str(tmp_path / "instruct.json"), "data.videos": "",
-                       "train.output_dir": str(tmp_path / "run"), "train.max_steps": 2, "train.batch_size": 2,
-                       "train.precision": "fp32", "train.lr": 1e-2})
+    (tmp_path / "instruct.json").write_text(
+        json.dumps(
+            [{"video_id": v, "q": QUESTION.format("red"), "a": m} for v, m in ((left, "left"), (right, "right"))]
+        )
+    )
+    small = {
+        "model.chat.llava": str(llava_dir),
+        "model.stan.depth": 2,
+        "data.image_size": 32,
+        "data.num_frames": 4,
+        "data.num_workers": 0,
+        "model.chat.max_length": 64,
+    }
+    cfg = load_config(
+        folder / "videochatgpt_branch_llava15_7b_stan.yaml",
+        {
+            **small,
+            "data.root": str(tmp_path),
+            "data.train_ann": str(tmp_path / "instruct.json"),
+            "data.videos": "",
+            "train.output_dir": str(tmp_path / "run"),
+            "train.max_steps": 2,
+            "train.batch_size": 2,
+            "train.precision": "fp32",
+            "train.lr": 1e-2,
+        },
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         train(cfg, progress=False)
     best = tmp_path / "run" / "checkpoints" / "best"
-    zero_shot = load_config(folder / "msvd_qa_llava15_7b_stan.yaml", {**small, "model.chat.branch_weights": str(best)},
-                            check_files=False)
+    zero_shot = load_config(
+        folder / "msvd_qa_llava15_7b_stan.yaml", {**small, "model.chat.branch_weights": str(best)}, check_files=False
+    )
     model = build_model(zero_shot.model)
     from safetensors.torch import load_file
 
@@ -643,9 +848,14 @@ def test_zero_shot_configs_read_llavas_feature_layer_and_their_branch_is_trained
     assert any(not torch.equal(v, fresh[k]) for k, v in model.branch.state_dict().items())  # the branch did train
     from mugstan.errors import MismatchError
 
-    deeper = load_config(folder / "msvd_qa_llava15_7b_stan.yaml", {**small, "model.chat.branch_weights": str(best),
-                                                                     "model.chat.feature_layer": -1}, check_files=False)
-    with pytest.raises(MismatchError, match=r"trained at model.chat.feature_layer=None .* set model.chat.feature_layer=null"):
+    deeper = load_config(
+        folder / "msvd_qa_llava15_7b_stan.yaml",
+        {**small, "model.chat.branch_weights": str(best), "model.chat.feature_layer": -1},
+        check_files=False,
+    )
+    with pytest.raises(
+        MismatchError, match=r"trained at model.chat.feature_layer=None .* set model.chat.feature_layer=null"
+    ):
         build_model(deeper.model)  # same shapes, one block deeper: refused rather than loaded silently
 
 
@@ -654,7 +864,8 @@ LLAVA_STYLE_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] != 'system' %}{{ m['role'].upper() + ': ' }}{% endif %}"
     "{% for c in m['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}"
     "{% for c in m['content'] | selectattr('type', 'equalto', 'text') %}{{ c['text'] + ' ' }}{% endfor %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
 
 
 def test_prompts_follow_the_checkpoints_chat_template(tmp_path):
@@ -679,15 +890,19 @@ def test_prompts_follow_the_checkpoints_chat_template(tmp_path):
 
     one = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q1}]}]
     assert prompt.prompt_ids([(q1, None)], 4) == expected(one) == fallback.tokenizer.prompt_ids([(q1, None)], 4)
-    two = [*one, {"role": "assistant", "content": [{"type": "text", "text": "left"}]},
-           {"role": "user", "content": [{"type": "text", "text": q2}]}]
+    two = [
+        *one,
+        {"role": "assistant", "content": [{"type": "text", "text": "left"}]},
+        {"role": "user", "content": [{"type": "text", "text": q2}]},
+    ]
     ids = prompt.prompt_ids([(q1, "left"), (q2, None)], 4)
     assert ids == expected(two) and tok.eos_token_id not in ids
     assert ids != fallback.tokenizer.prompt_ids([(q1, "left"), (q2, None)], 4)  # the fallback puts </s> after "left"
     item = prompt([(q1, "left"), (q2, "red")], 4)
     labels = item["labels"][item["labels"] != -100].tolist()
-    assert labels == tok("left red", add_special_tokens=False)["input_ids"][:1] + [tok.eos_token_id] + \
-        tok("red", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert labels == tok("left red", add_special_tokens=False)["input_ids"][:1] + [tok.eos_token_id] + tok(
+        "red", add_special_tokens=False
+    )["input_ids"] + [tok.eos_token_id]
 
 
 def test_sampling_beside_greedy(llava_dir, tmp_path, capsys):
@@ -712,12 +927,28 @@ def test_sampling_beside_greedy(llava_dir, tmp_path, capsys):
     with pytest.raises(ConfigError, match="model.chat.top_p=0"):
         validate_config(ExperimentConfig(model=chat_config(llava_dir, top_p=0.0)), check_files=False)
     left, _ = render_pair(tmp_path, "red", 0, frames=4)
-    args = ["chat", str(tmp_path / left), QUESTION.format("red"), "--llava", str(llava_dir), "--frames", "4", "--no-stream",
-            "--max-new-tokens", "6", "--temperature", "5", "--seed", "7"]
+    args = [
+        "chat",
+        str(tmp_path / left),
+        QUESTION.format("red"),
+        "--llava",
+        str(llava_dir),
+        "--frames",
+        "4",
+        "--no-stream",
+        "--max-new-tokens",
+        "6",
+        "--temperature",
+        "5",
+        "--seed",
+        "7",
+    ]
     assert main(args) == 0 and main(args) == 0
     first, second = capsys.readouterr().out.splitlines()
     assert first == second
-    assert main([*args[:-4], "--temperature", "-1"]) == 2 and "--temperature -1.0 must be >= 0" in capsys.readouterr().err
+    assert (
+        main([*args[:-4], "--temperature", "-1"]) == 2 and "--temperature -1.0 must be >= 0" in capsys.readouterr().err
+    )
 
 
 @pytest.mark.browser
@@ -742,15 +973,22 @@ def test_search_page_streams_an_answer_in_chromium(llava_dir, tmp_path):
     videos = tmp_path / "videos"
     render_pair(videos, "red", seed=1)
     torch.manual_seed(0)
-    retrieval = ExperimentConfig(model=ModelConfig(backbone="mugstan-tiny", context_length=16), data=DataConfig(num_frames=4, image_size=32))
+    retrieval = ExperimentConfig(
+        model=ModelConfig(backbone="mugstan-tiny", context_length=16), data=DataConfig(num_frames=4, image_size=32)
+    )
     save_checkpoint(tmp_path / "ckpt", build_model(retrieval.model), retrieval)
     build_index(videos, tmp_path / "ckpt", tmp_path / "index", window=2.0, stride=2.0, progress=False)
     chat_model = build(llava_dir, max_new_tokens=12).eval()
     chat_cfg = ExperimentConfig(model=chat_config(llava_dir, max_new_tokens=12), data=DataConfig(num_frames=8))
     question = QUESTION.format("red")
-    with live_server(create_app(Searcher(tmp_path / "index"), (chat_model, chat_cfg))) as port, playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu",
-                                                                    "--disable-background-networking"])
+    with (
+        live_server(create_app(Searcher(tmp_path / "index"), (chat_model, chat_cfg))) as port,
+        playwright.sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         try:
             page = browser.new_page()
             errors = []
@@ -760,10 +998,17 @@ def test_search_page_streams_an_answer_in_chromium(llava_dir, tmp_path):
             page.press("#q", "Enter")
             page.wait_for_selector(".result .ask-input", timeout=20_000)
             card = page.query_selector(".result")
-            path, start, end = card.eval_on_selector("a.path", "e => e.textContent"), card.get_attribute("data-start"), card.get_attribute("data-end")
+            path, start, end = (
+                card.eval_on_selector("a.path", "e => e.textContent"),
+                card.get_attribute("data-start"),
+                card.get_attribute("data-end"),
+            )
             card.query_selector(".ask-input").type(question)
-            card.eval_on_selector(".answer", """el => { window.seen = [];
-                new MutationObserver(() => window.seen.push(el.textContent)).observe(el, {childList: true, characterData: true}); }""")
+            card.eval_on_selector(
+                ".answer",
+                """el => { window.seen = [];
+                new MutationObserver(() => window.seen.push(el.textContent)).observe(el, {childList: true, characterData: true}); }""",
+            )
             card.query_selector(".ask-button").click()
             page.wait_for_function("b => !b.disabled", arg=card.query_selector(".ask-button"), timeout=60_000)
             shown = card.query_selector(".answer").inner_text()
@@ -772,8 +1017,12 @@ def test_search_page_streams_an_answer_in_chromium(llava_dir, tmp_path):
             import http.client
             from urllib.parse import urlencode
 
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)  # sent in chunks as generated, no length up front
-            conn.request("GET", "/api/ask/stream?" + urlencode({"path": path, "start": start, "end": end, "q": question}))
+            conn = http.client.HTTPConnection(
+                "127.0.0.1", port, timeout=60
+            )  # sent in chunks as generated, no length up front
+            conn.request(
+                "GET", "/api/ask/stream?" + urlencode({"path": path, "start": start, "end": end, "q": question})
+            )
             response = conn.getresponse()
             assert response.getheader("Transfer-Encoding") == "chunked" and response.getheader("Content-Length") is None
             raw = response.read().decode().strip()

@@ -44,8 +44,15 @@ def perturb(module: torch.nn.Module, seed: int = 0) -> None:
 
 
 def coca_config(head: str = "meanP", branch: str = "stan") -> ModelConfig:
-    return ModelConfig(backbone=TINY, branch=branch, head=head, stan=STANConfig(depth=2, drop_path=0.0), context_length=16,
-                       seq_layers=2, temperature=0.05 if head == "mug" else None)
+    return ModelConfig(
+        backbone=TINY,
+        branch=branch,
+        head=head,
+        stan=STANConfig(depth=2, drop_path=0.0),
+        context_length=16,
+        seq_layers=2,
+        temperature=0.05 if head == "mug" else None,
+    )
 
 
 def coca_model(head: str = "meanP", branch: str = "stan"):
@@ -62,6 +69,7 @@ def frames(b: int = 3, t: int = 4, seed: int = 1) -> torch.Tensor:
 @contextlib.contextmanager
 def zeroed_branch_output(model):
     """Sets the STAN branch's final class token to zero (a forward hook on its last level)."""
+
     def hook(module, args, output):
         cls, patches = output
         return torch.zeros_like(cls), patches
@@ -77,7 +85,12 @@ def test_build_gives_a_coca_backbone_with_clip_shapes():
     backbone = build_clip(TINY)
     assert isinstance(backbone, CoCaBackbone) and isinstance(backbone.clip, open_clip.CoCa)
     assert (backbone.vision_width, backbone.vision_layers, backbone.vision_heads, backbone.embed_dim) == (96, 4, 3, 64)
-    assert (backbone.text_width, backbone.text_heads, len(backbone.text_blocks), backbone.context_length) == (64, 2, 2, 76)
+    assert (backbone.text_width, backbone.text_heads, len(backbone.text_blocks), backbone.context_length) == (
+        64,
+        2,
+        2,
+        76,
+    )
     assert (backbone.grid_size, backbone.num_patches, backbone.image_size, backbone.caption_queries) == (4, 16, 32, 8)
     assert not any(p.requires_grad for p in backbone.clip.text_decoder.parameters())
     assert backbone.clip.text_decoder.text_projection.std() > 0  # open_clip leaves it uninitialised
@@ -127,7 +140,9 @@ def test_stan_class_token_enters_before_the_attentional_pooler():
         assert (embeds - vision.embeds.view(3, 4, -1)).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("branch,head", [("stan", "mean"), ("none", "meanP"), ("stan", "seqTransf"), ("stan", "tdb_tab"), ("stan", "mug")])
+@pytest.mark.parametrize(
+    "branch,head", [("stan", "mean"), ("none", "meanP"), ("stan", "seqTransf"), ("stan", "tdb_tab"), ("stan", "mug")]
+)
 def test_every_head_on_coca(branch, head):
     """Loss and gradients through head, branch and CoCa's vision and text towers; padded frames
     change nothing; seqTransf / TDB start from CoCa's text tower."""
@@ -149,8 +164,11 @@ def test_every_head_on_coca(branch, head):
     assert cls_emb.requires_grad if head != "mug" else (not cls_emb.requires_grad and cls_emb.grad is None)
     assert all(p.grad is None for n, p in named.items() if "text_decoder" in n)
     # the gradients of the attentional pooler, both towers, the text CLS and the branch are the loss's derivative
-    names = ["backbone.clip.visual.attn_pool.query", "backbone.clip.visual.transformer.resblocks.3.mlp.c_fc.weight",
-             "backbone.clip.text.transformer.resblocks.1.mlp.c_fc.weight"]
+    names = [
+        "backbone.clip.visual.attn_pool.query",
+        "backbone.clip.visual.transformer.resblocks.3.mlp.c_fc.weight",
+        "backbone.clip.text.transformer.resblocks.1.mlp.c_fc.weight",
+    ]
     names += ["backbone.clip.text.cls_emb"] if head != "mug" else []
     names += ["branch.spatial.1.mlp.c_fc.weight"] if branch == "stan" else []
     loss_of = lambda m: build_loss(coca_config(head, branch), m)(m(**{**batch, "frames": x.double()}), batch)  # noqa: E731
@@ -213,7 +231,9 @@ def trained(synthetic, tmp_path_factory):
 
 def test_training_step_and_evaluation_on_synthetic_data(trained):
     run, results = trained
-    losses = [r["train/loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r]
+    losses = [
+        r["train/loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r
+    ]
     assert len(losses) == 3 and all(math.isfinite(loss) and loss > 0 for loss in losses)
     test = results["test"]
     assert test["protocol"] == "1:1" and test["counts"]["videos"] > 0
@@ -238,8 +258,13 @@ def test_caption_command_on_a_trained_checkpoint(trained, synthetic, tmp_path, c
     best = str(run / "checkpoints" / "best")
     video = str(sorted(synthetic.rglob("*.mp4"))[0])
     outputs = []
-    for args in (["--seq-len", "7"], ["--seq-len", "7"], ["--generation", "top_k", "--seq-len", "7"],
-                 ["--generation", "top_k", "--seq-len", "7"], ["--generation", "top_p", "--top-p", "0.9", "--seed", "1"]):
+    for args in (
+        ["--seq-len", "7"],
+        ["--seq-len", "7"],
+        ["--generation", "top_k", "--seq-len", "7"],
+        ["--generation", "top_k", "--seq-len", "7"],
+        ["--generation", "top_p", "--top-p", "0.9", "--seed", "1"],
+    ):
         assert main(["caption", video, "--checkpoint", best, *args]) == 0
         path, text = capsys.readouterr().out.strip().split("\t")
         assert path == video and text
@@ -249,12 +274,31 @@ def test_caption_command_on_a_trained_checkpoint(trained, synthetic, tmp_path, c
     def fails(*argv, expected):
         rc = main(["caption", *map(str, argv)])
         out, err = capsys.readouterr()
-        assert rc == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, (rc, out, err)
+        assert (
+            rc == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+        ), (rc, out, err)
         assert expected in err, err
 
-    fails(video, synthetic / "missing.mp4", "--checkpoint", tmp_path / "no_checkpoint", expected="missing.mp4: file not found")
-    fails(video, "--checkpoint", best, "--seq-len", "4", "--min-seq-len", "5", expected="--seq-len 4 and --min-seq-len 5")
-    fails(video, "--checkpoint", best, "--num-beams", "6", "--num-beam-groups", "4", expected="--num-beams 6 --num-beam-groups 4")
+    fails(
+        video,
+        synthetic / "missing.mp4",
+        "--checkpoint",
+        tmp_path / "no_checkpoint",
+        expected="missing.mp4: file not found",
+    )
+    fails(
+        video, "--checkpoint", best, "--seq-len", "4", "--min-seq-len", "5", expected="--seq-len 4 and --min-seq-len 5"
+    )
+    fails(
+        video,
+        "--checkpoint",
+        best,
+        "--num-beams",
+        "6",
+        "--num-beam-groups",
+        "4",
+        expected="--num-beams 6 --num-beam-groups 4",
+    )
     from mugstan.config import ExperimentConfig
     from mugstan.engine.checkpoint import save_checkpoint
 
@@ -278,10 +322,12 @@ def test_greedy_caption_follows_coca_and_is_deterministic():
         assert (visual - image_embs).abs().max() < 1e-5
         ids = generate(model.backbone, visual, greedy)
         assert ids == generate(model.backbone, visual, greedy)
-        assert [generate(model.backbone, visual[i:i + 1], greedy)[0] for i in range(2)] == ids  # batching changes nothing
+        assert [
+            generate(model.backbone, visual[i : i + 1], greedy)[0] for i in range(2)
+        ] == ids  # batching changes nothing
         for i, seq in enumerate(ids):
             prefix = torch.tensor([[49406, *seq]])
-            logits = coca(x[i:i + 1, 0], prefix, output_labels=False)["logits"][0]  # [1 + len, V]
+            logits = coca(x[i : i + 1, 0], prefix, output_labels=False)["logits"][0]  # [1 + len, V]
             assert logits[:-1].argmax(-1).tolist() == seq
         texts = caption(model, x, mask, greedy)
         assert texts == caption(model, x, mask, greedy) and all(texts)
@@ -311,8 +357,14 @@ def rigged_coca(seed: int):
     x = frames(3, 1, seed=seed)
     with torch.no_grad():
         proj = model.backbone.clip.text_decoder.text_projection
-        picked = sum(generate(model.backbone, visual_tokens(model, x, torch.ones(3, 1, dtype=torch.bool)),
-                              Decoding(generation="top_k", seq_len=12)), [])
+        picked = sum(
+            generate(
+                model.backbone,
+                visual_tokens(model, x, torch.ones(3, 1, dtype=torch.bool)),
+                Decoding(generation="top_k", seq_len=12),
+            ),
+            [],
+        )
         common = sorted(set(picked), key=lambda t: (-picked.count(t), t))
         g = torch.Generator().manual_seed(seed)
         proj[:, 49407] = proj[:, common[0]] * (1 + 0.05 * seed) + torch.randn(proj.shape[0], generator=g) * 0.02
@@ -322,8 +374,16 @@ def rigged_coca(seed: int):
 
 def open_clip_ids(coca, image, opts: Decoding) -> list[list[int]]:
     """``open_clip.CoCa.generate`` with the same options, as caption token ids (mugstan's rule)."""
-    kw = dict(seq_len=opts.seq_len, min_seq_len=opts.min_seq_len, num_beams=opts.num_beams, num_beam_groups=opts.num_beam_groups,
-              top_k=opts.top_k, top_p=opts.top_p, temperature=opts.temperature, repetition_penalty=opts.repetition_penalty)
+    kw = dict(
+        seq_len=opts.seq_len,
+        min_seq_len=opts.min_seq_len,
+        num_beams=opts.num_beams,
+        num_beam_groups=opts.num_beam_groups,
+        top_k=opts.top_k,
+        top_p=opts.top_p,
+        temperature=opts.temperature,
+        repetition_penalty=opts.repetition_penalty,
+    )
     torch.manual_seed(opts.seed)
     out = []
     for seq in coca.generate(image, generation_type=opts.generation, **kw).tolist():
@@ -339,10 +399,18 @@ def open_clip_beam_search_runs() -> bool:
     return ocm._has_transformers
 
 
-SAMPLING = [Decoding(generation="top_k", top_k=1, seq_len=12), Decoding(generation="top_k", top_k=5, temperature=0.7, seq_len=16, seed=1),
-            Decoding(generation="top_p", top_p=0.5, seq_len=16, seed=2), Decoding(generation="top_p", repetition_penalty=1.5, seq_len=12, seed=3)]
-BEAMS = [Decoding(), Decoding(num_beams=4, num_beam_groups=1, seq_len=12), Decoding(num_beams=6, num_beam_groups=2, seq_len=14, min_seq_len=3),
-         Decoding(num_beams=3, num_beam_groups=1, seq_len=10, repetition_penalty=1.3)]
+SAMPLING = [
+    Decoding(generation="top_k", top_k=1, seq_len=12),
+    Decoding(generation="top_k", top_k=5, temperature=0.7, seq_len=16, seed=1),
+    Decoding(generation="top_p", top_p=0.5, seq_len=16, seed=2),
+    Decoding(generation="top_p", repetition_penalty=1.5, seq_len=12, seed=3),
+]
+BEAMS = [
+    Decoding(),
+    Decoding(num_beams=4, num_beam_groups=1, seq_len=12),
+    Decoding(num_beams=6, num_beam_groups=2, seq_len=14, min_seq_len=3),
+    Decoding(num_beams=3, num_beam_groups=1, seq_len=10, repetition_penalty=1.3),
+]
 
 
 @pytest.mark.parametrize("seed", [0, 2])
@@ -354,7 +422,11 @@ def test_sampling_equals_open_clip_generate(seed, monkeypatch):
 
     if not ocm._has_transformers:  # transformers >= 4.57 lacks only BeamSearchScorer, which sampling does not use
         monkeypatch.setattr(ocm, "_has_transformers", True)
-        monkeypatch.setattr(ocm, "GENERATION_TYPES", {"top_k": TopKLogitsWarper, "top_p": TopPLogitsWarper, "beam_search": "beam_search"})
+        monkeypatch.setattr(
+            ocm,
+            "GENERATION_TYPES",
+            {"top_k": TopKLogitsWarper, "top_p": TopPLogitsWarper, "beam_search": "beam_search"},
+        )
     model, x = rigged_coca(seed)
     coca = model.backbone.clip
     with torch.no_grad():
@@ -368,8 +440,11 @@ def test_sampling_equals_open_clip_generate(seed, monkeypatch):
     assert min(lengths) < 10  # some captions ended early (EOT or 0)
 
 
-@pytest.mark.skipif(not open_clip_beam_search_runs(), reason="open_clip's beam search needs transformers' BeamSearchScorer "
-                    "(removed in transformers 4.57); test_beam_search_follows_the_scorer runs its rules instead")
+@pytest.mark.skipif(
+    not open_clip_beam_search_runs(),
+    reason="open_clip's beam search needs transformers' BeamSearchScorer "
+    "(removed in transformers 4.57); test_beam_search_follows_the_scorer runs its rules instead",
+)
 @pytest.mark.parametrize("seed", [0, 2])
 def test_beam_search_equals_open_clip_generate(seed):
     model, x = rigged_coca(seed)
@@ -425,7 +500,7 @@ def test_beam_search_follows_the_scorer(seed):
         lengths = set()
         for opts in BEAMS[1:]:
             ours = generate(model.backbone, visual, opts)
-            assert ours == [scorer_reference(coca, x[i:i + 1, 0], opts) for i in range(3)], opts
+            assert ours == [scorer_reference(coca, x[i : i + 1, 0], opts) for i in range(3)], opts
             lengths |= {len(c) for c in ours}
     assert len(lengths) > 1
 
@@ -444,7 +519,7 @@ def test_sampling_stops_at_token_zero():
     assert stopped, "the rig should make greedy decoding meet token 0"
     for row, cap in zip(ids.tolist(), captions):
         if 0 in row and 49407 not in row[: row.index(0)]:
-            assert cap == row[1: row.index(0)] and all(t == 0 for t in row[row.index(0):])
+            assert cap == row[1 : row.index(0)] and all(t == 0 for t in row[row.index(0) :])
 
 
 def test_caption_needs_a_coca_backbone():
@@ -473,14 +548,36 @@ def test_convert_open_clip_coca_checkpoint(tmp_path, capsys):
     ids, mask = Tokenizer(16)(CAPTIONS[:2])
     with torch.no_grad():
         assert (backbone.encode_frames(x).embeds - coca.encode_image(x, normalize=False)).abs().max() < 1e-5
-        assert (backbone.encode_text(ids, mask).pooled - coca.encode_text(open_clip.tokenize(CAPTIONS[:2], 76), normalize=False)).abs().max() < 1e-5
+        assert (
+            backbone.encode_text(ids, mask).pooled
+            - coca.encode_text(open_clip.tokenize(CAPTIONS[:2], 76), normalize=False)
+        ).abs().max() < 1e-5
 
     # shapes of no named architecture: the head counts would be a guess
-    config = {"embed_dim": 64, "quick_gelu": False,
-              "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16, "attentional_pool": True,
-                             "attn_pooler_queries": 5, "attn_pooler_heads": 8, "output_tokens": True},
-              "text_cfg": {"context_length": 76, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1, "embed_cls": True, "output_tokens": True},
-              "multimodal_cfg": {"context_length": 76, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}
+    config = {
+        "embed_dim": 64,
+        "quick_gelu": False,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 2,
+            "width": 64,
+            "patch_size": 16,
+            "attentional_pool": True,
+            "attn_pooler_queries": 5,
+            "attn_pooler_heads": 8,
+            "output_tokens": True,
+        },
+        "text_cfg": {
+            "context_length": 76,
+            "vocab_size": 49408,
+            "width": 64,
+            "heads": 1,
+            "layers": 1,
+            "embed_cls": True,
+            "output_tokens": True,
+        },
+        "multimodal_cfg": {"context_length": 76, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1},
+    }
     torch.save(open_clip.CoCa(**config).state_dict(), tmp_path / "unnamed.bin")
     assert main(["convert", str(tmp_path / "unnamed.bin"), str(tmp_path / "unnamed.safetensors")]) == 2
     assert "head counts cannot be known" in capsys.readouterr().err and not (tmp_path / "unnamed.safetensors").exists()
@@ -489,7 +586,9 @@ def test_convert_open_clip_coca_checkpoint(tmp_path, capsys):
 
     # metadata round trip: a config with other head counts survives as written
     tiny = build_clip(TINY)
-    save_safetensors(tiny.clip.state_dict(), tmp_path / "tiny.safetensors", {"config": json.dumps(open_clip.get_model_config(TINY))})
+    save_safetensors(
+        tiny.clip.state_dict(), tmp_path / "tiny.safetensors", {"config": json.dumps(open_clip.get_model_config(TINY))}
+    )
     again = build_clip(None, weights=tmp_path / "tiny.safetensors")
     assert again.clip.visual.attn_pool.attn.num_heads == 2
     with torch.no_grad():
@@ -507,7 +606,10 @@ def test_inferred_config_builds_the_released_architectures(name):
     ref = open_clip.get_model_config(name)
     inferred = coca_config_from_state_dict(sd, name)
     assert inferred["vision_cfg"]["attn_pooler_heads"] == ref["vision_cfg"]["attn_pooler_heads"]
-    assert inferred["text_cfg"]["heads"] == ref["text_cfg"]["heads"] and inferred["multimodal_cfg"]["heads"] == ref["multimodal_cfg"]["heads"]
+    assert (
+        inferred["text_cfg"]["heads"] == ref["text_cfg"]["heads"]
+        and inferred["multimodal_cfg"]["heads"] == ref["multimodal_cfg"]["heads"]
+    )
 
 
 def test_search_page_captions_a_result(trained, synthetic, tmp_path):
@@ -530,7 +632,9 @@ def test_search_page_captions_a_result(trained, synthetic, tmp_path):
     r = found["results"][0]
     got = client.get("/api/caption", params={"path": r["path"], "start": r["start"], "end": r["end"]})
     assert got.status_code == 200, got.text
-    expected = caption_file(searcher.model, searcher.cfg, videos / r["path"], r["start"], r["end"], frames=searcher.meta["frames"])
+    expected = caption_file(
+        searcher.model, searcher.cfg, videos / r["path"], r["start"], r["end"], frames=searcher.meta["frames"]
+    )
     assert got.json()["caption"] == expected and expected
     for params in ({"path": "../secret.mp4", "start": 0, "end": 1}, {"path": "missing.mp4", "start": 0, "end": 1}):
         assert client.get("/api/caption", params=params).status_code == 404
@@ -552,7 +656,10 @@ def test_open_clip_tag_loads_coca_weights(tmp_path):
 
     repo_id = open_clip.get_pretrained_cfg("coca_ViT-B-32", "laion2b_s13b_b90k")["hf_hub"].strip("/")
     torch.manual_seed(0)
-    weights = {k: v.half().contiguous() for k, v in model_from_config(open_clip.get_model_config("coca_ViT-B-32")).state_dict().items()}
+    weights = {
+        k: v.half().contiguous()
+        for k, v in model_from_config(open_clip.get_model_config("coca_ViT-B-32")).state_dict().items()
+    }
     weights["text_decoder.text_projection"].normal_(0, 0.05)  # open_clip leaves it uninitialised
     save_file(weights, str(hf_cache_snapshot(tmp_path / "hub", repo_id) / "open_clip_model.safetensors"))
     code = (
@@ -563,9 +670,20 @@ def test_open_clip_tag_loads_coca_weights(tmp_path):
         "sd = b.clip.state_dict()\n"
         "torch.save({k: sd[k] for k in sys.argv[2:]}, sys.argv[1])\n"
     )
-    probes = ["text_decoder.text_projection", "visual.attn_pool.query", "text.cls_emb", "visual.transformer.resblocks.11.mlp.c_fc.weight"]
+    probes = [
+        "text_decoder.text_projection",
+        "visual.attn_pool.query",
+        "text.cls_emb",
+        "visual.transformer.resblocks.11.mlp.c_fc.weight",
+    ]
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.pt"), *probes], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "w.pt"), *probes],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["CoCaBackbone", "512", "76"]
     loaded = torch.load(tmp_path / "w.pt")

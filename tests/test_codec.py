@@ -48,7 +48,9 @@ def test_torchcodec_takes_the_same_frames_as_pyav(tmp_path, sampler, train, clip
 def test_missing_torchcodec_is_one_line(monkeypatch):
     codec.video_decoder_class.cache_clear()
     monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # as if it were not installed
-    with pytest.raises(UserError, match=r"torchcodec is not installed; .*pip install 'mugstan\[torchcodec\]'.*apt-get install ffmpeg") as err:
+    with pytest.raises(
+        UserError, match=r"torchcodec is not installed; .*pip install 'mugstan\[torchcodec\]'.*apt-get install ffmpeg"
+    ) as err:
         codec.video_decoder_class()
     assert "\n" not in str(err.value)
     codec.video_decoder_class.cache_clear()

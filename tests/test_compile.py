@@ -55,8 +55,13 @@ def make_batch(n: int, frames: int = 4, seed: int = 0) -> dict:
     mask = torch.ones(n, frames, dtype=torch.bool)
     mask[-1, frames // 2:] = False  # a padded clip
     ids, text_mask = Tokenizer(32)(CAPTIONS[:n])
-    return {"frames": torch.randn(n, frames, 3, 32, 32, generator=g), "frame_mask": mask, "ids": ids, "text_mask": text_mask,
-            "label": torch.arange(n) % 3}
+    return {
+        "frames": torch.randn(n, frames, 3, 32, 32, generator=g),
+        "frame_mask": mask,
+        "ids": ids,
+        "text_mask": text_mask,
+        "label": torch.arange(n) % 3,
+    }
 
 
 def step(model, loss_fn, batch: dict) -> tuple[torch.Tensor, dict]:

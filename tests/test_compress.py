@@ -8,13 +8,13 @@ import av
 import numpy as np
 import pytest
 import torch
-
 from data_fixtures import write_video
+
 from mugstan.cli import main as cli
 from mugstan.config import DataConfig
 from mugstan.data.datasets import build_dataset
 from mugstan.data.transforms import normalize
-from mugstan.data.video import _Walk, _collect, decode_all, keyframe_indices, probe, read_clip
+from mugstan.data.video import _collect, _Walk, decode_all, keyframe_indices, probe, read_clip
 
 
 @pytest.fixture
@@ -54,7 +54,9 @@ def test_gop_sets_the_keyframe_layout(source, tmp_path):
     for path in (intra, gop4, long):
         with av.open(str(path)) as container:
             flags = keyframe_flags(path)
-            assert keyframe_indices(container.streams.video[0], probe(path)).tolist() == [i for i, k in enumerate(flags) if k]
+            assert keyframe_indices(container.streams.video[0], probe(path)).tolist() == [
+                i for i, k in enumerate(flags) if k
+            ]
     assert intra.stat().st_size > gop4.stat().st_size > long.stat().st_size
 
 
@@ -84,13 +86,16 @@ def test_compressed_files_are_readable_by_others(source, tmp_path):
     assert (tmp_path / "out" / "a.mp4").stat().st_mode & 0o777 == 0o644
 
 
-@pytest.mark.parametrize("flag,value,message", [
-    ("--fps", "0", "--fps must be a positive frame rate, got 0"),
-    ("--short-side", "0", "--short-side must be at least 2 pixels, got 0"),
-    ("--gop", "0", "--gop must be at least 1 frame (1 = all-intra), got 0"),
-    ("--crf", "60", "--crf must be in 0..51, got 60"),
-    ("--workers", "0", "--workers must be at least 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("--fps", "0", "--fps must be a positive frame rate, got 0"),
+        ("--short-side", "0", "--short-side must be at least 2 pixels, got 0"),
+        ("--gop", "0", "--gop must be at least 1 frame (1 = all-intra), got 0"),
+        ("--crf", "60", "--crf must be in 0..51, got 60"),
+        ("--workers", "0", "--workers must be at least 1, got 0"),
+    ],
+)
 def test_bad_arguments_give_one_line_and_exit_2(source, tmp_path, capsys, flag, value, message):
     assert cli(["data", "compress", str(source), str(tmp_path / "out"), flag, value]) == 2
     err = capsys.readouterr().err
@@ -128,7 +133,9 @@ def test_keyframe_index_makes_a_sampled_frame_cost_one_decode(source, tmp_path):
             assert decoded_frames(container, [0, 10, 20], keys) == expect
 
 
-@pytest.mark.parametrize("options", [["--gop", "1", "--no-fast-decode"], ["--gop", "5"], [], ["--gop", "250", "--no-fast-decode"]])
+@pytest.mark.parametrize(
+    "options", [["--gop", "1", "--no-fast-decode"], ["--gop", "5"], [], ["--gop", "250", "--no-fast-decode"]]
+)
 def test_sampled_clips_are_exactly_the_wanted_frames(source, tmp_path, options):
     """Whatever the layout, read_clip returns the frames at the sampled indices (the frame value
     encodes its index), in training (random) and testing sampling."""
@@ -156,7 +163,9 @@ def test_uint8_loader_then_normalize_equals_the_float_loader(tmp_path):
         write_video(videos / f"{i}.mp4", frames=20, size=(80, 60), fps=10, gop=5, seed=i)
     ann = tmp_path / "ann.jsonl"
     ann.write_text("".join(json.dumps({"video": f"{i}.mp4", "caption": "x"}) + "\n" for i in range(3)))
-    cfg = DataConfig(dataset="jsonl", root=str(videos), train_ann=str(ann), test_ann=str(ann), num_frames=4, image_size=32)
+    cfg = DataConfig(
+        dataset="jsonl", root=str(videos), train_ann=str(ann), test_ann=str(ann), num_frames=4, image_size=32
+    )
     for train in (True, False):
         split = "train" if train else "test"
         plain = build_dataset(cfg, split, train=train, pairs=False, seed=3)

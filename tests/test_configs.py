@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from data_fixtures import write_dataset_fixtures
+
 from mugstan.backbones.clip import Tokenizer
 from mugstan.config import CONFIG_DIR, load_config
 from mugstan.data.datasets import build_dataset, collate
@@ -25,23 +25,57 @@ def fixtures(tmp_path_factory):
 
 def test_there_is_a_config_per_published_experiment():
     names = {p.relative_to(p.parents[1]).as_posix() for p in CONFIGS}
-    for expected in ("msrvtt/clip4clip_meanP_vitb32.yaml", "msrvtt/clip4clip_seqTransf_vitb32.yaml", "msrvtt/clip2video_vitb32.yaml",
-                     "msrvtt/stan_vitb32.yaml", "msrvtt/stan_conv_vitb32.yaml", "msrvtt/mugstan_vitb32.yaml",
-                     "didemo/clip4clip_meanP_vitb32.yaml", "didemo/clip4clip_seqTransf_vitb32.yaml", "didemo/stan_vitb32.yaml",
-                     "didemo/mugstan_vitb32.yaml", "lsmdc/clip4clip_meanP_vitb32.yaml", "lsmdc/clip4clip_seqTransf_vitb32.yaml",
-                     "lsmdc/stan_vitb32.yaml", "lsmdc/mugstan_vitb32.yaml", "msvd/clip4clip_meanP_vitb32.yaml",
-                     "msvd/clip4clip_seqTransf_vitb32.yaml", "msvd/clip2video_vitb32.yaml", "msvd/stan_vitb32.yaml",
-                     "msvd/mugstan_vitb32.yaml", "msrvtt/stan_vitb16.yaml",
-                     "kinetics400/stan_vitb16.yaml", "ssv2/stan_vitb16.yaml", "pretrain/mugstan_webvid_vitb32.yaml",
-                     "hmdb51/stan_vitb32.yaml", "hmdb51/clip_zeroshot_vitb32.yaml", "ucf101/stan_vitb32.yaml",
-                     "ucf101/clip_zeroshot_vitb32.yaml", "kinetics400/clip_zeroshot_vitb32.yaml", "msrvtt/clip_zeroshot_vitb32.yaml",
-                     "vatex/clip2video_vitb32.yaml", "activitynet/clip4clip_meanP_vitb32.yaml", "msrvtt/clip4clip_meanP_7k_vitb32.yaml",
-                     "msrvtt/clip2video_full_vitb32.yaml", "msrvtt/mugstan_vitb16.yaml", "msrvtt/mugstan_vitl14.yaml",
-                     "pretrain/mugstan_webvid_cc3m_vitb32.yaml", "msrvtt/mugstan_vitb32_postpretrained.yaml",
-                     *(f"{d}/{m}_coca_{v}.yaml" for d in ("msrvtt", "didemo") for m in ("stan", "mugstan") for v in ("vitb32", "vitl14")),
-                     "kinetics400/zeroshot_coca_vitb32.yaml", "kinetics400/zeroshot_coca_vitl14.yaml",
-                     "msrvtt/clip_vitb32.yaml", "pretrain/stan_webvid_vitb32.yaml", "msrvtt/stan_vitb32_postpretrained.yaml",
-                     "vatex/clip2video_1k5_vitb32.yaml"):
+    for expected in (
+        "msrvtt/clip4clip_meanP_vitb32.yaml",
+        "msrvtt/clip4clip_seqTransf_vitb32.yaml",
+        "msrvtt/clip2video_vitb32.yaml",
+        "msrvtt/stan_vitb32.yaml",
+        "msrvtt/stan_conv_vitb32.yaml",
+        "msrvtt/mugstan_vitb32.yaml",
+        "didemo/clip4clip_meanP_vitb32.yaml",
+        "didemo/clip4clip_seqTransf_vitb32.yaml",
+        "didemo/stan_vitb32.yaml",
+        "didemo/mugstan_vitb32.yaml",
+        "lsmdc/clip4clip_meanP_vitb32.yaml",
+        "lsmdc/clip4clip_seqTransf_vitb32.yaml",
+        "lsmdc/stan_vitb32.yaml",
+        "lsmdc/mugstan_vitb32.yaml",
+        "msvd/clip4clip_meanP_vitb32.yaml",
+        "msvd/clip4clip_seqTransf_vitb32.yaml",
+        "msvd/clip2video_vitb32.yaml",
+        "msvd/stan_vitb32.yaml",
+        "msvd/mugstan_vitb32.yaml",
+        "msrvtt/stan_vitb16.yaml",
+        "kinetics400/stan_vitb16.yaml",
+        "ssv2/stan_vitb16.yaml",
+        "pretrain/mugstan_webvid_vitb32.yaml",
+        "hmdb51/stan_vitb32.yaml",
+        "hmdb51/clip_zeroshot_vitb32.yaml",
+        "ucf101/stan_vitb32.yaml",
+        "ucf101/clip_zeroshot_vitb32.yaml",
+        "kinetics400/clip_zeroshot_vitb32.yaml",
+        "msrvtt/clip_zeroshot_vitb32.yaml",
+        "vatex/clip2video_vitb32.yaml",
+        "activitynet/clip4clip_meanP_vitb32.yaml",
+        "msrvtt/clip4clip_meanP_7k_vitb32.yaml",
+        "msrvtt/clip2video_full_vitb32.yaml",
+        "msrvtt/mugstan_vitb16.yaml",
+        "msrvtt/mugstan_vitl14.yaml",
+        "pretrain/mugstan_webvid_cc3m_vitb32.yaml",
+        "msrvtt/mugstan_vitb32_postpretrained.yaml",
+        *(
+            f"{d}/{m}_coca_{v}.yaml"
+            for d in ("msrvtt", "didemo")
+            for m in ("stan", "mugstan")
+            for v in ("vitb32", "vitl14")
+        ),
+        "kinetics400/zeroshot_coca_vitb32.yaml",
+        "kinetics400/zeroshot_coca_vitl14.yaml",
+        "msrvtt/clip_vitb32.yaml",
+        "pretrain/stan_webvid_vitb32.yaml",
+        "msrvtt/stan_vitb32_postpretrained.yaml",
+        "vatex/clip2video_1k5_vitb32.yaml",
+    ):
         assert expected in names
     for p in CONFIGS:
         assert p.read_text().startswith("#"), f"{p} must start with a comment citing its source"
@@ -51,8 +85,18 @@ def test_there_is_a_config_per_published_experiment():
 def test_config_builds_model_and_data(path, fixtures, tmp_path):
     root, formats = fixtures
     raw = yaml.safe_load(path.read_text())
-    data = {**raw["data"], "videos": "", **formats[raw["data"]["dataset"]], "root": str(root), "num_frames": 4, "image_size": 32,
-            "num_workers": 0, "test_num_frames": None, "resize_short": None, "test_resize_short": None}
+    data = {
+        **raw["data"],
+        "videos": "",
+        **formats[raw["data"]["dataset"]],
+        "root": str(root),
+        "num_frames": 4,
+        "image_size": 32,
+        "num_workers": 0,
+        "test_num_frames": None,
+        "resize_short": None,
+        "test_resize_short": None,
+    }
     for split in ("train", "val", "test"):  # the splits the config names, no others
         if f"{split}_ann" not in raw["data"]:
             data.pop(f"{split}_ann", None)
@@ -69,13 +113,19 @@ def test_config_builds_model_and_data(path, fixtures, tmp_path):
 
         cfg = load_config(small, splits=["test"])
         result = evaluate(zero_shot_model(cfg, "test"), cfg, "test")
-        assert 0 <= (result["recognition"]["top1"] if "recognition" in result else result["retrieval"]["t2v"]["R@1"]) <= 100
+        assert (
+            0
+            <= (result["recognition"]["top1"] if "recognition" in result else result["retrieval"]["t2v"]["R@1"])
+            <= 100
+        )
         return
     cfg = load_config(small)  # types and files checked
 
     retrieval = cfg.model.task == "retrieval"
     split = "train" if cfg.data.train_ann else "test"  # zero-shot configs only evaluate
-    train = build_dataset(cfg.data, split, Tokenizer(cfg.model.context_length) if retrieval else None, pairs=retrieval, train=True)
+    train = build_dataset(
+        cfg.data, split, Tokenizer(cfg.model.context_length) if retrieval else None, pairs=retrieval, train=True
+    )
     names = getattr(train.ann, "class_names", None) or []
     model = build_model(cfg.model, class_names=names)
     batch = collate([train[0], train[1]])
@@ -104,7 +154,9 @@ def test_packaged_configs_load_by_name_from_any_folder(tmp_path, monkeypatch, ca
     assert load_config("msrvtt/stan_vitb32.yaml", check_files=False).name == "mine"
     assert find_config("msrvtt/stan_vitb32") == packaged  # no local file of that exact name
     # every packaged config has a name, and `mugstan config list` prints them
-    assert "msrvtt/stan_vitb32" in packaged_configs() and len(packaged_configs()) == len(list(CONFIG_DIR.glob("*/*.yaml")))
+    assert "msrvtt/stan_vitb32" in packaged_configs() and len(packaged_configs()) == len(
+        list(CONFIG_DIR.glob("*/*.yaml"))
+    )
     assert cli.main(["config", "list"]) == 0
     assert capsys.readouterr().out.split() == packaged_configs()
 
@@ -127,7 +179,11 @@ def test_config_show_gives_every_key_its_value_and_a_one_line_doc(capsys):
     assert len(out.splitlines()) == len(docs) and all("  # " in line for line in out.splitlines())
     # what it prints is YAML of the loaded config
     shown = yaml.safe_load(out)
-    assert shown["model"]["stan"]["depth"] == 2 and shown["data"]["crop_scale"] == [0.08, 1.0] and shown["train"]["lr"] == 3e-6
+    assert (
+        shown["model"]["stan"]["depth"] == 2
+        and shown["data"]["crop_scale"] == [0.08, 1.0]
+        and shown["train"]["lr"] == 3e-6
+    )
 
 
 def test_models_lists_backbones_with_their_tags_branches_heads_and_tasks(capsys):
@@ -135,13 +191,32 @@ def test_models_lists_backbones_with_their_tags_branches_heads_and_tasks(capsys)
     from mugstan.catalog import backbones
 
     names = dict(backbones())
-    assert {"ViT-B-32", "ViT-B-16", "ViT-L-14", "coca_ViT-B-32", "mugstan-tiny", "mugstan-small", "mugstan-coca-tiny"} <= set(names)
+    assert {
+        "ViT-B-32",
+        "ViT-B-16",
+        "ViT-L-14",
+        "coca_ViT-B-32",
+        "mugstan-tiny",
+        "mugstan-small",
+        "mugstan-coca-tiny",
+    } <= set(names)
     assert "openai" in names["ViT-B-32"] and names["mugstan-tiny"] == []
     assert not any("SigLIP" in n or "CLIPA" in n for n in names)  # towers mugstan does not read are not offered
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
-    for text in ("mugstan-tiny", "random initialisation", "ViT-B-32", "openai", "branches (model.branch)", "stan ",
-                 "STAN's spatial-temporal auxiliary branch", "heads (model.head)", "seqTransf", "Mug-STAN", "tasks (model.task)"):
+    for text in (
+        "mugstan-tiny",
+        "random initialisation",
+        "ViT-B-32",
+        "openai",
+        "branches (model.branch)",
+        "stan ",
+        "STAN's spatial-temporal auxiliary branch",
+        "heads (model.head)",
+        "seqTransf",
+        "Mug-STAN",
+        "tasks (model.task)",
+    ):
         assert text in out, text
 
 

@@ -27,7 +27,9 @@ CUDA = torch.device("cuda")
 
 def tiny(drop_path: float = 0.0, **model) -> tuple[torch.nn.Module, ModelConfig]:
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone="mugstan-tiny", branch="stan", head="mean", stan=STANConfig(depth=2, drop_path=drop_path), **model)
+    cfg = ModelConfig(
+        backbone="mugstan-tiny", branch="stan", head="mean", stan=STANConfig(depth=2, drop_path=drop_path), **model
+    )
     return build_model(cfg).to(CUDA), cfg
 
 
@@ -36,8 +38,12 @@ def batch(n: int = 6) -> dict:
 
     g = torch.Generator().manual_seed(0)
     ids, text_mask = Tokenizer(32)([f"caption number {i}" for i in range(n)])
-    return {"frames": torch.randn(n, 4, 3, 32, 32, generator=g), "frame_mask": torch.ones(n, 4, dtype=torch.bool),
-            "ids": ids, "text_mask": text_mask}
+    return {
+        "frames": torch.randn(n, 4, 3, 32, 32, generator=g),
+        "frame_mask": torch.ones(n, 4, dtype=torch.bool),
+        "ids": ids,
+        "text_mask": text_mask,
+    }
 
 
 def test_random_state_replays_the_cuda_generator():
@@ -48,7 +54,9 @@ def test_random_state_replays_the_cuda_generator():
     torch.cuda.set_rng_state(here)
     with state.replay():
         torch.testing.assert_close(torch.rand(4, device=CUDA), first, atol=0, rtol=0)
-    torch.testing.assert_close(torch.rand(4, device=CUDA), following, atol=0, rtol=0)  # the stream goes on after the replay
+    torch.testing.assert_close(
+        torch.rand(4, device=CUDA), following, atol=0, rtol=0
+    )  # the stream goes on after the replay
 
 
 def test_gradcache_with_cuda_dropout_equals_the_whole_batch():

@@ -7,9 +7,9 @@ import sys
 import av
 import pytest
 import torch
+from data_fixtures import write_audio_only, write_video
 from torch.utils.data import DataLoader
 
-from data_fixtures import write_audio_only, write_video
 from mugstan.cli import main as cli
 from mugstan.config import DataConfig
 from mugstan.data.datasets import build_dataset, collate
@@ -37,7 +37,9 @@ def folder(tmp_path):
 
 def test_check_lists_missing_and_corrupt_videos(folder, capsys):
     videos, ann = folder
-    assert cli(["data", "check", str(ann), "--format", "jsonl", "--root", str(videos), "--json"]) == 1  # problems: exit 1
+    assert (
+        cli(["data", "check", str(ann), "--format", "jsonl", "--root", str(videos), "--json"]) == 1
+    )  # problems: exit 1
     report = json.loads(capsys.readouterr().out)["test"]
     reasons = {p["path"].rsplit("/", 1)[-1]: p["reason"] for p in report["problems"]}
     assert report["videos"] == 8
@@ -57,7 +59,21 @@ def test_check_passes_a_clean_dataset(folder, tmp_path, capsys):
 def test_compress_resamples_resizes_and_resumes(folder, tmp_path):
     videos, _ = folder
     dst = tmp_path / "small"
-    cmd = [sys.executable, "-m", "mugstan.cli", "data", "compress", str(videos), str(dst), "--fps", "4", "--short-side", "32", "--workers", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mugstan.cli",
+        "data",
+        "compress",
+        str(videos),
+        str(dst),
+        "--fps",
+        "4",
+        "--short-side",
+        "32",
+        "--workers",
+        "2",
+    ]
     first = subprocess.run(cmd, capture_output=True, text=True)
     assert first.returncode == 1  # the broken files are reported, the good ones written
     assert "encoding 7 with 2 workers" in first.stdout and first.stdout.count("failed:") == 4

@@ -6,8 +6,8 @@ import pickle
 from pathlib import Path
 
 import pytest
-
 from data_fixtures import write_video
+
 from mugstan.backbones.clip import Tokenizer
 from mugstan.config import DataConfig
 from mugstan.data.datasets import AnnotationError, build_dataset, collate, load_annotations
@@ -35,8 +35,10 @@ def write(path, text):
 
 
 def test_msrvtt_csv_and_json(root, tmp_path):
-    data = {"videos": [{"video_id": v} for v in IDS],
-            "sentences": [{"video_id": v, "caption": f"caption {j} of {v}", "sen_id": j} for v in IDS for j in range(3)]}
+    data = {
+        "videos": [{"video_id": v} for v in IDS],
+        "sentences": [{"video_id": v, "caption": f"caption {j} of {v}", "sen_id": j} for v in IDS for j in range(3)],
+    }
     data_json = write(tmp_path / "MSRVTT_data.json", json.dumps(data))
     train = write(tmp_path / "MSRVTT_train.9k.csv", "video_id\nvideo0\nvideo1\n")
     test = write(tmp_path / "MSRVTT_JSFUSION_test.csv", "key,vid_key,video_id,sentence\nret0,msr2,video2,a man cooks\n")
@@ -50,10 +52,16 @@ def test_msrvtt_csv_and_json(root, tmp_path):
 
 
 def test_didemo_paragraphs(root, tmp_path):
-    ann = write(tmp_path / "test_data.json", json.dumps([
-        {"video": "video0.mp4", "description": "a dog runs.", "times": [[0, 1]]},
-        {"video": "video0.mp4", "description": "it jumps.", "times": [[1, 2]]},
-        {"video": "video1.mp4", "description": "a car.", "times": [[0, 0]]}]))
+    ann = write(
+        tmp_path / "test_data.json",
+        json.dumps(
+            [
+                {"video": "video0.mp4", "description": "a dog runs.", "times": [[0, 1]]},
+                {"video": "video0.mp4", "description": "it jumps.", "times": [[1, 2]]},
+                {"video": "video1.mp4", "description": "a car.", "times": [[0, 0]]},
+            ]
+        ),
+    )
     a = load_annotations(cfg(root, "didemo", test_ann=ann), "test")
     assert a.captions == ["a dog runs. it jumps.", "a car."] and len(a.clips) == 2
 
@@ -61,12 +69,23 @@ def test_didemo_paragraphs(root, tmp_path):
 def test_stan_authors_json_layouts(root, tmp_path):
     """The STAN authors' files as their dataset classes read them: DidemoDataset joins a video's
     sentences with spaces, LsmdcDataset and WeividDataset_filtered take one caption per key."""
-    didemo = write(tmp_path / "test.json", json.dumps({"video0.mp4": ["a dog runs.", "it jumps."], "video1.mp4": ["a car."]}))
+    didemo = write(
+        tmp_path / "test.json", json.dumps({"video0.mp4": ["a dog runs.", "it jumps."], "video1.mp4": ["a car."]})
+    )
     a = load_annotations(cfg(root, "didemo_json", test_ann=didemo), "test")
-    assert a.captions == ["a dog runs. it jumps.", "a car."] and [Path(c.path).name for c in a.clips] == ["video0.mp4", "video1.mp4"]
-    lsmdc = write(tmp_path / "lsmdc_test.json", json.dumps({"video0.mp4": "SOMEONE opens a door.", "video1.mp4": "He sits."}))
+    assert a.captions == ["a dog runs. it jumps.", "a car."] and [Path(c.path).name for c in a.clips] == [
+        "video0.mp4",
+        "video1.mp4",
+    ]
+    lsmdc = write(
+        tmp_path / "lsmdc_test.json", json.dumps({"video0.mp4": "SOMEONE opens a door.", "video1.mp4": "He sits."})
+    )
     a = load_annotations(cfg(root, "lsmdc_json", test_ann=lsmdc), "test")
-    assert a.captions == ["SOMEONE opens a door.", "He sits."] and a.caption_clip == [0, 1] and a.clips[1].path.endswith("video1.mp4")
+    assert (
+        a.captions == ["SOMEONE opens a door.", "He sits."]
+        and a.caption_clip == [0, 1]
+        and a.clips[1].path.endswith("video1.mp4")
+    )
     webvid = write(tmp_path / "webvid_filtered.json", json.dumps({"000/1.mp4": "a cat", "001/2.mp4": "the sea"}))
     a = load_annotations(cfg(root, "webvid", train_ann=webvid), "train")
     assert a.captions == ["a cat", "the sea"] and a.clips[0].path == str(Path(root) / "000/1.mp4")
@@ -76,8 +95,10 @@ def test_stan_authors_json_layouts(root, tmp_path):
 
 
 def test_lsmdc_found_by_stem(root, tmp_path):
-    ann = write(tmp_path / "LSMDC16_challenge_1000_publictect.csv",
-                "video1\t00.00\t01.00\t00.00\t01.00\tSOMEONE smiles.\nvideo2\t0\t1\t0\t1\tShe leaves.\n")
+    ann = write(
+        tmp_path / "LSMDC16_challenge_1000_publictect.csv",
+        "video1\t00.00\t01.00\t00.00\t01.00\tSOMEONE smiles.\nvideo2\t0\t1\t0\t1\tShe leaves.\n",
+    )
     a = load_annotations(cfg(root, "lsmdc", test_ann=ann), "test")
     assert a.captions == ["SOMEONE smiles.", "She leaves."] and a.clips[1].path.endswith("video2.mp4")
 
@@ -88,13 +109,20 @@ def test_msvd_vatex_multi_caption(root, tmp_path):
     lst = write(tmp_path / "test_list.txt", "video0\nvideo2\n")
     a = load_annotations(cfg(root, "msvd", test_ann=lst, extra={"captions": str(pkl)}), "test")
     assert len(a.captions) == 8 and a.captions[0] == "a cat 0" and a.multi_caption
-    vdata = write(tmp_path / "vatex_data.json", json.dumps({v: {"enCap": [f"{v} {j}" for j in range(10)]} for v in IDS}))
+    vdata = write(
+        tmp_path / "vatex_data.json", json.dumps({v: {"enCap": [f"{v} {j}" for j in range(10)]} for v in IDS})
+    )
     a = load_annotations(cfg(root, "vatex", test_ann=lst, extra={"data_json": vdata}), "test")
     assert len(a.captions) == 20 and a.caption_clip[10] == 1
 
 
 def test_activitynet_paragraph(root, tmp_path):
-    ann = write(tmp_path / "val_1.json", json.dumps({"v_video1": {"duration": 2.0, "timestamps": [[0, 1], [1, 2]], "sentences": ["A man walks.", " He sits."]}}))
+    ann = write(
+        tmp_path / "val_1.json",
+        json.dumps(
+            {"v_video1": {"duration": 2.0, "timestamps": [[0, 1], [1, 2]], "sentences": ["A man walks.", " He sits."]}}
+        ),
+    )
     a = load_annotations(cfg(root, "activitynet", test_ann=ann), "test")
     assert a.captions == ["A man walks. He sits."] and a.clips[0].path.endswith("video1.mp4")
 
@@ -111,10 +139,21 @@ def test_recognition_lists(root, tmp_path):
     k = write(tmp_path / "kinetics_val.csv", "label,youtube_id,time_start,time_end,split\nabseiling,yt1,10,20,val\n")
     a = load_annotations(cfg(root, "kinetics_csv", test_ann=k), "test")
     assert a.labels == [0] and a.clips[0].path.endswith("yt1_000010_000020.mp4")
-    labels = write(tmp_path / "labels.json", json.dumps({"Pushing something from left to right": "0", "Holding something": "1"}))
-    val = write(tmp_path / "validation.json", json.dumps([{"id": "123", "label": "holding a pen", "template": "Holding [something]", "placeholders": ["a pen"]}]))
+    labels = write(
+        tmp_path / "labels.json", json.dumps({"Pushing something from left to right": "0", "Holding something": "1"})
+    )
+    val = write(
+        tmp_path / "validation.json",
+        json.dumps(
+            [{"id": "123", "label": "holding a pen", "template": "Holding [something]", "placeholders": ["a pen"]}]
+        ),
+    )
     a = load_annotations(cfg(root, "ssv2", test_ann=val, extra={"labels": labels}), "test")
-    assert a.labels == [1] and a.class_names[0] == "Pushing something from left to right" and a.clips[0].path.endswith("123.webm")
+    assert (
+        a.labels == [1]
+        and a.class_names[0] == "Pushing something from left to right"
+        and a.clips[0].path.endswith("123.webm")
+    )
 
 
 def test_webvid_cc3m_jsonl(root, tmp_path):
@@ -122,7 +161,9 @@ def test_webvid_cc3m_jsonl(root, tmp_path):
     assert load_annotations(cfg(root, "webvid", train_ann=wj), "train").captions == ["a beach", "a city"]
     with (tmp_path / "webvid.csv").open("w", newline="") as f:
         csv.writer(f).writerows([["path", "caption"], ["video2.mp4", "a forest"]])
-    assert load_annotations(cfg(root, "webvid", train_ann=str(tmp_path / "webvid.csv")), "train").captions == ["a forest"]
+    assert load_annotations(cfg(root, "webvid", train_ann=str(tmp_path / "webvid.csv")), "train").captions == [
+        "a forest"
+    ]
     import numpy as np
     from PIL import Image
 
@@ -130,22 +171,38 @@ def test_webvid_cc3m_jsonl(root, tmp_path):
     tsv = write(tmp_path / "cc3m.tsv", "a grey square\timg.jpg\n")
     ds = build_dataset(cfg(root, "cc3m", train_ann=tsv), "train", Tokenizer(8))
     assert ds[0]["frames"].shape == (4, 3, 32, 32)  # one image, repeated as 4 frames
-    lines = [{"video": "video0.mp4", "caption": ["x", "y"], "label": "jump"}, {"video": "video1.mp4", "caption": "z", "label": "run", "start": 0.5, "end": 1.0}]
+    lines = [
+        {"video": "video0.mp4", "caption": ["x", "y"], "label": "jump"},
+        {"video": "video1.mp4", "caption": "z", "label": "run", "start": 0.5, "end": 1.0},
+    ]
     jl = write(tmp_path / "a.jsonl", "\n".join(json.dumps(l) for l in lines))
     a = load_annotations(cfg(root, "jsonl", test_ann=jl), "test")
-    assert a.labels == [0, 1] and a.class_names == ["jump", "run"] and a.clips[1].start == 0.5 and a.caption_clip == [0, 0, 1]
+    assert (
+        a.labels == [0, 1]
+        and a.class_names == ["jump", "run"]
+        and a.clips[1].start == 0.5
+        and a.caption_clip == [0, 0, 1]
+    )
 
 
 def test_items_and_collate_skip_broken_videos(root, tmp_path):
     (root / "broken.mp4").write_bytes(b"not a video")
-    lines = [{"video": "video0.mp4", "caption": "good"}, {"video": "broken.mp4", "caption": "bad"}, {"video": "nope.mp4", "caption": "gone"}]
+    lines = [
+        {"video": "video0.mp4", "caption": "good"},
+        {"video": "broken.mp4", "caption": "bad"},
+        {"video": "nope.mp4", "caption": "gone"},
+    ]
     jl = write(tmp_path / "t.jsonl", "\n".join(json.dumps(l) for l in lines))
     c = cfg(root, "jsonl", train_ann=jl)
     dropping = build_dataset(c, "train", Tokenizer(8), on_error="drop")
     batch = collate([dropping[i] for i in range(3)])
     assert batch["frames"].shape == (1, 4, 3, 32, 32) and batch["ids"].shape == (1, 8)
     assert batch["frame_mask"].all() and batch["index"].tolist() == [0]
-    assert [i for i, _ in batch["failed"]] == [1, 2] and "broken.mp4" in batch["failed"][0][1] and "file not found" in batch["failed"][1][1]
+    assert (
+        [i for i, _ in batch["failed"]] == [1, 2]
+        and "broken.mp4" in batch["failed"][0][1]
+        and "file not found" in batch["failed"][1][1]
+    )
     replacing = build_dataset(c, "train", Tokenizer(8))  # training: the batch keeps its size
     batch = collate([replacing[i] for i in range(3)])
     assert batch["frames"].shape[0] == 3 and batch["index"].tolist() == [0, 0, 0]

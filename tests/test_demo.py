@@ -22,7 +22,9 @@ def quick_demo(tmp_path_factory):
         os.chdir(before)
     out = empty / "mugstan_demo"
     saved = (out / "configs" / "stan.yaml").read_text()
-    assert f"root: {out}/data_v64_f4_s32_seed0\n" in saved and f"output_dir: {out}/stan\n" in saved  # one root, absolute
+    assert (
+        f"root: {out}/data_v64_f4_s32_seed0\n" in saved and f"output_dir: {out}/stan\n" in saved
+    )  # one root, absolute
     return out, json.loads((out / "results.json").read_text())
 
 
@@ -31,7 +33,10 @@ def test_quick_demo_writes_every_output(quick_demo, capsys):
     assert [r["model"] for r in results["rows"]] == [demo.LABELS[m] for m in demo.DEMO_MODELS]
     for name, row in zip(demo.DEMO_MODELS, results["rows"]):  # the table shows the numbers of each stage's evaluation
         details = results["models"][name]
-        assert row["t2v R@1"] == details["test"]["retrieval"]["t2v"]["R@1"] and row["v2t R@1"] == details["test"]["retrieval"]["v2t"]["R@1"]
+        assert (
+            row["t2v R@1"] == details["test"]["retrieval"]["t2v"]["R@1"]
+            and row["v2t R@1"] == details["test"]["retrieval"]["v2t"]["R@1"]
+        )
         assert row["pair accuracy"] == details["pair_accuracy"]
         assert row["zero-shot motion top-1"] == details["zero_shot_recognition"]["top1"]
     # fine-tuned from the packaged CLIP, pretrained on seed 0's stills
@@ -57,11 +62,26 @@ def test_export_clip_pretrains_and_writes_a_packaged_style_file(tmp_path):
     open_clip-layout file that the fine-tuning stages load like the packaged one."""
     from safetensors.torch import load_file
 
-    from mugstan.models import build_model
     from mugstan.config import ModelConfig
+    from mugstan.models import build_model
 
     dest = tmp_path / "clip.safetensors"
-    assert cli(["demo", "--quick", "--export-clip", str(dest), "--out", str(tmp_path / "run"), "--no-progress", "--seed", "3"]) == 0
+    assert (
+        cli(
+            [
+                "demo",
+                "--quick",
+                "--export-clip",
+                str(dest),
+                "--out",
+                str(tmp_path / "run"),
+                "--no-progress",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     # 64 training videos x 4 stills in batches of 64: 4 pretraining steps
     assert json.loads((tmp_path / "run" / "pretrain_clip" / "results.json").read_text())["steps"] == 4
     info = demo.clip_metadata(dest)
@@ -84,9 +104,27 @@ def test_demo_refuses_export_with_pretrain(tmp_path, capsys):
 def bench_seed0(tmp_path_factory):
     """``mugstan bench synthetic --quick`` on seed 0 with the demo's models: the demo's runs again."""
     out = tmp_path_factory.mktemp("bench")
-    assert cli(["bench", "synthetic", "--quick", "--models", *demo.DEMO_MODELS, "--seeds", "0", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        cli(
+            [
+                "bench",
+                "synthetic",
+                "--quick",
+                "--models",
+                *demo.DEMO_MODELS,
+                "--seeds",
+                "0",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
-    assert [r["model"] for r in summary["rows"]] == [demo.LABELS[m] for m in demo.DEMO_MODELS] and all(r["seeds"] == 1 for r in summary["rows"])
+    assert [r["model"] for r in summary["rows"]] == [demo.LABELS[m] for m in demo.DEMO_MODELS] and all(
+        r["seeds"] == 1 for r in summary["rows"]
+    )
     assert "| STAN-self |" in (out / "summary.md").read_text().split("pair accuracy by motion pair")[1]
     return out
 
@@ -96,7 +134,10 @@ def test_same_seed_same_table(quick_demo, bench_seed0):
     bench's seed 0 and the demo rendered and trained separately."""
     out, first = quick_demo
     runs = [json.loads(line) for line in (bench_seed0 / "runs.jsonl").read_text().splitlines()]
-    again = [{k: r[k] for k in row if k != "train seconds"} for r, row in zip([r for r in runs if r["seed"] == 0], first["rows"])]
+    again = [
+        {k: r[k] for k in row if k != "train seconds"}
+        for r, row in zip([r for r in runs if r["seed"] == 0], first["rows"])
+    ]
     assert again == [{k: v for k, v in row.items() if k != "train seconds"} for row in first["rows"]]
     seed0 = bench_seed0 / "seed0"
     data = lambda root: sorted(p.relative_to(root).as_posix() for p in root.glob("data_*/**/*") if p.is_file())
@@ -106,7 +147,10 @@ def test_same_seed_same_table(quick_demo, bench_seed0):
 
 
 def test_bench_aggregates_mean_and_spread():
-    runs = [{"seed": s, "name": "meanP", **{k: v for k in (*demo.METRICS, "train seconds")}} for s, v in ((0, 40.0), (1, 50.0), (2, 60.0))]
+    runs = [
+        {"seed": s, "name": "meanP", **{k: v for k in (*demo.METRICS, "train seconds")}}
+        for s, v in ((0, 40.0), (1, 50.0), (2, 60.0))
+    ]
     (row,) = bench.aggregate(runs, ["meanP"])
     assert row["seeds"] == 3 and row["t2v R@1"] == pytest.approx(50.0) and row["t2v R@1 std"] == pytest.approx(10.0)
     assert "50.0 ± 10.0" in demo.markdown_table([row])
@@ -116,7 +160,19 @@ def test_bench_synthetic_runs_two_seeds_and_resumes(bench_seed0, capsys):
     """``mugstan bench synthetic --quick``: one line per (seed, model), the summary table over the
     seeds, and a second call with the same seeds runs nothing again (seed 0 is the fixture's run)."""
     out = bench_seed0
-    args = ["bench", "synthetic", "--quick", "--models", "meanP", "--seeds", "0", "1", "--out", str(out), "--no-progress"]
+    args = [
+        "bench",
+        "synthetic",
+        "--quick",
+        "--models",
+        "meanP",
+        "--seeds",
+        "0",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     capsys.readouterr()
     assert cli(args) == 0
     assert "seed 0: every model already in" in capsys.readouterr().out  # only seed 1 was trained
@@ -125,7 +181,9 @@ def test_bench_synthetic_runs_two_seeds_and_resumes(bench_seed0, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert [r["model"] for r in summary["rows"]] == ["meanP (CLIP4Clip)"] and summary["rows"][0]["seeds"] == 2
     mean = lambda key: (runs[0][key] + runs[2][key]) / 2  # noqa: E731
-    assert summary["rows"][0]["t2v R@1"] == pytest.approx(mean("t2v R@1")) and summary["rows"][0]["pair accuracy"] == pytest.approx(mean("pair accuracy"))
+    assert summary["rows"][0]["t2v R@1"] == pytest.approx(mean("t2v R@1")) and summary["rows"][0][
+        "pair accuracy"
+    ] == pytest.approx(mean("pair accuracy"))
     assert "| meanP (CLIP4Clip) |" in (out / "summary.md").read_text() and (out / "summary.png").stat().st_size > 5000
     meanp = summary["pair_accuracy_by_motion"][0]  # the twins tie under meanP on every seed
     assert meanp["seeds"] == 2 and [meanp[k] for k in runs[0]["pair accuracy by motion"]] == [50.0] * 5

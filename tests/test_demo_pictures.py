@@ -6,20 +6,22 @@ import itertools
 import matplotlib
 import numpy as np
 import pytest
+from data_fixtures import write_video
 from matplotlib.container import ErrorbarContainer
 from matplotlib.text import Text
 
 from mugstan import demo
 from mugstan.data.synthetic import COLORS, MOTION_PHRASES, SHAPES, TEST_TEMPLATES, TRAIN_TEMPLATES, caption
 
-from data_fixtures import write_video
-
 matplotlib.use("Agg")
 
 
 def longest_query() -> str:
-    every = (caption(c, s, m, t, p) for c, s, m, t in itertools.product(COLORS, SHAPES, MOTION_PHRASES, (*TRAIN_TEMPLATES, *TEST_TEMPLATES))
-             for p in range(len(MOTION_PHRASES[m])))
+    every = (
+        caption(c, s, m, t, p)
+        for c, s, m, t in itertools.product(COLORS, SHAPES, MOTION_PHRASES, (*TRAIN_TEMPLATES, *TEST_TEMPLATES))
+        for p in range(len(MOTION_PHRASES[m]))
+    )
     return max(every, key=len)
 
 
@@ -48,7 +50,9 @@ def test_contact_sheet_keeps_every_text_inside(videos):
     query = longest_query()
     assert len(query) >= 55, query  # e.g. "in this clip the yellow triangle rotates counterclockwise"
     model = max(demo.LABELS.values(), key=len)
-    fig = demo.contact_sheet_figure(videos, query, truth=1, twin=0, ranked=[0, 1, 2, 3], scores=[12.3, 12.1, 9.0, 8.5], model=model)
+    fig = demo.contact_sheet_figure(
+        videos, query, truth=1, twin=0, ranked=[0, 1, 2, 3], scores=[12.3, 12.1, 9.0, 8.5], model=model
+    )
     assert texts_outside(fig) == []
     shown = " ".join(t.get_text() for t in fig.findobj(Text)).replace("\n", " ")
     assert f'"{query}"' in " ".join(shown.split())  # wrapped, never cut
@@ -63,14 +67,18 @@ def test_contact_sheet_keeps_every_text_inside(videos):
     assert [ax.get_title() for ax in fig.axes[: demo.FRAMES]] == [f"t = {t}" for t in range(1, demo.FRAMES + 1)]
     own = fig.axes[demo.FRAMES]  # rank 2's first frame: green, the twin's orange, others grey
     assert matplotlib.colors.to_hex(own.spines["top"].get_edgecolor()) == matplotlib.colors.to_hex(demo.OWN_COLOUR)
-    assert matplotlib.colors.to_hex(fig.axes[0].spines["top"].get_edgecolor()) == matplotlib.colors.to_hex(demo.TWIN_COLOUR)
+    assert matplotlib.colors.to_hex(fig.axes[0].spines["top"].get_edgecolor()) == matplotlib.colors.to_hex(
+        demo.TWIN_COLOUR
+    )
     matplotlib.pyplot.close(fig)
 
 
 def test_contact_sheet_frames_are_the_decoded_pixels(videos):
     from mugstan.data.video import read_clip
 
-    fig = demo.contact_sheet_figure(videos, "a red circle moves left", truth=2, twin=3, ranked=[2], scores=[1.0], model="STAN-self")
+    fig = demo.contact_sheet_figure(
+        videos, "a red circle moves left", truth=2, twin=3, ranked=[2], scores=[1.0], model="STAN-self"
+    )
     clip = read_clip(videos[2], demo.FRAMES).permute(0, 2, 3, 1).numpy()
     for t, ax in enumerate(fig.axes):
         np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), clip[t])
@@ -78,19 +86,26 @@ def test_contact_sheet_frames_are_the_decoded_pixels(videos):
 
 
 def test_bar_chart_explains_whiskers_and_chance(tmp_path):
-    rows = [{"model": label, "t2v R@1": 50.0, "pair accuracy": 70.0, "zero-shot motion top-1": 30.0} for label in demo.LABELS.values()]
+    rows = [
+        {"model": label, "t2v R@1": 50.0, "pair accuracy": 70.0, "zero-shot motion top-1": 30.0}
+        for label in demo.LABELS.values()
+    ]
     chance = {"t2v R@1": 100 / 60, "pair accuracy": 50.0, "zero-shot motion top-1": 10.0}
     one = demo.bar_chart_figure(rows, "synthetic temporal benchmark (seed 0)", chance)
     assert texts_outside(one) == []
     ax = one.axes[0]
     assert not [c for c in ax.containers if isinstance(c, ErrorbarContainer)]  # one seed: no whiskers, none explained
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["text-to-video R@1; chance 1.7", "pair accuracy (own clip vs reversed); chance 50.0",
-                      "zero-shot motion top-1; chance 10.0"]
+    assert labels == [
+        "text-to-video R@1; chance 1.7",
+        "pair accuracy (own clip vs reversed); chance 50.0",
+        "zero-shot motion top-1; chance 10.0",
+    ]
     # a dashed chance line across every bar of its metric, at its level
     lines = [c for c in ax.collections if c.get_linestyle() and c.get_linestyle()[0][1] is not None]
     assert sorted(round(seg[0][1], 3) for c in lines for seg in c.get_segments()) == sorted(
-        [round(v, 3) for v in chance.values() for _ in rows])
+        [round(v, 3) for v in chance.values() for _ in rows]
+    )
     assert "whiskers" not in " ".join(t.get_text() for t in one.findobj(Text))
     matplotlib.pyplot.close(one)
 

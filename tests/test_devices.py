@@ -30,7 +30,9 @@ def test_gradcache_replays_every_device_generator():
     with state.replay():  # the second pass draws the same masks
         again = [torch.rand(3), *draws(generators)]
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
-    assert all(torch.equal(g.get_state(), s) for g, s in zip(generators, after[0], strict=True)) and torch.equal(torch.get_rng_state(), after[1])
+    assert all(torch.equal(g.get_state(), s) for g, s in zip(generators, after[0], strict=True)) and torch.equal(
+        torch.get_rng_state(), after[1]
+    )
 
 
 def test_checkpoint_restores_the_device_generators(tmp_path):
@@ -60,7 +62,10 @@ def test_gpu_training_settings():
 
 def test_automatic_precision_by_device():
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    assert [resolve_precision("auto", gpu, bf16_pays=b) for b in (True, False)] == ["bf16", "fp16"]  # fp16 with loss scaling
+    assert [resolve_precision("auto", gpu, bf16_pays=b) for b in (True, False)] == [
+        "bf16",
+        "fp16",
+    ]  # fp16 with loss scaling
     assert [resolve_precision("auto", cpu, bf16_pays=b) for b in (True, False)] == ["bf16", "fp32"]
     assert [resolve_precision(p, gpu, bf16_pays=False) for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
 

@@ -31,7 +31,9 @@ def step(text_in, video_in, heads, reduction):
     v = torch.nn.functional.normalize(v_head(video_in), dim=-1)
     t.retain_grad()
     v.retain_grad()
-    loss = ContrastiveLoss(MeanP(), reduction)({"text": Embeddings(t), "video": Embeddings(v), "logit_scale": torch.tensor(20.0)})
+    loss = ContrastiveLoss(MeanP(), reduction)(
+        {"text": Embeddings(t), "video": Embeddings(v), "logit_scale": torch.tensor(20.0)}
+    )
     loss.backward()
     return loss.detach(), t.grad, v.grad, t_head.weight.grad, v_head.weight.grad
 
@@ -48,8 +50,12 @@ def worker(rank, init_file, reduction, out_dir):
 
 def test_symmetric_infonce_by_hand():
     logits = torch.tensor([[2.0, 0.0], [1.0, 3.0]])
-    rows = (-(2 - torch.logsumexp(torch.tensor([2.0, 0.0]), 0)) - (3 - torch.logsumexp(torch.tensor([1.0, 3.0]), 0))) / 2
-    cols = (-(2 - torch.logsumexp(torch.tensor([2.0, 1.0]), 0)) - (3 - torch.logsumexp(torch.tensor([0.0, 3.0]), 0))) / 2
+    rows = (
+        -(2 - torch.logsumexp(torch.tensor([2.0, 0.0]), 0)) - (3 - torch.logsumexp(torch.tensor([1.0, 3.0]), 0))
+    ) / 2
+    cols = (
+        -(2 - torch.logsumexp(torch.tensor([2.0, 1.0]), 0)) - (3 - torch.logsumexp(torch.tensor([0.0, 3.0]), 0))
+    ) / 2
     torch.testing.assert_close(symmetric_infonce(logits, "mean"), (rows + cols) / 2)
     torch.testing.assert_close(symmetric_infonce(logits, "sum"), rows + cols)
     with pytest.raises(ValueError, match="'mean' or 'sum'"):
@@ -87,8 +93,11 @@ class Towers(torch.nn.Module):
 
     def forward(self, text_in, video_in):
         norm = torch.nn.functional.normalize
-        return {"text": Embeddings(norm(self.text(text_in), dim=-1)), "video": Embeddings(norm(self.video(video_in), dim=-1)),
-                "logit_scale": self.logit_scale.exp()}
+        return {
+            "text": Embeddings(norm(self.text(text_in), dim=-1)),
+            "video": Embeddings(norm(self.video(video_in), dim=-1)),
+            "logit_scale": self.logit_scale.exp(),
+        }
 
 
 class AuthorsGather(torch.autograd.Function):
@@ -105,7 +114,7 @@ class AuthorsGather(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         rank = dist.get_rank()
-        return grad[rank * ctx.rows:(rank + 1) * ctx.rows]
+        return grad[rank * ctx.rows : (rank + 1) * ctx.rows]
 
 
 def authors_step(text_in, video_in):
@@ -133,9 +142,15 @@ def mugstan_step(text_in, video_in, gather_grad_world):
     wrapped = torch.nn.parallel.DistributedDataParallel(model)
     ContrastiveLoss(MeanP(), "sum")(wrapped(text_in, video_in)).backward()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
-    run = SimpleNamespace(model=model, optimizer=optimizer, scaler=None, gradcache=False, text_frozen_steps=0,
-                          scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
-                          cfg=SimpleNamespace(train=TrainConfig(grad_clip=MAX_NORM, gather_grad_world=gather_grad_world)))
+    run = SimpleNamespace(
+        model=model,
+        optimizer=optimizer,
+        scaler=None,
+        gradcache=False,
+        text_frozen_steps=0,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+        cfg=SimpleNamespace(train=TrainConfig(grad_clip=MAX_NORM, gather_grad_world=gather_grad_world)),
+    )
     norm = optimizer_step(run, 0)
     return norm, [p.detach() for p in model.parameters()]
 
@@ -144,8 +159,11 @@ def clip_worker(rank, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     text, video = data()
     local = slice(rank * N // WORLD, (rank + 1) * N // WORLD)
-    result = {"authors": authors_step(text[local], video[local]),
-              "faithful": mugstan_step(text[local], video[local], WORLD), "full": mugstan_step(text[local], video[local], 1)}
+    result = {
+        "authors": authors_step(text[local], video[local]),
+        "faithful": mugstan_step(text[local], video[local], WORLD),
+        "full": mugstan_step(text[local], video[local], 1),
+    }
     torch.save(result, os.path.join(out_dir, f"clip{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()

@@ -32,7 +32,9 @@ def run(args, **kw):
 
 
 def losses(out: Path) -> list[float]:
-    return [r["train/loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r]
+    return [
+        r["train/loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +51,12 @@ def uninterrupted(tmp_path_factory, data) -> Path:
 def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path, data, uninterrupted):
     full = uninterrupted
     cfg = write_config(tmp_path / "killed.yaml", data, tmp_path / "killed", batch_size=8, save_every=1)
-    proc = subprocess.Popen([sys.executable, "-m", "mugstan.cli", "train", str(cfg), "--no-progress"], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mugstan.cli", "train", str(cfg), "--no-progress"],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state = tmp_path / "killed" / "checkpoints" / "last" / "state.pt"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -79,8 +85,24 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path, data, uninterr
 
 def test_two_gloo_processes_follow_the_one_process_loss_curve(tmp_path, data, uninterrupted):
     two = write_config(tmp_path / "two.yaml", data, tmp_path / "two", batch_size=8)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "mugstan.cli", "train", str(two), "--no-progress"], env=ENV, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "mugstan.cli",
+            "train",
+            str(two),
+            "--no-progress",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on 2 process(es)" in proc.stdout
     l1, l2 = losses(uninterrupted), losses(tmp_path / "two")
@@ -103,7 +125,12 @@ def test_bad_configs_fail_before_training(tmp_path, data):
     with pytest.raises(ConfigError, match="data.train_ann: /nowhere/train.jsonl does not exist"):
         load_config(good, ["data.train_ann=/nowhere/train.jsonl"])
     proc = run(["train", str(good), "model.branch=lstm"])
-    assert proc.returncode != 0 and "model.branch" in proc.stderr and "lstm" in proc.stderr and "steps/epoch" not in proc.stdout
+    assert (
+        proc.returncode != 0
+        and "model.branch" in proc.stderr
+        and "lstm" in proc.stderr
+        and "steps/epoch" not in proc.stdout
+    )
 
 
 def test_eval_command_on_a_trained_checkpoint(tmp_path, data):
@@ -114,12 +141,33 @@ def test_eval_command_on_a_trained_checkpoint(tmp_path, data):
     assert run(["train", str(cfg), "--no-progress", "train.max_steps=2"]).returncode == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["test"]["protocol"] == "1:1" and results["test"]["counts"]["videos"] == 60
-    out = run(["eval", str(cfg), "--checkpoint", str(tmp_path / "run" / "checkpoints" / "best"), "--json", str(tmp_path / "r.json")])
+    out = run(
+        [
+            "eval",
+            str(cfg),
+            "--checkpoint",
+            str(tmp_path / "run" / "checkpoints" / "best"),
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     # the best checkpoint evaluated again: the numbers the training run reported for its test split
-    assert "t2v" in out.stdout and json.loads((tmp_path / "r.json").read_text())["retrieval"] == results["test"]["retrieval"]
+    assert (
+        "t2v" in out.stdout
+        and json.loads((tmp_path / "r.json").read_text())["retrieval"] == results["test"]["retrieval"]
+    )
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000 and (tmp_path / "run" / "tb").is_dir()
-    emb = run(["embed", str(cfg), "--checkpoint", str(tmp_path / "run" / "checkpoints" / "best"), "--out", str(tmp_path / "v.npz")])
+    emb = run(
+        [
+            "embed",
+            str(cfg),
+            "--checkpoint",
+            str(tmp_path / "run" / "checkpoints" / "best"),
+            "--out",
+            str(tmp_path / "v.npz"),
+        ]
+    )
     assert emb.returncode == 0, emb.stderr[-2000:]
     import numpy as np
 
@@ -153,24 +201,38 @@ def test_freeze_text_for_keeps_the_text_tower_for_its_steps_then_trains_it(tmp_p
     def text_and_video(out: Path) -> tuple[dict, dict]:
         state = load_file(str(out / "checkpoints" / "last" / "model.safetensors"))
         clip = {k: v for k, v in state.items() if k.startswith("backbone.clip.") and "logit_scale" not in k}
-        return ({k: v for k, v in clip.items() if ".visual." not in k}, {k: v for k, v in clip.items() if ".visual." in k})
+        return (
+            {k: v for k, v in clip.items() if ".visual." not in k},
+            {k: v for k, v in clip.items() if ".visual." in k},
+        )
 
     cfg = load_config(write_config(tmp_path / "s.yaml", data, tmp_path / "s"))
     seed_everything(cfg.train.seed, True)  # as setup_run does: the same initial weights
     start = {f"backbone.clip.{k}": v for k, v in build_model(cfg.model).backbone.clip.state_dict().items()}
     moved = {}
     for steps in (2, 3):
-        path = write_config(tmp_path / f"{steps}.yaml", data, tmp_path / str(steps), max_steps=steps, freeze_text_for=2, save_every=steps)
+        path = write_config(
+            tmp_path / f"{steps}.yaml",
+            data,
+            tmp_path / str(steps),
+            max_steps=steps,
+            freeze_text_for=2,
+            save_every=steps,
+        )
         train(load_config(path), progress=False)
         text, video = text_and_video(tmp_path / str(steps))
-        moved[steps] = (max((v - start[k]).abs().max().item() for k, v in text.items()),
-                        max((v - start[k]).abs().max().item() for k, v in video.items()))
+        moved[steps] = (
+            max((v - start[k]).abs().max().item() for k, v in text.items()),
+            max((v - start[k]).abs().max().item() for k, v in video.items()),
+        )
     assert moved[2][0] == 0.0 and moved[2][1] > 0, moved
     assert moved[3][0] > 0, moved
     with pytest.raises(ConfigError, match="train.freeze_text_for"):
         load_config(write_config(tmp_path / "neg.yaml", data, tmp_path / "neg", freeze_text_for=-1))
     with pytest.raises(ConfigError, match="model.freeze_text already"):
-        load_config(write_config(tmp_path / "both.yaml", data, tmp_path / "both", freeze_text_for=2), ["model.freeze_text=true"])
+        load_config(
+            write_config(tmp_path / "both.yaml", data, tmp_path / "both", freeze_text_for=2), ["model.freeze_text=true"]
+        )
 
 
 def test_auto_precision_on_a_cpu_follows_the_measured_bf16_speed(monkeypatch):

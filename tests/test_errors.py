@@ -59,7 +59,9 @@ def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     for i, name in enumerate(["a.mp4", "b.mp4"]):
         write_video(root / name, frames=12, size=(32, 32), seed=i)
-    (root / "train.jsonl").write_text("".join(json.dumps({"video": v, "caption": f"clip {v}"}) + "\n" for v in ["a.mp4", "b.mp4"]))
+    (root / "train.jsonl").write_text(
+        "".join(json.dumps({"video": v, "caption": f"clip {v}"}) + "\n" for v in ["a.mp4", "b.mp4"])
+    )
     return root
 
 
@@ -142,8 +144,11 @@ def broken(tmp_path_factory) -> dict:
 
 def test_broken_videos_are_errors_with_their_reason_never_repeated_frames(broken):
     every = list(range(0, 60, 6))
-    for name, reason in (("cut_fast.mp4", "truncated: no decodable frame at t="), ("cut.mkv", "truncated: no decodable frame at t="),
-                         ("mid.mp4", "damaged: no decodable frame near t=")):
+    for name, reason in (
+        ("cut_fast.mp4", "truncated: no decodable frame at t="),
+        ("cut.mkv", "truncated: no decodable frame at t="),
+        ("mid.mp4", "damaged: no decodable frame near t="),
+    ):
         with pytest.raises(VideoError, match=reason):
             decode_frames(broken[name], every, info=probe(broken[name]))
     for name in ("full_fast.mp4", "full.mkv", "full.mp4"):
@@ -152,8 +157,11 @@ def test_broken_videos_are_errors_with_their_reason_never_repeated_frames(broken
         with pytest.raises(VideoError, match=reason):  # the FIFO is refused before it is opened: nothing blocks
             probe(broken[name])
     # --full decoding finds what sampling two frames may miss
-    for name, reason in (("cut_fast.mp4", "damaged or truncated"), ("cut.mkv", r"truncated: no decodable frame after t=0\.\d+ s, though the container says 7.50 s"),
-                         ("mid.mp4", "damaged or truncated: decoding fails after")):
+    for name, reason in (
+        ("cut_fast.mp4", "damaged or truncated"),
+        ("cut.mkv", r"truncated: no decodable frame after t=0\.\d+ s, though the container says 7.50 s"),
+        ("mid.mp4", "damaged or truncated: decoding fails after"),
+    ):
         with pytest.raises(VideoError, match=reason):
             verify_frames(broken[name])
     assert verify_frames(broken["full.mp4"]).num_frames == 60
@@ -165,7 +173,9 @@ def test_a_recording_that_pauses_is_not_damaged(tmp_path):
     path = write_timed(tmp_path / "paused.mp4", [*range(6), *range(30, 60)], Fraction(1, 8), 8)
     info = probe(path)  # 36 frames over 7.5 s: 4.8 frames per second on average, none from 0.7 s to 3.75 s
     frames = decode_frames(path, [0, 3, 6, 10, 30], info=info)
-    assert torch.equal(frames[2], frames[1]) and torch.equal(frames[3], frames[1])  # in the pause: the last frame before it
+    assert torch.equal(frames[2], frames[1]) and torch.equal(
+        frames[3], frames[1]
+    )  # in the pause: the last frame before it
     assert not torch.equal(frames[4], frames[1])
     with pytest.raises(VideoError, match="damaged data, or a variable-frame-rate recording that paused"):
         verify_frames(path)
@@ -205,16 +215,40 @@ def test_index_of_broken_files_reports_each_and_keeps_the_good_ones(broken, data
     os.mkfifo(videos / "pipe.mp4")
     (videos / "a.mp4").write_bytes((data / "a.mp4").read_bytes())
     out = tmp_path / "videos.index"
-    assert cli.main(["index", str(videos), "--checkpoint", str(checkpoint), "--out", str(out), "--no-progress", "--frames", "16"]) == 0
+    assert (
+        cli.main(
+            [
+                "index",
+                str(videos),
+                "--checkpoint",
+                str(checkpoint),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--frames",
+                "16",
+            ]
+        )
+        == 0
+    )
     summary = capsys.readouterr().out
     assert "4 videos embedded" in summary and "5 not indexed" in summary and "3 with a note" in summary
     report = {r["path"]: r for r in json.loads((out / "report.json").read_text())}
-    assert {p for p, r in report.items() if not r.get("indexed")} == {"cut_fast.mp4", "mid.mp4", "empty.mp4", "text.mp4", "pipe.mp4"}
+    assert {p for p, r in report.items() if not r.get("indexed")} == {
+        "cut_fast.mp4",
+        "mid.mp4",
+        "empty.mp4",
+        "text.mp4",
+        "pipe.mp4",
+    }
     assert "truncated" in report["cut_fast.mp4"]["reason"] and "damaged" in report["mid.mp4"]["reason"]
     assert report["slow.mp4"]["indexed"] and "windows that hold a frame" in report["slow.mp4"]["reason"]
     # the mkv only estimates its length: its frames are counted, and what exists is indexed, with a note
     assert report["cut.mkv"]["indexed"] and "the container says 7.5 s, but only" in report["cut.mkv"]["reason"]
-    assert report["long.mkv"]["indexed"] and "the container says 3e+06 s, but only 2 frames" in report["long.mkv"]["reason"]
+    assert (
+        report["long.mkv"]["indexed"]
+        and "the container says 3e+06 s, but only 2 frames" in report["long.mkv"]["reason"]
+    )
     items = json.loads((out / "items.json").read_text())
     assert sum(i["path"] == "slow.mp4" for i in items) <= 10 and sum(i["path"] == "long.mkv" for i in items) == 1
     # a folder of only bad files: the error says what failed (there is no report.json to point at)
@@ -222,8 +256,13 @@ def test_index_of_broken_files_reports_each_and_keeps_the_good_ones(broken, data
     bad.mkdir()
     for name in ("empty.mp4", "text.mp4"):
         (bad / name).write_bytes(broken[name].read_bytes())
-    err = fails(capsys, ["index", bad, "--checkpoint", checkpoint, "--out", tmp_path / "bad.index", "--no-progress"],
-                "no video under", "empty.mp4: empty file (0 bytes)", "text.mp4: cannot be opened")
+    err = fails(
+        capsys,
+        ["index", bad, "--checkpoint", checkpoint, "--out", tmp_path / "bad.index", "--no-progress"],
+        "no video under",
+        "empty.mp4: empty file (0 bytes)",
+        "text.mp4: cannot be opened",
+    )
     assert "report.json" not in err and not (tmp_path / "bad.index").exists()
 
 
@@ -304,10 +343,15 @@ def test_bad_config_files(good, tmp_path, capsys):
     (tmp_path / "binary.yaml").write_bytes(bytes(range(256)) * 4)
     (tmp_path / "folder.yaml").mkdir()
     os.mkfifo(tmp_path / "pipe.yaml")
-    for name, message in (("list.yaml", "the file is a list; an experiment config is a mapping"),
-                          ("empty.yaml", "the file is empty"), ("scalar.yaml", "unknown key 'hello'"),
-                          ("binary.yaml", "binary.yaml: not valid YAML"), ("folder.yaml", "is a folder, not a file"),
-                          ("pipe.yaml", "is a FIFO (named pipe), not a regular file"), ("missing.yaml", "missing.yaml does not exist")):
+    for name, message in (
+        ("list.yaml", "the file is a list; an experiment config is a mapping"),
+        ("empty.yaml", "the file is empty"),
+        ("scalar.yaml", "unknown key 'hello'"),
+        ("binary.yaml", "binary.yaml: not valid YAML"),
+        ("folder.yaml", "is a folder, not a file"),
+        ("pipe.yaml", "is a FIFO (named pipe), not a regular file"),
+        ("missing.yaml", "missing.yaml does not exist"),
+    ):
         for command in (["train"], ["eval", "--checkpoint", tmp_path], ["data", "check"]):
             fails(capsys, [*command, tmp_path / name], name, message)
 
@@ -322,10 +366,19 @@ def test_readme_real_data_commands_end_in_one_line(tmp_path, monkeypatch, capsys
 
 def test_unknown_config_names_list_the_nearest(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    for command in (["train"], ["eval", "--checkpoint", tmp_path], ["data", "check"], ["embed", "--checkpoint", tmp_path,
-                                                                                       "--out", tmp_path / "e.npz"]):
-        fails(capsys, [*command, "msrvtt/stan_vitb23"], "config msrvtt/stan_vitb23: no such file, and no packaged config",
-              "nearest: msrvtt/stan_vitb32", "mugstan config list")
+    for command in (
+        ["train"],
+        ["eval", "--checkpoint", tmp_path],
+        ["data", "check"],
+        ["embed", "--checkpoint", tmp_path, "--out", tmp_path / "e.npz"],
+    ):
+        fails(
+            capsys,
+            [*command, "msrvtt/stan_vitb23"],
+            "config msrvtt/stan_vitb23: no such file, and no packaged config",
+            "nearest: msrvtt/stan_vitb32",
+            "mugstan config list",
+        )
     fails(capsys, ["train", "msrvt/stan_vitb32.yaml"], "nearest: msrvtt/stan_vitb32")
     fails(capsys, ["train", "nothing_like_it"], "no packaged config of that name (`mugstan config list`")
 
@@ -337,42 +390,96 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 
 def test_a_training_set_smaller_than_one_batch_says_how_many_and_why(good, tmp_path, capsys):
-    fails(capsys, ["train", good, "train.batch_size=128"],
-          "the training set has 2 caption-video pairs, fewer than one batch of train.batch_size=128", "set train.batch_size=2 or less")
+    fails(
+        capsys,
+        ["train", good, "train.batch_size=128"],
+        "the training set has 2 caption-video pairs, fewer than one batch of train.batch_size=128",
+        "set train.batch_size=2 or less",
+    )
     nocap = write_jsonl(tmp_path / "nocap.jsonl", [{"video": "a.mp4"}, {"video": "b.mp4"}])
-    fails(capsys, ["train", good, f"data.train_ann={nocap}"], "the training set has 0 caption-video pairs",
-          "2 of its 2 videos have no caption and are left out", "nocap.jsonl")
+    fails(
+        capsys,
+        ["train", good, f"data.train_ann={nocap}"],
+        "the training set has 0 caption-video pairs",
+        "2 of its 2 videos have no caption and are left out",
+        "nocap.jsonl",
+    )
     some = write_jsonl(tmp_path / "some.jsonl", [{"video": v, "caption": v} for v in ("a.mp4", "b.mp4", "gone.mp4")])
-    fails(capsys, ["train", good, f"data.train_ann={some}", "train.batch_size=8"], "the training set has 3 caption-video pairs",
-          "1 of its 3 video files is missing and would be skipped", "gone.mp4", "set train.batch_size=3 or less")
+    fails(
+        capsys,
+        ["train", good, f"data.train_ann={some}", "train.batch_size=8"],
+        "the training set has 3 caption-video pairs",
+        "1 of its 3 video files is missing and would be skipped",
+        "gone.mp4",
+        "set train.batch_size=3 or less",
+    )
     # every video missing (a wrong data.root): said before the model is built, whatever the batch size
     gone = write_jsonl(tmp_path / "gone.jsonl", [{"video": f"v{i}.mp4", "caption": "c"} for i in range(5)])
     for batch in (2, 128):
-        fails(capsys, ["train", good, f"data.train_ann={gone}", f"train.batch_size={batch}"],
-              "none of the 5 training videos checked (of 5) exists", "v0.mp4", "check data.root=")
+        fails(
+            capsys,
+            ["train", good, f"data.train_ann={gone}", f"train.batch_size={batch}"],
+            "none of the 5 training videos checked (of 5) exists",
+            "v0.mp4",
+            "check data.root=",
+        )
     # mostly missing, more than a batch: the run stops with the reason of the last failure, not a count alone
-    mostly = write_jsonl(tmp_path / "mostly.jsonl", [{"video": "a.mp4", "caption": "a"}] + [{"video": f"v{i}.mp4", "caption": "c"}
-                                                                                           for i in range(200)])
-    fails(capsys, ["train", good, f"data.train_ann={mostly}", "train.batch_size=100", "--no-progress"], "file not found",
-          "the last of 10 videos in a row that failed", "mugstan data check")
+    mostly = write_jsonl(
+        tmp_path / "mostly.jsonl",
+        [{"video": "a.mp4", "caption": "a"}] + [{"video": f"v{i}.mp4", "caption": "c"} for i in range(200)],
+    )
+    fails(
+        capsys,
+        ["train", good, f"data.train_ann={mostly}", "train.batch_size=100", "--no-progress"],
+        "file not found",
+        "the last of 10 videos in a row that failed",
+        "mugstan data check",
+    )
 
 
 def test_sizes_the_backbone_cannot_hold(good, capsys):
     fails(capsys, ["train", good, "model.stan.depth=9"], "model.stan.depth=9 must be in 1..4", "4 vision layers")
-    fails(capsys, ["train", good, "model.context_length=100"], "model.context_length=100 exceeds the text tower's 77 positions",
-          "model.context_length=77 or less")
-    fails(capsys, ["train", good, "model.branch=none", "model.head=seqTransf", "data.num_frames=78", "--no-progress"],
-          "seqTransf has 77 frame positions", "got 78 frames", "data.num_frames")
-    fails(capsys, ["train", good, "model.branch=none", "model.head=meanP", "model.freeze_backbone=true", "model.temperature=0.01"],
-          "the model has no trainable parameters")
-    fails(capsys, ["train", good, f"model.init_from={good}"], "not a readable safetensors file", "model.init_from takes")
+    fails(
+        capsys,
+        ["train", good, "model.context_length=100"],
+        "model.context_length=100 exceeds the text tower's 77 positions",
+        "model.context_length=77 or less",
+    )
+    fails(
+        capsys,
+        ["train", good, "model.branch=none", "model.head=seqTransf", "data.num_frames=78", "--no-progress"],
+        "seqTransf has 77 frame positions",
+        "got 78 frames",
+        "data.num_frames",
+    )
+    fails(
+        capsys,
+        [
+            "train",
+            good,
+            "model.branch=none",
+            "model.head=meanP",
+            "model.freeze_backbone=true",
+            "model.temperature=0.01",
+        ],
+        "the model has no trainable parameters",
+    )
+    fails(
+        capsys, ["train", good, f"model.init_from={good}"], "not a readable safetensors file", "model.init_from takes"
+    )
 
 
 def test_captions_that_are_not_text_and_videos_without_one(good, tmp_path, capsys):
-    numbers = write_jsonl(tmp_path / "numbers.jsonl", [{"video": "a.mp4", "caption": [1, 2]}, {"video": "b.mp4", "caption": "b"}])
+    numbers = write_jsonl(
+        tmp_path / "numbers.jsonl", [{"video": "a.mp4", "caption": [1, 2]}, {"video": "b.mp4", "caption": "b"}]
+    )
     fails(capsys, ["train", good, f"data.train_ann={numbers}"], "numbers.jsonl: caption 1 is of type int, not a text")
     half = write_jsonl(tmp_path / "half.jsonl", [{"video": "a.mp4", "caption": "a"}, {"video": "b.mp4"}])
-    fails(capsys, ["eval", good, f"data.test_ann={half}"], "half.jsonl: 1 of the 2 videos of the test split have no caption")
+    fails(
+        capsys,
+        ["eval", good, f"data.test_ann={half}"],
+        "half.jsonl: 1 of the 2 videos of the test split have no caption",
+    )
 
 
 def test_every_device_option_is_checked(data, checkpoint, index, tmp_path, capsys):
@@ -385,8 +492,13 @@ def test_every_device_option_is_checked(data, checkpoint, index, tmp_path, capsy
     assert sorted(n for n, _ in options) == ["caption", "chat", "index", "search", "serve"]
     assert all(action.type is device_arg for _, action in options)
     video = data / "a.mp4"
-    argvs = [["search", index, "a clip"], ["serve", index], ["index", data, "--checkpoint", checkpoint, "--out", tmp_path / "i"],
-             ["caption", video, "--checkpoint", checkpoint], ["chat", video, "--llava", tmp_path / "nowhere"]]
+    argvs = [
+        ["search", index, "a clip"],
+        ["serve", index],
+        ["index", data, "--checkpoint", checkpoint, "--out", tmp_path / "i"],
+        ["caption", video, "--checkpoint", checkpoint],
+        ["chat", video, "--llava", tmp_path / "nowhere"],
+    ]
     devices = {"bogus": "'bogus' is not a device", "cuda:99": "cuda:99: this machine has"}
     if not torch.cuda.is_available():
         devices["cuda"] = "cuda: this machine has no cuda device"
@@ -403,15 +515,21 @@ def test_bad_annotation_files(good, data, tmp_path, capsys):
     (tmp_path / "list.json").write_text("[1, 2, 3]")
     (tmp_path / "broken.jsonl").write_text('{"video": "a.mp4", "caption": "x"}\n{"video": \n')
     os.mkfifo(tmp_path / "pipe.jsonl")
-    cases = [("binary.jsonl", "jsonl", "binary.jsonl: not a text file (byte 0 is not UTF-8)"),
-             ("empty.jsonl", "jsonl", "empty.jsonl: no videos in this split"),
-             ("list.json", "msrvtt_json", "list.json: not the layout data.dataset=msrvtt_json expects"),
-             ("broken.jsonl", "jsonl", "broken.jsonl:2: invalid JSON"),
-             ("pipe.jsonl", "jsonl", "pipe.jsonl is a FIFO")]
+    cases = [
+        ("binary.jsonl", "jsonl", "binary.jsonl: not a text file (byte 0 is not UTF-8)"),
+        ("empty.jsonl", "jsonl", "empty.jsonl: no videos in this split"),
+        ("list.json", "msrvtt_json", "list.json: not the layout data.dataset=msrvtt_json expects"),
+        ("broken.jsonl", "jsonl", "broken.jsonl:2: invalid JSON"),
+        ("pipe.jsonl", "jsonl", "pipe.jsonl is a FIFO"),
+    ]
     for name, fmt, message in cases:
         fails(capsys, ["data", "check", tmp_path / name, "--format", fmt, "--root", data], message)
         fails(capsys, ["train", good, f"data.dataset={fmt}", f"data.train_ann={tmp_path / name}"], message)
-    fails(capsys, ["data", "check", tmp_path / "empty.jsonl", "--format", "nope"], "argument --format: invalid choice: 'nope'")
+    fails(
+        capsys,
+        ["data", "check", tmp_path / "empty.jsonl", "--format", "nope"],
+        "argument --format: invalid choice: 'nope'",
+    )
     fails(capsys, ["data", "check", good, "--split", "dev"], "argument --split: invalid choice: 'dev'")
 
 
@@ -430,16 +548,32 @@ def test_bad_checkpoints_and_weights(good, checkpoint, tmp_path, capsys):
         fails(capsys, ["embed", good, "--checkpoint", folder, "--out", tmp_path / "e.npz"], message)
         (tmp_path / f"{kind}.safetensors").write_bytes(content)  # a converted file
         fails(capsys, ["eval", good, "--checkpoint", tmp_path / f"{kind}.safetensors"], "cannot be read as safetensors")
-        fails(capsys, ["convert", tmp_path / f"{kind}.safetensors", tmp_path / "o.safetensors"], "cannot be read as safetensors")
+        fails(
+            capsys,
+            ["convert", tmp_path / f"{kind}.safetensors", tmp_path / "o.safetensors"],
+            "cannot be read as safetensors",
+        )
         assert snapshot(folder) == before
     fails(capsys, ["eval", good, "--checkpoint", tmp_path / "nowhere"], "nowhere does not exist")
     (tmp_path / "plain").mkdir()
     fails(capsys, ["eval", good, "--checkpoint", tmp_path / "plain"], "not a mugstan checkpoint")
     fails(capsys, ["eval", good, "--checkpoint", checkpoint, "--split", "dev"], "argument --split: invalid choice")
-    fails(capsys, ["embed", good, "--checkpoint", checkpoint, "--out", "x.npz", "--what", "frames"], "argument --what: invalid choice")
+    fails(
+        capsys,
+        ["embed", good, "--checkpoint", checkpoint, "--out", "x.npz", "--what", "frames"],
+        "argument --what: invalid choice",
+    )
     (tmp_path / "text.pt").write_text("these are not weights\n")
-    fails(capsys, ["train", good, f"model.weights={tmp_path / 'text.pt'}"], "text.pt: cannot be read as a PyTorch checkpoint")
-    fails(capsys, ["convert", tmp_path / "text.pt", tmp_path / "o.safetensors"], "text.pt: cannot be read as a PyTorch checkpoint")
+    fails(
+        capsys,
+        ["train", good, f"model.weights={tmp_path / 'text.pt'}"],
+        "text.pt: cannot be read as a PyTorch checkpoint",
+    )
+    fails(
+        capsys,
+        ["convert", tmp_path / "text.pt", tmp_path / "o.safetensors"],
+        "text.pt: cannot be read as a PyTorch checkpoint",
+    )
     fails(capsys, ["convert", tmp_path / "text.pt", tmp_path / "o.pt"], "output must be a .safetensors file")
     os.mkfifo(tmp_path / "pipe.pt")
     fails(capsys, ["train", good, f"model.weights={tmp_path / 'pipe.pt'}"], "pipe.pt is a FIFO")
@@ -459,10 +593,18 @@ def test_bad_training_state_on_resume(good, checkpoint, tmp_path, capsys):
 
     for content in (os.urandom(2048), b""):
         (last / "state.pt").write_bytes(content)
-        fails(capsys, ["train", good, f"train.output_dir={out}", "--resume", "--no-progress"], "state.pt: corrupt or not a mugstan training state")
+        fails(
+            capsys,
+            ["train", good, f"train.output_dir={out}", "--resume", "--no-progress"],
+            "state.pt: corrupt or not a mugstan training state",
+        )
     torch.save({"optimizer": Foreign()}, last / "state.pt")
     before = snapshot(out)
-    fails(capsys, ["train", good, f"train.output_dir={out}", "--resume", "--no-progress"], "state.pt: corrupt or not a mugstan training state")
+    fails(
+        capsys,
+        ["train", good, f"train.output_dir={out}", "--resume", "--no-progress"],
+        "state.pt: corrupt or not a mugstan training state",
+    )
     assert snapshot(out) == before
 
 
@@ -480,11 +622,30 @@ def test_training_state_of_earlier_versions_still_resumes(good, checkpoint, tmp_
     expected = np.random.random()
     np.random.seed(7)
     old_rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    ckpt.save_checkpoint(last, model, cfg, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                            "rng": [old_rng], "step": 3, "epoch": 0, "step_in_epoch": 3, "best": None})
+    ckpt.save_checkpoint(
+        last,
+        model,
+        cfg,
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": [old_rng],
+            "step": 3,
+            "epoch": 0,
+            "step_in_epoch": 3,
+            "best": None,
+        },
+    )
     np.random.seed(0)
     position = ckpt.load_training_state(last, model, optimizer, scheduler)
-    assert position == {"step": 3, "epoch": 0, "step_in_epoch": 3, "best": None, "skipped": 0, "stream": {}}  # no shard readers then
+    assert position == {
+        "step": 3,
+        "epoch": 0,
+        "step_in_epoch": 3,
+        "best": None,
+        "skipped": 0,
+        "stream": {},
+    }  # no shard readers then
     assert np.random.random() == expected
 
 
@@ -499,8 +660,12 @@ def test_bad_index_arguments(data, checkpoint, index, tmp_path, capsys):
     fails(capsys, [*base, tmp_path / "file"], "--out", "is a file")
     fails(capsys, [*base, tmp_path / "mine"], "holds other files (notes.txt)", "name a new or empty folder")
     out = tmp_path / "new.index"
-    err = fails(capsys, [*base, out, "--frames", "100000"], "--frames 100000: this model's temporal embedding covers at most 64 frames",
-                "use --frames 64 or fewer")
+    err = fails(
+        capsys,
+        [*base, out, "--frames", "100000"],
+        "--frames 100000: this model's temporal embedding covers at most 64 frames",
+        "use --frames 64 or fewer",
+    )
     assert "max_frames" not in err
     fails(capsys, [*base, out, "--frames", "0"], "--frames must be at least 1, got 0")
     fails(capsys, [*base, out, "--window", "0"], "need window > 0")
@@ -541,13 +706,17 @@ def damage(folder: Path, kind: str) -> None:
         (folder / "index.json").write_text(json.dumps(meta))
 
 
-INDEX_DAMAGE = {"items.json garbage": "items.json: corrupt", "items.json not items": "items.json: corrupt (expected a list",
-                "embeddings.npy garbage": "embeddings.npy: corrupt or truncated .npy file",
-                "embeddings.npy truncated": "embeddings.npy: corrupt or truncated .npy file",
-                "embeddings.npy of objects": "embeddings.npy: corrupt or truncated .npy file",
-                "embeddings.npy missing": "embeddings.npy: missing or not a regular file",
-                "index.json truncated": "index.json: corrupt (not JSON", "index.json empty": "index.json: corrupt (not JSON",
-                "index.json without model": "index.json: corrupt (no model)"}
+INDEX_DAMAGE = {
+    "items.json garbage": "items.json: corrupt",
+    "items.json not items": "items.json: corrupt (expected a list",
+    "embeddings.npy garbage": "embeddings.npy: corrupt or truncated .npy file",
+    "embeddings.npy truncated": "embeddings.npy: corrupt or truncated .npy file",
+    "embeddings.npy of objects": "embeddings.npy: corrupt or truncated .npy file",
+    "embeddings.npy missing": "embeddings.npy: missing or not a regular file",
+    "index.json truncated": "index.json: corrupt (not JSON",
+    "index.json empty": "index.json: corrupt (not JSON",
+    "index.json without model": "index.json: corrupt (no model)",
+}
 
 
 @pytest.mark.parametrize("kind", list(INDEX_DAMAGE))
@@ -562,7 +731,9 @@ def test_damaged_index_files(index, checkpoint, tmp_path, capsys, kind):
     fails(capsys, ["search", folder, "a clip"], INDEX_DAMAGE[kind], fix)
     fails(capsys, ["serve", folder], INDEX_DAMAGE[kind])
     videos = json.loads((index / "index.json").read_text())["root"]
-    fails(capsys, ["index", videos, "--checkpoint", checkpoint, "--out", folder, "--no-progress"], INDEX_DAMAGE[kind], fix)
+    fails(
+        capsys, ["index", videos, "--checkpoint", checkpoint, "--out", folder, "--no-progress"], INDEX_DAMAGE[kind], fix
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -581,7 +752,11 @@ def test_bad_search_and_serve_arguments(index, tmp_path, capsys):
 def test_bad_arguments_of_the_other_commands(data, tmp_path, capsys):
     (tmp_path / "file").write_text("mine")
     fails(capsys, ["data", "compress", data, tmp_path / "c", "--fps", "0"], "--fps must be a positive frame rate")
-    fails(capsys, ["data", "compress", data, tmp_path / "c", "--short-side", "0"], "--short-side must be at least 2 pixels")
+    fails(
+        capsys,
+        ["data", "compress", data, tmp_path / "c", "--short-side", "0"],
+        "--short-side must be at least 2 pixels",
+    )
     fails(capsys, ["data", "compress", tmp_path / "nowhere", tmp_path / "c"], "nowhere is not a folder")
     fails(capsys, ["data", "compress", data, tmp_path / "file"], "file is a file; DST must be a folder")
     fails(capsys, ["data", "synth", tmp_path / "s", "--videos", "0"], "--videos must be at least 2, got 0")
@@ -601,8 +776,11 @@ def test_bad_arguments_of_the_other_commands(data, tmp_path, capsys):
 
 def test_every_subcommand_argument_has_help(capsys):
     """Each argument of each command says what it is (argparse prints nothing for those without)."""
-    commands = ([[c] for c in cli.COMMANDS if c not in ("data", "bench", "config")] + [["data", s] for s in ("check", "compress", "synth")]
-                + [["config", s] for s in ("list", "show")])
+    commands = (
+        [[c] for c in cli.COMMANDS if c not in ("data", "bench", "config")]
+        + [["data", s] for s in ("check", "compress", "synth")]
+        + [["config", s] for s in ("list", "show")]
+    )
     for command in commands:
         parser = cli.build_parser(command[0])
         sub = parser._subparsers._group_actions[0].choices[command[0]]
@@ -615,12 +793,26 @@ def test_every_subcommand_argument_has_help(capsys):
 
 def test_end_to_end_exit_2_without_traceback_and_debug_shows_it(tmp_path):
     """Through the installed entry point as a user runs it: exit status 2, one line, no traceback."""
-    proc = subprocess.run([sys.executable, "-m", "mugstan.cli", "search", str(tmp_path), "a clip"], env=ENV, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 2 and proc.stderr == f"error: {tmp_path} is not a mugstan index (no index.json); build one with " \
+    proc = subprocess.run(
+        [sys.executable, "-m", "mugstan.cli", "search", str(tmp_path), "a clip"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (
+        proc.returncode == 2
+        and proc.stderr
+        == f"error: {tmp_path} is not a mugstan index (no index.json); build one with "
         f"`mugstan index VIDEO_DIR --checkpoint CHECKPOINT --out {tmp_path}`\n"
-    proc = subprocess.run([sys.executable, "-m", "mugstan.cli", "--debug", "train", str(tmp_path / "missing.yaml")], env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "mugstan.cli", "--debug", "train", str(tmp_path / "missing.yaml")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "MissingFileError" in proc.stderr
 
 
@@ -664,7 +856,9 @@ def write_version(dest: Path, version: str) -> None:
 CRASHES = [(True, 0), (True, 1), (True, "inside"), (False, 0), (False, 1), (False, 2), (False, "inside")]
 
 
-@pytest.mark.parametrize("first, at", CRASHES, ids=[f"{'first write' if f else 'replacing'}, crash at {a}" for f, a in CRASHES])
+@pytest.mark.parametrize(
+    "first, at", CRASHES, ids=[f"{'first write' if f else 'replacing'}, crash at {a}" for f, a in CRASHES]
+)
 def test_atomic_folder_survives_a_crash_at_every_rename(tmp_path, monkeypatch, first, at):
     dest = tmp_path / "last"
     if not first:
@@ -807,19 +1001,27 @@ def test_resume_keeps_the_skipped_counter_and_logs_each_step_once(data, tmp_path
             train("part")
     part = tmp_path / "part"
     metrics = part / "metrics.jsonl"  # as if the run had gone on to log step 3 and died mid-line
-    metrics.write_text(metrics.read_text() + json.dumps({"step": 3, "train/loss": 9.0}) + "\n" + '{"step": 3, "train/lo')
+    metrics.write_text(
+        metrics.read_text() + json.dumps({"step": 3, "train/loss": 9.0}) + "\n" + '{"step": 3, "train/lo'
+    )
     resumed = train("part", "--resume")
 
     def records(run):
-        return [{k: v for k, v in r.items() if k not in ("time", "train/clips_per_s")}
-                for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "step" in r and "event" not in r]
+        return [
+            {k: v for k, v in r.items() if k not in ("time", "train/clips_per_s")}
+            for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if "step" in r and "event" not in r
+        ]
 
     assert [r["step"] for r in records(resumed)] == [1, 2, 3, 4]
     assert records(resumed) == records(full)
     results = lambda run: json.loads((run / "results.json").read_text())["skipped_videos"]
     assert results(resumed) == results(full) >= 2  # the broken video, once per epoch
-    events = lambda run: [(r["step"], r["index"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-                          if r.get("event") == "skipped_video"]
+    events = lambda run: [
+        (r["step"], r["index"])
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if r.get("event") == "skipped_video"
+    ]
     assert events(resumed) == events(full)
 
 
@@ -828,11 +1030,21 @@ def test_the_command_bounds_openmp_spinning_unless_the_user_chose():
     user's OMP_WAIT_POLICY or GOMP_SPINCOUNT is left as it is."""
     probe = "import os, mugstan.cli; print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))"
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    for extra, want in (({}, "4000 None"), ({"OMP_WAIT_POLICY": "PASSIVE"}, "None PASSIVE"),
-                        ({"GOMP_SPINCOUNT": "100"}, "100 None")):
-        out = subprocess.run([sys.executable, "-c", probe], env={**base, **extra}, capture_output=True, text=True, check=True)
+    for extra, want in (
+        ({}, "4000 None"),
+        ({"OMP_WAIT_POLICY": "PASSIVE"}, "None PASSIVE"),
+        ({"GOMP_SPINCOUNT": "100"}, "100 None"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-c", probe], env={**base, **extra}, capture_output=True, text=True, check=True
+        )
         assert out.stdout.strip() == want, extra
     # the variables are read when PyTorch's OpenMP runtime loads: importing the command must not load it
-    out = subprocess.run([sys.executable, "-c", "import sys, mugstan.cli; print('torch' in sys.modules)"], env=base,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, mugstan.cli; print('torch' in sys.modules)"],
+        env=base,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "False"

@@ -44,7 +44,9 @@ def model_config(case: str, drop_path: float = 0.0, grad_checkpointing: bool = F
 
 def make_model(case: str, drop_path: float = 0.0, grad_checkpointing: bool = False):
     torch.manual_seed(0)
-    model = build_model(model_config(case, drop_path, grad_checkpointing)).train().double()  # float64: the algorithm, not fp32 summation order
+    model = (
+        build_model(model_config(case, drop_path, grad_checkpointing)).train().double()
+    )  # float64: the algorithm, not fp32 summation order
     if case == "recognition":
         model.classifier.dropout.p = 0.0  # dropout draws differ between a whole batch and its chunks
     with torch.no_grad():  # STAN's zero-initialised projections would hide the temporal path
@@ -58,11 +60,18 @@ def make_batch():
     g = torch.Generator().manual_seed(1)
     from mugstan.backbones.clip import Tokenizer
 
-    ids, mask = Tokenizer(12)([f"a {c} shape moves {d}" for c in ("red", "blue", "green", "white") for d in ("left", "up")])
+    ids, mask = Tokenizer(12)(
+        [f"a {c} shape moves {d}" for c in ("red", "blue", "green", "white") for d in ("left", "up")]
+    )
     frame_mask = torch.ones(N, 4, dtype=torch.bool)
     frame_mask[3, 3:] = False
-    return {"frames": torch.randn(N, 4, 3, 32, 32, generator=g, dtype=torch.float64), "frame_mask": frame_mask, "ids": ids, "text_mask": mask,
-            "label": torch.arange(N) % 3}
+    return {
+        "frames": torch.randn(N, 4, 3, 32, 32, generator=g, dtype=torch.float64),
+        "frame_mask": frame_mask,
+        "ids": ids,
+        "text_mask": mask,
+        "label": torch.arange(N) % 3,
+    }
 
 
 def loss_fn(case: str, model):
@@ -104,7 +113,7 @@ def _worker(rank, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     for case in CASES:
         model, batch = make_model(case), make_batch()
-        half = {k: v[rank * N // 2:(rank + 1) * N // 2] for k, v in batch.items()}
+        half = {k: v[rank * N // 2 : (rank + 1) * N // 2] for k, v in batch.items()}
         loss = gradcache_backward(model, loss_fn(case, model), half, chunk_size=3, device=CPU)
         average_gradients(model)
         torch.save((loss, grads(model)), os.path.join(out_dir, f"{case}-{rank}.pt"))
@@ -142,7 +151,11 @@ def test_drop_path_is_replayed_under_activation_checkpointing():
     torch.manual_seed(7)
     texts = [model.encode_text(batch["ids"][rows], batch["text_mask"][rows]).x for rows in chunks]
     videos = [model.encode_video(batch["frames"][rows], batch["frame_mask"][rows]).x for rows in chunks]
-    outputs = {"text": Embeddings(torch.cat(texts)), "video": Embeddings(torch.cat(videos)), "logit_scale": model.logit_scale()}
+    outputs = {
+        "text": Embeddings(torch.cat(texts)),
+        "video": Embeddings(torch.cat(videos)),
+        "logit_scale": model.logit_scale(),
+    }
     loss_fn("stan", model)(outputs, batch).backward()
     reference = grads(model)
 
@@ -161,8 +174,10 @@ def test_fp16_autocast_with_loss_scaling():
     _, ref = full_batch_grads("stan")
     model, batch = make_model("stan").float(), make_batch()
     batch["frames"] = batch["frames"].float()
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
-    gradcache_backward(model, loss_fn("stan", model), batch, 3, CPU, lambda: torch.autocast("cpu", dtype=torch.float16), scaler=scaler)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    gradcache_backward(
+        model, loss_fn("stan", model), batch, 3, CPU, lambda: torch.autocast("cpu", dtype=torch.float16), scaler=scaler
+    )
     unscaled = {n: g.double() / scaler.get_scale() for n, g in grads(model).items()}
     assert_close_relative(ref, unscaled, tol=5e-2)  # fp16 arithmetic; a wrong scale is off by 2^12
 
@@ -176,13 +191,17 @@ def test_bad_chunk_size():
 def test_config_errors_name_the_key_and_the_fix(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model: {backbone: mugstan-tiny}\ntrain: {batch_size: 128, accum_steps: 4}\n")
-    with pytest.raises(ConfigError, match=r"train.contrastive_batch=128 but .* = 32 clips.*train.batch_size=512.*train.chunk_size"):
+    with pytest.raises(
+        ConfigError, match=r"train.contrastive_batch=128 but .* = 32 clips.*train.batch_size=512.*train.chunk_size"
+    ):
         load_config(path, ["train.contrastive_batch=128"], check_files=False)
     with pytest.raises(ConfigError, match="train.chunk_size=0 must be at least 1"):
         load_config(path, ["train.chunk_size=0"], check_files=False)
     with pytest.raises(ConfigError, match="train.chunk_size .*model.task=retrieval.*remove train.chunk_size"):
         load_config(path, ["model.task=recognition", "train.chunk_size=8"], check_files=False)
-    cfg = load_config(path, ["train.accum_steps=1", "train.contrastive_batch=128", "train.chunk_size=16"], check_files=False)
+    cfg = load_config(
+        path, ["train.accum_steps=1", "train.contrastive_batch=128", "train.chunk_size=16"], check_files=False
+    )
     assert (cfg.train.contrastive_batch, cfg.train.chunk_size) == (128, 16)
 
     from mugstan.engine.train import train
@@ -212,7 +231,9 @@ def write_config(path: Path, data: Path, out: Path, **train) -> Path:
 
 
 def losses(out: Path) -> list[float]:
-    return [r["train/loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r]
+    return [
+        r["train/loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r
+    ]
 
 
 def train_here(path: Path) -> tuple[list[float], str]:
@@ -254,7 +275,9 @@ def full_batch_curve(tmp_path_factory, data):
 
 
 def test_training_loss_curve_matches_full_batch(tmp_path, data, full_batch_curve):
-    cached, printed = train_here(write_config(tmp_path / "gc.yaml", data, tmp_path / "gc", contrastive_batch=8, chunk_size=3))
+    cached, printed = train_here(
+        write_config(tmp_path / "gc.yaml", data, tmp_path / "gc", contrastive_batch=8, chunk_size=3)
+    )
     assert "without gradient caching" not in printed
     assert cached == pytest.approx(full_batch_curve, rel=1e-5)  # fp32 summation order only (about 1e-7 here)
 
@@ -269,8 +292,21 @@ def test_two_gloo_processes_follow_the_full_batch_curve(tmp_path, data, full_bat
     configs = [write_config(tmp_path / f"{name}.yaml", data, tmp_path / name, **kw) for name, kw in runs.items()]
     script = tmp_path / "train_several.py"
     script.write_text(TRAIN_SEVERAL)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), *map(str, configs)], env=ENV, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            *map(str, configs),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("on 2 process(es)") == 3 and "without gradient caching" not in proc.stdout
     curves = {name: losses(tmp_path / name) for name in runs}

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from data_fixtures import write_config
+
 from mugstan import cli
 from mugstan.hub import HubError, method_name, parse_hf_spec, resolve_checkpoint, resolve_weights, stage
 
@@ -107,7 +107,9 @@ def test_weights_from_the_cache_offline(tmp_path):
     cache = tmp_path / "hf" / "hub"
     clip = add_to_cache(cache, "openai/clip", COMMIT, tmp_path / "clip", "main")
     single = add_to_cache(cache, "org/single", COMMIT, tmp_path / "single", "main")
-    done = resolve_offline(tmp_path / "hf", "hf-hub:openai/clip", "hf-hub:org/single", "plain/ViT-B-32.pt", function="resolve_weights")
+    done = resolve_offline(
+        tmp_path / "hf", "hf-hub:openai/clip", "hf-hub:org/single", "plain/ViT-B-32.pt", function="resolve_weights"
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [str(clip), str(single / "clip.safetensors"), "plain/ViT-B-32.pt"]
     (tmp_path / "single" / "other.safetensors").write_text("")
@@ -134,7 +136,20 @@ def test_push_error_is_one_line_exit_2(run, tmp_path, capsys):
     assert cli.main(["push", str(tmp_path / "ckpt"), "org/name"]) == 2
     assert "not a mugstan checkpoint (no config.yaml" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text(json.dumps({"test": {"split": "test", "retrieval": {"t2v": {"R@1": 1.0}}}}))
-    assert cli.main(["push", str(run["checkpoint"]), "org/name", "--results", str(tmp_path / "bad.json"), "--local-dir", str(tmp_path / "o")]) == 2
+    assert (
+        cli.main(
+            [
+                "push",
+                str(run["checkpoint"]),
+                "org/name",
+                "--results",
+                str(tmp_path / "bad.json"),
+                "--local-dir",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: bad.json: unexpected results layout (KeyError: 'R@5')")
 
@@ -147,7 +162,9 @@ def test_local_dir_round_trip(run, tmp_path, capsys):
         resolved = resolve_checkpoint(f"local-dir:{out}")
         assert resolved == (out if name == "trained" else out / "model.safetensors")
         assert same_weights(resolved, run["model"])
-        assert same_weights(f"local-dir:{out}", run["model"])  # load_model (eval, embed, index, search) takes specs itself
+        assert same_weights(
+            f"local-dir:{out}", run["model"]
+        )  # load_model (eval, embed, index, search) takes specs itself
 
 
 def test_resolve_checks_specs_and_passes_paths_through(run, tmp_path):
@@ -174,15 +191,21 @@ class FakeHub:
         from huggingface_hub import HfApi
 
         self.created, self.branches, self.uploads = [], [], []
-        monkeypatch.setattr(HfApi, "create_repo", lambda api, repo_id, **kw: self.created.append((repo_id, kw, api.token)))
-        monkeypatch.setattr(HfApi, "create_branch", lambda api, repo_id, **kw: self.branches.append((repo_id, kw, api.token)))
+        monkeypatch.setattr(
+            HfApi, "create_repo", lambda api, repo_id, **kw: self.created.append((repo_id, kw, api.token))
+        )
+        monkeypatch.setattr(
+            HfApi, "create_branch", lambda api, repo_id, **kw: self.branches.append((repo_id, kw, api.token))
+        )
         monkeypatch.setattr(HfApi, "upload_folder", lambda api, **kw: self.upload_folder(api.token, **kw))
 
     def upload_folder(self, token, *, repo_id, folder_path, **kw):
         files = {p.name: p.read_bytes() for p in Path(folder_path).rglob("*") if p.is_file()}
         self.uploads.append({"repo_id": repo_id, "files": files, "token": token, **kw})
         pr = f"https://huggingface.co/{repo_id}/discussions/1" if kw.get("create_pr") else None
-        return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/{COMMIT}", "pr_url": pr})()
+        return type(
+            "CommitInfo", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/{COMMIT}", "pr_url": pr}
+        )()
 
 
 def test_push_uploads_weights_config_and_card(run, monkeypatch, capsys):
@@ -192,8 +215,13 @@ def test_push_uploads_weights_config_and_card(run, monkeypatch, capsys):
     assert hub.created == [("org/name", {"private": True, "exist_ok": True}, None)] and hub.branches == []
     (upload,) = hub.uploads
     files = upload["files"]
-    assert sorted(files) == ["README.md", "config.yaml", "model.safetensors", "open_clip_config.json",
-                             "open_clip_model.safetensors"]  # never state.pt
+    assert sorted(files) == [
+        "README.md",
+        "config.yaml",
+        "model.safetensors",
+        "open_clip_config.json",
+        "open_clip_model.safetensors",
+    ]  # never state.pt
     assert files["model.safetensors"] == (run["checkpoint"] / "model.safetensors").read_bytes()
     assert files["config.yaml"] == (run["checkpoint"] / "config.yaml").read_bytes()
     assert upload["delete_patterns"] == [] and upload["revision"] is None and upload["create_pr"] is False
@@ -224,21 +252,26 @@ def test_push_converted_release(run, tmp_path, monkeypatch):
     assert cli.main(["push", str(run["converted"]), "org/stan", "--results", str(tmp_path / "eval.json")]) == 0
     files = hub.uploads[0]["files"]
     assert sorted(files) == ["README.md", "model.safetensors", "open_clip_config.json", "open_clip_model.safetensors"]
-    assert hub.uploads[0]["delete_patterns"] == ["config.yaml"]  # a trained checkpoint's config.yaml of an earlier push goes
+    assert hub.uploads[0]["delete_patterns"] == [
+        "config.yaml"
+    ]  # a trained checkpoint's config.yaml of an earlier push goes
     assert files["model.safetensors"] == run["converted"].read_bytes()  # unchanged: its metadata is its config
     card = files["README.md"].decode()
     assert "| method | STAN-self |" in card and "Converted from the authors' released checkpoint" in card
     assert "| zero-shot top-1 | 55.5 |" in card and "--checkpoint hf-hub:org/stan" in card
 
 
-@pytest.mark.parametrize("model, name", [
-    ({"branch": "stan", "head": "mug", "stan": {"time_module": "conv"}}, "Mug-STAN (STAN-conv)"),
-    ({"branch": "stan", "head": "mean"}, "STAN-self"),
-    ({"branch": "stan", "head": "seqTransf"}, "STAN-self + CLIP4Clip (seqTransf)"),
-    ({"branch": "none", "head": "tdb_tab"}, "CLIP2Video (TDB + TAB)"),
-    ({"branch": "none", "head": "seqTransf"}, "CLIP4Clip (seqTransf)"),
-    ({"head": "meanP"}, "CLIP4Clip (meanP)"),
-])
+@pytest.mark.parametrize(
+    "model, name",
+    [
+        ({"branch": "stan", "head": "mug", "stan": {"time_module": "conv"}}, "Mug-STAN (STAN-conv)"),
+        ({"branch": "stan", "head": "mean"}, "STAN-self"),
+        ({"branch": "stan", "head": "seqTransf"}, "STAN-self + CLIP4Clip (seqTransf)"),
+        ({"branch": "none", "head": "tdb_tab"}, "CLIP2Video (TDB + TAB)"),
+        ({"branch": "none", "head": "seqTransf"}, "CLIP4Clip (seqTransf)"),
+        ({"head": "meanP"}, "CLIP4Clip (meanP)"),
+    ],
+)
 def test_method_names(model, name):
     assert method_name(model) == name
 
@@ -296,7 +329,9 @@ def test_index_built_from_a_spec_records_the_spec(run, tmp_path, monkeypatch, ca
 
     videos = tmp_path / "videos"
     videos.mkdir()
-    clip, _ = render_clip("red", "circle", ("left", "right"), SynthParams(videos=2, frames=8, size=32), np.random.default_rng(0))
+    clip, _ = render_clip(
+        "red", "circle", ("left", "right"), SynthParams(videos=2, frames=8, size=32), np.random.default_rng(0)
+    )
     write_video(videos / "a.mp4", clip)
     stage(run["checkpoint"], "org/trained", tmp_path / "trained")
     stage(run["converted"], "org/converted", tmp_path / "converted")
@@ -305,8 +340,11 @@ def test_index_built_from_a_spec_records_the_spec(run, tmp_path, monkeypatch, ca
     add_to_cache(cache, "org/converted", OLD_COMMIT, tmp_path / "converted", "v1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    for spec, recorded in (("hf-hub:org/trained", f"hf-hub:org/trained@{COMMIT}"), ("hf-hub:org/converted@v1", "hf-hub:org/converted@v1"),
-                           (f"local-dir:{tmp_path / 'trained'}", f"local-dir:{tmp_path / 'trained'}")):
+    for spec, recorded in (
+        ("hf-hub:org/trained", f"hf-hub:org/trained@{COMMIT}"),
+        ("hf-hub:org/converted@v1", "hf-hub:org/converted@v1"),
+        (f"local-dir:{tmp_path / 'trained'}", f"local-dir:{tmp_path / 'trained'}"),
+    ):
         out = tmp_path / f"index_{len(recorded)}"
         build_index(videos, spec, out, window=2.0, stride=2.0, progress=False)
         meta = json.loads((out / "index.json").read_text())
@@ -339,17 +377,27 @@ def test_open_clip_loads_the_clip_part_from_a_local_folder_and_the_hub_cache(run
     names = stage(run["checkpoint"], "org/clip", tmp_path / "repo")
     assert {"open_clip_config.json", "open_clip_model.safetensors"} <= set(names)
     add_to_cache(tmp_path / "hf" / "hub", "org/clip", COMMIT, tmp_path / "repo", "main")
-    code = ("import sys, torch, open_clip\nfrom safetensors.torch import save_file\n"
-            "for i, name in enumerate(sys.argv[1:]):\n"
-            "    m = open_clip.create_model(name).eval()\n"
-            "    torch.manual_seed(0)\n"
-            "    x = torch.randn(2, 3, m.visual.image_size[0], m.visual.image_size[1])\n"
-            "    with torch.no_grad(): f = m.encode_image(x)\n"
-            "    save_file({**{k: v.contiguous() for k, v in m.state_dict().items()}, '_features': f}, f'" + str(tmp_path) + "/loaded{i}.safetensors')\n")
+    code = (
+        "import sys, torch, open_clip\nfrom safetensors.torch import save_file\n"
+        "for i, name in enumerate(sys.argv[1:]):\n"
+        "    m = open_clip.create_model(name).eval()\n"
+        "    torch.manual_seed(0)\n"
+        "    x = torch.randn(2, 3, m.visual.image_size[0], m.visual.image_size[1])\n"
+        "    with torch.no_grad(): f = m.encode_image(x)\n"
+        "    save_file({**{k: v.contiguous() for k, v in m.state_dict().items()}, '_features': f}, f'"
+        + str(tmp_path)
+        + "/loaded{i}.safetensors')\n"
+    )
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(SRC)}
     env.pop("HF_HUB_CACHE", None)
-    done = subprocess.run([sys.executable, "-c", code, f"local-dir:{tmp_path / 'repo'}", "hf-hub:org/clip"], env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code, f"local-dir:{tmp_path / 'repo'}", "hf-hub:org/clip"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     clip = run["model"].backbone.clip.eval()
     torch.manual_seed(0)
@@ -373,29 +421,64 @@ def test_cards_are_written_for_their_task(run):
     def front(card):
         return yaml.safe_load(card.split("---")[1])
 
-    chat_model = {"task": "chat", "backbone": "ViT-B-32", "head": "meanP", "branch": "stan", "stan": {"time_module": "self"},
-                  "chat": {"llava": "llava-hf/llava-1.5-7b-hf", "tune": ["projector"], "video_tokens": "temporal_spatial"}}
+    chat_model = {
+        "task": "chat",
+        "backbone": "ViT-B-32",
+        "head": "meanP",
+        "branch": "stan",
+        "stan": {"time_module": "self"},
+        "chat": {"llava": "llava-hf/llava-1.5-7b-hf", "tune": ["projector"], "video_tokens": "temporal_spatial"},
+    }
     config = {"model": chat_model, "data": {"dataset": "videochatgpt", "num_frames": 8}, "train": {"lr": 2e-5}}
-    card = model_card("org/chat", config, chat_model, {"split": "test", "qa": {"accuracy": 41.5, "correct": 83, "questions": 200}},
-                      license="llama2")
+    card = model_card(
+        "org/chat",
+        config,
+        chat_model,
+        {"split": "test", "qa": {"accuracy": 41.5, "correct": 83, "questions": 200}},
+        license="llama2",
+    )
     meta = front(card)
-    assert meta["license"] == "llama2" and meta["base_model"] == "llava-hf/llava-1.5-7b-hf" and meta["datasets"] == ["videochatgpt"]
+    assert (
+        meta["license"] == "llama2"
+        and meta["base_model"] == "llava-hf/llava-1.5-7b-hf"
+        and meta["datasets"] == ["videochatgpt"]
+    )
     assert meta["pipeline_tag"] == "video-text-to-text" and meta["metrics"] == ["exact_match"]
     assert "video-classification" not in meta["tags"] and "video-text-retrieval" not in meta["tags"]
     assert "LLaVA (llava-hf/llava-1.5-7b-hf) + STAN-self video tokens model for video chat" in card
     assert "retrieval" not in card and "ViT-B-32" not in card and "meanP" not in card
-    assert "| QA exact-match accuracy | 41.5 |" in card and 'mugstan chat VIDEO.mp4 "what happens?" --checkpoint hf-hub:org/chat' in card
-    detection = {"task": "detection", "backbone": "ViT-B-16", "pretrained": "openai", "branch": "stan", "head": "meanP",
-                 "num_classes": 80}
-    card = model_card("org/ava", {"model": detection, "data": {"dataset": "ava"}}, detection,
-                      {"split": "test", "detection": {"mAP": 21.25, "per_class": {}}})
+    assert (
+        "| QA exact-match accuracy | 41.5 |" in card
+        and 'mugstan chat VIDEO.mp4 "what happens?" --checkpoint hf-hub:org/chat' in card
+    )
+    detection = {
+        "task": "detection",
+        "backbone": "ViT-B-16",
+        "pretrained": "openai",
+        "branch": "stan",
+        "head": "meanP",
+        "num_classes": 80,
+    }
+    card = model_card(
+        "org/ava",
+        {"model": detection, "data": {"dataset": "ava"}},
+        detection,
+        {"split": "test", "detection": {"mAP": 21.25, "per_class": {}}},
+    )
     meta = front(card)
     assert meta["license"] == "mit" and meta["datasets"] == ["ava"] and meta["metrics"] == ["mean_average_precision"]
-    assert "video-classification" not in meta["tags"] and "action-detection" in meta["tags"] and "base_model" not in meta
+    assert (
+        "video-classification" not in meta["tags"] and "action-detection" in meta["tags"] and "base_model" not in meta
+    )
     assert "STAN-self + RoI head (mmaction2's BBoxHeadAVA) model for spatio-temporal action detection" in card
     assert "retrieval" not in card and "| frame-mAP@0.5 | 21.25 |" in card
-    retrieval = front(model_card("org/r", None, {"backbone": "ViT-B-32", "weights": "hf-hub:openai/clip-vit-base-patch32"}))
+    retrieval = front(
+        model_card("org/r", None, {"backbone": "ViT-B-32", "weights": "hf-hub:openai/clip-vit-base-patch32"})
+    )
     assert retrieval["base_model"] == "openai/clip-vit-base-patch32" and retrieval["metrics"] == ["recall"]
     weights = run["checkpoint"] / "model.safetensors"
-    assert open_clip_layout({"backbone": "ViT-B-32", "pretrained": "openai"}, weights, "x")[0]["model_cfg"]["quick_gelu"] is True
+    assert (
+        open_clip_layout({"backbone": "ViT-B-32", "pretrained": "openai"}, weights, "x")[0]["model_cfg"]["quick_gelu"]
+        is True
+    )
     assert open_clip_layout(chat_model, weights, "x") is None

@@ -50,8 +50,16 @@ def test_stan_temporal_modules_are_identity_at_init(time_module):
         assert torch.equal(module(patches, mask), patches)
 
 
-MODULES = [("none", "meanP", {}), ("none", "seqTransf", {}), ("none", "tdb_tab", {}), ("stan", "mean", {"time_module": "self"}),
-           ("stan", "mean", {"time_module": "conv"}), ("stan", "seqTransf", {}), ("stan", "tdb_tab", {}), ("none", "mug", {})]
+MODULES = [
+    ("none", "meanP", {}),
+    ("none", "seqTransf", {}),
+    ("none", "tdb_tab", {}),
+    ("stan", "mean", {"time_module": "self"}),
+    ("stan", "mean", {"time_module": "conv"}),
+    ("stan", "seqTransf", {}),
+    ("stan", "tdb_tab", {}),
+    ("none", "mug", {}),
+]
 
 
 def perturb_zero_init(model):
@@ -75,10 +83,16 @@ def test_padded_frames_do_not_change_outputs(branch, head, kw):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("branch,head,kw,order_matters", [
-    ("none", "meanP", {}, False), ("none", "tdb_tab", {}, True), ("stan", "mean", {"time_module": "self"}, True),
-    ("stan", "mean", {"time_module": "conv"}, True), ("stan", "mug", {}, True),
-])
+@pytest.mark.parametrize(
+    "branch,head,kw,order_matters",
+    [
+        ("none", "meanP", {}, False),
+        ("none", "tdb_tab", {}, True),
+        ("stan", "mean", {"time_module": "self"}, True),
+        ("stan", "mean", {"time_module": "conv"}, True),
+        ("stan", "mug", {}, True),
+    ],
+)
 def test_reversing_frames(branch, head, kw, order_matters):
     model = tiny(branch, head, **kw)
     perturb_zero_init(model)
@@ -180,8 +194,11 @@ def test_every_branch_with_every_head_trains_and_scores(branch, head):
     # first tensors), CLIP's first layer and the logit scale are the loss's derivative
     new = [n for n, p in model.named_parameters() if p.requires_grad and ("temporal_fc" in n or n.startswith("head."))]
     names = [n for n in new if "temporal_fc" in n] + [n for n in new if n.startswith("head.")][:4]
-    assert_gradients_are_derivatives(model, lambda m: build_loss(cfg, m)(m(frames.double(), mask, ids, tmask), {}),
-                                     names + ["backbone.clip.visual.conv1.weight", "logit_scale.log_scale"])
+    assert_gradients_are_derivatives(
+        model,
+        lambda m: build_loss(cfg, m)(m(frames.double(), mask, ids, tmask), {}),
+        names + ["backbone.clip.visual.conv1.weight", "logit_scale.log_scale"],
+    )
     model.eval()
     with torch.no_grad():
         text, video = model.encode_text(ids, tmask), model.encode_video(frames, mask)
@@ -217,7 +234,9 @@ def test_bad_model_configs(tmp_path):
     with pytest.raises(ConfigError, match="branch"):
         load_config(path, check_files=False)
     path.write_text("model: {backbone: mugstan-tiny, temporal: stan, head: cosine}\n")
-    with pytest.raises(ConfigError, match="model.temporal was replaced by model.branch and model.head: write branch: stan, head: mean"):
+    with pytest.raises(
+        ConfigError, match="model.temporal was replaced by model.branch and model.head: write branch: stan, head: mean"
+    ):
         load_config(path, check_files=False)
     path.write_text("model: {backbone: mugstan-tiny, head: mug}\n")
     with pytest.raises(ConfigError, match="model.temporal was replaced"):

@@ -30,10 +30,14 @@ def test_summarize_even_median():
 
 def test_multi_caption_conventions():
     # 2 videos, captions 0,1,2 of video 0 and caption 3 of video 1
-    s = torch.tensor([[0.2, 0.9],    # c0 (video 0) prefers video 1 -> t2v rank 1
-                      [0.8, 0.1],    # c1 (video 0)                  -> 0
-                      [0.3, 0.4],    # c2 (video 0)                  -> 1
-                      [0.7, 0.6]])   # c3 (video 1)                  -> 1
+    s = torch.tensor(
+        [
+            [0.2, 0.9],  # c0 (video 0) prefers video 1 -> t2v rank 1
+            [0.8, 0.1],  # c1 (video 0)                  -> 0
+            [0.3, 0.4],  # c2 (video 0)                  -> 1
+            [0.7, 0.6],
+        ]
+    )  # c3 (video 1)                  -> 1
     m = retrieval_metrics(s, [0, 0, 0, 1])
     assert m["t2v"]["R@1"] == 25 and m["t2v"]["MnR"] == 1.75
     # lenient v2t: video 0 groups {0.8 own, 0.7 other} -> 0; video 1 groups {own 0.6, other max 0.9} -> 1
@@ -55,8 +59,12 @@ def test_dsl_is_labelled_and_reranks():
 
 
 def test_recognition_multi_view():
-    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]],   # views disagree; average favours class 1
-                           [[0.0, 0.0, 5.0], [0.0, 0.0, 5.0]]])
+    logits = torch.tensor(
+        [
+            [[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]],  # views disagree; average favours class 1
+            [[0.0, 0.0, 5.0], [0.0, 0.0, 5.0]],
+        ]
+    )
     m = recognition_metrics(logits, torch.tensor([1, 0]))
     assert m["top1"] == 50 and m["top5"] == 100
     assert recognition_metrics(torch.zeros(2, 6), torch.tensor([0, 1]))["top5"] == 0  # all tied: pessimistic

@@ -21,10 +21,24 @@ def test_relative_paths_are_anchored_once(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.jsonl").write_text("")
     (tmp_path / "data" / "classes.txt").write_text("a\n")
-    (tmp_path / "exp.yaml").write_text(yaml.safe_dump({
-        "model": {"backbone": "mugstan-tiny", "init_from": "hf-hub:org/name", "chat": {"llava": "llava-hf/llava-1.5-7b-hf"}},
-        "data": {"root": "data", "train_ann": "train.jsonl", "test_ann": "/elsewhere/test.jsonl", "extra": {"class_names": "classes.txt"}},
-        "train": {"output_dir": "runs/../runs/x"}}))
+    (tmp_path / "exp.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "backbone": "mugstan-tiny",
+                    "init_from": "hf-hub:org/name",
+                    "chat": {"llava": "llava-hf/llava-1.5-7b-hf"},
+                },
+                "data": {
+                    "root": "data",
+                    "train_ann": "train.jsonl",
+                    "test_ann": "/elsewhere/test.jsonl",
+                    "extra": {"class_names": "classes.txt"},
+                },
+                "train": {"output_dir": "runs/../runs/x"},
+            }
+        )
+    )
     monkeypatch.chdir(tmp_path)
     cfg = load_config("exp.yaml", ["model.weights=~/clip.safetensors"], check_files=False)
     assert cfg.data.root == str(tmp_path / "data")
@@ -43,12 +57,18 @@ def test_a_saved_config_loads_to_the_same_paths_from_any_folder(tmp_path, monkey
     (tmp_path / "work" / "data" / "train.jsonl").write_text("")
     (tmp_path / "other").mkdir()
     monkeypatch.chdir(tmp_path / "work")
-    (tmp_path / "work" / "exp.yaml").write_text("data: {root: data, train_ann: train.jsonl}\ntrain: {output_dir: runs/x}\n")
+    (tmp_path / "work" / "exp.yaml").write_text(
+        "data: {root: data, train_ann: train.jsonl}\ntrain: {output_dir: runs/x}\n"
+    )
     cfg = load_config("exp.yaml")
     save_config(cfg, tmp_path / "saved.yaml")
     monkeypatch.chdir(tmp_path / "other")
     again = load_config(tmp_path / "saved.yaml")
-    assert (again.data.root, again.data.train_ann, again.train.output_dir) == (cfg.data.root, cfg.data.train_ann, cfg.train.output_dir)
+    assert (again.data.root, again.data.train_ann, again.train.output_dir) == (
+        cfg.data.root,
+        cfg.data.train_ann,
+        cfg.train.output_dir,
+    )
     assert again.data.train_ann == str(tmp_path / "work" / "data" / "train.jsonl")
 
 
@@ -71,12 +91,31 @@ def project(tmp_path_factory):
     whose every path is relative."""
     top = tmp_path_factory.mktemp("project")
     generate(top / "work" / "data", SynthParams(videos=16, frames=4, size=32), progress=False)
-    (top / "work" / "exp.yaml").write_text(yaml.safe_dump({
-        "model": {"backbone": "mugstan-tiny", "branch": "stan", "head": "mean", "context_length": 16, "stan": {"depth": 2}},
-        "data": {"dataset": "jsonl", "root": "data", "train_ann": "train.jsonl", "val_ann": "val.jsonl",
-                 "test_ann": "test.jsonl", "num_frames": 4, "image_size": 32, "num_workers": 0},
-        "train": {"output_dir": "runs/tiny", "epochs": 1, "batch_size": 8, "precision": "fp32", "log_every": 1},
-        "eval": {"batch_size": 32}}))
+    (top / "work" / "exp.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "backbone": "mugstan-tiny",
+                    "branch": "stan",
+                    "head": "mean",
+                    "context_length": 16,
+                    "stan": {"depth": 2},
+                },
+                "data": {
+                    "dataset": "jsonl",
+                    "root": "data",
+                    "train_ann": "train.jsonl",
+                    "val_ann": "val.jsonl",
+                    "test_ann": "test.jsonl",
+                    "num_frames": 4,
+                    "image_size": 32,
+                    "num_workers": 0,
+                },
+                "train": {"output_dir": "runs/tiny", "epochs": 1, "batch_size": 8, "precision": "fp32", "log_every": 1},
+                "eval": {"batch_size": 32},
+            }
+        )
+    )
     return top
 
 
@@ -90,7 +129,12 @@ def test_train_eval_index_search_with_relative_paths(project, monkeypatch, capsy
     assert (run / "checkpoints" / "best" / "model.safetensors").is_file()
     assert cli(["eval", "exp.yaml", "--checkpoint", "runs/tiny/checkpoints/best", "--json", "eval.json"]) == 0
     first = json.loads((work / "eval.json").read_text())
-    assert cli(["index", "data/videos/test", "--checkpoint", "runs/tiny/checkpoints/best", "--out", "idx", "--no-progress"]) == 0
+    assert (
+        cli(
+            ["index", "data/videos/test", "--checkpoint", "runs/tiny/checkpoints/best", "--out", "idx", "--no-progress"]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert cli(["search", "idx", "a red circle", "-k", "3", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)
@@ -100,7 +144,9 @@ def test_train_eval_index_search_with_relative_paths(project, monkeypatch, capsy
     shutil.move(str(run), str(moved))
     (project / "elsewhere").mkdir()
     monkeypatch.chdir(project / "elsewhere")
-    assert cli(["eval", "../moved/config.yaml", "--checkpoint", "../moved/checkpoints/best", "--json", "again.json"]) == 0
+    assert (
+        cli(["eval", "../moved/config.yaml", "--checkpoint", "../moved/checkpoints/best", "--json", "again.json"]) == 0
+    )
     again = json.loads((project / "elsewhere" / "again.json").read_text())
     assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in first.items() if k != "seconds"}
     from mugstan.engine.checkpoint import load_model
@@ -109,6 +155,19 @@ def test_train_eval_index_search_with_relative_paths(project, monkeypatch, capsy
     assert saved.train.output_dir == str(moved)  # the run folder where it is now
     capsys.readouterr()
     # the index records its model's absolute path, which moved with the run: the same weights by --checkpoint
-    assert cli(["search", str(work / "idx"), "a red circle", "-k", "3", "--json", "--checkpoint", "../moved/checkpoints/best"]) == 0
+    assert (
+        cli(
+            [
+                "search",
+                str(work / "idx"),
+                "a red circle",
+                "-k",
+                "3",
+                "--json",
+                "--checkpoint",
+                "../moved/checkpoints/best",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out) == hits
-

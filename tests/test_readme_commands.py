@@ -16,19 +16,29 @@ import sys
 from pathlib import Path
 
 import torch
-
 from data_fixtures import write_video
 
 REPO = Path(__file__).parent.parent
-TINY = ["model.backbone=mugstan-tiny", "model.pretrained=null", "data.num_frames=2", "data.test_num_frames=2", "data.image_size=32",
-        "data.resize_short=null", "data.test_resize_short=null", "data.num_workers=0", "train.batch_size=8", "train.max_steps=1",
-        "train.precision=fp32", "eval.batch_size=8"]
+TINY = [
+    "model.backbone=mugstan-tiny",
+    "model.pretrained=null",
+    "data.num_frames=2",
+    "data.test_num_frames=2",
+    "data.image_size=32",
+    "data.resize_short=null",
+    "data.test_resize_short=null",
+    "data.num_workers=0",
+    "train.batch_size=8",
+    "train.max_steps=1",
+    "train.precision=fp32",
+    "eval.batch_size=8",
+]
 
 
 def readme_commands() -> list[str]:
     """The command lines of the first ```bash block under '## Use it on real data', comments removed."""
     text = (REPO / "README.md").read_text()
-    section = text[text.index("## Use it on real data"):]
+    section = text[text.index("## Use it on real data") :]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
 
@@ -38,11 +48,18 @@ def fake_msrvtt(root: Path, videos: int = 8) -> Path:
     ids = [f"video{i}" for i in range(videos)]
     for i, v in enumerate(ids):
         write_video(root / "videos" / f"{v}.mp4", frames=12, size=(64, 48), fps=4, seed=i)
-    sentences = [{"video_id": v, "caption": f"clip number {i} take {j}", "sen_id": 2 * i + j} for i, v in enumerate(ids) for j in range(2)]
-    (root / "MSRVTT_data.json").write_text(json.dumps({"videos": [{"video_id": v} for v in ids], "sentences": sentences}))
+    sentences = [
+        {"video_id": v, "caption": f"clip number {i} take {j}", "sen_id": 2 * i + j}
+        for i, v in enumerate(ids)
+        for j in range(2)
+    ]
+    (root / "MSRVTT_data.json").write_text(
+        json.dumps({"videos": [{"video_id": v} for v in ids], "sentences": sentences})
+    )
     (root / "MSRVTT_train.9k.csv").write_text("video_id\n" + "".join(f"{v}\n" for v in ids))
     (root / "MSRVTT_JSFUSION_test.csv").write_text(
-        "key,vid_key,video_id,sentence\n" + "".join(f"ret{i},msr{i},{v},clip number {i}\n" for i, v in enumerate(ids)))
+        "key,vid_key,video_id,sentence\n" + "".join(f"ret{i},msr{i},{v},clip number {i}\n" for i, v in enumerate(ids))
+    )
     return root
 
 
@@ -63,8 +80,10 @@ def free_port() -> int:
 
 def as_argv(line: str, root: Path) -> list[str]:
     argv = shlex.split(line.replace("/data/msrvtt", str(root)))
-    program = {"mugstan": [sys.executable, "-m", "mugstan.cli"],
-               "torchrun": [sys.executable, "-m", "torch.distributed.run", "--master_port", str(free_port())]}[argv[0]]
+    program = {
+        "mugstan": [sys.executable, "-m", "mugstan.cli"],
+        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--master_port", str(free_port())],
+    }[argv[0]]
     extra = TINY if ("train" in argv or "eval" in argv) else []
     return program + argv[1:] + extra
 
@@ -73,7 +92,9 @@ def test_readme_lists_the_commands_this_test_runs():
     kinds = [" ".join(shlex.split(line)[:2]) for line in readme_commands()]
     assert kinds == ["mugstan data", "mugstan train", "torchrun --nproc_per_node", "mugstan eval", "mugstan convert"]
     assert all("/data/msrvtt" in line for line in readme_commands() if "convert" not in line)
-    assert all("msrvtt/stan_vitb32 " in line and "configs/" not in line for line in readme_commands() if "convert" not in line)
+    assert all(
+        "msrvtt/stan_vitb32 " in line and "configs/" not in line for line in readme_commands() if "convert" not in line
+    )
 
 
 def test_readme_real_data_commands_on_a_custom_root(tmp_path):
@@ -81,7 +102,11 @@ def test_readme_real_data_commands_on_a_custom_root(tmp_path):
     work = tmp_path / "work"  # the user's folder: runs/ and the converted file land here
     work.mkdir()
     tiny_openai_pt(work / "ViT-B-32.pt")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
     outputs = []
     for line in readme_commands():
         argv = as_argv(line, root)

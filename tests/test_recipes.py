@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from data_fixtures import write_config, write_video
+
 from mugstan.backbones.clip import EOT_TOKEN, SOT_TOKEN, Tokenizer
 from mugstan.config import ConfigError, DataConfig, TrainConfig, load_config
 from mugstan.data.datasets import Annotations, Clip, ClipDataset
@@ -24,13 +24,17 @@ REPO_CONFIGS = Path(__file__).parent.parent / "src" / "mugstan" / "configs"  # t
 
 
 # ---- schedules --------------------------------------------------------------------------------
-def mmengine_chain(total: int, per_epoch: int, start: float, warm_end: float, t_max: float, begin: float, end: float) -> list[float]:
+def mmengine_chain(
+    total: int, per_epoch: int, start: float, warm_end: float, t_max: float, begin: float, end: float
+) -> list[float]:
     """The factors mmengine's chained (recursive) LinearLR + CosineAnnealingLR give per iteration,
     written from their update rules (each multiplies the current value), not from a closed form."""
     w, b, e, t = int(warm_end * per_epoch), int(begin * per_epoch), int(end * per_epoch), t_max * per_epoch
     lr, out = 1.0, []
     for step in range(total):
-        if step < w:  # LinearLR: lr_0 = start; lr_i = lr_{i-1} * (1 + (1 - start) / (w * start + (i - 1) * (1 - start)))
+        if (
+            step < w
+        ):  # LinearLR: lr_0 = start; lr_i = lr_{i-1} * (1 + (1 - start) / (w * start + (i - 1) * (1 - start)))
             lr = start if step == 0 else lr * (1 + (1 - start) / (w * start + (step - 1) * (1 - start)))
         elif b <= step < e:
             i = step - b  # CosineAnnealingLR (eta_min 0), chained form, periodic past T_max
@@ -44,16 +48,25 @@ def mmengine_chain(total: int, per_epoch: int, start: float, warm_end: float, t_
     return out
 
 
-@pytest.mark.parametrize("recipe", [
-    dict(epochs=20, start=0.05, warm=4, t_max=17, begin=4, end=20),     # DiDeMo (STAN / Mug-STAN)
-    dict(epochs=30, start=0.05, warm=5, t_max=4.5, begin=10, end=100),  # Mug-STAN LSMDC: a gap, then a periodic cosine
-    dict(epochs=4, start=0.05, warm=0.5, t_max=4.5, begin=0.5, end=4),  # post-pretraining
-])
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        dict(epochs=20, start=0.05, warm=4, t_max=17, begin=4, end=20),  # DiDeMo (STAN / Mug-STAN)
+        dict(
+            epochs=30, start=0.05, warm=5, t_max=4.5, begin=10, end=100
+        ),  # Mug-STAN LSMDC: a gap, then a periodic cosine
+        dict(epochs=4, start=0.05, warm=0.5, t_max=4.5, begin=0.5, end=4),  # post-pretraining
+    ],
+)
 def test_linear_then_cosine_follows_mmengine_chained_schedulers(recipe):
     per_epoch = 8
     total = recipe["epochs"] * per_epoch
-    ours = linear_then_cosine(per_epoch, recipe["start"], recipe["warm"], recipe["t_max"], recipe["begin"], recipe["end"])
-    ref = mmengine_chain(total, per_epoch, recipe["start"], recipe["warm"], recipe["t_max"], recipe["begin"], recipe["end"])
+    ours = linear_then_cosine(
+        per_epoch, recipe["start"], recipe["warm"], recipe["t_max"], recipe["begin"], recipe["end"]
+    )
+    ref = mmengine_chain(
+        total, per_epoch, recipe["start"], recipe["warm"], recipe["t_max"], recipe["begin"], recipe["end"]
+    )
     ours = np.array([ours(s) for s in range(total)])
     assert ours[0] == pytest.approx(recipe["start"])
     # The warmup is the same (measured: 2e-16). mmengine's warmup ends one step short of 1, at
@@ -81,8 +94,19 @@ def test_warmup_cosine_default_schedule_by_hand():
     """The default schedule (train.schedule=warmup_cosine): 10 steps, warmup 0.2 -> 2 steps. Warmup
     (s + 1) / 2; then 0.5 (1 + cos(pi (s - 2) / 8)), reaching 0 at step 10."""
     f = warmup_cosine(10, 0.2)
-    hand = [0.5, 1.0, 1.0, 0.5 * (1 + math.cos(math.pi / 8)), 0.5 * (1 + math.cos(math.pi / 4)), 0.5 * (1 + math.cos(3 * math.pi / 8)),
-            0.5, 0.5 * (1 - math.cos(3 * math.pi / 8)), 0.5 * (1 - math.cos(math.pi / 4)), 0.5 * (1 - math.cos(math.pi / 8)), 0.0]
+    hand = [
+        0.5,
+        1.0,
+        1.0,
+        0.5 * (1 + math.cos(math.pi / 8)),
+        0.5 * (1 + math.cos(math.pi / 4)),
+        0.5 * (1 + math.cos(3 * math.pi / 8)),
+        0.5,
+        0.5 * (1 - math.cos(3 * math.pi / 8)),
+        0.5 * (1 - math.cos(math.pi / 4)),
+        0.5 * (1 - math.cos(math.pi / 8)),
+        0.0,
+    ]
     assert [f(s) for s in range(11)] == pytest.approx(hand, abs=1e-15)
     assert warmup_cosine(10, 3)(2) == 1.0 and warmup_cosine(10, 3)(0) == pytest.approx(1 / 3)  # warmup as steps
     assert warmup_cosine(1, 0.5)(0) == 1.0  # a one-step run: no warmup left, the cosine starts at 1
@@ -193,10 +217,22 @@ def test_bilinear_is_opencvs_and_bicubic_is_pils(size):
 
     x = _frames()
     h, w = x.shape[-2:]
-    opencv = torch.stack([torch.from_numpy(cv2.resize(f.permute(1, 2, 0).numpy(), (int(w * size / h + 0.5), size),
-                                                      interpolation=cv2.INTER_LINEAR)).permute(2, 0, 1) for f in x])
-    pil = torch.stack([T.functional.pil_to_tensor(T.Resize(size, interpolation=T.InterpolationMode.BICUBIC)(
-        Image.fromarray(f.permute(1, 2, 0).numpy()))) for f in x])
+    opencv = torch.stack(
+        [
+            torch.from_numpy(
+                cv2.resize(f.permute(1, 2, 0).numpy(), (int(w * size / h + 0.5), size), interpolation=cv2.INTER_LINEAR)
+            ).permute(2, 0, 1)
+            for f in x
+        ]
+    )
+    pil = torch.stack(
+        [
+            T.functional.pil_to_tensor(
+                T.Resize(size, interpolation=T.InterpolationMode.BICUBIC)(Image.fromarray(f.permute(1, 2, 0).numpy()))
+            )
+            for f in x
+        ]
+    )
     bilinear, bicubic = resize_short(x, size, "bilinear"), resize_short(x, size, "bicubic")
     assert bilinear.shape == opencv.shape and bicubic.shape == pil.shape
     assert (bilinear.int() - opencv.int()).abs().max() <= 1 and (bicubic.int() - pil.int()).abs().max() <= 1
@@ -215,11 +251,19 @@ def test_clip_reader_decodes_full_frames_and_resizes_as_the_recipe(tmp_path):
     got = reader(Clip(str(video)), 0)
     info = probe(video)
     full = decode_frames(video, segment_indices(0, info.num_frames, 2, train=False))
-    want = torch.stack([torch.from_numpy(cv2.resize(f.permute(1, 2, 0).numpy(), (60, 40), interpolation=cv2.INTER_LINEAR))
-                        .permute(2, 0, 1) for f in full])[..., 4:36, 14:46]
+    want = torch.stack(
+        [
+            torch.from_numpy(cv2.resize(f.permute(1, 2, 0).numpy(), (60, 40), interpolation=cv2.INTER_LINEAR)).permute(
+                2, 0, 1
+            )
+            for f in full
+        ]
+    )[..., 4:36, 14:46]
     assert got.shape == want.shape == (2, 3, 32, 32)
     assert (got.int() - want.int()).abs().max() <= 1
-    fast = ClipDataset(Annotations([Clip(str(video))]), replace(cfg, interpolation="fast"), train=False, uint8=True).reader
+    fast = ClipDataset(
+        Annotations([Clip(str(video))]), replace(cfg, interpolation="fast"), train=False, uint8=True
+    ).reader
     assert (fast(Clip(str(video)), 0).int() - want.int()).abs().max() > 1
 
 
@@ -286,10 +330,16 @@ def test_data_check_takes_overrides(tmp_path, capsys):
 
     root = tmp_path / "dataset"
     write_video(root / "videos" / "a.mp4", frames=8)
-    (root / "ann.jsonl").write_text(json.dumps({"video": "a.mp4", "caption": "a clip"}) + "\n"
-                                    + json.dumps({"video": "missing.mp4", "caption": "gone"}) + "\n")
+    (root / "ann.jsonl").write_text(
+        json.dumps({"video": "a.mp4", "caption": "a clip"})
+        + "\n"
+        + json.dumps({"video": "missing.mp4", "caption": "gone"})
+        + "\n"
+    )
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"data": {"dataset": "jsonl", "root": "nowhere", "videos": "videos", "test_ann": "ann.jsonl"}}))
+    cfg.write_text(
+        yaml.safe_dump({"data": {"dataset": "jsonl", "root": "nowhere", "videos": "videos", "test_ann": "ann.jsonl"}})
+    )
     assert main(["data", "check", str(cfg), f"data.root={root}"]) == 1  # found the dataset, reported the missing video
     out = capsys.readouterr().out
     assert "test: 2 videos, 1 with problems" in out and "missing.mp4" in out
@@ -307,8 +357,15 @@ def test_no_decay_kinds_follow_each_recipe():
     def exempt(no_decay):
         return {names[id(p)] for g in param_groups(model, no_decay) if not g["decay"] for p in g["params"]}
 
-    default, stan, clip4clip = exempt(["norm", "bias", "embedding", "logit_scale"]), exempt(["norm", "bias"]), exempt(["bias"])
-    assert "backbone.clip.visual.positional_embedding" in default and "backbone.clip.visual.positional_embedding" not in stan
+    default, stan, clip4clip = (
+        exempt(["norm", "bias", "embedding", "logit_scale"]),
+        exempt(["norm", "bias"]),
+        exempt(["bias"]),
+    )
+    assert (
+        "backbone.clip.visual.positional_embedding" in default
+        and "backbone.clip.visual.positional_embedding" not in stan
+    )
     assert "branch.time_embed.weight" not in stan and "backbone.clip.visual.ln_post.weight" in stan
     assert "backbone.clip.visual.ln_post.weight" not in clip4clip and "branch.spatial.0.attn.in_proj_bias" in clip4clip
     assert all(n.endswith("bias") for n in clip4clip)
@@ -333,13 +390,21 @@ AUTHORS_GROUPS = [
     (r"backbone\.clip\.(visual\.)?transformer\.resblocks\.\d+\.ln_[12]\.(weight|bias)", 1, False),  # layer_norm1/2
     (r"backbone\.clip\.(visual\.)?transformer\.resblocks\.\d+\.attn\.in_proj_weight", 1, True),  # q/k/v_proj.weight
     (r"backbone\.clip\.(visual\.)?transformer\.resblocks\.\d+\.attn\.in_proj_bias", 1, False),  # q/k/v_proj.bias
-    (r"backbone\.clip\.(visual\.)?transformer\.resblocks\.\d+\.(attn\.out_proj|mlp\.c_fc|mlp\.c_proj)\.weight", 1, True),
+    (
+        r"backbone\.clip\.(visual\.)?transformer\.resblocks\.\d+\.(attn\.out_proj|mlp\.c_fc|mlp\.c_proj)\.weight",
+        1,
+        True,
+    ),
     (r"backbone\.clip\.(visual\.)?transformer\.resblocks\.\d+\.(attn\.out_proj|mlp\.c_fc|mlp\.c_proj)\.bias", 1, False),
     (r"backbone\.clip\.token_embedding\.weight", 1, True),  # text token_embedding: nn.Embedding
     (r"backbone\.clip\.positional_embedding", 1, True),  # text position_embedding: nn.Embedding
     (r"backbone\.clip\.ln_final\.(weight|bias)", 1, False),  # final_layer_norm: LayerNorm
     (r"backbone\.clip\.text_projection", 1, True),  # text_projection: Linear, bias=False
-    (r"branch\..+", 10, True),  # STAN_S_layers / STAN_T_layers / STAN_time_embed: custom key 'STAN', norms and biases too
+    (
+        r"branch\..+",
+        10,
+        True,
+    ),  # STAN_S_layers / STAN_T_layers / STAN_time_embed: custom key 'STAN', norms and biases too
 ]
 
 
@@ -352,7 +417,9 @@ def test_stan_parameter_groups_are_mmengines(config):
     from mugstan.engine.optim import build_optimizer
     from mugstan.models import build_model
 
-    cfg = load_config(REPO_CONFIGS / config, ["model.backbone=mugstan-tiny", "model.pretrained=null"], check_files=False)  # ViT-B/32's names
+    cfg = load_config(
+        REPO_CONFIGS / config, ["model.backbone=mugstan-tiny", "model.pretrained=null"], check_files=False
+    )  # ViT-B/32's names
     model = build_model(cfg.model)
     t = cfg.train
 
@@ -370,7 +437,9 @@ def test_stan_parameter_groups_are_mmengines(config):
         rows = [(mult, decays) for pattern, mult, decays in AUTHORS_GROUPS if re.fullmatch(pattern, name)]
         assert len(rows) == 1, f"{name}: matched by {len(rows)} rows of the authors' table"
         mult, decays = rows[0]
-        assert got[id(p)] == (mult, t.weight_decay if decays else 0.0), f"{name}: {got[id(p)]}, authors {(mult, decays)}"
+        assert got[id(p)] == (mult, t.weight_decay if decays else 0.0), (
+            f"{name}: {got[id(p)]}, authors {(mult, decays)}"
+        )
     assert any(n.startswith("branch.") and n.endswith("ln_1.weight") for n, _ in trainable)
     exempt = groups(replace(t, no_decay_new=None))
     branch_norm = dict(trainable)["branch.spatial.0.ln_1.weight"]
@@ -383,8 +452,13 @@ def test_bertadam_is_adam_without_bias_correction_and_clips_each_parameter():
 
     p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
     q = torch.nn.Parameter(torch.tensor([0.5]))
-    opt = BertAdam([{"params": [p], "weight_decay": 0.2}, {"params": [q], "weight_decay": 0.0}], lr=0.1, betas=(0.9, 0.98), eps=1e-6,
-                   max_grad_norm=1.0)
+    opt = BertAdam(
+        [{"params": [p], "weight_decay": 0.2}, {"params": [q], "weight_decay": 0.0}],
+        lr=0.1,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+        max_grad_norm=1.0,
+    )
     grads = [(torch.tensor([3.0, 4.0]), torch.tensor([0.5])), (torch.tensor([0.3, -0.4]), torch.tensor([-0.25]))]
     m_p, v_p, m_q, v_q = torch.zeros(2), torch.zeros(2), torch.zeros(1), torch.zeros(1)
     want_p, want_q = p.detach().clone(), q.detach().clone()
@@ -427,8 +501,15 @@ def test_adamw_is_fused_on_a_cpu_and_follows_pytorchs_loop():
     opt = build_optimizer(model, cfg)
     assert opt.defaults["fused"] and not opt.defaults["foreach"]
     twin = {id(p): q for p, q in zip(model.parameters(), ref.parameters())}
-    loop = torch.optim.AdamW([{"params": [twin[id(p)] for p in g["params"]], "lr": g["lr"], "weight_decay": g["weight_decay"]}
-                              for g in opt.param_groups], betas=cfg.betas, eps=cfg.eps, foreach=False)
+    loop = torch.optim.AdamW(
+        [
+            {"params": [twin[id(p)] for p in g["params"]], "lr": g["lr"], "weight_decay": g["weight_decay"]}
+            for g in opt.param_groups
+        ],
+        betas=cfg.betas,
+        eps=cfg.eps,
+        foreach=False,
+    )
     assert {g["weight_decay"] for g in loop.param_groups} == {0.0, 0.1}
     for _ in range(5):
         for p, q in zip(model.parameters(), ref.parameters()):
@@ -451,7 +532,7 @@ def test_the_search_index_masks_fps_padding_as_evaluation_does(tmp_path):
     embedder = WindowEmbedder(model, cfg, frames=6, batch_size=4, device=torch.device("cpu"))
     embedder.add("short", video, None, None)
     embedder.flush()
-    (indexed, _), = embedder.results["short"]
+    ((indexed, _),) = embedder.results["short"]
     frames, mask = ClipDataset(Annotations([Clip(str(video))]), cfg.data, train=False).reader.read(Clip(str(video)), 0)
     with torch.no_grad():
         real_only = model.encode_video(frames[None, :3], torch.ones(1, 3, dtype=torch.bool)).x[0]

@@ -44,10 +44,22 @@ def test_official_class_files_give_the_prompt_lists_names(tmp_path):
     for n in HMDB51_CLASSES:
         (splits / f"{n}_test_split1.txt").write_text(f"{n}_1.avi 2 \n{n}_2.avi 1 \n")
 
-    ucf = ucf101(DataConfig(dataset="ucf101", root=str(tmp_path), videos="UCF-101", test_ann=str(lists / "testlist01.txt"),
-                            extra={"class_names": str(lists / "classInd.txt")}), "test").class_names
-    hmdb = hmdb51(DataConfig(dataset="hmdb51", root=str(tmp_path), videos="hmdb51",
-                             test_ann=str(splits / "brush_hair_test_split1.txt")), "test").class_names
+    ucf = ucf101(
+        DataConfig(
+            dataset="ucf101",
+            root=str(tmp_path),
+            videos="UCF-101",
+            test_ann=str(lists / "testlist01.txt"),
+            extra={"class_names": str(lists / "classInd.txt")},
+        ),
+        "test",
+    ).class_names
+    hmdb = hmdb51(
+        DataConfig(
+            dataset="hmdb51", root=str(tmp_path), videos="hmdb51", test_ann=str(splits / "brush_hair_test_split1.txt")
+        ),
+        "test",
+    ).class_names
     assert len(ucf) == 101 and len(hmdb) == 51
 
     words = [prompt_name(n) for n in ucf]
@@ -64,7 +76,9 @@ def test_official_class_files_give_the_prompt_lists_names(tmp_path):
 def test_zero_shot_and_classifier_prompts_write_the_names_as_words():
     """class_prompts: what zero-shot evaluation and the text classifier both read."""
     assert class_prompts(["ApplyEyeMakeup", "brush_hair"], ["a video of a person {}.", "{}"]) == [
-        ["a video of a person apply eye makeup.", "a video of a person brush hair."], ["apply eye makeup", "brush hair"]]
+        ["a video of a person apply eye makeup.", "a video of a person brush hair."],
+        ["apply eye makeup", "brush hair"],
+    ]
 
 
 def test_names_with_spaces_are_kept():
@@ -76,8 +90,16 @@ def test_names_with_spaces_are_kept():
 
 def tiny_recognition(classifier: str):
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone="mugstan-tiny", branch="stan", head="mean", stan=STANConfig(depth=2), task="recognition",
-                      classifier=classifier, prompt_templates=["{}"], context_length=16)
+    cfg = ModelConfig(
+        backbone="mugstan-tiny",
+        branch="stan",
+        head="mean",
+        stan=STANConfig(depth=2),
+        task="recognition",
+        classifier=classifier,
+        prompt_templates=["{}"],
+        context_length=16,
+    )
     return build_model(cfg, class_names=["ApplyEyeMakeup", "brush_hair", "YoYo"])
 
 
@@ -88,7 +110,9 @@ def test_text_classifier_keeps_the_class_name_features_fixed():
     encoder = model.encoder
     ids, mask = encoder.tokenize(["apply eye makeup", "brush hair", "yo yo"])
     with torch.no_grad():
-        expected = torch.nn.functional.normalize(encoder.head.text_vector(encoder.backbone.encode_text(ids, mask)), dim=-1)
+        expected = torch.nn.functional.normalize(
+            encoder.head.text_vector(encoder.backbone.encode_text(ids, mask)), dim=-1
+        )
     torch.testing.assert_close(model.classifier.weight, expected)
     assert not model.classifier.weight.requires_grad
     assert all(p is not model.classifier.weight for g in param_groups(model) for p in g["params"])

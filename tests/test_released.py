@@ -71,7 +71,20 @@ def test_authors_stan_checkpoint_gives_the_authors_outputs(tmp_path, fixture):
     torch.testing.assert_close(text.tokens[tmask], ref["text_tokens"][tmask], rtol=0, atol=1e-5)
 
     out = tmp_path / "stan.safetensors"  # the command line, the head counts from the CLIP it was trained from
-    assert cli(["convert", str(FIXTURE / "official.pth"), str(out), "--format", "stan", "--clip-config", str(FIXTURE / "hf")]) == 0
+    assert (
+        cli(
+            [
+                "convert",
+                str(FIXTURE / "official.pth"),
+                str(out),
+                "--format",
+                "stan",
+                "--clip-config",
+                str(FIXTURE / "hf"),
+            ]
+        )
+        == 0
+    )
     with torch.no_grad():
         again = load_converted(out, ["model.context_length=16"]).eval().frame_features(ref["video"], mask).embeds
     torch.testing.assert_close(again, ref["emb_frames"], rtol=0, atol=1e-5)
@@ -81,10 +94,13 @@ def test_hf_folder_whose_config_holds_only_non_default_keys(fixture):
     """The fixture's CLIPModel folder, as transformers 4.35 saved it (no max_position_embeddings,
     no hidden_act, ...), loads with transformers' defaults and gives transformers' own embeddings."""
     transformers = pytest.importorskip("transformers")
-    from mugstan.backbones.convert import HF_TEXT_DEFAULTS, HF_VISION_DEFAULTS
     from mugstan.backbones.build import build_clip
+    from mugstan.backbones.convert import HF_TEXT_DEFAULTS, HF_VISION_DEFAULTS
 
-    for defaults, cls in ((HF_VISION_DEFAULTS, transformers.CLIPVisionConfig), (HF_TEXT_DEFAULTS, transformers.CLIPTextConfig)):
+    for defaults, cls in (
+        (HF_VISION_DEFAULTS, transformers.CLIPVisionConfig),
+        (HF_TEXT_DEFAULTS, transformers.CLIPTextConfig),
+    ):
         theirs = cls().to_dict()
         assert {k: theirs[k] for k in defaults} == defaults
     ours = build_clip(None, weights=str(FIXTURE / "hf")).eval()
@@ -94,7 +110,9 @@ def test_hf_folder_whose_config_holds_only_non_default_keys(fixture):
     with torch.no_grad():
         hf_image = hf.get_image_features(pixel_values=images)
         hf_text = hf.get_text_features(input_ids=ref["ids"], attention_mask=(ref["ids"] != 0).long())
-        hf_image, hf_text = (getattr(x, "pooler_output", x) for x in (hf_image, hf_text))  # transformers 5 returns outputs
+        hf_image, hf_text = (
+            getattr(x, "pooler_output", x) for x in (hf_image, hf_text)
+        )  # transformers 5 returns outputs
         image = ours.encode_frames(images).embeds
         text = ours.encode_text(ref["ids"], ref["ids"] != 0).pooled
     torch.testing.assert_close(image, hf_image, rtol=0, atol=1e-5)
@@ -147,16 +165,44 @@ def test_stan_checkpoint_in_the_authors_layout(tmp_path):
     assert torch.equal(clip.text_projection, released["text_backbone.text_projection.weight"].t())
 
     # the CLIP towers against transformers' own CLIPModel holding the released tensors
-    hf_cfg = CLIPConfig(text_config={"hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 256, "hidden_act": "quick_gelu",
-                                     "num_hidden_layers": 2, "vocab_size": 49408, "max_position_embeddings": 77},
-                        vision_config={"hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 256, "hidden_act": "quick_gelu",
-                                       "num_hidden_layers": 4, "image_size": 32, "patch_size": 8}, projection_dim=64)
+    hf_cfg = CLIPConfig(
+        text_config={
+            "hidden_size": 64,
+            "num_attention_heads": 2,
+            "intermediate_size": 256,
+            "hidden_act": "quick_gelu",
+            "num_hidden_layers": 2,
+            "vocab_size": 49408,
+            "max_position_embeddings": 77,
+        },
+        vision_config={
+            "hidden_size": 64,
+            "num_attention_heads": 2,
+            "intermediate_size": 256,
+            "hidden_act": "quick_gelu",
+            "num_hidden_layers": 4,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=64,
+    )
     hf = CLIPModel(hf_cfg).eval()
     embeddings = ("class_embedding", "patch_embedding.weight", "position_embedding.weight")
-    hf_sd = {("vision_model.embeddings." if k[9:] in embeddings else "vision_model.encoder." if k.startswith("backbone.layers.") else
-              "" if k == "backbone.visual_projection.weight" else "vision_model.") + k[9:]: v
-             for k, v in released.items() if k.startswith("backbone.") and not k.startswith("backbone.STAN_")}
-    hf_sd.update({k[len("text_backbone."):]: v for k, v in released.items() if k.startswith("text_backbone.")})
+    hf_sd = {
+        (
+            "vision_model.embeddings."
+            if k[9:] in embeddings
+            else "vision_model.encoder."
+            if k.startswith("backbone.layers.")
+            else ""
+            if k == "backbone.visual_projection.weight"
+            else "vision_model."
+        )
+        + k[9:]: v
+        for k, v in released.items()
+        if k.startswith("backbone.") and not k.startswith("backbone.STAN_")
+    }
+    hf_sd.update({k[len("text_backbone.") :]: v for k, v in released.items() if k.startswith("text_backbone.")})
     missing, unexpected = hf.load_state_dict(hf_sd, strict=False)
     assert not unexpected and all("position_ids" in k or k == "logit_scale" for k in missing)
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -164,7 +210,9 @@ def test_stan_checkpoint_in_the_authors_layout(tmp_path):
     with torch.no_grad():
         hf_image = hf.get_image_features(pixel_values=images)
         hf_text = hf.get_text_features(input_ids=ids, attention_mask=tmask.long())
-        hf_image, hf_text = (getattr(x, "pooler_output", x) for x in (hf_image, hf_text))  # transformers 5 returns outputs
+        hf_image, hf_text = (
+            getattr(x, "pooler_output", x) for x in (hf_image, hf_text)
+        )  # transformers 5 returns outputs
         # measured: 1.4e-6 (fp32, SDPA against transformers' eager attention)
         torch.testing.assert_close(model.backbone.encode_frames(images).embeds, hf_image, rtol=0, atol=5e-6)
         torch.testing.assert_close(model.backbone.encode_text(ids, tmask).pooled, hf_text, rtol=0, atol=5e-6)
@@ -185,8 +233,10 @@ def test_stan_conv_checkpoint_in_the_authors_layout(tmp_path):
     model = build_model(model_config(cfg)).eval()
     missing, unexpected = model.load_state_dict(state, strict=True)
     assert not missing and not unexpected
-    assert torch.equal(model.branch.spatial[1].attn.in_proj_bias,
-                       torch.cat([released[f"backbone.STAN_S_layers.1.self_attn.{x}_proj.bias"] for x in "qkv"]))
+    assert torch.equal(
+        model.branch.spatial[1].attn.in_proj_bias,
+        torch.cat([released[f"backbone.STAN_S_layers.1.self_attn.{x}_proj.bias"] for x in "qkv"]),
+    )
 
     b, g, t, d = 2, 4, 5, 64
     patches = torch.randn(b, g * g, t, d, generator=torch.Generator().manual_seed(3))
@@ -194,12 +244,18 @@ def test_stan_conv_checkpoint_in_the_authors_layout(tmp_path):
     grid = (patches * mask[:, None, :, None]).view(b, g, g, t, d)  # padded frames enter as zeros
     padded = F.pad(grid, (0, 0, 1, 1, 1, 1, 1, 1))  # one zero on each side of rows, columns, time
     for k in range(4):
-        w, bias = released[f"backbone.STAN_T_layers.{k}.layers.weight"], released[f"backbone.STAN_T_layers.{k}.layers.bias"]
+        w, bias = (
+            released[f"backbone.STAN_T_layers.{k}.layers.weight"],
+            released[f"backbone.STAN_T_layers.{k}.layers.bias"],
+        )
         conv = bias.expand(b, g, g, t, d).clone()
         for dt, dr, dc in itertools.product(range(3), repeat=3):
-            window = padded[:, dr:dr + g, dc:dc + g, dt:dt + t]  # [B, g, g, T, D]
+            window = padded[:, dr : dr + g, dc : dc + g, dt : dt + t]  # [B, g, g, T, D]
             conv += window @ w[:, :, dt, dr, dc].t()
-        fc_w, fc_b = released[f"backbone.STAN_T_layers.{k}.temporal_fc.weight"], released[f"backbone.STAN_T_layers.{k}.temporal_fc.bias"]
+        fc_w, fc_b = (
+            released[f"backbone.STAN_T_layers.{k}.temporal_fc.weight"],
+            released[f"backbone.STAN_T_layers.{k}.temporal_fc.bias"],
+        )
         expected = patches + (conv @ fc_w.t() + fc_b).view(b, g * g, t, d)
         with torch.no_grad():
             ours = model.branch.temporal[k](patches, mask)
@@ -220,9 +276,17 @@ def test_clip4clip_heads_from_the_reference_layout(tmp_path):
         assert torch.equal(model.backbone.clip.visual.proj, released["clip.visual.proj"])
         if head == "seqTransf":
             assert cfg["seq_layers"] == 4
-            assert torch.equal(model.head.frame_position_embeddings.weight, released["frame_position_embeddings.weight"])
-            assert torch.equal(model.head.transformer.resblocks[2].attn.in_proj.bias, released["transformerClip.resblocks.2.attn.in_proj_bias"])
-            assert torch.equal(model.head.transformer.resblocks[1].mlp.c_fc.weight, released["transformerClip.resblocks.1.mlp.c_fc.weight"])
+            assert torch.equal(
+                model.head.frame_position_embeddings.weight, released["frame_position_embeddings.weight"]
+            )
+            assert torch.equal(
+                model.head.transformer.resblocks[2].attn.in_proj.bias,
+                released["transformerClip.resblocks.2.attn.in_proj_bias"],
+            )
+            assert torch.equal(
+                model.head.transformer.resblocks[1].mlp.c_fc.weight,
+                released["transformerClip.resblocks.1.mlp.c_fc.weight"],
+            )
 
 
 def test_bad_released_checkpoints(tmp_path):
@@ -246,16 +310,29 @@ def test_clip2video_checkpoint_in_the_reference_layout(tmp_path):
     missing, unexpected = model.load_state_dict(state, strict=True)
     assert not missing and not unexpected
     head, clip = model.head, model.backbone.clip
-    assert torch.equal(head.transformerClip.resblocks[3].attn.in_proj.weight, released["transformerClip.resblocks.3.attn.in_proj_weight"])
-    assert torch.equal(head.frame2t_attention.resblocks[0].mlp.c_proj.bias, released["frame2t_attention.resblocks.0.mlp.c_proj.bias"])
+    assert torch.equal(
+        head.transformerClip.resblocks[3].attn.in_proj.weight,
+        released["transformerClip.resblocks.3.attn.in_proj_weight"],
+    )
+    assert torch.equal(
+        head.frame2t_attention.resblocks[0].mlp.c_proj.bias, released["frame2t_attention.resblocks.0.mlp.c_proj.bias"]
+    )
     assert torch.equal(head.actionClip.resblocks[0].ln_2.weight, released["actionClip.resblocks.0.ln_2.weight"])
     assert torch.equal(head.trans_layernorm.bias, released["trans_layernorm.bias"])
-    assert torch.equal(head.weight_center, released["weight_center"]) and torch.equal(head.emb_center, released["emb_center"])
+    assert torch.equal(head.weight_center, released["weight_center"]) and torch.equal(
+        head.emb_center, released["emb_center"]
+    )
     assert torch.equal(head.type_position_embeddings.weight, released["type_position_embeddings.weight"])
-    assert torch.equal(clip.visual.proj, released["clip.visual.proj"]) and torch.equal(clip.text_projection, released["clip.text_projection"])
+    assert torch.equal(clip.visual.proj, released["clip.visual.proj"]) and torch.equal(
+        clip.text_projection, released["clip.text_projection"]
+    )
     assert model.logit_scale.log_scale.item() == pytest.approx(4.6052)
 
-    seq = {k: v for k, v in released.items() if k.startswith("clip.") or k.startswith(("frame_position", "transformerClip"))}
+    seq = {
+        k: v
+        for k, v in released.items()
+        if k.startswith("clip.") or k.startswith(("frame_position", "transformerClip"))
+    }
     torch.save(seq, tmp_path / "pytorch_model.bin.0")  # CLIP4Clip seqTransf: the same names without TDB / TAB
     state, cfg = convert_clip2video(tmp_path / "pytorch_model.bin.0")
     assert cfg["head"] == "seqTransf"
@@ -267,15 +344,32 @@ def reference_block(x, released: dict, prefix: str, heads: int = 1, key_mask=Non
     ``prefix``: LayerNorm eps 1e-12, torch's own multi-head attention, QuickGELU MLP. key_mask
     [B, S] bool (False: padded key), added as -1e6 as CLIP4Clip's extended_video_mask does."""
     e = x.shape[-1]
-    p = {k[len(prefix) + 1:]: v for k, v in released.items() if k.startswith(prefix + ".")}
+    p = {k[len(prefix) + 1 :]: v for k, v in released.items() if k.startswith(prefix + ".")}
     ln = lambda y, n: F.layer_norm(y, (e,), p[f"{n}.weight"], p[f"{n}.bias"], eps=1e-12)  # noqa: E731
     mask = None
     if key_mask is not None:
-        mask = ((~key_mask).float() * -1e6)[:, None, :].expand(-1, x.shape[1], -1).repeat_interleave(heads, 0)  # [B*heads, S, S]
+        mask = (
+            ((~key_mask).float() * -1e6)[:, None, :].expand(-1, x.shape[1], -1).repeat_interleave(heads, 0)
+        )  # [B*heads, S, S]
     h = ln(x, "ln_1").transpose(0, 1)  # [S, B, E]
-    a, _ = F.multi_head_attention_forward(h, h, h, e, heads, p["attn.in_proj_weight"], p["attn.in_proj_bias"], None, None, False, 0.0,
-                                          p["attn.out_proj.weight"], p["attn.out_proj.bias"], training=False, need_weights=False,
-                                          attn_mask=mask)
+    a, _ = F.multi_head_attention_forward(
+        h,
+        h,
+        h,
+        e,
+        heads,
+        p["attn.in_proj_weight"],
+        p["attn.in_proj_bias"],
+        None,
+        None,
+        False,
+        0.0,
+        p["attn.out_proj.weight"],
+        p["attn.out_proj.bias"],
+        training=False,
+        need_weights=False,
+        attn_mask=mask,
+    )
     x = x + a.transpose(0, 1)
     h = F.linear(ln(x, "ln_2"), p["mlp.c_fc.weight"], p["mlp.c_fc.bias"])
     return x + F.linear(h * torch.sigmoid(1.702 * h), p["mlp.c_proj.weight"], p["mlp.c_proj.bias"])
@@ -292,7 +386,7 @@ def reference_clip(released: dict, cfg: dict):
 
 def openai_text_tokens(clip, ids):
     """OpenAI CLIP's projected text tokens [N, L, E] for ids [N, L] (shorter than the context)."""
-    t = clip.token_embedding(ids) + clip.positional_embedding[:ids.shape[1]]
+    t = clip.token_embedding(ids) + clip.positional_embedding[: ids.shape[1]]
     causal = torch.full((ids.shape[1], ids.shape[1]), float("-inf")).triu_(1)
     for blk in clip.transformer.resblocks:
         t = blk(t, attn_mask=causal)
@@ -347,7 +441,9 @@ def test_clip2video_scores_follow_the_formula_of_methods_md(tmp_path):
     frames = torch.randn(3, 5, 3, 32, 32, generator=g)
     ids, tmask = model.tokenize(["a red circle moves left", "two squares", "a blue triangle grows slowly"])
     with torch.no_grad():
-        ours = model.similarity(model.encode_text(ids, tmask), model.encode_video(frames, torch.ones(3, 5, dtype=torch.bool)))
+        ours = model.similarity(
+            model.encode_text(ids, tmask), model.encode_video(frames, torch.ones(3, 5, dtype=torch.bool))
+        )
 
     # ---- the formula, from the released tensors ---------------------------------------------
     clip = reference_clip(released, cfg)
@@ -358,7 +454,13 @@ def test_clip2video_scores_follow_the_formula_of_methods_md(tmp_path):
     def tdb_tokens(f):  # TDB steps 1-3 on f [B, T, E]
         t = f.shape[1]
         d = block(f[:, 1:] - f[:, :-1] + pos[1:t], "frame2t_attention.resblocks.0")
-        d = 2 * torch.sigmoid(F.layer_norm(d, (e,), released["trans_layernorm.weight"], released["trans_layernorm.bias"], eps=1e-5)) - 1
+        d = (
+            2
+            * torch.sigmoid(
+                F.layer_norm(d, (e,), released["trans_layernorm.weight"], released["trans_layernorm.bias"], eps=1e-5)
+            )
+            - 1
+        )
         seq = []
         for i in range(t):
             seq.append(f[:, i] + pos[i] + types[1])
@@ -385,7 +487,7 @@ def test_clip2video_scores_follow_the_formula_of_methods_md(tmp_path):
         t_g = F.normalize(tokens[torch.arange(3), ids.argmax(-1)], dim=-1)
         words = tmask.clone()
         words[:, 0] = False
-        t_tab = torch.stack([aggregate(tokens[n:n + 1, words[n]])[0] for n in range(3)])
+        t_tab = torch.stack([aggregate(tokens[n : n + 1, words[n]])[0] for n in range(3)])
 
     s = math.exp(released["clip.logit_scale"].item())
     expected = 0.5 * s * t_g @ v_g.t() + 0.5 * s * t_tab @ v_tab.t()

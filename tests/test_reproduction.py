@@ -18,13 +18,33 @@ DOC = REPO / "docs" / "reproduction.md"
 CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if "synthetic" not in p.parts)
 PLUMBING = {"name", "train.output_dir", "data.dataset", "data.root", "data.videos", "data.train_ann", "data.val_ann",
             "data.test_ann", "data.extra"}  # where the data is, not how a model is trained
-CORE_TRAINED = {"model.backbone", "model.pretrained", "model.head", "model.context_length", "data.num_frames", "data.sampler",
-                "train.epochs", "train.batch_size", "train.lr", "train.weight_decay", "train.eps", "train.grad_clip",
-                "train.schedule", "eval.select_on"}
+CORE_TRAINED = {
+    "model.backbone",
+    "model.pretrained",
+    "model.head",
+    "model.context_length",
+    "data.num_frames",
+    "data.sampler",
+    "train.epochs",
+    "train.batch_size",
+    "train.lr",
+    "train.weight_decay",
+    "train.eps",
+    "train.grad_clip",
+    "train.schedule",
+    "eval.select_on",
+}
 CORE_ZEROSHOT = {"model.backbone", "model.pretrained", "model.head", "model.context_length", "data.num_frames"}
 HEADER = "| key | mugstan | authors | source | note |"
 # Keys whose values are paths: compared as the config file writes them, not as loaded (absolute).
-PATH_KEYS = {"data.root", "data.mix", "model.weights", "model.init_from", "model.chat.branch_weights", "train.output_dir"}
+PATH_KEYS = {
+    "data.root",
+    "data.mix",
+    "model.weights",
+    "model.init_from",
+    "model.chat.branch_weights",
+    "train.output_dir",
+}
 
 
 def parse(text: str) -> dict:
@@ -40,7 +60,9 @@ def parse(text: str) -> dict:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         assert len(cells) == 5, f"malformed row (5 cells expected): {line}"
         key, value, authors, source, note = cells
-        current.append({"key": key.strip("`"), "mugstan": literal(value), "authors": authors, "source": source, "note": note})
+        current.append(
+            {"key": key.strip("`"), "mugstan": literal(value), "authors": authors, "source": source, "note": note}
+        )
     return tables
 
 
@@ -106,7 +128,9 @@ def test_config_matches_its_table(path):
 
     raw = yaml.safe_load(text)
     unlisted = set(flatten(raw)) - PLUMBING - set(keys)
-    assert not unlisted, f"{path}: hyperparameters set in the config but not in docs/reproduction.md: {sorted(unlisted)}"
+    assert not unlisted, (
+        f"{path}: hyperparameters set in the config but not in docs/reproduction.md: {sorted(unlisted)}"
+    )
     core = CORE_TRAINED if raw["data"].get("train_ann") else CORE_ZEROSHOT
     assert core <= set(keys), f"{path}: docs/reproduction.md lacks {sorted(core - set(keys))}"
 
@@ -122,12 +146,15 @@ def test_config_matches_its_table(path):
             assert row["note"], f"{path}: {key} has no authors' value and no note saying why"
             continue
         authors = literal(row["authors"])
-        assert not same(authors, row["mugstan"]), f"{path}: {key} is marked as a difference but equals the authors' value"
+        assert not same(authors, row["mugstan"]), (
+            f"{path}: {key} is marked as a difference but equals the authors' value"
+        )
         switch = re.findall(r"`([\w.]+=[^`]+)`", row["note"].partition("restore with")[2])
-        assert row["note"].startswith("differs:") and switch, f"{path}: {key} differs without a 'restore with `key=value`' switch"
+        assert row["note"].startswith("differs:") and switch, (
+            f"{path}: {key} differs without a 'restore with `key=value`' switch"
+        )
         restored = loaded(path, switch)
-        assert same(lookup(restored, key), authors), \
-            f"{path}: {' '.join(switch)} does not restore {key}={authors!r}"
+        assert same(lookup(restored, key), authors), f"{path}: {' '.join(switch)} does not restore {key}={authors!r}"
 
 
 def test_the_checks_catch_a_wrong_value(tmp_path):
@@ -140,26 +167,66 @@ def test_the_checks_catch_a_wrong_value(tmp_path):
 
 def test_key_recipe_values_are_the_authors():
     """Spot checks written out by hand from the reference files (docs/reproduction.md must agree)."""
+
     def value(config, key):
         return lookup(loaded(CONFIG_DIR / config), key)
 
-    assert value("msrvtt/stan_vitb32.yaml", "train.lr") == 2e-6 and value("msrvtt/stan_vitb32.yaml", "train.weight_decay") == 0.05
-    assert value("msrvtt/stan_vitb32.yaml", "train.epochs") == 10 and value("msrvtt/stan_vitb32.yaml", "data.crop_scale") == [0.08, 1.0]
+    assert (
+        value("msrvtt/stan_vitb32.yaml", "train.lr") == 2e-6
+        and value("msrvtt/stan_vitb32.yaml", "train.weight_decay") == 0.05
+    )
+    assert value("msrvtt/stan_vitb32.yaml", "train.epochs") == 10 and value(
+        "msrvtt/stan_vitb32.yaml", "data.crop_scale"
+    ) == [0.08, 1.0]
     assert value("msrvtt/mugstan_vitb32.yaml", "data.test_num_frames") == 32
-    assert value("didemo/mugstan_vitb32.yaml", "model.context_length") == 77 and value("didemo/mugstan_vitb32.yaml", "train.epochs") == 20
-    assert value("didemo/stan_vitb32.yaml", "train.batch_size") == 128 and value("didemo/stan_vitb32.yaml", "data.num_frames") == 64
-    assert value("lsmdc/mugstan_vitb32.yaml", "model.temperature") == 0.03 and value("lsmdc/mugstan_vitb32.yaml", "train.new_module_lr_mult") == 5
-    assert value("msrvtt/clip4clip_meanP_vitb32.yaml", "data.sampler") == "fps" and value("msrvtt/clip4clip_meanP_vitb32.yaml", "data.sample_fps") == 1
-    assert value("msrvtt/clip2video_vitb32.yaml", "data.sample_fps") == 2.5 and value("msrvtt/clip2video_vitb32.yaml", "train.epochs") == 3
+    assert (
+        value("didemo/mugstan_vitb32.yaml", "model.context_length") == 77
+        and value("didemo/mugstan_vitb32.yaml", "train.epochs") == 20
+    )
+    assert (
+        value("didemo/stan_vitb32.yaml", "train.batch_size") == 128
+        and value("didemo/stan_vitb32.yaml", "data.num_frames") == 64
+    )
+    assert (
+        value("lsmdc/mugstan_vitb32.yaml", "model.temperature") == 0.03
+        and value("lsmdc/mugstan_vitb32.yaml", "train.new_module_lr_mult") == 5
+    )
+    assert (
+        value("msrvtt/clip4clip_meanP_vitb32.yaml", "data.sampler") == "fps"
+        and value("msrvtt/clip4clip_meanP_vitb32.yaml", "data.sample_fps") == 1
+    )
+    assert (
+        value("msrvtt/clip2video_vitb32.yaml", "data.sample_fps") == 2.5
+        and value("msrvtt/clip2video_vitb32.yaml", "train.epochs") == 3
+    )
     assert value("vatex/clip2video_vitb32.yaml", "model.tab_centers") == 7
-    assert value("msrvtt/stan_vitb32.yaml", "train.eps") == 1e-8 and value("msrvtt/clip4clip_seqTransf_vitb32.yaml", "train.eps") == 1e-6
-    assert value("msrvtt/clip4clip_meanP_vitb32.yaml", "train.optimizer") == "bertadam" and value("msrvtt/stan_vitb32.yaml", "train.optimizer") == "adamw"
+    assert (
+        value("msrvtt/stan_vitb32.yaml", "train.eps") == 1e-8
+        and value("msrvtt/clip4clip_seqTransf_vitb32.yaml", "train.eps") == 1e-6
+    )
+    assert (
+        value("msrvtt/clip4clip_meanP_vitb32.yaml", "train.optimizer") == "bertadam"
+        and value("msrvtt/stan_vitb32.yaml", "train.optimizer") == "adamw"
+    )
     assert value("msrvtt/clip4clip_meanP_vitb32.yaml", "train.schedule") == "bert_warmup_cosine"
-    assert value("msrvtt/stan_vitb32.yaml", "train.no_decay") == ["norm", "bias"] and value("msrvtt/clip4clip_meanP_vitb32.yaml", "train.no_decay") == ["bias"]
+    assert value("msrvtt/stan_vitb32.yaml", "train.no_decay") == ["norm", "bias"] and value(
+        "msrvtt/clip4clip_meanP_vitb32.yaml", "train.no_decay"
+    ) == ["bias"]
     # the authors' CLIP baseline (clip_msrvtt_b32_hf.py), STAN post-pretraining and its fine-tuning, CLIP2Video's VATEX 1k5
-    assert value("msrvtt/clip_vitb32.yaml", "train.weight_decay") == 0.2 and value("msrvtt/clip_vitb32.yaml", "model.branch") == "none"
-    assert value("pretrain/stan_webvid_vitb32.yaml", "train.lr") == 4e-6 and value("pretrain/stan_webvid_vitb32.yaml", "data.num_frames") == 8
-    assert value("pretrain/stan_webvid_vitb32.yaml", "model.head") == "mean" and value("pretrain/stan_webvid_vitb32.yaml", "train.cosine_end") == 4
-    assert value("msrvtt/stan_vitb32_postpretrained.yaml", "model.init_from") == os.path.abspath("runs/pretrain_stan_webvid_vitb32/checkpoints/best")
+    assert (
+        value("msrvtt/clip_vitb32.yaml", "train.weight_decay") == 0.2
+        and value("msrvtt/clip_vitb32.yaml", "model.branch") == "none"
+    )
+    assert (
+        value("pretrain/stan_webvid_vitb32.yaml", "train.lr") == 4e-6
+        and value("pretrain/stan_webvid_vitb32.yaml", "data.num_frames") == 8
+    )
+    assert (
+        value("pretrain/stan_webvid_vitb32.yaml", "model.head") == "mean"
+        and value("pretrain/stan_webvid_vitb32.yaml", "train.cosine_end") == 4
+    )
+    assert value("msrvtt/stan_vitb32_postpretrained.yaml", "model.init_from") == os.path.abspath(
+        "runs/pretrain_stan_webvid_vitb32/checkpoints/best"
+    )
     assert value("vatex/clip2video_1k5_vitb32.yaml", "data.test_ann").endswith("test1k5_sec_list.txt")
     assert value("vatex/clip2video_1k5_vitb32.yaml", "data.val_ann") is None

@@ -18,7 +18,9 @@ from mugstan.models import build_model
 def test_every_training_attention_is_sdpa(head, expected):
     torch.manual_seed(0)
     branch = "stan" if head == "mean" else "none"
-    model = build_model(ModelConfig(backbone="mugstan-tiny", branch=branch, head=head, seq_layers=1, stan=STANConfig(depth=2)))
+    model = build_model(
+        ModelConfig(backbone="mugstan-tiny", branch=branch, head=head, seq_layers=1, stan=STANConfig(depth=2))
+    )
     model.train()
     ids, mask = model.tokenize(["a cat", "a dog"])
     with profile() as prof:  # mugstan-tiny: 4 vision blocks, 2 text blocks; STAN depth 2: 2 spatial + 2 temporal

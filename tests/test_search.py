@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
+from data_fixtures import write_audio_only
 
 from mugstan.cli import main as cli
 from mugstan.config import load_config
@@ -28,8 +29,6 @@ from mugstan.data.synthetic import COLORS, SynthParams, generate, render_clip, w
 from mugstan.engine.train import train
 from mugstan.search.index import build_index, find_videos, windows
 from mugstan.search.query import FAISS_FROM, Searcher, choose_backend, faiss_index, faiss_ivf_index, top_k_exact
-
-from data_fixtures import write_audio_only
 
 
 @pytest.fixture(scope="module")
@@ -43,24 +42,56 @@ def trained(tmp_path_factory):
     # workers, as decoding takes most of a step (half the time of num_workers=0, same weights).
     cfg = {
         "name": "search_test",
-        "model": {"backbone": "mugstan-tiny", "pretrained": None, "branch": "none", "head": "meanP", "context_length": 16},
-        "data": {"dataset": "jsonl", "root": str(data), "train_ann": str(data / "train.jsonl"), "num_frames": 4,
-                 "image_size": 32, "crop_scale": [1.0, 1.0], "num_workers": 2},
-        "train": {"output_dir": str(root / "run"), "seed": 0, "epochs": 4, "batch_size": 32, "lr": 1e-3, "new_module_lr_mult": 1.0,
-                  "weight_decay": 0.1, "warmup": 0.1, "grad_clip": 5.0, "precision": "fp32", "log_every": 1000},
+        "model": {
+            "backbone": "mugstan-tiny",
+            "pretrained": None,
+            "branch": "none",
+            "head": "meanP",
+            "context_length": 16,
+        },
+        "data": {
+            "dataset": "jsonl",
+            "root": str(data),
+            "train_ann": str(data / "train.jsonl"),
+            "num_frames": 4,
+            "image_size": 32,
+            "crop_scale": [1.0, 1.0],
+            "num_workers": 2,
+        },
+        "train": {
+            "output_dir": str(root / "run"),
+            "seed": 0,
+            "epochs": 4,
+            "batch_size": 32,
+            "lr": 1e-3,
+            "new_module_lr_mult": 1.0,
+            "weight_decay": 0.1,
+            "warmup": 0.1,
+            "grad_clip": 5.0,
+            "precision": "fp32",
+            "log_every": 1000,
+        },
     }
     (root / "train.yaml").write_text(yaml.safe_dump(cfg))
     train(load_config(root / "train.yaml"), progress=False)
     test = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
-    return SimpleNamespace(root=root, checkpoint=root / "run" / "checkpoints" / "best", videos=data / "videos" / "test",
-                           paths=[Path(r["video"]).name for r in test], captions=[r["caption"] for r in test])
+    return SimpleNamespace(
+        root=root,
+        checkpoint=root / "run" / "checkpoints" / "best",
+        videos=data / "videos" / "test",
+        paths=[Path(r["video"]).name for r in test],
+        captions=[r["caption"] for r in test],
+    )
 
 
 @pytest.fixture(scope="module")
 def test_index(trained):
     """The 60 test videos indexed through the CLI."""
     out = trained.root / "test_index"
-    assert cli(["index", str(trained.videos), "--checkpoint", str(trained.checkpoint), "--out", str(out), "--no-progress"]) == 0
+    assert (
+        cli(["index", str(trained.videos), "--checkpoint", str(trained.checkpoint), "--out", str(out), "--no-progress"])
+        == 0
+    )
     return out
 
 
@@ -68,8 +99,12 @@ def test_index(trained):
 def long_video(tmp_path_factory) -> Path:
     """A 20 s, 32x32, 8 fps video: a red square moving left for 10 s, then a blue one."""
     params = SynthParams(frames=80, size=32)
-    frames = np.concatenate([render_clip(color, "square", ("left", "right"), params, np.random.default_rng(i))[0]
-                             for i, color in enumerate(["red", "blue"])])
+    frames = np.concatenate(
+        [
+            render_clip(color, "square", ("left", "right"), params, np.random.default_rng(i))[0]
+            for i, color in enumerate(["red", "blue"])
+        ]
+    )
     path = tmp_path_factory.mktemp("long") / "long.mp4"
     write_video(path, frames)
     return path
@@ -148,7 +183,9 @@ def test_search_finds_the_right_test_video(trained, test_index):
         color = next(c for c in COLORS if c in caption)
         same_color.extend(color in trained.captions[trained.paths.index(r["path"])] for r in results[:5])
     recall, color_precision = np.mean(found), np.mean(same_color)
-    print(f"right video in the top {k}: {recall:.1%} of {len(found)} test captions; top-5 results of the caption's colour: {color_precision:.1%}")
+    print(
+        f"right video in the top {k}: {recall:.1%} of {len(found)} test captions; top-5 results of the caption's colour: {color_precision:.1%}"
+    )
     # Chance: the right video in the top 10 of 60 for 10 / 60 = 17% of the captions; a result of
     # the caption's colour 9 / 59 = 15% of the time (10 videos per colour, one per motion). This
     # model learns colour in its 80 steps (shape and motion take far longer): measured 81.7% (49 of
@@ -169,12 +206,27 @@ def test_incremental_update_and_report(trained, tmp_path):
     assert counts == {"added": 6, "kept": 0, "removed": 0, "failed": 3, "noted": 0, "rows": 6}
     report = {r["path"]: r["reason"] for r in json.loads((out / "report.json").read_text())}
     assert set(report) == {"broken.mp4", "empty.mkv", "sub/audio.mp4"}
-    assert "cannot be opened" in report["broken.mp4"] and "empty" in report["empty.mkv"] and "no video stream" in report["sub/audio.mp4"]
+    assert (
+        "cannot be opened" in report["broken.mp4"]
+        and "empty" in report["empty.mkv"]
+        and "no video stream" in report["sub/audio.mp4"]
+    )
 
     # readable without mugstan: numpy + json
-    emb, items, meta = np.load(out / "embeddings.npy"), json.loads((out / "items.json").read_text()), json.loads((out / "index.json").read_text())
+    emb, items, meta = (
+        np.load(out / "embeddings.npy"),
+        json.loads((out / "items.json").read_text()),
+        json.loads((out / "index.json").read_text()),
+    )
     assert emb.shape == (6, 64) and emb.dtype == np.float32 and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
-    assert {it["path"] for it in items} == {"00000.mp4", "00001.mp4", "00002.mp4", "00003.mp4", "sub/deeper/00004.mp4", "sub/deeper/00005.mp4"}
+    assert {it["path"] for it in items} == {
+        "00000.mp4",
+        "00001.mp4",
+        "00002.mp4",
+        "00003.mp4",
+        "sub/deeper/00004.mp4",
+        "sub/deeper/00005.mp4",
+    }
     assert all(items[row]["path"] == path for path, f in meta["files"].items() for row in f["rows"])
     before = {it["path"]: emb[i] for i, it in enumerate(items)}
 
@@ -205,7 +257,10 @@ def test_long_video_is_indexed_as_windows(trained, long_video, tmp_path):
     assert [(it["start"], it["end"]) for it in items] == [(0.0, 8.0), (4.0, 12.0), (8.0, 16.0), (12.0, 20.0)]
     # Each window is embedded from its own frames: red for the first 10 s, blue after.
     searcher = Searcher(tmp_path / "index")
-    red, blue = ({(r["start"], r["end"]): r["score"] for r in searcher.search(f"a {c} square moves left", 4)} for c in ("red", "blue"))
+    red, blue = (
+        {(r["start"], r["end"]): r["score"] for r in searcher.search(f"a {c} square moves left", 4)}
+        for c in ("red", "blue")
+    )
     assert red[0.0, 8.0] > red[12.0, 20.0] and blue[12.0, 20.0] > blue[0.0, 8.0], (red, blue)
 
 
@@ -218,13 +273,19 @@ def test_auto_backend_is_exact_for_small_indexes_and_faiss_for_large_ones():
 def test_exact_and_faiss_agree(trained, test_index):
     pytest.importorskip("faiss", reason="faiss-cpu (the `search` extra) is not installed")
     # faiss-ivf searching all of its lists is exact too; with fewer it is approximate
-    exact, flat, ivf = Searcher(test_index), Searcher(test_index, backend="faiss"), Searcher(test_index, backend="faiss-ivf", nprobe=1000)
+    exact, flat, ivf = (
+        Searcher(test_index),
+        Searcher(test_index, backend="faiss"),
+        Searcher(test_index, backend="faiss-ivf", nprobe=1000),
+    )
     for q in trained.captions[::23]:
         a = exact.search(q, 10)
         for b in (flat.search(q, 10), ivf.search(q, 10)):
             assert [r["path"] for r in a] == [r["path"] for r in b]
             np.testing.assert_allclose([r["score"] for r in a], [r["score"] for r in b], atol=2e-4)
-    assert 1 <= len(Searcher(test_index, backend="faiss-ivf").search(trained.captions[0], 10)) <= 10  # default nprobe: 1/8 of the lists
+    assert (
+        1 <= len(Searcher(test_index, backend="faiss-ivf").search(trained.captions[0], 10)) <= 10
+    )  # default nprobe: 1/8 of the lists
 
     g = np.random.default_rng(0)
     emb = g.standard_normal((20_000, 64)).astype(np.float32)
@@ -269,7 +330,9 @@ def test_mismatched_model_or_folder_is_refused(trained, test_index, tmp_path):
         build_index(trained.videos, other, test_index, progress=False)
     with pytest.raises(ValueError, match="index into a new folder"):
         build_index(tmp_path, trained.checkpoint, test_index, progress=False)
-    Searcher(test_index, checkpoint=str(shutil.copytree(trained.checkpoint, tmp_path / "moved")))  # a copy is the same model
+    Searcher(
+        test_index, checkpoint=str(shutil.copytree(trained.checkpoint, tmp_path / "moved"))
+    )  # a copy is the same model
 
 
 def test_search_cli(trained, test_index, capsys):
@@ -333,17 +396,39 @@ def test_server_security(served):
     for ok in ["00001.mp4", "sub/00004.mp4", "inside_link.mp4"]:
         r = client.get("/media/" + ok)
         assert r.status_code == 200 and r.content[4:8] == b"ftyp", ok
-    bad = ["00002.mp4", "outside_link.mp4", "..%2Fsecret.mp4", "%2e%2e/secret.mp4", "%2E%2E%2Fsecret.mp4", "%252e%252e/secret.mp4",
-           "sub/..%2F..%2Fsecret.mp4", "/etc/passwd", "%2Fetc%2Fpasswd", str(tmp / "secret.mp4"), "", "sub", "sub/",
-           "00001.mp4%00", "00001.mp4/", "sub//00004.mp4"]
+    bad = [
+        "00002.mp4",
+        "outside_link.mp4",
+        "..%2Fsecret.mp4",
+        "%2e%2e/secret.mp4",
+        "%2E%2E%2Fsecret.mp4",
+        "%252e%252e/secret.mp4",
+        "sub/..%2F..%2Fsecret.mp4",
+        "/etc/passwd",
+        "%2Fetc%2Fpasswd",
+        str(tmp / "secret.mp4"),
+        "",
+        "sub",
+        "sub/",
+        "00001.mp4%00",
+        "00001.mp4/",
+        "sub//00004.mp4",
+    ]
     for path in bad:
         r = client.get("/media/" + path)
         assert r.status_code == 404 and secret not in r.content, (path, r.status_code)
     for path in ["/static/", "/static/index.html", "/index.html", "/docs", "/openapi.json", "/media"]:
         assert client.get(path).status_code == 404, path
 
-    for params in [{"q": "x" * 501}, {"q": "a red circle", "k": 0}, {"q": "a red circle", "k": 101}, {"q": "a red circle", "k": "ten"},
-                   {"q": "   "}, {"q": ""}, {}]:
+    for params in [
+        {"q": "x" * 501},
+        {"q": "a red circle", "k": 0},
+        {"q": "a red circle", "k": 101},
+        {"q": "a red circle", "k": "ten"},
+        {"q": "   "},
+        {"q": ""},
+        {},
+    ]:
         assert client.get("/api/search", params=params).status_code == 422, params
     ok = client.get("/api/search", params={"q": "a red circle moves left", "k": 100})
     assert ok.status_code == 200 and len(ok.json()["results"]) == 6  # k is capped by the index size
@@ -351,8 +436,16 @@ def test_server_security(served):
 
     with live_server(app) as port:  # un-normalised paths, byte for byte, through a real server
         assert raw_get(port, "/media/00001.mp4")[0] == 200
-        for raw in ["/media/../secret.mp4", "/media/sub/../../secret.mp4", "/media/./00002.mp4", "/media/%2e%2e/secret.mp4",
-                    "/media/..%2fsecret.mp4", "/media/" + str(tmp / "secret.mp4"), "/media/..\\secret.mp4", "/../secret.mp4"]:
+        for raw in [
+            "/media/../secret.mp4",
+            "/media/sub/../../secret.mp4",
+            "/media/./00002.mp4",
+            "/media/%2e%2e/secret.mp4",
+            "/media/..%2fsecret.mp4",
+            "/media/" + str(tmp / "secret.mp4"),
+            "/media/..\\secret.mp4",
+            "/../secret.mp4",
+        ]:
             status, body = raw_get(port, raw)
             assert status in (400, 404) and secret not in body, (raw, status)
 
@@ -372,7 +465,9 @@ def test_page_in_headless_chromium(trained, long_video, tmp_path):
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    playwright = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed (pip install -e '.[dev]')")
+    playwright = pytest.importorskip(
+        "playwright.sync_api", reason="the playwright Python package is not installed (pip install -e '.[dev]')"
+    )
     from mugstan.search.server import create_app
 
     # 8 short videos with names that are HTML, and the 20 s video: 12 windows, all shown.
@@ -382,7 +477,10 @@ def test_page_in_headless_chromium(trained, long_video, tmp_path):
     build_index(work, trained.checkpoint, tmp_path / "index", progress=False)
     query = 'a red square moves left <img src=x onerror="window.pwned=1">'
     with live_server(create_app(Searcher(tmp_path / "index"))) as port, playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 900})
             errors = []
@@ -400,12 +498,22 @@ def test_page_in_headless_chromium(trained, long_video, tmp_path):
             assert all("score" in t for t in texts)
             assert page.inner_text(".result:first-child .meta").startswith("#1 \u00b7 score")
             # Every video plays its own window: the 4 windows of long.mp4 included.
-            page.wait_for_function("""() => [...document.querySelectorAll('.result')].every(card => {
+            page.wait_for_function(
+                """() => [...document.querySelectorAll('.result')].every(card => {
                 const v = card.querySelector('video');
                 return v.readyState >= 2 && !v.paused && v.currentTime >= +card.dataset.start - 0.05 && v.currentTime <= +card.dataset.end + 0.3;
-            })""", timeout=20_000)
-            windows_shown = page.eval_on_selector_all(".result", "els => els.map(e => [e.dataset.start, e.dataset.end])")
-            assert sorted(w for w in windows_shown if w != ["0", "1"]) == [["0", "8"], ["12", "20"], ["4", "12"], ["8", "16"]]
+            })""",
+                timeout=20_000,
+            )
+            windows_shown = page.eval_on_selector_all(
+                ".result", "els => els.map(e => [e.dataset.start, e.dataset.end])"
+            )
+            assert sorted(w for w in windows_shown if w != ["0", "1"]) == [
+                ["0", "8"],
+                ["12", "20"],
+                ["4", "12"],
+                ["8", "16"],
+            ]
             assert not errors, errors
             shot = tmp_path / "search_page.png"
             page.screenshot(path=str(shot), full_page=True)

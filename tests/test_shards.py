@@ -70,9 +70,16 @@ def test_a_hand_built_video2dataset_shard_trains_with_broken_samples_skipped(tmp
             tar.addfile(info, io.BytesIO(payload))
     whole = shards[2].read_bytes()
     shards[2].write_bytes(whole[:len(whole) // 2 + 700])
-    cfg = load_config(shard_config(tmp_path / "c.yaml", str(tmp_path / "shards" / "{00000..00005}.tar"), tmp_path / "run",
-                                   epoch_samples=24, shuffle_buffer=50),
-                      ["train.max_steps=6"])
+    cfg = load_config(
+        shard_config(
+            tmp_path / "c.yaml",
+            str(tmp_path / "shards" / "{00000..00005}.tar"),
+            tmp_path / "run",
+            epoch_samples=24,
+            shuffle_buffer=50,
+        ),
+        ["train.max_steps=6"],
+    )
     results = train(cfg, progress=False)
     assert results["steps"] == 6
     events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -98,7 +105,10 @@ def test_a_missing_shard_or_an_unreachable_url_is_one_error_line(tmp_path, data,
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: data.shards: shard pipe:cat /nowhere/00000.tar") and "\n" not in err
     with pytest.raises(ShardError, match="data.epoch_samples is not set"):
-        train(load_config(pipe, ["data.shards=" + str(tmp_path / "shards" / "00000.tar"), "data.epoch_samples=null"]), progress=False)
+        train(
+            load_config(pipe, ["data.shards=" + str(tmp_path / "shards" / "00000.tar"), "data.epoch_samples=null"]),
+            progress=False,
+        )
 
 
 def test_data_shard_writes_shards_that_tar_and_webdataset_read_and_resumes(tmp_path, data, capsys):
@@ -116,8 +126,13 @@ def test_data_shard_writes_shards_that_tar_and_webdataset_read_and_resumes(tmp_p
     names = sorted(p.name for p in out.glob("*.tar"))
     assert names == [s["name"] for s in manifest["shards"]] == [f"{i:05d}.tar" for i in range(5)]
     assert [s["samples"] for s in manifest["shards"]] == [5, 5, 5, 5, 4] and manifest["samples"] == 24
-    listing = subprocess.run(["tar", "-tf", str(out / "00000.tar")], capture_output=True, text=True, check=True).stdout.split()
-    assert listing[:4] == ["000000000.mp4", "000000000.json", "000000001.mp4", "000000001.json"] and "000000001.txt" in listing
+    listing = subprocess.run(
+        ["tar", "-tf", str(out / "00000.tar")], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert (
+        listing[:4] == ["000000000.mp4", "000000000.json", "000000001.mp4", "000000001.json"]
+        and "000000001.txt" in listing
+    )
     samples = list(wds.WebDataset(str(out / "{00000..00004}.tar"), shardshuffle=False))
     assert len(samples) == 24 and samples[1]["txt"] == b"a caption beside its video"
     assert samples[3]["mp4"] == (videos / "00003.mp4").read_bytes()
@@ -142,8 +157,26 @@ def test_data_shard_writes_shards_that_tar_and_webdataset_read_and_resumes(tmp_p
 
     # a dataset split from a config, re-encoded on the way in: captions, labels and all-intra frames
     cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run")
-    assert main(["data", "shard", str(cfg), str(tmp_path / "cfg"), "--shard-size", "100", "--compress", "--fps", "4",
-                 "--short-side", "32", "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "shard",
+                str(cfg),
+                str(tmp_path / "cfg"),
+                "--shard-size",
+                "100",
+                "--compress",
+                "--fps",
+                "4",
+                "--short-side",
+                "32",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
     [sample, *_] = list(wds.WebDataset(str(tmp_path / "cfg" / "00000.tar"), shardshuffle=False))
     meta = json.loads(sample["json"])
@@ -160,8 +193,14 @@ def test_processes_and_workers_read_disjoint_shards_and_uneven_shards_give_every
     from mugstan.data.datasets.shards import ShardStream
 
     shards = write_shards(data, tmp_path / "shards", per_shard=5)  # 24 samples: 5, 5, 5, 5 and 4
-    cfg = DataConfig(dataset="webdataset", shards=str(tmp_path / "shards" / "{00000..00004}.tar"), epoch_samples=20,
-                     shuffle_buffer=3, num_frames=2, image_size=16)
+    cfg = DataConfig(
+        dataset="webdataset",
+        shards=str(tmp_path / "shards" / "{00000..00004}.tar"),
+        epoch_samples=20,
+        shuffle_buffer=3,
+        num_frames=2,
+        image_size=16,
+    )
     streams = [ShardStream(cfg, batch_size=4, world=2, rank=r, seed=1) for r in range(2)]
     for epoch in (0, 1):
         for s in streams:
@@ -169,7 +208,9 @@ def test_processes_and_workers_read_disjoint_shards_and_uneven_shards_give_every
         # 2 processes x 2 loader workers: 4 readers, 5 shards; every shard read by exactly one
         dealt = [streams[r].shards_of(r * 2 + w, 4) for r in range(2) for w in range(2)]
         assert sorted(sum(dealt, [])) == sorted(map(str, shards)) and all(dealt)
-    assert streams[0].shards_of(0, 4) != ShardStream(cfg, batch_size=4, world=2, rank=0, seed=1).shards_of(0, 4)  # dealt anew each epoch
+    assert streams[0].shards_of(0, 4) != ShardStream(cfg, batch_size=4, world=2, rank=0, seed=1).shards_of(
+        0, 4
+    )  # dealt anew each epoch
     # one loader worker each: rank 0 reads 3 shards (14 or 15 samples), rank 1 two (9 or 10): both make 5 steps of 2
     for s in streams:
         s.set_epoch(0)
@@ -193,7 +234,9 @@ def cli(args, **kw):
 
 
 def losses(out: Path) -> list[float]:
-    return [r["train/loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r]
+    return [
+        r["train/loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r
+    ]
 
 
 def test_sigkill_then_resume_on_shards_ends_with_the_same_weights(tmp_path, data):
@@ -215,8 +258,12 @@ def test_sigkill_then_resume_on_shards_ends_with_the_same_weights(tmp_path, data
     full = cli(["train", str(configs["full"]), "--no-progress"])
     assert full.returncode == 0, full.stderr[-2000:]
 
-    proc = subprocess.Popen([sys.executable, "-m", "mugstan.cli", "train", str(configs["killed"]), "--no-progress"], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mugstan.cli", "train", str(configs["killed"]), "--no-progress"],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state = tmp_path / "killed" / "checkpoints" / "last" / "state.pt"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -243,7 +290,11 @@ def test_sigkill_then_resume_on_shards_ends_with_the_same_weights(tmp_path, data
         assert torch.equal(a[k], b[k]), k
     assert losses(tmp_path / "killed") == losses(tmp_path / "full")
     full_results = json.loads((tmp_path / "full" / "results.json").read_text())
-    assert full_results["skipped_videos"] == json.loads((tmp_path / "killed" / "results.json").read_text())["skipped_videos"] >= 1
+    assert (
+        full_results["skipped_videos"]
+        == json.loads((tmp_path / "killed" / "results.json").read_text())["skipped_videos"]
+        >= 1
+    )
 
 
 def free_port() -> int:
@@ -262,14 +313,57 @@ def test_two_nodes_on_loopback_train_to_the_weights_of_one_node_with_two_process
     one = shard_config(tmp_path / "one.yaml", pattern, tmp_path / "one", epoch_samples=12)
     two = shard_config(tmp_path / "two.yaml", pattern, tmp_path / "two", epoch_samples=12)
     torchrun = [sys.executable, "-m", "torch.distributed.run"]
-    single = subprocess.run([*torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-                             "-m", "mugstan.cli", "train", str(one), "--no-progress"], env=ENV, capture_output=True, text=True, timeout=600)
+    single = subprocess.run(
+        [
+            *torchrun,
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "mugstan.cli",
+            "train",
+            str(one),
+            "--no-progress",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     port = free_port()
-    nodes = [subprocess.Popen([*torchrun, "--nnodes", "2", "--node_rank", str(n), "--nproc_per_node", "1", "--rdzv_backend", "c10d",
-                               "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "mugstan-test", "-m", "mugstan.cli", "train",
-                               str(two), "--no-progress"], env={**ENV, "GLOO_SOCKET_IFNAME": "lo"}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for n in (0, 1)]
+    nodes = [
+        subprocess.Popen(
+            [
+                *torchrun,
+                "--nnodes",
+                "2",
+                "--node_rank",
+                str(n),
+                "--nproc_per_node",
+                "1",
+                "--rdzv_backend",
+                "c10d",
+                "--rdzv_endpoint",
+                f"127.0.0.1:{port}",
+                "--rdzv_id",
+                "mugstan-test",
+                "-m",
+                "mugstan.cli",
+                "train",
+                str(two),
+                "--no-progress",
+            ],
+            env={**ENV, "GLOO_SOCKET_IFNAME": "lo"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in (0, 1)
+    ]
     outputs = [node.communicate(timeout=600) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], [err[-3000:] for _, err in outputs]
     assert any("on 2 process(es)" in out for out, _ in outputs)
@@ -286,21 +380,33 @@ def test_evaluation_from_test_shards_equals_the_folder_and_epoch_samples_come_fr
     from mugstan.models import build_model
 
     rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
-    first = [r["caption"] if isinstance(r["caption"], str) else r["caption"][0] for r in rows]  # a shard holds one caption
+    first = [
+        r["caption"] if isinstance(r["caption"], str) else r["caption"][0] for r in rows
+    ]  # a shard holds one caption
     (tmp_path / "test1.jsonl").write_text("".join(json.dumps({**r, "caption": c}) + "\n" for r, c in zip(rows, first)))
     shards = write_shards(data, tmp_path / "test_shards", per_shard=3, ann="test.jsonl")
-    folder = load_config(write_config(tmp_path / "f.yaml", data, tmp_path / "run"), [f"data.test_ann={tmp_path / 'test1.jsonl'}"])
+    folder = load_config(
+        write_config(tmp_path / "f.yaml", data, tmp_path / "run"), [f"data.test_ann={tmp_path / 'test1.jsonl'}"]
+    )
     torch.manual_seed(0)
     model = build_model(folder.model).eval()
-    streamed = load_config(shard_config(tmp_path / "s.yaml", str(tmp_path / "test_shards" / "00000.tar"), tmp_path / "run",
-                                        test_shards=f"pipe:cat {tmp_path / 'test_shards'}/{{00000..{len(shards) - 1:05d}}}.tar"))
+    streamed = load_config(
+        shard_config(
+            tmp_path / "s.yaml",
+            str(tmp_path / "test_shards" / "00000.tar"),
+            tmp_path / "run",
+            test_shards=f"pipe:cat {tmp_path / 'test_shards'}/{{00000..{len(shards) - 1:05d}}}.tar",
+        )
+    )
     a, b = evaluate(model, folder, "test", progress=False), evaluate(model, streamed, "test", progress=False)
     assert a["counts"] == b["counts"] and a["counts"]["videos"] == len(rows)
     assert a["retrieval"] == b["retrieval"]
 
     for shard in shards:  # video2dataset / img2dataset count each shard's samples in SHARD_stats.json
         shard.with_name(shard.stem + "_stats.json").write_text(json.dumps({"count": 3, "successes": 2}))
-    cfg = DataConfig(dataset="webdataset", shards=str(tmp_path / "test_shards" / f"{{00000..{len(shards) - 1:05d}}}.tar"))
+    cfg = DataConfig(
+        dataset="webdataset", shards=str(tmp_path / "test_shards" / f"{{00000..{len(shards) - 1:05d}}}.tar")
+    )
     assert ShardStream(cfg, batch_size=2).epoch_samples == 2 * len(shards)
 
 
@@ -313,13 +419,23 @@ def test_recognition_trains_from_labelled_shards(tmp_path, data):
             info = tarfile.TarInfo("zz_nolabel.mp4")
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
-    cfg = load_config(shard_config(tmp_path / "c.yaml", str(tmp_path / "shards" / f"{{00000..{len(shards) - 1:05d}}}.tar"),
-                                   tmp_path / "run", epoch_samples=12, shuffle_buffer=1),
-                      ["model.task=recognition", "model.classifier=linear", "model.num_classes=10", "train.max_steps=3"])
+    cfg = load_config(
+        shard_config(
+            tmp_path / "c.yaml",
+            str(tmp_path / "shards" / f"{{00000..{len(shards) - 1:05d}}}.tar"),
+            tmp_path / "run",
+            epoch_samples=12,
+            shuffle_buffer=1,
+        ),
+        ["model.task=recognition", "model.classifier=linear", "model.num_classes=10", "train.max_steps=3"],
+    )
     results = train(cfg, progress=False)
     assert results["steps"] == 3
-    errors = [e["error"] for e in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
-              if e.get("event") == "skipped_video"]
+    errors = [
+        e["error"]
+        for e in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+        if e.get("event") == "skipped_video"
+    ]
     assert errors and all(".tar/zz_nolabel" in e and "no class label" in e for e in errors)
 
 
@@ -337,7 +453,9 @@ def test_shards_stream_over_http_as_from_disk(tmp_path, data):
         failures = []
         remote, local = list(read_shard(url, failures)), list(read_shard(str(shards[1]), []))
         assert not failures and len(remote) == len(local) == 6
-        assert [(r["__key__"], r["mp4"], r["txt"]) for r in remote] == [(r["__key__"], r["mp4"], r["txt"]) for r in local]
+        assert [(r["__key__"], r["mp4"], r["txt"]) for r in remote] == [
+            (r["__key__"], r["mp4"], r["txt"]) for r in local
+        ]
         from mugstan.data.datasets.shards import check_shards
 
         with pytest.raises(ShardError, match="data.shards: shard http://127.0.0.1:.*/00009.tar"):

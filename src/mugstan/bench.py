@@ -59,12 +59,25 @@ def pair_means(runs: list[dict], models: list[str]) -> list[dict]:
     for name in models:
         mine = [r["pair accuracy by motion"] for r in runs if r["name"] == name and "pair accuracy by motion" in r]
         if mine:
-            rows.append({"model": demo.LABELS[name], "seeds": len(mine), **{k: statistics.fmean(m[k] for m in mine) for k in mine[0]}})
+            rows.append(
+                {
+                    "model": demo.LABELS[name],
+                    "seeds": len(mine),
+                    **{k: statistics.fmean(m[k] for m in mine) for k in mine[0]},
+                }
+            )
     return rows
 
 
-def synthetic(out: Path, models: list[str], seeds: list[int], videos=None, quick: bool = False, progress: bool = True,
-              pretrain: bool = False) -> list[dict]:
+def synthetic(
+    out: Path,
+    models: list[str],
+    seeds: list[int],
+    videos=None,
+    quick: bool = False,
+    progress: bool = True,
+    pretrain: bool = False,
+) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "runs.jsonl"
     runs = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
@@ -80,12 +93,20 @@ def synthetic(out: Path, models: list[str], seeds: list[int], videos=None, quick
             print(f"\n--- seed {seed}: {demo.LABELS[name]} [{(time.time() - start) / 60:.1f} min]", flush=True)
             done = demo.finetune(name, prep, out / f"seed{seed}", seed, quick, progress)
             row = done["row"]
-            record = {"seed": seed, "name": name, **row, "pair accuracy by motion": done["details"]["pair_accuracy_by_motion"]}
+            record = {
+                "seed": seed,
+                "name": name,
+                **row,
+                "pair accuracy by motion": done["details"]["pair_accuracy_by_motion"],
+            }
             runs.append(record)
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            print(f"    t2v R@1 {row['t2v R@1']:.1f}, pair accuracy {row['pair accuracy']:.1f}, zero-shot motion top-1 "
-                  f"{row['zero-shot motion top-1']:.1f}", flush=True)
+            print(
+                f"    t2v R@1 {row['t2v R@1']:.1f}, pair accuracy {row['pair accuracy']:.1f}, zero-shot motion top-1 "
+                f"{row['zero-shot motion top-1']:.1f}",
+                flush=True,
+            )
     runs = [r for r in runs if r["seed"] in seeds and r["name"] in models]
     rows = aggregate(runs, models)
     meta = json.loads(next((out / f"seed{seeds[0]}").glob("data_*/meta.json")).read_text())
@@ -95,12 +116,15 @@ def synthetic(out: Path, models: list[str], seeds: list[int], videos=None, quick
     if by_pair:
         keys = [k for k in by_pair[0] if k not in ("model", "seeds")]
         table += f"\n\npair accuracy by motion pair, mean over seeds:\n\n{demo.markdown_table(by_pair, keys)}"
-    header = (f"Synthetic temporal benchmark: mean ± std over seeds {', '.join(map(str, seeds))} "
-              f"({meta['counts']['test']} test videos; chance: t2v R@1 {chance['t2v R@1']:.1f}, pair accuracy 50, "
-              f"motion top-1 {chance['zero-shot motion top-1']:.0f})")
+    header = (
+        f"Synthetic temporal benchmark: mean ± std over seeds {', '.join(map(str, seeds))} "
+        f"({meta['counts']['test']} test videos; chance: t2v R@1 {chance['t2v R@1']:.1f}, pair accuracy 50, "
+        f"motion top-1 {chance['zero-shot motion top-1']:.0f})"
+    )
     (out / "summary.md").write_text(f"{header}\n\n{table}\n")
-    (out / "summary.json").write_text(json.dumps({"seeds": seeds, "chance": chance, "rows": rows,
-                                                  "pair_accuracy_by_motion": by_pair}, indent=2))
+    (out / "summary.json").write_text(
+        json.dumps({"seeds": seeds, "chance": chance, "rows": rows, "pair_accuracy_by_motion": by_pair}, indent=2)
+    )
     demo.bar_chart(rows, out / "summary.png", f"synthetic temporal benchmark, {len(seeds)} seed(s)", chance)
     print(f"\n{header}\n\n{table}\n\nwrote {out / 'summary.md'}, summary.json and summary.png")
     return rows
@@ -135,12 +159,20 @@ def detection(out: Path, seeds: list[int], videos=None, quick: bool = False, pro
     for name in DETECTION_MODELS:
         mine = [r for r in runs if r["name"] == name]
         values = [r["mAP@0.5"] for r in mine]
-        rows.append({"model": DETECTION_LABELS[name], "seeds": len(mine), "mAP@0.5": statistics.fmean(values),
-                     "mAP@0.5 std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                     "train seconds": statistics.fmean(r["train seconds"] for r in mine)})
+        rows.append(
+            {
+                "model": DETECTION_LABELS[name],
+                "seeds": len(mine),
+                "mAP@0.5": statistics.fmean(values),
+                "mAP@0.5 std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "train seconds": statistics.fmean(r["train seconds"] for r in mine),
+            }
+        )
         per_class[DETECTION_LABELS[name]] = mine[-1]["per_class"]
-    header = (f"Synthetic detection (AVA format, frame-mAP@0.5 over 10 motions, proposals): mean ± std over seeds "
-              f"{', '.join(map(str, seeds))}; per-class AP of seed {seeds[-1]}")
+    header = (
+        f"Synthetic detection (AVA format, frame-mAP@0.5 over 10 motions, proposals): mean ± std over seeds "
+        f"{', '.join(map(str, seeds))}; per-class AP of seed {seeds[-1]}"
+    )
     text = f"{header}\n\n{markdown(rows, per_class)}\n"
     (out / "detection.md").write_text(text)
     (out / "detection.json").write_text(json.dumps({"seeds": seeds, "rows": rows, "per_class": per_class}, indent=2))
@@ -151,16 +183,28 @@ def detection(out: Path, seeds: list[int], videos=None, quick: bool = False, pro
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     syn = sub.add_parser("synthetic", help="every temporal module and head on the synthetic benchmark, several seeds")
-    syn.add_argument("--models", "--heads", nargs="+", default=list(demo.ALL_MODELS), choices=list(demo.ALL_MODELS),
-                     help="configs/synthetic/ runs to compare (default: all)")
+    syn.add_argument(
+        "--models",
+        "--heads",
+        nargs="+",
+        default=list(demo.ALL_MODELS),
+        choices=list(demo.ALL_MODELS),
+        help="configs/synthetic/ runs to compare (default: all)",
+    )
     syn.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="data and training seeds (default: 0 1 2)")
     syn.add_argument("--out", default="bench_synthetic", help="output folder (default: %(default)s)")
     syn.add_argument("--videos", type=int, default=None, help="training videos per seed (default 600)")
     syn.add_argument("--quick", action="store_true", help="tiny sizes: checks every stage, numbers mean nothing")
-    syn.add_argument("--detection", action="store_true",
-                     help="the detection comparison instead (STAN vs the order-blind baseline on the synthetic AVA-format set)")
-    syn.add_argument("--pretrain", action="store_true",
-                     help="pretrain the small CLIP on each seed's stills instead of taking the packaged one (synthetic only)")
+    syn.add_argument(
+        "--detection",
+        action="store_true",
+        help="the detection comparison instead (STAN vs the order-blind baseline on the synthetic AVA-format set)",
+    )
+    syn.add_argument(
+        "--pretrain",
+        action="store_true",
+        help="pretrain the small CLIP on each seed's stills instead of taking the packaged one (synthetic only)",
+    )
     syn.add_argument("--no-progress", action="store_true", help="no progress bars (stage lines and tables only)")
 
 

@@ -75,16 +75,25 @@ class Decoding:
         if self.generation not in GENERATIONS:
             raise ArgumentError(f"--generation {self.generation}: must be one of {', '.join(GENERATIONS)}")
         if not 1 <= self.min_seq_len < self.seq_len:
-            raise ArgumentError(f"--seq-len {self.seq_len} and --min-seq-len {self.min_seq_len}: need 1 <= min-seq-len < seq-len")
+            raise ArgumentError(
+                f"--seq-len {self.seq_len} and --min-seq-len {self.min_seq_len}: need 1 <= min-seq-len < seq-len"
+            )
         if context is not None and self.seq_len > context + 1:
-            raise ArgumentError(f"--seq-len {self.seq_len}: at most {context + 1} (CoCa's decoder reads at most {context} tokens)")
-        if self.generation == "beam_search" and not (self.num_beams > 1 and self.num_beam_groups >= 1
-                                                     and self.num_beams % self.num_beam_groups == 0):
-            raise ArgumentError(f"--num-beams {self.num_beams} --num-beam-groups {self.num_beam_groups}: beam search needs "
-                                "more than one beam, in groups that divide them")
+            raise ArgumentError(
+                f"--seq-len {self.seq_len}: at most {context + 1} (CoCa's decoder reads at most {context} tokens)"
+            )
+        if self.generation == "beam_search" and not (
+            self.num_beams > 1 and self.num_beam_groups >= 1 and self.num_beams % self.num_beam_groups == 0
+        ):
+            raise ArgumentError(
+                f"--num-beams {self.num_beams} --num-beam-groups {self.num_beam_groups}: beam search needs "
+                "more than one beam, in groups that divide them"
+            )
         if self.top_k < 1 or not 0.0 <= self.top_p <= 1.0 or self.temperature <= 0 or self.repetition_penalty <= 0:
-            raise ArgumentError(f"--top-k {self.top_k} must be at least 1, --top-p {self.top_p} in [0, 1], --temperature "
-                                f"{self.temperature} and --repetition-penalty {self.repetition_penalty} positive")
+            raise ArgumentError(
+                f"--top-k {self.top_k} must be at least 1, --top-p {self.top_p} in [0, 1], --temperature "
+                f"{self.temperature} and --repetition-penalty {self.repetition_penalty} positive"
+            )
 
 
 def video_encoder(model):
@@ -98,8 +107,10 @@ def visual_tokens(model, frames: torch.Tensor, frame_mask: torch.Tensor) -> torc
     model = video_encoder(model)
     backbone = model.backbone
     if not isinstance(backbone, CoCaBackbone):
-        raise MismatchError(f"captions need a CoCa backbone (model.backbone: coca_ViT-B-32, coca_ViT-L-14); this model's "
-                            f"backbone is {type(backbone).__name__}, which has no caption decoder")
+        raise MismatchError(
+            f"captions need a CoCa backbone (model.backbone: coca_ViT-B-32, coca_ViT-L-14); this model's "
+            f"backbone is {type(backbone).__name__}, which has no caption decoder"
+        )
     b, t = frame_mask.shape
     vision = backbone.encode_frames(frames.flatten(0, 1), taps=model.branch.taps)
     last = vision.last.view(b, t, -1, vision.last.shape[-1])  # [B, T, 1+P, D]
@@ -115,7 +126,9 @@ def process_logits(logits: torch.Tensor, ids: torch.Tensor, opts: Decoding) -> t
         logits[:, EOT_TOKEN] = float("-inf")
     if opts.repetition_penalty != 1.0:
         seen = logits.gather(1, ids)
-        logits = logits.scatter(1, ids, torch.where(seen < 0, seen * opts.repetition_penalty, seen / opts.repetition_penalty))
+        logits = logits.scatter(
+            1, ids, torch.where(seen < 0, seen * opts.repetition_penalty, seen / opts.repetition_penalty)
+        )
     return logits
 
 
@@ -178,14 +191,18 @@ def beam_search(backbone: CoCaBackbone, visual: torch.Tensor, opts: Decoding) ->
         # an EOT among the first G pairs closes its beam: hypothesis scored by the length with SOT and EOT
         closes = is_eot & (torch.arange(2 * g, device=device) < g) & ~done[:, None]
         new_score = torch.where(closes, top / (length + 1), float("-inf"))
-        new_ids = F.pad(ids.view(b, g, length).gather(1, source[..., None].expand(-1, -1, length)), (0, opts.seq_len - length))
+        new_ids = F.pad(
+            ids.view(b, g, length).gather(1, source[..., None].expand(-1, -1, length)), (0, opts.seq_len - length)
+        )
         merged_score, keep = torch.cat([hyp_score, new_score], 1).sort(dim=1, descending=True, stable=True)
         hyp_score, keep = merged_score[:, :g], keep[:, :g]
         hyp_ids = torch.cat([hyp_ids, new_ids], 1)[rows, keep]
         hyp_len = F.pad(hyp_len, (0, 2 * g), value=length).gather(1, keep)
         hyp_count = (hyp_count + closes.sum(1)).clamp(max=g)
         # the first G other pairs continue
-        pick = (is_eot.long() * 2 * g + torch.arange(2 * g, device=device)).argsort(dim=1)[:, :g]  # non-EOT first, by rank
+        pick = (is_eot.long() * 2 * g + torch.arange(2 * g, device=device)).argsort(dim=1)[
+            :, :g
+        ]  # non-EOT first, by rank
         beam_source = source.gather(1, pick)
         beam_token = token.gather(1, pick)
         best_attainable = top[:, 0] / (length + 1)
@@ -202,7 +219,7 @@ def beam_search(backbone: CoCaBackbone, visual: torch.Tensor, opts: Decoding) ->
     best = torch.cat([hyp_score, open_score], 1).argmax(dim=1)  # [B]
     chosen = torch.cat([hyp_ids, open_ids], 1)[torch.arange(b, device=device), best]
     lengths = F.pad(hyp_len, (0, g), value=length).gather(1, best[:, None])[:, 0]
-    return [seq[:n] for seq, n in zip(chosen.tolist(), lengths.tolist())]
+    return [seq[:n] for seq, n in zip(chosen.tolist(), lengths.tolist(), strict=True)]
 
 
 @torch.no_grad()
@@ -235,8 +252,15 @@ def can_caption(model) -> bool:
     return isinstance(video_encoder(model).backbone, CoCaBackbone)
 
 
-def caption_file(model, cfg, path, start: Optional[float] = None, end: Optional[float] = None, frames: Optional[int] = None,
-                 opts: Optional[Decoding] = None) -> str:
+def caption_file(
+    model,
+    cfg,
+    path,
+    start: Optional[float] = None,
+    end: Optional[float] = None,
+    frames: Optional[int] = None,
+    opts: Optional[Decoding] = None,
+) -> str:
     """Caption the window [start, end] seconds (default: all) of a video file, its frames sampled and
     transformed as evaluation does (``cfg``: the checkpoint's ExperimentConfig, None for a converted
     file). ``VideoError`` for a file that cannot be decoded."""
@@ -247,27 +271,65 @@ def caption_file(model, cfg, path, start: Optional[float] = None, end: Optional[
     device = encoder.logit_scale.log_scale.device
     data = cfg.data if cfg else DataConfig(image_size=encoder.backbone.image_size)
     reader = ClipReader(dataclasses.replace(data, test_clips=1, test_crops=1), train=False, num_frames=frames)
-    frames, mask = reader.read(Clip(str(Path(path).expanduser()), start, end), 0)  # [T, 3, S, S], [T] (False: fps padding)
+    frames, mask = reader.read(
+        Clip(str(Path(path).expanduser()), start, end), 0
+    )  # [T, 3, S, S], [T] (False: fps padding)
     return caption(model, frames.unsqueeze(0).to(device), mask.unsqueeze(0).to(device), opts)[0]
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     d = Decoding()
     parser.add_argument("videos", nargs="+", help="video files")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint of a model with a CoCa backbone (folder, .safetensors or hf-hub:org/name)")
-    parser.add_argument("--frames", type=int, default=None, help="frames per video (default: the checkpoint's test frames)")
-    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu", help="where the model runs: cpu, cuda, cuda:1, ... (default here: %(default)s; cuda wherever there is one)")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint of a model with a CoCa backbone (folder, .safetensors or hf-hub:org/name)",
+    )
+    parser.add_argument(
+        "--frames", type=int, default=None, help="frames per video (default: the checkpoint's test frames)"
+    )
+    parser.add_argument(
+        "--device",
+        type=device_arg,
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where the model runs: cpu, cuda, cuda:1, ... (default here: %(default)s; cuda wherever there is one)",
+    )
     opts = parser.add_argument_group("decoding (open_clip's CoCa.generate options and defaults)")
-    opts.add_argument("--generation", default=d.generation, choices=GENERATIONS, help=f"default {d.generation}; top_k with --top-k 1 is greedy")
-    opts.add_argument("--seq-len", type=int, default=d.seq_len, help=f"longest output in tokens, start and end tokens included (default {d.seq_len})")
-    opts.add_argument("--min-seq-len", type=int, default=d.min_seq_len, help=f"no end token before this length, start token included (default {d.min_seq_len})")
+    opts.add_argument(
+        "--generation",
+        default=d.generation,
+        choices=GENERATIONS,
+        help=f"default {d.generation}; top_k with --top-k 1 is greedy",
+    )
+    opts.add_argument(
+        "--seq-len",
+        type=int,
+        default=d.seq_len,
+        help=f"longest output in tokens, start and end tokens included (default {d.seq_len})",
+    )
+    opts.add_argument(
+        "--min-seq-len",
+        type=int,
+        default=d.min_seq_len,
+        help=f"no end token before this length, start token included (default {d.min_seq_len})",
+    )
     opts.add_argument("--num-beams", type=int, default=d.num_beams, help=f"beam search: beams (default {d.num_beams})")
-    opts.add_argument("--num-beam-groups", type=int, default=d.num_beam_groups,
-                      help=f"beam search: groups (default {d.num_beam_groups}; identical copies: the width is beams / groups)")
+    opts.add_argument(
+        "--num-beam-groups",
+        type=int,
+        default=d.num_beam_groups,
+        help=f"beam search: groups (default {d.num_beam_groups}; identical copies: the width is beams / groups)",
+    )
     opts.add_argument("--top-k", type=int, default=d.top_k, help=f"top_k sampling: tokens kept (default {d.top_k})")
-    opts.add_argument("--top-p", type=float, default=d.top_p, help=f"top_p sampling: probability kept (default {d.top_p})")
-    opts.add_argument("--temperature", type=float, default=d.temperature, help=f"sampling temperature (default {d.temperature})")
-    opts.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty, help=f"default {d.repetition_penalty} (none)")
+    opts.add_argument(
+        "--top-p", type=float, default=d.top_p, help=f"top_p sampling: probability kept (default {d.top_p})"
+    )
+    opts.add_argument(
+        "--temperature", type=float, default=d.temperature, help=f"sampling temperature (default {d.temperature})"
+    )
+    opts.add_argument(
+        "--repetition-penalty", type=float, default=d.repetition_penalty, help=f"default {d.repetition_penalty} (none)"
+    )
     opts.add_argument("--seed", type=int, default=d.seed, help=f"seed of the sampling draws (default {d.seed})")
 
 
@@ -277,15 +339,27 @@ def main(args: argparse.Namespace) -> int:
     from mugstan.data.video import probe
     from mugstan.engine.checkpoint import load_model
 
-    opts = Decoding(args.generation, args.seq_len, args.min_seq_len, args.num_beams, args.num_beam_groups, args.top_k,
-                    args.top_p, args.temperature, args.repetition_penalty, args.seed)
+    opts = Decoding(
+        args.generation,
+        args.seq_len,
+        args.min_seq_len,
+        args.num_beams,
+        args.num_beam_groups,
+        args.top_k,
+        args.top_p,
+        args.temperature,
+        args.repetition_penalty,
+        args.seed,
+    )
     opts.check()
     for path in args.videos:
         probe(Path(path).expanduser())
     model, cfg = load_model(args.checkpoint, torch.device(args.device))
     if not can_caption(model):
-        raise MismatchError(f"{args.checkpoint} has a {type(video_encoder(model).backbone).__name__}, which has no caption "
-                            "decoder; captions need a model with a CoCa backbone (model.backbone: coca_ViT-B-32, coca_ViT-L-14)")
+        raise MismatchError(
+            f"{args.checkpoint} has a {type(video_encoder(model).backbone).__name__}, which has no caption "
+            "decoder; captions need a model with a CoCa backbone (model.backbone: coca_ViT-B-32, coca_ViT-L-14)"
+        )
     opts.check(video_encoder(model).backbone.clip.text_decoder.context_length)
     for path in args.videos:
         print(f"{path}\t{caption_file(model, cfg, path, frames=args.frames, opts=opts)}", flush=True)

@@ -13,7 +13,9 @@ import argparse
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--all-tags", action="store_true", help="list every pretrained tag (default: the first few of each)")
+    parser.add_argument(
+        "--all-tags", action="store_true", help="list every pretrained tag (default: the first few of each)"
+    )
 
 
 def readable(config: dict) -> bool:
@@ -24,7 +26,9 @@ def readable(config: dict) -> bool:
         return False
     if "multimodal_cfg" in config:  # CoCa: one attentional pooler
         return bool(vision.get("attentional_pool")) and not vision.get("attn_pooler_queries_contrastive")
-    return not vision.get("attentional_pool") and vision.get("pool_type", "tok") == "tok" and not vision.get("no_ln_pre")
+    return (
+        not vision.get("attentional_pool") and vision.get("pool_type", "tok") == "tok" and not vision.get("no_ln_pre")
+    )
 
 
 def backbones() -> list[tuple[str, list[str]]]:
@@ -33,8 +37,11 @@ def backbones() -> list[tuple[str, list[str]]]:
 
     from mugstan.backbones.build import list_models
 
-    return [(name, open_clip.list_pretrained_tags_by_model(name)) for name in list_models()
-            if readable(open_clip.get_model_config(name) or {})]
+    return [
+        (name, open_clip.list_pretrained_tags_by_model(name))
+        for name in list_models()
+        if readable(open_clip.get_model_config(name) or {})
+    ]
 
 
 def choices(enum) -> list[tuple[str, str]]:
@@ -50,15 +57,24 @@ def main(args: argparse.Namespace) -> int:
 
     names = backbones()
     width = max(len(n) for n, _ in names) + 2
-    print("backbones (model.backbone; model.pretrained: one of its open_clip tags, downloaded once; or model.weights: a file)")
+    print(
+        "backbones (model.backbone; model.pretrained: one of its open_clip tags, downloaded once; "
+        "or model.weights: a file)"
+    )
     for name, tags in names:
         shown = tags if args.all_tags or len(tags) <= 4 else [*tags[:4], f"... ({len(tags)} tags; --all-tags)"]
         mine = "mugstan's own size: random initialisation or model.weights" if name.startswith("mugstan") else "no tags"
         print(f"  {name:<{width}}{', '.join(shown) if shown else mine}")
-    for title, key, enum in (("branches", "model.branch", Branch), ("heads", "model.head", Head), ("tasks", "model.task", Task)):
+    for title, key, enum in (
+        ("branches", "model.branch", Branch),
+        ("heads", "model.head", Head),
+        ("tasks", "model.task", Task),
+    ):
         print(f"{title} ({key})")
         for value, doc in choices(enum):
             print(f"  {value:<{width}}{doc}")
-    print("STAN = branch stan + head mean; Mug-STAN = branch stan + head mug; CLIP4Clip = branch none + head meanP or "
-          "seqTransf; CLIP2Video = branch none + head tdb_tab (docs/models.md)")
+    print(
+        "STAN = branch stan + head mean; Mug-STAN = branch stan + head mug; CLIP4Clip = branch none + head meanP or "
+        "seqTransf; CLIP2Video = branch none + head tdb_tab (docs/models.md)"
+    )
     return 0

@@ -33,8 +33,14 @@ if "OMP_WAIT_POLICY" not in os.environ:
 COMMANDS = {
     "demo": ("mugstan.demo", "run the built-in synthetic benchmark end to end (no downloads)"),
     "train": ("mugstan.engine.train", "train a model from a YAML config"),
-    "config": ("mugstan.config_cli", "the configs that ship with mugstan: list them, show one with every key explained"),
-    "models": ("mugstan.catalog", "the backbones (with their pretrained tags), branches, heads and tasks a config can name"),
+    "config": (
+        "mugstan.config_cli",
+        "the configs that ship with mugstan: list them, show one with every key explained",
+    ),
+    "models": (
+        "mugstan.catalog",
+        "the backbones (with their pretrained tags), branches, heads and tasks a config can name",
+    ),
     "eval": ("mugstan.engine.evaluate", "evaluate a checkpoint on a config's test split"),
     "embed": ("mugstan.engine.embed", "write video or text embeddings to a file"),
     "convert": ("mugstan.convert", "convert CLIP / STAN / CLIP2Video weights to mugstan's layout"),

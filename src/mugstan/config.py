@@ -186,20 +186,25 @@ class ChatConfig:
     gets the branch; the video's tokens take the image tokens' place."""
 
     llava: Optional[str] = None  # LlavaForConditionalGeneration: HF folder or hub name (llava-hf/llava-1.5-7b-hf)
-    branch_weights: Optional[str] = None  # a mugstan checkpoint (folder, convert .safetensors, hub spec) whose branch.* is loaded
-    feature_layer: Optional[int] = None  # the vision layer whose tokens feed the projector; null: LLaVA's vision_feature_layer
+    # a mugstan checkpoint (folder, convert .safetensors, hub spec) whose branch.* is loaded
+    branch_weights: Optional[str] = None
+    # the vision layer whose tokens feed the projector; null: LLaVA's vision_feature_layer
+    feature_layer: Optional[int] = None
     video_tokens: VideoTokens = VideoTokens.temporal_spatial
     tune: list[str] = field(default_factory=lambda: ["projector"])  # trained parts: projector, branch, llm
     dtype: ChatDtype = ChatDtype.auto  # frozen parts' dtype: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
-    chat_template: bool = True  # prompts from the checkpoint's chat template when it has one; false: system/user/assistant below
-    system: str = ""  # fallback prompt: {system}{user}<video>\n{question}{assistant} {answer}</s> (system: also the template's)
+    # prompts from the checkpoint's chat template when it has one; false: system/user/assistant below
+    chat_template: bool = True
+    # fallback prompt: {system}{user}<video>\n{question}{assistant} {answer}</s> (system: also the template's)
+    system: str = ""
     user: str = "USER: "  # fallback prompt: the user turn's prefix (LLaVA-1.5's template)
     assistant: str = " ASSISTANT:"  # fallback prompt: the assistant turn's prefix
     max_length: int = 1024  # tokens of a training item (video tokens included); longer answers are cut
     max_new_tokens: int = 128  # longest generated answer, in tokens
     temperature: float = 0.0  # 0: greedy (deterministic); above 0: sampling at this temperature
     top_p: float = 1.0  # sampling: nucleus (top-p) cut; 1 keeps every token
-    answers_file: Optional[str] = None  # Video QA answers (JSON for LLM-judge scripts); null: output_dir/answers_SPLIT.json
+    # Video QA answers (JSON for LLM-judge scripts); null: output_dir/answers_SPLIT.json
+    answers_file: Optional[str] = None
 
 
 @dataclass
@@ -219,8 +224,10 @@ class ModelConfig:
     # tag ("openai", "laion2b_s34b_b79k", downloaded and cached by open_clip) and/or a local
     # file (OpenAI .pt, HuggingFace CLIPModel directory, open_clip-layout safetensors).
     backbone: Optional[str] = "ViT-B-32"
-    pretrained: Optional[str] = None  # open_clip pretrained tag (openai, laion2b_s34b_b79k: `mugstan models`), downloaded once
-    weights: Optional[str] = None  # local weights instead: OpenAI .pt, HF CLIPModel folder, open_clip .safetensors, hf-hub:org/name
+    # open_clip pretrained tag (openai, laion2b_s34b_b79k: `mugstan models`), downloaded once
+    pretrained: Optional[str] = None
+    # local weights instead: OpenAI .pt, HF CLIPModel folder, open_clip .safetensors, hf-hub:org/name
+    weights: Optional[str] = None
     # An open_clip model config ({embed_dim, quick_gelu, vision_cfg, text_cfg}) for an architecture
     # open_clip does not name; used instead of model.backbone (converters write it; null otherwise).
     backbone_config: Optional[dict[str, Any]] = None
@@ -366,6 +373,7 @@ class DataConfig:
         if not path:
             return path
         return str(_absolute(Path(self.root or "."), path))
+
     ava: AVAConfig = field(default_factory=AVAConfig)  # data.dataset: ava
 
 
@@ -467,8 +475,12 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def load_config(path, overrides: Union[Sequence[str], Mapping[str, Any]] = (), check_files: bool = True,
-                splits: Sequence[str] = ("train", "val", "test")) -> ExperimentConfig:
+def load_config(
+    path,
+    overrides: Union[Sequence[str], Mapping[str, Any]] = (),
+    check_files: bool = True,
+    splits: Sequence[str] = ("train", "val", "test"),
+) -> ExperimentConfig:
     """Read an experiment YAML and apply overrides, checking every key and type.
 
     overrides: dotted ``key=value`` strings as typed on the command line (values parsed as YAML),
@@ -487,8 +499,10 @@ def load_config(path, overrides: Union[Sequence[str], Mapping[str, Any]] = (), c
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(loaded, dict) or not loaded:
         found = "a list" if isinstance(loaded, list) else "empty" if not loaded else f"a single value ({loaded!r:.40})"
-        raise ConfigError(f"{path}: the file is {found}; an experiment config is a mapping with model/data/train/eval "
-                          "sections (see `mugstan config list`)")
+        raise ConfigError(
+            f"{path}: the file is {found}; an experiment config is a mapping with model/data/train/eval "
+            "sections (see `mugstan config list`)"
+        )
     cfg = _structured(ExperimentConfig, loaded, overrides, str(path))
     anchor_paths(cfg)
     validate_config(cfg, check_files, splits)
@@ -521,10 +535,14 @@ def find_config(name: Union[str, Path]) -> Path:
     if packaged.is_file():
         return packaged
     names = packaged_configs()
-    near = difflib.get_close_matches(key, names, n=4, cutoff=0.6) or [n for n in names if n.split("/")[0] == key.split("/")[0]][:4]
+    near = (
+        difflib.get_close_matches(key, names, n=4, cutoff=0.6)
+        or [n for n in names if n.split("/")[0] == key.split("/")[0]][:4]
+    )
     hint = f"nearest: {', '.join(near)}; " if near else ""
-    raise MissingFileError(f"config {name}: no such file, and no packaged config of that name ({hint}"
-                           "`mugstan config list` lists them all)")
+    raise MissingFileError(
+        f"config {name}: no such file, and no packaged config of that name ({hint}`mugstan config list` lists them all)"
+    )
 
 
 def anchor_paths(cfg: ExperimentConfig, base: Union[str, Path, None] = None) -> ExperimentConfig:
@@ -577,12 +595,23 @@ def mix_data_config(d: DataConfig, source: MixSource) -> DataConfig:
     """The data config of a ``data.mix`` source: ``d``'s sampling and transforms, the source's files."""
     from dataclasses import replace
 
-    own = replace(d, dataset=source.dataset, root=source.root, videos=source.videos, train_ann=source.train_ann,
-                  val_ann=None, test_ann=None, extra=dict(source.extra), mix=[])
+    own = replace(
+        d,
+        dataset=source.dataset,
+        root=source.root,
+        videos=source.videos,
+        train_ann=source.train_ann,
+        val_ann=None,
+        test_ann=None,
+        extra=dict(source.extra),
+        mix=[],
+    )
     return replace(own, train_ann=own.resolve(own.train_ann), extra={k: own.resolve(v) for k, v in own.extra.items()})
 
 
-def model_config(fields: Mapping[str, Any], overrides: Union[Sequence[str], Mapping[str, Any]] = (), source: str = "model config") -> ModelConfig:
+def model_config(
+    fields: Mapping[str, Any], overrides: Union[Sequence[str], Mapping[str, Any]] = (), source: str = "model config"
+) -> ModelConfig:
     """A ``ModelConfig`` from plain fields (a converted checkpoint's metadata) and ``model.*`` overrides."""
     cfg = _structured(ExperimentConfig, {"model": dict(fields)}, overrides, source)
     validate_config(cfg, check_files=False)
@@ -619,7 +648,12 @@ def _structured(schema_cls, data: dict, overrides, source: str):
 
 
 # model.temporal (mugstan 0.1) -> (model.branch, model.head); head "cosine" meant the temporal module's own.
-_OLD_TEMPORAL = {"meanP": ("none", "meanP"), "seqTransf": ("none", "seqTransf"), "tdb_tab": ("none", "tdb_tab"), "stan": ("stan", "mean")}
+_OLD_TEMPORAL = {
+    "meanP": ("none", "meanP"),
+    "seqTransf": ("none", "seqTransf"),
+    "tdb_tab": ("none", "tdb_tab"),
+    "stan": ("stan", "mean"),
+}
 
 
 def _reject_old_keys(raw: dict, where: str) -> None:
@@ -633,10 +667,13 @@ def _reject_old_keys(raw: dict, where: str) -> None:
         head = "mug" if old_head == "mug" else head
         raise ConfigError(
             f"{where}: model.temporal was replaced by model.branch and model.head: write "
-            f"branch: {branch}, head: {head} for temporal: {model['temporal']}, head: {old_head} (see docs/models.md)")
+            f"branch: {branch}, head: {head} for temporal: {model['temporal']}, head: {old_head} (see docs/models.md)"
+        )
     if model.get("head") == "cosine":
-        raise ConfigError(f"{where}: model.head=cosine was replaced: the head is the video-level module, one of "
-                          f"{', '.join(h.value for h in Head)} (STAN is branch: stan, head: mean)")
+        raise ConfigError(
+            f"{where}: model.head=cosine was replaced: the head is the video-level module, one of "
+            f"{', '.join(h.value for h in Head)} (STAN is branch: stan, head: mean)"
+        )
 
 
 def _describe(err) -> str:
@@ -664,7 +701,7 @@ def config_keys() -> list[str]:
 
     def walk(cls, prefix: str) -> list[str]:
         keys = []
-        for f, kind in zip(dataclasses.fields(cls), typing.get_type_hints(cls).values()):
+        for f, kind in zip(dataclasses.fields(cls), typing.get_type_hints(cls).values(), strict=True):
             keys += walk(kind, f"{prefix}{f.name}.") if dataclasses.is_dataclass(kind) else [prefix + f.name]
         return keys
 
@@ -675,43 +712,72 @@ class ConfigError(UserError, ValueError):
     """A configuration problem, found before anything is built."""
 
 
-def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Sequence[str] = ("train", "val", "test")) -> None:
+def validate_config(
+    cfg: ExperimentConfig, check_files: bool = True, splits: Sequence[str] = ("train", "val", "test")
+) -> None:
     """Checks beyond types and choices: every numeric range, the combinations, and (``check_files``)
     the files that must exist. Errors are ``ConfigError``s naming the key, the value and the range."""
     t, m, d, e = cfg.train, cfg.model, cfg.data, cfg.eval
-    at_least_one = {"data.num_frames": d.num_frames, "data.image_size": d.image_size, "data.dense_stride": d.dense_stride,
-                    "data.test_clips": d.test_clips, "model.stan.depth": m.stan.depth, "model.stan.max_frames": m.stan.max_frames,
-                    "model.seq_layers": m.seq_layers, "model.tab_centers": m.tab_centers, "eval.batch_size": e.batch_size,
-                    "eval.sim_chunk": e.sim_chunk, "train.log_every": t.log_every, "train.eval_every": t.eval_every,
-                    "train.batch_size": t.batch_size, "train.accum_steps": t.accum_steps, "train.epochs": t.epochs,
-                    "train.gather_grad_world": t.gather_grad_world}
+    at_least_one = {
+        "data.num_frames": d.num_frames,
+        "data.image_size": d.image_size,
+        "data.dense_stride": d.dense_stride,
+        "data.test_clips": d.test_clips,
+        "model.stan.depth": m.stan.depth,
+        "model.stan.max_frames": m.stan.max_frames,
+        "model.seq_layers": m.seq_layers,
+        "model.tab_centers": m.tab_centers,
+        "eval.batch_size": e.batch_size,
+        "eval.sim_chunk": e.sim_chunk,
+        "train.log_every": t.log_every,
+        "train.eval_every": t.eval_every,
+        "train.batch_size": t.batch_size,
+        "train.accum_steps": t.accum_steps,
+        "train.epochs": t.epochs,
+        "train.gather_grad_world": t.gather_grad_world,
+    }
     for name, value in at_least_one.items():
         if value < 1:
             raise ConfigError(f"{name}={value} must be at least 1")
-    optional_at_least_one = {"data.test_num_frames": d.test_num_frames, "data.resize_short": d.resize_short,
-                             "train.max_steps": t.max_steps, "train.save_every": t.save_every}
+    optional_at_least_one = {
+        "data.test_num_frames": d.test_num_frames,
+        "data.resize_short": d.resize_short,
+        "train.max_steps": t.max_steps,
+        "train.save_every": t.save_every,
+    }
     for name, value in optional_at_least_one.items():
         if value is not None and value < 1:
             raise ConfigError(f"{name}={value} must be at least 1, or null (the default)")
     if d.num_workers != "auto" and (isinstance(d.num_workers, str) or d.num_workers < 0):
-        raise ConfigError(f"data.num_workers={d.num_workers!r} must be auto (min(4, usable cores)), 0 (the main process) or more")
+        raise ConfigError(
+            f"data.num_workers={d.num_workers!r} must be auto (min(4, usable cores)), 0 (the main process) or more"
+        )
     at_least_zero = {"train.seed": t.seed, "model.num_classes": m.num_classes}
     for name, value in at_least_zero.items():
         if value < 0:
             raise ConfigError(f"{name}={value} must be 0 or more")
     if t.compile and m.task not in (Task.retrieval, Task.recognition):
-        raise ConfigError(f"train.compile=true covers retrieval and recognition models, not model.task={m.task}; "
-                          "set train.compile=null (the default) or false")
+        raise ConfigError(
+            f"train.compile=true covers retrieval and recognition models, not model.task={m.task}; "
+            "set train.compile=null (the default) or false"
+        )
     if d.decode_device == DecodeDevice.cuda and (d.decoder != Decoder.torchcodec or d.num_workers):
-        raise ConfigError(f"data.decode_device=cuda needs data.decoder=torchcodec and data.num_workers=0 (CUDA decodes in the "
-                          f"training process); got data.decoder={d.decoder}, data.num_workers={d.num_workers}")
-    floats = {"train.lr": (t.lr, "positive"), "train.new_module_lr_mult": (t.new_module_lr_mult, "positive"),
-              "train.eps": (t.eps, "positive"), "model.mug_lambda": (m.mug_lambda, "positive"),
-              "train.weight_decay": (t.weight_decay, "0 or more"), "train.warmup": (t.warmup, "0 or more"),
-              "train.freeze_text_for": (t.freeze_text_for, "0 or more"),
-              "data.frame_cache_mb": (d.frame_cache_mb, "0 (off) or more"),
-              "model.temperature": (m.temperature, "positive, or null for CLIP's learned scale"),
-              "train.grad_clip": (t.grad_clip, "positive, or null for no clipping")}
+        raise ConfigError(
+            f"data.decode_device=cuda needs data.decoder=torchcodec and data.num_workers=0 (CUDA decodes in the "
+            f"training process); got data.decoder={d.decoder}, data.num_workers={d.num_workers}"
+        )
+    floats = {
+        "train.lr": (t.lr, "positive"),
+        "train.new_module_lr_mult": (t.new_module_lr_mult, "positive"),
+        "train.eps": (t.eps, "positive"),
+        "model.mug_lambda": (m.mug_lambda, "positive"),
+        "train.weight_decay": (t.weight_decay, "0 or more"),
+        "train.warmup": (t.warmup, "0 or more"),
+        "train.freeze_text_for": (t.freeze_text_for, "0 or more"),
+        "data.frame_cache_mb": (d.frame_cache_mb, "0 (off) or more"),
+        "model.temperature": (m.temperature, "positive, or null for CLIP's learned scale"),
+        "train.grad_clip": (t.grad_clip, "positive, or null for no clipping"),
+    }
     for name, (value, rule) in floats.items():
         if value is None and "null" in rule:
             continue
@@ -726,42 +792,66 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
     if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
         raise ConfigError(f"train.betas={list(t.betas)} must be two numbers in [0, 1), e.g. [0.9, 0.98]")
     if len(d.crop_scale) != 2 or not 0.0 < d.crop_scale[0] <= d.crop_scale[1] <= 1.0:
-        raise ConfigError(f"data.crop_scale={list(d.crop_scale)} must be two numbers in (0, 1], the smaller first, "
-                          "e.g. [0.5, 1.0]; [1.0, 1.0] turns the random crop off")
+        raise ConfigError(
+            f"data.crop_scale={list(d.crop_scale)} must be two numbers in (0, 1], the smaller first, "
+            "e.g. [0.5, 1.0]; [1.0, 1.0] turns the random crop off"
+        )
     if d.test_crops not in (1, 3):
         raise ConfigError(f"data.test_crops={d.test_crops} must be 1 (centre) or 3 (left, centre, right)")
     if e.split not in ("train", "val", "test"):
         raise ConfigError(f"eval.split={e.split!r} must be train, val or test")
     if not m.prompt_templates or any("{}" not in p for p in m.prompt_templates):
-        raise ConfigError(f"model.prompt_templates={list(m.prompt_templates)} must be a non-empty list of texts with "
-                          "{} where the class name goes, e.g. ['a video of {}.']")
+        raise ConfigError(
+            f"model.prompt_templates={list(m.prompt_templates)} must be a non-empty list of texts with "
+            "{} where the class name goes, e.g. ['a video of {}.']"
+        )
     if d.dataset == "webdataset":
         if not d.shards:
-            raise ConfigError("data.dataset=webdataset needs data.shards: the training shards, e.g. /data/webvid/{00000..01023}.tar")
+            raise ConfigError(
+                "data.dataset=webdataset needs data.shards: the training shards, e.g. /data/webvid/{00000..01023}.tar"
+            )
         if m.task not in (Task.retrieval, Task.recognition):
-            raise ConfigError(f"data.dataset=webdataset serves retrieval (captions) and recognition (labels), not model.task={m.task.value}")
+            raise ConfigError(
+                "data.dataset=webdataset serves retrieval (captions) and recognition (labels), not "
+                f"model.task={m.task.value}"
+            )
         if d.mix:
-            raise ConfigError("data.mix does not apply to data.dataset=webdataset: list the image shards (img2dataset) in "
-                              "data.shards next to the video shards; they are mixed in proportion to their shards")
+            raise ConfigError(
+                "data.mix does not apply to data.dataset=webdataset: list the image shards (img2dataset) in "
+                "data.shards next to the video shards; they are mixed in proportion to their shards"
+            )
         if (d.epoch_samples is not None and d.epoch_samples < 1) or d.shuffle_buffer < 1:
-            raise ConfigError(f"data.epoch_samples={d.epoch_samples} and data.shuffle_buffer={d.shuffle_buffer} must be at least 1 "
-                              "(data.epoch_samples null: the shards' manifest.json)")
+            raise ConfigError(
+                f"data.epoch_samples={d.epoch_samples} and data.shuffle_buffer={d.shuffle_buffer} must be at least 1 "
+                "(data.epoch_samples null: the shards' manifest.json)"
+            )
     if m.branch == Branch.stan:
         for name, frames in (("data.num_frames", d.num_frames), ("data.test_num_frames", d.test_num_frames)):
             if frames is not None and frames > m.stan.max_frames:
-                raise ConfigError(f"{name}={frames} exceeds STAN's temporal embedding: raise model.stan.max_frames to at least {frames}")
+                raise ConfigError(
+                    f"{name}={frames} exceeds STAN's temporal embedding: raise model.stan.max_frames to at least "
+                    f"{frames}"
+                )
     if m.task == Task.detection:
         if m.detection.roi_size < 1 or not 0.0 <= m.detection.dropout < 1.0:
-            raise ConfigError(f"model.detection: roi_size={m.detection.roi_size} must be at least 1 and dropout="
-                              f"{m.detection.dropout} in [0, 1)")
+            raise ConfigError(
+                f"model.detection: roi_size={m.detection.roi_size} must be at least 1 and dropout="
+                f"{m.detection.dropout} in [0, 1)"
+            )
         if d.dataset != "ava":
-            raise ConfigError(f"model.task=detection needs box annotations: data.dataset=ava (AVA v2.2 files), got {d.dataset!r}")
+            raise ConfigError(
+                f"model.task=detection needs box annotations: data.dataset=ava (AVA v2.2 files), got {d.dataset!r}"
+            )
         if d.ava.frame_interval < 1 or d.ava.source_fps <= 0:
-            raise ConfigError(f"data.ava.frame_interval={d.ava.frame_interval} must be at least 1 and data.ava.source_fps="
-                              f"{d.ava.source_fps} positive")
+            raise ConfigError(
+                f"data.ava.frame_interval={d.ava.frame_interval} must be at least 1 and data.ava.source_fps="
+                f"{d.ava.source_fps} positive"
+            )
         if d.ava.num_actions < 0 or cfg.eval.detections_per_keyframe < 0:
-            raise ConfigError(f"data.ava.num_actions={d.ava.num_actions} and eval.detections_per_keyframe="
-                              f"{cfg.eval.detections_per_keyframe} must be 0 or more (0: the label map's actions; all detections)")
+            raise ConfigError(
+                f"data.ava.num_actions={d.ava.num_actions} and eval.detections_per_keyframe="
+                f"{cfg.eval.detections_per_keyframe} must be 0 or more (0: the label map's actions; all detections)"
+            )
     if t.batch_size % t.accum_steps:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.accum_steps={t.accum_steps}")
     validate_gradcache(cfg)
@@ -785,7 +875,9 @@ def validate_config(cfg: ExperimentConfig, check_files: bool = True, splits: Seq
     for n, source in enumerate(cfg.data.mix if "train" in splits else []):
         ann = mix_data_config(cfg.data, source).train_ann
         if not ann or not Path(ann).expanduser().is_file():
-            raise ConfigError(f"data.mix[{n}].train_ann: {ann} does not exist (each mixed source needs its annotation file)")
+            raise ConfigError(
+                f"data.mix[{n}].train_ann: {ann} does not exist (each mixed source needs its annotation file)"
+            )
     if cfg.data.root and not Path(cfg.data.root).expanduser().is_dir():
         raise ConfigError(f"data.root: {cfg.data.root} is not a folder")
 
@@ -798,17 +890,23 @@ def validate_recipe_keys(cfg: ExperimentConfig) -> None:
     for name in ("resize_short", "test_resize_short"):
         value = getattr(d, name)
         if value is not None and value < d.image_size:
-            raise ConfigError(f"data.{name}={value} is below data.image_size={d.image_size}: the crop would not fit; "
-                              f"set {name} to at least image_size, or null")
+            raise ConfigError(
+                f"data.{name}={value} is below data.image_size={d.image_size}: the crop would not fit; "
+                f"set {name} to at least image_size, or null"
+            )
     if t.schedule == Schedule.linear_then_cosine:
         if not 0.0 < t.start_factor <= 1.0:
             raise ConfigError(f"train.start_factor={t.start_factor} must be in (0, 1]")
         if t.warmup_epochs < 0 or t.cosine_t_max <= 0:
-            raise ConfigError(f"train.warmup_epochs={t.warmup_epochs} must be >= 0 and train.cosine_t_max={t.cosine_t_max} > 0")
+            raise ConfigError(
+                f"train.warmup_epochs={t.warmup_epochs} must be >= 0 and train.cosine_t_max={t.cosine_t_max} > 0"
+            )
         begin = t.warmup_epochs if t.cosine_begin is None else t.cosine_begin
         if begin < t.warmup_epochs or (t.cosine_end is not None and t.cosine_end < begin):
-            raise ConfigError(f"the schedule needs train.warmup_epochs <= train.cosine_begin <= train.cosine_end, got "
-                              f"{t.warmup_epochs}, {t.cosine_begin}, {t.cosine_end}")
+            raise ConfigError(
+                f"the schedule needs train.warmup_epochs <= train.cosine_begin <= train.cosine_end, got "
+                f"{t.warmup_epochs}, {t.cosine_begin}, {t.cosine_end}"
+            )
     for name, kinds in (("no_decay", t.no_decay), ("no_decay_new", t.no_decay_new or [])):
         unknown = sorted(set(kinds) - {"norm", "bias", "embedding", "logit_scale"})
         if unknown:
@@ -836,8 +934,10 @@ def _inside_root_hint(path: str, root: Optional[str]) -> str:
         return ""
     if not inside.parts or not Path(inside).exists():
         return ""
-    return (f" (dataset files are relative to data.root={root}; {inside} exists in the working folder: "
-            f"write it relative to data.root, or as an absolute path)")
+    return (
+        f" (dataset files are relative to data.root={root}; {inside} exists in the working folder: "
+        f"write it relative to data.root, or as an absolute path)"
+    )
 
 
 def validate_gradcache(cfg: ExperimentConfig) -> None:
@@ -851,25 +951,34 @@ def validate_gradcache(cfg: ExperimentConfig) -> None:
     if t.contrastive_batch is not None and t.contrastive_batch != micro:
         raise ConfigError(
             f"train.contrastive_batch={t.contrastive_batch} but the loss sees train.batch_size / train.accum_steps = "
-            f"{t.batch_size} / {t.accum_steps} = {micro} clips: accumulation shrinks the negatives. Set train.batch_size="
-            f"{t.contrastive_batch * t.accum_steps} (or train.accum_steps=1 and train.batch_size={t.contrastive_batch}), "
-            "and train.chunk_size to the clips per process that fit in memory")
+            f"{t.batch_size} / {t.accum_steps} = {micro} clips: accumulation shrinks the negatives. Set "
+            f"train.batch_size={t.contrastive_batch * t.accum_steps} (or train.accum_steps=1 and "
+            f"train.batch_size={t.contrastive_batch}), and train.chunk_size to the clips per process that fit in memory"
+        )
     if t.freeze_text_for > 0 and (cfg.model.task != "retrieval" or cfg.model.freeze_text):
-        why = ("model.freeze_text already keeps the text tower frozen throughout" if cfg.model.task == "retrieval"
-               else f"model.task={cfg.model.task!r} trains no text tower")
-        raise ConfigError(f"train.freeze_text_for={t.freeze_text_for} freezes the text tower for the first steps of "
-                          f"video-text retrieval training, but {why}: remove train.freeze_text_for")
+        why = (
+            "model.freeze_text already keeps the text tower frozen throughout"
+            if cfg.model.task == "retrieval"
+            else f"model.task={cfg.model.task!r} trains no text tower"
+        )
+        raise ConfigError(
+            f"train.freeze_text_for={t.freeze_text_for} freezes the text tower for the first steps of "
+            f"video-text retrieval training, but {why}: remove train.freeze_text_for"
+        )
     if cfg.model.task != "retrieval" and t.gather_grad_world > 1:
-        raise ConfigError(f"train.gather_grad_world={t.gather_grad_world} reproduces the gradient scale of the authors' "
-                          f"all_gather in contrastive training, model.task=retrieval; model.task={cfg.model.task!r} "
-                          "gathers nothing: remove train.gather_grad_world")
+        raise ConfigError(
+            f"train.gather_grad_world={t.gather_grad_world} reproduces the gradient scale of the authors' "
+            f"all_gather in contrastive training, model.task=retrieval; model.task={cfg.model.task!r} "
+            "gathers nothing: remove train.gather_grad_world"
+        )
     if cfg.model.task != "retrieval":
         for name in ("contrastive_batch", "chunk_size"):
             if getattr(t, name) is not None:
                 raise ConfigError(
                     f"train.{name} (gradient caching) needs a contrastive loss, model.task=retrieval; "
                     f"model.task={cfg.model.task!r} has no in-batch negatives, so train.accum_steps gives the "
-                    f"full-batch gradient: remove train.{name}")
+                    f"full-batch gradient: remove train.{name}"
+                )
 
 
 CHAT_PARTS = ("projector", "branch", "llm")
@@ -881,17 +990,24 @@ def validate_chat(cfg: ExperimentConfig) -> None:
     if cfg.model.task != Task.chat:
         return
     if not c.llava:
-        raise ConfigError("model.task=chat needs model.chat.llava: a LLaVA checkpoint folder or hub name, e.g. llava-hf/llava-1.5-7b-hf")
+        raise ConfigError(
+            "model.task=chat needs model.chat.llava: a LLaVA checkpoint folder or hub name, e.g. "
+            "llava-hf/llava-1.5-7b-hf"
+        )
     bad = [p for p in c.tune if p not in CHAT_PARTS]
     if bad or not c.tune:
         raise ConfigError(f"model.chat.tune={list(c.tune)}: choose a non-empty subset of {', '.join(CHAT_PARTS)}")
     if "branch" in c.tune and cfg.model.branch == Branch.none:
-        raise ConfigError("model.chat.tune names branch but model.branch=none has no parameters: remove it or set model.branch=stan")
+        raise ConfigError(
+            "model.chat.tune names branch but model.branch=none has no parameters: remove it or set model.branch=stan"
+        )
     for name in ("max_length", "max_new_tokens"):
         if getattr(c, name) < 1:
             raise ConfigError(f"model.chat.{name}={getattr(c, name)} must be at least 1")
     if c.temperature < 0 or not 0 < c.top_p <= 1:
-        raise ConfigError(f"model.chat.temperature={c.temperature} must be >= 0 (0: greedy) and model.chat.top_p={c.top_p} in (0, 1]")
+        raise ConfigError(
+            f"model.chat.temperature={c.temperature} must be >= 0 (0: greedy) and model.chat.top_p={c.top_p} in (0, 1]"
+        )
 
 
 def save_config(cfg: ExperimentConfig, path) -> None:

@@ -24,9 +24,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     sub.add_parser("list", help="list the packaged configs by name", description="List the configs that ship with "
                    "mugstan; give a name where a config file goes: mugstan train msrvtt/stan_vitb32 data.root=...")
-    show = sub.add_parser("show", help="the resolved config, every key with its one-line doc",
-                          description="Print a config (a file or a packaged name) after the overrides, every key with a "
-                                      "one-line comment saying what it means.")
+    show = sub.add_parser(
+        "show",
+        help="the resolved config, every key with its one-line doc",
+        description="Print a config (a file or a packaged name) after the overrides, every key with a "
+        "one-line comment saying what it means.",
+    )
     show.add_argument("config", help="experiment YAML or packaged config name (msrvtt/stan_vitb32)")
     show.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-6")
 
@@ -48,13 +51,22 @@ def field_docs() -> dict[str, str]:
     import mugstan.config
 
     source = Path(mugstan.config.__file__).read_text()
-    comments = {t.start[0]: t.string.lstrip("#").strip()
-                for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
+    comments = {
+        t.start[0]: t.string.lstrip("#").strip()
+        for t in tokenize.generate_tokens(io.StringIO(source).readline)
+        if t.type == tokenize.COMMENT
+    }
     lines = source.splitlines()
     docs = {}
     for cls in (node for node in ast.parse(source).body if isinstance(node, ast.ClassDef)):
         for node in cls.body:
-            target = node.target if isinstance(node, ast.AnnAssign) else node.targets[0] if isinstance(node, ast.Assign) else None
+            target = (
+                node.target
+                if isinstance(node, ast.AnnAssign)
+                else node.targets[0]
+                if isinstance(node, ast.Assign)
+                else None
+            )
             if not isinstance(target, ast.Name):
                 continue
             doc = comments.get(node.end_lineno, "")
@@ -123,8 +135,13 @@ def show(cfg) -> str:
 
     walk(data, "", 0)
     width = min(60, max(len(text) for text, _ in rows)) + 2
-    return "\n".join(f"{text:<{width}}# {doc}" if doc and len(text) < width else f"{text}  # {doc}" if doc else text
-                     for text, doc in rows) + "\n"
+    return (
+        "\n".join(
+            f"{text:<{width}}# {doc}" if doc and len(text) < width else f"{text}  # {doc}" if doc else text
+            for text, doc in rows
+        )
+        + "\n"
+    )
 
 
 def main(args: argparse.Namespace) -> int:

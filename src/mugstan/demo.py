@@ -54,7 +54,9 @@ FRAMES = 4
 STILL_FRAMES = 8
 
 
-def stage_config(name: str, paths: dict, out: Path, overrides: Sequence[str] = (), save: bool = True) -> ExperimentConfig:
+def stage_config(
+    name: str, paths: dict, out: Path, overrides: Sequence[str] = (), save: bool = True
+) -> ExperimentConfig:
     """The packaged configs/synthetic/NAME.yaml with ``paths`` (``{"data.root": folder, ...}``,
     taken as they are) and dotted overrides applied; saved as OUT/configs/NAME.yaml for reruns
     with ``mugstan train``."""
@@ -69,8 +71,13 @@ def stage_config(name: str, paths: dict, out: Path, overrides: Sequence[str] = (
 
 def video_paths(data: Path, clip: Optional[Path] = None, test_ann: str = "test.jsonl") -> dict:
     """Config paths of a fine-tuning stage on the generated dataset ``data``."""
-    paths = {"data.root": str(data), "data.train_ann": "train.jsonl", "data.val_ann": "val.jsonl",  # inside data.root
-             "data.test_ann": test_ann, "data.extra": {"class_names": "classes.txt"}}
+    paths = {
+        "data.root": str(data),
+        "data.train_ann": "train.jsonl",
+        "data.val_ann": "val.jsonl",  # inside data.root
+        "data.test_ann": test_ann,
+        "data.extra": {"class_names": "classes.txt"},
+    }
     return {**paths, "model.weights": str(clip)} if clip else paths
 
 
@@ -84,12 +91,16 @@ def export_clip(checkpoint: Path, dest: Path, info: Optional[dict] = None) -> Pa
     from mugstan.config import load_config
 
     state = load_file(str(checkpoint / "model.safetensors"))
-    clip = {k[len("backbone.clip."):]: v for k, v in state.items() if k.startswith("backbone.clip.")}
+    clip = {k[len("backbone.clip.") :]: v for k, v in state.items() if k.startswith("backbone.clip.")}
     clip["logit_scale"] = state["logit_scale.log_scale"].clone()
     model = load_config(checkpoint / "config.yaml", check_files=False).model
     architecture = model.backbone_config or named_config(model.backbone, model.pretrained)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    save_safetensors(clip, dest, {"format": "open_clip", "config": json.dumps(architecture), "source": str(checkpoint), **(info or {})})
+    save_safetensors(
+        clip,
+        dest,
+        {"format": "open_clip", "config": json.dumps(architecture), "source": str(checkpoint), **(info or {})},
+    )
     return dest
 
 
@@ -128,7 +139,9 @@ def pair_accuracy(model, cfg: ExperimentConfig, data: Path) -> tuple[float, dict
     ann = load_annotations(cfg.data, "test")
     videos, dropped = embed_clips(model, cfg, ann, DistInfo(), "test", progress=False)
     if dropped:
-        raise CorruptFileError(f"synthetic test videos failed to decode: {dropped[:3]}; render the data again (--overwrite)")
+        raise CorruptFileError(
+            f"synthetic test videos failed to decode: {dropped[:3]}; render the data again (--overwrite)"
+        )
     video = stack_clips([videos[i] for i in range(len(ann.clips))])
     text = embed_texts(model, ann.captions, torch.device("cpu"))
     scores = model.similarity(text, video).float()
@@ -139,22 +152,38 @@ def pair_accuracy(model, cfg: ExperimentConfig, data: Path) -> tuple[float, dict
     tie = torch.isclose(mine, other, rtol=1e-5, atol=1e-6)
     correct = torch.where(tie, 0.5, (mine > other).float())
     pair_of = torch.as_tensor(ann.labels)[own] // 2  # labels index MOTIONS, which lists the pairs in order
-    by_pair = {"/".join(p): 100.0 * correct[pair_of == k].mean().item()
-               for k, p in enumerate(MOTION_PAIRS) if (pair_of == k).any()}
+    by_pair = {
+        "/".join(p): 100.0 * correct[pair_of == k].mean().item()
+        for k, p in enumerate(MOTION_PAIRS)
+        if (pair_of == k).any()
+    }
     return 100.0 * correct.mean().item(), by_pair, scores, ann
 
 
 def chance_levels(meta: dict) -> dict:
     """What guessing scores on a generated dataset (its ``meta.json``), in %."""
-    return {"t2v R@1": 100 / meta["counts"]["test"], "pair accuracy": 50.0, "zero-shot motion top-1": 100 / len(meta["classes"])}
+    return {
+        "t2v R@1": 100 / meta["counts"]["test"],
+        "pair accuracy": 50.0,
+        "zero-shot motion top-1": 100 / len(meta["classes"]),
+    }
 
 
 # The contact sheets' marks: the query's own video and its time-reversed twin.
 OWN_COLOUR, TWIN_COLOUR = "tab:green", "tab:orange"
 
 
-def contact_sheet(video_paths: list[str], query: str, truth: int, twin: int, ranked: list[int], scores: list[float],
-                  dest: Path, model: str, frames: int = FRAMES) -> None:
+def contact_sheet(
+    video_paths: list[str],
+    query: str,
+    truth: int,
+    twin: int,
+    ranked: list[int],
+    scores: list[float],
+    dest: Path,
+    model: str,
+    frames: int = FRAMES,
+) -> None:
     """``contact_sheet_figure`` saved as ``dest`` (PNG)."""
     import matplotlib.pyplot as plt
 
@@ -163,8 +192,16 @@ def contact_sheet(video_paths: list[str], query: str, truth: int, twin: int, ran
     plt.close(fig)
 
 
-def contact_sheet_figure(video_paths: list[str], query: str, truth: int, twin: int, ranked: list[int],
-                         scores: list[float], model: str, frames: int = FRAMES):
+def contact_sheet_figure(
+    video_paths: list[str],
+    query: str,
+    truth: int,
+    twin: int,
+    ranked: list[int],
+    scores: list[float],
+    model: str,
+    frames: int = FRAMES,
+):
     """One row per retrieved video, best first: its frames left to right in time, drawn pixel for
     pixel (nearest-neighbour upscaling, so a cross stays a cross); the left label is the rank and
     the score (scaled text-video similarity). The query's own video (``truth``) is framed green and
@@ -181,10 +218,11 @@ def contact_sheet_figure(video_paths: list[str], query: str, truth: int, twin: i
     from mugstan.data.video import read_clip
 
     width = 1.6 + 1.15 * frames + 1.9  # rank label, the frames, the row's tag
-    fig, axes = plt.subplots(len(ranked), frames, figsize=(width, 1.25 * len(ranked) + 1.6), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        len(ranked), frames, figsize=(width, 1.25 * len(ranked) + 1.6), squeeze=False, layout="constrained"
+    )
     tags = {truth: ("the query's video", OWN_COLOUR), twin: ("its reversed twin", TWIN_COLOUR)}
-    for rank, (row, idx, score) in enumerate(zip(axes, ranked, scores), 1):
+    for rank, (row, idx, score) in enumerate(zip(axes, ranked, scores, strict=True), 1):
         clip = read_clip(video_paths[idx], frames).permute(0, 2, 3, 1).numpy()  # [T, H, W, 3]
         tag, colour = tags.get(idx, ("", "lightgrey"))
         for t, ax in enumerate(row):
@@ -202,9 +240,16 @@ def contact_sheet_figure(video_paths: list[str], query: str, truth: int, twin: i
     # about 0.55 em per character at 9 pt: wrap the title to the figure's width
     title = textwrap.fill(f'{model}: the top {len(ranked)} videos for "{query}"', width=int(width * 72 / (9 * 0.6)))
     fig.suptitle(f"{title}\n(left: rank and score; time runs left to right)", fontsize=9)
-    fig.legend(handles=[Patch(facecolor="none", edgecolor=OWN_COLOUR, lw=3, label="the query's own video"),
-                        Patch(facecolor="none", edgecolor=TWIN_COLOUR, lw=3, label="the same clip played backwards")],
-               loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    fig.legend(
+        handles=[
+            Patch(facecolor="none", edgecolor=OWN_COLOUR, lw=3, label="the query's own video"),
+            Patch(facecolor="none", edgecolor=TWIN_COLOUR, lw=3, label="the same clip played backwards"),
+        ],
+        loc="outside lower center",
+        ncol=2,
+        fontsize=8,
+        frameon=False,
+    )
     return fig
 
 
@@ -228,8 +273,11 @@ def bar_chart_figure(rows: list[dict], title: str, chance: Optional[dict] = None
     import matplotlib.pyplot as plt
 
     labels = [r["model"] for r in rows]
-    metrics = [("t2v R@1", "text-to-video R@1"), ("pair accuracy", "pair accuracy (own clip vs reversed)"),
-               ("zero-shot motion top-1", "zero-shot motion top-1")]
+    metrics = [
+        ("t2v R@1", "text-to-video R@1"),
+        ("pair accuracy", "pair accuracy (own clip vs reversed)"),
+        ("zero-shot motion top-1", "zero-shot motion top-1"),
+    ]
     seeds = {r["seeds"] for r in rows if "seeds" in r}
     spread = any(f"{key} std" in r for r in rows for key, _ in metrics)
     x = np.arange(len(labels))
@@ -237,8 +285,14 @@ def bar_chart_figure(rows: list[dict], title: str, chance: Optional[dict] = None
     for k, (key, legend) in enumerate(metrics):
         at = x + (k - 1) * 0.27
         level = (chance or {}).get(key)
-        ax.bar(at, [r[key] for r in rows], 0.27, label=legend if level is None else f"{legend}; chance {level:.1f}",
-               yerr=[r.get(f"{key} std", 0.0) for r in rows] if spread else None, capsize=2)
+        ax.bar(
+            at,
+            [r[key] for r in rows],
+            0.27,
+            label=legend if level is None else f"{legend}; chance {level:.1f}",
+            yerr=[r.get(f"{key} std", 0.0) for r in rows] if spread else None,
+            capsize=2,
+        )
         if level is not None:  # the metric's chance level, drawn across each of its bars
             ax.hlines([level] * len(at), at - 0.135, at + 0.135, colors="black", linestyles="--", lw=1.2, zorder=3)
     ax.set_xticks(x, labels)
@@ -258,6 +312,7 @@ def bar_chart_figure(rows: list[dict], title: str, chance: Optional[dict] = None
 
 def markdown_table(rows: list[dict], keys: Sequence[str] = (*METRICS, "train seconds")) -> str:
     """One row per model; a value with a ``"KEY std"`` companion prints as mean ± std."""
+
     def cell(r: dict, k: str) -> str:
         if f"{k} std" in r:
             return f"{r[k]:.1f} ± {r[f'{k} std']:.1f}"
@@ -278,8 +333,16 @@ class Prepared:
     pretraining: dict
 
 
-def prepare(out: Path, seed: int = 0, quick: bool = False, videos: Optional[int] = None, progress: bool = True,
-            log=print, pretrain: bool = False, frames: int = FRAMES) -> Prepared:
+def prepare(
+    out: Path,
+    seed: int = 0,
+    quick: bool = False,
+    videos: Optional[int] = None,
+    progress: bool = True,
+    log=print,
+    pretrain: bool = False,
+    frames: int = FRAMES,
+) -> Prepared:
     """Render (or reuse) the synthetic benchmark in ``out`` with ``frames`` per video; take the
     packaged CLIP, or with ``pretrain`` train the small CLIP on the stills of this seed's
     ``STILL_FRAMES``-frame rendering."""
@@ -304,11 +367,16 @@ def prepare(out: Path, seed: int = 0, quick: bool = False, videos: Optional[int]
         if not PACKAGED_CLIP.is_file():
             from mugstan.errors import MissingFileError
 
-            raise MissingFileError(f"{PACKAGED_CLIP} is missing from this installation; reinstall mugstan, or pass "
-                                    "--pretrain to train the small CLIP now")
+            raise MissingFileError(
+                f"{PACKAGED_CLIP} is missing from this installation; reinstall mugstan, or pass "
+                "--pretrain to train the small CLIP now"
+            )
         info = clip_metadata(PACKAGED_CLIP)
-        log(f"2/4 the packaged small CLIP ({PACKAGED_CLIP.name}: pretrained on the stills of seed {info.get('seed', '?')}; "
-            "--pretrain trains one on this seed's)")
+        log(
+            f"2/4 the packaged small CLIP ({PACKAGED_CLIP.name}: pretrained on the stills of seed "
+            f"{info.get('seed', '?')}; "
+            "--pretrain trains one on this seed's)"
+        )
         return Prepared(data, meta, PACKAGED_CLIP, {"packaged": str(PACKAGED_CLIP), **info})
     stills = data if frames == STILL_FRAMES else render(STILL_FRAMES)[0]
     log(f"2/4 pretraining a small CLIP from scratch on single frames with appearance-only captions ({stills.name})")
@@ -316,8 +384,11 @@ def prepare(out: Path, seed: int = 0, quick: bool = False, videos: Optional[int]
     cfg = stage_config("pretrain_clip", paths, out, [f"train.seed={seed}", *(QUICK if quick else [])])
     start = time.time()
     results = train(cfg, progress=progress)
-    clip = export_clip(Path(cfg.train.output_dir) / "checkpoints" / "best", out / "pretrain_clip" / "clip.safetensors",
-                       info={"seed": str(seed), "recipe": "configs/synthetic/pretrain_clip.yaml"})
+    clip = export_clip(
+        Path(cfg.train.output_dir) / "checkpoints" / "best",
+        out / "pretrain_clip" / "clip.safetensors",
+        info={"seed": str(seed), "recipe": "configs/synthetic/pretrain_clip.yaml"},
+    )
     log(f"   pretrained in {time.time() - start:.0f} s -> {clip}")
     return Prepared(data, meta, clip, {k: results[k] for k in ("steps", "best")})
 
@@ -339,19 +410,41 @@ def finetune(name: str, prep: Prepared, out: Path, seed: int = 0, quick: bool = 
     seconds = time.time() - start
     model, _ = load_model(Path(cfg.train.output_dir) / "checkpoints" / "best")
     pair, by_pair, scores, ann = pair_accuracy(model, cfg, prep.data)
-    rec_cfg = stage_config(name, video_paths(prep.data, prep.clip, "recognition_test.jsonl"), out, overrides, save=False)
+    rec_cfg = stage_config(
+        name, video_paths(prep.data, prep.clip, "recognition_test.jsonl"), out, overrides, save=False
+    )
     rec = evaluate(model, rec_cfg, "test", progress=False)
     test = results["test"]["retrieval"]
-    row = {"model": LABELS[name], "t2v R@1": test["t2v"]["R@1"], "t2v R@5": test["t2v"]["R@5"], "v2t R@1": test["v2t"]["R@1"],
-           "pair accuracy": pair, "zero-shot motion top-1": rec["recognition"]["top1"], "train seconds": round(seconds)}
-    details = {"test": results["test"], "zero_shot_recognition": rec["recognition"], "pair_accuracy": pair,
-               "pair_accuracy_by_motion": by_pair,
-               "best": results["best"], "train_seconds": seconds}
+    row = {
+        "model": LABELS[name],
+        "t2v R@1": test["t2v"]["R@1"],
+        "t2v R@5": test["t2v"]["R@5"],
+        "v2t R@1": test["v2t"]["R@1"],
+        "pair accuracy": pair,
+        "zero-shot motion top-1": rec["recognition"]["top1"],
+        "train seconds": round(seconds),
+    }
+    details = {
+        "test": results["test"],
+        "zero_shot_recognition": rec["recognition"],
+        "pair_accuracy": pair,
+        "pair_accuracy_by_motion": by_pair,
+        "best": results["best"],
+        "train_seconds": seconds,
+    }
     return {"row": row, "scores": scores, "ann": ann, "details": details}
 
 
-def run(out: Path, models: Sequence[str] = DEMO_MODELS, seed: int = 0, quick: bool = False, progress: bool = True,
-        videos: Optional[int] = None, examples: int = 3, pretrain: bool = False) -> dict:
+def run(
+    out: Path,
+    models: Sequence[str] = DEMO_MODELS,
+    seed: int = 0,
+    quick: bool = False,
+    progress: bool = True,
+    videos: Optional[int] = None,
+    examples: int = 3,
+    pretrain: bool = False,
+) -> dict:
     """Generate, take (or pretrain) the CLIP, fine-tune, evaluate. Returns the results dict (also in
     out/results.json)."""
     start = time.time()
@@ -368,8 +461,10 @@ def run(out: Path, models: Sequence[str] = DEMO_MODELS, seed: int = 0, quick: bo
         finished[name] = finetune(name, prep, out, seed, quick, progress)
         row = finished[name]["row"]
         rows.append(row)
-        log(f"   {row['model']}: t2v R@1 {row['t2v R@1']:.1f}, pair accuracy {row['pair accuracy']:.1f}, "
-            f"zero-shot motion top-1 {row['zero-shot motion top-1']:.1f}")
+        log(
+            f"   {row['model']}: t2v R@1 {row['t2v R@1']:.1f}, pair accuracy {row['pair accuracy']:.1f}, "
+            f"zero-shot motion top-1 {row['zero-shot motion top-1']:.1f}"
+        )
 
     log("4/4 results")
     table = markdown_table(rows)
@@ -377,8 +472,10 @@ def run(out: Path, models: Sequence[str] = DEMO_MODELS, seed: int = 0, quick: bo
     pairs = f"pair accuracy by motion pair:\n\n{markdown_table(by_pair, list(by_pair[0])[1:])}"
     elapsed = time.time() - start
     levels = chance_levels(prep.meta)
-    chance = (f"pair chance = 50%, t2v R@1 chance = {levels['t2v R@1']:.1f}%, "
-              f"motion top-1 chance = {levels['zero-shot motion top-1']:.0f}%")
+    chance = (
+        f"pair chance = 50%, t2v R@1 chance = {levels['t2v R@1']:.1f}%, "
+        f"motion top-1 chance = {levels['zero-shot motion top-1']:.0f}%"
+    )
     print(f"{table}\n\n{pairs}\n\nfinished in {elapsed / 60:.1f} min; {chance}")
     bar_chart(rows, out / "results.png", f"synthetic temporal benchmark (seed {seed})", levels)
     last = finished[models[-1]]
@@ -390,33 +487,64 @@ def run(out: Path, models: Sequence[str] = DEMO_MODELS, seed: int = 0, quick: bo
         ranked = scores[q].argsort(descending=True)[:4].tolist()
         dest = out / f"query_{q:03d}.png"
         own = ann.caption_clip[q]
-        contact_sheet(paths, ann.captions[q], own, int(twin_of[own]), ranked, scores[q, ranked].tolist(), dest, LABELS[models[-1]])
-        sheets.append({"query": ann.captions[q], "truth": paths[ann.caption_clip[q]], "top": [paths[i] for i in ranked], "image": dest.name})
+        contact_sheet(
+            paths, ann.captions[q], own, int(twin_of[own]), ranked, scores[q, ranked].tolist(), dest, LABELS[models[-1]]
+        )
+        sheets.append(
+            {
+                "query": ann.captions[q],
+                "truth": paths[ann.caption_clip[q]],
+                "top": [paths[i] for i in ranked],
+                "image": dest.name,
+            }
+        )
     summary = {
-        "dataset": {"folder": str(prep.data), **prep.meta}, "pretraining": prep.pretraining, "rows": rows, "chance": chance,
-        "examples": {"model": LABELS[models[-1]], "queries": sheets}, "seconds": round(elapsed, 1),
+        "dataset": {"folder": str(prep.data), **prep.meta},
+        "pretraining": prep.pretraining,
+        "rows": rows,
+        "chance": chance,
+        "examples": {"model": LABELS[models[-1]], "queries": sheets},
+        "seconds": round(elapsed, 1),
         "models": {name: f["details"] for name, f in finished.items()},
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
     (out / "results.md").write_text(f"{table}\n\n{pairs}\n\n{chance}\n")
-    print(f"wrote {out / 'results.json'}, results.md, results.png and {len(sheets)} example queries "
-          f"({', '.join(s['image'] for s in sheets)}) in {out}")
+    print(
+        f"wrote {out / 'results.json'}, results.md, results.png and {len(sheets)} example queries "
+        f"({', '.join(s['image'] for s in sheets)}) in {out}"
+    )
     return summary
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="mugstan_demo", help="output folder (default: %(default)s)")
-    parser.add_argument("--models", nargs="+", default=list(DEMO_MODELS), choices=list(ALL_MODELS),
-                        help="which fine-tuned models to compare (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of every run, 0 or more (default: %(default)s)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=list(DEMO_MODELS),
+        choices=list(ALL_MODELS),
+        help="which fine-tuned models to compare (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the data and of every run, 0 or more (default: %(default)s)"
+    )
     parser.add_argument("--videos", type=int, default=None, help="training videos to render (default 600)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks every stage in about a minute, numbers mean nothing")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes: checks every stage in about a minute, numbers mean nothing"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (stage lines and tables only)")
-    parser.add_argument("--pretrain", action="store_true",
-                        help="pretrain the small CLIP on this seed's stills (30-60 s on 2 cores) instead of taking the packaged one")
-    parser.add_argument("--export-clip", metavar="FILE", default=None,
-                        help="only render, pretrain the small CLIP (in --out) and write it to FILE in fp16, as packaged; "
-                             "mugstan demo --export-clip src/mugstan/configs/synthetic/clip.safetensors made the packaged one")
+    parser.add_argument(
+        "--pretrain",
+        action="store_true",
+        help="pretrain the small CLIP on this seed's stills (30-60 s on 2 cores) instead of taking the packaged one",
+    )
+    parser.add_argument(
+        "--export-clip",
+        metavar="FILE",
+        default=None,
+        help="only render, pretrain the small CLIP (in --out) and write it to FILE in fp16, as packaged; "
+        "mugstan demo --export-clip src/mugstan/configs/synthetic/clip.safetensors made the packaged one",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -431,7 +559,10 @@ def main(args: argparse.Namespace) -> int:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ArgumentError(f"--out {args.out} is a file; name a folder for the demo's outputs")
     if args.export_clip and Path(args.export_clip).is_dir():
-        raise ArgumentError(f"--export-clip {args.export_clip} is a folder; name the file to write, e.g. {Path(args.export_clip) / 'clip.safetensors'}")
+        raise ArgumentError(
+            f"--export-clip {args.export_clip} is a folder; name the file to write, e.g. "
+            f"{Path(args.export_clip) / 'clip.safetensors'}"
+        )
     if args.export_clip:
         from mugstan.backbones.convert import _read_tensors, save_safetensors
 
@@ -439,8 +570,11 @@ def main(args: argparse.Namespace) -> int:
         tensors, meta = _read_tensors(prep.clip)  # the fp32 file --pretrain fine-tunes from, stored in fp16
         dest = Path(args.export_clip)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        save_safetensors({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, dest,
-                         {**meta, "dtype": "float16", "source": f"mugstan demo --export-clip --seed {args.seed}"})
+        save_safetensors(
+            {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()},
+            dest,
+            {**meta, "dtype": "float16", "source": f"mugstan demo --export-clip --seed {args.seed}"},
+        )
         print(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB, fp16)")
         return 0
     run(Path(args.out), args.models, args.seed, args.quick, not args.no_progress, args.videos, pretrain=args.pretrain)

@@ -99,7 +99,8 @@ def recover_folder(dest: Union[str, Path]) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:  # only the old folder is left (nothing newer was completed): it is the current one
             os.replace(old, dest)
-    for legacy in sorted(dest.parent.glob(f".{glob.escape(dest.name)}.old-*")):  # earlier versions named it .NAME.old-PID
+    # earlier versions named it .NAME.old-PID
+    for legacy in sorted(dest.parent.glob(f".{glob.escape(dest.name)}.old-*")):
         if dest.exists():
             shutil.rmtree(legacy, ignore_errors=True)
         else:
@@ -155,4 +156,6 @@ def read_safetensors(file, rebuild: str) -> dict:
     try:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CorruptFileError(f"{file}: not a readable safetensors file, corrupt or truncated ({one_line(err)}); {rebuild}") from None
+        raise CorruptFileError(
+            f"{file}: not a readable safetensors file, corrupt or truncated ({one_line(err)}); {rebuild}"
+        ) from None

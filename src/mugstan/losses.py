@@ -11,8 +11,8 @@ callable ``loss(outputs, batch) -> scalar`` for the outputs of ``model(**inputs)
 ``gather`` all-gathers a tensor across processes so that the gradient reaches the local slice
 (``_GatherWithGrad``: all-gather forward, all-reduce of a contiguous gradient backward;
 ``torch.distributed.nn.functional.all_gather`` on gloo silently returns wrong gradients when the
-incoming gradient is not contiguous, as Mug's einsum produces). Every process then computes the same full-batch loss; the
-backward of the gather sums the W identical contributions, so each process's local embeddings
+incoming gradient is not contiguous, as Mug's einsum produces). Every process then computes the same
+full-batch loss; the backward of the gather sums the W identical contributions, so each process's local embeddings
 receive W x dL/dx. DDP averages parameter gradients over the W processes, which divides that
 factor out again: with DDP the update equals that of one process over the concatenated batch.
 (Without DDP, divide by W yourself.)
@@ -45,7 +45,7 @@ class _GatherWithGrad(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
 
 
 def gather(x: torch.Tensor) -> torch.Tensor:
@@ -129,8 +129,10 @@ class LanguageModelLoss:
     def __call__(self, outputs: dict, batch: dict = None) -> torch.Tensor:
         logits, labels = outputs["logits"][:, :-1], outputs["labels"][:, 1:].to(outputs["logits"].device)
         if not (labels != -100).any():
-            raise ConfigError("no answer tokens in this batch (every label is -100: the prompts fill model.chat.max_length): "
-                              "raise model.chat.max_length")
+            raise ConfigError(
+                "no answer tokens in this batch (every label is -100: the prompts fill model.chat.max_length): "
+                "raise model.chat.max_length"
+            )
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
 
 

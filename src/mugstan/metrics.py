@@ -44,7 +44,9 @@ def dual_softmax(scores: torch.Tensor) -> torch.Tensor:
     return scores * torch.softmax(scores.float(), dim=0)
 
 
-def retrieval_metrics(scores: torch.Tensor, caption_video: Sequence[int], dsl: bool = False) -> dict[str, dict[str, float]]:
+def retrieval_metrics(
+    scores: torch.Tensor, caption_video: Sequence[int], dsl: bool = False
+) -> dict[str, dict[str, float]]:
     """Text x video scores [N_text, N_video] (already scaled) and each caption's video index.
 
     Returns {"t2v": ..., "v2t": ...} for 1:1 sets, and for multi-caption sets
@@ -58,7 +60,7 @@ def retrieval_metrics(scores: torch.Tensor, caption_video: Sequence[int], dsl: b
     suffix = "_dsl" if dsl else ""
     t2v_scores = dual_softmax(scores) if dsl else scores
     out = {f"t2v{suffix}": summarize(ranks_of_truth(t2v_scores, link))}
-    v2t_scores = (dual_softmax(scores.t()) if dsl else scores.t())  # [N_video, N_text]
+    v2t_scores = dual_softmax(scores.t()) if dsl else scores.t()  # [N_video, N_text]
     if n_text == n_video and torch.equal(link, torch.arange(n_video)):
         out[f"v2t{suffix}"] = summarize(ranks_of_truth(v2t_scores, torch.arange(n_video)))
         return out
@@ -110,13 +112,22 @@ def box_iou_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
     ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
     inter = iw * ih
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+
+    def area(x: np.ndarray) -> np.ndarray:
+        return (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+
     union = area(a) + area(b) - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def match_detections(det_group: np.ndarray, det_boxes: np.ndarray, det_scores: np.ndarray,
-                     gt_group: np.ndarray, gt_boxes: np.ndarray, iou_threshold: float = 0.5) -> np.ndarray:
+def match_detections(
+    det_group: np.ndarray,
+    det_boxes: np.ndarray,
+    det_scores: np.ndarray,
+    gt_group: np.ndarray,
+    gt_boxes: np.ndarray,
+    iou_threshold: float = 0.5,
+) -> np.ndarray:
     """True positives of detections [D] against ground truth [G], both grouped by (keyframe, class).
 
     The PASCAL rule of the official evaluation (``per_image_evaluation``), batched over every group:
@@ -193,8 +204,14 @@ def top_per_keyframe(frame: np.ndarray, scores: np.ndarray, k: int) -> np.ndarra
     return keep
 
 
-def frame_map(gt: BoxSet, detections: BoxSet, class_ids: Sequence[int], excluded=(), iou_threshold: float = 0.5,
-              max_per_keyframe: int = 0) -> dict:
+def frame_map(
+    gt: BoxSet,
+    detections: BoxSet,
+    class_ids: Sequence[int],
+    excluded=(),
+    iou_threshold: float = 0.5,
+    max_per_keyframe: int = 0,
+) -> dict:
     """AVA frame-level mAP@``iou_threshold`` (the official ``get_ava_performance``), in percent.
 
     gt, detections: ``BoxSet``s (a person with several actions is one row per action); class_ids:
@@ -215,13 +232,23 @@ def frame_map(gt: BoxSet, detections: BoxSet, class_ids: Sequence[int], excluded
     def keep(rows: BoxSet) -> np.ndarray:
         labels = np.asarray(rows.labels, dtype=np.int64)
         known = np.isin(labels, list(classes))
-        kept = np.array([(str(v), int(t)) not in excluded for v, t in rows.keys], dtype=bool) if len(rows.keys) else np.zeros(0, bool)
+        kept = (
+            np.array([(str(v), int(t)) not in excluded for v, t in rows.keys], dtype=bool)
+            if len(rows.keys)
+            else np.zeros(0, bool)
+        )
         return known & kept
 
     gk, dk = keep(gt), keep(detections)
     frames: dict = {}
-    gt_frame = np.array([frames.setdefault((str(v), int(t)), len(frames)) for (v, t), k in zip(gt.keys, gk) if k], dtype=np.int64)
-    det_frame = np.array([frames.setdefault((str(v), int(t)), len(frames)) for (v, t), k in zip(detections.keys, dk) if k], dtype=np.int64)
+    gt_frame = np.array(
+        [frames.setdefault((str(v), int(t)), len(frames)) for (v, t), k in zip(gt.keys, gk, strict=True) if k],
+        dtype=np.int64,
+    )
+    det_frame = np.array(
+        [frames.setdefault((str(v), int(t)), len(frames)) for (v, t), k in zip(detections.keys, dk, strict=True) if k],
+        dtype=np.int64,
+    )
     lookup = np.vectorize(classes.get, otypes=[np.int64])
     gt_class = lookup(np.asarray(gt.labels, dtype=np.int64)[gk]) if gk.any() else np.zeros(0, np.int64)
     det_class = lookup(np.asarray(detections.labels, dtype=np.int64)[dk]) if dk.any() else np.zeros(0, np.int64)
@@ -232,18 +259,30 @@ def frame_map(gt: BoxSet, detections: BoxSet, class_ids: Sequence[int], excluded
     if max_per_keyframe > 0:
         kept = top_per_keyframe(det_frame, det_scores, max_per_keyframe)
     valid = (det_boxes[:, 0] < det_boxes[:, 2]) & (det_boxes[:, 1] < det_boxes[:, 3])
-    dropped = {"detections_over_the_keyframe_limit": int((~kept).sum()), "detections_without_area": int((kept & ~valid).sum())}
+    dropped = {
+        "detections_over_the_keyframe_limit": int((~kept).sum()),
+        "detections_without_area": int((kept & ~valid).sum()),
+    }
     kept &= valid
     det_frame, det_class, det_boxes, det_scores = det_frame[kept], det_class[kept], det_boxes[kept], det_scores[kept]
     n = len(classes)
-    tp = match_detections(det_frame * n + det_class, det_boxes, det_scores, gt_frame * n + gt_class, gt_boxes, iou_threshold)
+    tp = match_detections(
+        det_frame * n + det_class, det_boxes, det_scores, gt_frame * n + gt_class, gt_boxes, iou_threshold
+    )
     num_gt = np.bincount(gt_class, minlength=n)
     per_class = {}
     for cid, k in classes.items():
         mine = det_class == k
         per_class[cid] = average_precision(det_scores[mine], tp[mine], int(num_gt[k]))
     aps = [ap for ap in per_class.values() if not np.isnan(ap)]
-    return {"mAP": 100.0 * float(np.mean(aps)) if aps else float("nan"),
-            "per_class": {c: (None if np.isnan(ap) else 100.0 * ap) for c, ap in per_class.items()},
-            "counts": {"keyframes_with_gt": int(len(np.unique(gt_frame))), "gt_boxes": int(len(gt_frame)),
-                       "detections": int(len(det_frame)), "true_positives": int(tp.sum()), **dropped}}
+    return {
+        "mAP": 100.0 * float(np.mean(aps)) if aps else float("nan"),
+        "per_class": {c: (None if np.isnan(ap) else 100.0 * ap) for c, ap in per_class.items()},
+        "counts": {
+            "keyframes_with_gt": int(len(np.unique(gt_frame))),
+            "gt_boxes": int(len(gt_frame)),
+            "detections": int(len(det_frame)),
+            "true_positives": int(tp.sum()),
+            **dropped,
+        },
+    }

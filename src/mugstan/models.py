@@ -42,7 +42,9 @@ from mugstan.heads.seqtransf import SeqTransf
 def build_branch(cfg: ModelConfig, backbone: CLIPBackbone) -> nn.Module:
     if cfg.branch == Branch.stan:
         s = cfg.stan
-        return STAN(backbone, depth=s.depth, time_module=str(s.time_module), drop_path=s.drop_path, max_frames=s.max_frames)
+        return STAN(
+            backbone, depth=s.depth, time_module=str(s.time_module), drop_path=s.drop_path, max_frames=s.max_frames
+        )
     return NoBranch()
 
 
@@ -52,7 +54,9 @@ def build_head(cfg: ModelConfig, backbone: CLIPBackbone) -> HeadModule:
         Head.mean: lambda: Mean(),
         Head.meanP: lambda: MeanP(),
         Head.seqTransf: lambda: SeqTransf(width, heads, cfg.seq_layers),
-        Head.tdb_tab: lambda: CLIP2VideoHead(width, heads, cfg.tab_centers, cfg.tab_weight, cfg.seq_layers, cfg.clip2video_compat),
+        Head.tdb_tab: lambda: CLIP2VideoHead(
+            width, heads, cfg.tab_centers, cfg.tab_weight, cfg.seq_layers, cfg.clip2video_compat
+        ),
         Head.mug: lambda: Mug(cfg.mug_lambda, cfg.mug_mode, cfg.mug_compat),
     }[cfg.head]
     head = build()
@@ -92,7 +96,9 @@ class VideoTextModel(nn.Module):
 
     input_names = ("frames", "frame_mask", "ids", "text_mask")  # the batch entries ``forward`` takes
 
-    def __init__(self, backbone: CLIPBackbone, branch: nn.Module, head: HeadModule, logit_scale: LogitScale, context_length: int):
+    def __init__(
+        self, backbone: CLIPBackbone, branch: nn.Module, head: HeadModule, logit_scale: LogitScale, context_length: int
+    ):
         super().__init__()
         self.backbone, self.branch, self.head, self.logit_scale = backbone, branch, head, logit_scale
         self.tokenizer = Tokenizer(context_length)
@@ -128,7 +134,9 @@ class VideoTextModel(nn.Module):
         Each name goes into the templates as ``prompt_name`` writes it."""
         if not class_names:
             raise ConfigError("class names are needed (model.class_names or the dataset's class-name file)")
-        prompts = [text for per_class in zip(*class_prompts(class_names, templates)) for text in per_class]  # class-major
+        prompts = [
+            text for per_class in zip(*class_prompts(class_names, templates), strict=True) for text in per_class
+        ]  # class-major
         device = self.logit_scale.log_scale.device
         ids, mask = self.tokenize(prompts)
         x = self.head.text_vector(self.backbone.encode_text(ids.to(device), mask.to(device)))
@@ -139,13 +147,18 @@ class VideoTextModel(nn.Module):
         """Scaled scores [N_text, N_video], computed by the head in blocks of ``chunk`` x ``chunk``."""
         return self.logit_scale() * self.head.similarity(text, video, chunk)
 
-    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor) -> dict:
+    def forward(
+        self, frames: torch.Tensor, frame_mask: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor
+    ) -> dict:
         """A batch of video-text pairs -> {"text": Embeddings, "video": Embeddings, "logit_scale": scalar}.
 
         Row i of text and video is a matching pair; ``mugstan.losses.ContrastiveLoss`` scores them.
         """
-        return {"text": self.encode_text(ids, text_mask), "video": self.encode_video(frames, frame_mask),
-                "logit_scale": self.logit_scale()}
+        return {
+            "text": self.encode_text(ids, text_mask),
+            "video": self.encode_video(frames, frame_mask),
+            "logit_scale": self.logit_scale(),
+        }
 
     def clamp_logit_scale(self) -> None:
         """Call after every optimiser step: keeps a learned scale <= 100."""
@@ -187,9 +200,12 @@ def build_classifier(cfg: ModelConfig, encoder: VideoTextModel, class_names: Seq
         raise ConfigError(f"model.num_classes={num_classes} but {len(names)} class names were given")
     if cfg.classifier in (Classifier.text, Classifier.text_trainable):
         if not names:
-            raise ConfigError(f"model.classifier={cfg.classifier} needs class names; use model.classifier=linear without them")
-        return TextInitClassifier(encoder.class_embeddings(names, cfg.prompt_templates),
-                                  trainable=cfg.classifier == Classifier.text_trainable)
+            raise ConfigError(
+                f"model.classifier={cfg.classifier} needs class names; use model.classifier=linear without them"
+            )
+        return TextInitClassifier(
+            encoder.class_embeddings(names, cfg.prompt_templates), trainable=cfg.classifier == Classifier.text_trainable
+        )
     return LinearClassifier(encoder.head.vector_dim(encoder.backbone.embed_dim), num_classes)
 
 
@@ -204,14 +220,20 @@ def build_model(cfg: ModelConfig, class_names: Sequence[str] = ()) -> Union[Vide
         return build_chat_model(cfg, lambda tower: build_branch(cfg, tower))
     backbone = build_clip(cfg.backbone, cfg.pretrained, cfg.weights, config=cfg.backbone_config)
     if cfg.context_length > backbone.context_length:
-        raise ConfigError(f"model.context_length={cfg.context_length} exceeds the text tower's {backbone.context_length} positions "
-                          f"({cfg.backbone or 'this backbone'}): set model.context_length={backbone.context_length} or less")
+        raise ConfigError(
+            f"model.context_length={cfg.context_length} exceeds the text tower's {backbone.context_length} positions "
+            f"({cfg.backbone or 'this backbone'}): set model.context_length={backbone.context_length} or less"
+        )
     if cfg.backbone is None and cfg.backbone_config is None:  # the weights file's architecture, recorded in the
-        cfg.backbone_config = dict(backbone.architecture)  # config so that the run's checkpoints rebuild it without the file
+        cfg.backbone_config = dict(
+            backbone.architecture
+        )  # config so that the run's checkpoints rebuild it without the file
     branch = build_branch(cfg, backbone)
     head = build_head(cfg, backbone)
     if cfg.head == Head.mug:  # Mug scores per-token text features: what only the pooled one reads (CoCa's CLS) gets an
-        for p in backbone.pooled_text_parameters():  # exactly zero gradient, so training it would only let weight decay shrink it
+        for p in (
+            backbone.pooled_text_parameters()
+        ):  # exactly zero gradient, so training it would only let weight decay shrink it
             p.requires_grad_(False)
     logit_scale = LogitScale(backbone.clip.logit_scale, cfg.temperature)
     backbone.clip.logit_scale.requires_grad_(False)  # superseded by the model's logit_scale

@@ -12,10 +12,10 @@
 ``convert_stan`` / ``convert_clip2video`` return ``(state_dict, model_config)``: the state dict of
 the mugstan model (``build_model(ModelConfig(**model_config))``) with no missing or unexpected
 keys, and the config fields that rebuild it (backbone found by matching the tensor shapes
-against the released OpenAI CLIPs and mugstan's configs; other shapes need the CLIP's config). This module sits above ``mugstan.models`` (it builds
-models from converted files); the HF key map it shares with CLIPModel folders is
-``mugstan.backbones.convert.hf_to_open_clip``. The tests write checkpoints in the authors' own key
-names (tests/reference_layouts.py) and convert them.
+against the released OpenAI CLIPs and mugstan's configs; other shapes need the CLIP's config). This
+module sits above ``mugstan.models`` (it builds models from converted files); the HF key map it shares
+with CLIPModel folders is ``mugstan.backbones.convert.hf_to_open_clip``. The tests write checkpoints in
+the authors' own key names (tests/reference_layouts.py) and convert them.
 """
 
 from __future__ import annotations
@@ -27,10 +27,7 @@ from typing import Union
 
 import torch
 
-from mugstan.backbones.convert import (
-    WeightsError, _read_tensors, config_from_state_dict, hf_block, hf_to_open_clip,
-)
-
+from mugstan.backbones.convert import WeightsError, _read_tensors, config_from_state_dict, hf_block, hf_to_open_clip
 
 # The released OpenAI CLIPs every STAN / CLIP4Clip / CLIP2Video checkpoint starts from: heads of width
 # 64 (OpenAI's rule) are known for these shapes only. mugstan's own configs record their heads.
@@ -49,9 +46,11 @@ def backbone_fields(clip_sd: dict, source: str, openai_rule: bool = False) -> di
         return {"backbone": None, "backbone_config": config_from_state_dict(clip_sd, source)}
     if name is None:
         v, t = (config_from_state_dict(clip_sd, source)[k] for k in ("vision_cfg", "text_cfg"))
-        raise WeightsError(f"{source}: its CLIP (vision {v['layers']}x{v['width']}, text {t['layers']}x{t['width']}) is none of the "
-                           "released OpenAI ones (ViT-B/32, B/16, L/14, L/14-336), so its attention head counts cannot be "
-                           "known from the tensors: give --clip-config with the HuggingFace CLIPModel config it was trained from")
+        raise WeightsError(
+            f"{source}: its CLIP (vision {v['layers']}x{v['width']}, text {t['layers']}x{t['width']}) is none of the "
+            "released OpenAI ones (ViT-B/32, B/16, L/14, L/14-336), so its attention head counts cannot be "
+            "known from the tensors: give --clip-config with the HuggingFace CLIPModel config it was trained from"
+        )
     return {"backbone": name}
 
 
@@ -69,9 +68,22 @@ def match_backbone(clip_sd: dict, source: str):
         v, t = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
         if not cfg.get("quick_gelu") or "multimodal_cfg" in cfg:
             continue
-        if (cfg.get("embed_dim"), v.get("width"), v.get("layers"), v.get("patch_size"), v.get("image_size"), t.get("width"), t.get("layers")) == (
-            want["embed_dim"], want["vision_cfg"]["width"], want["vision_cfg"]["layers"], want["vision_cfg"]["patch_size"],
-            want["vision_cfg"]["image_size"], want["text_cfg"]["width"], want["text_cfg"]["layers"],
+        if (
+            cfg.get("embed_dim"),
+            v.get("width"),
+            v.get("layers"),
+            v.get("patch_size"),
+            v.get("image_size"),
+            t.get("width"),
+            t.get("layers"),
+        ) == (
+            want["embed_dim"],
+            want["vision_cfg"]["width"],
+            want["vision_cfg"]["layers"],
+            want["vision_cfg"]["patch_size"],
+            want["vision_cfg"]["image_size"],
+            want["text_cfg"]["width"],
+            want["text_cfg"]["layers"],
         ):
             return name
     return None
@@ -92,7 +104,9 @@ def _finish(model_sd: dict, cfg: dict, log_scale: torch.Tensor) -> tuple[dict, d
 
 
 # ---- STAN / Mug-STAN ------------------------------------------------------------------------
-def convert_stan(path: Union[str, Path], temperature: float = 0.01, clip_config: Union[str, Path, None] = None) -> tuple[dict, dict]:
+def convert_stan(
+    path: Union[str, Path], temperature: float = 0.01, clip_config: Union[str, Path, None] = None
+) -> tuple[dict, dict]:
     """STAN / Mug-STAN mmengine checkpoint -> (mugstan state dict, model config fields).
 
     Both released temporal modules convert: self-attention (``STAN_T_layers.k.{layer_norm1,
@@ -116,14 +130,22 @@ def convert_stan(path: Union[str, Path], temperature: float = 0.01, clip_config:
     embeddings = ("class_embedding", "patch_embedding.weight", "position_embedding.weight")
     vision = {}
     for k in [k for k in src if k.startswith("backbone.") and not k.startswith("backbone.STAN_")]:
-        name = k[len("backbone."):]
+        name = k[len("backbone.") :]
         name = "embeddings." + name if name in embeddings else "encoder." + name if name.startswith("layers.") else name
         vision[name] = src.pop(k)
-    text = {k[len("text_backbone."):].removeprefix("text_model."): src.pop(k) for k in [k for k in src if k.startswith("text_backbone.")]}
-    for tower, key, where in ((vision, "visual_projection.weight", "backbone."), (text, "text_projection.weight", "text_backbone.")):
+    text = {
+        k[len("text_backbone.") :].removeprefix("text_model."): src.pop(k)
+        for k in [k for k in src if k.startswith("text_backbone.")]
+    }
+    for tower, key, where in (
+        (vision, "visual_projection.weight", "backbone."),
+        (text, "text_projection.weight", "text_backbone."),
+    ):
         if key not in tower:
             raise WeightsError(f"{path}: missing tensor {where + key!r}")
-    clip_sd = hf_to_open_clip(vision, text, vision.pop("visual_projection.weight"), text.pop("text_projection.weight"), source)
+    clip_sd = hf_to_open_clip(
+        vision, text, vision.pop("visual_projection.weight"), text.pop("text_projection.weight"), source
+    )
     model_sd = {f"backbone.clip.{k}": v for k, v in clip_sd.items()}
     model_sd["branch.time_embed.weight"] = src.pop("backbone.STAN_time_embed.weight")
     for k in range(depth):
@@ -138,10 +160,22 @@ def convert_stan(path: Union[str, Path], temperature: float = 0.01, clip_config:
     leftover = sorted(src) + [f"backbone.{k}" for k in vision] + [f"text_backbone.{k}" for k in text]
     if leftover:
         raise WeightsError(f"{path}: unexpected tensors {leftover[:8]} for a STAN / Mug-STAN checkpoint")
-    backbone = {"backbone": None, "backbone_config": _clip_config(clip_config)} if clip_config else backbone_fields(clip_sd, source)
+    backbone = (
+        {"backbone": None, "backbone_config": _clip_config(clip_config)}
+        if clip_config
+        else backbone_fields(clip_sd, source)
+    )
     cfg = {
-        **backbone, "branch": "stan", "head": "mean", "temperature": temperature,
-        "loss_reduction": "sum", "stan": {"depth": depth, "time_module": "conv" if conv else "self", "max_frames": model_sd["branch.time_embed.weight"].shape[0]},
+        **backbone,
+        "branch": "stan",
+        "head": "mean",
+        "temperature": temperature,
+        "loss_reduction": "sum",
+        "stan": {
+            "depth": depth,
+            "time_module": "conv" if conv else "self",
+            "max_frames": model_sd["branch.time_embed.weight"].shape[0],
+        },
     }
     return _finish(model_sd, cfg, torch.tensor(math.log(1.0 / temperature)))
 
@@ -154,7 +188,7 @@ def _take(src: dict, key: str, source: str):
 
 def _clip_config(path: Union[str, Path]) -> dict:
     """The open_clip config of a HuggingFace CLIPModel config (a folder or its config.json)."""
-    from mugstan.backbones.convert import read_hf_config, hf_open_clip_config
+    from mugstan.backbones.convert import hf_open_clip_config, read_hf_config
 
     path = Path(path)
     return hf_open_clip_config(read_hf_config(path if path.is_dir() else path.parent))
@@ -162,13 +196,15 @@ def _clip_config(path: Union[str, Path]) -> dict:
 
 # ---- CLIP4Clip / CLIP2Video ------------------------------------------------------------------
 def _block_key(key: str) -> str:
-    return key.replace(".attn.in_proj_weight", ".attn.in_proj.weight").replace(".attn.in_proj_bias", ".attn.in_proj.bias")
+    return key.replace(".attn.in_proj_weight", ".attn.in_proj.weight").replace(
+        ".attn.in_proj_bias", ".attn.in_proj.bias"
+    )
 
 
 def convert_clip2video(path: Union[str, Path]) -> tuple[dict, dict]:
     """CLIP4Clip (meanP / seqTransf) or CLIP2Video ``pytorch_model.bin.N`` -> (state dict, config fields)."""
     src = _load(path)
-    clip_sd = {k[len("clip."):]: v for k, v in src.items() if k.startswith("clip.")}
+    clip_sd = {k[len("clip.") :]: v for k, v in src.items() if k.startswith("clip.")}
     if not clip_sd:
         raise WeightsError(f"{path}: not a CLIP4Clip / CLIP2Video checkpoint (no clip.* tensors)")
     clip_sd = {k: v for k, v in clip_sd.items() if k not in ("input_resolution", "context_length", "vocab_size")}
@@ -189,7 +225,13 @@ def convert_clip2video(path: Union[str, Path]) -> tuple[dict, dict]:
         head, extra = "meanP", {}
         if rest:
             raise WeightsError(f"{path}: unexpected tensors {sorted(rest)[:6]} for a meanP checkpoint")
-    cfg = {**backbone_fields(clip_sd, str(path), openai_rule=True), "branch": "none", "head": head, "loss_reduction": "mean", **extra}
+    cfg = {
+        **backbone_fields(clip_sd, str(path), openai_rule=True),
+        "branch": "none",
+        "head": head,
+        "loss_reduction": "mean",
+        **extra,
+    }
     return _finish(model_sd, cfg, clip_sd["logit_scale"])
 
 
@@ -208,10 +250,14 @@ def load_converted(path: Union[str, Path], overrides=()):
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # SafetensorError or OSError for a damaged file
-        raise WeightsError(f"{path}: cannot be read as safetensors: corrupt, truncated or empty ({type(err).__name__}); "
-                           "run `mugstan convert` again") from None
+        raise WeightsError(
+            f"{path}: cannot be read as safetensors: corrupt, truncated or empty ({type(err).__name__}); "
+            "run `mugstan convert` again"
+        ) from None
     if "model_config" not in meta:
-        raise WeightsError(f"{path}: no model_config in the metadata (was it written by `mugstan convert --format stan|clip2video`?)")
+        raise WeightsError(
+            f"{path}: no model_config in the metadata (was it written by `mugstan convert --format stan|clip2video`?)"
+        )
     cfg = model_config(json.loads(meta["model_config"]), overrides, source=f"{path} (model_config)")
     model = build_model(cfg)
     model.load_state_dict(state, strict=True)

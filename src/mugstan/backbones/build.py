@@ -107,15 +107,19 @@ def build_clip(
     loaded = load_clip_weights(resolve_weights(weights), weights_format) if weights is not None else None
     if config is not None:
         if pretrained is not None:
-            raise ConfigError("model.backbone_config describes an architecture open_clip has no pretrained weights for; "
-                             "give model.weights instead of model.pretrained")
+            raise ConfigError(
+                "model.backbone_config describes an architecture open_clip has no pretrained weights for; "
+                "give model.weights instead of model.pretrained"
+            )
         clip = model_from_config(config)
     elif name is None:
         if loaded is None:
             raise ConfigError("build_clip needs a model name or a weights file to infer the architecture from")
         if loaded.config is None:  # never a model with guessed head counts
-            raise ConfigError(f"model.backbone is null but {loaded.unknown}: set model.backbone to the architecture it was "
-                              "trained as (e.g. model.backbone=mugstan-tiny or ViT-B-32) or give model.backbone_config")
+            raise ConfigError(
+                f"model.backbone is null but {loaded.unknown}: set model.backbone to the architecture it was "
+                "trained as (e.g. model.backbone=mugstan-tiny or ViT-B-32) or give model.backbone_config"
+            )
         config = loaded.config
         clip = model_from_config(config)
     else:
@@ -140,8 +144,11 @@ def build_clip(
         except Exception as err:  # open_clip raises RuntimeError / OSError / HF hub errors
             if pretrained is None:
                 raise
-            why = "the Hugging Face Hub cannot be reached and they are not in its cache" if not hub_reachable() else \
-                f"{type(err).__name__}: {err}"
+            why = (
+                "the Hugging Face Hub cannot be reached and they are not in its cache"
+                if not hub_reachable()
+                else f"{type(err).__name__}: {err}"
+            )
             raise ConfigError(
                 f"could not fetch open_clip weights {name!r} / {pretrained!r} ({why}). "
                 "On a machine without internet, download the checkpoint elsewhere and pass its local "

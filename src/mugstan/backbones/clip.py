@@ -210,7 +210,8 @@ class CLIPBackbone(nn.Module):
         if x.shape[-2] * x.shape[-1] != self.num_patches:
             raise ConfigError(
                 f"frames of {tuple(frames.shape[-2:])} give a {x.shape[-2]}x{x.shape[-1]} patch grid, "
-                f"but the model expects {self.image_size}x{self.image_size} input; set data.image_size={self.image_size}"
+                f"but the model expects {self.image_size}x{self.image_size} input; set "
+                f"data.image_size={self.image_size}"
             )
         x = x.flatten(2).transpose(1, 2)  # [N, P, D]
         cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)

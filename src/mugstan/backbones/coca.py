@@ -64,11 +64,15 @@ class CoCaBackbone(CLIPBackbone):
             raise ConfigError("CoCaBackbone reads open_clip's original CoCa pooling (one attentional pooler, "
                              "vision_cfg.attentional_pool: true); 'parallel' / 'cascade' pools are not supported")
         if visual.pool_type != "tok" or visual.proj is None:
-            raise ConfigError(f"CoCaBackbone needs vision_cfg.pool_type 'tok' and a projection, got {visual.pool_type!r}")
+            raise ConfigError(
+                f"CoCaBackbone needs vision_cfg.pool_type 'tok' and a projection, got {visual.pool_type!r}"
+            )
         if coca.text.cls_emb is None or coca.text.pool_type == "none" or coca.text.text_projection is None:
             raise ConfigError("CoCaBackbone needs CoCa's text tower (text_cfg.embed_cls: true, with a projection)")
         if isinstance(coca.text.text_projection, nn.Linear):
-            raise ConfigError("CoCaBackbone expects text_projection as a matrix (text_cfg.proj_type 'linear' without bias)")
+            raise ConfigError(
+                "CoCaBackbone expects text_projection as a matrix (text_cfg.proj_type 'linear' without bias)"
+            )
 
     # ---- shapes -------------------------------------------------------------------------
     @property
@@ -137,10 +141,14 @@ class CoCaBackbone(CLIPBackbone):
         return self.frame_embeds(self.fuse_tokens(last, cls).flatten(0, 1)).view(b, t, -1)
 
     def project(self, cls: torch.Tensor) -> torch.Tensor:
-        raise TypeError("CoCa has no per-token projection: its embedding comes from the attentional pooler over "
-                        "all tokens of a frame; use backbone.frame_embeds(last) or backbone.fuse(last, cls)")
+        raise TypeError(
+            "CoCa has no per-token projection: its embedding comes from the attentional pooler over "
+            "all tokens of a frame; use backbone.frame_embeds(last) or backbone.fuse(last, cls)"
+        )
 
-    def caption_tokens(self, last: torch.Tensor, mask: torch.Tensor, cls: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def caption_tokens(
+        self, last: torch.Tensor, mask: torch.Tensor, cls: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """The caption decoder's visual tokens for videos: final block output [B, T, 1+P, D], frame mask
         [B, T] bool, the branch's class token [B, 1, D] (None: no branch) -> [B, Q-1, E].
 
@@ -177,7 +185,9 @@ class CoCaBackbone(CLIPBackbone):
         n, length = ids.shape
         context = self.context_length
         if length > context:
-            raise ValueError(f"{length} tokens exceed CoCa's text context {context}; set model.context_length <= {context}")
+            raise ValueError(
+                f"{length} tokens exceed CoCa's text context {context}; set model.context_length <= {context}"
+            )
         if mask is None:
             mask = ids != 0
         text = self.text
@@ -202,10 +212,15 @@ class CoCaBackbone(CLIPBackbone):
         by one, as ``encode_text``); the decoder reads the prefix's features before ``ln_final``."""
         n, length = ids.shape
         if length > self.clip.text_decoder.context_length:
-            raise ValueError(f"caption prefix of {length} tokens exceeds the decoder's context {self.clip.text_decoder.context_length}")
+            raise ValueError(
+                f"caption prefix of {length} tokens exceeds the decoder's context "
+                f"{self.clip.text_decoder.context_length}"
+            )
         text = self.text
         x = text.token_embedding(ids)
-        x = torch.cat([x, text.cls_emb.to(x.dtype).expand(n, 1, -1)], dim=1) + text.positional_embedding[:length + 1].to(x.dtype)
+        x = torch.cat([x, text.cls_emb.to(x.dtype).expand(n, 1, -1)], dim=1) + text.positional_embedding[
+            : length + 1
+        ].to(x.dtype)
         attn_mask = self._text_mask(ids != 0, x.dtype)
         for block in text.transformer.resblocks:
             x = block(x, attn_mask=attn_mask)

@@ -128,18 +128,34 @@ def coca_config_from_state_dict(sd: dict[str, torch.Tensor], source: str) -> dic
         "embed_dim": embed_dim,
         "quick_gelu": False,
         "vision_cfg": {
-            "image_size": grid * patch, "layers": _count(sd, "visual.transformer.resblocks."), "width": width,
-            "head_width": min(64, width), "patch_size": patch, "mlp_ratio": v_mlp / width,
-            "attentional_pool": True, "attn_pooler_queries": queries, "attn_pooler_heads": 8, "output_tokens": True,
+            "image_size": grid * patch,
+            "layers": _count(sd, "visual.transformer.resblocks."),
+            "width": width,
+            "head_width": min(64, width),
+            "patch_size": patch,
+            "mlp_ratio": v_mlp / width,
+            "attentional_pool": True,
+            "attn_pooler_queries": queries,
+            "attn_pooler_heads": 8,
+            "output_tokens": True,
         },
         "text_cfg": {
-            "context_length": context_length, "vocab_size": vocab_size, "width": t_width,
-            "heads": max(t_width // 64, 1), "layers": _count(sd, "text.transformer.resblocks."), "mlp_ratio": t_mlp / t_width,
-            "embed_cls": True, "output_tokens": True,
+            "context_length": context_length,
+            "vocab_size": vocab_size,
+            "width": t_width,
+            "heads": max(t_width // 64, 1),
+            "layers": _count(sd, "text.transformer.resblocks."),
+            "mlp_ratio": t_mlp / t_width,
+            "embed_cls": True,
+            "output_tokens": True,
         },
         "multimodal_cfg": {
-            "context_length": context_length, "vocab_size": decoder_vocab, "width": m_width,
-            "heads": max(m_width // 64, 1), "layers": _count(sd, "text_decoder.resblocks."), "mlp_ratio": m_mlp / m_width,
+            "context_length": context_length,
+            "vocab_size": decoder_vocab,
+            "width": m_width,
+            "heads": max(m_width // 64, 1),
+            "layers": _count(sd, "text_decoder.resblocks."),
+            "mlp_ratio": m_mlp / m_width,
         },
     }
 
@@ -170,17 +186,29 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], source: str, quick_gelu:
         "embed_dim": embed_dim,
         "quick_gelu": quick_gelu,
         "vision_cfg": {
-            "image_size": grid * patch, "layers": v_layers, "width": width,
-            "head_width": min(64, width), "patch_size": patch, "mlp_ratio": v_mlp / width,
+            "image_size": grid * patch,
+            "layers": v_layers,
+            "width": width,
+            "head_width": min(64, width),
+            "patch_size": patch,
+            "mlp_ratio": v_mlp / width,
         },
         "text_cfg": {
-            "context_length": context_length, "vocab_size": vocab_size, "width": t_width,
-            "heads": max(t_width // 64, 1), "layers": t_layers, "mlp_ratio": t_mlp / t_width,
+            "context_length": context_length,
+            "vocab_size": vocab_size,
+            "width": t_width,
+            "heads": max(t_width // 64, 1),
+            "layers": t_layers,
+            "mlp_ratio": t_mlp / t_width,
         },
     }
 
 
-HEAD_FIELDS = {"vision_cfg": ("head_width", "attn_pooler_heads"), "text_cfg": ("heads",), "multimodal_cfg": ("heads", "attn_pooler_heads")}
+HEAD_FIELDS = {
+    "vision_cfg": ("head_width", "attn_pooler_heads"),
+    "text_cfg": ("heads",),
+    "multimodal_cfg": ("heads", "attn_pooler_heads"),
+}
 
 
 def _towers(config: dict) -> dict:
@@ -189,8 +217,11 @@ def _towers(config: dict) -> dict:
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
     classes = {"vision_cfg": CLIPVisionCfg, "text_cfg": CLIPTextCfg, "multimodal_cfg": MultimodalCfg}
-    return {tower: cls(**{k: v for k, v in config.get(tower, {}).items() if k in cls.__dataclass_fields__})
-            for tower, cls in classes.items() if tower in config or tower != "multimodal_cfg"}
+    return {
+        tower: cls(**{k: v for k, v in config.get(tower, {}).items() if k in cls.__dataclass_fields__})
+        for tower, cls in classes.items()
+        if tower in config or tower != "multimodal_cfg"
+    }
 
 
 def _sizes(config: dict) -> tuple:
@@ -198,10 +229,20 @@ def _sizes(config: dict) -> tuple:
     towers = _towers(config)
     v = towers["vision_cfg"]
     image = v.image_size if isinstance(v.image_size, int) else tuple(v.image_size)
-    vision = (v.layers, v.width, round(v.mlp_ratio, 4), v.patch_size, image, v.attentional_pool,
-              v.attn_pooler_queries if v.attentional_pool else None)
-    text = [(t.context_length, t.vocab_size, t.width, t.layers, round(t.mlp_ratio, 4))
-            for name, t in towers.items() if name != "vision_cfg"]
+    vision = (
+        v.layers,
+        v.width,
+        round(v.mlp_ratio, 4),
+        v.patch_size,
+        image,
+        v.attentional_pool,
+        v.attn_pooler_queries if v.attentional_pool else None,
+    )
+    text = [
+        (t.context_length, t.vocab_size, t.width, t.layers, round(t.mlp_ratio, 4))
+        for name, t in towers.items()
+        if name != "vision_cfg"
+    ]
     return (config.get("embed_dim"), vision, *text)
 
 
@@ -222,7 +263,14 @@ def named_heads(config: dict) -> Optional[dict]:
         if ("multimodal_cfg" in named) != ("multimodal_cfg" in config) or _sizes(named) != want:
             continue
         towers = _towers(named)
-        found.add(tuple((tower, f, getattr(towers[tower], f)) for tower, fields in HEAD_FIELDS.items() if tower in towers for f in fields))
+        found.add(
+            tuple(
+                (tower, f, getattr(towers[tower], f))
+                for tower, fields in HEAD_FIELDS.items()
+                if tower in towers
+                for f in fields
+            )
+        )
     if len(found) != 1:
         return None
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
@@ -232,8 +280,10 @@ def named_heads(config: dict) -> Optional[dict]:
 
 
 def unknown_heads(source: str) -> str:
-    return (f"{source} records no architecture and its tensor shapes are those of no named backbone, so its attention "
-            "head counts cannot be known")
+    return (
+        f"{source} records no architecture and its tensor shapes are those of no named backbone, so its attention "
+        "head counts cannot be known"
+    )
 
 
 # ---- loaders -------------------------------------------------------------------------------
@@ -245,10 +295,14 @@ def _torch_load(path: Path) -> dict:
             if is_script:
                 return torch.jit.load(str(path), map_location="cpu").state_dict()
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt or foreign file; torch's own message advises unpickling, which would run code from it
-        raise WeightsError(f"{path}: cannot be read as a PyTorch checkpoint of tensors: corrupt, truncated, or not a weights "
-                           f"file ({type(err).__name__}); name an OpenAI .pt, a HuggingFace CLIPModel folder or a .safetensors file "
-                           "(docs/weights.md)") from None
+    except (
+        Exception
+    ) as err:  # corrupt or foreign file; torch's own message advises unpickling, which would run code from it
+        raise WeightsError(
+            f"{path}: cannot be read as a PyTorch checkpoint of tensors: corrupt, truncated, or not a weights "
+            f"file ({type(err).__name__}); name an OpenAI .pt, a HuggingFace CLIPModel folder or a .safetensors file "
+            "(docs/weights.md)"
+        ) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -265,8 +319,10 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             with safe_open(str(path), framework="pt") as f:
                 return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
         except Exception as err:
-            raise WeightsError(f"{path}: cannot be read as safetensors: corrupt, truncated or empty ({type(err).__name__}: "
-                               f"{one_line(err)}); convert or download it again") from None
+            raise WeightsError(
+                f"{path}: cannot be read as safetensors: corrupt, truncated or empty ({type(err).__name__}: "
+                f"{one_line(err)}); convert or download it again"
+            ) from None
     return _torch_load(path), {}
 
 
@@ -288,15 +344,37 @@ def load_open_clip(path: Union[str, Path]) -> ClipWeights:
     path = Path(path)
     sd, meta = _read_tensors(path)
     config = json.loads(meta["config"]) if "config" in meta else named_heads(config_from_state_dict(sd, str(path)))
-    return ClipWeights({k: v.float() for k, v in sd.items()}, config, str(path), "open_clip", "" if config else unknown_heads(str(path)))
+    return ClipWeights(
+        {k: v.float() for k, v in sd.items()},
+        config,
+        str(path),
+        "open_clip",
+        "" if config else unknown_heads(str(path)),
+    )
 
 
 # transformers' CLIPVisionConfig / CLIPTextConfig / CLIPConfig defaults: a config.json written by
 # transformers holds only the keys that differ from them (tests compare with transformers itself).
-HF_VISION_DEFAULTS = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
-                      "image_size": 224, "patch_size": 32, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
-HF_TEXT_DEFAULTS = {"vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
-                    "num_attention_heads": 8, "max_position_embeddings": 77, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
+HF_VISION_DEFAULTS = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "image_size": 224,
+    "patch_size": 32,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
+HF_TEXT_DEFAULTS = {
+    "vocab_size": 49408,
+    "hidden_size": 512,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 8,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
 HF_PROJECTION_DIM = 512
 
 
@@ -311,8 +389,12 @@ def read_hf_config(folder: Path) -> dict:
         raise WeightsError(f"{cfg_path}: invalid JSON ({err})") from None
     if not isinstance(cfg, dict) or "vision_config" not in cfg or "text_config" not in cfg:
         raise WeightsError(f"{cfg_path}: not a CLIPModel config (needs vision_config and text_config)")
-    return {**cfg, "projection_dim": cfg.get("projection_dim", HF_PROJECTION_DIM),
-            "vision_config": {**HF_VISION_DEFAULTS, **cfg["vision_config"]}, "text_config": {**HF_TEXT_DEFAULTS, **cfg["text_config"]}}
+    return {
+        **cfg,
+        "projection_dim": cfg.get("projection_dim", HF_PROJECTION_DIM),
+        "vision_config": {**HF_VISION_DEFAULTS, **cfg["vision_config"]},
+        "text_config": {**HF_TEXT_DEFAULTS, **cfg["text_config"]},
+    }
 
 
 def hf_open_clip_config(cfg: dict) -> dict:
@@ -322,20 +404,32 @@ def hf_open_clip_config(cfg: dict) -> dict:
         "embed_dim": cfg["projection_dim"],
         "quick_gelu": v["hidden_act"] == "quick_gelu",
         "vision_cfg": {
-            "image_size": v["image_size"], "layers": v["num_hidden_layers"], "width": v["hidden_size"],
-            "head_width": v["hidden_size"] // v["num_attention_heads"], "patch_size": v["patch_size"],
+            "image_size": v["image_size"],
+            "layers": v["num_hidden_layers"],
+            "width": v["hidden_size"],
+            "head_width": v["hidden_size"] // v["num_attention_heads"],
+            "patch_size": v["patch_size"],
             "mlp_ratio": v["intermediate_size"] / v["hidden_size"],
         },
         "text_cfg": {
-            "context_length": t["max_position_embeddings"], "vocab_size": t["vocab_size"],
-            "width": t["hidden_size"], "heads": t["num_attention_heads"], "layers": t["num_hidden_layers"],
+            "context_length": t["max_position_embeddings"],
+            "vocab_size": t["vocab_size"],
+            "width": t["hidden_size"],
+            "heads": t["num_attention_heads"],
+            "layers": t["num_hidden_layers"],
             "mlp_ratio": t["intermediate_size"] / t["hidden_size"],
         },
     }
 
 
 # HF per-block names -> open_clip per-block names (q, k, v are concatenated into in_proj)
-HF_BLOCK = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj", "self_attn.out_proj": "attn.out_proj"}
+HF_BLOCK = {
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+    "self_attn.out_proj": "attn.out_proj",
+}
 
 
 def hf_block(src: dict, prefix: str, dst_prefix: str, in_proj: str, source: str) -> dict:
@@ -346,6 +440,7 @@ def hf_block(src: dict, prefix: str, dst_prefix: str, in_proj: str, source: str)
     "attn.in_proj." for mugstan's Attention). Blocks without an MLP (STAN's temporal ones) have
     no mlp / layer_norm2 tensors: those names are taken only when present.
     """
+
     def take(key: str) -> torch.Tensor:
         if key not in src:
             raise WeightsError(f"{source}: missing tensor {key!r}")
@@ -362,10 +457,12 @@ def hf_block(src: dict, prefix: str, dst_prefix: str, in_proj: str, source: str)
 
 
 def _layers(tower: dict, root: str) -> list[int]:
-    return sorted({int(k[len(root):].split(".")[0]) for k in tower if k.startswith(root)})
+    return sorted({int(k[len(root) :].split(".")[0]) for k in tower if k.startswith(root)})
 
 
-def hf_to_open_clip(vision: dict, text: dict, visual_projection: torch.Tensor, text_projection: torch.Tensor, source: str) -> dict:
+def hf_to_open_clip(
+    vision: dict, text: dict, visual_projection: torch.Tensor, text_projection: torch.Tensor, source: str
+) -> dict:
     """HF ``CLIPVisionModel`` / ``CLIPTextModel`` tensors (keys relative to ``vision_model.`` and
     ``text_model.``) and the two projection Linears' weights -> open_clip CLIP keys (no logit scale).
 
@@ -373,6 +470,7 @@ def hf_to_open_clip(vision: dict, text: dict, visual_projection: torch.Tensor, t
     Mug-STAN checkpoints). Strict: pops what it uses, a missing tensor is a ``WeightsError``
     naming ``source``; what is left in ``vision`` / ``text`` is the caller's to report.
     """
+
     def take(tower: dict, key: str) -> torch.Tensor:
         if key not in tower:
             raise WeightsError(f"{source}: missing tensor {key!r}")
@@ -407,19 +505,23 @@ def load_hf(folder: Union[str, Path]) -> ClipWeights:
             raise WeightsError(f"{folder / 'config.json'}: {name}.layer_norm_eps={eps}; open_clip CLIP uses 1e-5")
     acts = {v["hidden_act"], t["hidden_act"]}
     if len(acts) != 1 or acts - {"quick_gelu", "gelu"}:
-        raise WeightsError(f"{folder / 'config.json'}: unsupported hidden_act {sorted(acts)} (need quick_gelu or gelu on both towers)")
+        raise WeightsError(
+            f"{folder / 'config.json'}: unsupported hidden_act {sorted(acts)} (need quick_gelu or gelu on both towers)"
+        )
     files = [folder / "model.safetensors", folder / "pytorch_model.bin"]
     weights_file = next((f for f in files if f.is_file()), None)
     if weights_file is None:
         raise WeightsError(f"{folder}: no model.safetensors or pytorch_model.bin next to config.json")
     hf, _ = _read_tensors(weights_file)
     hf = {k: v.float() for k, v in hf.items() if not k.endswith("position_ids")}
-    vision = {k[len("vision_model."):]: hf.pop(k) for k in list(hf) if k.startswith("vision_model.")}
-    text = {k[len("text_model."):]: hf.pop(k) for k in list(hf) if k.startswith("text_model.")}
+    vision = {k[len("vision_model.") :]: hf.pop(k) for k in list(hf) if k.startswith("vision_model.")}
+    text = {k[len("text_model.") :]: hf.pop(k) for k in list(hf) if k.startswith("text_model.")}
     for key in ("visual_projection.weight", "text_projection.weight", "logit_scale"):
         if key not in hf:
             raise WeightsError(f"{weights_file}: missing tensor {key!r} (is this a CLIPModel?)")
-    sd = hf_to_open_clip(vision, text, hf.pop("visual_projection.weight"), hf.pop("text_projection.weight"), str(weights_file))
+    sd = hf_to_open_clip(
+        vision, text, hf.pop("visual_projection.weight"), hf.pop("text_projection.weight"), str(weights_file)
+    )
     sd["logit_scale"] = hf.pop("logit_scale")
     leftover = sorted(hf) + [f"vision_model.{k}" for k in vision] + [f"text_model.{k}" for k in text]
     if leftover:
@@ -455,7 +557,9 @@ def load_clip_weights(path: Union[str, Path], format: str = "auto") -> ClipWeigh
 
 
 # ---- writing -----------------------------------------------------------------------------
-def save_safetensors(state_dict: dict[str, torch.Tensor], out: Union[str, Path], metadata: Optional[dict] = None) -> None:
+def save_safetensors(
+    state_dict: dict[str, torch.Tensor], out: Union[str, Path], metadata: Optional[dict] = None
+) -> None:
     """Write tensors atomically (``mugstan.files.atomic_file``)."""
     from safetensors.torch import save_file
 

@@ -33,8 +33,8 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from mugstan.backbones.clip import CLIPBackbone, VisionOutput
-from mugstan.config import ConfigError
 from mugstan.branches.frames import FrameFeatures
+from mugstan.config import ConfigError
 from mugstan.heads.base import masked_mean
 from mugstan.heads.blocks import Attention, DropPath
 
@@ -95,7 +95,9 @@ class SpatialBlock(nn.Module):
         self.mlp = copy.deepcopy(clip_block.mlp)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, cls: torch.Tensor, patches: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, cls: torch.Tensor, patches: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """cls [B, 1, D], patches [B, P, T, D], mask [B, T] -> (cls, patches), same shapes."""
         b, p, t, d = patches.shape
         x = torch.cat([cls.unsqueeze(1).expand(b, t, 1, d), patches.transpose(1, 2)], dim=2)  # [B, T, 1+P, D]
@@ -115,13 +117,21 @@ class STAN(nn.Module):
     drop_path: rates linspace(0, drop_path, K); max_frames: size of the temporal embedding.
     """
 
-    def __init__(self, backbone: CLIPBackbone, depth: int = 4, time_module: str = "self",
-                 drop_path: float = 0.1, max_frames: int = 64):
+    def __init__(
+        self,
+        backbone: CLIPBackbone,
+        depth: int = 4,
+        time_module: str = "self",
+        drop_path: float = 0.1,
+        max_frames: int = 64,
+    ):
         super().__init__()
         n_layers, width, heads = backbone.vision_layers, backbone.vision_width, backbone.vision_heads
         if not 1 <= depth <= n_layers:
-            raise ConfigError(f"model.stan.depth={depth} must be in 1..{n_layers}: the backbone has {n_layers} vision layers and each "
-                              "STAN level reads one of them")
+            raise ConfigError(
+                f"model.stan.depth={depth} must be in 1..{n_layers}: the backbone has {n_layers} vision layers and "
+                "each STAN level reads one of them"
+            )
         if time_module not in ("self", "conv"):
             raise ConfigError(f"model.stan.time_module must be 'self' or 'conv', got {time_module!r}")
         self.first = n_layers - depth
@@ -155,12 +165,16 @@ class STAN(nn.Module):
         last = vision.last.view(b, t, -1, vision.last.shape[-1])
         return FrameFeatures(backbone.fuse(last, cls), patches.transpose(1, 2))
 
-    def video_state(self, vision: VisionOutput, backbone: CLIPBackbone, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def video_state(
+        self, vision: VisionOutput, backbone: CLIPBackbone, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The branch's final state: video class token [B, 1, D] and patch tokens [B, P, T, D]."""
         b, t = mask.shape
         if t > self.time_embed.num_embeddings:
-            raise ConfigError(f"STAN's temporal embedding covers model.stan.max_frames={self.time_embed.num_embeddings} frames, "
-                              f"got {t}: raise model.stan.max_frames or lower data.num_frames / data.test_num_frames")
+            raise ConfigError(
+                f"STAN's temporal embedding covers model.stan.max_frames={self.time_embed.num_embeddings} frames, "
+                f"got {t}: raise model.stan.max_frames or lower data.num_frames / data.test_num_frames"
+            )
         visual = backbone.visual
         pos = visual.positional_embedding
         d = vision.last.shape[-1]

@@ -66,7 +66,8 @@ class VideoChatModel(nn.Module):
 
     @property
     def num_spatial(self) -> int:
-        """Spatial tokens per video: P, or 1 + P when LLaVA keeps the class token (``vision_feature_select_strategy: full``)."""
+        """Spatial tokens per video: P, or 1 + P when LLaVA keeps the class token
+        (``vision_feature_select_strategy: full``)."""
         return self.num_patches + int(self.keep_cls)
 
     def num_video_tokens(self, num_frames: int) -> int:
@@ -81,7 +82,9 @@ class VideoChatModel(nn.Module):
             raise ValueError(f"frames must be [B, T, 3, H, W], got {tuple(frames.shape)}")
         b, t = frames.shape[:2]
         if frame_mask.shape != (b, t) or not frame_mask.any(1).all():
-            raise ValueError(f"frame_mask must be [B, T] = {(b, t)} with a real frame in every row, got {tuple(frame_mask.shape)}")
+            raise ValueError(
+                f"frame_mask must be [B, T] = {(b, t)} with a real frame in every row, got {tuple(frame_mask.shape)}"
+            )
         spatial_only = self.cfg.video_tokens == VideoTokens.frame_mean
         vision = self.backbone.encode_frames(frames.flatten(0, 1), taps=() if spatial_only else self.branch.taps)
         last = vision.last.view(b, t, *vision.last.shape[1:])  # [B, T, 1+P, D]
@@ -96,8 +99,14 @@ class VideoChatModel(nn.Module):
         return torch.cat([temporal, spatial], 1), torch.cat([frame_mask, spatial_mask], 1)
 
     # ---- language model inputs ----------------------------------------------------------
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, frames: torch.Tensor,
-              frame_mask: torch.Tensor, video_of: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        frames: torch.Tensor,
+        frame_mask: torch.Tensor,
+        video_of: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """input_ids [B, S] (N image tokens per row), attention_mask [B, S], frames [V, T, 3, H, W], frame_mask [V, T]
         -> (inputs_embeds [B, S, H], attention_mask [B, S] long): the projected tokens of video ``video_of[b]``
         (default b, V = B) replace row b's image tokens, in order; padded frames' tokens are masked."""
@@ -105,8 +114,10 @@ class VideoChatModel(nn.Module):
         n = self.num_video_tokens(frames.shape[1])
         counts = place.sum(1)
         if (counts != n).any():
-            raise ValueError(f"each prompt needs {n} image tokens (id {self.image_token_id}) for a {frames.shape[1]}-frame video, "
-                             f"got {counts.tolist()}; build prompts with model.tokenizer")
+            raise ValueError(
+                f"each prompt needs {n} image tokens (id {self.image_token_id}) for a {frames.shape[1]}-frame video, "
+                f"got {counts.tolist()}; build prompts with model.tokenizer"
+            )
         dtype = self.llm.get_input_embeddings().weight.dtype
         with torch.autocast(frames.device.type, torch.bfloat16, enabled=dtype == torch.bfloat16):
             tokens, token_mask = self.video_tokens(frames, frame_mask)
@@ -121,10 +132,16 @@ class VideoChatModel(nn.Module):
         mask[place] = token_mask.flatten()
         return embeds, mask.long()
 
-    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor, labels: torch.Tensor) -> dict:
-        """A batch of conversations (``model.tokenizer`` items, padded right) -> {"logits": [B, S, V], "labels": [B, S]},
-        S = the longest item of the batch (the common padding is trimmed)."""
+    def forward(
+        self,
+        frames: torch.Tensor,
+        frame_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> dict:
+        """A batch of conversations (``model.tokenizer`` items, padded right) -> {"logits": [B, S, V],
+        "labels": [B, S]}, S = the longest item of the batch (the common padding is trimmed)."""
         s = int(attention_mask.sum(1).max())
         input_ids, attention_mask, labels = input_ids[:, :s], attention_mask[:, :s], labels[:, :s]
         embeds, mask = self.embed(input_ids, attention_mask, frames, frame_mask)
@@ -132,23 +149,35 @@ class VideoChatModel(nn.Module):
 
     # ---- answers ------------------------------------------------------------------------
     @torch.no_grad()
-    def answer(self, frames: torch.Tensor, frame_mask: torch.Tensor, conversations: Sequence[Turns],
-               max_new_tokens: Optional[int] = None, streamer=None, video_of: Optional[Sequence[int]] = None,
-               temperature: Optional[float] = None, top_p: Optional[float] = None) -> list[str]:
+    def answer(
+        self,
+        frames: torch.Tensor,
+        frame_mask: torch.Tensor,
+        conversations: Sequence[Turns],
+        max_new_tokens: Optional[int] = None,
+        streamer=None,
+        video_of: Optional[Sequence[int]] = None,
+        temperature: Optional[float] = None,
+        top_p: Optional[float] = None,
+    ) -> list[str]:
         """Answers to the last question of each conversation about its video: greedy, or sampled when the
         temperature (default ``model.chat.temperature``) is above 0, from the top-p nucleus (``model.chat.top_p``).
 
         frames [V, T, 3, H, W], frame_mask [V, T]; conversations[b]: [(question, answer), ..., (question, None)]
         about video ``video_of[b]`` (default: b, V = B; several questions can share one video, encoded once).
-        Prompts are padded on the left; ``streamer`` (e.g. transformers' TextStreamer, B = 1) gets the tokens as they come.
+        Prompts are padded on the left; ``streamer`` (e.g. transformers' TextStreamer, B = 1) gets the tokens as
+        they come.
         Sampling draws from torch's global generator (``torch.manual_seed`` makes it repeatable).
         """
         temperature = self.cfg.temperature if temperature is None else temperature
         top_p = self.cfg.top_p if top_p is None else top_p
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError(f"temperature={temperature} must be >= 0 (0: greedy) and top_p={top_p} in (0, 1]")
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": None} if temperature > 0 else \
-            {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": None}
+            if temperature > 0
+            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        )
         if video_of is None and len(conversations) != frames.shape[0]:
             raise ValueError(f"{len(conversations)} conversations for {frames.shape[0]} videos: pass video_of")
         prompts = [self.tokenizer.prompt_ids(turns, frames.shape[1]) for turns in conversations]
@@ -159,8 +188,16 @@ class VideoChatModel(nn.Module):
         rows = None if video_of is None else torch.as_tensor(list(video_of), device=frames.device)
         embeds, mask = self.embed(ids, mask, frames, frame_mask, rows)
         tok = self.tokenizer.tokenizer
-        out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
-                                num_beams=1, streamer=streamer, pad_token_id=pad, eos_token_id=tok.eos_token_id, **sampling)
+        out = self.llm.generate(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
+            num_beams=1,
+            streamer=streamer,
+            pad_token_id=pad,
+            eos_token_id=tok.eos_token_id,
+            **sampling,
+        )
         return [tok.decode(row, skip_special_tokens=True).strip() for row in out]
 
     # ---- training -----------------------------------------------------------------------
@@ -195,7 +232,7 @@ class VideoChatModel(nn.Module):
         if strict and (missing or unexpected):
             raise MismatchError(f"chat checkpoint does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
         for name in self.saved_parts():
-            part = {k[len(name) + 1:]: v for k, v in state_dict.items() if k.startswith(name + ".")}
+            part = {k[len(name) + 1 :]: v for k, v in state_dict.items() if k.startswith(name + ".")}
             getattr(self, name).load_state_dict(part, strict=False, assign=assign)
         return _IncompatibleKeys(missing, unexpected)
 
@@ -218,7 +255,8 @@ def _llava_source(spec: str) -> str:
 
 
 def load_branch_weights(branch: nn.Module, spec: str, tower_layers: int, chat: Optional[ChatConfig] = None) -> None:
-    """Put the ``branch.*`` tensors of a mugstan checkpoint (folder, ``mugstan convert`` file or hub spec) into ``branch``.
+    """Put the ``branch.*`` tensors of a mugstan checkpoint (folder, ``mugstan convert`` file or hub spec) into
+    ``branch``.
 
     The branch must have been trained over a tower of the same depth: its spatial blocks are copies of
     the tower's last K blocks and its inputs those blocks' outputs. A retrieval checkpoint's tower
@@ -232,29 +270,46 @@ def load_branch_weights(branch: nn.Module, spec: str, tower_layers: int, chat: O
     path = resolve_checkpoint(spec)
     file = path / "model.safetensors" if path.is_dir() else path
     if not file.is_file():
-        raise MissingFileError(f"model.chat.branch_weights: {file} does not exist (give a mugstan checkpoint folder or a "
-                               "`mugstan convert --format stan` .safetensors)")
-    tensors = read_safetensors(file, f"model.chat.branch_weights: {spec} is damaged or not weights; model.chat.branch_weights takes "
-                               "a mugstan checkpoint folder or a `mugstan convert` file (a damaged one: train it again or download it again)")
-    own = {k[len("branch."):]: v for k, v in tensors.items() if k.startswith("branch.")}
+        raise MissingFileError(
+            f"model.chat.branch_weights: {file} does not exist (give a mugstan checkpoint folder or a "
+            "`mugstan convert --format stan` .safetensors)"
+        )
+    tensors = read_safetensors(
+        file,
+        f"model.chat.branch_weights: {spec} is damaged or not weights; model.chat.branch_weights takes "
+        "a mugstan checkpoint folder or a `mugstan convert` file (a damaged one: train it again or download it again)",
+    )
+    own = {k[len("branch.") :]: v for k, v in tensors.items() if k.startswith("branch.")}
     if not own:
-        raise MismatchError(f"model.chat.branch_weights: {file} holds no branch.* tensors (is it a STAN / Mug-STAN checkpoint?)")
+        raise MismatchError(
+            f"model.chat.branch_weights: {file} holds no branch.* tensors (is it a STAN / Mug-STAN checkpoint?)"
+        )
     blocks = {k.split(".")[5] for k in tensors if k.startswith("backbone.clip.visual.transformer.resblocks.")}
     if blocks and len(blocks) != tower_layers:
         raise MismatchError(
-            f"model.chat.branch_weights: {file} was trained over a {len(blocks)}-block CLIP tower, but the chat model's tower "
-            f"has {tower_layers} blocks (LLaVA's feature layer): train the branch on the tower cut at that layer, or set "
-            f"model.chat.feature_layer so that {len(blocks)} blocks are kept")
+            f"model.chat.branch_weights: {file} was trained over a {len(blocks)}-block CLIP tower, but the chat "
+            f"model's tower has {tower_layers} blocks (LLaVA's feature layer): train the branch on the tower cut at "
+            f"that layer, or set model.chat.feature_layer so that {len(blocks)} blocks are kept"
+        )
     trained = _chat_section(path / "config.yaml") if path.is_dir() else None
-    if chat is not None and trained is not None and trained.get("llava") == chat.llava and trained.get("feature_layer") != chat.feature_layer:
+    if (
+        chat is not None
+        and trained is not None
+        and trained.get("llava") == chat.llava
+        and trained.get("feature_layer") != chat.feature_layer
+    ):
         raise MismatchError(
-            f"model.chat.branch_weights: {spec} was trained at model.chat.feature_layer={trained.get('feature_layer')} of "
-            f"{chat.llava}, but this model reads feature_layer={chat.feature_layer}: its tower depth differs; set "
-            f"model.chat.feature_layer={'null' if trained.get('feature_layer') is None else trained.get('feature_layer')}")
+            f"model.chat.branch_weights: {spec} was trained at model.chat.feature_layer={trained.get('feature_layer')} "
+            f"of {chat.llava}, but this model reads feature_layer={chat.feature_layer}: its tower depth differs; set "
+            "model.chat.feature_layer="
+            f"{'null' if trained.get('feature_layer') is None else trained.get('feature_layer')}"
+        )
     missing, unexpected = branch.load_state_dict(own, strict=False)
     if missing or unexpected:
-        raise MismatchError(f"model.chat.branch_weights: {file} does not fit model.branch/model.stan: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+        raise MismatchError(
+            f"model.chat.branch_weights: {file} does not fit model.branch/model.stan: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
 
 
 def _chat_section(config_file: Path) -> Optional[dict]:
@@ -271,14 +326,16 @@ def _chat_section(config_file: Path) -> Optional[dict]:
 
 
 def processor_chat_template(source: str) -> Optional[str]:
-    """The chat template a LLaVA checkpoint keeps with its processor (``chat_template.jinja``, or ``chat_template.json``'s
-    ``chat_template``) when its tokenizer has none; None when there is none."""
+    """The chat template a LLaVA checkpoint keeps with its processor (``chat_template.jinja``, or
+    ``chat_template.json``'s ``chat_template``) when its tokenizer has none; None when there is none."""
     import json
 
     from transformers.utils import cached_file
 
     for name in ("chat_template.jinja", "chat_template.json"):
-        path = cached_file(source, name, _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
+        path = cached_file(
+            source, name, _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False
+        )
         if path:
             text = Path(path).read_text(encoding="utf-8")
             return text if name.endswith(".jinja") else json.loads(text).get("chat_template")
@@ -293,18 +350,26 @@ def check_llava_config(source: str, name: str) -> str:
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as err:
-        raise FileNotFoundError(f"model.chat.llava={name!r}: cannot read its config.json ({str(err).splitlines()[0]}); "
-                                "give a LLaVA checkpoint folder or hub name") from None
+        raise FileNotFoundError(
+            f"model.chat.llava={name!r}: cannot read its config.json ({str(err).splitlines()[0]}); "
+            "give a LLaVA checkpoint folder or hub name"
+        ) from None
     if config.model_type != "llava":
-        raise WeightsError(f"model.chat.llava={name!r}: config.json has model_type {config.model_type!r}, not 'llava'; "
-                           "give a LlavaForConditionalGeneration checkpoint (e.g. llava-hf/llava-1.5-7b-hf), not a text-only model")
+        raise WeightsError(
+            f"model.chat.llava={name!r}: config.json has model_type {config.model_type!r}, not 'llava'; "
+            "give a LlavaForConditionalGeneration checkpoint (e.g. llava-hf/llava-1.5-7b-hf), not a text-only model"
+        )
     vision = getattr(config.vision_config, "model_type", None)
     if vision != "clip_vision_model":
-        raise WeightsError(f"model.chat.llava={name!r}: the vision tower is {vision!r}; mugstan's branch needs a CLIP ViT tower "
-                           "(clip_vision_model), as in LLaVA-1.5")
+        raise WeightsError(
+            f"model.chat.llava={name!r}: the vision tower is {vision!r}; mugstan's branch needs a CLIP ViT tower "
+            "(clip_vision_model), as in LLaVA-1.5"
+        )
     strategy = config.vision_feature_select_strategy
     if strategy not in ("default", "full"):
-        raise WeightsError(f"model.chat.llava={name!r}: vision_feature_select_strategy={strategy!r}; expected default or full")
+        raise WeightsError(
+            f"model.chat.llava={name!r}: vision_feature_select_strategy={strategy!r}; expected default or full"
+        )
     return strategy
 
 
@@ -321,22 +386,29 @@ def build_chat_model(cfg: ModelConfig, build_branch: Callable[[CLIPBackbone], nn
     dtype = resolve_dtype(c.dtype)
     strategy = check_llava_config(source, c.llava)  # before anything is allocated
     try:
-        llava, loading = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype, use_safetensors=True,
-                                                                       output_loading_info=True)
+        llava, loading = LlavaForConditionalGeneration.from_pretrained(
+            source, dtype=dtype, use_safetensors=True, output_loading_info=True
+        )
         tokenizer = AutoTokenizer.from_pretrained(source)
         if tokenizer.chat_template is None:
             tokenizer.chat_template = processor_chat_template(source)
     except OSError as err:
-        raise MissingFileError(f"model.chat.llava={c.llava!r}: cannot load a LLaVA checkpoint with safetensors weights and a "
-                                f"tokenizer from it ({str(err).splitlines()[0]}); give a local folder or a hub name") from None
+        raise MissingFileError(
+            f"model.chat.llava={c.llava!r}: cannot load a LLaVA checkpoint with safetensors weights and a "
+            f"tokenizer from it ({str(err).splitlines()[0]}); give a local folder or a hub name"
+        ) from None
     missing = sorted(loading["missing_keys"])
     if missing:  # transformers would initialise them at random: a different model (and answers) every run
         parts = sorted({k.split(".")[1] if k.startswith("model.") else k.split(".")[0] for k in missing})
-        raise WeightsError(f"model.chat.llava={c.llava!r}: the checkpoint lacks {len(missing)} tensors ({', '.join(parts)}; "
-                           f"e.g. {missing[0]}), which would be initialised at random; give a complete LLaVA checkpoint")
+        raise WeightsError(
+            f"model.chat.llava={c.llava!r}: the checkpoint lacks {len(missing)} tensors ({', '.join(parts)}; "
+            f"e.g. {missing[0]}), which would be initialised at random; give a complete LLaVA checkpoint"
+        )
     layer = llava.config.vision_feature_layer if c.feature_layer is None else c.feature_layer
     if not isinstance(layer, int):
-        raise ConfigError(f"{c.llava}: vision_feature_layer={layer} selects several layers; set model.chat.feature_layer to one")
+        raise ConfigError(
+            f"{c.llava}: vision_feature_layer={layer} selects several layers; set model.chat.feature_layer to one"
+        )
     backbone = backbone_from_hf_tower(llava.model.vision_tower, layer, str(c.llava))
     projector = llava.model.multi_modal_projector
     llava.model.vision_tower, llava.model.multi_modal_projector = None, None  # the chat model owns them now
@@ -344,9 +416,14 @@ def build_chat_model(cfg: ModelConfig, build_branch: Callable[[CLIPBackbone], nn
     if c.branch_weights:
         load_branch_weights(branch, c.branch_weights, backbone.vision_layers, c)
     elif cfg.branch == Branch.stan and "branch" not in c.tune:
-        warnings.warn("model.branch=stan without model.chat.branch_weights: the STAN branch is freshly initialised and frozen; "
-                      "zero-shot chat wants a trained one (a STAN / Mug-STAN checkpoint trained on this tower)", stacklevel=2)
-    model = VideoChatModel(backbone, branch, projector, llava, tokenizer, c, llava.config.image_token_id, strategy == "full")
+        warnings.warn(
+            "model.branch=stan without model.chat.branch_weights: the STAN branch is freshly initialised and frozen; "
+            "zero-shot chat wants a trained one (a STAN / Mug-STAN checkpoint trained on this tower)",
+            stacklevel=2,
+        )
+    model = VideoChatModel(
+        backbone, branch, projector, llava, tokenizer, c, llava.config.image_token_id, strategy == "full"
+    )
     model.requires_grad_(False)
     for name in ("backbone", "branch", "projector", "llm"):
         part = getattr(model, name)

@@ -38,10 +38,21 @@ class ChatPrompt:
     items are cut to this many tokens and padded to it (the model trims the padding per batch).
     """
 
-    def __init__(self, tokenizer, image_token_id: int, video_tokens: Callable[[int], int], system: str = "",
-                 user: str = "USER: ", assistant: str = " ASSISTANT:", max_length: int = 1024, use_template: bool = True):
+    def __init__(
+        self,
+        tokenizer,
+        image_token_id: int,
+        video_tokens: Callable[[int], int],
+        system: str = "",
+        user: str = "USER: ",
+        assistant: str = " ASSISTANT:",
+        max_length: int = 1024,
+        use_template: bool = True,
+    ):
         if tokenizer.eos_token_id is None:
-            raise MismatchError("the LLaVA tokenizer has no eos_token: answers could not end (check tokenizer_config.json)")
+            raise MismatchError(
+                "the LLaVA tokenizer has no eos_token: answers could not end (check tokenizer_config.json)"
+            )
         self.tokenizer, self.image_token_id, self.video_tokens = tokenizer, image_token_id, video_tokens
         self.system, self.user, self.assistant, self.max_length = system, user, assistant, max_length
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -76,30 +87,41 @@ class ChatPrompt:
             messages.append(self._message("user", question, image=i == 0))
             prompt = self._render(messages, True)
             if not prompt.startswith(done):
-                raise ValueError("the tokenizer's chat template does not render a conversation turn by turn (an earlier turn "
-                                 "changes when one is added); set model.chat.chat_template=false to use model.chat.user/assistant")
-            out.append((prompt[len(done):], False))
+                raise ValueError(
+                    "the tokenizer's chat template does not render a conversation turn by turn (an earlier turn "
+                    "changes when one is added); set model.chat.chat_template=false to use model.chat.user/assistant"
+                )
+            out.append((prompt[len(done) :], False))
             if answer is None:
                 break
             messages.append(self._message("assistant", answer))
             done = self._render(messages, False)
             if not done.startswith(prompt):
-                raise ValueError("the tokenizer's chat template renders an answered turn differently from its generation "
-                                 "prompt; set model.chat.chat_template=false to use model.chat.user/assistant")
-            out.append((done[len(prompt):], True))
+                raise ValueError(
+                    "the tokenizer's chat template renders an answered turn differently from its generation "
+                    "prompt; set model.chat.chat_template=false to use model.chat.user/assistant"
+                )
+            out.append((done[len(prompt) :], True))
         return out
 
     def _template_pieces(self, turns, num_frames: int, train: bool) -> list[tuple[list[int], bool]]:
         texts = self._template_texts(turns)
         first = texts[0][0]
         if first.count(self.image_text) != 1:
-            raise ValueError(f"the tokenizer's chat template put {first.count(self.image_text)} image placeholders "
-                             f"({self.image_text!r}) in the first question; set model.chat.chat_template=false")
+            raise ValueError(
+                f"the tokenizer's chat template put {first.count(self.image_text)} image placeholders "
+                f"({self.image_text!r}) in the first question; set model.chat.chat_template=false"
+            )
         before, after = first.split(self.image_text)
         bos = self.tokenizer.bos_token
-        head = [self.tokenizer.bos_token_id] if bos and not before.startswith(bos) else []  # as the processor's tokenizer call adds it
-        out = [(head + self._text(before), False), ([self.image_token_id] * self.video_tokens(num_frames), False),
-               (self._text(after), False)]
+        head = (
+            [self.tokenizer.bos_token_id] if bos and not before.startswith(bos) else []
+        )  # as the processor's tokenizer call adds it
+        out = [
+            (head + self._text(before), False),
+            ([self.image_token_id] * self.video_tokens(num_frames), False),
+            (self._text(after), False),
+        ]
         eos = self.tokenizer.eos_token_id
         for text, is_answer in texts[1:]:
             ids = self._text(text)
@@ -111,7 +133,9 @@ class ChatPrompt:
     def _text(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
-    def pieces(self, turns: Sequence[tuple[str, Optional[str]]], num_frames: int, train: bool = False) -> list[tuple[list[int], bool]]:
+    def pieces(
+        self, turns: Sequence[tuple[str, Optional[str]]], num_frames: int, train: bool = False
+    ) -> list[tuple[list[int], bool]]:
         """[(ids, is_answer)] of a conversation about a ``num_frames``-frame video; the last answer may be
         None (a prompt to answer). ``train``: a training item (every answer ends with the eos token)."""
         if not turns:
@@ -121,7 +145,10 @@ class ChatPrompt:
         if self.template:
             return self._template_pieces(turns, num_frames, train)
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
-        out = [(bos + self._text(self.system + self.user), False), ([self.image_token_id] * self.video_tokens(num_frames), False)]
+        out = [
+            (bos + self._text(self.system + self.user), False),
+            ([self.image_token_id] * self.video_tokens(num_frames), False),
+        ]
         for i, (question, answer) in enumerate(turns):
             head = ("\n" if i == 0 else self.user) + question + self.assistant
             out.append((self._text(head), False))
@@ -146,8 +173,10 @@ class ChatPrompt:
             labels += piece if is_answer else [IGNORE] * len(piece)
         if len(ids) > self.max_length:
             if sum(label != IGNORE for label in labels[: self.max_length]) == 0:
-                raise ConfigError(f"the prompt alone takes more than model.chat.max_length={self.max_length} tokens "
-                                  f"({self.video_tokens(num_frames)} of them the video's): raise model.chat.max_length")
+                raise ConfigError(
+                    f"the prompt alone takes more than model.chat.max_length={self.max_length} tokens "
+                    f"({self.video_tokens(num_frames)} of them the video's): raise model.chat.max_length"
+                )
             ids, labels = ids[: self.max_length], labels[: self.max_length]
         n = len(ids)
         pad = self.max_length - n

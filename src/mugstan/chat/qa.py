@@ -53,21 +53,31 @@ def answers_path(cfg: ExperimentConfig, split: str) -> Path:
 
 
 @torch.no_grad()
-def evaluate_qa(model, cfg: ExperimentConfig, split: str = "test", dist: DistInfo = None, progress: bool = True) -> dict:
-    """{"split", "qa": {"accuracy", "correct", "questions", "answers_file"}, "dropped", "seconds"}; writes the answer file."""
+def evaluate_qa(
+    model, cfg: ExperimentConfig, split: str = "test", dist: DistInfo = None, progress: bool = True
+) -> dict:
+    """{"split", "qa": {"accuracy", "correct", "questions", "answers_file"}, "dropped", "seconds"}; writes the
+    answer file."""
     dist = dist or DistInfo(device=next(unwrap(model).parameters()).device)
     start = time.time()
     ann = load_annotations(cfg.data, split)
     if ann.conversations is None:
-        raise ConfigError(f"data.dataset={cfg.data.dataset!r} has no questions: Video QA needs msvd_qa, msrvtt_qa, activitynet_qa "
-                          "or videochatgpt")
+        raise ConfigError(
+            f"data.dataset={cfg.data.dataset!r} has no questions: Video QA needs msvd_qa, msrvtt_qa, activitynet_qa "
+            "or videochatgpt"
+        )
     inner = unwrap(model)
     was_training = inner.training
     inner.eval()
     by_clip = first_turns(ann)
     dataset = build_dataset(cfg.data, split, train=False, on_error="drop", pairs=False, ann=ann)
-    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, sampler=ShardSampler(len(dataset), dist.world, dist.rank),
-                        num_workers=cfg.data.loader_workers, collate_fn=collate)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.eval.batch_size,
+        sampler=ShardSampler(len(dataset), dist.world, dist.rank),
+        num_workers=cfg.data.loader_workers,
+        collate_fn=collate,
+    )
     records, dropped = [], []
     for batch in tqdm(loader, desc=f"answering {split} questions", unit="batch", disable=not (progress and dist.main)):
         dropped.extend(batch["failed"])
@@ -76,13 +86,26 @@ def evaluate_qa(model, cfg: ExperimentConfig, split: str = "test", dist: DistInf
         frames, frame_mask = batch["frames"].to(dist.device), batch["frame_mask"].to(dist.device)
         asked = [(row, conv) for row, clip in enumerate(batch["index"].tolist()) for conv in by_clip.get(clip, [])]
         for i in range(0, len(asked), cfg.eval.batch_size):
-            chunk = asked[i:i + cfg.eval.batch_size]
-            preds = inner.answer(frames, frame_mask, [[(conv.turns[0][0], None)] for _, conv in chunk],
-                                 video_of=[row for row, _ in chunk])
-            for (_, conv), pred in zip(chunk, preds):
+            chunk = asked[i : i + cfg.eval.batch_size]
+            preds = inner.answer(
+                frames,
+                frame_mask,
+                [[(conv.turns[0][0], None)] for _, conv in chunk],
+                video_of=[row for row, _ in chunk],
+            )
+            for (_, conv), pred in zip(chunk, preds, strict=True):
                 question, answer = conv.turns[0]
-                records.append({"id": conv.id, "video_name": conv.video, "question": question, "answer": answer, "pred": pred,
-                                "Q": question, "A": answer})
+                records.append(
+                    {
+                        "id": conv.id,
+                        "video_name": conv.video,
+                        "question": question,
+                        "answer": answer,
+                        "pred": pred,
+                        "Q": question,
+                        "A": answer,
+                    }
+                )
     merged, all_dropped = [], []
     for part, part_dropped in all_gather_objects((records, dropped)):
         merged.extend(part)
@@ -94,7 +117,14 @@ def evaluate_qa(model, cfg: ExperimentConfig, split: str = "test", dist: DistInf
         with atomic_file(path) as tmp:
             tmp.write_text(json.dumps(merged, indent=1) + "\n")
     inner.train(was_training)
-    return {"split": split,
-            "qa": {"accuracy": 100.0 * correct / max(len(merged), 1), "correct": correct, "questions": len(merged),
-                   "answers_file": str(path)},
-            "dropped": [{"index": i, "error": e} for i, e in sorted(all_dropped)], "seconds": round(time.time() - start, 1)}
+    return {
+        "split": split,
+        "qa": {
+            "accuracy": 100.0 * correct / max(len(merged), 1),
+            "correct": correct,
+            "questions": len(merged),
+            "answers_file": str(path),
+        },
+        "dropped": [{"index": i, "error": e} for i, e in sorted(all_dropped)],
+        "seconds": round(time.time() - start, 1),
+    }

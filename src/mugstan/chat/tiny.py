@@ -43,15 +43,37 @@ def make_tiny_llava(folder, texts: Iterable[str], seed: int = 0, image_size: int
     folder = Path(folder)
     tokenizer = make_tokenizer(texts)
     tokenizer.chat_template = chat_template
-    vision = CLIPVisionConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=vision_layers,
-                              num_attention_heads=4, image_size=image_size, patch_size=patch_size, hidden_act="quick_gelu",
-                              projection_dim=width, initializer_factor=vision_init)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=llm_layers,
-                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                         image_seq_length=(image_size // patch_size) ** 2 + (select_strategy == "full"), vision_feature_layer=-2,
-                         vision_feature_select_strategy=select_strategy)
+    vision = CLIPVisionConfig(
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_act="quick_gelu",
+        projection_dim=width,
+        initializer_factor=vision_init,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=llm_layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=(image_size // patch_size) ** 2 + (select_strategy == "full"),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy=select_strategy,
+    )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

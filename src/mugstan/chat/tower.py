@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from mugstan.backbones.clip import CLIPBackbone
-from mugstan.config import ConfigError
 from mugstan.backbones.convert import WeightsError, hf_block
+from mugstan.config import ConfigError
 
 # The open_clip CLIP needs a text tower; the chat model never uses it.
 _PLACEHOLDER_TEXT = {"context_length": 4, "vocab_size": 8, "width": 8, "heads": 1, "layers": 1}
@@ -46,10 +46,14 @@ def backbone_from_hf_tower(vision_model: torch.nn.Module, feature_layer: int, so
 
     cfg = vision_model.config
     if getattr(cfg, "model_type", "") != "clip_vision_model":
-        raise WeightsError(f"{source}: the vision tower is {getattr(cfg, 'model_type', type(vision_model).__name__)!r}; "
-                           "mugstan's branch needs a CLIP ViT tower (clip_vision_model), as in LLaVA-1.5")
+        raise WeightsError(
+            f"{source}: the vision tower is {getattr(cfg, 'model_type', type(vision_model).__name__)!r}; "
+            "mugstan's branch needs a CLIP ViT tower (clip_vision_model), as in LLaVA-1.5"
+        )
     if cfg.hidden_act not in ("quick_gelu", "gelu"):
-        raise WeightsError(f"{source}: vision_config.hidden_act={cfg.hidden_act!r}; mugstan supports quick_gelu and gelu")
+        raise WeightsError(
+            f"{source}: vision_config.hidden_act={cfg.hidden_act!r}; mugstan supports quick_gelu and gelu"
+        )
     if abs(cfg.layer_norm_eps - 1e-5) > 1e-12:
         raise WeightsError(f"{source}: vision_config.layer_norm_eps={cfg.layer_norm_eps}; open_clip's CLIP uses 1e-5")
     keep = tower_layers(cfg.num_hidden_layers, feature_layer)
@@ -57,13 +61,22 @@ def backbone_from_hf_tower(vision_model: torch.nn.Module, feature_layer: int, so
     config = {
         "embed_dim": width,
         "quick_gelu": cfg.hidden_act == "quick_gelu",
-        "vision_cfg": {"image_size": cfg.image_size, "layers": keep, "width": width, "patch_size": cfg.patch_size,
-                       "head_width": width // cfg.num_attention_heads, "mlp_ratio": cfg.intermediate_size / width},
+        "vision_cfg": {
+            "image_size": cfg.image_size,
+            "layers": keep,
+            "width": width,
+            "patch_size": cfg.patch_size,
+            "head_width": width // cfg.num_attention_heads,
+            "mlp_ratio": cfg.intermediate_size / width,
+        },
         "text_cfg": dict(_PLACEHOLDER_TEXT),
     }
     clip = open_clip.CLIP(**config)
-    hf = {k.removeprefix("vision_model."): v.detach().float() for k, v in vision_model.state_dict().items()
-          if not k.endswith("position_ids")}
+    hf = {
+        k.removeprefix("vision_model."): v.detach().float()
+        for k, v in vision_model.state_dict().items()
+        if not k.endswith("position_ids")
+    }
 
     def take(key: str) -> torch.Tensor:
         if key not in hf:

@@ -41,9 +41,13 @@ def video_decoder_class():
     return VideoDecoder
 
 
-def decode_frames(source: str | Path | bytes, indices: Sequence[int], device: str | torch.device = "cpu") -> torch.Tensor:
+def decode_frames(
+    source: str | Path | bytes, indices: Sequence[int], device: str | torch.device = "cpu"
+) -> torch.Tensor:
     """Frames ``indices`` (repeats allowed) of a video file or its bytes -> uint8 [len(indices), 3,
     H, W] on ``device``, at the coded size. torchcodec's own errors pass through (``read_clip``
     names the file); a missing torchcodec or FFmpeg is a UserError."""
-    decoder = video_decoder_class()(source if isinstance(source, bytes) else str(source), device=str(device), seek_mode="exact")
+    decoder = video_decoder_class()(
+        source if isinstance(source, bytes) else str(source), device=str(device), seek_mode="exact"
+    )
     return decoder.get_frames_at(indices=[int(i) for i in indices]).data  # [T, 3, H, W]

@@ -34,7 +34,9 @@ def compress_video(src: str, dst: str, fps: float, short_side: int, crf: int = 2
     """Re-encode ``src`` as H.264 at ``fps`` with the short side ``short_side`` and a keyframe
     every ``gop`` frames; atomic write."""
     info = probe(src)
-    width, height = output_size(info.width, info.height, short_side if min(info.width, info.height) > short_side else None)
+    width, height = output_size(
+        info.width, info.height, short_side if min(info.width, info.height) > short_side else None
+    )
     rate = Fraction(fps).limit_denominator(1000)
     with atomic_file(dst) as tmp:
         with av.open(src) as inp, av.open(str(tmp), "w", format="mp4") as out:

@@ -37,7 +37,7 @@ def source_samples(source: str, overrides: list[str], split: str) -> list[dict]:
 
     ann = load_annotations(load_config(path, overrides).data, split)
     captions: list[list[str]] = [[] for _ in ann.clips]
-    for caption, clip in zip(ann.captions, ann.caption_clip):
+    for caption, clip in zip(ann.captions, ann.caption_clip, strict=True):
         captions[clip].append(caption)
     return [{"path": c.path, "name": c.path, "start": c.start, "end": c.end, "captions": captions[j],
              "label": ann.labels[j] if ann.labels is not None else None} for j, c in enumerate(ann.clips)]
@@ -100,13 +100,21 @@ def write_shards(samples: list[dict], out: Path, shard_size: int, compress: Opti
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("shard_size") != shard_size:
-            raise UserError(f"{manifest_path}: these shards were written with --shard-size {manifest.get('shard_size')}; "
-                            f"continue with that size, or write into another folder")
+            raise UserError(
+                f"{manifest_path}: these shards were written with --shard-size {manifest.get('shard_size')}; "
+                f"continue with that size, or write into another folder"
+            )
     done = len(manifest["shards"])
     jobs = [(i, samples[i], compress) for i in range(done * shard_size, len(samples))]
-    shards = [jobs[i:i + shard_size] for i in range(0, len(jobs), shard_size)]
-    bar = tqdm(total=len(samples), initial=min(len(samples), done * shard_size), unit="sample", desc="sharding",
-               disable=not progress, dynamic_ncols=True)
+    shards = [jobs[i : i + shard_size] for i in range(0, len(jobs), shard_size)]
+    bar = tqdm(
+        total=len(samples),
+        initial=min(len(samples), done * shard_size),
+        unit="sample",
+        desc="sharding",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for k, shard_jobs in enumerate(shards, done):
             name = f"{k:05d}.tar"

@@ -108,7 +108,12 @@ MOTION_PHRASES = {
     "rotate_cw": ("rotates clockwise", "turns clockwise", "spins clockwise"),
     "rotate_ccw": ("rotates counterclockwise", "turns counterclockwise", "spins counterclockwise"),
 }
-TRAIN_TEMPLATES = ("a {app} {motion}", "the {app} {motion}", "a video of a {app} that {motion}", "a shape that {motion}")
+TRAIN_TEMPLATES = (
+    "a {app} {motion}",
+    "the {app} {motion}",
+    "a video of a {app} that {motion}",
+    "a shape that {motion}",
+)
 TEST_TEMPLATES = ("a {app} {motion}", "in this clip the {app} {motion}")  # the second is unseen in training
 IMAGE_TEMPLATES = ("a {app}", "a photo of a {app}", "the {app}")
 STILLS_PER_VIDEO = 4  # image-text pretraining: frames taken from each training video
@@ -200,15 +205,18 @@ def _background(size: int, frames: int, rng: np.random.Generator) -> np.ndarray:
     cells = int(rng.integers(3, 7))
     coarse = rng.normal(0.0, 1.0, (cells, cells, 3))
     # Bilinear upsampling as two interpolation matrices [H, cells].
-    interp = np.stack([np.interp(np.linspace(0, cells - 1, size), np.arange(cells), np.eye(cells)[k]) for k in range(cells)], axis=1)
+    interp = np.stack(
+        [np.interp(np.linspace(0, cells - 1, size), np.arange(cells), np.eye(cells)[k]) for k in range(cells)], axis=1
+    )
     texture = np.einsum("hi,ijc,wj->hwc", interp, coarse, interp)
     base = rng.uniform(50, 120) + rng.uniform(-15, 15, 3)
     noise = rng.normal(0.0, 4.0, (frames, size, size, 3))
     return base + rng.uniform(12, 28) * texture + noise
 
 
-def render_clip(color: str, shape: str, pair: tuple[str, str], params: SynthParams,
-                rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def render_clip(
+    color: str, shape: str, pair: tuple[str, str], params: SynthParams, rng: np.random.Generator
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Render the first motion of ``pair`` for one appearance: (uint8 frames ``[T, H, W, 3]``, the
     shape's per-frame ``{x, y, radius, alpha, angle}``, each ``[T]``, pixels / radians).
 
@@ -238,8 +246,11 @@ def describe_frame(color: str, shape: str, layout: dict[str, np.ndarray], t: int
     x, y = layout["x"][t] / size, layout["y"][t] / size
     col = "left" if x < 0.4 else "right" if x > 0.6 else "centre"
     row = "top" if y < 0.4 else "bottom" if y > 0.6 else "middle"
-    where = {("centre", "middle"): "in the middle", ("left", "middle"): "on the left", ("right", "middle"): "on the right"}.get(
-        (col, row), f"at the {row}" if col == "centre" else f"at the {row} {col}")
+    where = {
+        ("centre", "middle"): "in the middle",
+        ("left", "middle"): "on the left",
+        ("right", "middle"): "on the right",
+    }.get((col, row), f"at the {row}" if col == "centre" else f"at the {row} {col}")
     radius = layout["radius"][t] / size
     words = ["small"] if radius < 0.11 else ["big"] if radius > 0.2 else []
     words += ["faint"] if layout["alpha"][t] < 0.6 else []
@@ -299,7 +310,10 @@ def plan_split(split: str, params: SynthParams) -> list[Clip]:
     rng = np.random.default_rng([params.seed, (*SPLITS, IMAGES).index(split), 0])
     if split == IMAGES:  # every appearance once, in a random motion of a random pair
         pairs = [valid_pairs(shape)[rng.integers(len(valid_pairs(shape)))] for _, shape in appearances()]
-        return [Clip(color, shape, pair, (pair[rng.integers(2)],)) for (color, shape), pair in zip(appearances(), pairs)]
+        return [
+            Clip(color, shape, pair, (pair[rng.integers(2)],))
+            for (color, shape), pair in zip(appearances(), pairs, strict=True)
+        ]
     if split == "train":
         apps = appearances()
         clips = []
@@ -321,16 +335,29 @@ def caption(color: str, shape: str, motion: str, template: str, phrase: int) -> 
     return template.format(app=f"{color} {shape}", motion=MOTION_PHRASES[motion][phrase])
 
 
-def _stills(clip: Clip, video: str, layout: dict[str, np.ndarray], count: int, templates: Sequence[str], size: int,
-            rng: np.random.Generator) -> list[dict]:
+def _stills(
+    clip: Clip,
+    video: str,
+    layout: dict[str, np.ndarray],
+    count: int,
+    templates: Sequence[str],
+    size: int,
+    rng: np.random.Generator,
+) -> list[dict]:
     """``count`` distinct visible frames of one video as image-text records, each captioned with
     what it shows (``describe_frame``) in a random template."""
     visible = visible_frames(layout)
     records = []
     for t in np.sort(rng.choice(visible, min(count, len(visible)), replace=False)).tolist():
         app = describe_frame(clip.color, clip.shape, layout, t, size)
-        records.append({"video": video, "caption": templates[rng.integers(len(templates))].format(app=app),
-                        "start": t / FPS, "end": (t + 1) / FPS})
+        records.append(
+            {
+                "video": video,
+                "caption": templates[rng.integers(len(templates))].format(app=app),
+                "start": t / FPS,
+                "end": (t + 1) / FPS,
+            }
+        )
     return records
 
 
@@ -338,7 +365,9 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-def generate(out_dir: str | Path, params: SynthParams = SynthParams(), overwrite: bool = False, progress: bool = True) -> dict:
+def generate(
+    out_dir: str | Path, params: SynthParams = SynthParams(), overwrite: bool = False, progress: bool = True
+) -> dict:
     """Render the benchmark into ``out_dir`` (or reuse it) and return its ``meta.json`` dict."""
     out = Path(out_dir)
     meta_path = out / "meta.json"
@@ -377,7 +406,9 @@ def generate(out_dir: str | Path, params: SynthParams = SynthParams(), overwrite
                     continue
                 if split == "train":
                     images["train"] += _stills(clip, video, shown, STILLS_PER_VIDEO, IMAGE_TEMPLATES, params.size, rng)
-                    captions = [caption(clip.color, clip.shape, motion, t, int(rng.integers(3))) for t in TRAIN_TEMPLATES]
+                    captions = [
+                        caption(clip.color, clip.shape, motion, t, int(rng.integers(3))) for t in TRAIN_TEMPLATES
+                    ]
                 else:
                     template = TEST_TEMPLATES[index % len(TEST_TEMPLATES)]
                     captions = caption(clip.color, clip.shape, motion, template, int(rng.integers(2)))
@@ -411,9 +442,13 @@ def generate(out_dir: str | Path, params: SynthParams = SynthParams(), overwrite
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     defaults = SynthParams()
     parser.add_argument("out_dir", help="folder to write the dataset into (reused when its meta.json matches)")
-    parser.add_argument("--videos", type=int, default=defaults.videos, help="number of training videos (default: %(default)s)")
+    parser.add_argument(
+        "--videos", type=int, default=defaults.videos, help="number of training videos (default: %(default)s)"
+    )
     parser.add_argument("--frames", type=int, default=defaults.frames, help="frames per video (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=defaults.size, help="frame width and height in pixels (default: %(default)s)")
+    parser.add_argument(
+        "--size", type=int, default=defaults.size, help="frame width and height in pixels (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="render again even if the folder holds a dataset")
 

@@ -63,16 +63,22 @@ class DetectionParams:
     def __post_init__(self):
         for name, low in (("videos", 1), ("test_videos", 1), ("shapes", 1), ("keyframes", 1), ("size", 16)):
             if getattr(self, name) < low:
-                raise ArgumentError(f"synthetic detection data: {name} must be at least {low}, got {getattr(self, name)}")
+                raise ArgumentError(
+                    f"synthetic detection data: {name} must be at least {low}, got {getattr(self, name)}"
+                )
         if self.size % 2:
-            raise ArgumentError(f"synthetic detection data: size must be even (H.264 uses 4:2:0 chroma), got {self.size}")
+            raise ArgumentError(
+                f"synthetic detection data: size must be even (H.264 uses 4:2:0 chroma), got {self.size}"
+            )
 
     @property
     def frames(self) -> int:
         return (self.keyframes + 1) * FPS + 1
 
 
-def plan_detection_video(split: str, index: int, params: DetectionParams) -> list[tuple[str, str, tuple[str, str], str]]:
+def plan_detection_video(
+    split: str, index: int, params: DetectionParams
+) -> list[tuple[str, str, tuple[str, str], str]]:
     """The shapes of one video: [(colour, shape, motion pair, motion)], distinct colours, from the seed."""
     rng = np.random.default_rng([params.seed, SPLITS.index(split), 2, index])
     colors = rng.choice(list(COLORS), params.shapes, replace=params.shapes > len(COLORS))
@@ -85,7 +91,19 @@ def plan_detection_video(split: str, index: int, params: DetectionParams) -> lis
     return out
 
 
-def render_detection_video(plan: list, params: DetectionParams, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _first(m: np.ndarray) -> np.ndarray:
+    """Index of the first True of each row of ``m`` [F, N]."""
+    return m.argmax(1)
+
+
+def _last(m: np.ndarray) -> np.ndarray:
+    """Index of the last True of each row of ``m`` [F, N]."""
+    return m.shape[1] - 1 - m[:, ::-1].argmax(1)
+
+
+def render_detection_video(
+    plan: list, params: DetectionParams, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Shapes composited in plan order over one background: (uint8 frames [F, H, W, 3], boxes
     [S, F, 4] x1, y1, x2, y2 in 0-1: the tight box of each shape's pixels, whatever its opacity)."""
     size, frames = params.size, params.frames
@@ -101,13 +119,13 @@ def render_detection_video(plan: list, params: DetectionParams, rng: np.random.G
         cos, sin = np.cos(traj["angle"]), np.sin(traj["angle"])
         sdf = _shape_sdf(shape, cos * dx + sin * dy, -sin * dx + cos * dy, traj["radius"])  # [F, H, W]
         coverage = np.clip(0.5 - sdf, 0.0, 1.0)
-        video = video * (1 - coverage[..., None] * traj["alpha"][..., None]) + \
-            np.array(COLORS[color]) * (coverage * traj["alpha"])[..., None]
+        video = (
+            video * (1 - coverage[..., None] * traj["alpha"][..., None])
+            + np.array(COLORS[color]) * (coverage * traj["alpha"])[..., None]
+        )
         inside = coverage > 0.5
         cols, rows = inside.any(1), inside.any(2)  # [F, W], [F, H]
-        first = lambda m: m.argmax(1)
-        last = lambda m: m.shape[1] - 1 - m[:, ::-1].argmax(1)
-        boxes[s] = np.stack([first(cols), first(rows), last(cols) + 1, last(rows) + 1], axis=1) / size
+        boxes[s] = np.stack([_first(cols), _first(rows), _last(cols) + 1, _last(rows) + 1], axis=1) / size
     return np.clip(np.rint(video), 0, 255).astype(np.uint8), boxes
 
 
@@ -116,8 +134,9 @@ def _jitter(box: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(box + rng.uniform(-0.05, 0.05, 4) * np.array([w, h, w, h]), 0.0, 1.0)
 
 
-def generate_detection(out_dir: str | Path, params: DetectionParams = DetectionParams(), overwrite: bool = False,
-                       progress: bool = True) -> dict:
+def generate_detection(
+    out_dir: str | Path, params: DetectionParams = DetectionParams(), overwrite: bool = False, progress: bool = True
+) -> dict:
     """Render the detection set into ``out_dir/detection`` (or reuse it); returns its ``meta.json`` dict."""
     out = Path(out_dir) / DETECTION_DIR
     meta_path = out / "meta.json"
@@ -125,16 +144,27 @@ def generate_detection(out_dir: str | Path, params: DetectionParams = DetectionP
         meta = json.loads(meta_path.read_text())
         if meta.get("format_version") == DETECTION_FORMAT_VERSION and meta.get("params") == asdict(params):
             return meta
-        raise FileExistsError(f"{out} already holds a synthetic detection set made with {meta.get('params')}, not "
-                              f"{asdict(params)}; choose another folder or pass overwrite=True")
+        raise FileExistsError(
+            f"{out} already holds a synthetic detection set made with {meta.get('params')}, not "
+            f"{asdict(params)}; choose another folder or pass overwrite=True"
+        )
     if meta_path.exists():
         meta_path.unlink()
         shutil.rmtree(out / "videos", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "label_map.pbtxt").write_text("".join(
-        f'label {{\n  name: "{CLASS_NAMES[m]}"\n  label_id: {k + 1}\n  label_type: PERSON_MOVEMENT\n}}\n' for k, m in enumerate(MOTIONS)))
+    (out / "label_map.pbtxt").write_text(
+        "".join(
+            f'label {{\n  name: "{CLASS_NAMES[m]}"\n  label_id: {k + 1}\n  label_type: PERSON_MOVEMENT\n}}\n'
+            for k, m in enumerate(MOTIONS)
+        )
+    )
     sizes = {"train": params.videos, "val": params.test_videos, "test": params.test_videos}
-    bar = tqdm(total=sum(sizes.values()), desc=f"rendering synthetic detection videos into {out}", unit="video", disable=not progress)
+    bar = tqdm(
+        total=sum(sizes.values()),
+        desc=f"rendering synthetic detection videos into {out}",
+        unit="video",
+        disable=not progress,
+    )
     counts = {}
     for split, n in sizes.items():
         rows, proposals = [], []
@@ -147,21 +177,34 @@ def generate_detection(out_dir: str | Path, params: DetectionParams = DetectionP
             for ts in range(1, params.keyframes + 1):
                 for person, (_, _, _, motion) in enumerate(plan):
                     box = boxes[person, ts * FPS]
-                    rows.append(f"{video},{ts:04d},{box[0]:.4f},{box[1]:.4f},{box[2]:.4f},{box[3]:.4f},{MOTIONS.index(motion) + 1},{person}\n")
+                    rows.append(
+                        f"{video},{ts:04d},{box[0]:.4f},{box[1]:.4f},{box[2]:.4f},{box[3]:.4f},"
+                        f"{MOTIONS.index(motion) + 1},{person}\n"
+                    )
                     jittered = _jitter(box, rng)
-                    proposals.append(f"{video},{ts:04d},{','.join(f'{v:.4f}' for v in jittered)},{rng.uniform(0.9, 1.0):.4f}\n")
+                    proposals.append(
+                        f"{video},{ts:04d},{','.join(f'{v:.4f}' for v in jittered)},{rng.uniform(0.9, 1.0):.4f}\n"
+                    )
                 stray = np.sort(rng.uniform(0, 1, (2, 2)), axis=0).T.reshape(-1)[[0, 2, 1, 3]]  # x1, y1, x2, y2
-                proposals.append(f"{video},{ts:04d},{','.join(f'{v:.4f}' for v in stray)},{rng.uniform(0.1, 0.85):.4f}\n")
+                proposals.append(
+                    f"{video},{ts:04d},{','.join(f'{v:.4f}' for v in stray)},{rng.uniform(0.1, 0.85):.4f}\n"
+                )
             bar.update()
         (out / f"{split}.csv").write_text("".join(rows))
         if split != "train":
             (out / f"{split}_proposals.csv").write_text("".join(proposals))
         counts[split] = {"videos": n, "keyframes": n * params.keyframes, "boxes": len(rows)}
     bar.close()
-    meta = {"generator": "mugstan.data.synthetic_detection.generate_detection", "format_version": DETECTION_FORMAT_VERSION,
-            "params": asdict(params), "fps": FPS, "frames": params.frames, "counts": counts,
-            "classes": [CLASS_NAMES[m] for m in MOTIONS],
-            "motion_pairs": [[CLASS_NAMES[a], CLASS_NAMES[b]] for a, b in MOTION_PAIRS]}
+    meta = {
+        "generator": "mugstan.data.synthetic_detection.generate_detection",
+        "format_version": DETECTION_FORMAT_VERSION,
+        "params": asdict(params),
+        "fps": FPS,
+        "frames": params.frames,
+        "counts": counts,
+        "classes": [CLASS_NAMES[m] for m in MOTIONS],
+        "motion_pairs": [[CLASS_NAMES[a], CLASS_NAMES[b]] for a, b in MOTION_PAIRS],
+    }
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
@@ -169,7 +212,14 @@ def generate_detection(out_dir: str | Path, params: DetectionParams = DetectionP
 def detection_paths(data: Path) -> dict:
     """Config paths (``data.*``) of a detection stage on ``data/detection`` (from ``generate_detection``)."""
     d = (Path(data) / DETECTION_DIR if (Path(data) / DETECTION_DIR).is_dir() else Path(data)).absolute()
-    return {"data.root": str(d / "videos"), "data.train_ann": str(d / "train.csv"), "data.val_ann": str(d / "val.csv"),
-            "data.test_ann": str(d / "test.csv"),
-            "data.extra": {"label_map": str(d / "label_map.pbtxt"), "val_proposals": str(d / "val_proposals.csv"),
-                           "test_proposals": str(d / "test_proposals.csv")}}
+    return {
+        "data.root": str(d / "videos"),
+        "data.train_ann": str(d / "train.csv"),
+        "data.val_ann": str(d / "val.csv"),
+        "data.test_ann": str(d / "test.csv"),
+        "data.extra": {
+            "label_map": str(d / "label_map.pbtxt"),
+            "val_proposals": str(d / "val_proposals.csv"),
+            "test_proposals": str(d / "test_proposals.csv"),
+        },
+    }

@@ -36,7 +36,9 @@ def resize(frames: torch.Tensor, height: int, width: int, interpolation: str = "
     if interpolation != "bilinear":
         return TF.resize(frames, [height, width], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
     flat = frames.reshape(-1, *frames.shape[-3:]).float()
-    out = torch.nn.functional.interpolate(flat, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
+    out = torch.nn.functional.interpolate(
+        flat, size=(height, width), mode="bilinear", align_corners=False, antialias=False
+    )
     return out.round_().clamp_(0, 255).to(torch.uint8).reshape(*frames.shape[:-2], height, width)
 
 
@@ -62,12 +64,17 @@ def three_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
         offsets = [(0, (h - size) // 2, 0), (1, (h - size) // 2, (w - size) // 2), (2, (h - size) // 2, w - size)]
     else:
         offsets = [(0, 0, (w - size) // 2), (1, (h - size) // 2, (w - size) // 2), (2, h - size, (w - size) // 2)]
-    return torch.stack([frames[..., top:top + size, left:left + size] for _, top, left in offsets])
+    return torch.stack([frames[..., top : top + size, left : left + size] for _, top, left in offsets])
 
 
-def random_resized_crop(frames: torch.Tensor, size: int, scale: Sequence[float] = (0.5, 1.0),
-                        ratio: Sequence[float] = (3 / 4, 4 / 3), generator: Optional[torch.Generator] = None,
-                        interpolation: str = "bicubic") -> torch.Tensor:
+def random_resized_crop(
+    frames: torch.Tensor,
+    size: int,
+    scale: Sequence[float] = (0.5, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    generator: Optional[torch.Generator] = None,
+    interpolation: str = "bicubic",
+) -> torch.Tensor:
     """One random area/aspect crop shared by all frames, resized to size x size."""
     h, w = frames.shape[-2:]
     area = h * w
@@ -78,7 +85,7 @@ def random_resized_crop(frames: torch.Tensor, size: int, scale: Sequence[float] 
         if 0 < cw <= w and 0 < ch <= h:
             top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
             left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
-            return resize(frames[..., top:top + ch, left:left + cw], size, size, interpolation)
+            return resize(frames[..., top : top + ch, left : left + cw], size, size, interpolation)
     return center_crop(resize_short(frames, size, interpolation), size)
 
 
@@ -104,8 +111,17 @@ class ClipTransform:
     ``interpolation`` (``INTERPOLATIONS``). Output is CLIP-normalised float, or the uint8 crops
     with ``uint8=True`` (normalised later, on the training device, by ``normalize``)."""
 
-    def __init__(self, size: int, train: bool, crop_scale: Sequence[float] = (0.5, 1.0), hflip: bool = False,
-                 crops: int = 1, resize: Optional[int] = None, uint8: bool = False, interpolation: str = "fast"):
+    def __init__(
+        self,
+        size: int,
+        train: bool,
+        crop_scale: Sequence[float] = (0.5, 1.0),
+        hflip: bool = False,
+        crops: int = 1,
+        resize: Optional[int] = None,
+        uint8: bool = False,
+        interpolation: str = "fast",
+    ):
         if crops not in (1, 3):
             raise ValueError(f"data.test_crops must be 1 or 3, got {crops}")
         if interpolation not in INTERPOLATIONS:
@@ -123,7 +139,9 @@ class ClipTransform:
             else:
                 if mode != "fast":  # the frames come at full size: the short side first, as the authors' pipelines
                     frames = resize_short(frames, self.resize, mode)
-                frames = random_resized_crop(frames, self.size, self.crop_scale, generator=generator, interpolation=mode)
+                frames = random_resized_crop(
+                    frames, self.size, self.crop_scale, generator=generator, interpolation=mode
+                )
             if self.hflip and torch.rand(1, generator=generator).item() < 0.5:
                 frames = frames.flip(-1)
         else:

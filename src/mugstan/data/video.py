@@ -22,8 +22,8 @@ it (within ``near_frames``): a truncated file ("no decodable frame at t=... s or
 data in the middle ("no decodable frame near t=... s"). A frame missing by a timestamp gap of a
 frame or two takes the nearest decoded one; inside a longer gap without any decoder error (a
 variable-frame-rate recording that paused) it takes the frame before the gap, which is what a
-player shows there. ``verify_frames`` decodes every frame (``data check --full``). Nothing is opened at import or construction time,
-so DataLoader workers each open their own containers.
+player shows there. ``verify_frames`` decodes every frame (``data check --full``). Nothing is opened
+at import or construction time, so DataLoader workers each open their own containers.
 """
 
 from __future__ import annotations
@@ -163,7 +163,9 @@ def frame_range(info: VideoInfo, start: Optional[float] = None, end: Optional[fl
     return first, last
 
 
-def segment_indices(first: int, last: int, num: int, train: bool, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+def segment_indices(
+    first: int, last: int, num: int, train: bool, rng: Optional[np.random.Generator] = None
+) -> np.ndarray:
     """Split [first, last) into ``num`` equal segments; a random frame of each (train) or the middle.
 
     Fewer frames than segments repeat frames (each segment still maps to a real frame).
@@ -177,8 +179,16 @@ def segment_indices(first: int, last: int, num: int, train: bool, rng: Optional[
     return np.clip(np.floor(points).astype(np.int64), first, last - 1)
 
 
-def dense_indices(first: int, last: int, num: int, stride: int, train: bool, rng: Optional[np.random.Generator] = None,
-                  clip: int = 0, num_clips: int = 1) -> np.ndarray:
+def dense_indices(
+    first: int,
+    last: int,
+    num: int,
+    stride: int,
+    train: bool,
+    rng: Optional[np.random.Generator] = None,
+    clip: int = 0,
+    num_clips: int = 1,
+) -> np.ndarray:
     """``num`` frames ``stride`` apart. Train: random start; test: clip ``clip`` of ``num_clips``
     evenly spaced starts (one clip: the centre). Past the end, indices wrap around the window."""
     span = (num - 1) * stride + 1
@@ -271,11 +281,15 @@ class _Walk:
         """Offer the decoded frame ``index``; True when every wanted frame has been met."""
         while self.pos < len(self.wanted) and self.wanted[self.pos] < index:  # the stream has no frame there
             w = int(self.wanted[self.pos])
-            options = [(index - w, frame)] + ([(w - self.prev[0], self.prev[1])] if self.prev and self.prev[0] < w else [])
+            options = [(index - w, frame)] + (
+                [(w - self.prev[0], self.prev[1])] if self.prev and self.prev[0] < w else []
+            )
             distance, nearest = min(options, key=lambda o: o[0])
             if distance <= self.near:  # a timestamp gap: the nearest frame is what the video shows there
                 self.got[w] = self.convert(nearest)
-            elif self.prev and self.prev[0] < w:  # a longer gap: variable frame rate, or frames lost to damage (_decode decides)
+            elif (
+                self.prev and self.prev[0] < w
+            ):  # a longer gap: variable frame rate, or frames lost to damage (_decode decides)
                 self.got[w] = self.convert(self.prev[1])
                 self.gaps.append(w)
             self.pos += 1  # else it stays missing: reported by _decode
@@ -288,7 +302,9 @@ class _Walk:
         return self.pos >= len(self.wanted)
 
 
-def _collect(frames, walk: _Walk, index_of, num_frames: int, stop_gap: Optional[int], keys: Optional[np.ndarray] = None) -> None:
+def _collect(
+    frames, walk: _Walk, index_of, num_frames: int, stop_gap: Optional[int], keys: Optional[np.ndarray] = None
+) -> None:
     """Walk decoded ``frames``, offering each to ``walk`` (which converts the wanted ones).
 
     Stops when all are met, at the end of the stream, or when seeking to the next wanted frame
@@ -321,8 +337,13 @@ def _collect(frames, walk: _Walk, index_of, num_frames: int, stop_gap: Optional[
                 break
 
 
-def decode_frames(path: PathLike, indices: Sequence[int], short_side: Optional[int] = None,
-                  info: Optional[VideoInfo] = None, seek_gap: Optional[int] = None) -> torch.Tensor:
+def decode_frames(
+    path: PathLike,
+    indices: Sequence[int],
+    short_side: Optional[int] = None,
+    info: Optional[VideoInfo] = None,
+    seek_gap: Optional[int] = None,
+) -> torch.Tensor:
     """Frames at ``indices`` (any order, repeats allowed) -> uint8 [len(indices), 3, H, W].
 
     short_side: resize while converting (None keeps the decoded size). seek_gap: seek again when
@@ -338,8 +359,14 @@ def decode_frames(path: PathLike, indices: Sequence[int], short_side: Optional[i
         return _decode(container, path, info or _info(container, path), indices, short_side, seek_gap)
 
 
-def _decode(container: av.container.InputContainer, path: PathLike, info: VideoInfo, indices: Sequence[int],
-            short_side: Optional[int] = None, seek_gap: Optional[int] = None) -> torch.Tensor:
+def _decode(
+    container: av.container.InputContainer,
+    path: PathLike,
+    info: VideoInfo,
+    indices: Sequence[int],
+    short_side: Optional[int] = None,
+    seek_gap: Optional[int] = None,
+) -> torch.Tensor:
     indices = np.asarray(indices, dtype=np.int64)
     if indices.size == 0:
         raise ValueError("no frame indices to decode")
@@ -407,10 +434,16 @@ def _decode(container: av.container.InputContainer, path: PathLike, info: VideoI
     missing = [int(w) for w in wanted if int(w) not in walk.got]
     if missing:
         if missing[0] > last_index:
-            raise VideoError(path, f"truncated: no decodable frame at t={missing[0] / info.fps:.2f} s or later, though the "
-                                   f"container says {info.duration:.2f} s{said}")
-        raise VideoError(path, f"damaged: no decodable frame near t={missing[0] / info.fps:.2f} s (frame {missing[0]} "
-                               f"of {info.num_frames}){said}")
+            raise VideoError(
+                path,
+                f"truncated: no decodable frame at t={missing[0] / info.fps:.2f} s or later, though the "
+                f"container says {info.duration:.2f} s{said}",
+            )
+        raise VideoError(
+            path,
+            f"damaged: no decodable frame near t={missing[0] / info.fps:.2f} s (frame {missing[0]} "
+            f"of {info.num_frames}){said}",
+        )
     stack = np.stack([walk.got[int(i)] for i in indices])
     return torch.from_numpy(stack).permute(0, 3, 1, 2)
 
@@ -429,8 +462,11 @@ def verify_frames(path: PathLike) -> VideoInfo:
             for frame in container.decode(stream):
                 index = count if frame.pts is None else int(round((frame.pts * tb - info.start) * info.fps))
                 if index - last > near + 1 and index < info.num_frames:
-                    raise VideoError(path, f"no frame between t={(last + 1) / info.fps:.2f} s and t={index / info.fps:.2f} s: "
-                                           "damaged data, or a variable-frame-rate recording that paused")
+                    raise VideoError(
+                        path,
+                        f"no frame between t={(last + 1) / info.fps:.2f} s and t={index / info.fps:.2f} s: "
+                        "damaged data, or a variable-frame-rate recording that paused",
+                    )
                 last, count = max(last, index), count + 1
         except av.error.FFmpegError as err:
             error = err
@@ -438,11 +474,17 @@ def verify_frames(path: PathLike) -> VideoInfo:
     if count == 0:
         raise VideoError(path, f"no frame could be decoded (corrupt or truncated stream){said}")
     if error is not None:
-        raise VideoError(path, f"damaged or truncated: decoding fails after t={last / info.fps:.2f} s ({count} of "
-                               f"{info.num_frames} frames decoded){said}")
+        raise VideoError(
+            path,
+            f"damaged or truncated: decoding fails after t={last / info.fps:.2f} s ({count} of "
+            f"{info.num_frames} frames decoded){said}",
+        )
     if info.num_frames - 1 - last > near:
-        raise VideoError(path, f"truncated: no decodable frame after t={last / info.fps:.2f} s, though the container says "
-                               f"{info.duration:.2f} s ({count} of {info.num_frames} frames decoded)")
+        raise VideoError(
+            path,
+            f"truncated: no decodable frame after t={last / info.fps:.2f} s, though the container says "
+            f"{info.duration:.2f} s ({count} of {info.num_frames} frames decoded)",
+        )
     return info
 
 
@@ -475,11 +517,25 @@ def _decode_torchcodec(source, path: str, idx: np.ndarray, short_side: Optional[
     return frames
 
 
-def read_clip(path: PathLike, num_frames: int, train: bool = False, short_side: Optional[int] = None,
-              start: Optional[float] = None, end: Optional[float] = None, sampler: str = "segment",
-              stride: int = 4, rng: Optional[np.random.Generator] = None, clip: int = 0,
-              num_clips: int = 1, sample_fps: float = 1.0, return_mask: bool = False, cache: Optional["FrameCache"] = None,
-              data: Optional[bytes] = None, decoder: str = "pyav", device: Union[str, torch.device] = "cpu"):
+def read_clip(
+    path: PathLike,
+    num_frames: int,
+    train: bool = False,
+    short_side: Optional[int] = None,
+    start: Optional[float] = None,
+    end: Optional[float] = None,
+    sampler: str = "segment",
+    stride: int = 4,
+    rng: Optional[np.random.Generator] = None,
+    clip: int = 0,
+    num_clips: int = 1,
+    sample_fps: float = 1.0,
+    return_mask: bool = False,
+    cache: Optional["FrameCache"] = None,
+    data: Optional[bytes] = None,
+    decoder: str = "pyav",
+    device: Union[str, torch.device] = "cpu",
+):
     """Sample and decode one clip: uint8 [num_frames, 3, H, W] (with ``return_mask``, also the
     bool [num_frames] mask of real frames).
 
@@ -505,7 +561,11 @@ def read_clip(path: PathLike, num_frames: int, train: bool = False, short_side: 
             if train or num_clips == 1:
                 return segment_indices(first, last, num_frames, train, rng), None
             edges = np.linspace(first, last, num_frames + 1)
-            return np.clip(np.floor(edges[:-1] + (clip + 0.5) / num_clips * (edges[1:] - edges[:-1])).astype(np.int64), first, last - 1), None
+            return np.clip(
+                np.floor(edges[:-1] + (clip + 0.5) / num_clips * (edges[1:] - edges[:-1])).astype(np.int64),
+                first,
+                last - 1,
+            ), None
         if sampler == "dense":
             return dense_indices(first, last, num_frames, stride, train, rng, clip, num_clips), None
         if sampler == "fps":
@@ -585,5 +645,7 @@ def read_frames_at(path: PathLike, times: Sequence[float], short_side: Optional[
     """
     with _open(path) as container:
         info = _info(container, path)
-        idx = np.clip(np.floor(np.asarray(times, dtype=np.float64) * info.fps + 1e-6).astype(np.int64), 0, info.num_frames - 1)
+        idx = np.clip(
+            np.floor(np.asarray(times, dtype=np.float64) * info.fps + 1e-6).astype(np.int64), 0, info.num_frames - 1
+        )
         return _decode(container, path, info, idx, short_side)

@@ -38,10 +38,17 @@ def detect(model, cfg: ExperimentConfig, ann: DetectionAnnotations, dist: DistIn
     """Scores of every box: ({keyframe index: float [N, C] sigmoid scores}, dropped [(index, "path: reason")])."""
     model = unwrap(model)
     dataset = build_dataset(cfg.data, split, train=False, on_error="drop", ann=ann)
-    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, sampler=ShardSampler(len(dataset), dist.world, dist.rank),
-                        num_workers=cfg.data.loader_workers, collate_fn=collate)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.eval.batch_size,
+        sampler=ShardSampler(len(dataset), dist.world, dist.rank),
+        num_workers=cfg.data.loader_workers,
+        collate_fn=collate,
+    )
     scores, dropped = {}, []
-    for batch in tqdm(loader, desc=f"detecting on {split} keyframes", unit="batch", disable=not (progress and dist.main)):
+    for batch in tqdm(
+        loader, desc=f"detecting on {split} keyframes", unit="batch", disable=not (progress and dist.main)
+    ):
         dropped.extend(batch["failed"])
         if "frames" not in batch:
             continue
@@ -49,7 +56,7 @@ def detect(model, cfg: ExperimentConfig, ann: DetectionAnnotations, dist: DistIn
             logits = model(**model_inputs(model, batch, dist.device))["logits"]
         probs = torch.sigmoid(logits.float()).cpu()
         counts = torch.bincount(batch["box_batch_index"], minlength=len(batch["index"])).tolist()
-        scores.update(zip(batch["index"].tolist(), (p.numpy() for p in probs.split(counts))))
+        scores.update(zip(batch["index"].tolist(), (p.numpy() for p in probs.split(counts)), strict=True))
     merged, all_dropped = {}, []
     for part, part_dropped in all_gather_objects((scores, dropped)):
         merged.update(part)
@@ -71,28 +78,41 @@ def write_results(path: Path, ann: DetectionAnnotations, scores: dict[int, np.nd
             if len(boxes) == 0:
                 continue
             c = len(ids)
-            table = np.concatenate([np.repeat(boxes, c, axis=0), np.tile(ids, len(boxes))[:, None], probs.reshape(-1, 1)], axis=1)
+            table = np.concatenate(
+                [np.repeat(boxes, c, axis=0), np.tile(ids, len(boxes))[:, None], probs.reshape(-1, 1)], axis=1
+            )
             video, ts = ann.keyframes[i]
             np.savetxt(f, table, fmt=f"{video.replace('%', '%%')},{ts:04d},%.4f,%.4f,%.4f,%.4f,%d,%.6f")
             rows += len(table)
     return rows
 
 
-def evaluate_detection(model, cfg: ExperimentConfig, ann: DetectionAnnotations, split: str, dist: DistInfo,
-                       progress: bool = True, out: Optional[Path] = None) -> tuple[dict, list]:
+def evaluate_detection(
+    model,
+    cfg: ExperimentConfig,
+    ann: DetectionAnnotations,
+    split: str,
+    dist: DistInfo,
+    progress: bool = True,
+    out: Optional[Path] = None,
+) -> tuple[dict, list]:
     """Detect, write the result CSV (main process), score it. Returns (result entries, dropped)."""
     outputs = unwrap(model).classifier.out_features
     if outputs != len(ann.class_ids):
-        raise MismatchError(f"the model has {outputs} action outputs, the data config {len(ann.class_ids)} (data.ava.num_actions="
-                            f"{cfg.data.ava.num_actions}): evaluate with the data.ava.num_actions the model was trained with")
+        raise MismatchError(
+            f"the model has {outputs} action outputs, the data config {len(ann.class_ids)} (data.ava.num_actions="
+            f"{cfg.data.ava.num_actions}): evaluate with the data.ava.num_actions the model was trained with"
+        )
     scores, dropped = detect(model, cfg, ann, dist, split, progress)
     out = Path(out or cfg.eval.detections or Path(cfg.train.output_dir) / f"detections_{split}.csv")
     result: dict = {}
     if dist.main:
         rows = write_results(out, ann, scores)
         detections, _ = read_ava_csv(out, scores=True)
-        metrics = frame_map(ann.gt, detections, ann.evaluated_ids, ann.excluded, max_per_keyframe=cfg.eval.detections_per_keyframe)
-        names = dict(zip(ann.class_ids, ann.class_names))
+        metrics = frame_map(
+            ann.gt, detections, ann.evaluated_ids, ann.excluded, max_per_keyframe=cfg.eval.detections_per_keyframe
+        )
+        names = dict(zip(ann.class_ids, ann.class_names, strict=True))
         metrics["per_class"] = {f"{c} {names[c]}": ap for c, ap in metrics["per_class"].items()}
         metrics["counts"].update(keyframes=len(ann.keyframes), keyframes_scored=len(scores), rows_written=rows)
         result = {"detection": metrics, "boxes": ann.box_source, "detections_csv": str(out)}

@@ -54,18 +54,31 @@ class ActionDetector(nn.Module):
             raise ValueError(f"{p} patch tokens do not form the backbone's {g} x {g} grid")
         return pooled.transpose(1, 2).reshape(b, d, g, g)
 
-    def roi_features(self, feature_map: torch.Tensor, boxes: torch.Tensor, box_batch_index: torch.Tensor) -> torch.Tensor:
+    def roi_features(
+        self, feature_map: torch.Tensor, boxes: torch.Tensor, box_batch_index: torch.Tensor
+    ) -> torch.Tensor:
         """map [B, D, g, g], boxes [N, 4] (x1, y1, x2, y2 in 0-1 of the frame), box_batch_index [N]
         int -> [N, D]: RoIAlign (``roi_size`` bins, aligned pixel model, adaptive sampling), then the
         maximum over the bins. Computed in fp32 (RoIAlign has no bf16 CPU kernel)."""
         if boxes.dim() != 2 or boxes.shape[-1] != 4 or box_batch_index.shape != boxes.shape[:1]:
-            raise ValueError(f"boxes must be [N, 4] and box_batch_index [N], got {tuple(boxes.shape)} and {tuple(box_batch_index.shape)}")
+            raise ValueError(
+                f"boxes must be [N, 4] and box_batch_index [N], got {tuple(boxes.shape)} and "
+                f"{tuple(box_batch_index.shape)}"
+            )
         rois = torch.cat([box_batch_index.to(boxes.dtype)[:, None], boxes], dim=1).float()
-        pooled = roi_align(feature_map.float(), rois, output_size=self.roi_size, spatial_scale=float(self.grid),
-                           sampling_ratio=-1, aligned=True)  # [N, D, r, r]
+        pooled = roi_align(
+            feature_map.float(),
+            rois,
+            output_size=self.roi_size,
+            spatial_scale=float(self.grid),
+            sampling_ratio=-1,
+            aligned=True,
+        )  # [N, D, r, r]
         return pooled.amax(dim=(2, 3))
 
-    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor, boxes: torch.Tensor, box_batch_index: torch.Tensor) -> dict:
+    def forward(
+        self, frames: torch.Tensor, frame_mask: torch.Tensor, boxes: torch.Tensor, box_batch_index: torch.Tensor
+    ) -> dict:
         """frames [B, T, 3, H, W], frame_mask [B, T] bool, boxes [N, 4] (0-1), box_batch_index [N]
         -> {"logits": [N, C]} (one sigmoid per action)."""
         feats = self.roi_features(self.feature_map(frames, frame_mask), boxes, box_batch_index)
@@ -83,7 +96,9 @@ def build_detector(encoder: nn.Module, num_classes: int, roi_size: int, dropout:
     """Freeze what detection does not use (text tower, retrieval head, logit scale, CLIP's ln_post and
     projection: no gradient reaches them, which DDP would otherwise report) and add the RoI head."""
     if num_classes <= 0:
-        raise ConfigError("detection needs the classes: model.class_names (from the dataset's label map) or model.num_classes")
+        raise ConfigError(
+            "detection needs the classes: model.class_names (from the dataset's label map) or model.num_classes"
+        )
     for name, p in encoder.backbone.clip.named_parameters():
         if not name.startswith("visual.") or name.startswith(("visual.ln_post", "visual.proj")):
             p.requires_grad_(False)

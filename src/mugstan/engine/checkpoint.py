@@ -57,9 +57,14 @@ def load_weights(model, path) -> None:
     try:
         missing, unexpected = unwrap(model).load_state_dict(tensors, strict=False)
     except RuntimeError as err:  # shapes that do not fit
-        raise MismatchError(f"{file} does not fit the model built from its config.yaml ({one_line(err)[:300]})") from None
+        raise MismatchError(
+            f"{file} does not fit the model built from its config.yaml ({one_line(err)[:300]})"
+        ) from None
     if missing or unexpected:
-        raise MismatchError(f"{file} does not fit the model built from its config.yaml: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise MismatchError(
+            f"{file} does not fit the model built from its config.yaml: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}"
+        )
 
 
 def read_weights(spec) -> dict:
@@ -69,10 +74,15 @@ def read_weights(spec) -> dict:
     path = resolve_checkpoint(spec)
     file = path if path.is_file() else path / WEIGHTS
     if not file.is_file():
-        raise MissingFileError(f"model.init_from: {spec} is neither a checkpoint folder ({WEIGHTS} + {CONFIG}) nor a converted "
-                               ".safetensors file; name a run's checkpoints/best, a `mugstan convert` file or hf-hub:ORG/NAME")
-    return read_safetensors(file, f"model.init_from: {spec} is damaged or not weights; model.init_from takes a checkpoint "
-                            "folder or a `mugstan convert` .safetensors file (a damaged one: train it again or download it again)")
+        raise MissingFileError(
+            f"model.init_from: {spec} is neither a checkpoint folder ({WEIGHTS} + {CONFIG}) nor a converted "
+            ".safetensors file; name a run's checkpoints/best, a `mugstan convert` file or hf-hub:ORG/NAME"
+        )
+    return read_safetensors(
+        file,
+        f"model.init_from: {spec} is damaged or not weights; model.init_from takes a checkpoint "
+        "folder or a `mugstan convert` .safetensors file (a damaged one: train it again or download it again)",
+    )
 
 
 def init_from(model, spec) -> dict:
@@ -97,10 +107,14 @@ def init_from(model, spec) -> dict:
             loaded[name] = state[source]
             used.add(source)
     if wrong:
-        raise MismatchError(f"model.init_from: {spec} has tensors of other shapes than this model ({'; '.join(wrong[:4])}); "
-                         "the two configs describe different architectures (backbone, stan.max_frames, ...)")
+        raise MismatchError(
+            f"model.init_from: {spec} has tensors of other shapes than this model ({'; '.join(wrong[:4])}); "
+            "the two configs describe different architectures (backbone, stan.max_frames, ...)"
+        )
     if not loaded:
-        raise MismatchError(f"model.init_from: no tensor of {spec} fits this model (is it a mugstan checkpoint of the same backbone?)")
+        raise MismatchError(
+            f"model.init_from: no tensor of {spec} fits this model (is it a mugstan checkpoint of the same backbone?)"
+        )
     model.load_state_dict(loaded, strict=False)
     return {"loaded": len(loaded), "new": new, "unused": sorted(set(state) - used)}
 
@@ -108,8 +122,9 @@ def init_from(model, spec) -> dict:
 def load_training_state(path, model, optimizer, scheduler, scaler=None, rank: int = 0) -> dict:
     """Restore weights, optimiser, scheduler, scaler and this process's RNG from ``path`` (a
     ``checkpoints/last`` folder). Returns the loop position: {"step", "epoch", "step_in_epoch", "best",
-    "skipped" (this process's count of skipped videos), "stream" (this process's shard stream positions)}. A save interrupted between its renames must
-    have been recovered first (``mugstan.files.recover_folder``; ``train`` does it on the main process)."""
+    "skipped" (this process's count of skipped videos), "stream" (this process's shard stream positions)}. A
+    save interrupted between its renames must have been recovered first (``mugstan.files.recover_folder``;
+    ``train`` does it on the main process)."""
     path = Path(path)
     if not (path / STATE).is_file():
         raise MissingFileError(f"--resume: no checkpoint at {path / STATE}; train without --resume to start the run")
@@ -118,7 +133,9 @@ def load_training_state(path, model, optimizer, scheduler, scaler=None, rank: in
         with torch.serialization.safe_globals(_numpy_arrays()):
             state = torch.load(path / STATE, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many kinds for a damaged file (and advice to unpickle, not given here)
-        raise CorruptFileError(f"{path / STATE}: corrupt or not a mugstan training state ({type(err).__name__}); {rebuild}") from None
+        raise CorruptFileError(
+            f"{path / STATE}: corrupt or not a mugstan training state ({type(err).__name__}); {rebuild}"
+        ) from None
     if not isinstance(state, dict) or not {"optimizer", "scheduler", "rng"} <= set(state):
         raise CorruptFileError(f"{path / STATE}: not a mugstan training state (no optimizer/scheduler/rng); {rebuild}")
     load_weights(model, path)
@@ -126,15 +143,21 @@ def load_training_state(path, model, optimizer, scheduler, scaler=None, rank: in
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     except (ValueError, KeyError) as err:
-        raise MismatchError(f"{path / STATE}: the optimiser state does not fit this config ({one_line(err)}); resume with the "
-                            "config the run was started with (its output_dir/config.yaml)") from None
+        raise MismatchError(
+            f"{path / STATE}: the optimiser state does not fit this config ({one_line(err)}); resume with the "
+            "config the run was started with (its output_dir/config.yaml)"
+        ) from None
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
     skipped = state.get("skipped") or 0  # per process
     stream = state.get("stream") or [{}] * (rank + 1)  # per process: {loader worker role: samples taken} (shards)
     position = {k: state.get(k) for k in ("step", "epoch", "step_in_epoch", "best")}
-    return {**position, "skipped": skipped[rank] if isinstance(skipped, list) else skipped, "stream": dict(stream[rank])}
+    return {
+        **position,
+        "skipped": skipped[rank] if isinstance(skipped, list) else skipped,
+        "stream": dict(stream[rank]),
+    }
 
 
 def _numpy_arrays() -> list:
@@ -162,7 +185,8 @@ def set_rng_state(state: dict, generators: Optional[Sequence[torch.Generator]] =
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     generators = device_generators() if generators is None else generators
-    for g, device_state in zip(generators, state.get("cuda", ())):  # a state saved on another machine's GPUs: as many as both have
+    # a state saved on another machine's GPUs: as many as both have
+    for g, device_state in zip(generators, state.get("cuda", ()), strict=False):
         g.set_state(device_state)
 
 
@@ -182,16 +206,22 @@ def load_model(path, device="cpu", overrides=()):
         return load_converted(path, overrides).to(device).eval(), None
     path = readable_folder(path)
     if not path.exists():
-        raise MissingFileError(f"checkpoint {path} does not exist; name a checkpoint folder (runs/NAME/checkpoints/best) "
-                               "or a `mugstan convert` .safetensors file")
+        raise MissingFileError(
+            f"checkpoint {path} does not exist; name a checkpoint folder (runs/NAME/checkpoints/best) "
+            "or a `mugstan convert` .safetensors file"
+        )
     if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
-        raise UserError(f"{path}: not a mugstan checkpoint (expected {WEIGHTS} and {CONFIG} in it, or a .safetensors file)")
+        raise UserError(
+            f"{path}: not a mugstan checkpoint (expected {WEIGHTS} and {CONFIG} in it, or a .safetensors file)"
+        )
     cfg = load_config(path / CONFIG, overrides, check_files=False)
     if cfg.model.backbone is None and cfg.model.backbone_config is None and cfg.model.task != Task.chat:
-        raise UserError(f"{path / CONFIG}: model.backbone is null and no model.backbone_config records the architecture the "
-                        f"model was built with (it was read from model.weights={cfg.model.weights}, by an older mugstan); give it "
-                        "as an override: model.backbone=NAME, or model.backbone_config={...} (its open_clip config, with the head "
-                        "counts it was trained with)")
+        raise UserError(
+            f"{path / CONFIG}: model.backbone is null and no model.backbone_config records the architecture the "
+            f"model was built with (it was read from model.weights={cfg.model.weights}, by an older mugstan); give it "
+            "as an override: model.backbone=NAME, or model.backbone_config={...} (its open_clip config, with the head "
+            "counts it was trained with)"
+        )
     cfg.model.pretrained, cfg.model.weights = None, None  # the checkpoint holds every weight
     if path.parent.name == "checkpoints":  # RUN/checkpoints/NAME: the run folder is where it is now, moved or not
         cfg.train.output_dir = os.path.abspath(path.parent.parent)

@@ -65,11 +65,14 @@ def device_arg(text: str) -> str:
         backend = getattr(torch, device.type, None)
         count = backend.device_count() if hasattr(backend, "is_available") and backend.is_available() else 0
     if count == 0:
-        raise argparse.ArgumentTypeError(f"{text}: this machine has no {device.type} device (or its driver is missing): "
-                                         "use --device cpu")
+        raise argparse.ArgumentTypeError(
+            f"{text}: this machine has no {device.type} device (or its driver is missing): use --device cpu"
+        )
     if device.index is not None and device.index >= count:
-        raise argparse.ArgumentTypeError(f"{text}: this machine has {count} {device.type} device{'s' if count > 1 else ''} "
-                                         f"({device.type}:0{f' to {device.type}:{count - 1}' if count > 1 else ''})")
+        raise argparse.ArgumentTypeError(
+            f"{text}: this machine has {count} {device.type} device{'s' if count > 1 else ''} "
+            f"({device.type}:0{f' to {device.type}:{count - 1}' if count > 1 else ''})"
+        )
     return text
 
 
@@ -135,11 +138,22 @@ class TrainSampler(Sampler[list[int]]):
 
     def __init__(self, n: int, global_batch: int, world: int, rank: int, accum: int = 1, seed: int = 0):
         if global_batch % (world * accum):
-            raise ConfigError(f"train.batch_size={global_batch} must be divisible by processes x train.accum_steps = "
-                              f"{world} x {accum} = {world * accum}: set train.batch_size to a multiple of {world * accum}")
+            raise ConfigError(
+                f"train.batch_size={global_batch} must be divisible by processes x train.accum_steps = "
+                f"{world} x {accum} = {world * accum}: set train.batch_size to a multiple of {world * accum}"
+            )
         if n < global_batch:
-            raise ConfigError(f"the training set has {n} items, fewer than one batch of train.batch_size={global_batch}")
-        self.n, self.global_batch, self.world, self.rank, self.accum, self.seed = n, global_batch, world, rank, accum, seed
+            raise ConfigError(
+                f"the training set has {n} items, fewer than one batch of train.batch_size={global_batch}"
+            )
+        self.n, self.global_batch, self.world, self.rank, self.accum, self.seed = (
+            n,
+            global_batch,
+            world,
+            rank,
+            accum,
+            seed,
+        )
         self.epoch, self.skip_steps = 0, 0
 
     @property
@@ -157,7 +171,7 @@ class TrainSampler(Sampler[list[int]]):
         for step in range(self.skip_steps, self.steps_per_epoch):
             for a in range(self.accum):
                 start = step * self.global_batch + a * micro + self.rank * local
-                yield perm[start:start + local].tolist()
+                yield perm[start : start + local].tolist()
 
     def __len__(self) -> int:
         return (self.steps_per_epoch - self.skip_steps) * self.accum

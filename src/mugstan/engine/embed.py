@@ -16,12 +16,24 @@ import numpy as np
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="experiment YAML or packaged config name (its data section says which videos / captions)")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint folder, a `mugstan convert` .safetensors, or hf-hub:org/name")
-    parser.add_argument("--what", choices=["videos", "texts"], default="videos",
-                        help="embed the split's videos or its captions (default: videos)")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"],
-                        help="which annotation file of the config: data.train_ann, val_ann or test_ann (default: test)")
+    parser.add_argument(
+        "config", help="experiment YAML or packaged config name (its data section says which videos / captions)"
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, help="checkpoint folder, a `mugstan convert` .safetensors, or hf-hub:org/name"
+    )
+    parser.add_argument(
+        "--what",
+        choices=["videos", "texts"],
+        default="videos",
+        help="embed the split's videos or its captions (default: videos)",
+    )
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "val", "test"],
+        help="which annotation file of the config: data.train_ann, val_ann or test_ann (default: test)",
+    )
     parser.add_argument("--out", required=True, help="output .npz file (its folder must exist)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.root=/videos")
 
@@ -31,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
     from mugstan.data.datasets import load_annotations
     from mugstan.engine.checkpoint import load_model
     from mugstan.engine.distributed import setup
-    from mugstan.engine.evaluate import stack_clips, embed_clips, embed_texts
+    from mugstan.engine.evaluate import embed_clips, embed_texts, stack_clips
     from mugstan.errors import UserError
 
     cfg = load_config(args.config, args.overrides)
@@ -46,8 +58,10 @@ def main(args: argparse.Namespace) -> int:
         items = [ann.clips[i].path for i in kept]
     else:
         if not ann.captions:
-            raise UserError(f"--what texts: the {args.split} split ({ann.source}) has no captions (a recognition "
-                            "annotation file?); embed its videos with --what videos")
+            raise UserError(
+                f"--what texts: the {args.split} split ({ann.source}) has no captions (a recognition "
+                "annotation file?); embed its videos with --what videos"
+            )
         emb = embed_texts(model, ann.captions, dist.device)
         items = list(ann.captions)
     if dist.main:
@@ -56,6 +70,8 @@ def main(args: argparse.Namespace) -> int:
             arrays["mask"] = emb.mask.cpu().numpy()
         arrays["dropped"] = np.array([e for _, e in dropped], dtype=str)
         np.savez(args.out, **arrays)
-        print(f"wrote {args.out}: {len(items)} {args.what}, embeddings {tuple(arrays['embeddings'].shape)}"
-              + (f", {len(dropped)} videos dropped" if dropped else ""))
+        print(
+            f"wrote {args.out}: {len(items)} {args.what}, embeddings {tuple(arrays['embeddings'].shape)}"
+            + (f", {len(dropped)} videos dropped" if dropped else "")
+        )
     return 0

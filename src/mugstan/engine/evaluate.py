@@ -38,8 +38,13 @@ def embed_clips(model, cfg: ExperimentConfig, ann: Annotations, dist: DistInfo, 
     """
     model = unwrap(model)
     dataset = build_dataset(cfg.data, split, train=False, on_error="drop", pairs=False, ann=ann)
-    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, sampler=ShardSampler(len(dataset), dist.world, dist.rank),
-                        num_workers=cfg.data.loader_workers, collate_fn=collate)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.eval.batch_size,
+        sampler=ShardSampler(len(dataset), dist.world, dist.rank),
+        num_workers=cfg.data.loader_workers,
+        collate_fn=collate,
+    )
     outputs, dropped = {}, []
     bar = tqdm(loader, desc=f"embedding {split} videos", unit="batch", disable=not (progress and dist.main))
     for batch in bar:
@@ -53,13 +58,16 @@ def embed_clips(model, cfg: ExperimentConfig, ann: Annotations, dist: DistInfo, 
         with autocast_for(dist.device, cfg.train.precision):
             if classify:
                 out = model(frames, mask)["logits"].float().cpu()
-                rows = [(out[i * views:(i + 1) * views], None) for i in range(len(batch["index"]))]
+                rows = [(out[i * views : (i + 1) * views], None) for i in range(len(batch["index"]))]
             else:
                 emb = model.encode_video(frames, mask)
                 x = emb.x.float().cpu()
                 m = emb.mask.cpu() if emb.mask is not None else None
-                rows = [(x[i * views:(i + 1) * views], None if m is None else m[i * views:(i + 1) * views]) for i in range(len(batch["index"]))]
-        outputs.update(zip(batch["index"].tolist(), rows))
+                rows = [
+                    (x[i * views : (i + 1) * views], None if m is None else m[i * views : (i + 1) * views])
+                    for i in range(len(batch["index"]))
+                ]
+        outputs.update(zip(batch["index"].tolist(), rows, strict=True))
     merged, all_dropped = {}, []
     for part_out, part_dropped in all_gather_objects((outputs, dropped)):
         merged.update(part_out)
@@ -72,7 +80,7 @@ def embed_texts(model, texts: list[str], device: torch.device, batch_size: int =
     model = unwrap(model)
     xs, masks = [], []
     for i in range(0, len(texts), batch_size):
-        ids, mask = model.tokenize(texts[i:i + batch_size])
+        ids, mask = model.tokenize(texts[i : i + batch_size])
         emb = model.encode_text(ids.to(device), mask.to(device))
         xs.append(emb.x.float())
         masks.append(emb.mask)
@@ -86,7 +94,9 @@ def stack_clips(rows: list, view: Optional[int] = 0) -> Embeddings:
 
 
 @torch.no_grad()
-def evaluate(model, cfg: ExperimentConfig, split: str = "test", dist: Optional[DistInfo] = None, progress: bool = True) -> dict:
+def evaluate(
+    model, cfg: ExperimentConfig, split: str = "test", dist: Optional[DistInfo] = None, progress: bool = True
+) -> dict:
     """Metrics of ``model`` on a split, with what was dropped. Runs on every process; all get the result."""
     dist = dist or DistInfo(device=next(unwrap(model).parameters()).device)
     if cfg.model.task == Task.chat:  # Video QA: answers, exact match and the judge's answer file
@@ -106,16 +116,20 @@ def evaluate(model, cfg: ExperimentConfig, split: str = "test", dist: Optional[D
     elif cfg.model.task == Task.recognition:
         logits, dropped = embed_clips(model, cfg, ann, dist, split, classify=True, progress=progress)
         kept = sorted(logits)
-        result["recognition"] = recognition_metrics(torch.stack([logits[i][0] for i in kept]), torch.tensor([ann.labels[i] for i in kept]))
+        result["recognition"] = recognition_metrics(
+            torch.stack([logits[i][0] for i in kept]), torch.tensor([ann.labels[i] for i in kept])
+        )
     elif ann.captions:
         uncaptioned = len(ann.clips) - len(set(ann.caption_clip))
         if uncaptioned:  # video-to-text retrieval ranks each video's own captions
-            raise AnnotationError(f"{ann.source}: {uncaptioned} of the {len(ann.clips)} videos of the {split} split have no caption; "
-                                  "retrieval needs one or more per video: add captions or leave those videos out")
+            raise AnnotationError(
+                f"{ann.source}: {uncaptioned} of the {len(ann.clips)} videos of the {split} split have no caption; "
+                "retrieval needs one or more per video: add captions or leave those videos out"
+            )
         videos, dropped = embed_clips(model, cfg, ann, dist, split, progress=progress)
         kept = sorted(videos)
         position = {clip: j for j, clip in enumerate(kept)}
-        caps = [(c, position[v]) for c, v in zip(ann.captions, ann.caption_clip) if v in position]
+        caps = [(c, position[v]) for c, v in zip(ann.captions, ann.caption_clip, strict=True) if v in position]
         text = embed_texts(model, [c for c, _ in caps], dist.device)
         video = stack_clips([videos[i] for i in kept])
         scores = inner.similarity(text.to(dist.device), video.to(dist.device), chunk=cfg.eval.sim_chunk).float().cpu()
@@ -130,27 +144,37 @@ def evaluate(model, cfg: ExperimentConfig, split: str = "test", dist: Optional[D
 
         names = ann.class_names or cfg.model.class_names
         if not names:
-            raise ConfigError(f"zero-shot recognition on {split} needs class names (data.extra.class_names or model.class_names)")
+            raise ConfigError(
+                f"zero-shot recognition on {split} needs class names (data.extra.class_names or model.class_names)"
+            )
         videos, dropped = embed_clips(model, cfg, ann, dist, split, progress=progress)
         kept = sorted(videos)
         views = videos[kept[0]][0].shape[0]
         per_view = []
         for v in range(views):
             video = stack_clips([videos[i] for i in kept], view=v).to(dist.device)
-            per_template = [inner.similarity(embed_texts(model, texts, dist.device), video, cfg.eval.sim_chunk)
-                            for texts in class_prompts(names, cfg.model.prompt_templates)]
+            per_template = [
+                inner.similarity(embed_texts(model, texts, dist.device), video, cfg.eval.sim_chunk)
+                for texts in class_prompts(names, cfg.model.prompt_templates)
+            ]
             per_view.append(torch.stack(per_template).mean(0).t().float().cpu())  # [N, C]
-        result["recognition"] = recognition_metrics(torch.stack(per_view, 1), torch.tensor([ann.labels[i] for i in kept]))
+        result["recognition"] = recognition_metrics(
+            torch.stack(per_view, 1), torch.tensor([ann.labels[i] for i in kept])
+        )
         result["zero_shot"] = True
     else:
-        raise AnnotationError(f"{ann.source}: the {split} split of {cfg.data.dataset} has neither captions nor labels: nothing to evaluate")
+        raise AnnotationError(
+            f"{ann.source}: the {split} split of {cfg.data.dataset} has neither captions nor labels: "
+            "nothing to evaluate"
+        )
     result["dropped"] = [{"index": i, "error": e} for i, e in dropped]
     result["seconds"] = round(time.time() - start, 1)
     return result
 
 
 def headline(result: dict) -> tuple[str, float]:
-    """The number model selection uses: text-to-video R@1 (retrieval), top-1 (recognition) or frame-mAP@0.5 (detection)."""
+    """The number model selection uses: text-to-video R@1 (retrieval), top-1 (recognition) or frame-mAP@0.5
+    (detection)."""
     if "retrieval" in result:
         return "t2v R@1", result["retrieval"]["t2v"]["R@1"]
     if "detection" in result:
@@ -163,17 +187,25 @@ def headline(result: dict) -> tuple[str, float]:
 def format_result(result: dict) -> str:
     lines = [f"{result['split']} split"]
     for name, m in result.get("retrieval", {}).items():
-        lines.append(f"  {name:16s} R@1 {m['R@1']:5.1f}  R@5 {m['R@5']:5.1f}  R@10 {m['R@10']:5.1f}  MdR {m['MdR']:.1f}  MnR {m['MnR']:.1f}")
+        lines.append(
+            f"  {name:16s} R@1 {m['R@1']:5.1f}  R@5 {m['R@5']:5.1f}  R@10 {m['R@10']:5.1f}  MdR {m['MdR']:.1f}  MnR "
+            f"{m['MnR']:.1f}"
+        )
     if "recognition" in result:
         r = result["recognition"]
         lines.append(f"  {'zero-shot ' if result.get('zero_shot') else ''}top-1 {r['top1']:.1f}  top-5 {r['top5']:.1f}")
     if "detection" in result:
         d = result["detection"]
-        lines.append(f"  frame-mAP@0.5 {d['mAP']:.2f} over {sum(ap is not None for ap in d['per_class'].values())} classes "
-                     f"({result['boxes']} boxes; detections in {result['detections_csv']})")
+        lines.append(
+            f"  frame-mAP@0.5 {d['mAP']:.2f} over {sum(ap is not None for ap in d['per_class'].values())} classes "
+            f"({result['boxes']} boxes; detections in {result['detections_csv']})"
+        )
     if "qa" in result:
         q = result["qa"]
-        lines.append(f"  QA exact-match accuracy {q['accuracy']:.1f} ({q['correct']}/{q['questions']}); answers in {q['answers_file']}")
+        lines.append(
+            f"  QA exact-match accuracy {q['accuracy']:.1f} ({q['correct']}/{q['questions']}); answers in "
+            f"{q['answers_file']}"
+        )
     if result.get("dropped"):
         lines.append(f"  dropped {len(result['dropped'])} videos that could not be decoded:")
         lines.extend(f"    {d['error']}" for d in result["dropped"][:20])
@@ -185,13 +217,23 @@ def zero_shot_model(cfg: ExperimentConfig, split: str = "test"):
     recognition model's text classifier starts from the split's class-name prompts."""
     from mugstan.models import build_model
 
-    names = cfg.model.class_names or (load_annotations(cfg.data, split).class_names if cfg.model.task == Task.recognition else [])
+    names = cfg.model.class_names or (
+        load_annotations(cfg.data, split).class_names if cfg.model.task == Task.recognition else []
+    )
     return build_model(cfg.model, class_names=names or ()).eval()
 
 
 # How a checkpoint's model sees a video: evaluation reads videos as its training did unless told otherwise.
-CHECKPOINT_DATA_KEYS = ("num_frames", "test_num_frames", "sampler", "dense_stride", "sample_fps", "image_size", "resize_short",
-                        "test_resize_short")
+CHECKPOINT_DATA_KEYS = (
+    "num_frames",
+    "test_num_frames",
+    "sampler",
+    "dense_stride",
+    "sample_fps",
+    "image_size",
+    "resize_short",
+    "test_resize_short",
+)
 FOLLOWS = {"test_num_frames": "num_frames", "test_resize_short": "resize_short"}  # defaults to the other one
 
 
@@ -214,14 +256,21 @@ def take_checkpoint_data(cfg: ExperimentConfig, saved: ExperimentConfig, overrid
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="experiment YAML or packaged config name (its data and eval sections are used)")
-    parser.add_argument("--checkpoint", help="checkpoint folder, a `mugstan convert` .safetensors, or hf-hub:org/name; "
-                        "model.* overrides apply to it (model.head=mug scores a converted Mug-STAN checkpoint with Mug). "
-                        "A checkpoint folder's data settings (frames, sampler, image size, resize) replace the config's "
-                        "unless given on the command line; the keys that differ are printed. "
-                        "Without it the model is built from the config's model section: zero-shot evaluation of "
-                        "pretrained weights (e.g. model.pretrained=openai), no training needed")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"],
-                        help="which annotation file of the config: data.train_ann, val_ann or test_ann (default: test)")
+    parser.add_argument(
+        "--checkpoint",
+        help="checkpoint folder, a `mugstan convert` .safetensors, or hf-hub:org/name; "
+        "model.* overrides apply to it (model.head=mug scores a converted Mug-STAN checkpoint with Mug). "
+        "A checkpoint folder's data settings (frames, sampler, image size, resize) replace the config's "
+        "unless given on the command line; the keys that differ are printed. "
+        "Without it the model is built from the config's model section: zero-shot evaluation of "
+        "pretrained weights (e.g. model.pretrained=openai), no training needed",
+    )
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "val", "test"],
+        help="which annotation file of the config: data.train_ann, val_ann or test_ann (default: test)",
+    )
     parser.add_argument("--json", help="also write the result to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (the result only)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.dsl=true model.head=mug")
@@ -241,8 +290,10 @@ def main(args: argparse.Namespace) -> int:
             taken = take_checkpoint_data(cfg, saved, args.overrides)
             if dist.main:
                 for key, (ours, theirs) in taken.items():
-                    print(f"data.{key}: {theirs} from the checkpoint (the config says {ours}; data.{key}={ours} on the "
-                          "command line evaluates with that)")
+                    print(
+                        f"data.{key}: {theirs} from the checkpoint (the config says {ours}; data.{key}={ours} on the "
+                        "command line evaluates with that)"
+                    )
     else:
         model = zero_shot_model(cfg, args.split).to(dist.device)
     result = evaluate(model, cfg, args.split, dist, progress=not args.no_progress)

@@ -49,13 +49,13 @@ class RandomState:
     def replay(self):
         cpu, devices = torch.get_rng_state(), [g.get_state() for g in self.generators]
         torch.set_rng_state(self.cpu)
-        for g, state in zip(self.generators, self.devices):
+        for g, state in zip(self.generators, self.devices, strict=True):
             g.set_state(state)
         try:
             yield
         finally:  # continue the streams where the first pass left them
             torch.set_rng_state(cpu)
-            for g, state in zip(self.generators, devices):
+            for g, state in zip(self.generators, devices, strict=True):
                 g.set_state(state)
 
 
@@ -97,9 +97,16 @@ def _surrogate(outputs: dict, cached: dict, rows: slice, first_chunk: bool) -> t
     return total
 
 
-def gradcache_backward(model: torch.nn.Module, loss_fn: Callable[[dict, dict], torch.Tensor], batch: dict, chunk_size: int,
-                       device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                       scale: float = 1.0, scaler: Optional[torch.amp.GradScaler] = None) -> torch.Tensor:
+def gradcache_backward(
+    model: torch.nn.Module,
+    loss_fn: Callable[[dict, dict], torch.Tensor],
+    batch: dict,
+    chunk_size: int,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    scale: float = 1.0,
+    scaler: Optional[torch.amp.GradScaler] = None,
+) -> torch.Tensor:
     """Drop-in for ``loss = loss_fn(model(**inputs), batch); (loss * scale).backward()`` with the
     batch encoded in chunks.
 
@@ -130,7 +137,7 @@ def gradcache_backward(model: torch.nn.Module, loss_fn: Callable[[dict, dict], t
     (scaler.scale(scaled) if scaler else scaled).backward()
 
     # 3. re-encode each chunk with the graph under the same random state; push its cached gradient
-    for i, (rows, state) in enumerate(zip(chunks, states)):
+    for i, (rows, state) in enumerate(zip(chunks, states, strict=True)):
         with state.replay(), autocast():
             outputs = model(**model_inputs(model, batch, device, rows))
         _surrogate(outputs, cached, rows, first_chunk=i == 0).backward()
@@ -164,8 +171,8 @@ def average_gradients(model: torch.nn.Module) -> None:
     dist.all_reduce(flat)
     flat /= world
     offset = 0
-    for p, g, seen in zip(params, grads, flat[-len(params):].tolist()):
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+    for p, g, seen in zip(params, grads, flat[-len(params) :].tolist(), strict=True):
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
         if seen == 0:
             p.grad = None

@@ -88,10 +88,10 @@ def plot_curves(metrics_path, png_path) -> None:
                 val.setdefault(k + " (selection on test)", []).append((r["step"], v))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     if loss:  # a short run's few points get markers: a line through one point draws nothing
-        axes[0].plot(*zip(*loss), color="tab:blue", marker="o" if len(loss) <= 50 else None, markersize=4)
+        axes[0].plot(*zip(*loss, strict=True), color="tab:blue", marker="o" if len(loss) <= 50 else None, markersize=4)
     axes[0].set(title="training loss", xlabel="step")
     for name, points in val.items():
-        axes[1].plot(*zip(*points), marker="o", label=name)
+        axes[1].plot(*zip(*points, strict=True), marker="o", label=name)
     axes[1].set(title="validation", xlabel="step")
     if val:
         axes[1].legend()

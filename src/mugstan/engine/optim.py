@@ -13,10 +13,9 @@ learning-rate schedules.
 from __future__ import annotations
 
 import math
+from typing import Callable, Optional
 
 import torch
-
-from typing import Callable, Optional
 
 from mugstan.config import ConfigError, OptimizerKind, Schedule, TrainConfig
 
@@ -32,7 +31,9 @@ class BertAdam(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0,
                  max_grad_norm: float = 1.0):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm))
+        super().__init__(
+            params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+        )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -69,14 +70,19 @@ def build_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     ``param_groups``)."""
     groups = []
     for g in param_groups(model, cfg.no_decay, cfg.no_decay_new):
-        groups.append({
-            "params": g["params"], "name": g["name"],
-            "lr": cfg.lr * (cfg.new_module_lr_mult if g["new"] else 1.0),
-            "weight_decay": cfg.weight_decay if g["decay"] else 0.0,
-        })
+        groups.append(
+            {
+                "params": g["params"],
+                "name": g["name"],
+                "lr": cfg.lr * (cfg.new_module_lr_mult if g["new"] else 1.0),
+                "weight_decay": cfg.weight_decay if g["decay"] else 0.0,
+            }
+        )
     if not groups:
-        raise ConfigError("the model has no trainable parameters: model.freeze_backbone / model.freeze_text leave nothing to train "
-                          "with this branch and head (model.branch=none, model.head=mean or meanP have no weights of their own)")
+        raise ConfigError(
+            "the model has no trainable parameters: model.freeze_backbone / model.freeze_text leave nothing to train "
+            "with this branch and head (model.branch=none, model.head=mean or meanP have no weights of their own)"
+        )
     if cfg.optimizer == OptimizerKind.bertadam:
         return BertAdam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, max_grad_norm=cfg.grad_clip or -1.0)
     # On GPUs, foreach (one batched kernel per tensor list), as PyTorch runs AdamW there by default: the
@@ -93,7 +99,7 @@ NO_DECAY_KINDS = ("norm", "bias", "embedding", "logit_scale")
 
 
 def parameter_kind(name: str, p: torch.Tensor) -> str:
-    """"logit_scale", "embedding" (class / positional / temporal / token embeddings: "embed" in
+    """ "logit_scale", "embedding" (class / positional / temporal / token embeddings: "embed" in
     the name), "bias" (other 1-D parameters named *.bias), "norm" (other 1-D or scalar
     parameters: LayerNorm weights) or "weight" (matrices and kernels)."""
     if "logit_scale" in name:
@@ -126,7 +132,12 @@ def param_groups(model: torch.nn.Module, no_decay=NO_DECAY_KINDS, no_decay_new=N
         decay = parameter_kind(name, p) not in (no_decay_new if new else no_decay)
         groups.setdefault((new, decay), []).append(p)
     return [
-        {"name": f"{'new' if new else 'clip'}_{'decay' if decay else 'no_decay'}", "params": params, "new": new, "decay": decay}
+        {
+            "name": f"{'new' if new else 'clip'}_{'decay' if decay else 'no_decay'}",
+            "params": params,
+            "new": new,
+            "decay": decay,
+        }
         for (new, decay), params in sorted(groups.items())
     ]
 
@@ -177,8 +188,14 @@ def bert_warmup_cosine(total_steps: int, warmup: float) -> Callable[[int], float
     return factor
 
 
-def linear_then_cosine(steps_per_epoch: int, start_factor: float, warmup_epochs: float, t_max_epochs: float,
-                       cosine_begin: Optional[float] = None, cosine_end: Optional[float] = None) -> Callable[[int], float]:
+def linear_then_cosine(
+    steps_per_epoch: int,
+    start_factor: float,
+    warmup_epochs: float,
+    t_max_epochs: float,
+    cosine_begin: Optional[float] = None,
+    cosine_end: Optional[float] = None,
+) -> Callable[[int], float]:
     """mmengine's ``LinearLR(start_factor, begin=0, end=warmup_epochs)`` then
     ``CosineAnnealingLR(T_max=t_max_epochs, eta_min=0, begin=cosine_begin, end=cosine_end)``, both
     ``by_epoch`` and ``convert_to_iter_based`` (epochs x ``steps_per_epoch`` steps).
@@ -208,13 +225,22 @@ def schedule_factor(cfg: TrainConfig, total_steps: int, steps_per_epoch: int) ->
     if cfg.schedule == Schedule.bert_warmup_cosine:
         return bert_warmup_cosine(total_steps, cfg.warmup if cfg.warmup < 1 else cfg.warmup / max(total_steps, 1))
     if cfg.schedule == Schedule.linear_then_cosine:
-        return linear_then_cosine(steps_per_epoch, cfg.start_factor, cfg.warmup_epochs, cfg.cosine_t_max, cfg.cosine_begin, cfg.cosine_end)
+        return linear_then_cosine(
+            steps_per_epoch, cfg.start_factor, cfg.warmup_epochs, cfg.cosine_t_max, cfg.cosine_begin, cfg.cosine_end
+        )
     return warmup_cosine(total_steps, cfg.warmup)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float, cfg: Optional[TrainConfig] = None,
-                    steps_per_epoch: Optional[int] = None) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup: float,
+    cfg: Optional[TrainConfig] = None,
+    steps_per_epoch: Optional[int] = None,
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step LambdaLR: ``cfg.schedule`` when a config is given, else warmup + cosine over ``warmup``."""
     if cfg is None:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(cfg, total_steps, steps_per_epoch or max(total_steps, 1)))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, schedule_factor(cfg, total_steps, steps_per_epoch or max(total_steps, 1))
+    )

@@ -113,38 +113,74 @@ def setup_run(cfg: ExperimentConfig) -> Run:
             print(f"model.init_from: {report['loaded']} tensors from {cfg.model.init_from}; kept at initialisation: "
                   f"{_names(report['new'])}; not used: {_names(report['unused'])}")
     model = model.to(dist.device)
-    if resolve_compile(t.compile, dist.device) and cfg.model.task in (Task.retrieval, Task.recognition):  # chat, detection: eager
+    # chat, detection: eager
+    if resolve_compile(t.compile, dist.device) and cfg.model.task in (Task.retrieval, Task.recognition):
         compile_model(model)
-    text_items = cfg.model.task in (Task.retrieval, Task.chat)  # captions / conversations, tokenised by the model's tokenizer
+    text_items = cfg.model.task in (
+        Task.retrieval,
+        Task.chat,
+    )  # captions / conversations, tokenised by the model's tokenizer
     tokenizer = model.tokenizer if text_items else None
     # on a GPU the workers hand over uint8 clips and normalisation runs there (models.model_inputs):
     # measured 1.2x the loader's clips/s at 16 workers (benchmarks/results/loader_speed.md)
     if streaming:
         from mugstan.data.datasets.shards import ShardStream
 
-        dataset = sampler = ShardStream(cfg.data, tokenizer, cfg.model.task == Task.recognition, t.seed, t.batch_size,
-                                        dist.world, dist.rank, t.accum_steps, uint8=device_settings(dist.device).uint8_clips)
+        dataset = sampler = ShardStream(
+            cfg.data,
+            tokenizer,
+            cfg.model.task == Task.recognition,
+            t.seed,
+            t.batch_size,
+            dist.world,
+            dist.rank,
+            t.accum_steps,
+            uint8=device_settings(dist.device).uint8_clips,
+        )
     else:
-        dataset = build_train_dataset(cfg.data, tokenizer, pairs=text_items, seed=t.seed, ann=ann,
-                                      uint8=device_settings(dist.device).uint8_clips)
+        dataset = build_train_dataset(
+            cfg.data, tokenizer, pairs=text_items, seed=t.seed, ann=ann, uint8=device_settings(dist.device).uint8_clips
+        )
         check_one_batch(cfg, ann, len(dataset), dist.world)
         sampler = TrainSampler(len(dataset), t.batch_size, dist.world, dist.rank, t.accum_steps, t.seed)
     local_batch = t.batch_size // (dist.world * t.accum_steps)  # clips of one micro-batch on this process
     gradcache = t.chunk_size is not None and t.chunk_size < local_batch
     if t.chunk_size is not None and not gradcache and dist.main:
-        print(f"train.chunk_size={t.chunk_size} >= the {local_batch} clips per process and micro-batch: "
-              "they are trained at once, without gradient caching (it would only add a forward pass)")
-    total_steps = t.epochs * sampler.steps_per_epoch if t.max_steps is None else min(t.max_steps, t.epochs * sampler.steps_per_epoch)
+        print(
+            f"train.chunk_size={t.chunk_size} >= the {local_batch} clips per process and micro-batch: "
+            "they are trained at once, without gradient caching (it would only add a forward pass)"
+        )
+    total_steps = (
+        t.epochs * sampler.steps_per_epoch
+        if t.max_steps is None
+        else min(t.max_steps, t.epochs * sampler.steps_per_epoch)
+    )
     optimizer = build_optimizer(model, t)
     precision = resolve_precision(t.precision, dist.device)
     wrapped = model
     if dist.world > 1 and gradcache:  # no DDP wrapper: start from rank 0's weights, average gradients per step
         broadcast_parameters(model)
     elif dist.world > 1:
-        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_settings(dist.device).ddp_device_ids)
-    return Run(cfg, dist, Path(t.output_dir), model, wrapped, build_loss(cfg.model, model), dataset, sampler, optimizer,
-               build_scheduler(optimizer, total_steps, t.warmup, t, sampler.steps_per_epoch), torch.amp.GradScaler(dist.device.type) if precision == "fp16" else None,
-               precision, gradcache, total_steps, steps_of(t.freeze_text_for, total_steps))
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=device_settings(dist.device).ddp_device_ids
+        )
+    return Run(
+        cfg,
+        dist,
+        Path(t.output_dir),
+        model,
+        wrapped,
+        build_loss(cfg.model, model),
+        dataset,
+        sampler,
+        optimizer,
+        build_scheduler(optimizer, total_steps, t.warmup, t, sampler.steps_per_epoch),
+        torch.amp.GradScaler(dist.device.type) if precision == "fp16" else None,
+        precision,
+        gradcache,
+        total_steps,
+        steps_of(t.freeze_text_for, total_steps),
+    )
 
 
 def _shard_class_names(cfg: ExperimentConfig) -> Optional[list[str]]:
@@ -154,14 +190,23 @@ def _shard_class_names(cfg: ExperimentConfig) -> Optional[list[str]]:
 
 
 def make_loader(run: Run, epoch: int, pos: dict):
-    """This epoch's micro-batches, from ``pos["step_in_epoch"]`` on (shards: from each reader's position ``pos["stream"]``)."""
+    """This epoch's micro-batches, from ``pos["step_in_epoch"]`` on (shards: from each reader's position
+    ``pos["stream"]``)."""
     cfg, dist = run.cfg, run.dist
-    pin = device_settings(dist.device).pin_memory and cfg.data.decode_device == "cpu"  # frames decoded on the GPU are there already
+    pin = (
+        device_settings(dist.device).pin_memory and cfg.data.decode_device == "cpu"
+    )  # frames decoded on the GPU are there already
     if cfg.data.dataset == "webdataset":
         run.sampler.consumed = dict(pos["stream"])
         return run.sampler.loader(cfg.data.loader_workers, pin)
-    return DataLoader(run.dataset, batch_sampler=run.sampler, num_workers=cfg.data.loader_workers, collate_fn=collate,
-                      pin_memory=pin, generator=torch.Generator().manual_seed(cfg.train.seed + epoch))  # not the global RNG: resumes stay exact
+    return DataLoader(
+        run.dataset,
+        batch_sampler=run.sampler,
+        num_workers=cfg.data.loader_workers,
+        collate_fn=collate,
+        pin_memory=pin,
+        generator=torch.Generator().manual_seed(cfg.train.seed + epoch),
+    )  # not the global RNG: resumes stay exact
 
 
 def check_videos_exist(ann, cfg: ExperimentConfig, sample: int = 64) -> None:
@@ -170,9 +215,11 @@ def check_videos_exist(ann, cfg: ExperimentConfig, sample: int = 64) -> None:
     step = max(1, len(ann.clips) // sample)
     checked = ann.clips[::step][:sample]
     if checked and not any(Path(c.path).is_file() for c in checked):
-        raise ConfigError(f"none of the {len(checked)} training videos checked (of {len(ann.clips)}) exists, e.g. {checked[0].path}: "
-                          f"check data.root={cfg.data.root!r} and data.videos={cfg.data.videos!r} "
-                          "(`mugstan data check` lists every missing video)")
+        raise ConfigError(
+            f"none of the {len(checked)} training videos checked (of {len(ann.clips)}) exists, e.g. {checked[0].path}: "
+            f"check data.root={cfg.data.root!r} and data.videos={cfg.data.videos!r} "
+            "(`mugstan data check` lists every missing video)"
+        )
 
 
 def check_one_batch(cfg: ExperimentConfig, ann, items: int, world: int) -> None:
@@ -186,29 +233,44 @@ def check_one_batch(cfg: ExperimentConfig, ann, items: int, world: int) -> None:
     clips = ann.clips
     why = []
     if cfg.model.task == Task.retrieval and len(set(ann.caption_clip)) < len(clips):
-        why.append(f"{len(clips) - len(set(ann.caption_clip))} of its {len(clips)} videos have no caption and are left out")
+        why.append(
+            f"{len(clips) - len(set(ann.caption_clip))} of its {len(clips)} videos have no caption and are left out"
+        )
     missing = [c.path for c in clips if not Path(c.path).is_file()]
     if missing:
-        why.append(f"{len(missing)} of its {len(clips)} video files {'is' if len(missing) == 1 else 'are'} missing and would be "
-                   f"skipped (first: {missing[0]}; "
-                   "check data.root and data.videos; `mugstan data check` lists them)")
+        why.append(
+            f"{len(missing)} of its {len(clips)} video files {'is' if len(missing) == 1 else 'are'} missing and would "
+            f"be skipped (first: {missing[0]}; "
+            "check data.root and data.videos; `mugstan data check` lists them)"
+        )
     step = world * t.accum_steps  # the batch is split over processes and accumulation steps
     fits = items // step * step
-    fix = (f"set train.batch_size={fits} or less, or add data" if fits >= 1 and len(missing) < len(clips)
-           else "fix the annotations or the video folder")
-    raise ConfigError(f"the training set has {items} {kind}, fewer than one batch of train.batch_size={t.batch_size}"
-                      f"{': ' + '; '.join(why) if why else ''} (data.train_ann: {cfg.data.train_ann}): {fix}")
+    fix = (
+        f"set train.batch_size={fits} or less, or add data"
+        if fits >= 1 and len(missing) < len(clips)
+        else "fix the annotations or the video folder"
+    )
+    raise ConfigError(
+        f"the training set has {items} {kind}, fewer than one batch of train.batch_size={t.batch_size}"
+        f"{': ' + '; '.join(why) if why else ''} (data.train_ann: {cfg.data.train_ann}): {fix}"
+    )
 
 
 def _names(names: list[str], most: int = 6) -> str:
-    return "none" if not names else ", ".join(names[:most]) + (f" (+{len(names) - most} more)" if len(names) > most else "")
+    return (
+        "none"
+        if not names
+        else ", ".join(names[:most]) + (f" (+{len(names) - most} more)" if len(names) > most else "")
+    )
 
 
 def backward_micro_batch(run: Run, batch: dict, last_micro: bool) -> torch.Tensor:
     """Loss of one micro-batch and its backward (scaled by 1 / accum_steps). Returns the detached loss."""
     scale = 1.0 / run.cfg.train.accum_steps
     if run.gradcache:
-        return gradcache_backward(run.model, run.loss_fn, batch, run.cfg.train.chunk_size, run.dist.device, run.autocast, scale, run.scaler)
+        return gradcache_backward(
+            run.model, run.loss_fn, batch, run.cfg.train.chunk_size, run.dist.device, run.autocast, scale, run.scaler
+        )
     sync = contextlib.nullcontext() if (last_micro or run.dist.world == 1) else run.wrapped.no_sync()
     with sync:
         with run.autocast():
@@ -253,11 +315,20 @@ def save_last(run: Run, position: dict) -> None:
     skipped = all_gather_objects(position["skipped"])
     stream = all_gather_objects(position["stream"])
     if run.dist.main:
-        ckpt.save_checkpoint(run.out / "checkpoints" / "last", run.model, run.cfg, {
-            "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-            "scaler": run.scaler.state_dict() if run.scaler else None, "rng": rngs, **position, "skipped": skipped,
-            "stream": stream,
-        })
+        ckpt.save_checkpoint(
+            run.out / "checkpoints" / "last",
+            run.model,
+            run.cfg,
+            {
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
+                "scaler": run.scaler.state_dict() if run.scaler else None,
+                "rng": rngs,
+                **position,
+                "skipped": skipped,
+                "stream": stream,
+            },
+        )
     barrier()
 
 
@@ -271,7 +342,9 @@ def val_is_test(cfg: ExperimentConfig) -> bool:
     """data.val_ann names the file data.test_ann names (Kinetics-400 and SSv2 report on their
     validation files): choosing on it would be choosing on the reported split."""
     d = cfg.data
-    return bool(d.val_ann and d.test_ann) and os.path.realpath(d.resolve(d.val_ann)) == os.path.realpath(d.resolve(d.test_ann))
+    return bool(d.val_ann and d.test_ann) and os.path.realpath(d.resolve(d.val_ann)) == os.path.realpath(
+        d.resolve(d.test_ann)
+    )
 
 
 def selection_split(cfg: ExperimentConfig) -> Optional[str]:
@@ -307,7 +380,9 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         if dist.main:  # a save interrupted between its renames: finish or undo it, once
             recover_folder(run.out / "checkpoints" / "last")
         barrier()
-        pos = ckpt.load_training_state(run.out / "checkpoints" / "last", run.model, run.optimizer, run.scheduler, run.scaler, dist.rank)
+        pos = ckpt.load_training_state(
+            run.out / "checkpoints" / "last", run.model, run.optimizer, run.scheduler, run.scaler, dist.rank
+        )
     # resuming drops what was logged after the checkpoint: those steps run again
     logger = MetricsLogger(run.out, enabled=dist.main, resume=resume, resume_step=pos["step"])
     if dist.main:
@@ -315,11 +390,17 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         save_config(cfg, run.out / "config.yaml")
         n_train = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
         streaming = cfg.data.dataset == "webdataset"
-        items = f"{run.dataset.epoch_samples} samples/epoch from {len(run.dataset.urls)} shards" if streaming else f"{len(run.dataset)} items"
-        print(f"training {cfg.name}: {items}, {sampler.steps_per_epoch} steps/epoch x {t.epochs} epochs "
-              f"({run.total_steps} steps), global batch {t.batch_size} on {dist.world} process(es), {n_train / 1e6:.1f} M trainable "
-              f"parameters, {run.precision} on {dist.device.type}"
-              + (f"; text tower frozen for the first {run.text_frozen_steps} steps" if run.text_frozen_steps else ""))
+        items = (
+            f"{run.dataset.epoch_samples} samples/epoch from {len(run.dataset.urls)} shards"
+            if streaming
+            else f"{len(run.dataset)} items"
+        )
+        print(
+            f"training {cfg.name}: {items}, {sampler.steps_per_epoch} steps/epoch x {t.epochs} epochs "
+            f"({run.total_steps} steps), global batch {t.batch_size} on {dist.world} process(es), {n_train / 1e6:.1f} "
+            f"M trainable parameters, {run.precision} on {dist.device.type}"
+            + (f"; text tower frozen for the first {run.text_frozen_steps} steps" if run.text_frozen_steps else "")
+        )
 
     while pos["step"] < run.total_steps and pos["epoch"] < t.epochs:
         epoch = pos["epoch"]
@@ -327,13 +408,21 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         sampler.set_epoch(epoch, pos["step_in_epoch"])
         loader = make_loader(run, epoch, pos)
         run.model.train()
-        bar = tqdm(total=sampler.steps_per_epoch, initial=pos["step_in_epoch"], desc=f"epoch {epoch + 1}/{t.epochs}", unit="step",
-                   disable=not (progress and dist.main), dynamic_ncols=True)
+        bar = tqdm(
+            total=sampler.steps_per_epoch,
+            initial=pos["step_in_epoch"],
+            desc=f"epoch {epoch + 1}/{t.epochs}",
+            unit="step",
+            disable=not (progress and dist.main),
+            dynamic_ncols=True,
+        )
         tick, clips, losses = time.time(), 0, []
         for micro, batch in enumerate(loader):
             for index, error in batch["failed"]:
                 pos["skipped"] += 1
-                logger.event("skipped_video", step=pos["step"] + 1, index=index, error=error)  # the step this batch is part of
+                logger.event(
+                    "skipped_video", step=pos["step"] + 1, index=index, error=error
+                )  # the step this batch is part of
             if "stream" in batch:  # shards: samples this batch's reader has taken this epoch
                 pos["stream"][int(batch["stream"][0])] = int(batch["stream"][1])
             last_micro = (micro + 1) % t.accum_steps == 0
@@ -348,8 +437,13 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
             bar.update(1)
             if pos["step"] % t.log_every == 0 or pos["step"] == run.total_steps:
                 rate = clips * dist.world / max(time.time() - tick, 1e-9)
-                scalars = {"train/loss": loss, "train/lr": run.scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
-                           "train/clips_per_s": rate, "train/skipped_videos": pos["skipped"]}
+                scalars = {
+                    "train/loss": loss,
+                    "train/lr": run.scheduler.get_last_lr()[0],
+                    "train/grad_norm": grad_norm,
+                    "train/clips_per_s": rate,
+                    "train/skipped_videos": pos["skipped"],
+                }
                 if hasattr(run.model, "logit_scale"):
                     scalars["train/logit_scale"] = run.model.logit_scale().item()
                 logger.scalars(pos["step"], scalars)
@@ -372,35 +466,50 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         pos["best"] = {"metric": None, "step": pos["step"], "epoch": pos["epoch"], "selected_on": "last"}
     results = {"name": cfg.name, "steps": pos["step"], "best": pos["best"], "skipped_videos": pos["skipped"]}
     if cfg.eval.select_on == SelectOn.test:  # say it wherever the numbers go
-        results["selection"] = ("best checkpoint chosen on the TEST split (eval.select_on=test, the authors' protocol): "
-                                "the test figures below are optimistic; eval.select_on=val chooses on data.val_ann")
+        results["selection"] = (
+            "best checkpoint chosen on the TEST split (eval.select_on=test, the authors' protocol): "
+            "the test figures below are optimistic; eval.select_on=val chooses on data.val_ann"
+        )
         if dist.main:
             print(results["selection"])
     elif val_is_test(cfg):
-        results["selection"] = ("no checkpoint chosen: data.val_ann is the test file data.test_ann, so the last epoch is kept "
-                                "(eval.select_on=test would choose on it, labelled)")
+        results["selection"] = (
+            "no checkpoint chosen: data.val_ann is the test file data.test_ann, so the last epoch is kept "
+            "(eval.select_on=test would choose on it, labelled)"
+        )
         if dist.main:
             print(results["selection"])
     best = pos["best"]
-    kept = (f"the best {best['metric']} on the {best['selected_on']} split ({best['value']:.2f} after epoch {best['epoch']}, "
-            f"step {best['step']})" if best["metric"] else
-            "the last epoch's model (data.val_ann is the test file: nothing is chosen on it)" if val_is_test(cfg) else
-            "the last epoch's model (no validation split, data.val_ann is null)")
+    kept = (
+        f"the best {best['metric']} on the {best['selected_on']} split ({best['value']:.2f} after epoch "
+        f"{best['epoch']}, step {best['step']})"
+        if best["metric"]
+        else "the last epoch's model (data.val_ann is the test file: nothing is chosen on it)"
+        if val_is_test(cfg)
+        else "the last epoch's model (no validation split, data.val_ann is null)"
+    )
     if cfg.data.test_ann or cfg.data.test_shards:
         ckpt.load_weights(run.model, run.out / "checkpoints" / "best")
         results["test"] = evaluate(run.model, cfg, "test", dist, progress)
         if dist.main:
-            print(f"{'best' if best['metric'] else 'last-epoch'} checkpoint on the test split:\n" + format_result(results["test"]))
+            print(
+                f"{'best' if best['metric'] else 'last-epoch'} checkpoint on the test split:\n"
+                + format_result(results["test"])
+            )
     if dist.main:
         (run.out / "results.json").write_text(json.dumps(results, indent=2))
-        print(f"saved {run.out / 'checkpoints' / 'best'}: {kept}; {run.out / 'checkpoints' / 'last'} resumes the run (--resume); "
-              f"results in {run.out / 'results.json'}, curves in {run.out / 'curves.png'}")
+        print(
+            f"saved {run.out / 'checkpoints' / 'best'}: {kept}; {run.out / 'checkpoints' / 'last'} resumes the run "
+            f"(--resume); results in {run.out / 'results.json'}, curves in {run.out / 'curves.png'}"
+        )
     logger.close()
     return results
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="experiment YAML, or a packaged config by name (msrvtt/stan_vitb32; `mugstan config list`)")
+    parser.add_argument(
+        "config", help="experiment YAML, or a packaged config by name (msrvtt/stan_vitb32; `mugstan config list`)"
+    )
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-6 data.root=/videos")
     parser.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/last")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")

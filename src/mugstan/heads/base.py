@@ -45,7 +45,9 @@ class Embeddings(NamedTuple):
 
     @staticmethod
     def cat(parts: list["Embeddings"]) -> "Embeddings":
-        return Embeddings(torch.cat([p.x for p in parts]), None if parts[0].mask is None else torch.cat([p.mask for p in parts]))
+        return Embeddings(
+            torch.cat([p.x for p in parts]), None if parts[0].mask is None else torch.cat([p.mask for p in parts])
+        )
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -87,10 +89,19 @@ class Head(nn.Module):
         a, b = text.x.shape[0], video.x.shape[0]
         if a <= chunk and b <= chunk:
             return self.scores(text, video)
-        return torch.cat([
-            torch.cat([self.scores(text.rows(slice(i, i + chunk)), video.rows(slice(j, j + chunk))) for j in range(0, b, chunk)], dim=1)
-            for i in range(0, a, chunk)
-        ], dim=0)
+        return torch.cat(
+            [
+                torch.cat(
+                    [
+                        self.scores(text.rows(slice(i, i + chunk)), video.rows(slice(j, j + chunk)))
+                        for j in range(0, b, chunk)
+                    ],
+                    dim=1,
+                )
+                for i in range(0, a, chunk)
+            ],
+            dim=0,
+        )
 
     def loss_terms(self, text: Embeddings, video: Embeddings) -> list[tuple[float, torch.Tensor]]:
         """The contrastive loss is sum(weight * InfoNCE(scale * scores)) over these terms."""

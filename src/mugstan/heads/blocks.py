@@ -127,5 +127,5 @@ class TemporalTransformer(nn.Module):
 
     def load_clip_blocks(self, blocks: nn.ModuleList) -> None:
         """Initialise block i from CLIP text block i (widths must match)."""
-        for ours, theirs in zip(self.resblocks, blocks):
+        for ours, theirs in zip(self.resblocks, blocks, strict=False):
             ours.load_clip_block(theirs)

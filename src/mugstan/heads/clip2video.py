@@ -54,7 +54,8 @@ class CLIP2VideoHead(Head):
         self.frame_position_embeddings = nn.Embedding(max_frames, width)
         self.type_position_embeddings = nn.Embedding(2, width)
         self.frame2t_attention = TemporalTransformer(width, heads, 1, head_major_mask=compat)
-        self.trans_layernorm = nn.LayerNorm(width)  # a plain LayerNorm in the reference: eps 1e-5, not the blocks' 1e-12
+        # a plain LayerNorm in the reference: eps 1e-5, not the blocks' 1e-12
+        self.trans_layernorm = nn.LayerNorm(width)
         self.transformerClip = TemporalTransformer(width, heads, layers, head_major_mask=compat)
         self.actionClip = TemporalTransformer(width, heads, 1, head_major_mask=compat)
         # N(0, 0.125): the reference writes 64 ** -0.5 whatever E is.
@@ -80,8 +81,11 @@ class CLIP2VideoHead(Head):
         """TDB steps 1-3: frames [B, T, E], mask [B, T] -> tokens [B, 2T-1, E], mask [B, 2T-1]."""
         b, t, e = frames.shape
         if t > self.frame_position_embeddings.num_embeddings:
-            raise ConfigError(f"CLIP2Video has {self.frame_position_embeddings.num_embeddings} frame positions (CLIP4Clip's), got "
-                              f"{t} frames: set data.num_frames / data.test_num_frames to at most {self.frame_position_embeddings.num_embeddings}")
+            raise ConfigError(
+                f"CLIP2Video has {self.frame_position_embeddings.num_embeddings} frame positions (CLIP4Clip's), got "
+                f"{t} frames: set data.num_frames / data.test_num_frames to at most "
+                f"{self.frame_position_embeddings.num_embeddings}"
+            )
         pos = self.frame_position_embeddings.weight
         diff_mask = mask[:, :-1] if self.compat else mask[:, :-1] & mask[:, 1:]
         if t > 1:

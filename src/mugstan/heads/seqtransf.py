@@ -42,8 +42,11 @@ class SeqTransf(Head):
         """frames [B, T, E] (per-frame embeddings), mask [B, T] bool -> Embeddings(x [B, E] unit)."""
         t = frames.shape[1]
         if t > self.frame_position_embeddings.num_embeddings:
-            raise ConfigError(f"seqTransf has {self.frame_position_embeddings.num_embeddings} frame positions (CLIP4Clip's), got "
-                              f"{t} frames: set data.num_frames / data.test_num_frames to at most {self.frame_position_embeddings.num_embeddings}")
+            raise ConfigError(
+                f"seqTransf has {self.frame_position_embeddings.num_embeddings} frame positions (CLIP4Clip's), got "
+                f"{t} frames: set data.num_frames / data.test_num_frames to at most "
+                f"{self.frame_position_embeddings.num_embeddings}"
+            )
         x = frames + self.frame_position_embeddings.weight[:t]
         x = self.transformer(x, mask) + frames
         return Embeddings(mean_pool(x, mask))

@@ -73,8 +73,11 @@ MAX_FRAMES = 256  # per window, for models without a temporal embedding that lim
 
 def frame_limit(model) -> Optional[int]:
     """The most frames per clip the model's temporal position embeddings cover (None: no such limit)."""
-    sizes = [m.num_embeddings for name, m in model.named_modules()
-             if isinstance(m, torch.nn.Embedding) and name.rsplit(".", 1)[-1] in ("time_embed", "frame_position_embeddings")]
+    sizes = [
+        m.num_embeddings
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Embedding) and name.rsplit(".", 1)[-1] in ("time_embed", "frame_position_embeddings")
+    ]
     return min(sizes) if sizes else None
 
 
@@ -91,7 +94,7 @@ def model_identity(checkpoint) -> dict:
     path = resolved.resolve()
     source = str(path)
     if str(checkpoint).startswith(LOCAL_PREFIX):
-        source = LOCAL_PREFIX + str(Path(str(checkpoint)[len(LOCAL_PREFIX):]).expanduser().resolve())
+        source = LOCAL_PREFIX + str(Path(str(checkpoint)[len(LOCAL_PREFIX) :]).expanduser().resolve())
     elif str(checkpoint).startswith(HF_PREFIX):
         repo_id, revision = parse_hf_spec(str(checkpoint))
         commit = (resolved if resolved.is_dir() else resolved.parent).name
@@ -100,8 +103,10 @@ def model_identity(checkpoint) -> dict:
     digest = hashlib.sha256()
     for f in files:
         if not f.is_file():
-            raise MissingFileError(f"{checkpoint}: not a mugstan checkpoint ({f.name} is missing); pass a checkpoint "
-                                    "folder (model.safetensors + config.yaml) or a `mugstan convert` .safetensors file")
+            raise MissingFileError(
+                f"{checkpoint}: not a mugstan checkpoint ({f.name} is missing); pass a checkpoint "
+                "folder (model.safetensors + config.yaml) or a `mugstan convert` .safetensors file"
+            )
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
@@ -113,12 +118,17 @@ def windows(duration: float, window: float, stride: float) -> list[tuple[float, 
     windows of ``window`` seconds every ``stride`` seconds, the last one ending at ``duration``.
     Times are rounded to milliseconds."""
     if not (math.isfinite(window) and math.isfinite(stride)) or window <= 0 or not 0 < stride <= window:
-        raise ArgumentError(f"need window > 0 and 0 < stride <= window (got window={window}, stride={stride}); "
-                         "a stride longer than the window would leave parts of the videos unindexed")
+        raise ArgumentError(
+            f"need window > 0 and 0 < stride <= window (got window={window}, stride={stride}); "
+            "a stride longer than the window would leave parts of the videos unindexed"
+        )
     if duration <= window:
         return [(0.0, round(duration, 3))]
     n = math.ceil((duration - window) / stride - 1e-6)  # strides until a window reaches the end
-    spans = [(round(min(i * stride, duration - window), 3), round(min(i * stride + window, duration), 3)) for i in range(n + 1)]
+    spans = [
+        (round(min(i * stride, duration - window), 3), round(min(i * stride + window, duration), 3))
+        for i in range(n + 1)
+    ]
     return list(dict.fromkeys(spans))
 
 
@@ -133,14 +143,18 @@ def video_windows(info: VideoInfo, window: float, stride: float) -> tuple[list[t
     planned = 1 if duration <= window else math.ceil((duration - window) / stride - 1e-6) + 1
     short = None
     if info.claimed_frames and info.claimed_frames > info.num_frames + near_frames(info.fps):
-        short = (f"the container says {info.claimed_frames / info.fps:.6g} s, but only {info.num_frames} frames "
-                 f"({duration:.6g} s) exist (truncated?): indexed what exists")
+        short = (
+            f"the container says {info.claimed_frames / info.fps:.6g} s, but only {info.num_frames} frames "
+            f"({duration:.6g} s) exist (truncated?): indexed what exists"
+        )
     if planned <= info.num_frames:
         if planned <= MAX_WINDOWS:
             return windows(duration, window, stride), short
         covered = (MAX_WINDOWS - 1) * stride + window
-        return windows(covered, window, stride), (f"{planned} windows: only the first {MAX_WINDOWS} ({covered:.0f} s of "
-                                                  f"{duration:.0f} s) are indexed; split the video or raise --stride")
+        return windows(covered, window, stride), (
+            f"{planned} windows: only the first {MAX_WINDOWS} ({covered:.0f} s of "
+            f"{duration:.0f} s) are indexed; split the video or raise --stride"
+        )
     starts: set[int] = set()  # window k covers [k * stride, k * stride + window]
     for i in range(info.num_frames):
         t = i / info.fps
@@ -148,8 +162,10 @@ def video_windows(info: VideoInfo, window: float, stride: float) -> tuple[list[t
         if len(starts) >= MAX_WINDOWS:
             break
     spans = [(round(k * stride, 3), round(min(k * stride + window, duration), 3)) for k in sorted(starts)[:MAX_WINDOWS]]
-    return spans, (f"{info.num_frames} frames over {duration:.6g} s ({info.fps:.3g} fps): indexed as the {len(spans)} windows "
-                   f"that hold a frame, not {planned}")
+    return spans, (
+        f"{info.num_frames} frames over {duration:.6g} s ({info.fps:.3g} fps): indexed as the {len(spans)} windows "
+        f"that hold a frame, not {planned}"
+    )
 
 
 def find_videos(root: Path) -> tuple[list[Path], list[dict]]:
@@ -163,7 +179,9 @@ def find_videos(root: Path) -> tuple[list[Path], list[dict]]:
         here = Path(dirpath)
         for name in sorted(dirnames):
             if (here / name).is_symlink():
-                skipped.append({"path": (here / name).relative_to(root).as_posix(), "reason": "symlinked folder: not followed"})
+                skipped.append(
+                    {"path": (here / name).relative_to(root).as_posix(), "reason": "symlinked folder: not followed"}
+                )
         for name in filenames:
             path = here / name
             if path.suffix.lower() not in VIDEO_EXTENSIONS:
@@ -171,8 +189,12 @@ def find_videos(root: Path) -> tuple[list[Path], list[dict]]:
             if path.is_symlink():
                 real = path.resolve()
                 if root not in real.parents:
-                    skipped.append({"path": path.relative_to(root).as_posix(),
-                                    "reason": f"symlink to {real}, outside the indexed folder: not indexed (and never served)"})
+                    skipped.append(
+                        {
+                            "path": path.relative_to(root).as_posix(),
+                            "reason": f"symlink to {real}, outside the indexed folder: not indexed (and never served)",
+                        }
+                    )
                     continue
                 if not real.is_file():
                     skipped.append({"path": path.relative_to(root).as_posix(), "reason": "broken symlink"})
@@ -227,9 +249,12 @@ class IndexFolder:
             ours = {*FILES, *(f".{name}.tmp" for name in FILES)}  # .NAME.tmp: an interrupted write of earlier versions
             others = sorted(p.name for p in self.folder.iterdir() if p.name not in ours)
             if others:
-                raise UserError(f"--out {self.folder} holds other files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}), "
-                                "not only a mugstan index; the index folder is replaced whole on every update: "
-                                "name a new or empty folder")
+                raise UserError(
+                    f"--out {self.folder} holds other files "
+                    f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}), "
+                    "not only a mugstan index; the index folder is replaced whole on every update: "
+                    "name a new or empty folder"
+                )
 
     def _json(self, name: str):
         file = self.current / name
@@ -238,8 +263,10 @@ class IndexFolder:
         try:
             return json.loads(file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise CorruptFileError(f"{file}: corrupt (not JSON: {err.__class__.__name__} at byte "
-                                   f"{getattr(err, 'pos', getattr(err, 'start', '?'))}); {self.rebuild}") from None
+            raise CorruptFileError(
+                f"{file}: corrupt (not JSON: {err.__class__.__name__} at byte "
+                f"{getattr(err, 'pos', getattr(err, 'start', '?'))}); {self.rebuild}"
+            ) from None
 
     def _npy(self, name: str, dtype) -> np.ndarray:
         file = self.current / name
@@ -248,36 +275,58 @@ class IndexFolder:
         try:
             array = np.load(file, allow_pickle=False)  # numbers only: a file that needs unpickling is not ours
         except (ValueError, OSError, EOFError) as err:
-            raise CorruptFileError(f"{file}: corrupt or truncated .npy file ({type(err).__name__}); {self.rebuild}") from None
+            raise CorruptFileError(
+                f"{file}: corrupt or truncated .npy file ({type(err).__name__}); {self.rebuild}"
+            ) from None
         if array.dtype != dtype:
-            raise CorruptFileError(f"{file}: expected {np.dtype(dtype).name} values, found {array.dtype}; {self.rebuild}")
+            raise CorruptFileError(
+                f"{file}: expected {np.dtype(dtype).name} values, found {array.dtype}; {self.rebuild}"
+            )
         return array
 
     def load(self) -> tuple[dict, list[dict], np.ndarray, Optional[np.ndarray]]:
         """(index.json dict, items, embeddings [N, E] or [N, T, E], mask [N, T] or None)."""
         if not self.exists:
-            raise MissingFileError(f"{self.folder} is not a mugstan index (no index.json); build one with "
-                                   f"`mugstan index VIDEO_DIR --checkpoint CHECKPOINT --out {self.folder}`")
+            raise MissingFileError(
+                f"{self.folder} is not a mugstan index (no index.json); build one with "
+                f"`mugstan index VIDEO_DIR --checkpoint CHECKPOINT --out {self.folder}`"
+            )
         meta = self._json("index.json")
         if not isinstance(meta, dict) or "format" not in meta:
             raise CorruptFileError(f"{self.current / 'index.json'}: not a mugstan index.json; {self.rebuild}")
         if meta.get("format") != FORMAT:
-            raise UserError(f"{self.folder}/index.json: index format {meta.get('format')!r}, this mugstan reads format {FORMAT}; "
-                            "rebuild the index with this version (`mugstan index` into a new folder)")
-        missing = [k for k in ("root", "model", "similarity", "shape", "window", "stride", "frames", "files") if k not in meta]
+            raise UserError(
+                f"{self.folder}/index.json: index format {meta.get('format')!r}, this mugstan reads format {FORMAT}; "
+                "rebuild the index with this version (`mugstan index` into a new folder)"
+            )
+        missing = [
+            k for k in ("root", "model", "similarity", "shape", "window", "stride", "frames", "files") if k not in meta
+        ]
         if missing:
             raise CorruptFileError(f"{self.current / 'index.json'}: corrupt (no {', '.join(missing)}); {self.rebuild}")
         items = self._json("items.json")
-        if not isinstance(items, list) or not all(isinstance(i, dict) and {"path", "start", "end"} <= set(i) for i in items):
-            raise CorruptFileError(f"{self.current / 'items.json'}: corrupt (expected a list of {{path, start, end}}); {self.rebuild}")
+        if not isinstance(items, list) or not all(
+            isinstance(i, dict) and {"path", "start", "end"} <= set(i) for i in items
+        ):
+            raise CorruptFileError(
+                f"{self.current / 'items.json'}: corrupt (expected a list of {{path, start, end}}); {self.rebuild}"
+            )
         emb = self._npy("embeddings.npy", np.float32)
         mask = self._npy("mask.npy", np.bool_) if meta["similarity"] == "mug" else None
-        if len(items) != len(emb) or list(emb.shape) != meta["shape"] or (mask is not None and mask.shape != emb.shape[:2]):
-            raise CorruptFileError(f"{self.folder}: items.json ({len(items)} rows), embeddings.npy {list(emb.shape)} and index.json "
-                                   f"(shape {meta['shape']}) do not agree; {self.rebuild}")
+        if (
+            len(items) != len(emb)
+            or list(emb.shape) != meta["shape"]
+            or (mask is not None and mask.shape != emb.shape[:2])
+        ):
+            raise CorruptFileError(
+                f"{self.folder}: items.json ({len(items)} rows), embeddings.npy {list(emb.shape)} and index.json "
+                f"(shape {meta['shape']}) do not agree; {self.rebuild}"
+            )
         return meta, items, emb, mask
 
-    def save(self, meta: dict, items: list[dict], emb: np.ndarray, mask: Optional[np.ndarray], report: list[dict]) -> None:
+    def save(
+        self, meta: dict, items: list[dict], emb: np.ndarray, mask: Optional[np.ndarray], report: list[dict]
+    ) -> None:
         """Write every file into a new folder and swap it in (``atomic_folder``): all of the new index or none."""
         with atomic_folder(self.folder) as tmp:
             np.save(tmp / "embeddings.npy", emb.astype(np.float32, copy=False))
@@ -297,13 +346,19 @@ class WindowEmbedder:
 
     def __init__(self, model, cfg, frames: int, batch_size: int, device):
         self.model, self.batch_size, self.device = model, batch_size, device
-        data = cfg.data if cfg else DataConfig(image_size=model.backbone.image_size)  # a converted file has no data section
-        self.reader = ClipReader(dataclasses.replace(data, test_clips=1, test_crops=1), train=False, num_frames=frames)  # as in evaluation
+        data = (
+            cfg.data if cfg else DataConfig(image_size=model.backbone.image_size)
+        )  # a converted file has no data section
+        self.reader = ClipReader(
+            dataclasses.replace(data, test_clips=1, test_crops=1), train=False, num_frames=frames
+        )  # as in evaluation
         self.pending: list[tuple[str, torch.Tensor, torch.Tensor]] = []
         self.results: dict[str, list] = {}
 
     def add(self, key: str, path: Path, start: float, end: float) -> None:
-        self.pending.append((key, *self.reader.read(Clip(str(path), start, end), 0)))  # [T, 3, S, S], mask [T] (data.sampler=fps pads)
+        self.pending.append(
+            (key, *self.reader.read(Clip(str(path), start, end), 0))
+        )  # [T, 3, S, S], mask [T] (data.sampler=fps pads)
         self.results.setdefault(key, [])
         if len(self.pending) >= self.batch_size:
             self.flush()
@@ -326,8 +381,17 @@ class WindowEmbedder:
         self.results.pop(key, None)
 
 
-def build_index(video_dir, checkpoint, out, window: float = 8.0, stride: float = 4.0, frames: Optional[int] = None,
-                batch_size: int = 16, device: str = "cpu", progress: bool = True) -> dict:
+def build_index(
+    video_dir,
+    checkpoint,
+    out,
+    window: float = 8.0,
+    stride: float = 4.0,
+    frames: Optional[int] = None,
+    batch_size: int = 16,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
     """Create or update the index in ``out``; returns {"added", "kept", "removed", "failed", "rows"}
     (videos embedded now, videos kept from the previous index, videos that left it, files not
     indexed (listed in report.json), windows in the index)."""
@@ -350,9 +414,11 @@ def build_index(video_dir, checkpoint, out, window: float = 8.0, stride: float =
     old_meta, old_items, old_emb, old_mask = folder.load() if folder.exists else ({}, [], None, None)
     if old_meta:
         if old_meta["model"]["sha256"] != identity["sha256"]:
-            raise MismatchError(f"{out} was built with another model ({old_meta['model']['checkpoint']}, sha256 "
-                            f"{old_meta['model']['sha256'][:12]}), not {checkpoint} ({identity['sha256'][:12]}); "
-                            "index into a new folder, or delete this one")
+            raise MismatchError(
+                f"{out} was built with another model ({old_meta['model']['checkpoint']}, sha256 "
+                f"{old_meta['model']['sha256'][:12]}), not {checkpoint} ({identity['sha256'][:12]}); "
+                "index into a new folder, or delete this one"
+            )
         if old_meta["root"] != str(root):
             raise MismatchError(f"{out} indexes {old_meta['root']}, not {root}; index into a new folder")
     model, cfg = load_model(checkpoint, device)
@@ -360,8 +426,15 @@ def build_index(video_dir, checkpoint, out, window: float = 8.0, stride: float =
         frames = (cfg.data.test_num_frames or cfg.data.num_frames) if cfg else 12
     limit = frame_limit(model)
     if frames > (limit or MAX_FRAMES):
-        raise ArgumentError(f"--frames {frames}: " + (f"this model's temporal embedding covers at most {limit} frames per clip"
-                            if limit else f"at most {MAX_FRAMES} frames per window") + f"; use --frames {limit or MAX_FRAMES} or fewer")
+        raise ArgumentError(
+            f"--frames {frames}: "
+            + (
+                f"this model's temporal embedding covers at most {limit} frames per clip"
+                if limit
+                else f"at most {MAX_FRAMES} frames per window"
+            )
+            + f"; use --frames {limit or MAX_FRAMES} or fewer"
+        )
     settings = {"window": window, "stride": stride, "frames": frames}
     reuse = bool(old_meta) and all(old_meta[k] == v for k, v in settings.items())
     old_files = old_meta.get("files", {}) if reuse else {}
@@ -370,7 +443,9 @@ def build_index(video_dir, checkpoint, out, window: float = 8.0, stride: float =
     old_notes = [r for r in folder._json("report.json") if isinstance(r, dict) and r.get("indexed")] if reuse else []
     notes: list[dict] = []  # videos indexed with a remark (windows bounded)
     embedder = WindowEmbedder(model, cfg, frames, batch_size, device)
-    plan: list[tuple[str, os.stat_result, list[tuple[float, float]], Optional[list[int]]]] = []  # rel, stat, spans, old rows
+    plan: list[
+        tuple[str, os.stat_result, list[tuple[float, float]], Optional[list[int]]]
+    ] = []  # rel, stat, spans, old rows
     for path in tqdm(files, desc="indexing videos", unit="video", disable=not progress):
         rel = path.relative_to(root).as_posix()
         try:
@@ -378,7 +453,9 @@ def build_index(video_dir, checkpoint, out, window: float = 8.0, stride: float =
             prev = old_files.get(rel)
             if prev and prev["size"] == stat.st_size and prev["mtime_ns"] == stat.st_mtime_ns:
                 notes.extend(n for n in old_notes if n["path"] == rel)
-                plan.append((rel, stat, [(old_items[i]["start"], old_items[i]["end"]) for i in prev["rows"]], prev["rows"]))
+                plan.append(
+                    (rel, stat, [(old_items[i]["start"], old_items[i]["end"]) for i in prev["rows"]], prev["rows"])
+                )
                 continue
             spans, note = video_windows(probe(path, count=True), window, stride)
             if note:
@@ -388,7 +465,9 @@ def build_index(video_dir, checkpoint, out, window: float = 8.0, stride: float =
         except (VideoError, av.error.FFmpegError, OSError) as err:  # a bad file: reported, the others go on
             embedder.drop(rel)
             notes = [n for n in notes if n["path"] != rel]
-            report.append({"path": rel, "reason": err.reason if isinstance(err, VideoError) else f"cannot be read ({err})"})
+            report.append(
+                {"path": rel, "reason": err.reason if isinstance(err, VideoError) else f"cannot be read ({err})"}
+            )
             continue
         plan.append((rel, stat, spans, None))
     embedder.flush()
@@ -403,7 +482,11 @@ def build_index(video_dir, checkpoint, out, window: float = 8.0, stride: float =
             x = np.stack([e for e, _ in embedder.results[rel]])
             m = None if embedder.results[rel][0][1] is None else np.stack([mk for _, mk in embedder.results[rel]])
             counts["added"] += 1
-        file_meta[rel] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "rows": list(range(len(items), len(items) + len(spans)))}
+        file_meta[rel] = {
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "rows": list(range(len(items), len(items) + len(spans))),
+        }
         items.extend({"path": rel, "start": s, "end": e} for s, e in spans)
         rows.append(x)
         if m is not None:
@@ -413,11 +496,21 @@ def build_index(video_dir, checkpoint, out, window: float = 8.0, stride: float =
         if not report:
             raise UserError(f"no video files under {root} (looked for {' '.join(VIDEO_EXTENSIONS)})")
         listed = "; ".join(f"{r['path']}: {r['reason']}" for r in report[:3])
-        raise UserError(f"no video under {root} could be indexed: {listed}" + (f"; and {len(report) - 3} more" if len(report) > 3 else ""))
+        raise UserError(
+            f"no video under {root} could be indexed: {listed}"
+            + (f"; and {len(report) - 3} more" if len(report) > 3 else "")
+        )
     emb = np.concatenate(rows)
     mask = np.concatenate(masks) if masks else None
-    meta = {"format": FORMAT, "root": str(root), "model": identity, "similarity": "dot" if mask is None else "mug",
-            "shape": list(emb.shape), **settings, "files": file_meta}
+    meta = {
+        "format": FORMAT,
+        "root": str(root),
+        "model": identity,
+        "similarity": "dot" if mask is None else "mug",
+        "shape": list(emb.shape),
+        **settings,
+        "files": file_meta,
+    }
     folder.save(meta, items, emb, mask, report + notes)
     counts["rows"] = len(items)
     return counts
@@ -425,22 +518,43 @@ def build_index(video_dir, checkpoint, out, window: float = 8.0, stride: float =
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("video_dir", help="folder of videos (searched recursively)")
-    parser.add_argument("--checkpoint", required=True, help="trained model: checkpoint folder or converted .safetensors")
+    parser.add_argument(
+        "--checkpoint", required=True, help="trained model: checkpoint folder or converted .safetensors"
+    )
     parser.add_argument("--out", required=True, help="index folder (created, or updated in place)")
     parser.add_argument("--window", type=float, default=8.0, help="seconds per window for long videos (default 8)")
-    parser.add_argument("--stride", type=float, default=4.0, help="seconds between window starts, at most --window (default 4)")
-    parser.add_argument("--frames", type=int, default=None, help="frames per window (default: the model's config, 12 without one)")
+    parser.add_argument(
+        "--stride", type=float, default=4.0, help="seconds between window starts, at most --window (default 4)"
+    )
+    parser.add_argument(
+        "--frames", type=int, default=None, help="frames per window (default: the model's config, 12 without one)"
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default 16)")
-    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where the model runs: cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument(
+        "--device",
+        type=device_arg,
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where the model runs: cpu, cuda, cuda:1, ... (default: cuda when available)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
-    counts = build_index(args.video_dir, args.checkpoint, args.out, args.window, args.stride, args.frames,
-                         args.batch_size, args.device, progress=not args.no_progress)
-    print(f"index {args.out}: {counts['rows']} windows; {counts['added']} videos embedded, {counts['kept']} unchanged, "
-          f"{counts['removed']} removed, {counts['failed']} not indexed"
-          + (f", {counts['noted']} with a note" if counts["noted"] else "")
-          + (f" (see {Path(args.out) / 'report.json'})" if counts["failed"] or counts["noted"] else ""))
+    counts = build_index(
+        args.video_dir,
+        args.checkpoint,
+        args.out,
+        args.window,
+        args.stride,
+        args.frames,
+        args.batch_size,
+        args.device,
+        progress=not args.no_progress,
+    )
+    print(
+        f"index {args.out}: {counts['rows']} windows; {counts['added']} videos embedded, {counts['kept']} unchanged, "
+        f"{counts['removed']} removed, {counts['failed']} not indexed"
+        + (f", {counts['noted']} with a note" if counts["noted"] else "")
+        + (f" (see {Path(args.out) / 'report.json'})" if counts["failed"] or counts["noted"] else "")
+    )
     return 0

@@ -76,7 +76,9 @@ def top_k_exact(queries: np.ndarray, emb: np.ndarray, k: int, chunk: int = 65536
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
     best_v = best_i = None
     for start in range(0, emb.shape[0], chunk):
-        block = torch.from_numpy(np.ascontiguousarray(emb[start:start + chunk], dtype=np.float32))  # [c, E], a view when possible
+        block = torch.from_numpy(
+            np.ascontiguousarray(emb[start : start + chunk], dtype=np.float32)
+        )  # [c, E], a view when possible
         top = (q @ block.t()).topk(min(k, block.shape[0]), dim=1)
         values, indices = top.values, top.indices + start
         if best_v is not None:  # merge with the best so far
@@ -116,21 +118,34 @@ def faiss_ivf_index(emb: np.ndarray, nprobe: Optional[int] = None, seed: int = 0
 class Searcher:
     """An index and the model that built it, ready to answer text queries."""
 
-    def __init__(self, index_dir, checkpoint: Optional[str] = None, backend: str = "auto", device: str = "cpu",
-                 nprobe: Optional[int] = None):
+    def __init__(
+        self,
+        index_dir,
+        checkpoint: Optional[str] = None,
+        backend: str = "auto",
+        device: str = "cpu",
+        nprobe: Optional[int] = None,
+    ):
         from mugstan.engine.checkpoint import load_model
 
         if backend not in BACKENDS:
             raise ArgumentError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if backend.startswith("faiss") and not have_faiss():
-            raise UserError(f"--backend {backend}: faiss is not installed; pip install 'mugstan[search]' (faiss-cpu), or use --backend exact")
+            raise UserError(
+                f"--backend {backend}: faiss is not installed; pip install 'mugstan[search]' (faiss-cpu), or use "
+                "--backend exact"
+            )
         self.meta, self.items, self.emb, self.mask = IndexFolder(index_dir).load()
         checkpoint = checkpoint or self.meta["model"]["checkpoint"]
         if model_identity(checkpoint)["sha256"] != self.meta["model"]["sha256"]:
-            raise MismatchError(f"{checkpoint} is not the model that built {index_dir} ({self.meta['model']['checkpoint']}, "
-                             f"sha256 {self.meta['model']['sha256'][:12]}): its embeddings would not be comparable; "
-                             "pass that checkpoint with --checkpoint, or index again with this one")
-        self.model, self.cfg = load_model(checkpoint, device)  # cfg: how clips are read (captions); None for a converted file
+            raise MismatchError(
+                f"{checkpoint} is not the model that built {index_dir} ({self.meta['model']['checkpoint']}, "
+                f"sha256 {self.meta['model']['sha256'][:12]}): its embeddings would not be comparable; "
+                "pass that checkpoint with --checkpoint, or index again with this one"
+            )
+        self.model, self.cfg = load_model(
+            checkpoint, device
+        )  # cfg: how clips are read (captions); None for a converted file
         self.device = device
         # Mug scores are not inner products: always the chunked Mug similarity
         self.backend = "mug" if self.mask is not None else choose_backend(backend, len(self.emb))
@@ -169,18 +184,32 @@ class Searcher:
             else:
                 values, indices = top_k_exact(q, self.emb, k)
                 values, indices = values[0], indices[0]
-        return [{"rank": r + 1, **self.items[i], "score": round(float(v), 4)} for r, (v, i) in enumerate(zip(values, indices))]
+        return [
+            {"rank": r + 1, **self.items[i], "score": round(float(v), 4)}
+            for r, (v, i) in enumerate(zip(values, indices, strict=True))
+        ]
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     """--backend, --nprobe, --checkpoint, --device (shared with ``mugstan serve``)."""
-    parser.add_argument("--backend", default="auto", choices=BACKENDS,
-                        help=f"auto (default): exact below {FAISS_FROM:,} windows, faiss from there when installed; "
-                             "exact: matrix products; faiss: IndexFlatIP, the same results; "
-                             "faiss-ivf: approximate, faster for large indexes")
-    parser.add_argument("--nprobe", type=int, default=None, help="faiss-ivf: lists searched per query (default 1/8 of them)")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help=f"auto (default): exact below {FAISS_FROM:,} windows, faiss from there when installed; "
+        "exact: matrix products; faiss: IndexFlatIP, the same results; "
+        "faiss-ivf: approximate, faster for large indexes",
+    )
+    parser.add_argument(
+        "--nprobe", type=int, default=None, help="faiss-ivf: lists searched per query (default 1/8 of them)"
+    )
     parser.add_argument("--checkpoint", default=None, help="the model (default: the one recorded in the index)")
-    parser.add_argument("--device", type=device_arg, default="cpu", help="where the text encoder runs: cpu, cuda, cuda:1, ... (default cpu)")
+    parser.add_argument(
+        "--device",
+        type=device_arg,
+        default="cpu",
+        help="where the text encoder runs: cpu, cuda, cuda:1, ... (default cpu)",
+    )
 
 
 def open_searcher(args: argparse.Namespace) -> Searcher:
@@ -194,7 +223,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("index_dir", help="an index folder written by `mugstan index`")
     parser.add_argument("query", help="what the video shows, in words")
     parser.add_argument("-k", type=int, default=10, help="number of results (default 10)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON: [{rank, path, start, end, score}]")
+    parser.add_argument(
+        "--json", action="store_true", help="print the results as JSON: [{rank, path, start, end, score}]"
+    )
     add_backend_arguments(parser)
 
 

@@ -15,8 +15,8 @@ Routes (nothing else is served, there is no directory listing):
 - ``/api/ask/stream`` (same parameters): the answer as plain text, streamed as it is generated; the
   page's Ask box shows it growing;
 - ``/api/caption?path=...&start=...&end=...``: ``{"path", "start", "end", "caption"}``, the window
-  captioned by the model's decoder (``mugstan.caption``, open_clip's default decoding, cached); ``path`` as for ``/media``
-  (404 otherwise), 400 for a model without a decoder;
+  captioned by the model's decoder (``mugstan.caption``, open_clip's default decoding, cached); ``path`` as
+  for ``/media`` (404 otherwise), 400 for a model without a decoder;
 - ``/media/{path}``: a video of the index. ``path`` must be one of the relative paths listed in
   the index's ``index.json`` (compared as a string, after URL decoding, before the file system is
   touched), so ``../``, absolute paths and encoded traversal (``%2e%2e/``, ``..%2f``) are 404;
@@ -37,8 +37,9 @@ MAX_QUERY = 500
 MAX_K = 100
 STATIC = Path(__file__).parent / "static"
 PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; media-src 'self'; "
-                               "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "media-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
@@ -69,11 +70,15 @@ def create_app(searcher, chat=None):
 
     @app.get("/")
     def page() -> Response:
-        return Response((STATIC / "index.html").read_text(), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+        return Response(
+            (STATIC / "index.html").read_text(), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS
+        )
 
     @app.get("/search.js")
     def script() -> Response:
-        return Response((STATIC / "search.js").read_text(), media_type="text/javascript; charset=utf-8", headers=PAGE_HEADERS)
+        return Response(
+            (STATIC / "search.js").read_text(), media_type="text/javascript; charset=utf-8", headers=PAGE_HEADERS
+        )
 
     @app.get("/api/search")
     def search(q: str = Query(..., min_length=1, max_length=MAX_QUERY), k: int = Query(12, ge=1, le=MAX_K)) -> dict:
@@ -99,16 +104,24 @@ def create_app(searcher, chat=None):
         return frames.to(device), mask.to(device)
 
     @app.get("/api/ask")
-    def ask(path: str, start: float = Query(..., ge=0), end: float = Query(..., gt=0),
-            q: str = Query(..., min_length=1, max_length=MAX_QUERY)) -> dict:
+    def ask(
+        path: str,
+        start: float = Query(..., ge=0),
+        end: float = Query(..., gt=0),
+        q: str = Query(..., min_length=1, max_length=MAX_QUERY),
+    ) -> dict:
         """A question about one result's window, answered by the video chat model."""
         frames, mask = window_frames(path, start, end, q)
         answer = chat[0].answer(frames, mask, [[(q, None)]])[0]
         return {"path": path, "start": start, "end": end, "question": q, "answer": answer}
 
     @app.get("/api/ask/stream")
-    def ask_stream(path: str, start: float = Query(..., ge=0), end: float = Query(..., gt=0),
-                   q: str = Query(..., min_length=1, max_length=MAX_QUERY)) -> StreamingResponse:
+    def ask_stream(
+        path: str,
+        start: float = Query(..., ge=0),
+        end: float = Query(..., gt=0),
+        q: str = Query(..., min_length=1, max_length=MAX_QUERY),
+    ) -> StreamingResponse:
         """The same answer as ``/api/ask``, as plain text streamed while it is generated (what the page shows)."""
         import threading
 
@@ -116,7 +129,9 @@ def create_app(searcher, chat=None):
 
         frames, mask = window_frames(path, start, end, q)
         model = chat[0]
-        streamer = TextIteratorStreamer(model.tokenizer.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        streamer = TextIteratorStreamer(
+            model.tokenizer.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600
+        )
 
         def generate():
             try:
@@ -126,7 +141,9 @@ def create_app(searcher, chat=None):
                 raise
 
         threading.Thread(target=generate, daemon=True).start()
-        return StreamingResponse(streamer, media_type="text/plain; charset=utf-8", headers={"X-Content-Type-Options": "nosniff"})
+        return StreamingResponse(
+            streamer, media_type="text/plain; charset=utf-8", headers={"X-Content-Type-Options": "nosniff"}
+        )
 
     @app.get("/api/caption")
     def caption(path: str, start: float = Query(..., ge=0), end: float = Query(..., gt=0)) -> dict:
@@ -138,7 +155,9 @@ def create_app(searcher, chat=None):
         key = (path, start, end)
         if key not in caption_cache:
             try:
-                caption_cache[key] = caption_file(searcher.model, searcher.cfg, real, start, end, frames=searcher.meta["frames"])
+                caption_cache[key] = caption_file(
+                    searcher.model, searcher.cfg, real, start, end, frames=searcher.meta["frames"]
+                )
             except VideoError as err:
                 raise HTTPException(422, f"cannot decode this window: {err}") from None
         return {"path": path, "start": start, "end": end, "caption": caption_cache[key]}
@@ -156,8 +175,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("index_dir", help="an index folder written by `mugstan index`")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port, 1-65535 (default 8000)")
-    parser.add_argument("--chat", help="a video chat checkpoint folder or chat config (chat/msvd_qa_llava15_7b_stan: `mugstan config list`): the page then has "
-                        "an Ask box per result (mugstan.chat; see docs/chat.md)")
+    parser.add_argument(
+        "--chat",
+        help="a video chat checkpoint folder or chat config (chat/msvd_qa_llava15_7b_stan: `mugstan config list`): "
+        "the page then has an Ask box per result (mugstan.chat; see docs/chat.md)",
+    )
     add_backend_arguments(parser)
 
 
@@ -183,7 +205,12 @@ def main(args: argparse.Namespace) -> int:
         from mugstan.chat.cli import load_chat_model
 
         yaml_file = args.chat.endswith((".yaml", ".yml"))
-        spec = SimpleNamespace(checkpoint=None if yaml_file else args.chat, config=args.chat if yaml_file else None, llava=None, overrides=[])
+        spec = SimpleNamespace(
+            checkpoint=None if yaml_file else args.chat,
+            config=args.chat if yaml_file else None,
+            llava=None,
+            overrides=[],
+        )
         chat = load_chat_model(spec, torch.device(args.device if hasattr(args, "device") else "cpu"))
     app = create_app(open_searcher(args), chat)
     if args.host not in ("127.0.0.1", "localhost", "::1"):

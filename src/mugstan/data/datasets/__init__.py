@@ -36,8 +36,8 @@ from mugstan.config import DataConfig, mix_data_config
 from mugstan.data.datasets.ava import DetectionDataset, ava
 from mugstan.data.datasets.base import Annotations, Clip, ClipDataset, ClipReader, MixedDataset, PairDataset, collate
 from mugstan.data.datasets.formats import FORMATS as _ANNOTATION_FORMATS
-from mugstan.data.datasets.videoqa import QA_FORMATS, ConversationDataset
 from mugstan.data.datasets.shards import shard_annotations
+from mugstan.data.datasets.videoqa import QA_FORMATS, ConversationDataset
 from mugstan.errors import AnnotationError, one_line
 
 __all__ = ["Annotations", "Clip", "ClipDataset", "ClipReader", "FORMATS", "MixedDataset", "PairDataset",
@@ -49,14 +49,22 @@ FORMATS: dict[str, Callable[[DataConfig, str], Annotations]] = {**_ANNOTATION_FO
                                                                  "webdataset": shard_annotations}
 
 
-def build_train_dataset(cfg: DataConfig, tokenizer=None, pairs: bool = True, seed: int = 0, ann: Optional[Annotations] = None,
-                        uint8: bool = False) -> Dataset:
+def build_train_dataset(
+    cfg: DataConfig,
+    tokenizer=None,
+    pairs: bool = True,
+    seed: int = 0,
+    ann: Optional[Annotations] = None,
+    uint8: bool = False,
+) -> Dataset:
     """The training dataset of ``cfg`` and, with ``data.mix``, every extra source mixed in."""
     main = build_dataset(cfg, "train", tokenizer, train=True, pairs=pairs, seed=seed, ann=ann, uint8=uint8)
     if not cfg.mix:
         return main
-    extra = [build_dataset(mix_data_config(cfg, source), "train", tokenizer, train=True, pairs=pairs, seed=seed, uint8=uint8)
-             for source in cfg.mix]
+    extra = [
+        build_dataset(mix_data_config(cfg, source), "train", tokenizer, train=True, pairs=pairs, seed=seed, uint8=uint8)
+        for source in cfg.mix
+    ]
     return MixedDataset([main, *extra])
 
 
@@ -69,11 +77,15 @@ def load_annotations(cfg: DataConfig, split: str) -> Annotations:
     try:
         return FORMATS[cfg.dataset](cfg, split)
     except UnicodeDecodeError as err:  # a binary file given as annotations
-        raise AnnotationError(f"{_annotation_file(cfg, split)}: not a text file (byte {err.start} is not UTF-8): "
-                              f"give the {cfg.dataset} annotation file of the {split} split (see docs/data.md)") from None
+        raise AnnotationError(
+            f"{_annotation_file(cfg, split)}: not a text file (byte {err.start} is not UTF-8): "
+            f"give the {cfg.dataset} annotation file of the {split} split (see docs/data.md)"
+        ) from None
     except (KeyError, TypeError, AttributeError, IndexError, csv.Error) as err:  # a file of another layout
-        raise AnnotationError(f"{_annotation_file(cfg, split)}: not the layout data.dataset={cfg.dataset} expects "
-                              f"({type(err).__name__}: {one_line(err)}); see docs/data.md for its files") from None
+        raise AnnotationError(
+            f"{_annotation_file(cfg, split)}: not the layout data.dataset={cfg.dataset} expects "
+            f"({type(err).__name__}: {one_line(err)}); see docs/data.md for its files"
+        ) from None
 
 
 def _annotation_file(cfg: DataConfig, split: str) -> str:
@@ -82,9 +94,17 @@ def _annotation_file(cfg: DataConfig, split: str) -> str:
     return files[0] if len(files) == 1 else f"{files[0]} (or {', '.join(files[1:])})"
 
 
-def build_dataset(cfg: DataConfig, split: str, tokenizer=None, train: Optional[bool] = None,
-                  on_error: Optional[str] = None, pairs: Optional[bool] = None, seed: int = 0,
-                  ann: Optional[Annotations] = None, uint8: bool = False) -> Dataset:
+def build_dataset(
+    cfg: DataConfig,
+    split: str,
+    tokenizer=None,
+    train: Optional[bool] = None,
+    on_error: Optional[str] = None,
+    pairs: Optional[bool] = None,
+    seed: int = 0,
+    ann: Optional[Annotations] = None,
+    uint8: bool = False,
+) -> Dataset:
     """The torch dataset of a split. Defaults: training = split "train"; pairs (caption items)
     in training when the split has captions, clips otherwise; broken videos replaced in
     training and dropped (reported) otherwise. ``uint8``: frames come out cropped but not

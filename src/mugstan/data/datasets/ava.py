@@ -24,7 +24,8 @@ Files (``data.*`` keys), as the AVA v2.2 release and mmaction2's AVA recipes nam
 A keyframe clip is ``data.num_frames`` frames ``data.ava.frame_interval`` source frames apart
 (``data.ava.source_fps``, 30 for AVA) centred on the keyframe, frame ``T // 2`` being the keyframe
 (mmaction2's ``SampleAVAFrames``); training moves each frame by a random -interval/2 ..
-interval/2 - 1 source frames, as ``SampleAVAFrames`` does. The keyframe of timestamp ``ts`` is at second ``ts - data.ava.timestamp_start`` of the file.
+interval/2 - 1 source frames, as ``SampleAVAFrames`` does. The keyframe of timestamp ``ts`` is at
+second ``ts - data.ava.timestamp_start`` of the file.
 Frames are resized to ``data.image_size`` squared (whole frame, no crop: the boxes are normalised,
 so they stay valid); training flips horizontally when ``data.hflip``.
 
@@ -71,13 +72,17 @@ def read_label_map(path) -> tuple[list[int], list[str]]:
         name = re.search(r'\bname:\s*"([^"]*)"', body)
         number = re.search(r"\b(?:label_id|id):\s*(-?\d+)", body)
         if not name or not number:
-            raise AnnotationError(f"{path}:{line}: a label block needs name: \"...\" and label_id: N (or id: N), got {body.strip()!r}")
+            raise AnnotationError(
+                f"{path}:{line}: a label block needs name: \"...\" and label_id: N (or id: N), got {body.strip()!r}"
+            )
         if int(number.group(1)) in ids:
             raise AnnotationError(f"{path}:{line}: class id {number.group(1)} appears twice")
         ids.append(int(number.group(1)))
         names.append(name.group(1))
     if not ids:
-        raise AnnotationError(f"{path}: no label blocks; expected the AVA label map (label {{ name: \"...\" label_id: N }})")
+        raise AnnotationError(
+            f"{path}: no label blocks; expected the AVA label map (label {{ name: \"...\" label_id: N }})"
+        )
     return ids, names
 
 
@@ -93,8 +98,10 @@ def _number(path: Path, n: int, row: list, column: int, name: str, kind=float):
     try:
         return kind(row[column])
     except (ValueError, IndexError):
-        raise AnnotationError(f"{path}:{n}: column {column + 1} ({name}) must be a number, got "
-                         f"{row[column] if column < len(row) else 'nothing'!r}") from None
+        raise AnnotationError(
+            f"{path}:{n}: column {column + 1} ({name}) must be a number, got "
+            f"{row[column] if column < len(row) else 'nothing'!r}"
+        ) from None
 
 
 def read_ava_csv(path, scores: bool = False) -> tuple[BoxSet, np.ndarray]:
@@ -107,17 +114,24 @@ def read_ava_csv(path, scores: bool = False) -> tuple[BoxSet, np.ndarray]:
     annotation box must have x1 <= x2 and y1 <= y2.
     """
     path = Path(path)
-    columns, layout = ((7, 8), "video_id,timestamp,x1,y1,x2,y2,action_id[,score]") if scores else \
-        ((8,), "video_id,timestamp,x1,y1,x2,y2,action_id,person_id")
+    columns, layout = (
+        ((7, 8), "video_id,timestamp,x1,y1,x2,y2,action_id[,score]")
+        if scores
+        else ((8,), "video_id,timestamp,x1,y1,x2,y2,action_id,person_id")
+    )
     keys, boxes, labels, extra = [], [], [], []
     for n, row in _rows(path, "AVA"):
         if len(row) not in columns:
-            raise AnnotationError(f"{path}:{n}: expected {' or '.join(map(str, columns))} columns {layout}, got {len(row)}")
-        box = [_number(path, n, row, c, name) for c, name in zip(range(2, 6), ("x1", "y1", "x2", "y2"))]
+            raise AnnotationError(
+                f"{path}:{n}: expected {' or '.join(map(str, columns))} columns {layout}, got {len(row)}"
+            )
+        box = [_number(path, n, row, c, name) for c, name in zip(range(2, 6), ("x1", "y1", "x2", "y2"), strict=True)]
         inside = all(-COORD_SLACK <= v <= 1.0 + COORD_SLACK for v in box)
         if not inside or (not scores and (box[0] > box[2] or box[1] > box[3])):
-            raise AnnotationError(f"{path}:{n}: box {box} must be normalised corners x1, y1, x2, y2 in [0, 1]"
-                                  f"{'' if scores else ' with x1 <= x2 and y1 <= y2'} (divide pixel coordinates by the frame size)")
+            raise AnnotationError(
+                f"{path}:{n}: box {box} must be normalised corners x1, y1, x2, y2 in [0, 1]"
+                f"{'' if scores else ' with x1 <= x2 and y1 <= y2'} (divide pixel coordinates by the frame size)"
+            )
         keys.append((row[0], _number(path, n, row, 1, "timestamp", int)))
         boxes.append(box)
         labels.append(_number(path, n, row, 6, "action_id", int))
@@ -150,8 +164,10 @@ def read_proposals(path) -> dict[Key, np.ndarray]:
     """
     path = Path(path)
     if path.suffix in (".pkl", ".pickle"):
-        raise AnnotationError(f"{path}: mugstan does not unpickle files (a pickle can run code); convert the proposals of a "
-                              "source you trust to CSV or JSON as docs/detection.md shows, and name that file instead")
+        raise AnnotationError(
+            f"{path}: mugstan does not unpickle files (a pickle can run code); convert the proposals of a "
+            "source you trust to CSV or JSON as docs/detection.md shows, and name that file instead"
+        )
     groups: dict[Key, list] = {}
     if path.suffix == ".json":
         try:
@@ -170,18 +186,25 @@ def read_proposals(path) -> dict[Key, np.ndarray]:
             except (TypeError, ValueError):  # ragged lists, strings
                 ok = False
             if not ok:
-                raise AnnotationError(f"{path}: entry {key!r} must be a list of [x1, y1, x2, y2, score] (or [x1, y1, x2, y2]), "
-                                      f"got {json.dumps(boxes)[:80]}")
+                raise AnnotationError(
+                    f"{path}: entry {key!r} must be a list of [x1, y1, x2, y2, score] (or [x1, y1, x2, y2]), "
+                    f"got {json.dumps(boxes)[:80]}"
+                )
             if array.size and array.shape[1] == 4:
                 array = np.concatenate([array, np.ones((len(array), 1))], axis=1)
             groups[(video, int(ts))] = list(array.reshape(-1, 5))
     else:
         for n, row in _rows(path, "proposals"):
             if len(row) not in (6, 7):
-                raise AnnotationError(f"{path}:{n}: expected 7 columns video_id,timestamp,x1,y1,x2,y2,score (or 6, without the "
-                                      f"score), got {len(row)}")
-            values = [_number(path, n, row, c, name) for c, name in zip(range(2, len(row)), ("x1", "y1", "x2", "y2", "score"))]
-            groups.setdefault((row[0], _number(path, n, row, 1, "timestamp", int)), []).append(values + [1.0] * (7 - len(row)))
+                raise AnnotationError(
+                    f"{path}:{n}: expected 7 columns video_id,timestamp,x1,y1,x2,y2,score (or 6, without the "
+                    f"score), got {len(row)}"
+                )
+            names = ("x1", "y1", "x2", "y2", "score")  # a 6-column row has no score: zip stops at its last column
+            values = [_number(path, n, row, c, name) for c, name in zip(range(2, len(row)), names, strict=False)]
+            groups.setdefault((row[0], _number(path, n, row, 1, "timestamp", int)), []).append(
+                values + [1.0] * (7 - len(row))
+            )
     return {k: np.asarray(v, dtype=np.float64).reshape(-1, 5) for k, v in groups.items()}
 
 
@@ -236,14 +259,19 @@ def ava(cfg: DataConfig, split: str) -> DetectionAnnotations:
     path = _ann_file(cfg, split)
     label_map = _extra_file(cfg, "label_map")
     if label_map is None:
-        raise ConfigError("data.extra.label_map is not set: give the AVA label map, e.g. ava_action_list_v2.2_for_activitynet_2019.pbtxt")
+        raise ConfigError(
+            "data.extra.label_map is not set: give the AVA label map, e.g. "
+            "ava_action_list_v2.2_for_activitynet_2019.pbtxt"
+        )
     evaluated, evaluated_names = read_label_map(label_map)
     n = cfg.ava.num_actions
     if n and not all(1 <= c <= n for c in evaluated):
-        raise AnnotationError(f"{label_map}: action ids {[c for c in evaluated if not 1 <= c <= n]} are outside 1..{n} "
-                              f"(data.ava.num_actions={n}); set data.ava.num_actions to the largest action id, or 0 to "
-                              "train on the label map's actions only")
-    named = dict(zip(evaluated, evaluated_names))
+        raise AnnotationError(
+            f"{label_map}: action ids {[c for c in evaluated if not 1 <= c <= n]} are outside 1..{n} "
+            f"(data.ava.num_actions={n}); set data.ava.num_actions to the largest action id, or 0 to "
+            "train on the label map's actions only"
+        )
+    named = dict(zip(evaluated, evaluated_names, strict=True))
     class_ids = list(range(1, n + 1)) if n else evaluated
     names = [named.get(c, f"action {c}") for c in class_ids]
     column = {c: k for k, c in enumerate(class_ids)}
@@ -252,7 +280,7 @@ def ava(cfg: DataConfig, split: str) -> DetectionAnnotations:
     excluded = read_exclusions(exclusions) if exclusions else set()
     not_excluded = np.array([k not in excluded for k in rows.keys], dtype=bool)
     scored = np.isin(rows.labels, evaluated) & not_excluded
-    gt = BoxSet([k for k, ok in zip(rows.keys, scored) if ok], rows.boxes[scored], rows.labels[scored])
+    gt = BoxSet([k for k, ok in zip(rows.keys, scored, strict=True) if ok], rows.boxes[scored], rows.labels[scored])
 
     # training targets: one entry per person box of a keyframe, its actions multi-hot
     known = np.isin(rows.labels, class_ids)
@@ -282,18 +310,32 @@ def ava(cfg: DataConfig, split: str) -> DetectionAnnotations:
     finder = _Finder(cfg.root)
     videos = {v: finder(v) for v in sorted({v for v, _ in keyframes})}
     times = [ts - cfg.ava.timestamp_start for _, ts in keyframes]
-    clips = [Clip(videos[v], t, t) for (v, _), t in zip(keyframes, times)]
+    clips = [Clip(videos[v], t, t) for (v, _), t in zip(keyframes, times, strict=True)]
     if not clips:
-        raise AnnotationError(f"{path}: no keyframes left (every row excluded or of an action the model has no output for)")
-    return DetectionAnnotations(clips, class_names=names, source=str(path), keyframes=keyframes, boxes=boxes, box_labels=labels,
-                                class_ids=class_ids, evaluated_ids=evaluated, gt=gt, excluded=excluded,
-                                box_source="ground truth" if proposals is None else "proposals",
-                                times=times, dropped_rows=int((~known).sum()))
+        raise AnnotationError(
+            f"{path}: no keyframes left (every row excluded or of an action the model has no output for)"
+        )
+    return DetectionAnnotations(
+        clips,
+        class_names=names,
+        source=str(path),
+        keyframes=keyframes,
+        boxes=boxes,
+        box_labels=labels,
+        class_ids=class_ids,
+        evaluated_ids=evaluated,
+        gt=gt,
+        excluded=excluded,
+        box_source="ground truth" if proposals is None else "proposals",
+        times=times,
+        dropped_rows=int((~known).sum()),
+    )
 
 
 # ---- the torch dataset --------------------------------------------------------------------------
-def keyframe_times(center: float, num_frames: int, interval: int, source_fps: float,
-                   rng: Optional[np.random.Generator] = None) -> np.ndarray:
+def keyframe_times(
+    center: float, num_frames: int, interval: int, source_fps: float, rng: Optional[np.random.Generator] = None
+) -> np.ndarray:
     """Seconds of the ``num_frames`` frames of a keyframe clip (frame ``T // 2`` at ``center``),
     ``interval`` source frames apart; with ``rng`` each frame moves by its own random offset of
     ``floor(-interval / 2)`` .. ``ceil(interval / 2) - 1`` source frames (-2..1 for 4; training), as
@@ -318,10 +360,17 @@ class DetectionDataset(_Base):
         rng = np.random.default_rng([self.reader.seed, self.reader.epoch, index]) if self.train else None
         times = keyframe_times(ann.times[index], num, cfg.ava.frame_interval, cfg.ava.source_fps, rng)
         frames = read_frames_at(ann.clips[index].path, times, cfg.resize_short or cfg.image_size)
-        frames = TF.resize(frames, [cfg.image_size, cfg.image_size], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+        frames = TF.resize(
+            frames, [cfg.image_size, cfg.image_size], interpolation=TF.InterpolationMode.BICUBIC, antialias=True
+        )
         boxes = torch.from_numpy(ann.boxes[index]).clone()
         if self.train and cfg.hflip and rng.random() < 0.5:
             frames = frames.flip(-1)
             boxes = torch.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], dim=1)
-        return {"frames": normalize(frames), "frame_mask": torch.ones(num, dtype=torch.bool), "boxes": boxes,
-                "box_labels": torch.from_numpy(ann.box_labels[index]), "index": index}
+        return {
+            "frames": normalize(frames),
+            "frame_mask": torch.ones(num, dtype=torch.bool),
+            "boxes": boxes,
+            "box_labels": torch.from_numpy(ann.box_labels[index]),
+            "index": index,
+        }

@@ -47,14 +47,18 @@ class Annotations:
 
     def __post_init__(self):
         if len(self.captions) != len(self.caption_clip):
-            raise AnnotationError(f"{self.source}: {len(self.captions)} captions but {len(self.caption_clip)} caption->clip links")
+            raise AnnotationError(
+                f"{self.source}: {len(self.captions)} captions but {len(self.caption_clip)} caption->clip links"
+            )
         if self.labels is not None and len(self.labels) != len(self.clips):
             raise AnnotationError(f"{self.source}: {len(self.labels)} labels for {len(self.clips)} clips")
         if not self.clips:
             raise AnnotationError(f"{self.source}: no videos in this split")
         bad = next((c for c in self.captions if not isinstance(c, str)), None)
         if bad is not None:
-            raise AnnotationError(f"{self.source}: caption {bad!r} is of type {type(bad).__name__}, not a text: write captions as strings")
+            raise AnnotationError(
+                f"{self.source}: caption {bad!r} is of type {type(bad).__name__}, not a text: write captions as strings"
+            )
 
     @property
     def multi_caption(self) -> bool:
@@ -66,14 +70,24 @@ class ClipReader:
     [T, 3, S, S]`` (or [V, T, 3, S, S] with several test views). Datasets and the search index
     read clips through it; ``num_frames`` overrides the config's."""
 
-    def __init__(self, cfg: DataConfig, train: bool, seed: int = 0, num_frames: Optional[int] = None, uint8: bool = False):
+    def __init__(
+        self, cfg: DataConfig, train: bool, seed: int = 0, num_frames: Optional[int] = None, uint8: bool = False
+    ):
         self.cfg, self.train, self.seed = cfg, train, seed
         self.num_frames = num_frames or (cfg.num_frames if train else (cfg.test_num_frames or cfg.num_frames))
         self.views = 1 if train else cfg.test_clips
         # Testing resizes the short side to data.test_resize_short (default: data.resize_short).
         self.short = (cfg.resize_short if train else (cfg.test_resize_short or cfg.resize_short)) or cfg.image_size
-        self.transform = ClipTransform(cfg.image_size, train, cfg.crop_scale, cfg.hflip,
-                                       1 if train else cfg.test_crops, self.short, uint8, str(cfg.interpolation))
+        self.transform = ClipTransform(
+            cfg.image_size,
+            train,
+            cfg.crop_scale,
+            cfg.hflip,
+            1 if train else cfg.test_crops,
+            self.short,
+            uint8,
+            str(cfg.interpolation),
+        )
         # data.interpolation "fast": the decoder scales the short side; the others decode full frames
         self.decode_short = self.short if cfg.interpolation == "fast" else None
         self.epoch = 0
@@ -91,10 +105,25 @@ class ClipReader:
         gen = torch.Generator().manual_seed(int(rng.integers(2**62))) if self.train else None
         views = []
         for v in range(self.views):
-            frames, mask = read_clip(clip.path, self.num_frames, self.train, self.decode_short, clip.start, clip.end,
-                                     self.cfg.sampler, self.cfg.dense_stride, rng, v, self.views,
-                                     sample_fps=self.cfg.sample_fps, return_mask=True, cache=self.cache, data=clip.data,
-                                     decoder=str(self.cfg.decoder), device=str(self.cfg.decode_device))
+            frames, mask = read_clip(
+                clip.path,
+                self.num_frames,
+                self.train,
+                self.decode_short,
+                clip.start,
+                clip.end,
+                self.cfg.sampler,
+                self.cfg.dense_stride,
+                rng,
+                v,
+                self.views,
+                sample_fps=self.cfg.sample_fps,
+                return_mask=True,
+                cache=self.cache,
+                data=clip.data,
+                decoder=str(self.cfg.decoder),
+                device=str(self.cfg.decode_device),
+            )
             out = self.transform(frames, gen)  # [T, 3, S, S] or [crops, T, 3, S, S]
             views.extend(out.unbind(0) if out.dim() == 5 else [out])
         return (views[0] if len(views) == 1 else torch.stack(views)), mask
@@ -105,8 +134,16 @@ MAX_REPLACEMENTS = 10
 
 
 class _Base(Dataset):
-    def __init__(self, ann: Annotations, cfg: DataConfig, train: bool, tokenizer=None, on_error: str = "raise", seed: int = 0,
-                 uint8: bool = False):
+    def __init__(
+        self,
+        ann: Annotations,
+        cfg: DataConfig,
+        train: bool,
+        tokenizer=None,
+        on_error: str = "raise",
+        seed: int = 0,
+        uint8: bool = False,
+    ):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.ann, self.cfg, self.train, self.tokenizer, self.on_error = ann, cfg, train, tokenizer, on_error
@@ -135,8 +172,11 @@ class _Base(Dataset):
             return item
         if self.on_error == "replace":
             path, _, reason = failed[-1][1].partition(": ")
-            raise VideoError(path, f"{reason} (the last of {MAX_REPLACEMENTS} videos in a row that failed; `mugstan data check` "
-                                   "lists every missing or broken one)")
+            raise VideoError(
+                path,
+                f"{reason} (the last of {MAX_REPLACEMENTS} videos in a row that failed; `mugstan data check` "
+                "lists every missing or broken one)",
+            )
         return {"index": index, "error": failed[0][1], "failed": failed}
 
 

@@ -28,7 +28,9 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".m
 def _ann_file(cfg: DataConfig, split: str) -> Path:
     value = getattr(cfg, f"{split}_ann")
     if not value:
-        raise AnnotationError(f"data.{split}_ann is not set: give the {cfg.dataset} annotation file for the {split} split")
+        raise AnnotationError(
+            f"data.{split}_ann is not set: give the {cfg.dataset} annotation file for the {split} split"
+        )
     return regular_file(value, f"data.{split}_ann")
 
 
@@ -69,7 +71,9 @@ class _Finder:
         return str(found) if found else str(direct)
 
 
-def _retrieval(groups: "OrderedDict[str, list[str]]", finder: _Finder, source: str, times: Optional[dict] = None) -> Annotations:
+def _retrieval(
+    groups: "OrderedDict[str, list[str]]", finder: _Finder, source: str, times: Optional[dict] = None
+) -> Annotations:
     clips, captions, links = [], [], []
     for j, (name, caps) in enumerate(groups.items()):
         start, end = (times or {}).get(name, (None, None))
@@ -90,7 +94,9 @@ def msrvtt(cfg: DataConfig, split: str) -> Annotations:
         groups = OrderedDict((f"{r['video_id']}.mp4", [r["sentence"]]) for r in rows)
         return _retrieval(groups, finder, str(path))
     if not rows or "video_id" not in rows[0]:
-        raise AnnotationError(f"{path}: expected a CSV with a video_id column (MSRVTT_train.9k.csv) or key,vid_key,video_id,sentence")
+        raise AnnotationError(
+            f"{path}: expected a CSV with a video_id column (MSRVTT_train.9k.csv) or key,vid_key,video_id,sentence"
+        )
     data = _load_json(_extra(cfg, "data_json"))
     wanted = OrderedDict((r["video_id"], []) for r in rows)
     for s in data["sentences"]:
@@ -125,8 +131,9 @@ def lsmdc_json(cfg: DataConfig, split: str) -> Annotations:
     if any(not isinstance(text, str) for _, text in pairs):
         raise TypeError("every value must be one caption (a string)")
     root = cfg.video_root
-    return Annotations([Clip(str(root / name)) for name, _ in pairs], [t for _, t in pairs], list(range(len(pairs))),
-                       source=str(path))
+    return Annotations(
+        [Clip(str(root / name)) for name, _ in pairs], [t for _, t in pairs], list(range(len(pairs))), source=str(path)
+    )
 
 
 def didemo(cfg: DataConfig, split: str) -> Annotations:
@@ -148,7 +155,9 @@ def lsmdc(cfg: DataConfig, split: str) -> Annotations:
             continue
         parts = line.split("\t")
         if len(parts) < 6:
-            raise AnnotationError(f"{path}:{n}: expected 6 tab-separated fields (clip_id ... sentence), got {len(parts)}")
+            raise AnnotationError(
+                f"{path}:{n}: expected 6 tab-separated fields (clip_id ... sentence), got {len(parts)}"
+            )
         groups.setdefault(parts[0], []).append(parts[5].strip())
     return _retrieval(groups, _Finder(cfg.video_root), str(path))
 
@@ -171,7 +180,9 @@ def vatex(cfg: DataConfig, split: str) -> Annotations:
     """vatex_data.json {id: {"enCap": [...]}} (data.extra.data_json) + a list of ids per split."""
     path = _ann_file(cfg, split)
     data = _load_json(_extra(cfg, "data_json"))
-    groups = OrderedDict((vid, list(data[vid]["enCap"])) for vid in (l.strip() for l in path.read_text().splitlines()) if vid)
+    groups = OrderedDict(
+        (vid, list(data[vid]["enCap"])) for vid in (line.strip() for line in path.read_text().splitlines()) if vid
+    )
     return _retrieval(groups, _Finder(cfg.video_root), str(path))
 
 
@@ -205,8 +216,10 @@ def _read_classes(path: Path) -> tuple[list[str], int]:
         if numbered:
             number, name = line.split(maxsplit=1)
             if int(number) != first + len(names):
-                raise AnnotationError(f"{path}:{n}: class number {number}, expected {first + len(names)}: "
-                                 "numbers must run on by one (\"1 ApplyEyeMakeup\", \"2 ApplyLipstick\", ...)")
+                raise AnnotationError(
+                    f"{path}:{n}: class number {number}, expected {first + len(names)}: "
+                    "numbers must run on by one (\"1 ApplyEyeMakeup\", \"2 ApplyLipstick\", ...)"
+                )
             line = name.strip()
         if line in names:
             raise AnnotationError(f"{path}:{n}: class {line!r} is named twice")
@@ -236,8 +249,9 @@ def video_list(cfg: DataConfig, split: str) -> Annotations:
             hint = " (UCF-101's testlist has no labels: use data.dataset=ucf101)" if not rel else ""
             raise AnnotationError(f"{path}:{n}: expected 'relative/path.mp4 <integer label>', got {line!r}{hint}")
         if names is not None and not first <= int(label) < first + len(names):
-            raise AnnotationError(f"{path}:{n}: label {label} is not a class of {names_file} "
-                             f"(numbered {first}-{first + len(names) - 1})")
+            raise AnnotationError(
+                f"{path}:{n}: label {label} is not a class of {names_file} (numbered {first}-{first + len(names) - 1})"
+            )
         clips.append(Clip(str(root / rel)))
         labels.append(int(label) - first)
     return Annotations(clips, labels=labels, class_names=names, source=str(path))
@@ -263,20 +277,28 @@ def ucf101(cfg: DataConfig, split: str) -> Annotations:
             continue
         folder, slash, _ = parts[0].partition("/")
         if len(parts) > 2 or not slash:
-            raise AnnotationError(f"{path}:{n}: expected '<Class>/<video>.avi' (testlist) or '<Class>/<video>.avi <label>' "
-                             f"(trainlist), got {line.strip()!r}")
+            raise AnnotationError(
+                f"{path}:{n}: expected '<Class>/<video>.avi' (testlist) or '<Class>/<video>.avi <label>' "
+                f"(trainlist), got {line.strip()!r}"
+            )
         if folder not in index:
-            raise AnnotationError(f"{path}:{n}: class {folder!r} is not in {names_file}: give the classInd.txt of "
-                             "the same ucfTrainTestlist as data.extra.class_names")
+            raise AnnotationError(
+                f"{path}:{n}: class {folder!r} is not in {names_file}: give the classInd.txt of "
+                "the same ucfTrainTestlist as data.extra.class_names"
+            )
         if len(parts) == 2:
             label = parts[1]
             if not label.isdigit() or not first <= int(label) < first + len(names):
-                raise AnnotationError(f"{path}:{n}: label {label!r} is not a class number of {names_file} "
-                                 f"({first}-{first + len(names) - 1})")
+                raise AnnotationError(
+                    f"{path}:{n}: label {label!r} is not a class number of {names_file} "
+                    f"({first}-{first + len(names) - 1})"
+                )
             if int(label) - first != index[folder]:
-                raise AnnotationError(f"{path}:{n}: label {label} is {names[int(label) - first]!r} in {names_file}, but the "
-                                 f"video is in folder {folder!r} (number {index[folder] + first}): the list and "
-                                 "classInd.txt do not belong together")
+                raise AnnotationError(
+                    f"{path}:{n}: label {label} is {names[int(label) - first]!r} in {names_file}, but the "
+                    f"video is in folder {folder!r} (number {index[folder] + first}): the list and "
+                    "classInd.txt do not belong together"
+                )
         clips.append(Clip(str(root / parts[0])))
         labels.append(index[folder])
     return Annotations(clips, labels=labels, class_names=names, source=str(path))
@@ -296,26 +318,32 @@ def hmdb51(cfg: DataConfig, split: str) -> Annotations:
     path = _ann_file(cfg, split)
     match = re.fullmatch(r".+_test_split(\d+)\.txt", path.name)
     if not match:
-        raise AnnotationError(f"{path}: expected one of HMDB-51's split files, <class>_test_split<k>.txt "
-                         "(testTrainMulti_7030_splits/brush_hair_test_split1.txt for split 1)")
+        raise AnnotationError(
+            f"{path}: expected one of HMDB-51's split files, <class>_test_split<k>.txt "
+            "(testTrainMulti_7030_splits/brush_hair_test_split1.txt for split 1)"
+        )
     suffix = f"_test_split{match.group(1)}.txt"
     files = sorted(path.parent.glob(f"*{suffix}"))
     names = [f.name[: -len(suffix)] for f in files]
     every_split = {re.sub(r"_test_split\d+\.txt$", "", f.name) for f in path.parent.glob("*_test_split*.txt")}
     missing = sorted(every_split - set(names))
     if missing:
-        raise AnnotationError(f"{path.parent}: no {missing[0]}{suffix} although {missing[0]} has files for other splits "
-                         f"({len(missing)} classes lack split {match.group(1)}): extract the complete split archive")
+        raise AnnotationError(
+            f"{path.parent}: no {missing[0]}{suffix} although {missing[0]} has files for other splits "
+            f"({len(missing)} classes lack split {match.group(1)}): extract the complete split archive"
+        )
     root = cfg.video_root
     clips, labels = [], []
-    for label, (name, file) in enumerate(zip(names, files)):
+    for label, (name, file) in enumerate(zip(names, files, strict=True)):
         for n, line in enumerate(file.read_text().splitlines(), 1):
             if not line.strip():
                 continue
             parts = line.rsplit(maxsplit=1)
             if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
-                raise AnnotationError(f"{file}:{n}: expected '<video>.avi <flag>' with flag 0 (unused), 1 (train) or "
-                                 f"2 (test), got {line.strip()!r}")
+                raise AnnotationError(
+                    f"{file}:{n}: expected '<video>.avi <flag>' with flag 0 (unused), 1 (train) or "
+                    f"2 (test), got {line.strip()!r}"
+                )
             if parts[1] == HMDB_FLAGS[split]:
                 clips.append(Clip(str(root / name / parts[0])))
                 labels.append(label)
@@ -350,7 +378,9 @@ def ssv2(cfg: DataConfig, split: str) -> Annotations:
     for entry in _load_json(path):
         template = entry["template"].replace("[", "").replace("]", "")
         if template not in label_map:
-            raise AnnotationError(f"{path}: template {entry['template']!r} of video {entry['id']} is not in labels.json")
+            raise AnnotationError(
+                f"{path}: template {entry['template']!r} of video {entry['id']} is not in labels.json"
+            )
         clips.append(Clip(finder(f"{entry['id']}.webm")))
         labels.append(label_map[template])
     return Annotations(clips, labels=labels, class_names=names, source=str(path))
@@ -367,7 +397,9 @@ def webvid(cfg: DataConfig, split: str) -> Annotations:
     else:
         pairs = list(_load_json(path).items())
     root = cfg.video_root
-    return Annotations([Clip(str(root / p)) for p, _ in pairs], [c for _, c in pairs], list(range(len(pairs))), source=str(path))
+    return Annotations(
+        [Clip(str(root / p)) for p, _ in pairs], [c for _, c in pairs], list(range(len(pairs))), source=str(path)
+    )
 
 
 def _webvid_csv(path: Path) -> list[tuple[str, str]]:
@@ -379,13 +411,17 @@ def _webvid_csv(path: Path) -> list[tuple[str, str]]:
         elif {"path", "caption"} <= columns:
             fields, official = ("path", "caption"), False
         else:
-            raise AnnotationError(f"{path}: expected WebVid's header videoid,contentUrl,duration,page_dir,name or the "
-                             f"columns path,caption, got {','.join(reader.fieldnames or ())}")
+            raise AnnotationError(
+                f"{path}: expected WebVid's header videoid,contentUrl,duration,page_dir,name or the "
+                f"columns path,caption, got {','.join(reader.fieldnames or ())}"
+            )
         pairs = []
         for row in reader:
             empty = [k for k in fields if not (row.get(k) or "").strip()]
             if empty:
-                raise AnnotationError(f"{path}:{reader.line_num}: empty {', '.join(empty)}: fill it in or remove the row")
+                raise AnnotationError(
+                    f"{path}:{reader.line_num}: empty {', '.join(empty)}: fill it in or remove the row"
+                )
             if official:
                 pairs.append((f"{row['page_dir'].strip()}/{row['videoid'].strip()}.mp4", row["name"]))
             else:
@@ -452,8 +488,21 @@ def jsonl(cfg: DataConfig, split: str) -> Annotations:
 
 
 FORMATS: dict[str, Callable[[DataConfig, str], Annotations]] = {
-    "msrvtt": msrvtt, "msrvtt_json": msrvtt_json, "didemo": didemo, "didemo_json": didemo_json, "lsmdc": lsmdc,
-    "lsmdc_json": lsmdc_json, "msvd": msvd,
-    "vatex": vatex, "activitynet": activitynet, "video_list": video_list, "ucf101": ucf101, "hmdb51": hmdb51,
-    "kinetics_csv": kinetics_csv, "ssv2": ssv2, "webvid": webvid, "cc3m": cc3m, "jsonl": jsonl,
+    "msrvtt": msrvtt,
+    "msrvtt_json": msrvtt_json,
+    "didemo": didemo,
+    "didemo_json": didemo_json,
+    "lsmdc": lsmdc,
+    "lsmdc_json": lsmdc_json,
+    "msvd": msvd,
+    "vatex": vatex,
+    "activitynet": activitynet,
+    "video_list": video_list,
+    "ucf101": ucf101,
+    "hmdb51": hmdb51,
+    "kinetics_csv": kinetics_csv,
+    "ssv2": ssv2,
+    "webvid": webvid,
+    "cc3m": cc3m,
+    "jsonl": jsonl,
 }

@@ -73,9 +73,13 @@ def expand_shards(spec, root: str = "", field: str = "data.shards") -> list[str]
     patterns = [spec] if isinstance(spec, str) else list(spec or [])
     urls = [u for p in patterns for u in expand_urls(str(p))]
     if not urls:
-        raise ShardError(f"{field} is empty: give the shards as a brace pattern, e.g. /data/webvid/{{00000..01023}}.tar")
-    return [u if is_remote(u) or not root or Path(u).expanduser().is_absolute() else str(Path(root).expanduser() / u)
-            for u in urls]
+        raise ShardError(
+            f"{field} is empty: give the shards as a brace pattern, e.g. /data/webvid/{{00000..01023}}.tar"
+        )
+    return [
+        u if is_remote(u) or not root or Path(u).expanduser().is_absolute() else str(Path(root).expanduser() / u)
+        for u in urls
+    ]
 
 
 def check_shards(urls: list[str], field: str = "data.shards") -> None:
@@ -94,10 +98,14 @@ def check_shards(urls: list[str], field: str = "data.shards") -> None:
         finally:
             _close(stream)
         if len(head) < 512:
-            raise ShardError(f"{field}: shard {remote[0]} is unreachable or empty (got {len(head)} bytes; "
-                             "check the URL, the command and the network)")
+            raise ShardError(
+                f"{field}: shard {remote[0]} is unreachable or empty (got {len(head)} bytes; "
+                "check the URL, the command and the network)"
+            )
         if head[257:262] != b"ustar" and head[:2] != b"\x1f\x8b":  # a tar header, or gzip (.tar.gz)
-            raise ShardError(f"{field}: shard {remote[0]} is not a tar file (an error page? its first bytes: {head[:40]!r})")
+            raise ShardError(
+                f"{field}: shard {remote[0]} is not a tar file (an error page? its first bytes: {head[:40]!r})"
+            )
 
 
 def _close(stream) -> None:
@@ -137,7 +145,9 @@ def sample_parts(sample: dict, captions: bool, labels: bool) -> tuple[Clip, Opti
     name = f"{sample['__url__']}/{sample['__key__']}"
     media = next((s for s in VIDEO_SUFFIXES + IMAGE_SUFFIXES if s in sample), None)
     if media is None:
-        raise VideoError(name, f"no video or image in the sample (files: {', '.join(k for k in sample if not k.startswith('__'))})")
+        raise VideoError(
+            name, f"no video or image in the sample (files: {', '.join(k for k in sample if not k.startswith('__'))})"
+        )
     meta = {}
     if "json" in sample:
         try:
@@ -198,18 +208,34 @@ class ShardStream(IterableDataset):
     ``consumed`` {worker role: samples taken this epoch} is where each slot's stream resumes.
     """
 
-    def __init__(self, cfg: DataConfig, tokenizer=None, labels: bool = False, seed: int = 0, batch_size: int = 1,
-                 world: int = 1, rank: int = 0, accum: int = 1, uint8: bool = False):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        tokenizer=None,
+        labels: bool = False,
+        seed: int = 0,
+        batch_size: int = 1,
+        world: int = 1,
+        rank: int = 0,
+        accum: int = 1,
+        uint8: bool = False,
+    ):
         self.urls = expand_shards(cfg.shards, cfg.root)
         check_shards(self.urls)
         self.epoch_samples = cfg.epoch_samples or manifest_samples(self.urls)
         if not self.epoch_samples:
-            raise ShardError("data.epoch_samples is not set and the shards have no manifest.json listing them: "
-                             "set data.epoch_samples (samples per epoch, all processes)")
+            raise ShardError(
+                "data.epoch_samples is not set and the shards have no manifest.json listing them: "
+                "set data.epoch_samples (samples per epoch, all processes)"
+            )
         if batch_size % (world * accum):
-            raise ValueError(f"train.batch_size={batch_size} must be divisible by processes x accum_steps = {world * accum}")
+            raise ValueError(
+                f"train.batch_size={batch_size} must be divisible by processes x accum_steps = {world * accum}"
+            )
         if self.epoch_samples < batch_size:
-            raise ShardError(f"data.epoch_samples={self.epoch_samples} is fewer than one batch of train.batch_size={batch_size}")
+            raise ShardError(
+                f"data.epoch_samples={self.epoch_samples} is fewer than one batch of train.batch_size={batch_size}"
+            )
         self.cfg, self.tokenizer, self.labels, self.seed = cfg, tokenizer, labels, seed
         self.world, self.rank, self.accum = world, rank, accum
         self.local = batch_size // (world * accum)
@@ -224,7 +250,8 @@ class ShardStream(IterableDataset):
         return DataLoader(self, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
 
     def shards_of(self, slot: int, slots: int) -> list[str]:
-        """This epoch's shards of reader ``slot`` of ``slots``: every slots-th of a permutation seeded by (seed, epoch)."""
+        """This epoch's shards of reader ``slot`` of ``slots``: every slots-th of a permutation seeded by
+        (seed, epoch)."""
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.urls))
         return [self.urls[i] for i in order[slot::slots]] or [self.urls[order[slot % len(self.urls)]]]
 
@@ -241,7 +268,9 @@ class ShardStream(IterableDataset):
                         yield sample
                 if not read:  # every shard of this slot is empty or broken: reading them again would loop forever
                     said = f" ({failures[-1][0]}: {failures[-1][1]})" if failures else ""
-                    raise ShardError(f"no readable sample in shards {', '.join(mine[:3])}{' ...' if len(mine) > 3 else ''}{said}")
+                    raise ShardError(
+                        f"no readable sample in shards {', '.join(mine[:3])}{' ...' if len(mine) > 3 else ''}{said}"
+                    )
 
         return shuffled(passes(), self.cfg.shuffle_buffer, rng)
 
@@ -298,9 +327,11 @@ def shard_annotations(cfg: DataConfig, split: str) -> Annotations:
     if not spec:
         if getattr(cfg, f"{split}_ann"):
             return jsonl(cfg, split)
-        raise ShardError(f"data.dataset=webdataset: the {split} split needs {field} (shards) or data.{split}_ann (a JSONL file)"
-                         if split != "train" else "data.dataset=webdataset streams the training shards (data.shards); "
-                         "they are not listed as annotations")
+        raise ShardError(
+            f"data.dataset=webdataset: the {split} split needs {field} (shards) or data.{split}_ann (a JSONL file)"
+            if split != "train"
+            else "data.dataset=webdataset streams the training shards (data.shards); they are not listed as annotations"
+        )
     urls = expand_shards(spec, cfg.root, field)
     check_shards(urls, field)
     failures: list = []
@@ -324,8 +355,14 @@ def shard_annotations(cfg: DataConfig, split: str) -> Annotations:
     if has_labels and any(lab is None for lab in labels):
         raise ShardError(f"{field}: some samples have a label (KEY.cls or \"label\" in KEY.json) and some do not")
     names = Path(cfg.extra["class_names"]).read_text().split("\n") if cfg.extra.get("class_names") else None
-    return Annotations(clips, captions, links, labels if has_labels else None,
-                       [n for n in names if n.strip()] if names else None, source=field)
+    return Annotations(
+        clips,
+        captions,
+        links,
+        labels if has_labels else None,
+        [n for n in names if n.strip()] if names else None,
+        source=field,
+    )
 
 
 # ---- writing: mugstan data shard ---------------------------------------------------------------

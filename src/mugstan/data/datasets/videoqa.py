@@ -71,7 +71,9 @@ def _field(row: dict, names: tuple[str, ...], path: Path, n: int):
     raise AnnotationError(f"{path}: entry {n} has no {' / '.join(repr(x) for x in names)} field")
 
 
-def _collect(rows: list[tuple[str, list[tuple[str, str]], str]], finder: Callable[[str], str], source: str) -> Annotations:
+def _collect(
+    rows: list[tuple[str, list[tuple[str, str]], str]], finder: Callable[[str], str], source: str
+) -> Annotations:
     """[(video name, turns, id)] -> Annotations with one clip per distinct video file, in first-seen order."""
     if not rows:
         raise AnnotationError(f"{source}: no questions in this file")
@@ -102,12 +104,17 @@ def videochatgpt(cfg: DataConfig, split: str) -> Annotations:
             if len(messages) < 2 or len(messages) % 2:
                 raise AnnotationError(f"{path}: entry {n} needs human/gpt message pairs in \"conversations\"")
             turns = []
-            for q, a in zip(messages[::2], messages[1::2]):
+            for q, a in zip(messages[::2], messages[1::2], strict=True):
                 if q.get("from") != "human" or a.get("from") != "gpt":
                     raise AnnotationError(f"{path}: entry {n}: messages must alternate from \"human\" and \"gpt\"")
                 turns.append((_strip_placeholders(q["value"]), a["value"].strip()))
         else:
-            turns = [(_strip_placeholders(str(_field(row, ("q", "question"), path, n))), str(_field(row, ("a", "answer"), path, n)).strip())]
+            turns = [
+                (
+                    _strip_placeholders(str(_field(row, ("q", "question"), path, n))),
+                    str(_field(row, ("a", "answer"), path, n)).strip(),
+                )
+            ]
         rows.append((video, turns, row.get("id", n)))
     return _collect(rows, _Finder(cfg.root), str(path))
 
@@ -147,8 +154,10 @@ def msvd_qa(cfg: DataConfig, split: str) -> Annotations:
 def activitynet_qa(cfg: DataConfig, split: str) -> Annotations:
     path = _ann_file(cfg, split)
     answers_file = _extra(cfg, "answers")
-    answers = {str(_field(a, ("question_id",), answers_file, n)): str(_field(a, ("answer",), answers_file, n))
-               for n, a in enumerate(_read_list(answers_file))}
+    answers = {
+        str(_field(a, ("question_id",), answers_file, n)): str(_field(a, ("answer",), answers_file, n))
+        for n, a in enumerate(_read_list(answers_file))
+    }
     finder = _Finder(cfg.root)
     rows = []
     for n, row in enumerate(_read_list(path)):
@@ -166,12 +175,16 @@ def activitynet_qa(cfg: DataConfig, split: str) -> Annotations:
 
 
 QA_FORMATS: dict[str, Callable[[DataConfig, str], Annotations]] = {
-    "videochatgpt": videochatgpt, "msvd_qa": msvd_qa, "msrvtt_qa": msrvtt_qa, "activitynet_qa": activitynet_qa,
+    "videochatgpt": videochatgpt,
+    "msvd_qa": msvd_qa,
+    "msrvtt_qa": msrvtt_qa,
+    "activitynet_qa": activitynet_qa,
 }
 
 
 class ConversationDataset(_Base):
-    """One item per conversation: its clip's frames and ``tokenizer(turns, num_frames)`` (the chat model's prompt builder)."""
+    """One item per conversation: its clip's frames and ``tokenizer(turns, num_frames)`` (the chat model's prompt
+    builder)."""
 
     def __len__(self) -> int:
         return len(self.ann.conversations)
@@ -189,5 +202,3 @@ def first_turns(ann: Annotations) -> dict[int, list[Conversation]]:
     for conv in ann.conversations:
         out.setdefault(conv.clip, []).append(conv)
     return out
-
-
