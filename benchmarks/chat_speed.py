@@ -81,11 +81,19 @@ def main() -> None:
             frames, mask = read_video(model, cfg, str(tmp / "clip.mp4"), args.frames)
             frames, mask = frames.to(device), mask.to(device)
             turns = [[("which way does the red circle move?", None)]]
-            decode = median_seconds(lambda: read_video(model, cfg, str(tmp / "clip.mp4"), args.frames), args.iters)
+            decode = median_seconds(
+                lambda model=model, cfg=cfg: read_video(model, cfg, str(tmp / "clip.mp4"), args.frames), args.iters
+            )
             with torch.no_grad():
-                encode = median_seconds(lambda: model.projector(model.video_tokens(frames, mask)[0]), args.iters)
+                encode = median_seconds(
+                    lambda model=model, frames=frames, mask=mask: model.projector(model.video_tokens(frames, mask)[0]),
+                    args.iters,
+                )
             answer = median_seconds(
-                lambda: model.answer(frames, mask, turns, max_new_tokens=args.new_tokens), args.iters
+                lambda model=model, frames=frames, mask=mask, turns=turns: model.answer(
+                    frames, mask, turns, max_new_tokens=args.new_tokens
+                ),
+                args.iters,
             )
             text = model.answer(frames, mask, turns, max_new_tokens=args.new_tokens)[0]
             generated = (

@@ -102,13 +102,13 @@ def measure(args: argparse.Namespace) -> dict:
         if kind == "accum":  # the loader holds one micro-batch at a time
             for m in range(args.batch // args.micro):
                 micro = make_batch(args.micro, 1000 * step + m)
-                seconds += timed(lambda: forward_backward(micro, args.micro / args.batch))
+                seconds += timed(lambda micro=micro: forward_backward(micro, args.micro / args.batch))
         elif kind == "plain":
             batch = make_batch(args.batch, 1000 * step)
-            seconds += timed(lambda: forward_backward(batch, 1.0))
+            seconds += timed(lambda batch=batch: forward_backward(batch, 1.0))
         else:
             batch = make_batch(args.batch, 1000 * step)
-            seconds += timed(lambda: gradcache_backward(model, loss_fn, batch, int(chunk), device,
+            seconds += timed(lambda batch=batch: gradcache_backward(model, loss_fn, batch, int(chunk), device,
                                                         lambda: autocast_for(device, precision), 1.0, scaler))
         seconds += timed(lambda: (scaler.step(optimizer), scaler.update()) if scaler else optimizer.step())
         optimizer.zero_grad(set_to_none=True)

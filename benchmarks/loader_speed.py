@@ -138,7 +138,7 @@ def make_videos(
     secs = np.linspace(durations[0], durations[1], count)
     jobs = [(str(folder / f"video{i:03d}.mp4"), size, float(secs[i]), seed + i) for i in range(count)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(render_video, *zip(*jobs)))
+        list(pool.map(render_video, *zip(*jobs, strict=True)))
     return [Path(j[0]) for j in jobs]
 
 

@@ -84,7 +84,7 @@ def main() -> None:
                 .to(device)
                 .eval()
             )
-            rows.append(measure(prefix + label, lambda: model.encode_video(frames, mask)))
+            rows.append(measure(prefix + label, lambda model=model: model.encode_video(frames, mask)))
         return rows
 
     with torch.no_grad():

@@ -115,7 +115,7 @@ class Trainer:
         loss = self.loss(frames, frame_mask, ids, text_mask)
         loss.backward()
         if self.bf16_weights:
-            for p, m in zip(self.params, self.master):
+            for p, m in zip(self.params, self.master, strict=True):
                 m.grad = None if p.grad is None else p.grad.float()
         self.optimizer.step()
         if self.bf16_weights:
@@ -325,7 +325,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
-    batches = dict(zip(args.backbones, args.batch + args.batch[-1:] * len(args.backbones)))
+    batches = dict(zip(args.backbones, args.batch + args.batch[-1:] * len(args.backbones), strict=False))
     torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     results = {

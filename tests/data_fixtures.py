@@ -113,7 +113,8 @@ def write_dataset_fixtures(root: Path) -> dict:
         (splits_dir / f"{name}_test_split1.txt").write_text(f"{name}_0.avi 1 \n{name}_1.avi 2 \n")
     (root / "images").mkdir(exist_ok=True)
     (root / "cc3m.tsv").write_text("".join(f"a still of {v}\t{v}.mp4\n" for v in vids))
-    splits = lambda ann: {"train_ann": str(root / ann), "val_ann": str(root / ann), "test_ann": str(root / ann)}
+    def splits(ann):
+        return {"train_ann": str(root / ann), "val_ann": str(root / ann), "test_ann": str(root / ann)}
     ava = write_ava_fixtures(root, vids)
     return {
         "ava": {

@@ -424,7 +424,7 @@ def direction_data(folder: Path, clips_per_colour: int, seed: int) -> Path:
     rows = []
     for i, colour in enumerate(COLORS):
         for k in range(clips_per_colour):
-            for motion, name in zip(("left", "right"), render_pair(folder, colour, seed * 1000 + i * 100 + k)):
+            for motion, name in zip(("left", "right"), render_pair(folder, colour, seed * 1000 + i * 100 + k), strict=True):
                 rows.append({"video_id": name, "q": QUESTION.format(colour), "a": motion})
     path = folder / f"qa_{seed}.json"
     path.write_text(json.dumps(rows))

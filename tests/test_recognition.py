@@ -65,7 +65,7 @@ def test_official_class_files_give_the_prompt_lists_names(tmp_path):
     words = [prompt_name(n) for n in ucf]
     assert words[:3] == ["apply eye makeup", "apply lipstick", "archery"] and words[-1] == "yo yo"
     assert words[ucf.index("CleanAndJerk")] == "clean and jerk" and words[ucf.index("PlayingDaf")] == "playing daf"
-    for name, phrase in zip(ucf, words):  # lower-case words, one space apart, that spell the name again
+    for name, phrase in zip(ucf, words, strict=True):  # lower-case words, one space apart, that spell the name again
         assert phrase == phrase.lower() and phrase == " ".join(phrase.split()), phrase
         assert "".join(w.capitalize() for w in phrase.split()) == name, (name, phrase)
 

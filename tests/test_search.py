@@ -175,10 +175,10 @@ def test_search_finds_the_right_test_video(trained, test_index):
     assert searcher.backend == "exact"
     k = 10
     found, same_color = [], []
-    for path, caption in zip(trained.paths, trained.captions):
+    for path, caption in zip(trained.paths, trained.captions, strict=True):
         results = searcher.search(caption, k)
         assert [r["rank"] for r in results] == list(range(1, k + 1))
-        assert all(a["score"] >= b["score"] for a, b in zip(results, results[1:]))
+        assert all(a["score"] >= b["score"] for a, b in zip(results, results[1:], strict=False))
         found.append(any(r["path"] == path for r in results))
         color = next(c for c in COLORS if c in caption)
         same_color.extend(color in trained.captions[trained.paths.index(r["path"])] for r in results[:5])
