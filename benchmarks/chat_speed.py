@@ -111,12 +111,14 @@ def main() -> None:
         f"Tiny random LLaVA (ViT width 64, 32-px frames, P = 16; Llama 2 x 64), {args.frames} frames, "
         f"greedy answers of at most {args.new_tokens} tokens, fp32 on {device.type} ({where}); median of {args.iters}.",
         "",
-        "| video tokens from | tokens per video | prompt tokens | decode video (s) | encode video (s) | whole answer (s) | tokens generated | per generated token (ms) |",
+        "| video tokens from | tokens per video | prompt tokens | decode video (s) | encode video (s) "
+        "| whole answer (s) | tokens generated | per generated token (ms) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for title, n, prompt, decode, encode, answer, generated in rows:
         lines.append(
-            f"| {title} | {n} | {prompt} | {decode:.3f} | {encode:.4f} | {answer:.3f} | {generated} | {1000 * answer / generated:.1f} |"
+            f"| {title} | {n} | {prompt} | {decode:.3f} | {encode:.4f} "
+            f"| {answer:.3f} | {generated} | {1000 * answer / generated:.1f} |"
         )
     text = "\n".join(lines)
     print(text)

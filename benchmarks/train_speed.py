@@ -349,7 +349,8 @@ def main() -> None:
         + "\n"
     )
     print(
-        "| backbone | batch | lever / feed | clips/s | GFLOP per clip (fwd+bwd) | MFU | peak GiB | warm-up s | blocked in next(loader) |"
+        "| backbone | batch | lever / feed | clips/s | GFLOP per clip (fwd+bwd) | MFU "
+        "| peak GiB | warm-up s | blocked in next(loader) |"
     )
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in results["rows"]:

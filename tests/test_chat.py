@@ -517,7 +517,8 @@ def test_short_training_run_on_the_direction_of_time(llava_dir, tmp_path):
     stan = direction_run(llava_dir, tmp_path, train_ann, test_ann, "temporal_spatial", branch_weights=str(weights))
     blind = direction_run(llava_dir, tmp_path, train_ann, test_ann, "frame_mean")
     print(
-        f"direction of time, 36 held-out questions: STAN tokens {stan['accuracy']:.1f}%, frame-mean tokens {blind['accuracy']:.1f}%"
+        f"direction of time, 36 held-out questions: STAN tokens {stan['accuracy']:.1f}%, "
+        f"frame-mean tokens {blind['accuracy']:.1f}%"
     )
     for run in (stan, blind):  # both learned the answer's form: "left" or "right"
         assert run["losses"][-1] < 0.5 * run["losses"][0]

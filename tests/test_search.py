@@ -184,7 +184,8 @@ def test_search_finds_the_right_test_video(trained, test_index):
         same_color.extend(color in trained.captions[trained.paths.index(r["path"])] for r in results[:5])
     recall, color_precision = np.mean(found), np.mean(same_color)
     print(
-        f"right video in the top {k}: {recall:.1%} of {len(found)} test captions; top-5 results of the caption's colour: {color_precision:.1%}"
+        f"right video in the top {k}: {recall:.1%} of {len(found)} test captions; "
+        f"top-5 results of the caption's colour: {color_precision:.1%}"
     )
     # Chance: the right video in the top 10 of 60 for 10 / 60 = 17% of the captions; a result of
     # the caption's colour 9 / 59 = 15% of the time (10 videos per colour, one per motion). This
