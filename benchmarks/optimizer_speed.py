@@ -57,7 +57,10 @@ def main() -> None:
                 opt.step()
             times[kernel] = (time.perf_counter() - start) / args.iters * 1000
         loop = weights["per-parameter loop"]
-        diff = {k: max((a - b).abs().max().item() for a, b in zip(loop, weights[k], strict=True)) for k in ("foreach", "fused")}
+        diff = {
+            k: max((a - b).abs().max().item() for a, b in zip(loop, weights[k], strict=True))
+            for k in ("foreach", "fused")
+        }
         n = sum(p.numel() for p in base.parameters())
         print(
             f"| {name} | {n / 1e6:.1f} M | "

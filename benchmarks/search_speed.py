@@ -88,7 +88,10 @@ def main() -> None:
         t_flat, flat_ids = latency(lambda q, flat=flat: flat.search(q, args.k)[1], queries)
         flat = None  # free the copy of the vectors before the next index
         agree = "yes" if (flat_ids == exact_ids).all() else f"{(flat_ids == exact_ids).all(1).mean():.0%} of queries"
-        row = f"| {n:,} | {emb.nbytes / 2**20:,.0f} | {t_exact * 1e3:.2f} | {t_flat * 1e3:.2f} | {agree} | {flat_build:.2f} |"
+        row = (
+            f"| {n:,} | {emb.nbytes / 2**20:,.0f} | {t_exact * 1e3:.2f} | {t_flat * 1e3:.2f} | {agree} "
+            f"| {flat_build:.2f} |"
+        )
 
         if not args.no_ivf:
             start = time.perf_counter()

@@ -3,7 +3,8 @@ lever (issue 29), and the loader's share.
 
     python benchmarks/train_speed.py                          # ViT-B-32 and ViT-B-16 on cuda, every lever
     python benchmarks/train_speed.py --levers eager compiled  # some of them
-    python benchmarks/train_speed.py --backbones mugstan-tiny --size 32 --frames 4 --batch 4 --device cpu --steps 3   # a CPU smoke run
+    python benchmarks/train_speed.py --backbones mugstan-tiny --size 32 --frames 4 --batch 4 \\
+        --device cpu --steps 3                                # a CPU smoke run
 
 Random weights (nothing is downloaded), 12 frames at 224 px, AdamW; one step = forward of video
 and text, symmetric InfoNCE, backward, optimiser step.

@@ -424,7 +424,8 @@ def direction_data(folder: Path, clips_per_colour: int, seed: int) -> Path:
     rows = []
     for i, colour in enumerate(COLORS):
         for k in range(clips_per_colour):
-            for motion, name in zip(("left", "right"), render_pair(folder, colour, seed * 1000 + i * 100 + k), strict=True):
+            pair = render_pair(folder, colour, seed * 1000 + i * 100 + k)
+            for motion, name in zip(("left", "right"), pair, strict=True):
                 rows.append({"video_id": name, "q": QUESTION.format(colour), "a": motion})
     path = folder / f"qa_{seed}.json"
     path.write_text(json.dumps(rows))
@@ -465,7 +466,8 @@ def stan_trained_on_direction(llava_dir, folder: Path, train_ann: Path, steps: i
 def direction_run(
     llava_dir, folder: Path, train_ann: Path, test_ann: Path, tokens: str, branch_weights=None, steps: int = 150
 ) -> dict:
-    """Stage 2: LLaVA tuned through ``mugstan train`` (projector + language model; the branch frozen) -> test accuracy."""
+    """Stage 2: LLaVA tuned through ``mugstan train`` (projector + language model; the branch frozen) ->
+    test accuracy."""
     from mugstan.engine.train import train
 
     cfg = ExperimentConfig(
@@ -535,7 +537,8 @@ CHAT_CONFIGS = [*sorted((CONFIG_DIR / "chat").glob("*.yaml")), CONFIG_DIR / "syn
 
 @pytest.mark.parametrize("path", CHAT_CONFIGS, ids=[p.name for p in CHAT_CONFIGS])
 def test_chat_configs_build_and_read_their_formats(path, llava_dir, tmp_path):
-    """Every packaged chat/ config loads, builds (with the tiny LLaVA in place of the 7B one) and reads its data format."""
+    """Every packaged chat/ config loads, builds (with the tiny LLaVA in place of the 7B one) and reads its
+    data format."""
     from mugstan.config import load_config
     from mugstan.data.datasets import build_dataset, collate
     from mugstan.losses import build_loss
@@ -595,7 +598,8 @@ def test_chat_configs_build_and_read_their_formats(path, llava_dir, tmp_path):
 
 
 def test_bf16_keeps_trained_parts_in_fp32(llava_dir):
-    """model.chat.dtype bf16 (auto on a GPU): frozen parts in bf16, the projector's master weights fp32 with fp32 gradients."""
+    """model.chat.dtype bf16 (auto on a GPU): frozen parts in bf16, the projector's master weights fp32
+    with fp32 gradients."""
     from mugstan.losses import LanguageModelLoss
 
     model = build(llava_dir, dtype="bf16")
@@ -1006,7 +1010,8 @@ def test_search_page_streams_an_answer_in_chromium(llava_dir, tmp_path):
             card.eval_on_selector(
                 ".answer",
                 """el => { window.seen = [];
-                new MutationObserver(() => window.seen.push(el.textContent)).observe(el, {childList: true, characterData: true}); }""",
+                new MutationObserver(() => window.seen.push(el.textContent))"""
+                """.observe(el, {childList: true, characterData: true}); }""",
             )
             card.query_selector(".ask-button").click()
             page.wait_for_function("b => !b.disabled", arg=card.query_selector(".ask-button"), timeout=60_000)

@@ -31,7 +31,8 @@ def quick_demo(tmp_path_factory):
 def test_quick_demo_writes_every_output(quick_demo, capsys):
     out, results = quick_demo
     assert [r["model"] for r in results["rows"]] == [demo.LABELS[m] for m in demo.DEMO_MODELS]
-    for name, row in zip(demo.DEMO_MODELS, results["rows"], strict=True):  # the table shows the numbers of each stage's evaluation
+    # the table shows the numbers of each stage's evaluation
+    for name, row in zip(demo.DEMO_MODELS, results["rows"], strict=True):
         details = results["models"][name]
         assert (
             row["t2v R@1"] == details["test"]["retrieval"]["t2v"]["R@1"]

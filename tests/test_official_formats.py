@@ -201,7 +201,8 @@ def test_hmdb51_splits(hmdb, k):
     for split, flag in (("train", 1), ("val", 2), ("test", 2)):
         ann = load_annotations(hmdb_cfg(hmdb, k), split)
         assert ann.class_names == ["brush_hair", "cartwheel", "sword_exercise"]
-        assert list(zip([c.path for c in ann.clips], ann.labels, strict=True)) == expected_hmdb(hmdb["root"], k, flag), (split, k)
+        pairs = list(zip([c.path for c in ann.clips], ann.labels, strict=True))
+        assert pairs == expected_hmdb(hmdb["root"], k, flag), (split, k)
     # the split is the same whichever class file names it
     assert (
         load_annotations(hmdb_cfg(hmdb, k, "sword_exercise"), "train").labels

@@ -28,7 +28,8 @@ HMDB51_CLASSES = """brush_hair cartwheel catch chew clap climb climb_stairs dive
 fencing flic_flac golf handstand hit hug jump kick_ball kick kiss laugh pick pour pullup punch push pushup ride_bike
 ride_horse run shake_hands shoot_ball shoot_bow shoot_gun sit situp smile smoke somersault stand swing_baseball
 sword_exercise sword talk throw turn walk wave""".split()
-HMDB51_AUTHORS = """brush hair|cartwheel|catch|chew|clap|climb|climb stairs|dive|draw sword|dribble|drink|eat|fall floor|
+HMDB51_AUTHORS = """
+brush hair|cartwheel|catch|chew|clap|climb|climb stairs|dive|draw sword|dribble|drink|eat|fall floor|
 fencing|flic flac|golf|handstand|hit|hug|jump|kick ball|kick|kiss|laugh|pick|pour|pullup|punch|push|pushup|ride bike|
 ride horse|run|shake hands|shoot ball|shoot bow|shoot gun|sit|situp|smile|smoke|somersault|stand|swing baseball|
 sword exercise|sword|talk|throw|turn|walk|wave""".replace("\n", "").split("|")

@@ -212,7 +212,8 @@ def test_key_recipe_values_are_the_authors():
     assert value("msrvtt/stan_vitb32.yaml", "train.no_decay") == ["norm", "bias"] and value(
         "msrvtt/clip4clip_meanP_vitb32.yaml", "train.no_decay"
     ) == ["bias"]
-    # the authors' CLIP baseline (clip_msrvtt_b32_hf.py), STAN post-pretraining and its fine-tuning, CLIP2Video's VATEX 1k5
+    # the authors' CLIP baseline (clip_msrvtt_b32_hf.py), STAN post-pretraining and its fine-tuning,
+    # CLIP2Video's VATEX 1k5
     assert (
         value("msrvtt/clip_vitb32.yaml", "train.weight_decay") == 0.2
         and value("msrvtt/clip_vitb32.yaml", "model.branch") == "none"

@@ -502,7 +502,8 @@ def test_page_in_headless_chromium(trained, long_video, tmp_path):
             page.wait_for_function(
                 """() => [...document.querySelectorAll('.result')].every(card => {
                 const v = card.querySelector('video');
-                return v.readyState >= 2 && !v.paused && v.currentTime >= +card.dataset.start - 0.05 && v.currentTime <= +card.dataset.end + 0.3;
+                return v.readyState >= 2 && !v.paused && v.currentTime >= +card.dataset.start - 0.05 """
+                """&& v.currentTime <= +card.dataset.end + 0.3;
             })""",
                 timeout=20_000,
             )
