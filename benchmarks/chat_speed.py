@@ -81,11 +81,19 @@ def main() -> None:
             frames, mask = read_video(model, cfg, str(tmp / "clip.mp4"), args.frames)
             frames, mask = frames.to(device), mask.to(device)
             turns = [[("which way does the red circle move?", None)]]
-            decode = median_seconds(lambda: read_video(model, cfg, str(tmp / "clip.mp4"), args.frames), args.iters)
+            decode = median_seconds(
+                lambda model=model, cfg=cfg: read_video(model, cfg, str(tmp / "clip.mp4"), args.frames), args.iters
+            )
             with torch.no_grad():
-                encode = median_seconds(lambda: model.projector(model.video_tokens(frames, mask)[0]), args.iters)
+                encode = median_seconds(
+                    lambda model=model, frames=frames, mask=mask: model.projector(model.video_tokens(frames, mask)[0]),
+                    args.iters,
+                )
             answer = median_seconds(
-                lambda: model.answer(frames, mask, turns, max_new_tokens=args.new_tokens), args.iters
+                lambda model=model, frames=frames, mask=mask, turns=turns: model.answer(
+                    frames, mask, turns, max_new_tokens=args.new_tokens
+                ),
+                args.iters,
             )
             text = model.answer(frames, mask, turns, max_new_tokens=args.new_tokens)[0]
             generated = (
@@ -103,12 +111,14 @@ def main() -> None:
         f"Tiny random LLaVA (ViT width 64, 32-px frames, P = 16; Llama 2 x 64), {args.frames} frames, "
         f"greedy answers of at most {args.new_tokens} tokens, fp32 on {device.type} ({where}); median of {args.iters}.",
         "",
-        "| video tokens from | tokens per video | prompt tokens | decode video (s) | encode video (s) | whole answer (s) | tokens generated | per generated token (ms) |",
+        "| video tokens from | tokens per video | prompt tokens | decode video (s) | encode video (s) "
+        "| whole answer (s) | tokens generated | per generated token (ms) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for title, n, prompt, decode, encode, answer, generated in rows:
         lines.append(
-            f"| {title} | {n} | {prompt} | {decode:.3f} | {encode:.4f} | {answer:.3f} | {generated} | {1000 * answer / generated:.1f} |"
+            f"| {title} | {n} | {prompt} | {decode:.3f} | {encode:.4f} "
+            f"| {answer:.3f} | {generated} | {1000 * answer / generated:.1f} |"
         )
     text = "\n".join(lines)
     print(text)

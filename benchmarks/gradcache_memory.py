@@ -102,13 +102,13 @@ def measure(args: argparse.Namespace) -> dict:
         if kind == "accum":  # the loader holds one micro-batch at a time
             for m in range(args.batch // args.micro):
                 micro = make_batch(args.micro, 1000 * step + m)
-                seconds += timed(lambda: forward_backward(micro, args.micro / args.batch))
+                seconds += timed(lambda micro=micro: forward_backward(micro, args.micro / args.batch))
         elif kind == "plain":
             batch = make_batch(args.batch, 1000 * step)
-            seconds += timed(lambda: forward_backward(batch, 1.0))
+            seconds += timed(lambda batch=batch: forward_backward(batch, 1.0))
         else:
             batch = make_batch(args.batch, 1000 * step)
-            seconds += timed(lambda: gradcache_backward(model, loss_fn, batch, int(chunk), device,
+            seconds += timed(lambda batch=batch: gradcache_backward(model, loss_fn, batch, int(chunk), device,
                                                         lambda: autocast_for(device, precision), 1.0, scaler))
         seconds += timed(lambda: (scaler.step(optimizer), scaler.update()) if scaler else optimizer.step())
         optimizer.zero_grad(set_to_none=True)
@@ -236,19 +236,24 @@ def main() -> None:
     configs.sort(key=lambda c: predict(c[2], c[3]))  # smallest first: each prediction extrapolates from nearby
 
     print(
-        f"STAN (self, K={args.stan_depth}) on {args.backbone} (random weights), {args.frames} frames at {probe['image_size']} px, "
+        f"STAN (self, K={args.stan_depth}) on {args.backbone} (random weights), "
+        f"{args.frames} frames at {probe['image_size']} px, "
         f"global batch {args.batch}, device {device.type}"
-        f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, torch {torch.__version__}, "
-        f"{probe['precision']}, {probe['threads']} thread(s){', activation checkpointing' if args.grad_checkpointing else ''}; "
+        f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
+        f"torch {torch.__version__}, "
+        f"{probe['precision']}, {probe['threads']} thread(s)"
+        f"{', activation checkpointing' if args.grad_checkpointing else ''}; "
         f"{args.steps} timed step(s) after {args.warmup} warm-up"
     )
     print(
-        f"plain-training peaks of batches {b1} and {b2}: {graph_peaks[b1] / GIB:.2f} and {graph_peaks[b2] / GIB:.2f} GiB; "
+        f"plain-training peaks of batches {b1} and {b2}: "
+        f"{graph_peaks[b1] / GIB:.2f} and {graph_peaks[b2] / GIB:.2f} GiB; "
         f"configurations predicted above {limit / GIB:.1f} GiB are not run\n",
         flush=True,
     )
     print(
-        "| configuration | negatives per loss | clips with graph | peak memory (GiB) | predicted before the run (GiB) | clips/s |"
+        "| configuration | negatives per loss | clips with graph | peak memory (GiB) "
+        "| predicted before the run (GiB) | clips/s |"
     )
     print("|---|---:|---:|---:|---:|---:|", flush=True)
     for label, negatives, graph, held, run in configs:

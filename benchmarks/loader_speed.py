@@ -84,7 +84,8 @@ MODES = {
     "train": "training loader as today (random frame per segment, random resized crop, normalised float out)",
     "train_uint8": "training loader with uint8 out (build_dataset(..., uint8=True); normalised on the GPU)",
     "eval": "evaluation loader (middle frame per segment, centre crop, normalised float out)",
-    "train_shards": "training loader reading the same files from tar shards (data.dataset: webdataset; `mugstan data shard`)",
+    "train_shards": "training loader reading the same files from tar shards "
+        "(data.dataset: webdataset; `mugstan data shard`)",
 }
 PREFETCH = 2  # batches queued per worker (DataLoader's prefetch_factor)
 CAPTIONS = [
@@ -138,7 +139,7 @@ def make_videos(
     secs = np.linspace(durations[0], durations[1], count)
     jobs = [(str(folder / f"video{i:03d}.mp4"), size, float(secs[i]), seed + i) for i in range(count)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(render_video, *zip(*jobs)))
+        list(pool.map(render_video, *zip(*jobs, strict=True)))
     return [Path(j[0]) for j in jobs]
 
 
@@ -300,7 +301,8 @@ def main() -> None:
             t0 = time.perf_counter()
             make_videos(tmp / shape / "raw", SHAPES[shape], count, durations, seed=100, workers=cores)
             print(
-                f"rendered {count} {shape} videos of {durations[0]:.0f}-{durations[1]:.0f} s in {time.perf_counter() - t0:.0f} s",
+                f"rendered {count} {shape} videos of {durations[0]:.0f}-{durations[1]:.0f} s "
+                f"in {time.perf_counter() - t0:.0f} s",
                 flush=True,
             )
             for name in args.layouts:
@@ -393,14 +395,16 @@ def print_tables(
 ) -> None:
     wmax = max(workers)
     print(
-        f"\n{count} videos per shape, {durations[0]:.0f}-{durations[1]:.0f} s at 30 fps; 12 frames at 224 px, batches of {batch}; "
+        f"\n{count} videos per shape, {durations[0]:.0f}-{durations[1]:.0f} s at 30 fps; "
+        f"12 frames at 224 px, batches of {batch}; "
         f"{cores} cores present; per worker = clips/s / workers\n"
     )
     head = " | ".join(f"{w} w" for w in workers)
     for mode in modes:
         print(f"{MODES[mode]}: clips/s\n")
         print(
-            f"| video | layout | MB on disk | {head} | per worker at {wmax} w | cores per GPU at {gpu_clips:.0f} clips/s |"
+            f"| video | layout | MB on disk | {head} "
+            f"| per worker at {wmax} w | cores per GPU at {gpu_clips:.0f} clips/s |"
         )
         print("|---|---|---:|" + "---:|" * len(workers) + "---:|---:|")
         for r in results:
@@ -413,13 +417,15 @@ def print_tables(
         print()
     print("one process, milliseconds per training clip\n")
     print(
-        "| video | layout | decode (open, seek, decode, to RGB at short side 224) | random resized crop | normalise | clips/s |"
+        "| video | layout | decode (open, seek, decode, to RGB at short side 224) "
+        "| random resized crop | normalise | clips/s |"
     )
     print("|---|---|---:|---:|---:|---:|")
     for r in results:
         ms = r["ms"]
         print(
-            f"| {r['shape']} | {r['layout']} | {ms['decode']:.1f} | {ms['crop+resize']:.1f} | {ms['normalise']:.1f} | {1000 / sum(ms.values()):.1f} |"
+            f"| {r['shape']} | {r['layout']} | {ms['decode']:.1f} | {ms['crop+resize']:.1f} "
+            f"| {ms['normalise']:.1f} | {1000 / sum(ms.values()):.1f} |"
         )
 
 

@@ -84,7 +84,7 @@ def main() -> None:
                 .to(device)
                 .eval()
             )
-            rows.append(measure(prefix + label, lambda: model.encode_video(frames, mask)))
+            rows.append(measure(prefix + label, lambda model=model: model.encode_video(frames, mask)))
         return rows
 
     with torch.no_grad():
@@ -97,7 +97,8 @@ def main() -> None:
         f"device {device.type} ({torch.get_num_threads()} threads), torch {torch.__version__}\n"
     )
     print(
-        f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} CPUs\n"
+        f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, "
+        f"{os.cpu_count()} CPUs\n"
     )
     print("| model | fp32 clips/s | bf16 clips/s | bf16 speed-up | fp32 CPU s / clip | bf16 CPU s / clip |")
     print("|---|---:|---:|---:|---:|---:|")

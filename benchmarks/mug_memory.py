@@ -69,10 +69,12 @@ def main() -> None:
         )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(
-            f"| {mode} | {r['seconds']:.1f} | {r['peak_bytes'] / 2**20:.0f} | {'yes' if r['peak_bytes'] < 2**30 else 'NO'} |"
+            f"| {mode} | {r['seconds']:.1f} | {r['peak_bytes'] / 2**20:.0f} "
+            f"| {'yes' if r['peak_bytes'] < 2**30 else 'NO'} |"
         )
     print(
-        f"| dense reference, one [A, B, L, T] fp32 tensor | - | {dense / 2**20:.0f} | {'yes' if dense < 2**30 else 'NO'} |"
+        f"| dense reference, one [A, B, L, T] fp32 tensor | - | {dense / 2**20:.0f} "
+        f"| {'yes' if dense < 2**30 else 'NO'} |"
     )
 
 

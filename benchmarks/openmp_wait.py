@@ -32,7 +32,8 @@ from mugstan.losses import build_loss
 from mugstan.models import build_model
 torch.manual_seed(0)
 torch.set_flush_denormal(True)
-cfg = ModelConfig(backbone="mugstan-tiny", branch="stan", head="mean", stan=STANConfig(depth=2, drop_path=0.0), context_length=16)
+cfg = ModelConfig(backbone="mugstan-tiny", branch="stan", head="mean", \
+stan=STANConfig(depth=2, drop_path=0.0), context_length=16)
 model = build_model(cfg).train()
 loss_fn = build_loss(cfg, model)
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)

@@ -46,7 +46,7 @@ def main() -> None:
         times, weights = {}, {}
         for kernel, options in KERNELS.items():
             model = copy.deepcopy(base)
-            for p, g in zip(model.parameters(), grads):
+            for p, g in zip(model.parameters(), grads, strict=True):
                 p.grad = g.clone()
             opt = adamw(model, options)
             for _ in range(5):
@@ -57,7 +57,10 @@ def main() -> None:
                 opt.step()
             times[kernel] = (time.perf_counter() - start) / args.iters * 1000
         loop = weights["per-parameter loop"]
-        diff = {k: max((a - b).abs().max().item() for a, b in zip(loop, weights[k])) for k in ("foreach", "fused")}
+        diff = {
+            k: max((a - b).abs().max().item() for a, b in zip(loop, weights[k], strict=True))
+            for k in ("foreach", "fused")
+        }
         n = sum(p.numel() for p in base.parameters())
         print(
             f"| {name} | {n / 1e6:.1f} M | "

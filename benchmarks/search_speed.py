@@ -80,22 +80,25 @@ def main() -> None:
     print(head + "\n" + rule, flush=True)
     for n in args.sizes:
         emb = unit_vectors(n, args.dim, rng)
-        t_exact, exact_ids = latency(lambda q: top_k_exact(q, emb, args.k)[1], queries)
+        t_exact, exact_ids = latency(lambda q, emb=emb: top_k_exact(q, emb, args.k)[1], queries)
 
         start = time.perf_counter()
         flat = faiss_index(emb)
         flat_build = time.perf_counter() - start
-        t_flat, flat_ids = latency(lambda q: flat.search(q, args.k)[1], queries)
+        t_flat, flat_ids = latency(lambda q, flat=flat: flat.search(q, args.k)[1], queries)
         flat = None  # free the copy of the vectors before the next index
         agree = "yes" if (flat_ids == exact_ids).all() else f"{(flat_ids == exact_ids).all(1).mean():.0%} of queries"
-        row = f"| {n:,} | {emb.nbytes / 2**20:,.0f} | {t_exact * 1e3:.2f} | {t_flat * 1e3:.2f} | {agree} | {flat_build:.2f} |"
+        row = (
+            f"| {n:,} | {emb.nbytes / 2**20:,.0f} | {t_exact * 1e3:.2f} | {t_flat * 1e3:.2f} | {agree} "
+            f"| {flat_build:.2f} |"
+        )
 
         if not args.no_ivf:
             start = time.perf_counter()
             ivf = faiss_ivf_index(emb, seed=args.seed)
             ivf_build = time.perf_counter() - start
-            t_ivf, ivf_ids = latency(lambda q: ivf.search(q, args.k)[1], queries)
-            recall = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(ivf_ids, exact_ids)])
+            t_ivf, ivf_ids = latency(lambda q, ivf=ivf: ivf.search(q, args.k)[1], queries)
+            recall = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(ivf_ids, exact_ids, strict=True)])
             row += f" {t_ivf * 1e3:.2f} | {ivf.nlist} / {ivf.nprobe} | {recall:.1%} | {ivf_build:.1f} |"
             ivf = None
         print(row, flush=True)

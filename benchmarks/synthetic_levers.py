@@ -173,7 +173,7 @@ def main() -> None:
         labels = torch.tensor([train_l[i] for i in idx])
         if args.twin:
             x = torch.cat([x, x.flip(1)])
-            captions += [reversed_caption(c, MOTIONS[train_l[i]]) for c, i in zip(captions, idx)]
+            captions += [reversed_caption(c, MOTIONS[train_l[i]]) for c, i in zip(captions, idx, strict=True)]
             labels = torch.cat([labels, labels ^ 1])
         x, ones = x.to(device), torch.ones(x.shape[:2], dtype=torch.bool, device=device)
         with autocast():

@@ -3,7 +3,8 @@ lever (issue 29), and the loader's share.
 
     python benchmarks/train_speed.py                          # ViT-B-32 and ViT-B-16 on cuda, every lever
     python benchmarks/train_speed.py --levers eager compiled  # some of them
-    python benchmarks/train_speed.py --backbones mugstan-tiny --size 32 --frames 4 --batch 4 --device cpu --steps 3   # a CPU smoke run
+    python benchmarks/train_speed.py --backbones mugstan-tiny --size 32 --frames 4 --batch 4 \\
+        --device cpu --steps 3                                # a CPU smoke run
 
 Random weights (nothing is downloaded), 12 frames at 224 px, AdamW; one step = forward of video
 and text, symmetric InfoNCE, backward, optimiser step.
@@ -115,7 +116,7 @@ class Trainer:
         loss = self.loss(frames, frame_mask, ids, text_mask)
         loss.backward()
         if self.bf16_weights:
-            for p, m in zip(self.params, self.master):
+            for p, m in zip(self.params, self.master, strict=True):
                 m.grad = None if p.grad is None else p.grad.float()
         self.optimizer.step()
         if self.bf16_weights:
@@ -325,7 +326,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
-    batches = dict(zip(args.backbones, args.batch + args.batch[-1:] * len(args.backbones)))
+    batches = dict(zip(args.backbones, args.batch + args.batch[-1:] * len(args.backbones), strict=False))
     torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     results = {
@@ -349,7 +350,8 @@ def main() -> None:
         + "\n"
     )
     print(
-        "| backbone | batch | lever / feed | clips/s | GFLOP per clip (fwd+bwd) | MFU | peak GiB | warm-up s | blocked in next(loader) |"
+        "| backbone | batch | lever / feed | clips/s | GFLOP per clip (fwd+bwd) | MFU "
+        "| peak GiB | warm-up s | blocked in next(loader) |"
     )
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in results["rows"]:

@@ -113,7 +113,8 @@ def write_dataset_fixtures(root: Path) -> dict:
         (splits_dir / f"{name}_test_split1.txt").write_text(f"{name}_0.avi 1 \n{name}_1.avi 2 \n")
     (root / "images").mkdir(exist_ok=True)
     (root / "cc3m.tsv").write_text("".join(f"a still of {v}\t{v}.mp4\n" for v in vids))
-    splits = lambda ann: {"train_ann": str(root / ann), "val_ann": str(root / ann), "test_ann": str(root / ann)}
+    def splits(ann):
+        return {"train_ann": str(root / ann), "val_ann": str(root / ann), "test_ann": str(root / ann)}
     ava = write_ava_fixtures(root, vids)
     return {
         "ava": {
@@ -224,15 +225,18 @@ def write_ava_fixtures(root: Path, videos=("video0", "video1")) -> dict:
     files = {
         "label_map": AVA_LABEL_MAP,
         # action 2 is not in the label map (ignored); person 1 of a,0901 does two actions
-        "train": f"{a},0900,0.100,0.200,0.400,0.900,1,0\n{a},0900,0.500,0.100,0.900,0.800,8,1\n{a},0901,0.100,0.200,0.450,0.900,2,0\n"
+        "train": f"{a},0900,0.100,0.200,0.400,0.900,1,0\n{a},0900,0.500,0.100,0.900,0.800,8,1\n"
+        f"{a},0901,0.100,0.200,0.450,0.900,2,0\n"
         f"{a},0901,0.500,0.100,0.900,0.800,3,1\n{a},0901,0.500,0.100,0.900,0.800,8,1\n{b},0900,0.200,0.200,0.600,0.700,3,0\n"
         f"{b},0901,0.200,0.200,0.600,0.700,1,0\n",
-        "val": f"{a},0900,0.100,0.200,0.400,0.900,1,0\n{a},0901,0.500,0.100,0.900,0.800,8,1\n{b},0900,0.200,0.200,0.600,0.700,3,0\n"
+        "val": f"{a},0900,0.100,0.200,0.400,0.900,1,0\n{a},0901,0.500,0.100,0.900,0.800,8,1\n"
+        f"{b},0900,0.200,0.200,0.600,0.700,3,0\n"
         f"{b},0901,0.200,0.200,0.600,0.700,1,0\n",
         "train_exclusions": f"{b},0901\n",
         "val_exclusions": f"{b},0901\n",
         "test_exclusions": f"{b},0901\n",
-        "val_proposals": f"{a},0900,0.110,0.210,0.410,0.880,0.98\n{a},0900,0.000,0.000,0.200,0.200,0.40\n{a},0901,0.500,0.100,0.900,0.800,0.95\n"
+        "val_proposals": f"{a},0900,0.110,0.210,0.410,0.880,0.98\n{a},0900,0.000,0.000,0.200,0.200,0.40\n"
+        f"{a},0901,0.500,0.100,0.900,0.800,0.95\n"
         f"{b},0900,0.200,0.200,0.600,0.700,0.99\n",
     }
     files["test_proposals"] = files["val_proposals"]

@@ -46,7 +46,7 @@ def stan_reference_layout(time_module: str = "self", depth: int = 4, seed: int =
     state.update({f"text_backbone.text_model.{k}": v for k, v in clip.text_model.state_dict().items()})
     state["text_backbone.text_projection.weight"] = clip.text_projection.weight
     state = {k: v.detach().clone() for k, v in state.items() if "position_ids" not in k}  # buffers, not weights
-    for k, v in state.items():  # every tensor perturbed, norms and zero-initialised ones included
+    for v in state.values():  # every tensor perturbed, norms and zero-initialised ones included
         v.add_(torch.randn_like(v) * 0.05)
     return {"meta": {"mmengine_version": "0.8.4"}, "state_dict": state}
 

@@ -609,7 +609,8 @@ def test_train_and_eval_through_the_cli(tmp_path):
     config["train"].update(output_dir=str(tmp_path / "run"), epochs=1, batch_size=4)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = lambda *a: subprocess.run([sys.executable, "-m", "mugstan.cli", *a], env=env, capture_output=True, text=True)
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "mugstan.cli", *a], env=env, capture_output=True, text=True)
     trained = run("train", str(tmp_path / "c.yaml"), "--no-progress")
     assert trained.returncode == 0, trained.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())

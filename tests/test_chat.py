@@ -426,7 +426,8 @@ def direction_data(folder: Path, clips_per_colour: int, seed: int) -> Path:
     rows = []
     for i, colour in enumerate(COLORS):
         for k in range(clips_per_colour):
-            for motion, name in zip(("left", "right"), render_pair(folder, colour, seed * 1000 + i * 100 + k)):
+            pair = render_pair(folder, colour, seed * 1000 + i * 100 + k)
+            for motion, name in zip(("left", "right"), pair, strict=True):
                 rows.append({"video_id": name, "q": QUESTION.format(colour), "a": motion})
     path = folder / f"qa_{seed}.json"
     path.write_text(json.dumps(rows))
@@ -467,7 +468,8 @@ def stan_trained_on_direction(llava_dir, folder: Path, train_ann: Path, steps: i
 def direction_run(
     llava_dir, folder: Path, train_ann: Path, test_ann: Path, tokens: str, branch_weights=None, steps: int = 150
 ) -> dict:
-    """Stage 2: LLaVA tuned through ``mugstan train`` (projector + language model; the branch frozen) -> test accuracy."""
+    """Stage 2: LLaVA tuned through ``mugstan train`` (projector + language model; the branch frozen) ->
+    test accuracy."""
     from mugstan.engine.train import train
 
     cfg = ExperimentConfig(
@@ -519,7 +521,8 @@ def test_short_training_run_on_the_direction_of_time(llava_dir, tmp_path):
     stan = direction_run(llava_dir, tmp_path, train_ann, test_ann, "temporal_spatial", branch_weights=str(weights))
     blind = direction_run(llava_dir, tmp_path, train_ann, test_ann, "frame_mean")
     print(
-        f"direction of time, 36 held-out questions: STAN tokens {stan['accuracy']:.1f}%, frame-mean tokens {blind['accuracy']:.1f}%"
+        f"direction of time, 36 held-out questions: STAN tokens {stan['accuracy']:.1f}%, "
+        f"frame-mean tokens {blind['accuracy']:.1f}%"
     )
     for run in (stan, blind):  # both learned the answer's form: "left" or "right"
         assert run["losses"][-1] < 0.5 * run["losses"][0]
@@ -536,7 +539,8 @@ CHAT_CONFIGS = [*sorted((CONFIG_DIR / "chat").glob("*.yaml")), CONFIG_DIR / "syn
 
 @pytest.mark.parametrize("path", CHAT_CONFIGS, ids=[p.name for p in CHAT_CONFIGS])
 def test_chat_configs_build_and_read_their_formats(path, llava_dir, tmp_path):
-    """Every packaged chat/ config loads, builds (with the tiny LLaVA in place of the 7B one) and reads its data format."""
+    """Every packaged chat/ config loads, builds (with the tiny LLaVA in place of the 7B one) and reads its
+    data format."""
     from mugstan.config import load_config
     from mugstan.data.datasets import build_dataset, collate
     from mugstan.losses import build_loss
@@ -596,7 +600,8 @@ def test_chat_configs_build_and_read_their_formats(path, llava_dir, tmp_path):
 
 
 def test_bf16_keeps_trained_parts_in_fp32(llava_dir):
-    """model.chat.dtype bf16 (auto on a GPU): frozen parts in bf16, the projector's master weights fp32 with fp32 gradients."""
+    """model.chat.dtype bf16 (auto on a GPU): frozen parts in bf16, the projector's master weights fp32
+    with fp32 gradients."""
     from mugstan.losses import LanguageModelLoss
 
     model = build(llava_dir, dtype="bf16")
@@ -1007,7 +1012,8 @@ def test_search_page_streams_an_answer_in_chromium(llava_dir, tmp_path):
             card.eval_on_selector(
                 ".answer",
                 """el => { window.seen = [];
-                new MutationObserver(() => window.seen.push(el.textContent)).observe(el, {childList: true, characterData: true}); }""",
+                new MutationObserver(() => window.seen.push(el.textContent))"""
+                """.observe(el, {childList: true, characterData: true}); }""",
             )
             card.query_selector(".ask-button").click()
             page.wait_for_function("b => !b.disabled", arg=card.query_selector(".ask-button"), timeout=60_000)

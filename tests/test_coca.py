@@ -472,7 +472,7 @@ def scorer_reference(coca, image, opts: Decoding) -> list[int]:
         total = (logits + torch.tensor([s for _, s in beams])[:, None]).flatten()
         top, index = total.topk(2 * g)
         nxt = []
-        for rank, (value, i) in enumerate(zip(top.tolist(), index.tolist())):
+        for rank, (value, i) in enumerate(zip(top.tolist(), index.tolist(), strict=True)):
             beam, token = divmod(i, logits.shape[1])
             if token == 49407:
                 if rank < g:
@@ -517,7 +517,7 @@ def test_sampling_stops_at_token_zero():
         captions = generate(model.backbone, visual, opts)
     stopped = [row.index(0) for row in ids.tolist() if 0 in row]
     assert stopped, "the rig should make greedy decoding meet token 0"
-    for row, cap in zip(ids.tolist(), captions):
+    for row, cap in zip(ids.tolist(), captions, strict=True):
         if 0 in row and 49407 not in row[: row.index(0)]:
             assert cap == row[1 : row.index(0)] and all(t == 0 for t in row[row.index(0) :])
 

@@ -71,7 +71,7 @@ class _TensorHolder(torch.nn.Module):
     def __init__(self, sd):
         super().__init__()
         self._names = list(sd)
-        for i, (k, v) in enumerate(sd.items()):
+        for i, v in enumerate(sd.values()):
             self.register_buffer(f"t{i}", v)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -240,7 +240,7 @@ def test_a_run_on_a_weights_file_records_the_architecture(tmp_path):
     (tmp_path / "clip.safetensors").unlink()
     again, _ = load_model(tmp_path / "ckpt")
     assert again.backbone.text_heads == 2 and again.backbone.vision_heads == 2
-    for (k, v), w in zip(model.state_dict().items(), again.state_dict().values()):
+    for (k, v), w in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
         assert torch.equal(v, w), k
 
     out = export_clip(tmp_path / "ckpt", tmp_path / "exported.safetensors")

@@ -102,7 +102,7 @@ def test_dataloader_workers_give_the_same_batches(folder):
     for workers in (0, 2):
         loader = DataLoader(dataset, batch_size=4, num_workers=workers, collate_fn=collate)
         batches[workers] = list(loader)
-    for one, two in zip(batches[0], batches[2]):
+    for one, two in zip(batches[0], batches[2], strict=True):
         assert torch.equal(one["frames"], two["frames"]) and one["failed"] == two["failed"]
     assert sum(len(b["failed"]) for b in batches[0]) >= 5  # every broken video counted, none fed
     assert all(b["frames"].shape[0] == 4 for b in batches[0])

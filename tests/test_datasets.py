@@ -175,7 +175,7 @@ def test_webvid_cc3m_jsonl(root, tmp_path):
         {"video": "video0.mp4", "caption": ["x", "y"], "label": "jump"},
         {"video": "video1.mp4", "caption": "z", "label": "run", "start": 0.5, "end": 1.0},
     ]
-    jl = write(tmp_path / "a.jsonl", "\n".join(json.dumps(l) for l in lines))
+    jl = write(tmp_path / "a.jsonl", "\n".join(json.dumps(row) for row in lines))
     a = load_annotations(cfg(root, "jsonl", test_ann=jl), "test")
     assert (
         a.labels == [0, 1]
@@ -192,7 +192,7 @@ def test_items_and_collate_skip_broken_videos(root, tmp_path):
         {"video": "broken.mp4", "caption": "bad"},
         {"video": "nope.mp4", "caption": "gone"},
     ]
-    jl = write(tmp_path / "t.jsonl", "\n".join(json.dumps(l) for l in lines))
+    jl = write(tmp_path / "t.jsonl", "\n".join(json.dumps(row) for row in lines))
     c = cfg(root, "jsonl", train_ann=jl)
     dropping = build_dataset(c, "train", Tokenizer(8), on_error="drop")
     batch = collate([dropping[i] for i in range(3)])

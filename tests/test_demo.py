@@ -31,7 +31,8 @@ def quick_demo(tmp_path_factory):
 def test_quick_demo_writes_every_output(quick_demo, capsys):
     out, results = quick_demo
     assert [r["model"] for r in results["rows"]] == [demo.LABELS[m] for m in demo.DEMO_MODELS]
-    for name, row in zip(demo.DEMO_MODELS, results["rows"]):  # the table shows the numbers of each stage's evaluation
+    # the table shows the numbers of each stage's evaluation
+    for name, row in zip(demo.DEMO_MODELS, results["rows"], strict=True):
         details = results["models"][name]
         assert (
             row["t2v R@1"] == details["test"]["retrieval"]["t2v"]["R@1"]
@@ -136,11 +137,12 @@ def test_same_seed_same_table(quick_demo, bench_seed0):
     runs = [json.loads(line) for line in (bench_seed0 / "runs.jsonl").read_text().splitlines()]
     again = [
         {k: r[k] for k in row if k != "train seconds"}
-        for r, row in zip([r for r in runs if r["seed"] == 0], first["rows"])
+        for r, row in zip([r for r in runs if r["seed"] == 0], first["rows"], strict=True)
     ]
     assert again == [{k: v for k, v in row.items() if k != "train seconds"} for row in first["rows"]]
     seed0 = bench_seed0 / "seed0"
-    data = lambda root: sorted(p.relative_to(root).as_posix() for p in root.glob("data_*/**/*") if p.is_file())
+    def data(root):
+        return sorted(p.relative_to(root).as_posix() for p in root.glob("data_*/**/*") if p.is_file())
     assert data(seed0) == data(out)
     for name in data(out):
         assert (seed0 / name).read_bytes() == (out / name).read_bytes(), name

@@ -179,7 +179,7 @@ def test_gather_grad_world_steps_as_the_authors_gather(tmp_path):
         (authors_norm, authors), (norm, faithful), (full_norm, full) = r["authors"], r["faithful"], r["full"]
         assert float(authors_norm) > MAX_NORM  # the clip binds in the authors' step too
         assert norm == pytest.approx(float(authors_norm), rel=1e-5)
-        for a, b in zip(authors, faithful):
+        for a, b in zip(authors, faithful, strict=True):
             torch.testing.assert_close(b, a)
         assert full_norm > norm * 1.5  # the towers' full gradient is W x the authors'
-        assert not all(torch.allclose(a, b) for a, b in zip(authors, full))
+        assert not all(torch.allclose(a, b) for a, b in zip(authors, full, strict=True))

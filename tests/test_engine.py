@@ -245,6 +245,6 @@ def test_auto_precision_on_a_cpu_follows_the_measured_bf16_speed(monkeypatch):
     assert 0 < speedup < float("inf")
     assert precision.resolve_precision("auto", cpu) == ("bf16" if speedup >= precision.CPU_BF16_MIN_SPEEDUP else "fp32")
     for measured, expected in ((2.0, "bf16"), (1.25, "bf16"), (1.1, "fp32"), (0.5, "fp32")):
-        monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: measured)
+        monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda measured=measured: measured)
         assert precision.resolve_precision("auto", cpu) == expected
         assert precision.resolve_precision("bf16", cpu) == "bf16" and precision.resolve_precision("fp32", cpu) == "fp32"

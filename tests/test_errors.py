@@ -1015,13 +1015,15 @@ def test_resume_keeps_the_skipped_counter_and_logs_each_step_once(data, tmp_path
 
     assert [r["step"] for r in records(resumed)] == [1, 2, 3, 4]
     assert records(resumed) == records(full)
-    results = lambda run: json.loads((run / "results.json").read_text())["skipped_videos"]
+    def results(run):
+        return json.loads((run / "results.json").read_text())["skipped_videos"]
     assert results(resumed) == results(full) >= 2  # the broken video, once per epoch
-    events = lambda run: [
-        (r["step"], r["index"])
-        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-        if r.get("event") == "skipped_video"
-    ]
+    def events(run):
+        return [
+            (r["step"], r["index"])
+            for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if r.get("event") == "skipped_video"
+        ]
     assert events(resumed) == events(full)
 
 

@@ -12,7 +12,8 @@ def test_one_to_one_by_hand():
                       [0.7, 0.6, 0.1]])  # text 2: truth lowest        -> rank 2
     m = retrieval_metrics(s, [0, 1, 2])
     assert m["t2v"]["R@1"] == pytest.approx(100 / 3) and m["t2v"]["MdR"] == 2 and m["t2v"]["MnR"] == 2
-    # video->text on the transpose: video 0: 0.9 vs 0.8, 0.7 -> 0; video 1: 0.5 vs 0.1, 0.6 -> 1; video 2: 0.1 vs 0.3, 0.2 -> 2
+    # video->text on the transpose: video 0: 0.9 vs 0.8, 0.7 -> 0; video 1: 0.5 vs 0.1, 0.6 -> 1;
+    # video 2: 0.1 vs 0.3, 0.2 -> 2
     assert m["v2t"]["R@1"] == pytest.approx(100 / 3) and m["v2t"]["R@5"] == 100
 
 

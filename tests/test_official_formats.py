@@ -115,7 +115,8 @@ def test_video_list_reads_classind_numbers(ucf):
         (f"{ucf_file('YoYo', 8, 1)} 0", r"trainlist01.txt:2: label '0' is not a class number"),
         (
             f"{ucf_file('YoYo', 8, 1)} 2",
-            r"trainlist01.txt:2: label 2 is 'Archery' in .*classInd.txt, but the video is in folder 'YoYo' \(number 4\)",
+            r"trainlist01.txt:2: label 2 is 'Archery' in .*classInd.txt, "
+            r"but the video is in folder 'YoYo' \(number 4\)",
         ),
         ("Basketball/v_Basketball_g01_c01.avi", r"trainlist01.txt:2: class 'Basketball' is not in .*classInd.txt"),
         ("v_YoYo_g01_c01.avi", r"trainlist01.txt:2: expected '<Class>/<video>.avi'"),
@@ -200,7 +201,8 @@ def test_hmdb51_splits(hmdb, k):
     for split, flag in (("train", 1), ("val", 2), ("test", 2)):
         ann = load_annotations(hmdb_cfg(hmdb, k), split)
         assert ann.class_names == ["brush_hair", "cartwheel", "sword_exercise"]
-        assert list(zip([c.path for c in ann.clips], ann.labels)) == expected_hmdb(hmdb["root"], k, flag), (split, k)
+        pairs = list(zip([c.path for c in ann.clips], ann.labels, strict=True))
+        assert pairs == expected_hmdb(hmdb["root"], k, flag), (split, k)
     # the split is the same whichever class file names it
     assert (
         load_annotations(hmdb_cfg(hmdb, k, "sword_exercise"), "train").labels
@@ -237,7 +239,8 @@ def test_hmdb51_errors(hmdb, tmp_path):
     (splits / "cartwheel_test_split1.txt").write_text("a.avi 1 \nb.avi 3 \n")
     with pytest.raises(
         ValueError,
-        match=r"cartwheel_test_split1.txt:2: expected '<video>.avi <flag>' with flag 0 \(unused\), 1 \(train\) or 2 \(test\), got 'b.avi 3'",
+        match=r"cartwheel_test_split1.txt:2: expected '<video>.avi <flag>' "
+        r"with flag 0 \(unused\), 1 \(train\) or 2 \(test\), got 'b.avi 3'",
     ):
         load_annotations(cfg(hmdb["root"], "hmdb51", train_ann=str(splits / "brush_hair_test_split1.txt")), "train")
     (splits / "cartwheel_test_split1.txt").write_text("a.avi 1 \nb.avi\n")
@@ -331,6 +334,7 @@ def test_webvid_csv_errors(webvid_root, tmp_path):
     ann.write_text("video,text\na.mp4,a cat\n")
     with pytest.raises(
         ValueError,
-        match=r"results.csv: expected WebVid's header videoid,contentUrl,duration,page_dir,name or the columns path,caption, got video,text",
+        match=r"results.csv: expected WebVid's header videoid,contentUrl,duration,page_dir,name "
+        r"or the columns path,caption, got video,text",
     ):
         load_annotations(cfg(webvid_root, "webvid", train_ann=str(ann)), "train")

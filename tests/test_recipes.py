@@ -500,7 +500,7 @@ def test_adamw_is_fused_on_a_cpu_and_follows_pytorchs_loop():
     cfg = TrainConfig(lr=1e-2, weight_decay=0.1, betas=(0.9, 0.98))
     opt = build_optimizer(model, cfg)
     assert opt.defaults["fused"] and not opt.defaults["foreach"]
-    twin = {id(p): q for p, q in zip(model.parameters(), ref.parameters())}
+    twin = {id(p): q for p, q in zip(model.parameters(), ref.parameters(), strict=True)}
     loop = torch.optim.AdamW(
         [
             {"params": [twin[id(p)] for p in g["params"]], "lr": g["lr"], "weight_decay": g["weight_decay"]}
@@ -512,12 +512,12 @@ def test_adamw_is_fused_on_a_cpu_and_follows_pytorchs_loop():
     )
     assert {g["weight_decay"] for g in loop.param_groups} == {0.0, 0.1}
     for _ in range(5):
-        for p, q in zip(model.parameters(), ref.parameters()):
+        for p, q in zip(model.parameters(), ref.parameters(), strict=True):
             p.grad = torch.randn_like(p)
             q.grad = p.grad.clone()
         opt.step()
         loop.step()
-    for p, q in zip(model.parameters(), ref.parameters()):
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
 
 

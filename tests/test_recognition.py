@@ -28,7 +28,8 @@ HMDB51_CLASSES = """brush_hair cartwheel catch chew clap climb climb_stairs dive
 fencing flic_flac golf handstand hit hug jump kick_ball kick kiss laugh pick pour pullup punch push pushup ride_bike
 ride_horse run shake_hands shoot_ball shoot_bow shoot_gun sit situp smile smoke somersault stand swing_baseball
 sword_exercise sword talk throw turn walk wave""".split()
-HMDB51_AUTHORS = """brush hair|cartwheel|catch|chew|clap|climb|climb stairs|dive|draw sword|dribble|drink|eat|fall floor|
+HMDB51_AUTHORS = """
+brush hair|cartwheel|catch|chew|clap|climb|climb stairs|dive|draw sword|dribble|drink|eat|fall floor|
 fencing|flic flac|golf|handstand|hit|hug|jump|kick ball|kick|kiss|laugh|pick|pour|pullup|punch|push|pushup|ride bike|
 ride horse|run|shake hands|shoot ball|shoot bow|shoot gun|sit|situp|smile|smoke|somersault|stand|swing baseball|
 sword exercise|sword|talk|throw|turn|walk|wave""".replace("\n", "").split("|")
@@ -65,7 +66,7 @@ def test_official_class_files_give_the_prompt_lists_names(tmp_path):
     words = [prompt_name(n) for n in ucf]
     assert words[:3] == ["apply eye makeup", "apply lipstick", "archery"] and words[-1] == "yo yo"
     assert words[ucf.index("CleanAndJerk")] == "clean and jerk" and words[ucf.index("PlayingDaf")] == "playing daf"
-    for name, phrase in zip(ucf, words):  # lower-case words, one space apart, that spell the name again
+    for name, phrase in zip(ucf, words, strict=True):  # lower-case words, one space apart, that spell the name again
         assert phrase == phrase.lower() and phrase == " ".join(phrase.split()), phrase
         assert "".join(w.capitalize() for w in phrase.split()) == name, (name, phrase)
 

@@ -86,7 +86,7 @@ def same(a, b) -> bool:
     if isinstance(a, float) or isinstance(b, float):
         return a is not None and b is not None and math.isclose(float(a), float(b), rel_tol=1e-9)
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     return a == b
@@ -212,7 +212,8 @@ def test_key_recipe_values_are_the_authors():
     assert value("msrvtt/stan_vitb32.yaml", "train.no_decay") == ["norm", "bias"] and value(
         "msrvtt/clip4clip_meanP_vitb32.yaml", "train.no_decay"
     ) == ["bias"]
-    # the authors' CLIP baseline (clip_msrvtt_b32_hf.py), STAN post-pretraining and its fine-tuning, CLIP2Video's VATEX 1k5
+    # the authors' CLIP baseline (clip_msrvtt_b32_hf.py), STAN post-pretraining and its fine-tuning,
+    # CLIP2Video's VATEX 1k5
     assert (
         value("msrvtt/clip_vitb32.yaml", "train.weight_decay") == 0.2
         and value("msrvtt/clip_vitb32.yaml", "model.branch") == "none"

@@ -175,16 +175,17 @@ def test_search_finds_the_right_test_video(trained, test_index):
     assert searcher.backend == "exact"
     k = 10
     found, same_color = [], []
-    for path, caption in zip(trained.paths, trained.captions):
+    for path, caption in zip(trained.paths, trained.captions, strict=True):
         results = searcher.search(caption, k)
         assert [r["rank"] for r in results] == list(range(1, k + 1))
-        assert all(a["score"] >= b["score"] for a, b in zip(results, results[1:]))
+        assert all(a["score"] >= b["score"] for a, b in zip(results, results[1:], strict=False))
         found.append(any(r["path"] == path for r in results))
         color = next(c for c in COLORS if c in caption)
         same_color.extend(color in trained.captions[trained.paths.index(r["path"])] for r in results[:5])
     recall, color_precision = np.mean(found), np.mean(same_color)
     print(
-        f"right video in the top {k}: {recall:.1%} of {len(found)} test captions; top-5 results of the caption's colour: {color_precision:.1%}"
+        f"right video in the top {k}: {recall:.1%} of {len(found)} test captions; "
+        f"top-5 results of the caption's colour: {color_precision:.1%}"
     )
     # Chance: the right video in the top 10 of 60 for 10 / 60 = 17% of the captions; a result of
     # the caption's colour 9 / 59 = 15% of the time (10 videos per colour, one per motion). This
@@ -501,7 +502,8 @@ def test_page_in_headless_chromium(trained, long_video, tmp_path):
             page.wait_for_function(
                 """() => [...document.querySelectorAll('.result')].every(card => {
                 const v = card.querySelector('video');
-                return v.readyState >= 2 && !v.paused && v.currentTime >= +card.dataset.start - 0.05 && v.currentTime <= +card.dataset.end + 0.3;
+                return v.readyState >= 2 && !v.paused && v.currentTime >= +card.dataset.start - 0.05 """
+                """&& v.currentTime <= +card.dataset.end + 0.3;
             })""",
                 timeout=20_000,
             )

@@ -87,7 +87,8 @@ def test_a_hand_built_video2dataset_shard_trains_with_broken_samples_skipped(tmp
     assert any("00001.tar/zz_corrupt.mp4" in e for e in errors), errors
     assert any("00001.tar/zz_nocaption" in e and "no caption" in e for e in errors), errors
     assert any("00002.tar/" in e and "truncated" in e for e in errors), errors
-    # one reader: its 21 good samples run out before the epoch's 24, so it reads its shards again and meets the damage again
+    # one reader: its 21 good samples run out before the epoch's 24, so it reads its shards again and meets
+    # the damage again
     assert results["skipped_videos"] == len(errors) >= 3
     assert [e["train/skipped_videos"] for e in events if "train/skipped_videos" in e][-1] == len(errors)
 
@@ -223,7 +224,9 @@ def test_processes_and_workers_read_disjoint_shards_and_uneven_shards_give_every
     resumed.set_epoch(0, skip_steps=3)
     resumed.consumed = {0: 6}
     again = list(resumed)
-    assert len(again) == 2 and all(torch.equal(a["frames"], b["frames"]) for a, b in zip(again, batches[1][3:]))
+    assert len(again) == 2 and all(
+        torch.equal(a["frames"], b["frames"]) for a, b in zip(again, batches[1][3:], strict=True)
+    )
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
@@ -383,7 +386,9 @@ def test_evaluation_from_test_shards_equals_the_folder_and_epoch_samples_come_fr
     first = [
         r["caption"] if isinstance(r["caption"], str) else r["caption"][0] for r in rows
     ]  # a shard holds one caption
-    (tmp_path / "test1.jsonl").write_text("".join(json.dumps({**r, "caption": c}) + "\n" for r, c in zip(rows, first)))
+    (tmp_path / "test1.jsonl").write_text(
+        "".join(json.dumps({**r, "caption": c}) + "\n" for r, c in zip(rows, first, strict=True))
+    )
     shards = write_shards(data, tmp_path / "test_shards", per_shard=3, ann="test.jsonl")
     folder = load_config(
         write_config(tmp_path / "f.yaml", data, tmp_path / "run"), [f"data.test_ann={tmp_path / 'test1.jsonl'}"]

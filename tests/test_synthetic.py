@@ -77,9 +77,10 @@ def test_test_set_pairs_every_colour_with_both_motions(dataset):
     records = read_jsonl(out / "test.jsonl")
     captions = [r["caption"] for r in records]
     assert len(set(captions)) == len(captions)  # 1:1 retrieval is well posed
-    appearance = lambda r: [w for w in r["caption"].split() if w in synthetic.COLORS or w in synthetic.SHAPES]
+    def appearance(r):
+        return [w for w in r["caption"].split() if w in synthetic.COLORS or w in synthetic.SHAPES]
     # Each (colour, pair) in one shape, both directions in consecutive videos.
-    for first, second in zip(records[::2], records[1::2]):
+    for first, second in zip(records[::2], records[1::2], strict=True):
         a, b = MOTIONS[first["label"]], MOTIONS[second["label"]]
         assert (a, b) in MOTION_PAIRS
         assert appearance(first) == appearance(second)
@@ -127,7 +128,7 @@ def test_paired_motions_are_time_reversed_files(dataset):
     quantiser): an order-blind model scores the two alike, so its pair accuracy is exactly 50%."""
     out, _ = dataset
     records = read_jsonl(out / "test.jsonl")
-    for first, second in zip(records[0::2], records[1::2]):
+    for first, second in zip(records[0::2], records[1::2], strict=True):
         assert MOTIONS[first["label"]] == MOTIONS[second["label"] ^ 1]
         forward, backward = decode(out / first["video"]), decode(out / second["video"])
         assert np.array_equal(forward, backward[::-1]), first["video"]

@@ -61,9 +61,9 @@ def test_frame_cache_samples_the_frames_decoding_gives_and_stops_at_its_limit(tm
     for epoch in range(2):  # the first pass fills the cache, the second reads from it
         for path in paths:
             for k, kw in enumerate(reads):
-                rng = lambda: np.random.default_rng([epoch, k])  # noqa: E731 - the same draws for both reads
-                plain = read_clip(path, rng=rng(), return_mask=True, **kw)
-                kept = read_clip(path, rng=rng(), return_mask=True, cache=cache, **kw)
+                seed = [epoch, k]  # the same draws for both reads
+                plain = read_clip(path, rng=np.random.default_rng(seed), return_mask=True, **kw)
+                kept = read_clip(path, rng=np.random.default_rng(seed), return_mask=True, cache=cache, **kw)
                 assert torch.equal(plain[0], kept[0]) and torch.equal(plain[1], kept[1]), (path.name, kw)
     sizes = {(Path(p).name, side) for p, side in cache.videos}
     assert sizes == {("v0.mp4", None), ("v0.mp4", 16), ("v1.mp4", None), ("v1.mp4", 16)}, (
@@ -130,7 +130,7 @@ def test_truncated_tail_is_an_error_not_repeated_frames(tmp_path):
     data = path.read_bytes()
     cut.write_bytes(data[: len(data) // 2])
     early = decode_frames(cut, [0, 3, 6], info=info)
-    assert all(torch.equal(f, every[i]) for f, i in zip(early, [0, 3, 6]))
+    assert all(torch.equal(f, every[i]) for f, i in zip(early, [0, 3, 6], strict=True))
     with pytest.raises(
         VideoError, match=r"cut.ts: truncated: no decodable frame at t=.* s or later, though the container says 5.00 s"
     ):
