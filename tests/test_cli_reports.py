@@ -16,7 +16,9 @@ def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     for i, name in enumerate(["a.mp4", "b.mp4"]):
         write_video(root / name, frames=12, size=(32, 32), seed=i)
-    (root / "train.jsonl").write_text("".join(json.dumps({"video": v, "caption": f"clip {v}"}) + "\n" for v in ["a.mp4", "b.mp4"]))
+    (root / "train.jsonl").write_text(
+        "".join(json.dumps({"video": v, "caption": f"clip {v}"}) + "\n" for v in ["a.mp4", "b.mp4"])
+    )
     return root
 
 
@@ -35,7 +37,10 @@ def test_train_says_where_it_saved_and_whether_best_means_best(data, tmp_path, c
     assert cli.main(["train", str(config), "--no-progress"]) == 0
     out = capsys.readouterr().out
     run = tmp_path / "run"
-    assert f"saved {run / 'checkpoints' / 'best'}: the last epoch's model (no validation split, data.val_ann is null)" in out
+    assert (
+        f"saved {run / 'checkpoints' / 'best'}: the last epoch's model (no validation split, data.val_ann is null)"
+        in out
+    )
     assert f"{run / 'checkpoints' / 'last'} resumes the run (--resume)" in out and str(run / "results.json") in out
     assert "the best" not in out
     # a one-step run still draws its loss: a marker, not a line through a single point
@@ -44,8 +49,12 @@ def test_train_says_where_it_saved_and_whether_best_means_best(data, tmp_path, c
     config = write_config(tmp_path / "val.yaml", data, tmp_path / "val", batch_size=2)
     val = data / "val.jsonl"  # the same clips as another file: a file that is data.test_ann would choose nothing
     val.write_text((data / "train.jsonl").read_text())
-    assert cli.main(["train", str(config), f"data.val_ann={val}", f"data.test_ann={data / 'train.jsonl'}",
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(
+            ["train", str(config), f"data.val_ann={val}", f"data.test_ann={data / 'train.jsonl'}", "--no-progress"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"saved {tmp_path / 'val' / 'checkpoints' / 'best'}: the best " in out and "on the val split (" in out
     assert "best checkpoint on the test split" in out
@@ -62,7 +71,13 @@ def test_caption_help_shows_its_defaults(capsys):
     with pytest.raises(SystemExit):
         cli.main(["caption", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for default in ("(default 6)", "(default 30)", "(default 5)", "(default 0)", "(default here: cpu" if not _cuda() else "(default here: cuda"):
+    for default in (
+        "(default 6)",
+        "(default 30)",
+        "(default 5)",
+        "(default 0)",
+        "(default here: cpu" if not _cuda() else "(default here: cuda",
+    ):
         assert default in text, default
 
 

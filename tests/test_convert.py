@@ -181,8 +181,12 @@ def unnamed_clip_file(path):
     from mugstan.backbones.convert import save_safetensors
 
     torch.manual_seed(3)
-    config = {"embed_dim": 32, "quick_gelu": True, "vision_cfg": {"image_size": 32, "layers": 1, "width": 96, "head_width": 32, "patch_size": 8},
-              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 96, "heads": 3, "layers": 1}}
+    config = {
+        "embed_dim": 32,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 96, "head_width": 32, "patch_size": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 96, "heads": 3, "layers": 1},
+    }
     save_safetensors(open_clip.CLIP(**config).state_dict(), path)
     return path
 
@@ -209,14 +213,20 @@ def test_weights_without_architecture_build_only_with_known_heads(tmp_path, caps
     # no metadata, shapes of no named architecture: refused, one line naming model.backbone
     unnamed = unnamed_clip_file(tmp_path / "unnamed.safetensors")
     assert load_clip_weights(unnamed).config is None
-    with pytest.raises(ConfigError, match="model.backbone is null but .*unnamed.safetensors.* head counts cannot be known") as err:
+    with pytest.raises(
+        ConfigError, match="model.backbone is null but .*unnamed.safetensors.* head counts cannot be known"
+    ) as err:
         build_clip(None, weights=unnamed)
     assert "\n" not in str(err.value) and "model.backbone_config" in str(err.value)
     assert cli(["convert", str(unnamed), str(tmp_path / "out.safetensors")]) == 2
     assert "head counts cannot be known" in capsys.readouterr().err and not (tmp_path / "out.safetensors").exists()
     # the architecture given, the same file loads
-    config = {"embed_dim": 32, "quick_gelu": True, "vision_cfg": {"image_size": 32, "layers": 1, "width": 96, "head_width": 32, "patch_size": 8},
-              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 96, "heads": 3, "layers": 1}}
+    config = {
+        "embed_dim": 32,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 96, "head_width": 32, "patch_size": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 96, "heads": 3, "layers": 1},
+    }
     assert build_clip(None, weights=unnamed, config=config).text_heads == 3
 
 
@@ -233,7 +243,9 @@ def test_a_run_on_a_weights_file_records_the_architecture(tmp_path):
     from mugstan.models import build_model
 
     weights = shutil.copy(PACKAGED, tmp_path / "clip.safetensors")
-    cfg = ExperimentConfig(model=ModelConfig(backbone=None, weights=str(weights), branch="none", head="meanP", context_length=16))
+    cfg = ExperimentConfig(
+        model=ModelConfig(backbone=None, weights=str(weights), branch="none", head="meanP", context_length=16)
+    )
     model = build_model(cfg.model)
     assert cfg.model.backbone_config["text_cfg"]["heads"] == 2 and model.backbone.text_heads == 2
     save_checkpoint(tmp_path / "ckpt", model, cfg)
@@ -250,12 +262,17 @@ def test_a_run_on_a_weights_file_records_the_architecture(tmp_path):
 
 
 def test_convert_stan_assumes_head_width_64_only_for_openai_shapes(tmp_path, capsys):
+    from reference_layouts import stan_reference_layout
+
     from mugstan.backbones.build import model_from_config, named_config
     from mugstan.released import backbone_fields, match_backbone
 
-    from reference_layouts import stan_reference_layout
-
-    for name in ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336"):  # the released OpenAI shapes (meta device: no memory)
+    for name in (
+        "ViT-B-32",
+        "ViT-B-16",
+        "ViT-L-14",
+        "ViT-L-14-336",
+    ):  # the released OpenAI shapes (meta device: no memory)
         with torch.device("meta"):
             sd = model_from_config(named_config(name)).state_dict()
         assert match_backbone(sd, name) == f"{name}-quickgelu"
@@ -264,7 +281,8 @@ def test_convert_stan_assumes_head_width_64_only_for_openai_shapes(tmp_path, cap
     with pytest.raises(WeightsError, match="ViT-H-14: its CLIP .* none of the released OpenAI ones .*--clip-config"):
         backbone_fields(sd, "ViT-H-14")
 
-    # a STAN checkpoint in the authors' layout whose CLIP has heads of width 32 (96 wide, 3 heads): no released OpenAI shape
+    # a STAN checkpoint in the authors' layout whose CLIP has heads of width 32 (96 wide, 3 heads):
+    # no released OpenAI shape
     torch.save(stan_reference_layout(depth=1, width=96, heads=3), tmp_path / "stan.pth")
     assert cli(["convert", str(tmp_path / "stan.pth"), str(tmp_path / "stan.safetensors"), "--format", "stan"]) == 2
     err = capsys.readouterr().err
@@ -287,7 +305,9 @@ def test_an_older_checkpoint_without_its_architecture_names_the_fix(tmp_path):
     raw = yaml.safe_load((tmp_path / "ckpt" / "config.yaml").read_text())
     raw["model"].update(backbone=None, weights="old/clip.safetensors")
     (tmp_path / "ckpt" / "config.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(UserError, match=r"model.backbone is null .* model.backbone=NAME, or model.backbone_config") as err:
+    with pytest.raises(
+        UserError, match=r"model.backbone is null .* model.backbone=NAME, or model.backbone_config"
+    ) as err:
         load_model(tmp_path / "ckpt")
     assert "\n" not in str(err.value)
     assert load_model(tmp_path / "ckpt", overrides=["model.backbone=mugstan-tiny"])[0].backbone.text_heads == 2
