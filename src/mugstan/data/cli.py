@@ -221,10 +221,8 @@ def _compress_job(job: tuple) -> tuple[str, str | None]:
         return src, str(err)
 
 
-def _run_compress(args: argparse.Namespace) -> int:
-    from mugstan.data.datasets.formats import VIDEO_EXTENSIONS
-
-    src, dst = Path(args.src), Path(args.dst)
+def check_encoding_options(args: argparse.Namespace) -> None:
+    """``data compress`` / ``data shard --compress``'s options: one ArgumentError naming the first bad one."""
     bad = [
         f"{flag} must be {rule}, got {value:g}"
         for flag, value, ok, rule in (
@@ -238,6 +236,13 @@ def _run_compress(args: argparse.Namespace) -> int:
     ]
     if bad:
         raise ArgumentError(bad[0])
+
+
+def _run_compress(args: argparse.Namespace) -> int:
+    from mugstan.data.datasets.formats import VIDEO_EXTENSIONS
+
+    src, dst = Path(args.src), Path(args.dst)
+    check_encoding_options(args)
     if not src.is_dir():
         raise UserError(f"{src} is not a folder (SRC is the folder of videos to re-encode)")
     if dst.exists() and not dst.is_dir():
@@ -267,20 +272,9 @@ def _run_compress(args: argparse.Namespace) -> int:
 def _run_shard(args: argparse.Namespace) -> int:
     from mugstan.data.shard_writer import source_samples, write_shards
 
-    bad = [
-        f"{flag} must be {rule}, got {value:g}"
-        for flag, value, ok, rule in (
-            ("--shard-size", args.shard_size, args.shard_size >= 1, "at least 1"),
-            ("--fps", args.fps, args.fps > 0, "a positive frame rate"),
-            ("--short-side", args.short_side, args.short_side >= 2, "at least 2 pixels"),
-            ("--gop", args.gop, args.gop >= 1, "at least 1 frame (1 = all-intra)"),
-            ("--crf", args.crf, 0 <= args.crf <= 51, "in 0..51"),
-            ("--workers", args.workers, args.workers >= 1, "at least 1"),
-        )
-        if not ok
-    ]
-    if bad:
-        raise ArgumentError(bad[0])
+    if args.shard_size < 1:
+        raise ArgumentError(f"--shard-size must be at least 1, got {args.shard_size:g}")
+    check_encoding_options(args)
     out = Path(args.out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; OUT_DIR must be a folder (it is created when missing)")
