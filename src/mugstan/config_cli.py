@@ -137,7 +137,7 @@ def show(cfg) -> str:
     width = min(60, max(len(text) for text, _ in rows)) + 2
     return (
         "\n".join(
-            f"{text:<{width}}# {doc}" if doc and len(text) < width else f"{text}  # {doc}" if doc else text
+            f"{text:<{width}}# {doc}" if doc and len(text) <= width - 2 else f"{text}  # {doc}" if doc else text
             for text, doc in rows
         )
         + "\n"
