@@ -293,3 +293,29 @@ def write_shards(data: Path, out: Path, per_shard: int, ann: str = "train.jsonl"
                 add(tar, f"{key}.txt", caption.encode())
                 add(tar, f"{key}.json", json.dumps(meta).encode())
     return shards
+
+
+def kill_training_at(config, state, step: int, env: dict, timeout: float) -> dict:
+    """Start ``mugstan train CONFIG`` in a process, SIGKILL it once its training state ``state``
+    (``.../checkpoints/last/state.pt``) has reached ``step``, and return that state."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    proc = subprocess.Popen([sys.executable, "-m", "mugstan.cli", "train", str(config), "--no-progress"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if state.exists():
+            try:
+                if torch.load(state, weights_only=False)["step"] >= step:
+                    break
+            except Exception:  # being replaced right now
+                pass
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return torch.load(state, weights_only=False)

@@ -2,16 +2,14 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from data_fixtures import write_config
+from data_fixtures import kill_training_at, write_config
 from safetensors.torch import load_file
 
 from mugstan.config import ConfigError, load_config
@@ -51,25 +49,7 @@ def uninterrupted(tmp_path_factory, data) -> Path:
 def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path, data, uninterrupted):
     full = uninterrupted
     cfg = write_config(tmp_path / "killed.yaml", data, tmp_path / "killed", batch_size=8, save_every=1)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mugstan.cli", "train", str(cfg), "--no-progress"],
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    state = tmp_path / "killed" / "checkpoints" / "last" / "state.pt"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if state.exists():
-            try:
-                if torch.load(state, weights_only=False)["step"] >= 3:
-                    break
-            except Exception:  # being replaced right now
-                pass
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = torch.load(state, weights_only=False)["step"]
+    killed_at = kill_training_at(cfg, tmp_path / "killed" / "checkpoints" / "last" / "state.pt", 3, ENV, 120)["step"]
     total = len(losses(full))
     assert 3 <= killed_at < total, "the run must be killed mid-epoch"
 

@@ -4,17 +4,15 @@ broken samples skipped and counted, missing shards as one error line."""
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from data_fixtures import write_config, write_shards, write_video
+from data_fixtures import kill_training_at, write_config, write_shards, write_video
 from safetensors.torch import load_file
 
 from mugstan.config import DataConfig, load_config
@@ -261,25 +259,8 @@ def test_sigkill_then_resume_on_shards_ends_with_the_same_weights(tmp_path, data
     full = cli(["train", str(configs["full"]), "--no-progress"])
     assert full.returncode == 0, full.stderr[-2000:]
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mugstan.cli", "train", str(configs["killed"]), "--no-progress"],
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     state = tmp_path / "killed" / "checkpoints" / "last" / "state.pt"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if state.exists():
-            try:
-                if torch.load(state, weights_only=False)["step"] >= 4:  # in the second epoch
-                    break
-            except Exception:  # being replaced right now
-                pass
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed = torch.load(state, weights_only=False)
+    killed = kill_training_at(configs["killed"], state, 4, ENV, 300)  # step 4: in the second epoch
     total = len(losses(tmp_path / "full"))
     assert 4 <= killed["step"] < total == 6, "the run must be killed mid-epoch"
     assert killed["stream"][0], "the readers' positions are in the training state"
