@@ -319,3 +319,14 @@ def kill_training_at(config, state, step: int, env: dict, timeout: float) -> dic
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return torch.load(state, weights_only=False)
+
+
+def write_two_clips(root: Path) -> Path:
+    """Two real videos (a.mp4, b.mp4) and their captions in ``root/train.jsonl``: the smallest training set."""
+    import json
+
+    for i, name in enumerate(["a.mp4", "b.mp4"]):
+        write_video(root / name, frames=12, size=(32, 32), seed=i)
+    lines = [json.dumps({"video": v, "caption": f"clip {v}"}) + "\n" for v in ["a.mp4", "b.mp4"]]
+    (root / "train.jsonl").write_text("".join(lines))
+    return root

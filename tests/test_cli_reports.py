@@ -6,20 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_fixtures import write_config, write_video
+from data_fixtures import write_config, write_two_clips
 
 from mugstan import cli
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    for i, name in enumerate(["a.mp4", "b.mp4"]):
-        write_video(root / name, frames=12, size=(32, 32), seed=i)
-    (root / "train.jsonl").write_text(
-        "".join(json.dumps({"video": v, "caption": f"clip {v}"}) + "\n" for v in ["a.mp4", "b.mp4"])
-    )
-    return root
+    return write_two_clips(tmp_path_factory.mktemp("data"))
 
 
 def blue_pixels(png: Path, left_half: bool = True) -> int:

@@ -18,7 +18,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from data_fixtures import write_config, write_video
+from data_fixtures import write_config, write_two_clips, write_video
 
 from mugstan import cli
 from mugstan.config import load_config
@@ -56,13 +56,7 @@ def snapshot(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """Two real videos and a JSONL annotation file."""
-    root = tmp_path_factory.mktemp("data")
-    for i, name in enumerate(["a.mp4", "b.mp4"]):
-        write_video(root / name, frames=12, size=(32, 32), seed=i)
-    (root / "train.jsonl").write_text(
-        "".join(json.dumps({"video": v, "caption": f"clip {v}"}) + "\n" for v in ["a.mp4", "b.mp4"])
-    )
-    return root
+    return write_two_clips(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
