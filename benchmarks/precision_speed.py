@@ -4,8 +4,9 @@
 
 Rows: a 2048-square matrix product; one training step (forward + backward) of the synthetic
 demo's STAN-self (mugstan-tiny, 32 clips x 8 frames of 32 px) and of ViT-B/32's image tower on 16
-images of 224 px. Then what ``auto`` resolves to here (``mugstan.engine.precision``). Prints the
-CPU model, since the answer depends on it.
+images of 224 px. Then what ``auto`` resolves to here for each of the two models, from the probe it
+measures at the model's width (``mugstan.engine.precision``). Prints the CPU model, since the answer
+depends on it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 
 import torch
 
-from mugstan.engine.precision import cpu_bf16_speedup, resolve_precision
+from mugstan.engine.precision import CPU_BF16_MIN_SPEEDUP, cpu_bf16_speedup, linear_width, resolve_precision
 
 
 def best_time(fn, iters: int) -> float:
@@ -108,13 +109,15 @@ def main() -> None:
         fp32, bf16 = (best_time(make(dt), args.iters) * 1000 for dt in ("fp32", "bf16"))
         print(f"| {name} | {fp32:.1f} | {bf16:.1f} | {fp32 / bf16:.2f}x |")
     if DEVICE.type == "cpu":
-        print(
-            f"\ntrain.precision auto -> {resolve_precision('auto', DEVICE)} "
-            f"(measured bf16 speed-up of a 1024-square product: {cpu_bf16_speedup():.2f}x; bf16 needs >= 1.25x)"
-        )
+        for label, model in (("mugstan-tiny STAN", stan), ("ViT-B/32", vit)):
+            width = linear_width(model)
+            print(
+                f"\ntrain.precision auto for {label} -> {resolve_precision('auto', DEVICE, width=width)} "
+                f"(a transformer block of its width {width}: bf16 speed-up {cpu_bf16_speedup(width):.2f}x; "
+                f"bf16 needs >= {CPU_BF16_MIN_SPEEDUP}x)"
+            )
     else:
         print(f"\ntrain.precision auto -> {resolve_precision('auto', DEVICE)}")
-
 
 if __name__ == "__main__":
     main()

@@ -216,15 +216,35 @@ def test_freeze_text_for_keeps_the_text_tower_for_its_steps_then_trains_it(tmp_p
 
 
 def test_auto_precision_on_a_cpu_follows_the_measured_bf16_speed(monkeypatch):
-    """auto on a CPU is bf16 only where bf16 measures >= 1.25x faster (CPU flags do not tell: the
-    2-vCPU Xeon reporting AVX512-BF16 ran bf16 at 0.5x); explicit precisions are taken as given."""
+    """auto on a CPU is bf16 only where a transformer block of the model's width trains >= 1.25x
+    faster in bf16 (CPU flags and large products do not tell: the 2-vCPU Xeon reporting AVX512-BF16
+    ran bf16 at 0.5x, the Xeon with AMX ran a 1024-square product 3.8x faster and the demo's
+    width-64 step at 0.59x); explicit precisions are taken as given."""
     from mugstan.engine import precision
 
     cpu = torch.device("cpu")
-    speedup = precision.cpu_bf16_speedup()  # the real measurement, once per process
+    speedup = precision.cpu_bf16_speedup(64)  # the real measurement, once per process
     assert 0 < speedup < float("inf")
-    assert precision.resolve_precision("auto", cpu) == ("bf16" if speedup >= precision.CPU_BF16_MIN_SPEEDUP else "fp32")
+    expected = "bf16" if speedup >= precision.CPU_BF16_MIN_SPEEDUP else "fp32"
+    assert precision.resolve_precision("auto", cpu, width=64) == expected
     for measured, expected in ((2.0, "bf16"), (1.25, "bf16"), (1.1, "fp32"), (0.5, "fp32")):
-        monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda measured=measured: measured)
+        monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda width, measured=measured: measured)
         assert precision.resolve_precision("auto", cpu) == expected
         assert precision.resolve_precision("bf16", cpu) == "bf16" and precision.resolve_precision("fp32", cpu) == "fp32"
+    # the decision is the model's: bf16 paying for wide blocks only, a narrow model runs in fp32
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda width: 2.0 if width >= 256 else 0.6)
+    assert [precision.resolve_precision("auto", cpu, width=w) for w in (64, 768)] == ["fp32", "bf16"]
+
+
+def test_linear_width_is_where_the_model_does_its_work():
+    """768 for a ViT-B/32 CLIP (its text tower is 512 wide), 64 for the demo's mugstan-tiny STAN."""
+    import open_clip
+
+    from mugstan.config import ModelConfig, STANConfig
+    from mugstan.engine.precision import linear_width
+    from mugstan.models import build_model
+
+    assert linear_width(open_clip.create_model("ViT-B-32")) == 768
+    tiny = ModelConfig(backbone="mugstan-tiny", branch="stan", head="mean", context_length=16, stan=STANConfig(depth=2))
+    assert linear_width(build_model(tiny)) == 64
+    assert linear_width(torch.nn.Conv1d(3, 3, 1)) == 1024  # no linear layer: the default probe

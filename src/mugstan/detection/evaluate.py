@@ -26,7 +26,7 @@ from mugstan.config import ExperimentConfig
 from mugstan.data.datasets import build_dataset, collate
 from mugstan.data.datasets.ava import DetectionAnnotations, read_ava_csv
 from mugstan.engine.distributed import DistInfo, ShardSampler, all_gather_objects, unwrap
-from mugstan.engine.precision import autocast_for
+from mugstan.engine.precision import autocast_for, linear_width
 from mugstan.errors import MismatchError
 from mugstan.metrics import frame_map
 from mugstan.models import model_inputs
@@ -37,6 +37,7 @@ def detect(model, cfg: ExperimentConfig, ann: DetectionAnnotations, dist: DistIn
            progress: bool = True) -> tuple[dict[int, np.ndarray], list]:
     """Scores of every box: ({keyframe index: float [N, C] sigmoid scores}, dropped [(index, "path: reason")])."""
     model = unwrap(model)
+    width = linear_width(model)  # what train.precision: auto is decided for
     dataset = build_dataset(cfg.data, split, train=False, on_error="drop", ann=ann)
     loader = DataLoader(
         dataset,
@@ -52,7 +53,7 @@ def detect(model, cfg: ExperimentConfig, ann: DetectionAnnotations, dist: DistIn
         dropped.extend(batch["failed"])
         if "frames" not in batch:
             continue
-        with autocast_for(dist.device, cfg.train.precision):
+        with autocast_for(dist.device, cfg.train.precision, width):
             logits = model(**model_inputs(model, batch, dist.device))["logits"]
         probs = torch.sigmoid(logits.float()).cpu()
         counts = torch.bincount(batch["box_batch_index"], minlength=len(batch["index"])).tolist()

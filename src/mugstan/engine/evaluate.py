@@ -22,7 +22,7 @@ from tqdm import tqdm
 from mugstan.config import ConfigError, ExperimentConfig, Task
 from mugstan.data.datasets import Annotations, build_dataset, collate, load_annotations
 from mugstan.engine.distributed import DistInfo, ShardSampler, all_gather_objects, unwrap
-from mugstan.engine.precision import autocast_for
+from mugstan.engine.precision import autocast_for, linear_width
 from mugstan.errors import AnnotationError
 from mugstan.heads.base import Embeddings
 from mugstan.metrics import recognition_metrics, retrieval_metrics
@@ -37,6 +37,7 @@ def embed_clips(model, cfg: ExperimentConfig, ann: Annotations, dist: DistInfo, 
     V views, or logits [V, C] when ``classify``. dropped: [(clip index, "path: reason")].
     """
     model = unwrap(model)
+    width = linear_width(model)  # what train.precision: auto is decided for
     dataset = build_dataset(cfg.data, split, train=False, on_error="drop", pairs=False, ann=ann)
     loader = DataLoader(
         dataset,
@@ -55,7 +56,7 @@ def embed_clips(model, cfg: ExperimentConfig, ann: Annotations, dist: DistInfo, 
         views = frames.shape[1] if frames.dim() == 6 else 1
         frames = frames.flatten(0, 1) if frames.dim() == 6 else frames
         mask = batch["frame_mask"].to(dist.device).repeat_interleave(views, 0)
-        with autocast_for(dist.device, cfg.train.precision):
+        with autocast_for(dist.device, cfg.train.precision, width):
             if classify:
                 out = model(frames, mask)["logits"].float().cpu()
                 rows = [(out[i * views : (i + 1) * views], None) for i in range(len(batch["index"]))]

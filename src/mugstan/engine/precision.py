@@ -11,57 +11,86 @@ from typing import Optional
 
 import torch
 
-# auto picks bf16 on a CPU only when its bf16 matrix product is at least this much faster than fp32
+# auto picks bf16 on a CPU only when a training step of a transformer block of the model's width
+# runs at least this much faster in bf16 than in fp32
 CPU_BF16_MIN_SPEEDUP = 1.25
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_bf16_speedup(size: int = 1024, repeats: int = 3) -> float:
-    """fp32 time / bf16 time of a ``size``-square matrix product on this CPU (best of ``repeats``;
-    about 0.1 s, measured once per process).
+def cpu_bf16_speedup(width: int = 1024, repeats: int = 5) -> float:
+    """fp32 time / bf16-autocast time of one training step (forward and backward) of a pre-norm
+    transformer block of ``width`` (heads of 64, MLP 4x) on sequences of 50 tokens, on this CPU
+    (best of ``repeats`` after two warm-up rounds; 0.2 s at width 64 to 2.5 s at 1024 on 2 cores,
+    measured once per process and width).
 
-    CPU flags do not say it: on an AVX2-only CPU emulated bf16 ran 10-100x slower than fp32, and
-    on a 2-vCPU Xeon that reports AVX512-BF16 a 2048-square bf16 product took 2x as long as fp32
-    and a ViT-B/32 training step 1.8x (``benchmarks/precision_speed.py``).
+    Neither CPU flags nor a large matrix product say it. On an AVX2-only CPU emulated bf16 ran
+    10-100x slower than fp32; on a 2-vCPU Xeon that reports AVX512-BF16 a 2048-square bf16
+    product took 2x as long as fp32; on a 2-vCPU Xeon with AMX a 1024-square bf16 product ran
+    3.8x faster than fp32 while the demo's width-64 STAN step ran at 0.59x, and this block
+    measured 0.84-0.90x at width 64 and 1.9-2.0x at 768 (ViT-B/32's image tower: 1.55x;
+    ``benchmarks/precision_speed.py``). Autocast's casts, norms and attention decide a narrow
+    model's step, which is what this times.
     """
-    a = torch.randn(size, size)
-    times = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        x = a.to(dtype)
-        torch.mm(x, x)  # warm-up: kernel selection
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            torch.mm(x, x)
-            best = min(best, time.perf_counter() - start)
-        times[dtype] = best
-    return times[torch.float32] / times[torch.bfloat16]
+    block = torch.nn.TransformerEncoderLayer(
+        width, max(1, width // 64), 4 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+    )
+    x = torch.randn(max(16, round(2**24 / (50 * width * width))), 50, width, requires_grad=True)
+
+    def step(bf16: bool) -> float:
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = block(x)
+        y.float().sum().backward()
+        return time.perf_counter() - start
+
+    for _ in range(2):  # warm-up: kernel selection, thread pools (fp32 settled after 3-4 steps)
+        step(False), step(True)
+    times = {False: float("inf"), True: float("inf")}
+    for _ in range(repeats):  # alternating, so that a change of clock or load hits both alike
+        for bf16 in (False, True):
+            times[bf16] = min(times[bf16], step(bf16))
+    return times[False] / times[True]
 
 
-def fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 pays on ``device``: a CUDA GPU that supports it, or a CPU whose bf16 matrix
-    product measures at least ``CPU_BF16_MIN_SPEEDUP`` x faster than fp32 (``cpu_bf16_speedup``)."""
+def linear_width(model: torch.nn.Module) -> int:
+    """The input width of the linear layers that hold most of ``model``'s linear weights (768 for
+    a ViT-B CLIP, 64 for mugstan-tiny): the width at which it does most of its work. 1024 for a
+    model without linear layers."""
+    totals: dict[int, int] = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            totals[module.in_features] = totals.get(module.in_features, 0) + module.weight.numel()
+    return max(totals, key=totals.__getitem__) if totals else 1024
+
+
+def fast_bf16(device: torch.device, width: int = 1024) -> bool:
+    """Whether bf16 pays on ``device`` for a model of ``width`` (``linear_width``): a CUDA GPU that
+    supports it, or a CPU where a transformer block of that width trains at least
+    ``CPU_BF16_MIN_SPEEDUP`` x faster in bf16 (``cpu_bf16_speedup``)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        return cpu_bf16_speedup() >= CPU_BF16_MIN_SPEEDUP
+        return cpu_bf16_speedup(width) >= CPU_BF16_MIN_SPEEDUP
     return False
 
 
-def resolve_precision(precision: str, device: torch.device, bf16_pays: Optional[bool] = None) -> str:
+def resolve_precision(
+    precision: str, device: torch.device, bf16_pays: Optional[bool] = None, width: int = 1024
+) -> str:
     """train.precision -> what runs: "auto" is bf16 where it pays (bf16_pays, measured by
-    ``fast_bf16(device)`` unless given), else fp16 on CUDA (with loss scaling) and fp32 on a CPU;
-    "fp32", "bf16" and "fp16" are taken as given."""
+    ``fast_bf16(device, width)`` unless given; ``width``: the model's ``linear_width``), else fp16
+    on CUDA (with loss scaling) and fp32 on a CPU; "fp32", "bf16" and "fp16" are taken as given."""
     if precision != "auto":
         return str(precision)
-    if fast_bf16(device) if bf16_pays is None else bf16_pays:
+    if fast_bf16(device, width) if bf16_pays is None else bf16_pays:
         return "bf16"
     return "fp16" if device.type == "cuda" else "fp32"
 
 
-def autocast_for(device: torch.device, precision: str):
-    """The autocast context of ``train.precision`` (resolved for ``device``); fp32 weights throughout."""
-    precision = resolve_precision(precision, device)
+def autocast_for(device: torch.device, precision: str, width: int = 1024):
+    """The autocast context of ``train.precision`` (resolved for ``device`` and a model of ``width``,
+    its ``linear_width``); fp32 weights throughout."""
+    precision = resolve_precision(precision, device, width=width)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

@@ -48,7 +48,7 @@ from mugstan.engine.evaluate import evaluate, format_result, headline
 from mugstan.engine.gradcache import average_gradients, broadcast_parameters, gradcache_backward
 from mugstan.engine.logging import MetricsLogger
 from mugstan.engine.optim import authors_gradient_scale, build_optimizer, build_scheduler, steps_of
-from mugstan.engine.precision import autocast_for, resolve_precision
+from mugstan.engine.precision import autocast_for, linear_width, resolve_precision
 from mugstan.files import recover_folder
 from mugstan.losses import build_loss
 from mugstan.models import build_model, model_inputs
@@ -156,7 +156,7 @@ def setup_run(cfg: ExperimentConfig) -> Run:
         else min(t.max_steps, t.epochs * sampler.steps_per_epoch)
     )
     optimizer = build_optimizer(model, t)
-    precision = resolve_precision(t.precision, dist.device)
+    precision = resolve_precision(t.precision, dist.device, width=linear_width(model))
     wrapped = model
     if dist.world > 1 and gradcache:  # no DDP wrapper: start from rank 0's weights, average gradients per step
         broadcast_parameters(model)
