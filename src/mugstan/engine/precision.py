@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import statistics
 import time
 from typing import Optional
 
@@ -19,22 +20,24 @@ CPU_BF16_MIN_SPEEDUP = 1.25
 @functools.lru_cache(maxsize=None)
 def cpu_bf16_speedup(width: int = 1024, repeats: int = 5) -> float:
     """fp32 time / bf16-autocast time of one training step (forward and backward) of a pre-norm
-    transformer block of ``width`` (heads of 64, MLP 4x) on sequences of 50 tokens, on this CPU
-    (best of ``repeats`` after two warm-up rounds; 0.2 s at width 64 to 2.5 s at 1024 on 2 cores,
-    measured once per process and width).
+    transformer block of ``width`` (heads of 64, MLP 4x) on sequences of 50 tokens, on one thread
+    of this CPU: the median over ``repeats`` back-to-back pairs after two warm-up pairs (measured
+    once per process and width; 0.8 s at width 64 and 5 s at 768 on a loaded 2-core machine).
 
     Neither CPU flags nor a large matrix product say it. On an AVX2-only CPU emulated bf16 ran
     10-100x slower than fp32; on a 2-vCPU Xeon that reports AVX512-BF16 a 2048-square bf16
     product took 2x as long as fp32; on a 2-vCPU Xeon with AMX a 1024-square bf16 product ran
-    3.8x faster than fp32 while the demo's width-64 STAN step ran at 0.59x, and this block
-    measured 0.84-0.90x at width 64 and 1.9-2.0x at 768 (ViT-B/32's image tower: 1.55x;
+    3.8x faster than fp32 while the demo's width-64 STAN step ran at 0.60x, and this block
+    measured 0.8-1.1x at width 64 and 1.6-2.0x at 768 (ViT-B/32's image tower: 1.68x;
     ``benchmarks/precision_speed.py``). Autocast's casts, norms and attention decide a narrow
-    model's step, which is what this times.
+    model's step, which is what this times. One thread and the median of pairs, because on a
+    loaded 2-core machine two-thread timings of a few milliseconds stalled at random: the best
+    of five gave 0.9 to 4.7 at width 64 there, the median of one-thread pairs 1.0-1.2.
     """
     block = torch.nn.TransformerEncoderLayer(
         width, max(1, width // 64), 4 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
     )
-    x = torch.randn(max(16, round(2**24 / (50 * width * width))), 50, width, requires_grad=True)
+    x = torch.randn(max(8, round(2**23 / (50 * width * width))), 50, width, requires_grad=True)
 
     def step(bf16: bool) -> float:
         start = time.perf_counter()
@@ -43,13 +46,15 @@ def cpu_bf16_speedup(width: int = 1024, repeats: int = 5) -> float:
         y.float().sum().backward()
         return time.perf_counter() - start
 
-    for _ in range(2):  # warm-up: kernel selection, thread pools (fp32 settled after 3-4 steps)
-        step(False), step(True)
-    times = {False: float("inf"), True: float("inf")}
-    for _ in range(repeats):  # alternating, so that a change of clock or load hits both alike
-        for bf16 in (False, True):
-            times[bf16] = min(times[bf16], step(bf16))
-    return times[False] / times[True]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.enable_grad():  # callers may be inside no_grad (evaluation)
+            for _ in range(2):  # warm-up: kernel selection (fp32 settled after 3-4 steps)
+                step(False), step(True)
+            return statistics.median(step(False) / step(True) for _ in range(repeats))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def linear_width(model: torch.nn.Module) -> int:
