@@ -20,6 +20,10 @@ end the best model is evaluated on the test split when the config names one.
 
 Outputs in ``output_dir``: ``metrics.jsonl``, TensorBoard scalars (``tb/``), ``curves.png``,
 ``config.yaml``, ``checkpoints/{last,best}``, ``results.json``.
+
+What the run reports as it goes (its size, model.init_from, each validation, the test result,
+where it saved) goes to this module's logger on the main process: ``mugstan train`` shows it;
+from Python, ``logging.basicConfig(level=logging.INFO)`` does (nothing is printed otherwise).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import random
 import time
@@ -53,6 +58,7 @@ from mugstan.files import recover_folder
 from mugstan.losses import build_loss
 from mugstan.models import build_model, model_inputs
 
+logger = logging.getLogger(__name__)
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
@@ -105,13 +111,17 @@ def setup_run(cfg: ExperimentConfig) -> Run:
         cfg.model.class_names = list(names)
     model = build_model(cfg.model)
     if dist.main and not (cfg.model.pretrained or cfg.model.weights or cfg.model.init_from):
-        print(f"model.backbone {cfg.model.backbone or 'from model.backbone_config'} starts from random weights "
-              "(model.pretrained, model.weights and model.init_from are null)")
+        logger.info(
+            f"model.backbone {cfg.model.backbone or 'from model.backbone_config'} starts from random weights "
+            "(model.pretrained, model.weights and model.init_from are null)"
+        )
     if cfg.model.init_from:
         report = ckpt.init_from(model, cfg.model.init_from)
         if dist.main:
-            print(f"model.init_from: {report['loaded']} tensors from {cfg.model.init_from}; kept at initialisation: "
-                  f"{_names(report['new'])}; not used: {_names(report['unused'])}")
+            logger.info(
+                f"model.init_from: {report['loaded']} tensors from {cfg.model.init_from}; kept at initialisation: "
+                f"{_names(report['new'])}; not used: {_names(report['unused'])}"
+            )
     model = model.to(dist.device)
     # chat, detection: eager
     if resolve_compile(t.compile, dist.device) and cfg.model.task in (Task.retrieval, Task.recognition):
@@ -146,7 +156,7 @@ def setup_run(cfg: ExperimentConfig) -> Run:
     local_batch = t.batch_size // (dist.world * t.accum_steps)  # clips of one micro-batch on this process
     gradcache = t.chunk_size is not None and t.chunk_size < local_batch
     if t.chunk_size is not None and not gradcache and dist.main:
-        print(
+        logger.info(
             f"train.chunk_size={t.chunk_size} >= the {local_batch} clips per process and micro-batch: "
             "they are trained at once, without gradient caching (it would only add a forward pass)"
         )
@@ -356,15 +366,15 @@ def selection_split(cfg: ExperimentConfig) -> Optional[str]:
     return "val" if (cfg.data.val_ann and not val_is_test(cfg)) or cfg.data.val_shards else None
 
 
-def validate(run: Run, pos: dict, logger: MetricsLogger, progress: bool) -> None:
+def validate(run: Run, pos: dict, metrics: MetricsLogger, progress: bool) -> None:
     """Evaluate on the selection split; keep checkpoints/best when the headline metric improves."""
     split = selection_split(run.cfg)
     result = evaluate(run.model, run.cfg, split, run.dist, progress)
     name, value = headline(result)
-    logger.scalars(pos["step"], {f"{split}/{name}": value})
-    logger.event("validation", step=pos["step"], epoch=pos["epoch"], split=split, result=result)
+    metrics.scalars(pos["step"], {f"{split}/{name}": value})
+    metrics.event("validation", step=pos["step"], epoch=pos["epoch"], split=split, result=result)
     if run.dist.main:
-        print(format_result(result))
+        logger.info(format_result(result))
     if pos["best"] is None or value > pos["best"]["value"]:
         pos["best"] = {"value": value, "metric": name, "step": pos["step"], "epoch": pos["epoch"], "selected_on": split}
         save_best(run)
@@ -384,7 +394,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
             run.out / "checkpoints" / "last", run.model, run.optimizer, run.scheduler, run.scaler, dist.rank
         )
     # resuming drops what was logged after the checkpoint: those steps run again
-    logger = MetricsLogger(run.out, enabled=dist.main, resume=resume, resume_step=pos["step"])
+    metrics = MetricsLogger(run.out, enabled=dist.main, resume=resume, resume_step=pos["step"])
     if dist.main:
         run.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.out / "config.yaml")
@@ -395,7 +405,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
             if streaming
             else f"{len(run.dataset)} items"
         )
-        print(
+        logger.info(
             f"training {cfg.name}: {items}, {sampler.steps_per_epoch} steps/epoch x {t.epochs} epochs "
             f"({run.total_steps} steps), global batch {t.batch_size} on {dist.world} process(es), {n_train / 1e6:.1f} "
             f"M trainable parameters, {run.precision} on {dist.device.type}"
@@ -420,7 +430,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         for micro, batch in enumerate(loader):
             for index, error in batch["failed"]:
                 pos["skipped"] += 1
-                logger.event(
+                metrics.event(
                     "skipped_video", step=pos["step"] + 1, index=index, error=error
                 )  # the step this batch is part of
             if "stream" in batch:  # shards: samples this batch's reader has taken this epoch
@@ -446,7 +456,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
                 }
                 if hasattr(run.model, "logit_scale"):
                     scalars["train/logit_scale"] = run.model.logit_scale().item()
-                logger.scalars(pos["step"], scalars)
+                metrics.scalars(pos["step"], scalars)
                 bar.set_postfix(loss=f"{loss:.4f}", clips_s=f"{rate:.1f}")
                 tick, clips = time.time(), 0
             if t.save_every and pos["step"] % t.save_every == 0 and pos["step_in_epoch"] < sampler.steps_per_epoch:
@@ -457,9 +467,9 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         if pos["step_in_epoch"] >= sampler.steps_per_epoch:  # the epoch is complete
             pos["epoch"], pos["step_in_epoch"], pos["stream"] = epoch + 1, 0, {}
         if selection_split(cfg) and (pos["epoch"] % t.eval_every == 0 or pos["step"] >= run.total_steps):
-            validate(run, pos, logger, progress)
+            validate(run, pos, metrics, progress)
         save_last(run, pos)
-        logger.plot()
+        metrics.plot()
 
     if pos["best"] is None:  # no validation split: the final model is the one to keep
         save_best(run)
@@ -471,14 +481,14 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
             "the test figures below are optimistic; eval.select_on=val chooses on data.val_ann"
         )
         if dist.main:
-            print(results["selection"])
+            logger.info(results["selection"])
     elif val_is_test(cfg):
         results["selection"] = (
             "no checkpoint chosen: data.val_ann is the test file data.test_ann, so the last epoch is kept "
             "(eval.select_on=test would choose on it, labelled)"
         )
         if dist.main:
-            print(results["selection"])
+            logger.info(results["selection"])
     best = pos["best"]
     kept = (
         f"the best {best['metric']} on the {best['selected_on']} split ({best['value']:.2f} after epoch "
@@ -492,17 +502,17 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         ckpt.load_weights(run.model, run.out / "checkpoints" / "best")
         results["test"] = evaluate(run.model, cfg, "test", dist, progress)
         if dist.main:
-            print(
+            logger.info(
                 f"{'best' if best['metric'] else 'last-epoch'} checkpoint on the test split:\n"
                 + format_result(results["test"])
             )
     if dist.main:
         (run.out / "results.json").write_text(json.dumps(results, indent=2))
-        print(
+        logger.info(
             f"saved {run.out / 'checkpoints' / 'best'}: {kept}; {run.out / 'checkpoints' / 'last'} resumes the run "
             f"(--resume); results in {run.out / 'results.json'}, curves in {run.out / 'curves.png'}"
         )
-    logger.close()
+    metrics.close()
     return results
 
 
