@@ -3,6 +3,7 @@ its checkpoint, evaluation; a converted Mug-STAN checkpoint scored with the Mug 
 command line; zero-shot evaluation with no checkpoint at all."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def data(tmp_path_factory):
     return root
 
 
-def test_post_pretraining_on_a_mix_then_fine_tuning_from_it(tmp_path, data, capsys):
+def test_post_pretraining_on_a_mix_then_fine_tuning_from_it(tmp_path, data, caplog):
     synth = data / "synth"
     pre = load_config(
         write_config(tmp_path / "pre.yaml", synth, tmp_path / "pre"),
@@ -68,8 +69,9 @@ def test_post_pretraining_on_a_mix_then_fine_tuning_from_it(tmp_path, data, caps
     assert report["new"] == [] and report["unused"] == []
     assert all(torch.equal(v, pre_model.state_dict()[k]) for k, v in model.state_dict().items())
 
+    caplog.set_level(logging.INFO, logger="mugstan")  # what `mugstan train` shows; a library call logs it
     results = train(fine, progress=False)  # the engine initialises from the checkpoint, trains, tests
-    assert "model.init_from: " in capsys.readouterr().out
+    assert "model.init_from: " in caplog.text
     assert (
         cli(
             [

@@ -2,6 +2,7 @@
 evaluation, the defaults in --help, a curves.png that shows a short run."""
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,18 @@ def test_train_says_where_it_saved_and_whether_best_means_best(data, tmp_path, c
     out = capsys.readouterr().out
     assert f"saved {tmp_path / 'val' / 'checkpoints' / 'best'}: the best " in out and "on the val split (" in out
     assert "best checkpoint on the test split" in out
+
+
+def test_the_command_shows_what_the_library_logs(capsys):
+    """Library code logs (``mugstan.*`` loggers); ``mugstan`` shows each record's bare message, INFO on
+    stdout and WARNING on stderr, with one handler however often ``main`` runs."""
+    cli.configure_logging()
+    cli.configure_logging()
+    assert sum(isinstance(h, cli.ConsoleHandler) for h in logging.getLogger("mugstan").handlers) == 1
+    capsys.readouterr()
+    logging.getLogger("mugstan.engine.train").info("training x: 2 items")
+    logging.getLogger("mugstan.data.datasets.shards").warning("data.val_shards: skipped a: no video")
+    assert capsys.readouterr() == ("training x: 2 items\n", "data.val_shards: skipped a: no video\n")
 
 
 def test_eval_without_progress_bars(data, tmp_path, capsys):

@@ -8,9 +8,9 @@ Training (fp32, deterministic, ``mugstan.engine.train.train``): the loss curve w
 torchrun, and with accumulation equals plain DDP's.
 """
 
-import contextlib
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -237,16 +237,21 @@ def losses(out: Path) -> list[float]:
 
 
 def train_here(path: Path) -> tuple[list[float], str]:
-    """Train in this process; returns the loss curve and what it printed."""
+    """Train in this process; returns the loss curve and what it logged (what `mugstan train` shows)."""
     from mugstan.engine.train import train
 
     determinism = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     cfg, printed = load_config(path), io.StringIO()
+    log, handler = logging.getLogger("mugstan"), logging.StreamHandler(printed)
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
     try:
-        with contextlib.redirect_stdout(printed):
-            train(cfg, progress=False)
+        train(cfg, progress=False)
     finally:  # train.deterministic switches deterministic algorithms on for the whole process
         torch.use_deterministic_algorithms(determinism[0], warn_only=determinism[1])
+        log.removeHandler(handler)
+        log.setLevel(level)
     return losses(Path(cfg.train.output_dir)), printed.getvalue()
 
 

@@ -9,12 +9,18 @@ file, a checkpoint, an index, an annotation file, a video; or the operating syst
 named file) is printed as one line ``error: ...`` and the exit status is 2, without a traceback.
 ``--debug`` (anywhere on the line) shows the traceback instead. Anything else is a bug and keeps
 its traceback.
+
+Messages: library code reports progress through ``logging`` (the ``mugstan.*`` loggers, silent
+unless configured); ``main`` shows them as they come, the bare message: INFO on stdout, where a
+command's results also go (``mugstan train > train.log`` keeps the run's log, without the progress
+bars, which are on stderr), WARNING and above on stderr, beside the ``error:`` lines.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
@@ -55,6 +61,31 @@ COMMANDS = {
 }
 
 
+class ConsoleHandler(logging.Handler):
+    """The bare message of each record: below WARNING to ``sys.stdout``, WARNING and above to
+    ``sys.stderr``, the streams of the moment (a caller that swaps them, as pytest does, gets them).
+    A reader that went away (``BrokenPipeError``) propagates, as it does from ``print``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        try:
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except (BrokenPipeError, RecursionError):
+            raise
+        except Exception:
+            self.handleError(record)
+
+
+def configure_logging() -> None:
+    """Show the ``mugstan`` loggers' INFO and above on the console (``ConsoleHandler``), once per
+    process however often ``main`` runs. Records still propagate to the root logger's handlers."""
+    log = logging.getLogger("mugstan")
+    if not any(isinstance(h, ConsoleHandler) for h in log.handlers):
+        log.addHandler(ConsoleHandler())
+    log.setLevel(logging.INFO)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with its errors raised as ``ArgumentError`` (one line, exit 2, like every user error)."""
 
@@ -77,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    configure_logging()
     try:
         return run(argv)
     except UserError as err:

@@ -716,7 +716,26 @@ def validate_config(
     cfg: ExperimentConfig, check_files: bool = True, splits: Sequence[str] = ("train", "val", "test")
 ) -> None:
     """Checks beyond types and choices: every numeric range, the combinations, and (``check_files``)
-    the files that must exist. Errors are ``ConfigError``s naming the key, the value and the range."""
+    the files that must exist. Errors are ``ConfigError``s naming the key, the value and the range.
+    The checks run in this order, and the first that fails is the error."""
+    validate_counts(cfg)
+    validate_devices(cfg)
+    validate_values(cfg)
+    validate_shards(cfg)
+    validate_frames_and_detection(cfg)
+    t = cfg.train
+    if t.batch_size % t.accum_steps:
+        raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.accum_steps={t.accum_steps}")
+    validate_gradcache(cfg)
+    validate_recipe_keys(cfg)
+    validate_chat(cfg)
+    if check_files:
+        validate_files(cfg, splits)
+
+
+def validate_counts(cfg: ExperimentConfig) -> None:
+    """Counts and sizes: at least 1 (some may be null), data.num_workers auto or 0 or more, train.seed
+    and model.num_classes 0 or more."""
     t, m, d, e = cfg.train, cfg.model, cfg.data, cfg.eval
     at_least_one = {
         "data.num_frames": d.num_frames,
@@ -756,6 +775,11 @@ def validate_config(
     for name, value in at_least_zero.items():
         if value < 0:
             raise ConfigError(f"{name}={value} must be 0 or more")
+
+
+def validate_devices(cfg: ExperimentConfig) -> None:
+    """train.compile (retrieval and recognition only) and data.decode_device=cuda (torchcodec, no workers)."""
+    t, m, d = cfg.train, cfg.model, cfg.data
     if t.compile and m.task not in (Task.retrieval, Task.recognition):
         raise ConfigError(
             f"train.compile=true covers retrieval and recognition models, not model.task={m.task}; "
@@ -766,6 +790,12 @@ def validate_config(
             f"data.decode_device=cuda needs data.decoder=torchcodec and data.num_workers=0 (CUDA decodes in the "
             f"training process); got data.decoder={d.decoder}, data.num_workers={d.num_workers}"
         )
+
+
+def validate_values(cfg: ExperimentConfig) -> None:
+    """Real numbers (finite, positive or 0 or more, some may be null), the fixed ranges (weights,
+    drop-path, betas, crop scale, test crops, eval.split) and model.prompt_templates."""
+    t, m, d, e = cfg.train, cfg.model, cfg.data, cfg.eval
     floats = {
         "train.lr": (t.lr, "positive"),
         "train.new_module_lr_mult": (t.new_module_lr_mult, "positive"),
@@ -805,26 +835,39 @@ def validate_config(
             f"model.prompt_templates={list(m.prompt_templates)} must be a non-empty list of texts with "
             "{} where the class name goes, e.g. ['a video of {}.']"
         )
-    if d.dataset == "webdataset":
-        if not d.shards:
-            raise ConfigError(
-                "data.dataset=webdataset needs data.shards: the training shards, e.g. /data/webvid/{00000..01023}.tar"
-            )
-        if m.task not in (Task.retrieval, Task.recognition):
-            raise ConfigError(
-                "data.dataset=webdataset serves retrieval (captions) and recognition (labels), not "
-                f"model.task={m.task.value}"
-            )
-        if d.mix:
-            raise ConfigError(
-                "data.mix does not apply to data.dataset=webdataset: list the image shards (img2dataset) in "
-                "data.shards next to the video shards; they are mixed in proportion to their shards"
-            )
-        if (d.epoch_samples is not None and d.epoch_samples < 1) or d.shuffle_buffer < 1:
-            raise ConfigError(
-                f"data.epoch_samples={d.epoch_samples} and data.shuffle_buffer={d.shuffle_buffer} must be at least 1 "
-                "(data.epoch_samples null: the shards' manifest.json)"
-            )
+
+
+def validate_shards(cfg: ExperimentConfig) -> None:
+    """data.dataset=webdataset: training shards named, a retrieval or recognition task, no data.mix,
+    positive data.epoch_samples and data.shuffle_buffer."""
+    m, d = cfg.model, cfg.data
+    if d.dataset != "webdataset":
+        return
+    if not d.shards:
+        raise ConfigError(
+            "data.dataset=webdataset needs data.shards: the training shards, e.g. /data/webvid/{00000..01023}.tar"
+        )
+    if m.task not in (Task.retrieval, Task.recognition):
+        raise ConfigError(
+            "data.dataset=webdataset serves retrieval (captions) and recognition (labels), not "
+            f"model.task={m.task.value}"
+        )
+    if d.mix:
+        raise ConfigError(
+            "data.mix does not apply to data.dataset=webdataset: list the image shards (img2dataset) in "
+            "data.shards next to the video shards; they are mixed in proportion to their shards"
+        )
+    if (d.epoch_samples is not None and d.epoch_samples < 1) or d.shuffle_buffer < 1:
+        raise ConfigError(
+            f"data.epoch_samples={d.epoch_samples} and data.shuffle_buffer={d.shuffle_buffer} must be at least 1 "
+            "(data.epoch_samples null: the shards' manifest.json)"
+        )
+
+
+def validate_frames_and_detection(cfg: ExperimentConfig) -> None:
+    """STAN's temporal embedding covers the frames read; model.task=detection: its sizes, AVA data and
+    data.ava's ranges."""
+    m, d = cfg.model, cfg.data
     if m.branch == Branch.stan:
         for name, frames in (("data.num_frames", d.num_frames), ("data.test_num_frames", d.test_num_frames)):
             if frames is not None and frames > m.stan.max_frames:
@@ -852,13 +895,11 @@ def validate_config(
                 f"data.ava.num_actions={d.ava.num_actions} and eval.detections_per_keyframe="
                 f"{cfg.eval.detections_per_keyframe} must be 0 or more (0: the label map's actions; all detections)"
             )
-    if t.batch_size % t.accum_steps:
-        raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.accum_steps={t.accum_steps}")
-    validate_gradcache(cfg)
-    validate_recipe_keys(cfg)
-    validate_chat(cfg)
-    if not check_files:
-        return
+
+
+def validate_files(cfg: ExperimentConfig, splits: Sequence[str] = ("train", "val", "test")) -> None:
+    """The files the config names exist: model.weights (unless a hub spec), the ``splits``' annotation
+    files, data.extra's files, each data.mix source's annotations (with "train"), and data.root."""
     if cfg.model.weights and not is_spec(cfg.model.weights):
         weights = Path(cfg.model.weights).expanduser()
         if not weights.exists():

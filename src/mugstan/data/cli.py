@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -22,6 +23,8 @@ from mugstan.data.compress import GOP_DEFAULT, compress_video
 from mugstan.data.video import VideoError, probe
 from mugstan.errors import ArgumentError, UserError
 from mugstan.files import regular_file
+
+logger = logging.getLogger(__name__)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -253,7 +256,7 @@ def _run_compress(args: argparse.Namespace) -> int:
         out = (dst / p.relative_to(src)).with_suffix(".mp4")
         if not out.exists():  # finished files are skipped: rerun to resume
             jobs.append((str(p), str(out), args.fps, args.short_side, args.crf, args.gop, args.fast_decode))
-    print(
+    logger.info(
         f"{len(files)} videos in {src}; {len(files) - len(jobs)} already done; encoding {len(jobs)} with "
         f"{args.workers} workers"
     )

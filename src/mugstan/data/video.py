@@ -265,7 +265,8 @@ def near_frames(fps: float) -> int:
 
 
 class _Walk:
-    """The wanted frames met while decoding: converted frames, and the last decoded frame."""
+    """The wanted frames met while decoding: converted frames (``got``: {frame index: uint8 [H, W, 3]
+    RGB at the output size}), and the last decoded frame."""
 
     def __init__(self, wanted: np.ndarray, width: int, height: int, near: int):
         self.wanted, self.pos, self.got = wanted, 0, {}
@@ -367,6 +368,16 @@ def _decode(
     short_side: Optional[int] = None,
     seek_gap: Optional[int] = None,
 ) -> torch.Tensor:
+    """Frames ``indices`` of the open ``container``'s first video stream -> uint8 [len(indices), 3, H, W],
+    channels-last in memory (a view of the [len(indices), H, W, 3] RGB pixels), H x W the decoded
+    size with its short side resized to ``short_side`` (None: as decoded).
+
+    ``indices`` may come in any order and repeat; each distinct frame is converted once, met by
+    seeking (``_walk_by_seeking``), or for a stream without timestamps by decoding from the start and
+    counting (``_walk_by_counting``); ``_check_walk`` then fills or rejects what the stream did not
+    deliver. Raises ``ValueError`` for indices outside the video, ``VideoError`` for frames that
+    cannot be decoded (``decode_frames`` says what ``seek_gap`` does).
+    """
     indices = np.asarray(indices, dtype=np.int64)
     if indices.size == 0:
         raise ValueError("no frame indices to decode")
@@ -379,6 +390,28 @@ def _decode(
     stream = container.streams.video[0]
     if info.width * info.height >= THREADED_PIXELS and get_worker_info() is None:
         stream.thread_type = "AUTO"  # worth the decoder's threads in a lone process; small files decode faster without
+    if not _walk_by_seeking(container, stream, info, walk, seek_gap, errors):  # no timestamps: decode from the start
+        walk = _Walk(wanted, width, height, walk.near)
+        _walk_by_counting(container, stream, info, walk, errors)
+    _check_walk(walk, path, info, errors)
+    stack = np.stack([walk.got[int(i)] for i in indices])  # [len(indices), H, W, 3]
+    return torch.from_numpy(stack).permute(0, 3, 1, 2)
+
+
+def _walk_by_seeking(
+    container: av.container.InputContainer,
+    stream,
+    info: VideoInfo,
+    walk: _Walk,
+    seek_gap: Optional[int],
+    errors: list[Exception],
+) -> bool:
+    """Offer ``walk`` its wanted frames (each an [H, W, 3] uint8 RGB array once converted) by seeking
+    to the keyframe before the next one still wanted and decoding forward (``_collect`` says when to
+    seek again); a file whose seeking overshoots is decoded once from the start instead. Decoder
+    errors go to ``errors``: the frame there stays missing and the walk goes on with the next one.
+    Stops at the end of the stream. Returns False when a frame has no timestamp (the stream must be
+    counted: ``_walk_by_counting``), else True."""
     tb = float(stream.time_base)
     keys = keyframe_indices(stream, info) if seek_gap is None else None
     seek_gap = seek_gap if seek_gap is not None else max(1, int(round(info.fps)))
@@ -391,6 +424,7 @@ def _decode(
             raise StopIteration
         return int(round((frame.pts * tb - info.start) * info.fps))
 
+    wanted = walk.wanted
     while walk.pos < len(wanted) and timed:
         before = walk.pos
         target = int(wanted[walk.pos])
@@ -413,25 +447,41 @@ def _decode(
             continue
         if walk.pos == before:  # nothing found past the seek point: end of the stream
             break
-    if not timed:  # no timestamps: decode from the start and count
-        walk = _Walk(wanted, width, height, walk.near)
-        counter = iter(range(info.num_frames + 1))
-        try:
-            container.seek(0)
-            _collect(container.decode(stream), walk, lambda f: next(counter), info.num_frames, None)
-        except av.error.FFmpegError as err:
-            errors.append(err)
+    return timed
+
+
+def _walk_by_counting(
+    container: av.container.InputContainer, stream, info: VideoInfo, walk: _Walk, errors: list[Exception]
+) -> None:
+    """A stream without timestamps: decode it from the start, the n-th decoded frame being frame n,
+    offering ``walk`` (a fresh one) every frame up to ``info.num_frames``. A decoder error goes to
+    ``errors`` and ends the walk."""
+    counter = iter(range(info.num_frames + 1))
+    try:
+        container.seek(0)
+        _collect(container.decode(stream), walk, lambda f: next(counter), info.num_frames, None)
+    except av.error.FFmpegError as err:
+        errors.append(err)
+
+
+def _check_walk(walk: _Walk, path: PathLike, info: VideoInfo, errors: list[Exception]) -> None:
+    """After decoding: a wanted frame at most ``walk.near`` frames past the last decoded one (a
+    stream ending a frame or two early) takes that last frame; with decoder ``errors``, the frames
+    shown across a longer gap are damage, not a variable frame rate, and are dropped. Raises
+    ``VideoError`` when nothing was decoded or a wanted frame is still missing: "truncated" when it
+    lies past the last decoded frame, else "damaged" (naming the decoder's first error). On return
+    ``walk.got`` holds an [H, W, 3] array for every wanted frame."""
     said = f"; the decoder said: {one_line(errors[0])}" if errors else ""
     if walk.last is None:
         raise VideoError(path, f"no frame could be decoded (corrupt or truncated stream){said}")
     last_index, last_frame = walk.last
-    for w in wanted:  # a stream ending a frame or two early (metadata rounding) shows its last frame
+    for w in walk.wanted:  # a stream ending a frame or two early (metadata rounding) shows its last frame
         if int(w) not in walk.got and 0 < w - last_index <= walk.near:
             walk.got[int(w)] = walk.convert(last_frame)
     if errors:  # the decoder failed somewhere: a longer gap is damage, not a variable frame rate
         for w in walk.gaps:
             del walk.got[w]
-    missing = [int(w) for w in wanted if int(w) not in walk.got]
+    missing = [int(w) for w in walk.wanted if int(w) not in walk.got]
     if missing:
         if missing[0] > last_index:
             raise VideoError(
@@ -444,8 +494,6 @@ def _decode(
             f"damaged: no decodable frame near t={missing[0] / info.fps:.2f} s (frame {missing[0]} "
             f"of {info.num_frames}){said}",
         )
-    stack = np.stack([walk.got[int(i)] for i in indices])
-    return torch.from_numpy(stack).permute(0, 3, 1, 2)
 
 
 def verify_frames(path: PathLike) -> VideoInfo:

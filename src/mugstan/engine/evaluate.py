@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from typing import Optional, Sequence
 
@@ -26,6 +27,8 @@ from mugstan.engine.precision import autocast_for, linear_width
 from mugstan.errors import AnnotationError
 from mugstan.heads.base import Embeddings
 from mugstan.metrics import recognition_metrics, retrieval_metrics
+
+logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -291,7 +294,7 @@ def main(args: argparse.Namespace) -> int:
             taken = take_checkpoint_data(cfg, saved, args.overrides)
             if dist.main:
                 for key, (ours, theirs) in taken.items():
-                    print(
+                    logger.info(
                         f"data.{key}: {theirs} from the checkpoint (the config says {ours}; data.{key}={ours} on the "
                         "command line evaluates with that)"
                     )

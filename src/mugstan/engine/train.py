@@ -20,6 +20,10 @@ end the best model is evaluated on the test split when the config names one.
 
 Outputs in ``output_dir``: ``metrics.jsonl``, TensorBoard scalars (``tb/``), ``curves.png``,
 ``config.yaml``, ``checkpoints/{last,best}``, ``results.json``.
+
+What the run reports as it goes (its size, model.init_from, each validation, the test result,
+where it saved) goes to this module's logger on the main process: ``mugstan train`` shows it;
+from Python, ``logging.basicConfig(level=logging.INFO)`` does (nothing is printed otherwise).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import random
 import time
@@ -53,6 +58,7 @@ from mugstan.files import recover_folder
 from mugstan.losses import build_loss
 from mugstan.models import build_model, model_inputs
 
+logger = logging.getLogger(__name__)
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
@@ -105,13 +111,17 @@ def setup_run(cfg: ExperimentConfig) -> Run:
         cfg.model.class_names = list(names)
     model = build_model(cfg.model)
     if dist.main and not (cfg.model.pretrained or cfg.model.weights or cfg.model.init_from):
-        print(f"model.backbone {cfg.model.backbone or 'from model.backbone_config'} starts from random weights "
-              "(model.pretrained, model.weights and model.init_from are null)")
+        logger.info(
+            f"model.backbone {cfg.model.backbone or 'from model.backbone_config'} starts from random weights "
+            "(model.pretrained, model.weights and model.init_from are null)"
+        )
     if cfg.model.init_from:
         report = ckpt.init_from(model, cfg.model.init_from)
         if dist.main:
-            print(f"model.init_from: {report['loaded']} tensors from {cfg.model.init_from}; kept at initialisation: "
-                  f"{_names(report['new'])}; not used: {_names(report['unused'])}")
+            logger.info(
+                f"model.init_from: {report['loaded']} tensors from {cfg.model.init_from}; kept at initialisation: "
+                f"{_names(report['new'])}; not used: {_names(report['unused'])}"
+            )
     model = model.to(dist.device)
     # chat, detection: eager
     if resolve_compile(t.compile, dist.device) and cfg.model.task in (Task.retrieval, Task.recognition):
@@ -146,7 +156,7 @@ def setup_run(cfg: ExperimentConfig) -> Run:
     local_batch = t.batch_size // (dist.world * t.accum_steps)  # clips of one micro-batch on this process
     gradcache = t.chunk_size is not None and t.chunk_size < local_batch
     if t.chunk_size is not None and not gradcache and dist.main:
-        print(
+        logger.info(
             f"train.chunk_size={t.chunk_size} >= the {local_batch} clips per process and micro-batch: "
             "they are trained at once, without gradient caching (it would only add a forward pass)"
         )
@@ -356,15 +366,15 @@ def selection_split(cfg: ExperimentConfig) -> Optional[str]:
     return "val" if (cfg.data.val_ann and not val_is_test(cfg)) or cfg.data.val_shards else None
 
 
-def validate(run: Run, pos: dict, logger: MetricsLogger, progress: bool) -> None:
+def validate(run: Run, pos: dict, metrics: MetricsLogger, progress: bool) -> None:
     """Evaluate on the selection split; keep checkpoints/best when the headline metric improves."""
     split = selection_split(run.cfg)
     result = evaluate(run.model, run.cfg, split, run.dist, progress)
     name, value = headline(result)
-    logger.scalars(pos["step"], {f"{split}/{name}": value})
-    logger.event("validation", step=pos["step"], epoch=pos["epoch"], split=split, result=result)
+    metrics.scalars(pos["step"], {f"{split}/{name}": value})
+    metrics.event("validation", step=pos["step"], epoch=pos["epoch"], split=split, result=result)
     if run.dist.main:
-        print(format_result(result))
+        logger.info(format_result(result))
     if pos["best"] is None or value > pos["best"]["value"]:
         pos["best"] = {"value": value, "metric": name, "step": pos["step"], "epoch": pos["epoch"], "selected_on": split}
         save_best(run)
@@ -374,113 +384,180 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     """Train, validate, keep the best checkpoint, test it. Returns the final results dict."""
     validate_config(cfg, check_files=False)  # configs built in Python, not only load_config's
     run = setup_run(cfg)
-    t, dist, sampler = cfg.train, run.dist, run.sampler
+    pos = start_position(run, resume)
+    # resuming drops what was logged after the checkpoint: those steps run again
+    metrics = MetricsLogger(run.out, enabled=run.dist.main, resume=resume, resume_step=pos["step"])
+    if run.dist.main:
+        begin_run(run)
+    while pos["step"] < run.total_steps and pos["epoch"] < cfg.train.epochs:
+        train_epoch(run, pos, metrics, progress)
+        if selection_split(cfg) and (pos["epoch"] % cfg.train.eval_every == 0 or pos["step"] >= run.total_steps):
+            validate(run, pos, metrics, progress)
+        save_last(run, pos)
+        metrics.plot()
+    results = finish_run(run, pos, progress)
+    metrics.close()
+    return results
+
+
+def start_position(run: Run, resume: bool) -> dict:
+    """The loop position: {"step", "epoch", "step_in_epoch", "best", "skipped" (this process's count of
+    skipped videos), "stream" (shards: samples taken per reader this epoch)}; zeros, or with
+    ``resume`` checkpoints/last's (its optimiser, scheduler, scaler and RNG states restored too)."""
     pos = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best": None, "skipped": 0, "stream": {}}
     if resume:  # the loop position, and this process's count of skipped videos
-        if dist.main:  # a save interrupted between its renames: finish or undo it, once
+        if run.dist.main:  # a save interrupted between its renames: finish or undo it, once
             recover_folder(run.out / "checkpoints" / "last")
         barrier()
         pos = ckpt.load_training_state(
-            run.out / "checkpoints" / "last", run.model, run.optimizer, run.scheduler, run.scaler, dist.rank
+            run.out / "checkpoints" / "last", run.model, run.optimizer, run.scheduler, run.scaler, run.dist.rank
         )
-    # resuming drops what was logged after the checkpoint: those steps run again
-    logger = MetricsLogger(run.out, enabled=dist.main, resume=resume, resume_step=pos["step"])
-    if dist.main:
-        run.out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run.out / "config.yaml")
-        n_train = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-        streaming = cfg.data.dataset == "webdataset"
-        items = (
-            f"{run.dataset.epoch_samples} samples/epoch from {len(run.dataset.urls)} shards"
-            if streaming
-            else f"{len(run.dataset)} items"
-        )
-        print(
-            f"training {cfg.name}: {items}, {sampler.steps_per_epoch} steps/epoch x {t.epochs} epochs "
-            f"({run.total_steps} steps), global batch {t.batch_size} on {dist.world} process(es), {n_train / 1e6:.1f} "
-            f"M trainable parameters, {run.precision} on {dist.device.type}"
-            + (f"; text tower frozen for the first {run.text_frozen_steps} steps" if run.text_frozen_steps else "")
-        )
+    return pos
 
-    while pos["step"] < run.total_steps and pos["epoch"] < t.epochs:
-        epoch = pos["epoch"]
-        run.dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch, pos["step_in_epoch"])
-        loader = make_loader(run, epoch, pos)
-        run.model.train()
-        bar = tqdm(
-            total=sampler.steps_per_epoch,
-            initial=pos["step_in_epoch"],
-            desc=f"epoch {epoch + 1}/{t.epochs}",
-            unit="step",
-            disable=not (progress and dist.main),
-            dynamic_ncols=True,
-        )
-        tick, clips, losses = time.time(), 0, []
-        for micro, batch in enumerate(loader):
-            for index, error in batch["failed"]:
-                pos["skipped"] += 1
-                logger.event(
-                    "skipped_video", step=pos["step"] + 1, index=index, error=error
-                )  # the step this batch is part of
-            if "stream" in batch:  # shards: samples this batch's reader has taken this epoch
-                pos["stream"][int(batch["stream"][0])] = int(batch["stream"][1])
-            last_micro = (micro + 1) % t.accum_steps == 0
-            losses.append(backward_micro_batch(run, batch, last_micro))
-            clips += batch["frames"].shape[0]
-            if not last_micro:
-                continue
-            grad_norm = optimizer_step(run, pos["step"])
-            pos["step"] += 1
-            pos["step_in_epoch"] += 1
-            loss, losses = torch.stack(losses).mean().item(), []
-            bar.update(1)
-            if pos["step"] % t.log_every == 0 or pos["step"] == run.total_steps:
-                rate = clips * dist.world / max(time.time() - tick, 1e-9)
-                scalars = {
-                    "train/loss": loss,
-                    "train/lr": run.scheduler.get_last_lr()[0],
-                    "train/grad_norm": grad_norm,
-                    "train/clips_per_s": rate,
-                    "train/skipped_videos": pos["skipped"],
-                }
-                if hasattr(run.model, "logit_scale"):
-                    scalars["train/logit_scale"] = run.model.logit_scale().item()
-                logger.scalars(pos["step"], scalars)
-                bar.set_postfix(loss=f"{loss:.4f}", clips_s=f"{rate:.1f}")
-                tick, clips = time.time(), 0
-            if t.save_every and pos["step"] % t.save_every == 0 and pos["step_in_epoch"] < sampler.steps_per_epoch:
-                save_last(run, pos)
-            if pos["step"] >= run.total_steps:
-                break
-        bar.close()
-        if pos["step_in_epoch"] >= sampler.steps_per_epoch:  # the epoch is complete
-            pos["epoch"], pos["step_in_epoch"], pos["stream"] = epoch + 1, 0, {}
-        if selection_split(cfg) and (pos["epoch"] % t.eval_every == 0 or pos["step"] >= run.total_steps):
-            validate(run, pos, logger, progress)
-        save_last(run, pos)
-        logger.plot()
 
+def begin_run(run: Run) -> None:
+    """Main process: the output folder with config.yaml, and the run's size in one logged line."""
+    cfg, t, dist = run.cfg, run.cfg.train, run.dist
+    run.out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run.out / "config.yaml")
+    n_train = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    streaming = cfg.data.dataset == "webdataset"
+    items = (
+        f"{run.dataset.epoch_samples} samples/epoch from {len(run.dataset.urls)} shards"
+        if streaming
+        else f"{len(run.dataset)} items"
+    )
+    logger.info(
+        f"training {cfg.name}: {items}, {run.sampler.steps_per_epoch} steps/epoch x {t.epochs} epochs "
+        f"({run.total_steps} steps), global batch {t.batch_size} on {dist.world} process(es), {n_train / 1e6:.1f} "
+        f"M trainable parameters, {run.precision} on {dist.device.type}"
+        + (f"; text tower frozen for the first {run.text_frozen_steps} steps" if run.text_frozen_steps else "")
+    )
+
+
+def train_epoch(run: Run, pos: dict, metrics: MetricsLogger, progress: bool) -> None:
+    """The optimiser steps of epoch ``pos["epoch"]`` from ``pos["step_in_epoch"]`` on, until the epoch
+    or ``run.total_steps`` ends; ``pos`` advances with them (to the next epoch when this one is
+    complete). Saves checkpoints/last every ``train.save_every`` steps inside the epoch."""
+    t, sampler = run.cfg.train, run.sampler
+    epoch = pos["epoch"]
+    run.dataset.set_epoch(epoch)
+    sampler.set_epoch(epoch, pos["step_in_epoch"])
+    loader = make_loader(run, epoch, pos)
+    run.model.train()
+    bar = tqdm(
+        total=sampler.steps_per_epoch,
+        initial=pos["step_in_epoch"],
+        desc=f"epoch {epoch + 1}/{t.epochs}",
+        unit="step",
+        disable=not (progress and run.dist.main),
+        dynamic_ncols=True,
+    )
+    tick, clips, losses = time.time(), 0, []
+    for micro, batch in enumerate(loader):
+        note_batch(pos, batch, metrics)
+        last_micro = (micro + 1) % t.accum_steps == 0
+        losses.append(backward_micro_batch(run, batch, last_micro))
+        clips += batch["frames"].shape[0]
+        if not last_micro:
+            continue
+        grad_norm = optimizer_step(run, pos["step"])
+        pos["step"] += 1
+        pos["step_in_epoch"] += 1
+        loss, losses = torch.stack(losses).mean().item(), []
+        bar.update(1)
+        if pos["step"] % t.log_every == 0 or pos["step"] == run.total_steps:
+            rate = clips * run.dist.world / max(time.time() - tick, 1e-9)
+            log_step(run, pos, metrics, loss, grad_norm, rate)
+            bar.set_postfix(loss=f"{loss:.4f}", clips_s=f"{rate:.1f}")
+            tick, clips = time.time(), 0
+        if t.save_every and pos["step"] % t.save_every == 0 and pos["step_in_epoch"] < sampler.steps_per_epoch:
+            save_last(run, pos)
+        if pos["step"] >= run.total_steps:
+            break
+    bar.close()
+    if pos["step_in_epoch"] >= sampler.steps_per_epoch:  # the epoch is complete
+        pos["epoch"], pos["step_in_epoch"], pos["stream"] = epoch + 1, 0, {}
+
+
+def note_batch(pos: dict, batch: dict, metrics: MetricsLogger) -> None:
+    """A micro-batch's bookkeeping: its videos that failed to decode (counted in ``pos["skipped"]``,
+    each a ``skipped_video`` event), and on shards its reader's position in ``pos["stream"]``."""
+    for index, error in batch["failed"]:
+        pos["skipped"] += 1
+        metrics.event("skipped_video", step=pos["step"] + 1, index=index, error=error)  # the step this batch is part of
+    if "stream" in batch:  # shards: samples this batch's reader has taken this epoch
+        pos["stream"][int(batch["stream"][0])] = int(batch["stream"][1])
+
+
+def log_step(run: Run, pos: dict, metrics: MetricsLogger, loss: float, grad_norm: float, rate: float) -> None:
+    """The scalars of step ``pos["step"]``: loss (mean over its micro-batches), learning rate, gradient
+    norm, clips/s (all processes), skipped videos so far and the logit scale (contrastive models)."""
+    scalars = {
+        "train/loss": loss,
+        "train/lr": run.scheduler.get_last_lr()[0],
+        "train/grad_norm": grad_norm,
+        "train/clips_per_s": rate,
+        "train/skipped_videos": pos["skipped"],
+    }
+    if hasattr(run.model, "logit_scale"):
+        scalars["train/logit_scale"] = run.model.logit_scale().item()
+    metrics.scalars(pos["step"], scalars)
+
+
+def finish_run(run: Run, pos: dict, progress: bool) -> dict:
+    """After the last step: the model kept as checkpoints/best (the last one without a validation),
+    evaluated on the test split when the config names one; results.json written and the choice
+    logged. Returns the results: {"name", "steps", "best", "skipped_videos"}, with "selection" (a
+    choice on the test split, or none possible) and "test" when they apply."""
+    cfg, dist = run.cfg, run.dist
     if pos["best"] is None:  # no validation split: the final model is the one to keep
         save_best(run)
         pos["best"] = {"metric": None, "step": pos["step"], "epoch": pos["epoch"], "selected_on": "last"}
     results = {"name": cfg.name, "steps": pos["step"], "best": pos["best"], "skipped_videos": pos["skipped"]}
-    if cfg.eval.select_on == SelectOn.test:  # say it wherever the numbers go
-        results["selection"] = (
+    selection = selection_caveat(cfg)
+    if selection:  # say it wherever the numbers go
+        results["selection"] = selection
+        if dist.main:
+            logger.info(selection)
+    best = pos["best"]
+    if cfg.data.test_ann or cfg.data.test_shards:
+        ckpt.load_weights(run.model, run.out / "checkpoints" / "best")
+        results["test"] = evaluate(run.model, cfg, "test", dist, progress)
+        if dist.main:
+            logger.info(
+                f"{'best' if best['metric'] else 'last-epoch'} checkpoint on the test split:\n"
+                + format_result(results["test"])
+            )
+    if dist.main:
+        (run.out / "results.json").write_text(json.dumps(results, indent=2))
+        logger.info(
+            f"saved {run.out / 'checkpoints' / 'best'}: {kept_model(cfg, best)}; {run.out / 'checkpoints' / 'last'} "
+            f"resumes the run (--resume); results in {run.out / 'results.json'}, curves in {run.out / 'curves.png'}"
+        )
+    return results
+
+
+def selection_caveat(cfg: ExperimentConfig) -> Optional[str]:
+    """What results.json must say about how checkpoints/best was chosen: on the test split
+    (eval.select_on=test), or not at all (data.val_ann is the test file); None otherwise."""
+    if cfg.eval.select_on == SelectOn.test:
+        return (
             "best checkpoint chosen on the TEST split (eval.select_on=test, the authors' protocol): "
             "the test figures below are optimistic; eval.select_on=val chooses on data.val_ann"
         )
-        if dist.main:
-            print(results["selection"])
-    elif val_is_test(cfg):
-        results["selection"] = (
+    if val_is_test(cfg):
+        return (
             "no checkpoint chosen: data.val_ann is the test file data.test_ann, so the last epoch is kept "
             "(eval.select_on=test would choose on it, labelled)"
         )
-        if dist.main:
-            print(results["selection"])
-    best = pos["best"]
-    kept = (
+    return None
+
+
+def kept_model(cfg: ExperimentConfig, best: dict) -> str:
+    """Which model checkpoints/best holds, in words: the best validation result (metric, split, value,
+    epoch, step), or the last epoch's model and why."""
+    return (
         f"the best {best['metric']} on the {best['selected_on']} split ({best['value']:.2f} after epoch "
         f"{best['epoch']}, step {best['step']})"
         if best["metric"]
@@ -488,22 +565,6 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         if val_is_test(cfg)
         else "the last epoch's model (no validation split, data.val_ann is null)"
     )
-    if cfg.data.test_ann or cfg.data.test_shards:
-        ckpt.load_weights(run.model, run.out / "checkpoints" / "best")
-        results["test"] = evaluate(run.model, cfg, "test", dist, progress)
-        if dist.main:
-            print(
-                f"{'best' if best['metric'] else 'last-epoch'} checkpoint on the test split:\n"
-                + format_result(results["test"])
-            )
-    if dist.main:
-        (run.out / "results.json").write_text(json.dumps(results, indent=2))
-        print(
-            f"saved {run.out / 'checkpoints' / 'best'}: {kept}; {run.out / 'checkpoints' / 'last'} resumes the run "
-            f"(--resume); results in {run.out / 'results.json'}, curves in {run.out / 'curves.png'}"
-        )
-    logger.close()
-    return results
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -397,6 +397,51 @@ def build_index(
     indexed (listed in report.json), windows in the index)."""
     from mugstan.engine.checkpoint import load_model
 
+    root = _index_root(video_dir, window, stride, batch_size, frames)
+    identity = model_identity(checkpoint)
+    folder = IndexFolder(out)
+    old_meta, old_items, old_emb, old_mask = _previous_index(folder, out, checkpoint, identity, root)
+    model, cfg = load_model(checkpoint, device)
+    frames = _window_frames(model, cfg, frames)
+    settings = {"window": window, "stride": stride, "frames": frames}
+    reuse = bool(old_meta) and all(old_meta[k] == v for k, v in settings.items())
+    old_files = old_meta.get("files", {}) if reuse else {}
+
+    files, report = find_videos(root)
+    old_notes = [r for r in folder._json("report.json") if isinstance(r, dict) and r.get("indexed")] if reuse else []
+    embedder = WindowEmbedder(model, cfg, frames, batch_size, device)
+    plan, notes = _plan_videos(files, root, window, stride, old_files, old_items, old_notes, embedder, report, progress)
+    embedder.flush()
+
+    counts = {"added": 0, "kept": 0, "failed": len(report), "noted": len(notes)}
+    items, rows, masks, file_meta = _index_rows(plan, embedder, old_emb, old_mask, counts)
+    counts["removed"] = len(set(old_meta.get("files", {})) - set(file_meta))
+    if not rows:  # nothing to write: say what failed here (there is no report.json to point at)
+        if not report:
+            raise UserError(f"no video files under {root} (looked for {' '.join(VIDEO_EXTENSIONS)})")
+        listed = "; ".join(f"{r['path']}: {r['reason']}" for r in report[:3])
+        raise UserError(
+            f"no video under {root} could be indexed: {listed}"
+            + (f"; and {len(report) - 3} more" if len(report) > 3 else "")
+        )
+    emb = np.concatenate(rows)
+    mask = np.concatenate(masks) if masks else None
+    meta = {
+        "format": FORMAT,
+        "root": str(root),
+        "model": identity,
+        "similarity": "dot" if mask is None else "mug",
+        "shape": list(emb.shape),
+        **settings,
+        "files": file_meta,
+    }
+    folder.save(meta, items, emb, mask, report + notes)
+    counts["rows"] = len(items)
+    return counts
+
+
+def _index_root(video_dir, window: float, stride: float, batch_size: int, frames: Optional[int]) -> Path:
+    """The folder to index (resolved), after checking it and the numeric arguments (``ArgumentError``)."""
     root = Path(video_dir).resolve()
     if not root.is_dir():
         raise UserError(f"{video_dir} is not a folder (VIDEO_DIR must be the folder of videos to index)")
@@ -405,8 +450,15 @@ def build_index(
         raise ArgumentError(f"--batch-size must be at least 1, got {batch_size}")
     if frames is not None and frames < 1:
         raise ArgumentError(f"--frames must be at least 1, got {frames}")
-    identity = model_identity(checkpoint)
-    folder = IndexFolder(out)
+    return root
+
+
+def _previous_index(
+    folder: IndexFolder, out, checkpoint, identity: dict, root: Path
+) -> tuple[dict, list[dict], Optional[np.ndarray], Optional[np.ndarray]]:
+    """The index already in ``folder`` (an interrupted update finished first) as (meta, items,
+    embeddings [N, E] or [N, T, E], mask [N, T] or None), or ({}, [], None, None) when there is none.
+    ``MismatchError`` when it was built with another model or of another video folder."""
     folder.check_writable()
     recover_folder(folder.folder)  # an update interrupted between its renames: finish it first
     if folder.folder.is_dir():
@@ -421,7 +473,12 @@ def build_index(
             )
         if old_meta["root"] != str(root):
             raise MismatchError(f"{out} indexes {old_meta['root']}, not {root}; index into a new folder")
-    model, cfg = load_model(checkpoint, device)
+    return old_meta, old_items, old_emb, old_mask
+
+
+def _window_frames(model, cfg, frames: Optional[int]) -> int:
+    """Frames per window: ``frames``, or the checkpoint's test (else training) frame count, 12 for a file
+    without a config; ``ArgumentError`` past the model's temporal embedding or ``MAX_FRAMES``."""
     if frames is None:
         frames = (cfg.data.test_num_frames or cfg.data.num_frames) if cfg else 12
     limit = frame_limit(model)
@@ -435,17 +492,29 @@ def build_index(
             )
             + f"; use --frames {limit or MAX_FRAMES} or fewer"
         )
-    settings = {"window": window, "stride": stride, "frames": frames}
-    reuse = bool(old_meta) and all(old_meta[k] == v for k, v in settings.items())
-    old_files = old_meta.get("files", {}) if reuse else {}
+    return frames
 
-    files, report = find_videos(root)
-    old_notes = [r for r in folder._json("report.json") if isinstance(r, dict) and r.get("indexed")] if reuse else []
-    notes: list[dict] = []  # videos indexed with a remark (windows bounded)
-    embedder = WindowEmbedder(model, cfg, frames, batch_size, device)
-    plan: list[
-        tuple[str, os.stat_result, list[tuple[float, float]], Optional[list[int]]]
-    ] = []  # rel, stat, spans, old rows
+
+def _plan_videos(
+    files: list[Path],
+    root: Path,
+    window: float,
+    stride: float,
+    old_files: dict,
+    old_items: list[dict],
+    old_notes: list[dict],
+    embedder: WindowEmbedder,
+    report: list[dict],
+    progress: bool,
+) -> tuple[list[tuple[str, os.stat_result, list[tuple[float, float]], Optional[list[int]]]], list[dict]]:
+    """Each video of ``files``: one unchanged since the previous index (``old_files``: same size and
+    modification time) keeps its rows and notes; another is cut into windows, each queued on
+    ``embedder``; one that cannot be read is dropped from it and appended to ``report`` with the
+    reason. Returns (plan, notes): plan [(path relative to ``root``, stat, [(start, end)] seconds,
+    the previous index's rows or None: embedded now)] in ``files``' order, and the notes of videos
+    indexed with a remark (windows bounded)."""
+    notes: list[dict] = []
+    plan = []
     for path in tqdm(files, desc="indexing videos", unit="video", disable=not progress):
         rel = path.relative_to(root).as_posix()
         try:
@@ -470,10 +539,18 @@ def build_index(
             )
             continue
         plan.append((rel, stat, spans, None))
-    embedder.flush()
+    return plan, notes
 
+
+def _index_rows(
+    plan: list, embedder: WindowEmbedder, old_emb: Optional[np.ndarray], old_mask: Optional[np.ndarray], counts: dict
+) -> tuple[list[dict], list[np.ndarray], list[np.ndarray], dict]:
+    """The rows of the new index, in ``plan``'s order: the previous index's rows of a kept video
+    (``old_emb`` [N, E] or [N, T, E], ``old_mask`` [N, T] or None), the embedder's of a new one,
+    counted under ``counts["kept"]`` and ``counts["added"]``. Returns (items [{"path", "start",
+    "end"}], per-video embeddings [W, ...], per-video masks [W, T] (none for dual encoders),
+    {path: {"size", "mtime_ns", "rows"}})."""
     items, rows, masks, file_meta = [], [], [], {}
-    counts = {"added": 0, "kept": 0, "failed": len(report), "noted": len(notes)}
     for rel, stat, spans, old_rows in plan:
         if old_rows is not None:
             x, m = old_emb[old_rows], None if old_mask is None else old_mask[old_rows]
@@ -491,29 +568,7 @@ def build_index(
         rows.append(x)
         if m is not None:
             masks.append(m)
-    counts["removed"] = len(set(old_meta.get("files", {})) - set(file_meta))
-    if not rows:  # nothing to write: say what failed here (there is no report.json to point at)
-        if not report:
-            raise UserError(f"no video files under {root} (looked for {' '.join(VIDEO_EXTENSIONS)})")
-        listed = "; ".join(f"{r['path']}: {r['reason']}" for r in report[:3])
-        raise UserError(
-            f"no video under {root} could be indexed: {listed}"
-            + (f"; and {len(report) - 3} more" if len(report) > 3 else "")
-        )
-    emb = np.concatenate(rows)
-    mask = np.concatenate(masks) if masks else None
-    meta = {
-        "format": FORMAT,
-        "root": str(root),
-        "model": identity,
-        "similarity": "dot" if mask is None else "mug",
-        "shape": list(emb.shape),
-        **settings,
-        "files": file_meta,
-    }
-    folder.save(meta, items, emb, mask, report + notes)
-    counts["rows"] = len(items)
-    return counts
+    return items, rows, masks, file_meta
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -31,8 +31,10 @@ its own script and media; file names are inserted as text, never as HTML.
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
 MAX_QUERY = 500
 MAX_K = 100
 STATIC = Path(__file__).parent / "static"
@@ -214,7 +216,9 @@ def main(args: argparse.Namespace) -> int:
         chat = load_chat_model(spec, torch.device(args.device if hasattr(args, "device") else "cpu"))
     app = create_app(open_searcher(args), chat)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {args.host}: anyone who can reach it can search the index and watch its videos")
+        logger.warning(
+            f"warning: listening on {args.host}: anyone who can reach it can search the index and watch its videos"
+        )
     print(f"serving {args.index_dir} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import tarfile
 from pathlib import Path
 from typing import Iterator, Optional
@@ -54,6 +55,7 @@ from mugstan.data.datasets.base import MAX_REPLACEMENTS, Annotations, Clip, Clip
 from mugstan.data.video import IMAGE_EXTENSIONS, VideoError
 from mugstan.errors import UserError, one_line
 
+logger = logging.getLogger(__name__)
 VIDEO_SUFFIXES = ("mp4", "webm", "mkv", "avi", "mov", "m4v", "mpg", "mpeg", "flv", "3gp", "wmv")
 IMAGE_SUFFIXES = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 MANIFEST = "manifest.json"
@@ -350,7 +352,7 @@ def shard_annotations(cfg: DataConfig, split: str) -> Annotations:
             labels.append(label)
             clips.append(clip)
     for name, reason in failures:
-        print(f"{field}: skipped {name}: {reason}")
+        logger.warning(f"{field}: skipped {name}: {reason}")
     has_labels = any(lab is not None for lab in labels)
     if has_labels and any(lab is None for lab in labels):
         raise ShardError(f"{field}: some samples have a label (KEY.cls or \"label\" in KEY.json) and some do not")
