@@ -3,6 +3,7 @@ evaluation, the defaults in --help, a curves.png that shows a short run."""
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,15 +57,25 @@ def test_train_says_where_it_saved_and_whether_best_means_best(data, tmp_path, c
 
 
 def test_the_command_shows_what_the_library_logs(capsys):
-    """Library code logs (``mugstan.*`` loggers); ``mugstan`` shows each record's bare message, INFO on
-    stdout and WARNING on stderr, with one handler however often ``main`` runs."""
-    cli.configure_logging()
-    cli.configure_logging()
-    assert sum(isinstance(h, cli.ConsoleHandler) for h in logging.getLogger("mugstan").handlers) == 1
-    capsys.readouterr()
-    logging.getLogger("mugstan.engine.train").info("training x: 2 items")
-    logging.getLogger("mugstan.data.datasets.shards").warning("data.val_shards: skipped a: no video")
-    assert capsys.readouterr() == ("training x: 2 items\n", "data.val_shards: skipped a: no video\n")
+    """Library code logs (``mugstan.*`` loggers); while ``mugstan`` runs a command it shows each
+    record's bare message once, INFO on stdout and WARNING on stderr, even when a library's
+    ``logging.warning`` has given the root logger a handler (open_clip's does); afterwards the
+    logger is as it was."""
+    log = logging.getLogger("mugstan")
+    before = (list(log.handlers), log.level, log.propagate)
+    root = logging.getLogger()
+    stray = logging.StreamHandler(sys.stderr)  # what logging.warning's basicConfig installs
+    root.addHandler(stray)
+    try:
+        with cli.console_logging(), cli.console_logging():
+            assert sum(isinstance(h, cli.ConsoleHandler) for h in log.handlers) == 1
+            capsys.readouterr()
+            logging.getLogger("mugstan.engine.train").info("training x: 2 items")
+            logging.getLogger("mugstan.data.datasets.shards").warning("data.val_shards: skipped a: no video")
+            assert capsys.readouterr() == ("training x: 2 items\n", "data.val_shards: skipped a: no video\n")
+    finally:
+        root.removeHandler(stray)
+    assert (list(log.handlers), log.level, log.propagate) == before
 
 
 def test_eval_without_progress_bars(data, tmp_path, capsys):

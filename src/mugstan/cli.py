@@ -19,6 +19,7 @@ bars, which are on stderr), WARNING and above on stderr, beside the ``error:`` l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -77,13 +78,26 @@ class ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
-def configure_logging() -> None:
-    """Show the ``mugstan`` loggers' INFO and above on the console (``ConsoleHandler``), once per
-    process however often ``main`` runs. Records still propagate to the root logger's handlers."""
+@contextlib.contextmanager
+def console_logging():
+    """While a command runs, show the ``mugstan`` loggers' INFO and above on the console
+    (``ConsoleHandler``) and only there: not also through the root logger, which a library's
+    ``logging.warning`` (open_clip's) equips with a handler of its own, printing every line twice.
+    Nested calls add no second handler; leaving restores the logger as it was."""
     log = logging.getLogger("mugstan")
-    if not any(isinstance(h, ConsoleHandler) for h in log.handlers):
-        log.addHandler(ConsoleHandler())
+    if any(isinstance(h, ConsoleHandler) for h in log.handlers):
+        yield
+        return
+    handler, level, propagate = ConsoleHandler(), log.level, log.propagate
+    log.addHandler(handler)
     log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
 
 
 class Parser(argparse.ArgumentParser):
@@ -108,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    configure_logging()
     try:
-        return run(argv)
+        with console_logging():
+            return run(argv)
     except UserError as err:
         if debug:
             raise
