@@ -586,7 +586,7 @@ def test_collated_batch_trains_the_detector(ava_files):
         loss.backward()
         opt.step()
         first = first if first is not None else loss.item()
-    assert loss.item() < 0.5 * first
+    assert loss.item() < 0.3 * first  # the same batch 15 steps later: measured 0.19 of the first loss
 
 
 # ---- the CLI end to end -------------------------------------------------------------------------
@@ -628,7 +628,7 @@ def test_train_and_eval_through_the_cli(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "frame-mAP@0.5" in out.stdout
     again = json.loads((tmp_path / "r.json").read_text())
-    assert again["detection"]["mAP"] == pytest.approx(test["detection"]["mAP"])
+    assert again["detection"]["mAP"] == test["detection"]["mAP"]  # the best checkpoint again: the same number
     lines = (tmp_path / "dets.csv").read_text().splitlines()
     assert len(lines) == 6 * 2 * 10 == again["detection"]["counts"]["rows_written"]  # keyframes x proposals x classes
     # the reported mAP is the frame-mAP of the rows written, scored against the test CSV
@@ -638,14 +638,12 @@ def test_train_and_eval_through_the_cli(tmp_path):
     written, _ = read_ava_csv(tmp_path / "dets.csv", scores=True)
     classes, _ = read_label_map(paths["data.extra"]["label_map"])
     assert again["detection"]["mAP"] == pytest.approx(frame_map(gt, written, classes)["mAP"], abs=1e-9)
-    video, ts, *box, action, score = lines[0].split(",")
-    assert (
-        video == "det_test_00000"
-        and ts == "0001"
-        and len(box) == 4
-        and 1 <= int(action) <= 10
-        and 0 <= float(score) <= 1
-    )
+    # a row per keyframe, proposal scoring at least data.ava.proposal_score (0.9) and action 1-10, in the order of
+    # the proposals file, with the proposal's box as written there
+    proposals = [row.split(",") for row in Path(paths["data.extra"]["test_proposals"]).read_text().splitlines()]
+    kept = [p[:6] for p in proposals if float(p[6]) >= 0.9]
+    assert [line.split(",")[:7] for line in lines] == [[*p, str(a)] for p in kept for a in range(1, 11)]
+    assert all(0 < float(line.split(",")[7]) < 1 for line in lines)  # sigmoid scores
 
 
 # ---- bad files through `mugstan data check` -----------------------------------------------------

@@ -117,6 +117,7 @@ def test_converted_mugstan_checkpoint_scored_with_mug_from_the_command_line(tmp_
     from reference_layouts import stan_reference_layout
 
     from mugstan.engine.evaluate import evaluate
+    from mugstan.metrics import retrieval_metrics
 
     synth = data / "synth"
     cfg = load_config(
@@ -126,7 +127,7 @@ def test_converted_mugstan_checkpoint_scored_with_mug_from_the_command_line(tmp_
     converted = tmp_path / "mugstan.safetensors"
     assert cli(["convert", str(tmp_path / "mugstan_released.pth"), str(converted), "--format", "stan"]) == 0
     config = tmp_path / "m.yaml"
-    results = {}
+    results, models = {}, {}
     for head in ("mean", "mug"):
         overrides = ["model.context_length=16"] + (["model.head=mug"] if head == "mug" else [])  # mean: the default
         assert (
@@ -145,10 +146,56 @@ def test_converted_mugstan_checkpoint_scored_with_mug_from_the_command_line(tmp_
             == 0
         )
         results[head] = json.loads((tmp_path / f"{head}.json").read_text())["retrieval"]
-        loaded, _ = load_model(converted, overrides=overrides)
-        assert type(loaded.head).__name__ == {"mean": "Mean", "mug": "Mug"}[head]
-        assert results[head] == evaluate(loaded, cfg, progress=False)["retrieval"]
-    assert results["mean"] != results["mug"]  # the two scorings of the same weights differ on this set
+        models[head], _ = load_model(converted, overrides=overrides)
+        assert type(models[head].head).__name__ == {"mean": "Mean", "mug": "Mug"}[head]
+        assert results[head] == evaluate(models[head], cfg, progress=False)["retrieval"]
+    # the scores of each head, written out from the same frame and word embeddings (Mug has no parameters):
+    # Mean as methods.md defines it, Mug as test_methods.dense_mug computes it pair by pair
+    by_hand = scored_by_hand(models["mean"], models["mug"].head, cfg)
+    for head, model in models.items():
+        scores = model_scores(model, cfg)
+        assert retrieval_metrics(scores, split_clips(cfg)[1]) == results[head]  # the numbers of these scores
+        torch.testing.assert_close(scores, by_hand[head], rtol=0, atol=3e-5)  # measured 7.6e-6 (scaled by 100)
+    assert (by_hand["mean"] - by_hand["mug"]).abs().max() > 10  # the heads' scores differ: measured up to 26.8
+
+
+def split_clips(cfg) -> tuple[list, list, torch.Tensor, torch.Tensor]:
+    """The test split's captions, their videos, and the videos' frames and frame masks, clip by clip."""
+    from mugstan.data.datasets import build_dataset, load_annotations
+
+    ann = load_annotations(cfg.data, "test")
+    dataset = build_dataset(cfg.data, "test", ann=ann)
+    items = [dataset[i] for i in range(len(dataset))]
+    return ann.captions, ann.caption_clip, torch.stack([f["frames"] for f in items]), torch.stack(
+        [f["frame_mask"] for f in items]
+    )
+
+
+def model_scores(model, cfg) -> torch.Tensor:
+    """The model's own scaled scores, test captions x test videos."""
+    captions, _, frames, fmask = split_clips(cfg)
+    with torch.no_grad():
+        return model.similarity(model.encode_text(*model.tokenize(captions)), model.encode_video(frames, fmask))
+
+
+def scored_by_hand(model, mug, cfg) -> dict:
+    """{"mean": scores, "mug": scores} of the test captions x videos from ``model``'s per-frame embeddings and word
+    embeddings (its backbone and branch): Mean's cosine of the frame average, and Mug's (``mug``: its lam and mode)."""
+    from test_methods import dense_mug
+
+    from mugstan.heads.base import masked_mean
+
+    captions, _, frames, fmask = split_clips(cfg)
+    normalize = torch.nn.functional.normalize
+    with torch.no_grad():
+        embeds = torch.cat([model.frame_features(f[None], m[None]).embeds for f, m in zip(frames, fmask, strict=True)])
+        text = model.backbone.encode_text(*model.tokenize(captions))
+        mean = normalize(text.pooled, dim=-1) @ normalize(masked_mean(embeds, fmask), dim=-1).t()
+        words, frames_ = normalize(text.tokens, dim=-1), normalize(embeds, dim=-1)
+        return {
+            "mean": model.logit_scale() * mean,
+            "mug": model.logit_scale() * dense_mug(words, text.mask, frames_, fmask, mug.lam, mug.mode),
+        }
 
 
 def test_zero_shot_evaluation_needs_no_checkpoint_and_no_training_files(tmp_path, data):
@@ -221,4 +268,12 @@ def test_eval_reads_videos_as_the_checkpoint_was_trained(tmp_path, data, capsys)
     assert same["data_from_checkpoint"] == {} and same["retrieval"] == result["retrieval"]
     mine, out = run("overridden", "data.num_frames=8")
     assert "num_frames" not in mine["data_from_checkpoint"] and "data.num_frames" not in out
-    assert mine["retrieval"] != result["retrieval"]
+    # the numbers of the checkpoint's model evaluated in this process on 4 and on 8 frames read as trained
+    from mugstan.engine.evaluate import evaluate
+
+    model, _ = load_model(tmp_path / "ckpt")
+    as_trained = [f"data.test_ann={synth / 'test.jsonl'}", "data.sampler=segment", "data.dense_stride=4"]
+    for frames, got in ((4, result), (8, mine)):
+        cfg = load_config(config, [*as_trained, "data.resize_short=40", f"data.num_frames={frames}"])
+        assert got["retrieval"] == evaluate(model, cfg, progress=False)["retrieval"], frames
+    assert mine["retrieval"] != result["retrieval"]  # and 8 frames score otherwise: the check tells them apart

@@ -93,7 +93,10 @@ def test_build_gives_a_coca_backbone_with_clip_shapes():
     )
     assert (backbone.grid_size, backbone.num_patches, backbone.image_size, backbone.caption_queries) == (4, 16, 32, 8)
     assert not any(p.requires_grad for p in backbone.clip.text_decoder.parameters())
-    assert backbone.clip.text_decoder.text_projection.std() > 0  # open_clip leaves it uninitialised
+    # open_clip leaves it uninitialised (torch.empty); mugstan draws it from N(0, width^-0.5) as open_clip intends:
+    # measured std 0.12505 over its 64 x 49408 values (a sample of that size is within 4e-4 relative)
+    projection = backbone.clip.text_decoder.text_projection
+    assert projection.std().item() == pytest.approx(64**-0.5, rel=2e-3) and abs(projection.mean().item()) < 1e-3
     with pytest.raises(TypeError, match="attentional pooler"):
         backbone.project(torch.zeros(2, 96))
     with pytest.raises(ValueError, match="context 76"):
@@ -108,7 +111,7 @@ def test_zeroed_branch_gives_coca_per_frame_and_coca_text():
         embeds = model.frame_features(x, torch.ones(3, 4, dtype=torch.bool)).embeds  # [3, 4, E]
         ref = coca.encode_image(x.flatten(0, 1), normalize=False).view(3, 4, -1)
         assert (embeds - ref).abs().max() < 1e-5
-        assert ref.abs().max() > 0.5  # not a comparison of near-zero vectors
+        assert ref.abs().max() > 1.5  # not a comparison of near-zero vectors (measured 3.07)
 
         ref_ids = open_clip.get_tokenizer(TINY)(CAPTIONS)  # [3, 76], CLS appended by the tower
         ref_pooled, ref_tokens = coca.text(ref_ids)
@@ -137,7 +140,7 @@ def test_stan_class_token_enters_before_the_attentional_pooler():
         ref = (pooled @ visual.proj).view(3, 4, -1)
         embeds = model.frame_features(x, mask).embeds
         assert (embeds - ref).abs().max() < 1e-5
-        assert (embeds - vision.embeds.view(3, 4, -1)).abs().max() > 1e-2
+        assert (embeds - vision.embeds.view(3, 4, -1)).abs().max() > 0.03  # measured 0.062 (embeddings up to 3.07)
 
 
 @pytest.mark.parametrize(
@@ -229,14 +232,15 @@ def trained(synthetic, tmp_path_factory):
     return tmp / "run", results
 
 
-def test_training_step_and_evaluation_on_synthetic_data(trained):
+def test_training_step_and_evaluation_on_synthetic_data(trained, synthetic):
     run, results = trained
     losses = [
         r["train/loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r
     ]
     assert len(losses) == 3 and all(math.isfinite(loss) and loss > 0 for loss in losses)
     test = results["test"]
-    assert test["protocol"] == "1:1" and test["counts"]["videos"] > 0
+    videos = len((synthetic / "test.jsonl").read_text().splitlines())  # one caption per test video
+    assert test["protocol"] == "1:1" and test["counts"] == {"videos": videos, "captions": videos}
     from mugstan.engine.checkpoint import load_model
     from mugstan.engine.evaluate import evaluate
 
@@ -257,19 +261,20 @@ def test_caption_command_on_a_trained_checkpoint(trained, synthetic, tmp_path, c
     run, _ = trained
     best = str(run / "checkpoints" / "best")
     video = str(sorted(synthetic.rglob("*.mp4"))[0])
-    outputs = []
-    for args in (
-        ["--seq-len", "7"],
-        ["--seq-len", "7"],
-        ["--generation", "top_k", "--seq-len", "7"],
-        ["--generation", "top_k", "--seq-len", "7"],
-        ["--generation", "top_p", "--top-p", "0.9", "--seed", "1"],
+    from mugstan.caption import caption_file
+    from mugstan.engine.checkpoint import load_model
+
+    model, cfg = load_model(best)
+    for args, opts in (  # each twice where it is deterministic: the same caption
+        (["--seq-len", "7"], Decoding(seq_len=7)),
+        (["--seq-len", "7"], Decoding(seq_len=7)),
+        (["--generation", "top_k", "--seq-len", "7"], Decoding(generation="top_k", seq_len=7)),
+        (["--generation", "top_k", "--seq-len", "7"], Decoding(generation="top_k", seq_len=7)),
+        (["--generation", "top_p", "--top-p", "0.9", "--seed", "1"], Decoding(generation="top_p", top_p=0.9, seed=1)),
     ):
         assert main(["caption", video, "--checkpoint", best, *args]) == 0
-        path, text = capsys.readouterr().out.strip().split("\t")
-        assert path == video and text
-        outputs.append(text)
-    assert outputs[0] == outputs[1] and outputs[2] == outputs[3]
+        expected = caption_file(model, cfg, video, opts=opts)  # the options as Decoding, in this process
+        assert capsys.readouterr().out == f"{video}\t{expected}\n" and expected, args
 
     def fails(*argv, expected):
         rc = main(["caption", *map(str, argv)])
@@ -330,7 +335,8 @@ def test_greedy_caption_follows_coca_and_is_deterministic():
             logits = coca(x[i : i + 1, 0], prefix, output_labels=False)["logits"][0]  # [1 + len, V]
             assert logits[:-1].argmax(-1).tolist() == seq
         texts = caption(model, x, mask, greedy)
-        assert texts == caption(model, x, mask, greedy) and all(texts)
+        assert texts == caption(model, x, mask, greedy)
+        assert texts == [" ".join(open_clip.decode(torch.tensor(seq)).split()) for seq in ids]  # open_clip's BPE
 
 
 def test_caption_tokens_read_all_real_frames_and_no_padded_one():
@@ -346,7 +352,7 @@ def test_caption_tokens_read_all_real_frames_and_no_padded_one():
         short = visual_tokens(model, x[1:, :3], mask[1:, :3])
         assert tokens.shape == (2, 8, 64)
         assert (tokens[1] - short[0]).abs().max() < 1e-5
-        assert (visual_tokens(model, x[:1, :3], mask[:1, :3]) - tokens[:1]).abs().max() > 1e-3
+        assert (visual_tokens(model, x[:1, :3], mask[:1, :3]) - tokens[:1]).abs().max() > 0.3  # measured 0.71
 
 
 def rigged_coca(seed: int):

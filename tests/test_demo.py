@@ -91,7 +91,7 @@ def test_export_clip_pretrains_and_writes_a_packaged_style_file(tmp_path):
     tensors, packaged = load_file(str(dest)), load_file(str(demo.PACKAGED_CLIP))
     assert tensors.keys() == packaged.keys() and all(t.dtype == torch.float16 for t in tensors.values())
     full = load_file(str(tmp_path / "run" / "pretrain_clip" / "clip.safetensors"))  # the fp32 one --pretrain uses
-    torch.testing.assert_close(tensors["visual.proj"].float(), full["visual.proj"], rtol=1e-3, atol=1e-4)
+    assert full.keys() == tensors.keys() and all(torch.equal(tensors[k], full[k].half()) for k in full)  # rounded
     model = build_model(ModelConfig(backbone="mugstan-tiny", weights=str(dest)))
     torch.testing.assert_close(model.backbone.clip.visual.proj.detach(), tensors["visual.proj"].float())
 

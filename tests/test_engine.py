@@ -29,6 +29,13 @@ def run(args, **kw):
     return subprocess.run([sys.executable, "-m", "mugstan.cli", *args], env=ENV, capture_output=True, text=True, **kw)
 
 
+def train_steps(data: Path, batch_size: int = 8) -> int:
+    """Steps of one epoch: whole batches of the training captions (one item each; 24 for the 192 captions of the
+    synthetic set's 48 videos)."""
+    rows = map(json.loads, (data / "train.jsonl").read_text().splitlines())
+    return sum(len(r["caption"]) for r in rows) // batch_size
+
+
 def losses(out: Path) -> list[float]:
     return [
         r["train/loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r
@@ -51,7 +58,7 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path, data, uninterr
     cfg = write_config(tmp_path / "killed.yaml", data, tmp_path / "killed", batch_size=8, save_every=1)
     killed_at = kill_training_at(cfg, tmp_path / "killed" / "checkpoints" / "last" / "state.pt", 3, ENV, 120)["step"]
     total = len(losses(full))
-    assert 3 <= killed_at < total, "the run must be killed mid-epoch"
+    assert total == train_steps(data) and 3 <= killed_at < total, "the run must be killed mid-epoch"
 
     resumed = run(["train", str(cfg), "--resume", "--no-progress"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -86,8 +93,7 @@ def test_two_gloo_processes_follow_the_one_process_loss_curve(tmp_path, data, un
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on 2 process(es)" in proc.stdout
     l1, l2 = losses(uninterrupted), losses(tmp_path / "two")
-    assert len(l1) == len(l2) >= 5
-    assert l1[0] == pytest.approx(l2[0], rel=1e-5)
+    assert len(l1) == len(l2) == train_steps(data)
     # same data, same seed, same global batch: the curves agree to 2e-7 (measured; the all-reduce
     # sums the two halves' gradients in another order than one process does)
     assert l1 == pytest.approx(l2, rel=2e-6)
@@ -205,8 +211,10 @@ def test_freeze_text_for_keeps_the_text_tower_for_its_steps_then_trains_it(tmp_p
             max((v - start[k]).abs().max().item() for k, v in text.items()),
             max((v - start[k]).abs().max().item() for k, v in video.items()),
         )
-    assert moved[2][0] == 0.0 and moved[2][1] > 0, moved
-    assert moved[3][0] > 0, moved
+    # an AdamW step moves an element by about lr = 1e-4 (|m / sqrt(v)| <= 1 on a first step) plus weight decay:
+    # measured 2.1e-4 for the video side after 2 steps, 1.1e-4 for the text tower after its one step
+    assert moved[2][0] == 0.0 and moved[2][1] > 1e-4, moved
+    assert moved[3][0] > 0.5e-4, moved
     with pytest.raises(ConfigError, match="train.freeze_text_for"):
         load_config(write_config(tmp_path / "neg.yaml", data, tmp_path / "neg", freeze_text_for=-1))
     with pytest.raises(ConfigError, match="model.freeze_text already"):

@@ -190,10 +190,11 @@ def test_data_check_reports_every_broken_video_and_full_decodes_every_frame(brok
 
 def test_windows_are_bounded_by_the_frames_that_exist(broken):
     slow, note = video_windows(probe(broken["slow.mp4"], count=True), 8.0, 4.0)
-    assert len(slow) <= 10 and "4 frames over 80000 s" in note  # not 19,999 windows
-    assert all(any(s <= i * 20000 <= e for i in range(4)) for s, e in slow)  # each holds a frame
+    # frames at 0, 20000, 40000 and 60000 s: the 8-s windows on the 4-s grid that hold one (not 19,999 windows)
+    assert slow == [(float(s), s + 8.0) for t in (0, 20000, 40000, 60000) for s in (t - 8, t - 4, t) if s >= 0]
+    assert "4 frames over 80000 s (5e-05 fps): indexed as the 10 windows that hold a frame" in note
     claimed = probe(broken["long.mkv"])
-    assert claimed.duration > 2_900_000  # what the container says
+    assert (claimed.num_frames, claimed.fps) == (75_000_001, 25.0)  # what the container says: 3,000,000 s at 25 fps
     long, note = video_windows(probe(broken["long.mkv"], count=True), 8.0, 4.0)
     assert probe(broken["long.mkv"], count=True).num_frames == 2 and len(long) == 1  # not 750,000
     assert "the container says 3e+06 s, but only 2 frames (0.08 s) exist" in note
@@ -244,7 +245,7 @@ def test_index_of_broken_files_reports_each_and_keeps_the_good_ones(broken, data
         and "the container says 3e+06 s, but only 2 frames" in report["long.mkv"]["reason"]
     )
     items = json.loads((out / "items.json").read_text())
-    assert sum(i["path"] == "slow.mp4" for i in items) <= 10 and sum(i["path"] == "long.mkv" for i in items) == 1
+    assert sum(i["path"] == "slow.mp4" for i in items) == 10 and sum(i["path"] == "long.mkv" for i in items) == 1
     # a folder of only bad files: the error says what failed (there is no report.json to point at)
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -90,8 +90,9 @@ def full_batch_grads(case):
     return loss.detach(), grads(model)
 
 
-def assert_close_relative(a: dict, b: dict, tol: float = 1e-5, label: str = ""):
-    """||a - b|| / ||a|| below tol for every parameter's gradient (fp32 summation order aside)."""
+def assert_close_relative(a: dict, b: dict, tol: float = 1e-12, label: str = ""):
+    """||a - b|| / ||a|| below tol for every parameter's gradient (summation order aside: the float64 models agree to
+    5.4e-14 measured, one process or two, every case)."""
     assert a.keys() == b.keys()
     for name in a:
         err = (a[name] - b[name]).norm() / a[name].norm().clamp(min=1e-20)
@@ -103,9 +104,9 @@ def test_one_process_matches_full_batch(case):
     loss, ref = full_batch_grads(case)
     model, batch = make_model(case), make_batch()
     cached = gradcache_backward(model, loss_fn(case, model), batch, chunk_size=3, device=CPU)
-    assert torch.allclose(cached, loss, rtol=1e-6)
+    assert torch.allclose(cached, loss, rtol=1e-12, atol=0)  # float64: measured 2.1e-16
     assert_close_relative(ref, grads(model))
-    assert case == "recognition" or model.logit_scale.log_scale.grad is not None
+    assert case == "recognition" or "logit_scale.log_scale" in ref  # the comparison covered the logit scale
 
 
 def _worker(rank, init_file, out_dir):
@@ -128,7 +129,7 @@ def test_two_gloo_processes_match_full_batch(tmp_path):
         loss, ref = full_batch_grads(case)
         for rank in range(2):
             r_loss, r_grads = torch.load(tmp_path / f"{case}-{rank}.pt")
-            assert torch.allclose(r_loss, loss, rtol=1e-6), case
+            assert torch.allclose(r_loss, loss, rtol=1e-12, atol=0), case
             assert_close_relative(ref, r_grads, label=f"{case} rank {rank}")
 
 
@@ -179,7 +180,7 @@ def test_fp16_autocast_with_loss_scaling():
         model, loss_fn("stan", model), batch, 3, CPU, lambda: torch.autocast("cpu", dtype=torch.float16), scaler=scaler
     )
     unscaled = {n: g.double() / scaler.get_scale() for n, g in grads(model).items()}
-    assert_close_relative(ref, unscaled, tol=5e-2)  # fp16 arithmetic; a wrong scale is off by 2^12
+    assert_close_relative(ref, unscaled, tol=2e-2)  # fp16 arithmetic (measured 9.5e-3); a wrong scale is off by 2^12
 
 
 def test_bad_chunk_size():
@@ -284,7 +285,7 @@ def test_training_loss_curve_matches_full_batch(tmp_path, data, full_batch_curve
         write_config(tmp_path / "gc.yaml", data, tmp_path / "gc", contrastive_batch=8, chunk_size=3)
     )
     assert "without gradient caching" not in printed
-    assert cached == pytest.approx(full_batch_curve, rel=1e-5)  # fp32 summation order only (about 1e-7 here)
+    assert cached == pytest.approx(full_batch_curve, rel=1e-6)  # fp32 summation order only (measured 1.2e-7)
 
 
 def test_two_gloo_processes_follow_the_full_batch_curve(tmp_path, data, full_batch_curve):
@@ -315,6 +316,6 @@ def test_two_gloo_processes_follow_the_full_batch_curve(tmp_path, data, full_bat
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("on 2 process(es)") == 3 and "without gradient caching" not in proc.stdout
     curves = {name: losses(tmp_path / name) for name in runs}
-    assert curves["gc"] == pytest.approx(full_batch_curve, rel=1e-5)
+    assert curves["gc"] == pytest.approx(full_batch_curve, rel=1e-6)  # measured 1.2e-7
     assert len(curves["ddp_accum"]) == STEPS
-    assert curves["gc_accum"] == pytest.approx(curves["ddp_accum"], rel=1e-5)
+    assert curves["gc_accum"] == pytest.approx(curves["ddp_accum"], rel=1e-6)  # measured 8.8e-8

@@ -100,7 +100,8 @@ def test_reversing_frames(branch, head, kw, order_matters):
     with torch.no_grad():
         fwd = model.video_vector(frames, mask)
         rev = model.video_vector(frames.flip(1), mask)
-    assert (fwd - rev).abs().max().item() > 1e-3 if order_matters else torch.allclose(fwd, rev, atol=1e-5)
+    # measured: 1.5e-3 (STAN self, Mug), 4.0e-3 (STAN conv), 7.1e-2 (TDB) apart; meanP 3e-8 (of values up to 0.34)
+    assert (fwd - rev).abs().max().item() > 1e-3 if order_matters else torch.allclose(fwd, rev, atol=1e-6, rtol=0)
 
 
 def test_seqtransf_starts_from_clip_text_layers():
@@ -186,7 +187,6 @@ def test_every_branch_with_every_head_trains_and_scores(branch, head):
     mask[1, 4:] = False
     ids, tmask = model.tokenize(["a red circle moves left", "a blue square grows", "a green triangle"])
     outputs = model(frames, mask, ids, tmask)
-    assert isinstance(outputs["video"], Embeddings) and isinstance(outputs["text"], Embeddings)
     loss = build_loss(cfg, model)(outputs, {})
     loss.backward()
     assert torch.isfinite(loss)
@@ -203,6 +203,10 @@ def test_every_branch_with_every_head_trains_and_scores(branch, head):
     with torch.no_grad():
         text, video = model.encode_text(ids, tmask), model.encode_video(frames, mask)
         dense = model.similarity(text, video)
+        again = model(frames, mask, ids, tmask)  # the training forward: the encoders' embeddings and masks
+    for name, emb in (("text", text), ("video", video)):
+        assert torch.equal(again[name].x, emb.x) and (again[name].mask is None) == (emb.mask is None), name
+        assert emb.mask is None or torch.equal(again[name].mask, emb.mask), name
         torch.testing.assert_close(model.similarity(text, video, chunk=2), dense)
     assert dense.shape == (3, 3)
 

@@ -11,6 +11,7 @@ videos saved as <page_dir>/<videoid>.mp4 by the downloader). The videos are real
 import csv
 
 import pytest
+import torch
 from data_fixtures import write_video
 
 from mugstan.backbones.clip import Tokenizer
@@ -305,7 +306,9 @@ def test_webvid_official_csv(webvid_root, tmp_path):
     ]
     assert a.captions == [row[4] for row in WEBVID_ROWS] and a.caption_clip == [0, 1, 2]
     item = build_dataset(cfg(webvid_root, "webvid", train_ann=str(ann)), "train", Tokenizer(16))[2]
-    assert item["frames"].shape == (4, 3, 32, 32) and item["text_mask"].sum() > 2
+    ids, text_mask = Tokenizer(16)(WEBVID_ROWS[2][4])  # the third row's caption
+    assert item["frames"].shape == (4, 3, 32, 32) and torch.equal(item["ids"], ids[0])
+    assert torch.equal(item["text_mask"], text_mask[0]) and 2 < text_mask.sum() < 16  # neither empty nor cut
     # the 2.5M release orders its columns differently (videoid,name,page_idx,page_dir,duration,contentUrl)
     other = tmp_path / "results_2M_train.csv"
     with other.open("w", newline="") as f:

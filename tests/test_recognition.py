@@ -3,6 +3,7 @@ from the official UCF-101 and HMDB-51 class files), and the class-name text feat
 unless model.classifier=text_trainable."""
 
 import torch
+from gradients import assert_gradients_are_derivatives
 
 from mugstan.config import DataConfig, ModelConfig, STANConfig
 from mugstan.data.datasets.formats import hmdb51, ucf101
@@ -118,10 +119,15 @@ def test_text_classifier_keeps_the_class_name_features_fixed():
     assert not model.classifier.weight.requires_grad
     assert all(p is not model.classifier.weight for g in param_groups(model) for p in g["params"])
 
-    frames = torch.randn(2, 4, 3, 32, 32)
-    logits = model(frames, torch.ones(2, 4, dtype=torch.bool))["logits"]
-    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2])).backward()
-    assert model.classifier.weight.grad is None and model.encoder.branch.time_embed.weight.grad is not None
+    frames, mask, labels = torch.randn(2, 4, 3, 32, 32), torch.ones(2, 4, dtype=torch.bool), torch.tensor([0, 2])
+    torch.nn.functional.cross_entropy(model(frames, mask)["logits"], labels).backward()
+    assert model.classifier.weight.grad is None
+    # the branch learns: its gradient is the loss's derivative (finite differences)
+    assert_gradients_are_derivatives(
+        model,
+        lambda m: torch.nn.functional.cross_entropy(m(frames.double(), mask)["logits"], labels),
+        ["encoder.branch.time_embed.weight"],
+    )
 
 
 def test_text_trainable_classifier_trains_its_class_vectors():
@@ -129,6 +135,10 @@ def test_text_trainable_classifier_trains_its_class_vectors():
     torch.testing.assert_close(trainable.classifier.weight, frozen.classifier.weight)  # the same start
     assert trainable.classifier.weight.requires_grad
     assert any(p is trainable.classifier.weight for g in param_groups(trainable) for p in g["params"])
-    logits = trainable(torch.randn(2, 4, 3, 32, 32), torch.ones(2, 4, dtype=torch.bool))["logits"]
-    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2])).backward()
-    assert trainable.classifier.weight.grad is not None and trainable.classifier.weight.grad.abs().sum() > 0
+    frames, mask, labels = torch.randn(2, 4, 3, 32, 32), torch.ones(2, 4, dtype=torch.bool), torch.tensor([0, 2])
+    torch.nn.functional.cross_entropy(trainable(frames, mask)["logits"], labels).backward()
+    assert_gradients_are_derivatives(  # the class vectors' gradient is the loss's derivative (finite differences)
+        trainable,
+        lambda m: torch.nn.functional.cross_entropy(m(frames.double(), mask)["logits"], labels),
+        ["classifier.weight"],
+    )
