@@ -31,11 +31,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import time
 from pathlib import Path
 
 from mugstan import demo
+
+logger = logging.getLogger(__name__)
 
 
 def aggregate(runs: list[dict], models: list[str]) -> list[dict]:
@@ -85,12 +88,12 @@ def synthetic(
     for seed in seeds:
         todo = [m for m in models if not any(r["seed"] == seed and r["name"] == m for r in runs)]
         if not todo:
-            print(f"seed {seed}: every model already in {log_path}")
+            logger.info(f"seed {seed}: every model already in {log_path}")
             continue
-        print(f"\n=== seed {seed} ({len(todo)} models) [{(time.time() - start) / 60:.1f} min]", flush=True)
+        logger.info(f"\n=== seed {seed} ({len(todo)} models) [{(time.time() - start) / 60:.1f} min]")
         prep = demo.prepare(out / f"seed{seed}", seed, quick, videos, progress, pretrain=pretrain)
         for name in todo:
-            print(f"\n--- seed {seed}: {demo.LABELS[name]} [{(time.time() - start) / 60:.1f} min]", flush=True)
+            logger.info(f"\n--- seed {seed}: {demo.LABELS[name]} [{(time.time() - start) / 60:.1f} min]")
             done = demo.finetune(name, prep, out / f"seed{seed}", seed, quick, progress)
             row = done["row"]
             record = {
@@ -102,10 +105,9 @@ def synthetic(
             runs.append(record)
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            print(
+            logger.info(
                 f"    t2v R@1 {row['t2v R@1']:.1f}, pair accuracy {row['pair accuracy']:.1f}, zero-shot motion top-1 "
-                f"{row['zero-shot motion top-1']:.1f}",
-                flush=True,
+                f"{row['zero-shot motion top-1']:.1f}"
             )
     runs = [r for r in runs if r["seed"] in seeds and r["name"] in models]
     rows = aggregate(runs, models)
@@ -126,7 +128,7 @@ def synthetic(
         json.dumps({"seeds": seeds, "chance": chance, "rows": rows, "pair_accuracy_by_motion": by_pair}, indent=2)
     )
     demo.bar_chart(rows, out / "summary.png", f"synthetic temporal benchmark, {len(seeds)} seed(s)", chance)
-    print(f"\n{header}\n\n{table}\n\nwrote {out / 'summary.md'}, summary.json and summary.png")
+    logger.info(f"\n{header}\n\n{table}\n\nwrote {out / 'summary.md'}, summary.json and summary.png")
     return rows
 
 
@@ -148,7 +150,7 @@ def detection(out: Path, seeds: list[int], videos=None, quick: bool = False, pro
         params = DetectionParams(videos=videos or (16 if quick else 300), test_videos=8 if quick else 60, seed=seed)
         generate_detection(out / f"seed{seed}", params, progress=progress)
         for name in todo:
-            print(f"\n--- seed {seed}: detection, {DETECTION_LABELS[name]}", flush=True)
+            logger.info(f"\n--- seed {seed}: detection, {DETECTION_LABELS[name]}")
             done = finetune_detection(name, out / f"seed{seed}", prep.clip, out / f"seed{seed}", seed, quick, progress)
             record = {"seed": seed, "name": name, **done["row"], "per_class": done["per_class"]}
             runs.append(record)
@@ -176,7 +178,7 @@ def detection(out: Path, seeds: list[int], videos=None, quick: bool = False, pro
     text = f"{header}\n\n{markdown(rows, per_class)}\n"
     (out / "detection.md").write_text(text)
     (out / "detection.json").write_text(json.dumps({"seeds": seeds, "rows": rows, "per_class": per_class}, indent=2))
-    print(f"\n{text}\nwrote {out / 'detection.md'} and detection.json")
+    logger.info(f"\n{text}\nwrote {out / 'detection.md'} and detection.json")
     return rows
 
 

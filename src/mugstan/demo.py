@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from mugstan.config import ExperimentConfig, load_config
 from mugstan.errors import CorruptFileError
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "synthetic"  # package data: works from a wheel
+logger = logging.getLogger(__name__)
 PACKAGED_CLIP = CONFIG_DIR / "clip.safetensors"  # `mugstan demo --export-clip` on seed 0, stored in fp16
 DEMO_MODELS = ("meanP", "stan")
 ALL_MODELS = ("meanP", "seqTransf", "tdb_tab", "stan", "stan_conv", "mugstan")
@@ -339,7 +341,7 @@ def prepare(
     quick: bool = False,
     videos: Optional[int] = None,
     progress: bool = True,
-    log=print,
+    log=logger.info,
     pretrain: bool = False,
     frames: int = FRAMES,
 ) -> Prepared:
@@ -452,7 +454,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
 
     def log(message: str) -> None:
-        print(f"\n== [{time.time() - start:6.1f} s] {message}" if message[0].isdigit() else message, flush=True)
+        logger.info(f"\n== [{time.time() - start:6.1f} s] {message}" if message[0].isdigit() else message)
 
     prep = prepare(out, seed, quick, videos, progress, log, pretrain)
     rows, finished = [], {}
@@ -476,7 +478,7 @@ def run(
         f"pair chance = 50%, t2v R@1 chance = {levels['t2v R@1']:.1f}%, "
         f"motion top-1 chance = {levels['zero-shot motion top-1']:.0f}%"
     )
-    print(f"{table}\n\n{pairs}\n\nfinished in {elapsed / 60:.1f} min; {chance}")
+    logger.info(f"{table}\n\n{pairs}\n\nfinished in {elapsed / 60:.1f} min; {chance}")
     bar_chart(rows, out / "results.png", f"synthetic temporal benchmark (seed {seed})", levels)
     last = finished[models[-1]]
     scores, ann = last["scores"], last["ann"]
@@ -509,7 +511,7 @@ def run(
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
     (out / "results.md").write_text(f"{table}\n\n{pairs}\n\n{chance}\n")
-    print(
+    logger.info(
         f"wrote {out / 'results.json'}, results.md, results.png and {len(sheets)} example queries "
         f"({', '.join(s['image'] for s in sheets)}) in {out}"
     )
