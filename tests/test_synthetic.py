@@ -121,6 +121,47 @@ def test_frame_descriptions():
         "red circle in the middle",
         "big red circle at the bottom right",
     ]
+    # a rotating shape's dot: clockwise from straight up, the nearest of eight directions
+    marked = {**layout, "mark": np.ones(3), "angle": np.deg2rad([0.0, 100.0, 300.0])}
+    assert [synthetic.describe_frame("red", "square", marked, t, 64) for t in range(3)] == [
+        "small faint red square at the top left, dot up",
+        "red square in the middle, dot right",
+        "big red square at the bottom right, dot up left",
+    ]
+
+
+def test_a_rotating_shape_turns_like_a_clock_hand():
+    """The demo's frames (4 of 32 px, 8-px patches): a rotate_cw shape's pixels turn clockwise about
+    a fixed pivot below them, through twelve o'clock, 47-57 degrees a frame, and travel more than a
+    patch over the clip; it carries a
+    dark dot drawn at the layout's angle (which ``describe_frame`` names), on its side away from
+    the pivot; the other motions carry none."""
+    params = SynthParams(frames=4, size=32)
+    yy, xx = np.mgrid[0:32, 0:32] + 0.5
+    clockwise = lambda dx, dy: np.degrees(np.arctan2(dx, -dy))  # noqa: E731  from straight up, as describe_frame
+    for i, shape in enumerate(["square", "triangle", "cross"] * 4):
+        rng = np.random.default_rng(i)
+        frames, layout = synthetic.render_clip("yellow", shape, ("rotate_cw", "rotate_ccw"), params, rng)
+        body, _ = synthetic.shape_coverage(shape, layout, 32)  # the yellow shape's pixels, dot or not
+        pixels = frames.astype(int)
+        yellow = (np.abs(pixels - np.array(synthetic.COLORS["yellow"])).sum(-1) < 60).astype(float)  # [T, H, W]
+        dark = ((pixels.sum(-1) < 120) & (body > 0.5)).astype(float)  # its dot (15, 15, 15)
+        arm = synthetic.ROTATION_ARM * 32
+        pivot_x = layout["x"][0] - arm * np.sin(layout["angle"][0])
+        pivot_y = layout["y"][0] + arm * np.cos(layout["angle"][0])
+        centroid = lambda m: ((m * xx).sum((1, 2)) / m.sum((1, 2)), (m * yy).sum((1, 2)) / m.sum((1, 2)))  # noqa: E731
+        sx, sy = centroid(yellow + dark)
+        seen = clockwise(sx - pivot_x, sy - pivot_y)
+        turn = (np.diff(seen) + 180) % 360 - 180
+        assert (turn > 40).all() and (turn < 65).all(), turn  # clockwise about the pivot, as drawn
+        assert abs(seen[0] + turn.sum() / 2) < 20, seen  # through twelve o'clock: the middle of the arc is up
+        assert np.hypot(sx[-1] - sx[0], sy[-1] - sy[0]) > 9  # more than a patch
+        dx, dy = centroid(dark)
+        off = (clockwise(dx - layout["x"], dy - layout["y"]) - np.degrees(layout["angle"]) + 180) % 360 - 180
+        assert (np.abs(off) < 12).all(), off  # the dot where the layout (so the still's caption) says
+    for pair in synthetic.MOTION_PAIRS[:4]:
+        frames, layout = synthetic.render_clip("yellow", "square", pair, params, np.random.default_rng(0))
+        assert not layout["mark"].any() and (frames.astype(int).sum(-1) >= 120).all()
 
 
 def test_paired_motions_are_time_reversed_files(dataset):

@@ -7,7 +7,9 @@ move. This generator makes a small benchmark that shows exactly that on a CPU in
   slightly noisy background, doing one motion;
 - motions come in time-reversed pairs (left/right, up/down, grow/shrink, fade in/out, rotate
   clockwise/counterclockwise): the second motion of a pair is the first one's frames played
-  backwards, so any order-blind pooling of frames sees the same thing for both;
+  backwards, so any order-blind pooling of frames sees the same thing for both. A rotating shape
+  turns like a clock hand through twelve o'clock, spinning about itself as it goes, with a dark
+  dot on its outer side (``ROTATION_*`` and ``MARK_*`` below say why);
 - the validation and test sets hold every (colour, motion) combination once, each (colour, motion
   pair) in one shape, and the two motions of a pair are the same rendered clip forwards and
   backwards: the distractor that shares a caption's whole appearance and motion axis differs from
@@ -19,7 +21,8 @@ move. This generator makes a small benchmark that shows exactly that on a CPU in
   action-centred datasets (Something-Something) do;
 - an image-text set of single frames (``start``/``end`` select one frame) captioned with what the
   frame shows and never how it moves: colour, shape, where it is, whether it is small, big or
-  faint ("a big red circle at the top left"), for pretraining a CLIP from scratch. Those static
+  faint, and where a rotating shape's dot points ("a big red circle at the top left", "a red
+  square at the top, dot up right"), for pretraining a CLIP from scratch. Those static
   facts are what a real CLIP knows about an image and what a temporal model reads motion from: a
   STAN trained on the ten motions (supervised probe, 400 steps) from a CLIP pretrained on them
   reached 78% top-1, from a randomly initialised CLIP 31% (measured). Training stills
@@ -56,7 +59,7 @@ from tqdm import tqdm
 
 from mugstan.errors import ArgumentError, OutputExistsError
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 FPS = 8
 X264_OPTIONS = {"crf": "18", "preset": "medium", "g": "8", "threads": "1", "x264-params": "no-mbtree=1"}
 # Retrieval videos: every frame its own keyframe at a constant quantiser, so each frame is coded
@@ -74,6 +77,27 @@ COLORS = {
     "purple": (160, 60, 210),
     "white": (245, 245, 245),
 }
+# A rotating shape (format 5) turns like a clock hand through twelve o'clock: about a pivot
+# ROTATION_ARM x the frame size below its centre, by ROTATION_DEGREES centred on straight up (give
+# or take ROTATION_JITTER), so it also spins about itself at the same rate; it is ROTATION_SCALE x
+# the others' size and carries a dark dot (MARK_RADIUS x its size, at MARK_OFFSET x its size from
+# its centre, on the side away from the pivot). Measured on the demo (STAN-self, seeds 0-2):
+# - a shape turning 60-80 degrees about its own centre (format 4) changed by a few pixels inside
+#   one 8-px patch: rotation pairs at 42-58%;
+# - the same shape 1.8x bigger with the dot, turning 140-170 degrees from any angle: 50-67%;
+# - a clock hand from any angle (the shape moving 11-13 px through the frame's thirds): 33-50%.
+#   From any angle the direction is the sign of the path's curvature, position times velocity,
+#   which 600 clips of 4 frames did not teach; through twelve o'clock a clockwise turn is a shape
+#   rising and moving right then falling, its reversal the same leftwards, what the positions
+#   the stills' captions name (and the small CLIP learns) show frame by frame.
+ROTATION_ARM = 0.2
+ROTATION_SCALE = 1.2
+ROTATION_DEGREES = (140.0, 170.0)
+ROTATION_JITTER = 15.0
+MARK_OFFSET, MARK_RADIUS = 0.65, 0.35
+MARK_COLOR = (15, 15, 15)
+# Where a rotating shape's dot points, clockwise from straight up in 45-degree sectors (stills' captions).
+MARK_DIRECTIONS = ("up", "up right", "right", "down right", "down", "down left", "left", "up left")
 # (first, second): the second motion of a pair is the first one played backwards.
 MOTION_PAIRS = (
     ("left", "right"),
@@ -152,11 +176,22 @@ class SynthParams:
 
 
 def _trajectory(pair: tuple[str, str], size: int, frames: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Per-frame shape parameters ``{x, y, radius, alpha, angle}`` (each ``[T]``) of a pair's
-    first motion, in pixels / radians; the pair's second motion is the same arrays reversed."""
+    """Per-frame shape parameters ``{x, y, radius, alpha, angle, mark}`` (each ``[T]``) of a pair's
+    first motion, in pixels / radians (``mark``: 1 where the shape carries its dot); the pair's
+    second motion is the same arrays reversed.
+
+    A rotating shape turns clockwise like a clock hand through twelve o'clock, about a pivot
+    ``ROTATION_ARM * size`` below it, by ``ROTATION_DEGREES``: its centre moves along an arc (11-13
+    px on the demo's 32-px frames, through more than one of its 8-px patches) and it spins about
+    itself at the same rate, its dot facing away from the pivot.
+    """
     t = np.linspace(0.0, 1.0, frames)
     radius = rng.uniform(0.13, 0.18) * size
-    margin = 1.35 * radius
+    first = pair[0]
+    arm = 0.0
+    if first == "rotate_cw":
+        radius, arm = radius * ROTATION_SCALE, ROTATION_ARM * size
+    margin = arm + 1.35 * radius
     travel = rng.uniform(0.35, 0.5) * size
     x0, y0 = rng.uniform(margin, size - margin, 2)
     params = {
@@ -165,8 +200,8 @@ def _trajectory(pair: tuple[str, str], size: int, frames: int, rng: np.random.Ge
         "radius": np.full(frames, radius),
         "alpha": np.ones(frames),
         "angle": np.full(frames, rng.uniform(0, np.pi / 2)),
+        "mark": np.zeros(frames),
     }
-    first = pair[0]
     if first in ("left", "up"):
         axis = "x" if first == "left" else "y"
         start = rng.uniform(margin + travel, size - margin)  # moves towards smaller x / y
@@ -176,7 +211,11 @@ def _trajectory(pair: tuple[str, str], size: int, frames: int, rng: np.random.Ge
     elif first == "fade_in":
         params["alpha"] = 0.05 + 0.95 * t
     elif first == "rotate_cw":  # image y points down, so a growing angle turns clockwise on screen
-        params["angle"] = params["angle"] + np.deg2rad(rng.uniform(60, 80)) * t
+        turn = np.deg2rad(rng.uniform(*ROTATION_DEGREES))
+        start = -turn / 2 + np.deg2rad(rng.uniform(-ROTATION_JITTER, ROTATION_JITTER))  # centred on straight up
+        angle = start + turn * t  # clockwise from straight up
+        params["x"], params["y"] = x0 + arm * np.sin(angle), y0 - arm * np.cos(angle)  # (x0, y0): the pivot
+        params["angle"], params["mark"] = angle, np.ones(frames)
     else:
         raise ValueError(f"unknown motion pair {pair}")
     return params
@@ -200,6 +239,35 @@ def _shape_sdf(shape: str, u: np.ndarray, v: np.ndarray, r: np.ndarray) -> np.nd
     raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
 
 
+def _mark_sdf(u: np.ndarray, v: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Signed distance of a rotating shape's dot: a disc of radius ``MARK_RADIUS * r`` at
+    ``MARK_OFFSET * r`` from the centre along the shape's up axis (-v: its top, the triangle's
+    apex, the cross's upper arm; it spills a little over the triangle's and the cross's edges).
+    Same arguments as ``_shape_sdf``."""
+    return np.hypot(u, v + MARK_OFFSET * r) - MARK_RADIUS * r
+
+
+def shape_coverage(shape: str, layout: dict[str, np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Anti-aliased coverage in 0..1 of the shape and of its dot, each ``[T, H, W]``, of a layout
+    from ``_trajectory`` on a ``size``-pixel square frame; opacity (``alpha``) not applied."""
+    traj = {k: v[:, None, None] for k, v in layout.items()}  # [T, 1, 1]
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5  # pixel centres [H, W]
+    dx, dy = xx[None] - traj["x"], yy[None] - traj["y"]  # [T, H, W]
+    cos, sin = np.cos(traj["angle"]), np.sin(traj["angle"])
+    u, v = cos * dx + sin * dy, -sin * dx + cos * dy  # rotate the image into the shape's frame
+    body = np.clip(0.5 - _shape_sdf(shape, u, v, traj["radius"]), 0.0, 1.0)
+    dot = np.clip(0.5 - _mark_sdf(u, v, traj["radius"]), 0.0, 1.0) * traj["mark"]
+    return body, dot
+
+
+def paint(frames: np.ndarray, color: str, body: np.ndarray, dot: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Float frames ``[T, H, W, 3]`` with a shape of ``color`` composited over them: its
+    ``shape_coverage`` (``body``, ``dot``: ``[T, H, W]``) at opacity ``alpha`` ``[T]``."""
+    a = alpha[:, None, None, None]
+    frames = frames * (1 - a * body[..., None]) + np.array(COLORS[color]) * (a * body[..., None])
+    return frames * (1 - a * dot[..., None]) + np.array(MARK_COLOR) * (a * dot[..., None])
+
+
 def _background(size: int, frames: int, rng: np.random.Generator) -> np.ndarray:
     """A smooth random colour texture plus per-frame noise: float ``[T, H, W, 3]`` in 0..255."""
     cells = int(rng.integers(3, 7))
@@ -218,30 +286,26 @@ def render_clip(
     color: str, shape: str, pair: tuple[str, str], params: SynthParams, rng: np.random.Generator
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Render the first motion of ``pair`` for one appearance: (uint8 frames ``[T, H, W, 3]``, the
-    shape's per-frame ``{x, y, radius, alpha, angle}``, each ``[T]``, pixels / radians).
+    shape's per-frame ``{x, y, radius, alpha, angle, mark}``, each ``[T]``, pixels / radians).
 
     The second motion of the pair is both reversed along time: ``frames[::-1]``, ``v[::-1]``.
     """
     size, frames = params.size, params.frames
     layout = _trajectory(pair, size, frames, rng)
-    traj = {k: v[:, None, None] for k, v in layout.items()}  # [T, 1, 1]
     background = _background(size, frames, rng)
-    yy, xx = np.mgrid[0:size, 0:size] + 0.5  # pixel centres [H, W]
-    dx, dy = xx[None] - traj["x"], yy[None] - traj["y"]  # [T, H, W]
-    cos, sin = np.cos(traj["angle"]), np.sin(traj["angle"])
-    u, v = cos * dx + sin * dy, -sin * dx + cos * dy  # rotate the image into the shape's frame
-    coverage = np.clip(0.5 - _shape_sdf(shape, u, v, traj["radius"]), 0.0, 1.0) * traj["alpha"]  # [T, H, W]
-    frames_rgb = background * (1 - coverage[..., None]) + np.array(COLORS[color]) * coverage[..., None]
+    frames_rgb = paint(background, color, *shape_coverage(shape, layout, size), layout["alpha"])
     return np.clip(np.rint(frames_rgb), 0, 255).astype(np.uint8), layout
 
 
 def describe_frame(color: str, shape: str, layout: dict[str, np.ndarray], t: int, size: int) -> str:
-    """What frame ``t`` shows, never how it moves: "big faint red circle at the top left".
+    """What frame ``t`` shows, never how it moves: "big faint red circle at the top left", and for
+    a shape with a dot where the dot points: "big red square in the middle, dot up right".
 
     Where: thirds of the frame (left / centre / right, top / middle / bottom); size: "small" below
-    0.11 of the frame, "big" above 0.2 (shapes are 0.13-0.18 unless growing or shrinking);
-    "faint" below 60% opacity. These are the static facts a CLIP knows about an image, and what a
-    temporal model needs to read motion off the frames.
+    0.11 of the frame, "big" above 0.2 (shapes are 0.13-0.18 unless growing, shrinking or
+    rotating); "faint" below 60% opacity; the dot: ``MARK_DIRECTIONS``, the nearest of eight.
+    These are the static facts a CLIP knows about an image, and what a temporal model needs to
+    read motion off the frames.
     """
     x, y = layout["x"][t] / size, layout["y"][t] / size
     col = "left" if x < 0.4 else "right" if x > 0.6 else "centre"
@@ -254,7 +318,10 @@ def describe_frame(color: str, shape: str, layout: dict[str, np.ndarray], t: int
     radius = layout["radius"][t] / size
     words = ["small"] if radius < 0.11 else ["big"] if radius > 0.2 else []
     words += ["faint"] if layout["alpha"][t] < 0.6 else []
-    return " ".join([*words, color, shape, where])
+    text = " ".join([*words, color, shape, where])
+    if layout.get("mark", np.zeros(t + 1))[t]:  # the dot sits at angle 0 straight up, turning clockwise
+        text += ", dot " + MARK_DIRECTIONS[int(np.rint(np.degrees(layout["angle"][t]) / 45.0)) % 8]
+    return text
 
 
 def visible_frames(layout: dict[str, np.ndarray]) -> np.ndarray:

@@ -38,14 +38,15 @@ from mugstan.data.synthetic import (
     SHAPES,
     SPLITS,
     _background,
-    _shape_sdf,
     _trajectory,
+    paint,
+    shape_coverage,
     valid_pairs,
     write_video,
 )
 from mugstan.errors import ArgumentError
 
-DETECTION_FORMAT_VERSION = 1
+DETECTION_FORMAT_VERSION = 2  # 2: rotating shapes are bigger and carry a dot (the retrieval format 5)
 DETECTION_DIR = "detection"
 
 
@@ -108,22 +109,14 @@ def render_detection_video(
     [S, F, 4] x1, y1, x2, y2 in 0-1: the tight box of each shape's pixels, whatever its opacity)."""
     size, frames = params.size, params.frames
     video = _background(size, frames, rng)
-    yy, xx = np.mgrid[0:size, 0:size] + 0.5
     boxes = np.zeros((len(plan), frames, 4))
     for s, (color, shape, pair, motion) in enumerate(plan):
         layout = _trajectory(pair, size, frames, rng)
         if motion != pair[0]:
             layout = {k: v[::-1] for k, v in layout.items()}
-        traj = {k: v[:, None, None] for k, v in layout.items()}
-        dx, dy = xx[None] - traj["x"], yy[None] - traj["y"]
-        cos, sin = np.cos(traj["angle"]), np.sin(traj["angle"])
-        sdf = _shape_sdf(shape, cos * dx + sin * dy, -sin * dx + cos * dy, traj["radius"])  # [F, H, W]
-        coverage = np.clip(0.5 - sdf, 0.0, 1.0)
-        video = (
-            video * (1 - coverage[..., None] * traj["alpha"][..., None])
-            + np.array(COLORS[color]) * (coverage * traj["alpha"])[..., None]
-        )
-        inside = coverage > 0.5
+        body, dot = shape_coverage(shape, layout, size)  # [F, H, W] each
+        video = paint(video, color, body, dot, layout["alpha"])
+        inside = body > 0.5
         cols, rows = inside.any(1), inside.any(2)  # [F, W], [F, H]
         boxes[s] = np.stack([_first(cols), _first(rows), _last(cols) + 1, _last(rows) + 1], axis=1) / size
     return np.clip(np.rint(video), 0, 255).astype(np.uint8), boxes
