@@ -217,9 +217,12 @@ def test_config_errors_name_the_key_and_the_fix(tmp_path):
 # ---- training runs -------------------------------------------------------------------------
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 STEPS = 4
-TRAIN_SEVERAL = """import sys
+TRAIN_SEVERAL = """import logging
+import sys
 from mugstan.config import load_config
 from mugstan.engine.train import train
+
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # the lines the CLI shows
 
 for path in sys.argv[1:]:  # one process group, several runs: torchrun starts once
     train(load_config(path), progress=False)

@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
     data = root / "data"
     generate(data, SynthParams(videos=160, frames=8, size=32), progress=False)
     # src/mugstan/configs/synthetic/meanP.yaml, scaled down: a random-init tiny CLIP, fp32 (bf16 autocast is
-    # 10-100x slower on CPUs without native bf16), 4 epochs x 15 steps of 32 captions; two loader
+    # 10-100x slower on CPUs without native bf16), 6 epochs x 15 steps of 32 captions; two loader
     # workers, as decoding takes most of a step (half the time of num_workers=0, same weights).
     cfg = {
         "name": "search_test",
@@ -61,7 +61,7 @@ def trained(tmp_path_factory):
         "train": {
             "output_dir": str(root / "run"),
             "seed": 0,
-            "epochs": 4,
+            "epochs": 6,
             "batch_size": 32,
             "lr": 1e-3,
             "new_module_lr_mult": 1.0,
@@ -189,10 +189,12 @@ def test_search_finds_the_right_test_video(trained, test_index):
     )
     # Chance: the right video in the top 10 of 60 for 10 / 60 = 17% of the captions; a result of
     # the caption's colour 9 / 59 = 15% of the time (10 videos per colour, one per motion). This
-    # model learns colour in its 80 steps (shape and motion take far longer): measured 81.7% (49 of
-    # 60) and 93.7% on 2 CPU cores; the bounds leave a few captions for another CPU's arithmetic.
+    # model learns colour in its 90 steps (shape and motion take far longer): measured 78.3% (47 of
+    # 60) and 88.0% on 2 CPU cores with the benchmark's format 5 (its clock-hand rotations: 4
+    # epochs gave 73.3%, and blue too weak for the long-video test; format 4 gave 81.7% and 93.7%
+    # in 4); the bounds leave a caption or two for another CPU's arithmetic.
     assert recall >= 0.75, recall
-    assert color_precision >= 0.9, color_precision
+    assert color_precision >= 0.85, color_precision
 
 
 def test_incremental_update_and_report(trained, tmp_path):
