@@ -85,7 +85,7 @@ COLORS = {
 # - a shape turning 60-80 degrees about its own centre (format 4) changed by a few pixels inside
 #   one 8-px patch: rotation pairs at 42-58%;
 # - the same shape 1.8x bigger with the dot, turning 140-170 degrees from any angle: 50-67%;
-# - a clock hand from any angle (the shape moving 11-13 px through the frame's thirds): 33-50%.
+# - a clock hand from any angle (the shape moving 12-13 px through the frame's thirds): 33-50%.
 #   From any angle the direction is the sign of the path's curvature, position times velocity,
 #   which 600 clips of 4 frames did not teach; through twelve o'clock a clockwise turn is a shape
 #   rising and moving right then falling, its reversal the same leftwards, what the positions
@@ -181,7 +181,7 @@ def _trajectory(pair: tuple[str, str], size: int, frames: int, rng: np.random.Ge
     second motion is the same arrays reversed.
 
     A rotating shape turns clockwise like a clock hand through twelve o'clock, about a pivot
-    ``ROTATION_ARM * size`` below it, by ``ROTATION_DEGREES``: its centre moves along an arc (11-13
+    ``ROTATION_ARM * size`` below it, by ``ROTATION_DEGREES``: its centre moves along an arc (12-13
     px on the demo's 32-px frames, through more than one of its 8-px patches) and it spins about
     itself at the same rate, its dot facing away from the pivot.
     """
@@ -319,7 +319,7 @@ def describe_frame(color: str, shape: str, layout: dict[str, np.ndarray], t: int
     words = ["small"] if radius < 0.11 else ["big"] if radius > 0.2 else []
     words += ["faint"] if layout["alpha"][t] < 0.6 else []
     text = " ".join([*words, color, shape, where])
-    if layout.get("mark", np.zeros(t + 1))[t]:  # the dot sits at angle 0 straight up, turning clockwise
+    if "mark" in layout and layout["mark"][t]:  # the dot: straight up at angle 0, turning clockwise
         text += ", dot " + MARK_DIRECTIONS[int(np.rint(np.degrees(layout["angle"][t]) / 45.0)) % 8]
     return text
 
