@@ -12,8 +12,8 @@
    seeking again when the container's keyframe index shows that the next wanted frame is in a
    later group of pictures (files without an index: when it is over a second ahead); only the
    wanted frames are converted to RGB, resized to the requested short side in the same step
-   (``frame.to_ndarray``). On files written by ``mugstan data compress --gop 1`` (all-intra)
-   a sampled frame costs one decode.
+   (``frame.to_ndarray``, on one scaling thread: ``SCALE_THREADS``). On files written by
+   ``mugstan data compress --gop 1`` (all-intra) a sampled frame costs one decode.
    ``read_clip`` opens the file once for the metadata and the frames.
 
 Every failure (missing file, not a regular file, not a video, no video stream, no frames) raises
@@ -49,6 +49,12 @@ PathLike = Union[str, Path]
 # CPU time without saving wall time (12 frames of a 10 s 720p video: 906 vs 870 ms, 320x240:
 # 193 vs 169 ms; benchmarks/results/loader_speed.md).
 THREADED_PIXELS = 320 * 240
+# Threads of the RGB conversion and resize (swscale). One: PyAV >= 18.1.1 keeps one converter per
+# thread, so a DataLoader worker forked after the main process converted a frame inherits it
+# without its slice threads and waits for them forever (seen: test_data_cli's two workers hung
+# after a decode in the main process). One thread gives the same pixels as several (checked at
+# 57x31 to 320x240) and the workers already occupy the cores.
+SCALE_THREADS = 1
 
 
 class VideoError(UserError):
@@ -276,7 +282,7 @@ class _Walk:
         self.gaps: list[int] = []  # wanted frames inside a longer timestamp gap (shown: the frame before it)
 
     def convert(self, frame) -> np.ndarray:
-        return frame.to_ndarray(width=self.width, height=self.height, format="rgb24")
+        return frame.to_ndarray(width=self.width, height=self.height, format="rgb24", threads=SCALE_THREADS)
 
     def take(self, index: int, frame) -> bool:
         """Offer the decoded frame ``index``; True when every wanted frame has been met."""
@@ -541,7 +547,10 @@ def decode_all(path: PathLike, short_side: Optional[int] = None) -> torch.Tensor
     info = probe(path)
     width, height = output_size(info.width, info.height, short_side)
     with _open(path) as container:
-        frames = [f.to_ndarray(width=width, height=height, format="rgb24") for f in container.decode(video=0)]
+        frames = [
+            f.to_ndarray(width=width, height=height, format="rgb24", threads=SCALE_THREADS)
+            for f in container.decode(video=0)
+        ]
     if not frames:
         raise VideoError(path, "no frame could be decoded")
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
