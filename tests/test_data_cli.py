@@ -92,7 +92,10 @@ def test_compress_resamples_resizes_and_resumes(folder, tmp_path):
 
 def test_dataloader_workers_give_the_same_batches(folder):
     """Two worker processes (each opening its own containers) give exactly what one process gives,
-    and a broken training video is replaced by another, counted, in both."""
+    and a broken training video is replaced by another, counted, in both. The workers are forked
+    after this process converted frames with PyAV's defaults, as a user's code may: from PyAV
+    18.1.1 that leaves a converter with threads that forked workers inherit, and workers that
+    used it waited forever (data/video.py frame_converter)."""
     videos, ann = folder
     cfg = DataConfig(dataset="jsonl", root=str(videos), train_ann=str(ann), num_frames=4, image_size=32)
     from mugstan.backbones.clip import Tokenizer
@@ -100,7 +103,11 @@ def test_dataloader_workers_give_the_same_batches(folder):
     dataset = build_dataset(cfg, "train", Tokenizer(16), seed=3)
     batches = {}
     for workers in (0, 2):
-        loader = DataLoader(dataset, batch_size=4, num_workers=workers, collate_fn=collate)
+        with av.open(str(videos / "a.mp4")) as container:  # PyAV's own conversion, default threads
+            next(container.decode(video=0)).to_ndarray(width=40, height=30, format="rgb24")
+        # a batch waits at most 60 s (they take well under a second): a hung worker fails the test
+        wait = 60 if workers else 0
+        loader = DataLoader(dataset, batch_size=4, num_workers=workers, collate_fn=collate, timeout=wait)
         batches[workers] = list(loader)
     for one, two in zip(batches[0], batches[2], strict=True):
         assert torch.equal(one["frames"], two["frames"]) and one["failed"] == two["failed"]

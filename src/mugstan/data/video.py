@@ -12,7 +12,7 @@
    seeking again when the container's keyframe index shows that the next wanted frame is in a
    later group of pictures (files without an index: when it is over a second ahead); only the
    wanted frames are converted to RGB, resized to the requested short side in the same step
-   (``frame.to_ndarray``, on one scaling thread: ``SCALE_THREADS``). On files written by
+   (``to_rgb``: one scaling thread, a converter of mugstan's own). On files written by
    ``mugstan data compress --gop 1`` (all-intra) a sampled frame costs one decode.
    ``read_clip`` opens the file once for the metadata and the frames.
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 import io
 import math
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -38,6 +39,7 @@ from typing import Optional, Sequence, Union
 import av
 import numpy as np
 import torch
+from av.video.reformatter import VideoReformatter
 from torch.utils.data import get_worker_info
 
 from mugstan.errors import UserError, one_line
@@ -49,12 +51,31 @@ PathLike = Union[str, Path]
 # CPU time without saving wall time (12 frames of a 10 s 720p video: 906 vs 870 ms, 320x240:
 # 193 vs 169 ms; benchmarks/results/loader_speed.md).
 THREADED_PIXELS = 320 * 240
-# Threads of the RGB conversion and resize (swscale). One: PyAV >= 18.1.1 keeps one converter per
-# thread, so a DataLoader worker forked after the main process converted a frame inherits it
-# without its slice threads and waits for them forever (seen: test_data_cli's two workers hung
-# after a decode in the main process). One thread gives the same pixels as several (checked at
-# 57x31 to 320x240) and the workers already occupy the cores.
+# Threads of a frame conversion (swscale's slice threads): one. The DataLoader workers already
+# occupy the cores, and a converter without threads can be inherited by a forked worker
+# (``frame_converter``). One thread gives the same pixels as several (checked at 57x31 to 320x240).
 SCALE_THREADS = 1
+_converters = threading.local()
+
+
+def frame_converter() -> VideoReformatter:
+    """This thread's own frame converter (conversions with it: ``threads=SCALE_THREADS``).
+
+    Not ``frame.to_ndarray(width=...)`` / ``frame.reformat``: from PyAV 18.1.1 those share one
+    converter per thread with every other caller, and a DataLoader worker forked after a conversion
+    with PyAV's default threads (by the user's code, or a library such as torchvision) inherits it
+    without its threads; using it there waits for them forever (seen: test_data_cli's two workers
+    hung, and CI ran out of time). A converter made and used only here never has threads."""
+    converter = getattr(_converters, "converter", None)
+    if converter is None:
+        converter = _converters.converter = VideoReformatter()
+    return converter
+
+
+def to_rgb(frame, width: int, height: int) -> np.ndarray:
+    """uint8 [height, width, 3] RGB of a decoded ``frame``, resized (bilinear, as PyAV's default)."""
+    rgb = frame_converter().reformat(frame, width=width, height=height, format="rgb24", threads=SCALE_THREADS)
+    return rgb.to_ndarray()
 
 
 class VideoError(UserError):
@@ -282,7 +303,7 @@ class _Walk:
         self.gaps: list[int] = []  # wanted frames inside a longer timestamp gap (shown: the frame before it)
 
     def convert(self, frame) -> np.ndarray:
-        return frame.to_ndarray(width=self.width, height=self.height, format="rgb24", threads=SCALE_THREADS)
+        return to_rgb(frame, self.width, self.height)
 
     def take(self, index: int, frame) -> bool:
         """Offer the decoded frame ``index``; True when every wanted frame has been met."""
@@ -547,10 +568,7 @@ def decode_all(path: PathLike, short_side: Optional[int] = None) -> torch.Tensor
     info = probe(path)
     width, height = output_size(info.width, info.height, short_side)
     with _open(path) as container:
-        frames = [
-            f.to_ndarray(width=width, height=height, format="rgb24", threads=SCALE_THREADS)
-            for f in container.decode(video=0)
-        ]
+        frames = [to_rgb(f, width, height) for f in container.decode(video=0)]
     if not frames:
         raise VideoError(path, "no frame could be decoded")
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
