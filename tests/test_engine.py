@@ -244,6 +244,31 @@ def test_auto_precision_on_a_cpu_follows_the_measured_bf16_speed(monkeypatch):
     assert [precision.resolve_precision("auto", cpu, width=w) for w in (64, 768)] == ["fp32", "bf16"]
 
 
+def test_bf16_probe_stops_after_a_warm_up_pair_where_bf16_is_emulated():
+    """The probe's pairs: two warm-up pairs, then the median of five; a warm-up pair with bf16 at
+    under a third of fp32's speed (emulated bf16, as on an AVX2-only CPU) ends it, with that ratio."""
+    from mugstan.engine.precision import CPU_BF16_HOPELESS, median_speedup
+
+    def steps(times):
+        calls = []
+
+        def step(bf16):
+            calls.append(bf16)
+            return times[len(calls) - 1]
+        return step, calls
+
+    # fp32 0.2 s, bf16 4.8 s (the AVX2 kernels at width 768): one pair, ratio 0.2 / 4.8
+    step, calls = steps([0.2, 4.8])
+    assert median_speedup(step) == pytest.approx(0.2 / 4.8) and calls == [False, True]
+    # a paying CPU whose first bf16 step is slow (kernel selection): both warm-ups, then the median
+    times = [0.2, 0.19, 0.2, 0.12] + [0.2, 0.1, 0.2, 0.11, 0.2, 0.125, 0.2, 0.105, 0.2, 0.2]
+    step, calls = steps(times)
+    assert median_speedup(step) == pytest.approx(0.2 / 0.11) and calls == [False, True] * 7
+    # just above the cut on a warm-up pair: measured in full
+    step, calls = steps([0.1, 0.1 / (CPU_BF16_HOPELESS + 0.01)] + [0.1, 0.2] * 6)
+    assert median_speedup(step) == pytest.approx(0.5) and len(calls) == 14
+
+
 def test_linear_width_is_where_the_model_does_its_work():
     """768 for a ViT-B/32 CLIP (its text tower is 512 wide), 64 for the demo's mugstan-tiny STAN."""
     import open_clip

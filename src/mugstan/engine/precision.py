@@ -15,6 +15,10 @@ import torch
 # auto picks bf16 on a CPU only when a training step of a transformer block of the model's width
 # runs at least this much faster in bf16 than in fp32
 CPU_BF16_MIN_SPEEDUP = 1.25
+# a warm-up pair in which bf16 ran at under this fraction of fp32's speed ends the probe: bf16 is
+# emulated there (AVX2 kernels: 0.19-0.25x at width 64 and 0.04-0.05x at 768, where the full probe
+# took 34 s), and no CPU that pays was seen below 0.63x in its first pair (the Xeon with AMX)
+CPU_BF16_HOPELESS = 1 / 3
 
 
 @functools.lru_cache(maxsize=None)
@@ -50,11 +54,21 @@ def cpu_bf16_speedup(width: int = 1024, repeats: int = 5) -> float:
     torch.set_num_threads(1)
     try:
         with torch.enable_grad():  # callers may be inside no_grad (evaluation)
-            for _ in range(2):  # warm-up: kernel selection (fp32 settled after 3-4 steps)
-                step(False), step(True)
-            return statistics.median(step(False) / step(True) for _ in range(repeats))
+            return median_speedup(step, repeats)
     finally:
         torch.set_num_threads(threads)
+
+
+def median_speedup(step, repeats: int = 5) -> float:
+    """fp32 time / bf16 time from ``step(bf16: bool) -> seconds``: two warm-up pairs (kernel
+    selection; fp32 settled after 3-4 steps), then the median of ``repeats`` back-to-back pairs. A
+    warm-up pair under ``CPU_BF16_HOPELESS`` is returned at once: bf16 is emulated and far slower
+    (on an AVX2-only CPU the probe then takes one pair, 5 s at width 768, instead of 34 s)."""
+    for _ in range(2):
+        warm = step(False) / step(True)
+        if warm < CPU_BF16_HOPELESS:
+            return warm
+    return statistics.median(step(False) / step(True) for _ in range(repeats))
 
 
 def linear_width(model: torch.nn.Module) -> int:
