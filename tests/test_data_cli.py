@@ -95,7 +95,7 @@ def test_dataloader_workers_give_the_same_batches(folder):
     and a broken training video is replaced by another, counted, in both. The workers are forked
     after this process converted frames with PyAV's defaults, as a user's code may: from PyAV
     18.1.1 that leaves a converter with threads that forked workers inherit, and workers that
-    used it waited forever (data/video.py frame_converter)."""
+    used it waited forever (data/video.py rescale)."""
     videos, ann = folder
     cfg = DataConfig(dataset="jsonl", root=str(videos), train_ann=str(ann), num_frames=4, image_size=32)
     from mugstan.backbones.clip import Tokenizer

@@ -8,7 +8,7 @@ from fractions import Fraction
 import av
 from av.video.frame import PictureType
 
-from mugstan.data.video import SCALE_THREADS, VideoError, frame_converter, output_size, probe
+from mugstan.data.video import VideoError, output_size, probe, rescale
 from mugstan.files import atomic_file
 
 # All-intra by default: on an H200 host's 16 cores the training loader gave 2.5-3.1x the clips/s of
@@ -50,9 +50,7 @@ def compress_video(src: str, dst: str, fps: float, short_side: int, crf: int = 2
                 t = (frame.pts * tb - info.start) if frame.pts is not None else written / fps
                 if t + 1e-6 < next_t:
                     continue
-                img = frame_converter().reformat(
-                    frame, width=width, height=height, format="yuv420p", threads=SCALE_THREADS
-                )
+                img = rescale(frame, width, height, "yuv420p")
                 img.pict_type = PictureType.NONE  # else x264 makes every source keyframe a keyframe: the GOP is ours
                 img.pts = written
                 img.time_base = Fraction(1, 1) / rate

@@ -53,15 +53,16 @@ PathLike = Union[str, Path]
 THREADED_PIXELS = 320 * 240
 # Threads of a frame conversion (swscale's slice threads): one. The DataLoader workers already
 # occupy the cores, and a converter without threads can be inherited by a forked worker
-# (``frame_converter``). One thread gives the same pixels as several (checked at 57x31 to 320x240).
+# (``rescale``). One thread gives the same pixels as several (checked at 57x31 to 320x240).
 SCALE_THREADS = 1
-_converters = threading.local()
+_converters = threading.local()  # each thread's own VideoReformatter
 
 
-def frame_converter() -> VideoReformatter:
-    """This thread's own frame converter (conversions with it: ``threads=SCALE_THREADS``).
+def rescale(frame, width: int, height: int, format: str):
+    """``frame`` (a decoded ``av.VideoFrame``) converted to ``format`` at width x height (bilinear,
+    PyAV's default), by this thread's own converter on ``SCALE_THREADS``.
 
-    Not ``frame.to_ndarray(width=...)`` / ``frame.reformat``: from PyAV 18.1.1 those share one
+    Not ``frame.reformat`` / ``frame.to_ndarray(width=...)``: from PyAV 18.1.1 those share one
     converter per thread with every other caller, and a DataLoader worker forked after a conversion
     with PyAV's default threads (by the user's code, or a library such as torchvision) inherits it
     without its threads; using it there waits for them forever (seen: test_data_cli's two workers
@@ -69,13 +70,12 @@ def frame_converter() -> VideoReformatter:
     converter = getattr(_converters, "converter", None)
     if converter is None:
         converter = _converters.converter = VideoReformatter()
-    return converter
+    return converter.reformat(frame, width=width, height=height, format=format, threads=SCALE_THREADS)
 
 
 def to_rgb(frame, width: int, height: int) -> np.ndarray:
-    """uint8 [height, width, 3] RGB of a decoded ``frame``, resized (bilinear, as PyAV's default)."""
-    rgb = frame_converter().reformat(frame, width=width, height=height, format="rgb24", threads=SCALE_THREADS)
-    return rgb.to_ndarray()
+    """uint8 [height, width, 3] RGB of a decoded ``frame``, resized (``rescale``)."""
+    return rescale(frame, width, height, "rgb24").to_ndarray()
 
 
 class VideoError(UserError):
